@@ -1,0 +1,1 @@
+//! GGUF files: a zero-copy, bounds-checked reader and a streaming writer.

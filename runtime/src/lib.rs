@@ -1,0 +1,7 @@
+//! llava-runtime: executes tensors from GGUF files. It knows nothing about LLaVA.
+//!
+//! - [`gguf`]: the memory-mapped, bounds-checked reader and the streaming writer.
+//! - [`quant`]: ggml block formats with reference quantizers, dequantizers and dot products.
+
+pub mod gguf;
+pub mod quant;
