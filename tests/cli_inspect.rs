@@ -143,3 +143,34 @@ fn inspect_of_a_missing_or_foreign_file_is_a_clean_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not a GGUF file"), "{}", stderr(&o));
 }
+
+#[test]
+fn inspect_reads_only_the_header_of_a_large_file() {
+    // A 4 GiB tensor in a sparse file: inspect must not touch the data (a full read would take
+    // seconds and the pages would show up as I/O); here we check it works and reports the size.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.gguf");
+    let mut h = Vec::new();
+    h.extend_from_slice(b"GGUF");
+    h.extend_from_slice(&3u32.to_le_bytes());
+    h.extend_from_slice(&1u64.to_le_bytes()); // tensors
+    h.extend_from_slice(&0u64.to_le_bytes()); // metadata
+    h.extend_from_slice(&(5u64).to_le_bytes());
+    h.extend_from_slice(b"big.w");
+    h.extend_from_slice(&2u32.to_le_bytes());
+    h.extend_from_slice(&4096u64.to_le_bytes());
+    h.extend_from_slice(&262_144u64.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes()); // f32
+    h.extend_from_slice(&0u64.to_le_bytes()); // offset
+    h.resize(h.len().div_ceil(32) * 32, 0);
+    let file = std::fs::File::create(&path).unwrap();
+    std::io::Write::write_all(&mut &file, &h).unwrap();
+    file.set_len(h.len() as u64 + (4u64 << 30)).unwrap();
+    drop(file);
+
+    let o = llava(&["inspect", "--json", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["tensor_bytes"], 4u64 << 30);
+    assert_eq!(j["parameters"], 1u64 << 30);
+}

@@ -484,3 +484,45 @@ fn missing_file_and_empty_file_are_errors() {
         GgufErrorKind::Truncated { .. }
     ));
 }
+
+/// splitmix64: a tiny deterministic generator, so failures reproduce.
+fn next_random(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn random_corruption_never_panics() {
+    let valid = valid_file();
+    let header_len = valid.0.len() - 240;
+    let mut state = 42;
+    for _ in 0..20_000 {
+        let mut bytes = valid.0.clone();
+        let flips = 1 + next_random(&mut state) % 4;
+        for _ in 0..flips {
+            let at = (next_random(&mut state) % header_len as u64) as usize;
+            let r = next_random(&mut state);
+            // Mostly single-byte noise; sometimes a length-sized extreme value.
+            if r % 8 == 0 && at + 8 <= bytes.len() {
+                let v = [u64::MAX, 1 << 63, u32::MAX as u64, 64][(r >> 8) as usize % 4];
+                bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            } else {
+                bytes[at] = (r >> 16) as u8;
+            }
+        }
+        // Either outcome is fine; a panic or an abort from a huge allocation is not.
+        if let Ok(f) = GgufFile::from_bytes("fuzz.gguf", bytes) {
+            for (_, v) in f.metadata() {
+                if let Value::Array(a) = v {
+                    a.iter().for_each(drop);
+                }
+            }
+            for t in f.tensors() {
+                assert_eq!(t.data.len() as u64, t.n_bytes());
+            }
+        }
+    }
+}

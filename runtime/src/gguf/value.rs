@@ -274,21 +274,21 @@ impl<'a> ArrayView<'a> {
         Some(self.values::<T>()?.collect())
     }
 
-    fn to_owned_array(&self) -> MetaArray {
+    fn to_owned_array(self) -> MetaArray {
         fn collect<T: ArrayElement>(a: &ArrayView<'_>) -> Vec<T> {
             a.to_vec().expect("element type checked by the caller")
         }
         match self.elem_type {
-            ValueType::U8 => MetaArray::U8(collect(self)),
-            ValueType::I8 => MetaArray::I8(collect(self)),
-            ValueType::U16 => MetaArray::U16(collect(self)),
-            ValueType::I16 => MetaArray::I16(collect(self)),
-            ValueType::U32 => MetaArray::U32(collect(self)),
-            ValueType::I32 => MetaArray::I32(collect(self)),
-            ValueType::F32 => MetaArray::F32(collect(self)),
-            ValueType::U64 => MetaArray::U64(collect(self)),
-            ValueType::I64 => MetaArray::I64(collect(self)),
-            ValueType::F64 => MetaArray::F64(collect(self)),
+            ValueType::U8 => MetaArray::U8(collect(&self)),
+            ValueType::I8 => MetaArray::I8(collect(&self)),
+            ValueType::U16 => MetaArray::U16(collect(&self)),
+            ValueType::I16 => MetaArray::I16(collect(&self)),
+            ValueType::U32 => MetaArray::U32(collect(&self)),
+            ValueType::I32 => MetaArray::I32(collect(&self)),
+            ValueType::F32 => MetaArray::F32(collect(&self)),
+            ValueType::U64 => MetaArray::U64(collect(&self)),
+            ValueType::I64 => MetaArray::I64(collect(&self)),
+            ValueType::F64 => MetaArray::F64(collect(&self)),
             ValueType::Bool => MetaArray::Bool(self.bytes.iter().map(|&b| b != 0).collect()),
             ValueType::String => MetaArray::String(
                 self.strings()
