@@ -2,6 +2,8 @@
 //!
 //! - [`gguf`]: the memory-mapped, bounds-checked reader and the streaming writer.
 //! - [`quant`]: ggml block formats with reference quantizers, dequantizers and dot products.
+//! - [`sample`]: logits to a token (greedy, temperature, top-k/p, min-p, penalties, seed).
 
 pub mod gguf;
 pub mod quant;
+pub mod sample;
