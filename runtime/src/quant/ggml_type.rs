@@ -178,7 +178,11 @@ mod tests {
         }
         let mut ids: Vec<u32> = GgmlType::ALL.iter().map(|t| t.id()).collect();
         ids.dedup();
-        assert_eq!(ids.len(), GgmlType::ALL.len(), "ALL must be sorted and unique");
+        assert_eq!(
+            ids.len(),
+            GgmlType::ALL.len(),
+            "ALL must be sorted and unique"
+        );
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
     }
 

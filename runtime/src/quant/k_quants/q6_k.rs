@@ -1,0 +1,157 @@
+//! Q6_K: 6-bit signed quants in 16 sub-blocks of 16, each with an 8-bit signed scale
+//! (6.5625 bits per weight). Used for `output.weight` and some layers of the Q4_K_M mix.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+use super::scale_search::{make_qx_quants, nearest_int};
+use super::{BlockQ8K, LaneSums, QK_K};
+use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
+
+/// Two 128-element halves; half `h` uses `ql[64h..64h+64]`, `qh[32h..32h+32]` and
+/// `scales[8h..8h+8]`. Within a half, for `l` in 0..32:
+///
+/// | element  | low 4 bits              | high 2 bits      |
+/// |----------|-------------------------|------------------|
+/// | `l`      | low nibble of `ql[l]`      | `qh[l]` bits 0–1 |
+/// | `l + 32` | low nibble of `ql[l + 32]` | bits 2–3         |
+/// | `l + 64` | high nibble of `ql[l]`     | bits 4–5         |
+/// | `l + 96` | high nibble of `ql[l + 32]`| bits 6–7         |
+///
+/// The stored value is `q + 32`; `x = d·scale·q` with `scales[n / 16]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: f16,
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == GgmlType::Q6K.type_size());
+
+/// The stored 6-bit value (0..64, i.e. `q + 32`) of element `n`.
+#[inline]
+fn stored(block: &BlockQ6K, n: usize) -> u8 {
+    let (half, r) = (n / 128, n % 128);
+    let (row, l) = (r / 32, r % 32);
+    let ql = block.ql[64 * half + l + 32 * (row % 2)];
+    let low = if row < 2 { ql & 0x0f } else { ql >> 4 };
+    let high = (block.qh[32 * half + l] >> (2 * row)) & 3;
+    low | (high << 4)
+}
+
+impl BlockFormat for BlockQ6K {
+    const TYPE: GgmlType = GgmlType::Q6K;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self]) {
+        assert_row_len::<Self>(dst.len(), src.len());
+        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK_K)) {
+            let mut levels = [0i8; QK_K];
+            let mut sub_scales = [0f32; QK_K / 16];
+            let mut max_scale = 0f32;
+            let mut max_abs_scale = 0f32;
+            for (j, (xs, ls)) in x
+                .chunks_exact(16)
+                .zip(levels.chunks_exact_mut(16))
+                .enumerate()
+            {
+                sub_scales[j] = make_qx_quants(32, xs, ls);
+                if sub_scales[j].abs() > max_abs_scale {
+                    max_abs_scale = sub_scales[j].abs();
+                    max_scale = sub_scales[j];
+                }
+            }
+            if max_abs_scale == 0.0 {
+                *block = BlockQ6K::zeroed();
+                continue;
+            }
+
+            // The largest sub-scale maps to -128, the end of the i8 range with room.
+            let iscale = -128.0 / max_scale;
+            block.d = f16::from_f32(1.0 / iscale);
+            for (s, &sub) in block.scales.iter_mut().zip(&sub_scales) {
+                // Capped above only: the maximum is exactly -128 by construction.
+                *s = nearest_int(iscale * sub).min(127) as i8;
+            }
+
+            // Re-quantize against the stored scales; a sub-block whose scale rounded to zero
+            // keeps the levels from the search.
+            for (j, (xs, ls)) in x
+                .chunks_exact(16)
+                .zip(levels.chunks_exact_mut(16))
+                .enumerate()
+            {
+                let d = block.d.to_f32() * f32::from(block.scales[j]);
+                if d == 0.0 {
+                    continue;
+                }
+                for (l, &v) in ls.iter_mut().zip(xs) {
+                    *l = (nearest_int(v / d).clamp(-32, 31) + 32) as i8;
+                }
+            }
+
+            for h in 0..2 {
+                let lv = &levels[128 * h..128 * h + 128];
+                let ql = &mut block.ql[64 * h..64 * h + 64];
+                let qh = &mut block.qh[32 * h..32 * h + 32];
+                for l in 0..32 {
+                    let [q1, q2, q3, q4] =
+                        [lv[l], lv[l + 32], lv[l + 64], lv[l + 96]].map(|v| v as u8);
+                    ql[l] = (q1 & 0x0f) | ((q3 & 0x0f) << 4);
+                    ql[l + 32] = (q2 & 0x0f) | ((q4 & 0x0f) << 4);
+                    qh[l] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+                }
+            }
+        }
+    }
+
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        assert_row_len::<Self>(src.len(), dst.len());
+        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK_K)) {
+            let d = block.d.to_f32();
+            for (n, out) in y.iter_mut().enumerate() {
+                let q = i32::from(stored(block, n)) - 32;
+                // ggml's order: (d · scale) · q.
+                *out = d * f32::from(block.scales[n / 16]) * q as f32;
+            }
+        }
+    }
+}
+
+impl VecDot for BlockQ6K {
+    type Activation = BlockQ8K;
+
+    fn vec_dot(weights: &[Self], activations: &[BlockQ8K]) -> f32 {
+        assert_dot_len(weights, activations);
+        let mut lanes = LaneSums::new();
+        for (x, y) in weights.iter().zip(activations) {
+            let mut q = [0i8; QK_K];
+            for (n, v) in q.iter_mut().enumerate() {
+                *v = stored(x, n) as i8 - 32;
+            }
+            let d = x.d.to_f32() * y.d;
+            lanes.add_block(&q, &y.qs, |g| i32::from(x.scales[g]), d);
+        }
+        lanes.finish(0.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn four_rows_of_a_half_share_ql_and_qh_bytes() {
+        let mut block = BlockQ6K::zeroed();
+        // Half 1, l = 3: ql[64 + 3] = rows 0 (low) and 2 (high), ql[64 + 35] rows 1 and 3.
+        block.ql[67] = 0x21;
+        block.ql[99] = 0x43;
+        block.qh[35] = 0b11_10_01_00;
+        assert_eq!(stored(&block, 128 + 3), 0x01);
+        assert_eq!(stored(&block, 128 + 32 + 3), 0x13);
+        assert_eq!(stored(&block, 128 + 64 + 3), 0x22);
+        assert_eq!(stored(&block, 128 + 96 + 3), 0x34);
+    }
+}

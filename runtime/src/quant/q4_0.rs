@@ -1,0 +1,115 @@
+//! Q4_0: 32 elements as 4-bit signed steps of one f16 scale (4.5 bits per weight).
+//!
+//! Layout and algorithms: ggml `block_q4_0`, `quantize_row_q4_0_reference`,
+//! `dequantize_row_q4_0`, and the scalar branch of `ggml_vec_dot_q4_0_q8_0`.
+
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+use super::{
+    assert_dot_len, assert_row_len, signed_abs_max, trunc_to_i8, BlockFormat, BlockQ8_0, GgmlType,
+    VecDot,
+};
+
+const QK: usize = 32;
+
+/// `qs[j]` holds element `j` in its low nibble and element `j + 16` in its high nibble, each
+/// stored as `q + 8` for a signed step `q` in -8..=7: `x = (nibble - 8) · d`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    pub qs: [u8; QK / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == GgmlType::Q4_0.type_size());
+const _: () = assert!(GgmlType::Q4_0.block_size() == QK);
+
+impl BlockFormat for BlockQ4_0 {
+    const TYPE: GgmlType = GgmlType::Q4_0;
+
+    fn quantize_row(src: &[f32], dst: &mut [Self]) {
+        assert_row_len::<Self>(dst.len(), src.len());
+        for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK)) {
+            // The largest-magnitude element maps to exactly -8, so the asymmetric range -8..=7
+            // is used in full on the side where the extreme lies.
+            let d = signed_abs_max(x) / -8.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            block.d = f16::from_f32(d);
+            for j in 0..QK / 2 {
+                // `+ 8.5` then truncation: round half up into the offset range 0..=16,
+                // then clamp the single out-of-range value 16 (x == -max) down to 15.
+                let lo = trunc_to_i8(x[j] * id + 8.5).min(15) as u8;
+                let hi = trunc_to_i8(x[j + QK / 2] * id + 8.5).min(15) as u8;
+                block.qs[j] = lo | (hi << 4);
+            }
+        }
+    }
+
+    fn dequantize_row(src: &[Self], dst: &mut [f32]) {
+        assert_row_len::<Self>(src.len(), dst.len());
+        for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+            let d = block.d.to_f32();
+            for j in 0..QK / 2 {
+                let lo = i32::from(block.qs[j] & 0x0f) - 8;
+                let hi = i32::from(block.qs[j] >> 4) - 8;
+                y[j] = lo as f32 * d;
+                y[j + QK / 2] = hi as f32 * d;
+            }
+        }
+    }
+}
+
+impl VecDot for BlockQ4_0 {
+    type Activation = BlockQ8_0;
+
+    fn vec_dot(weights: &[Self], activations: &[BlockQ8_0]) -> f32 {
+        assert_dot_len(weights, activations);
+        let mut sum = 0f32;
+        for (x, y) in weights.iter().zip(activations) {
+            let mut sumi = 0i32;
+            for j in 0..QK / 2 {
+                let lo = i32::from(x.qs[j] & 0x0f) - 8;
+                let hi = i32::from(x.qs[j] >> 4) - 8;
+                sumi += lo * i32::from(y.qs[j]) + hi * i32::from(y.qs[j + QK / 2]);
+            }
+            // ggml's order: ((sumi · d_x) · d_y).
+            sum += sumi as f32 * x.d.to_f32() * y.d.to_f32();
+        }
+        sum
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn halves_of_the_block_share_bytes_low_nibble_first() {
+        // Element j in the low nibble of qs[j], element j+16 in its high nibble.
+        let mut x = [0f32; QK];
+        x[0] = -8.0; // defines d = 1 and is stored as nibble 0
+        x[16] = 7.0; // high nibble of qs[0]: 7 + 8 = 15
+        x[1] = 1.0; // low nibble of qs[1]: 9
+        let mut block = [BlockQ4_0::zeroed()];
+        BlockQ4_0::quantize_row(&x, &mut block);
+        assert_eq!(block[0].d.to_f32(), 1.0);
+        assert_eq!(block[0].qs[0], 0xf0);
+        assert_eq!(block[0].qs[1] & 0x0f, 9);
+        let mut y = [0f32; QK];
+        BlockQ4_0::dequantize_row(&block, &mut y);
+        assert_eq!(y, x);
+    }
+
+    #[test]
+    fn the_extreme_opposite_of_max_clamps_to_seven() {
+        // max = -8 gives d = 1; +8 would need nibble 16 and is clamped to 15, i.e. +7.
+        let mut x = [0f32; QK];
+        x[0] = -8.0;
+        x[1] = 8.0;
+        let mut block = [BlockQ4_0::zeroed()];
+        BlockQ4_0::quantize_row(&x, &mut block);
+        assert_eq!(block[0].qs[1] & 0x0f, 15);
+    }
+}
