@@ -169,6 +169,36 @@ fn row_lengths(block_size: usize) -> Vec<usize> {
     }
 }
 
+/// Random rows of assorted distributions and magnitudes, to reach the rare rounding cases the
+/// named patterns miss.
+const N_RANDOM_ROWS: usize = 48;
+
+fn random_rows(block_size: usize) -> Vec<(String, Vec<f32>)> {
+    let lengths = row_lengths(block_size);
+    (0..N_RANDOM_ROWS)
+        .map(|i| {
+            let mut rng = Rng(0xd1ce + i as u64);
+            let n = lengths[i % lengths.len()];
+            let scale = 10f32.powf(6.0 * rng.uniform() as f32 - 3.0);
+            let offset = if i % 3 == 0 {
+                rng.normal() * scale
+            } else {
+                0.0
+            };
+            let row = (0..n)
+                .map(|_| match i % 4 {
+                    0 => rng.normal(),
+                    1 => rng.normal() * rng.normal().exp(), // heavy-tailed
+                    2 => 2.0 * rng.uniform() as f32 - 1.0,
+                    _ => rng.normal().powi(3),
+                })
+                .map(|v| v * scale + offset)
+                .collect();
+            (format!("random #{i} ({n} elements)"), row)
+        })
+        .collect()
+}
+
 fn all_rows(block_size: usize) -> Vec<(String, Vec<f32>)> {
     let mut rows = Vec::new();
     for (i, n) in row_lengths(block_size).into_iter().enumerate() {
@@ -176,6 +206,7 @@ fn all_rows(block_size: usize) -> Vec<(String, Vec<f32>)> {
             rows.push((format!("{name} ({n} elements)"), row));
         }
     }
+    rows.extend(random_rows(block_size));
     rows
 }
 

@@ -268,6 +268,23 @@ mod tests {
     }
 
     #[test]
+    fn is_supported_agrees_with_the_byte_api() {
+        for ty in GgmlType::ALL {
+            let unsupported = Err(QuantError::UnsupportedType(ty));
+            assert_eq!(
+                dequantize_row(ty, &[], &mut []) != unsupported,
+                is_supported(ty),
+                "{ty}"
+            );
+            assert_eq!(
+                quantize_row(ty, &[], &mut []) != unsupported,
+                is_supported(ty),
+                "{ty}"
+            );
+        }
+    }
+
+    #[test]
     fn byte_api_reports_bad_input_instead_of_panicking() {
         let mut out = vec![0f32; 32];
         assert_eq!(
