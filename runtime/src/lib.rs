@@ -2,8 +2,10 @@
 //!
 //! - [`gguf`]: the memory-mapped, bounds-checked reader and the streaming writer.
 //! - [`quant`]: ggml block formats with reference quantizers, dequantizers and dot products.
+//! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers from GGUF metadata.
 //! - [`sample`]: logits to a token (greedy, temperature, top-k/p, min-p, penalties, seed).
 
 pub mod gguf;
 pub mod quant;
 pub mod sample;
+pub mod tokenizer;
