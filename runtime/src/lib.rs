@@ -1,10 +1,12 @@
 //! llava-runtime: executes tensors from GGUF files. It knows nothing about LLaVA.
 //!
+//! - [`backend`]: the tensor operations models are written against, and the CPU backend.
 //! - [`gguf`]: the memory-mapped, bounds-checked reader and the streaming writer.
 //! - [`quant`]: ggml block formats with reference quantizers, dequantizers and dot products.
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers from GGUF metadata.
 //! - [`sample`]: logits to a token (greedy, temperature, top-k/p, min-p, penalties, seed).
 
+pub mod backend;
 pub mod gguf;
 pub mod quant;
 pub mod sample;

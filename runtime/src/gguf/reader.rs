@@ -346,6 +346,16 @@ impl GgufFile {
             .map(|&i| self.view(&self.tensors[i]))
     }
 
+    /// The tensor at `index` in file order.
+    pub fn tensor_at(&self, index: usize) -> Option<Tensor<'_>> {
+        self.tensors.get(index).map(|info| self.view(info))
+    }
+
+    /// The file-order index of a tensor, for callers that look a tensor up once and keep it.
+    pub fn tensor_index(&self, name: &str) -> Option<usize> {
+        self.tensor_index.get(name).copied()
+    }
+
     fn view<'a>(&'a self, info: &'a TensorInfo) -> Tensor<'a> {
         Tensor {
             info,

@@ -1,0 +1,399 @@
+//! The CPU backend: eager, f32 activations, weights borrowed from the memory map.
+//!
+//! Scalar kernels for now; the SIMD kernels and a persistent thread pool slot in behind
+//! [`matmul`] and [`attention`] without touching the models.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{Backend, BackendError, Heads, Rope};
+use crate::gguf::GgufFile;
+use crate::quant::{self, GgmlType};
+
+mod attention;
+mod matmul;
+
+pub use attention::CpuKvCache;
+
+/// A row-major `[rows, cols]` f32 matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CpuTensor {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl CpuTensor {
+    pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Self {
+        assert_eq!(
+            data.len(),
+            rows * cols,
+            "tensor data does not match its shape"
+        );
+        CpuTensor { data, rows, cols }
+    }
+
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    fn map(&self, f: impl Fn(f32) -> f32 + Sync) -> CpuTensor {
+        CpuTensor::new(
+            self.data.iter().map(|&x| f(x)).collect(),
+            self.rows,
+            self.cols,
+        )
+    }
+}
+
+/// A GGUF tensor borrowed from its file's memory map.
+#[derive(Clone)]
+pub struct CpuWeight {
+    file: Arc<GgufFile>,
+    index: usize,
+    ty: GgmlType,
+    /// ggml order: `ne[0]` first.
+    shape: Vec<u64>,
+}
+
+impl CpuWeight {
+    pub fn data(&self) -> &[u8] {
+        self.file
+            .tensor_at(self.index)
+            .expect("index taken from the same file")
+            .data
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        self.ty
+    }
+
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// Elements per row (`ne[0]`).
+    pub fn row_len(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1) as usize
+    }
+
+    /// Number of rows (all dimensions after the first).
+    pub fn n_rows(&self) -> usize {
+        self.shape.iter().skip(1).product::<u64>() as usize
+    }
+
+    /// An F32 tensor as a slice (norm weights, biases).
+    fn f32s(&self) -> &[f32] {
+        assert_eq!(self.ty, GgmlType::F32, "{} tensor used as f32", self.ty);
+        bytemuck::cast_slice(self.data())
+    }
+
+    /// Row `r`, dequantized into `out`.
+    fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
+        let row_bytes = self
+            .ty
+            .row_bytes(self.row_len() as u64)
+            .expect("checked at load") as usize;
+        let bytes = &self.data()[r * row_bytes..(r + 1) * row_bytes];
+        quant::dequantize_row(self.ty, bytes, out).expect("type and alignment checked at load");
+    }
+}
+
+impl std::fmt::Debug for CpuWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CpuWeight({} {:?})", self.ty, self.shape)
+    }
+}
+
+/// The CPU backend, with its own pool of worker threads.
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+}
+
+impl CpuBackend {
+    /// `threads` = 0 uses one thread per physical core.
+    pub fn new(threads: usize) -> Self {
+        let threads = if threads == 0 {
+            default_threads()
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("llava-cpu-{i}"))
+            .build()
+            .expect("the OS can start worker threads");
+        CpuBackend { pool }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+}
+
+/// Physical cores where the OS tells them apart from hardware threads (matmul is bound by
+/// memory and the SIMD units, which hyper-threads share); else the available parallelism.
+pub fn default_threads() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    physical_cores().unwrap_or(logical).clamp(1, logical)
+}
+
+#[cfg(target_os = "linux")]
+fn physical_cores() -> Option<usize> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mut cores = std::collections::HashSet::new();
+    let (mut physical_id, mut core_id) = (None, None);
+    for line in cpuinfo.lines().chain(std::iter::once("")) {
+        if line.trim().is_empty() {
+            if let (Some(p), Some(c)) = (physical_id.take(), core_id.take()) {
+                cores.insert((p, c));
+            }
+            continue;
+        }
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => physical_id = Some(v.to_owned()),
+            (Some("core id"), Some(v)) => core_id = Some(v.to_owned()),
+            _ => {}
+        }
+    }
+    (!cores.is_empty()).then_some(cores.len())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn physical_cores() -> Option<usize> {
+    None
+}
+
+/// Whether the CPU backend has kernels for tensors of this type.
+pub fn supports(ty: GgmlType) -> bool {
+    matmul::kernel_for(ty).is_some()
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Weight = CpuWeight;
+    type KvCache = CpuKvCache;
+
+    fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight, BackendError> {
+        let index = file
+            .tensor_index(name)
+            .ok_or_else(|| BackendError::MissingTensor {
+                path: file.path().to_owned(),
+                name: name.to_owned(),
+            })?;
+        let t = file.tensor_at(index).expect("index from the file");
+        let ty = t.ggml_type();
+        // Block structs hold f16/f32 fields: the data must be aligned for them to be read in
+        // place. GGUF's default 32-byte alignment guarantees it; a file written with
+        // general.alignment = 1 might not.
+        if !supports(ty) || t.data.as_ptr() as usize % 4 != 0 {
+            return Err(BackendError::UnsupportedType {
+                path: file.path().to_owned(),
+                name: name.to_owned(),
+                ty,
+            });
+        }
+        Ok(CpuWeight {
+            file: Arc::clone(file),
+            index,
+            ty,
+            shape: t.shape().to_vec(),
+        })
+    }
+
+    fn from_host(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
+        CpuTensor::new(data, rows, cols)
+    }
+
+    fn to_host(&self, t: &CpuTensor) -> Vec<f32> {
+        t.data.clone()
+    }
+
+    fn shape(&self, t: &CpuTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn get_rows(&self, table: &CpuWeight, ids: &[u32]) -> CpuTensor {
+        let dim = table.row_len();
+        let mut out = vec![0f32; ids.len() * dim];
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(dim)) {
+            assert!(
+                (id as usize) < table.n_rows(),
+                "token id {id} outside the table"
+            );
+            table.dequantize_row_into(id as usize, row);
+        }
+        CpuTensor::new(out, ids.len(), dim)
+    }
+
+    fn matmul(&self, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
+        self.pool.install(|| matmul::matmul(x, w))
+    }
+
+    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
+        assert_eq!(
+            (a.rows, a.cols),
+            (b.rows, b.cols),
+            "add of different shapes"
+        );
+        let data = a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect();
+        CpuTensor::new(data, a.rows, a.cols)
+    }
+
+    fn add_bias(&self, x: &CpuTensor, bias: &CpuWeight) -> CpuTensor {
+        let b = bias.f32s();
+        assert_eq!(b.len(), x.cols, "bias length");
+        let mut out = x.clone();
+        for row in out.data.chunks_exact_mut(x.cols) {
+            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+        }
+        out
+    }
+
+    fn rms_norm(&self, x: &CpuTensor, weight: &CpuWeight, eps: f32) -> CpuTensor {
+        let g = weight.f32s();
+        assert_eq!(g.len(), x.cols, "norm weight length");
+        let mut out = x.clone();
+        for row in out.data.chunks_exact_mut(x.cols) {
+            // ggml sums the squares in double precision.
+            let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+            let mean = (sum / x.cols as f64) as f32;
+            let scale = 1.0 / (mean + eps).sqrt();
+            row.iter_mut().zip(g).for_each(|(v, g)| *v = *v * scale * g);
+        }
+        out
+    }
+
+    fn layer_norm(
+        &self,
+        x: &CpuTensor,
+        weight: &CpuWeight,
+        bias: &CpuWeight,
+        eps: f32,
+    ) -> CpuTensor {
+        let (g, b) = (weight.f32s(), bias.f32s());
+        assert_eq!((g.len(), b.len()), (x.cols, x.cols), "norm weight length");
+        let mut out = x.clone();
+        for row in out.data.chunks_exact_mut(x.cols) {
+            let n = x.cols as f64;
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+            let var = row
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / n;
+            let scale = 1.0 / (var + f64::from(eps)).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
+                *v = ((f64::from(*v) - mean) * scale) as f32 * g + b;
+            }
+        }
+        out
+    }
+
+    fn rope(&self, x: &CpuTensor, positions: &[u32], n_heads: usize, rope: Rope) -> CpuTensor {
+        assert_eq!(positions.len(), x.rows, "one position per row");
+        let head_dim = x.cols / n_heads;
+        assert!(
+            rope.n_rot <= head_dim && rope.n_rot % 2 == 0,
+            "rope dimensions"
+        );
+        // Inverse frequencies as transformers computes them: base^(-2i/n_rot) in f32.
+        let inv_freq: Vec<f32> = (0..rope.n_rot / 2)
+            .map(|i| 1.0 / rope.base.powf((2 * i) as f32 / rope.n_rot as f32))
+            .collect();
+        let mut out = x.clone();
+        for (row, &pos) in out.data.chunks_exact_mut(x.cols).zip(positions) {
+            let p = pos as f32 * rope.freq_scale;
+            for head in row.chunks_exact_mut(head_dim) {
+                for (i, &f) in inv_freq.iter().enumerate() {
+                    let (sin, cos) = (p * f).sin_cos();
+                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = x0 * cos - x1 * sin;
+                    head[2 * i + 1] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+        out
+    }
+
+    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
+        assert_eq!(
+            (gate.rows, gate.cols),
+            (up.rows, up.cols),
+            "silu_mul shapes"
+        );
+        let data = gate
+            .data
+            .iter()
+            .zip(&up.data)
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        CpuTensor::new(data, gate.rows, gate.cols)
+    }
+
+    fn gelu(&self, x: &CpuTensor) -> CpuTensor {
+        x.map(|v| 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2)))
+    }
+
+    fn gelu_tanh(&self, x: &CpuTensor) -> CpuTensor {
+        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+        x.map(|v| 0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)).tanh()))
+    }
+
+    fn quick_gelu(&self, x: &CpuTensor) -> CpuTensor {
+        x.map(|v| v / (1.0 + (-1.702 * v).exp()))
+    }
+
+    fn softmax(&self, x: &CpuTensor) -> CpuTensor {
+        let mut out = x.clone();
+        out.data
+            .chunks_exact_mut(x.cols)
+            .for_each(attention::softmax_in_place);
+        out
+    }
+
+    fn new_kv_cache(
+        &self,
+        n_layers: usize,
+        n_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> CpuKvCache {
+        CpuKvCache::new(n_layers, n_ctx, n_kv_heads * head_dim)
+    }
+
+    fn attention_cached(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        start: usize,
+        heads: Heads,
+    ) -> CpuTensor {
+        cache.store(layer, start, k, v);
+        let (keys, values) = cache.layer(layer, start + q.rows);
+        self.pool
+            .install(|| attention::attend(q, keys, values, heads, Some(start)))
+    }
+
+    fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: Heads) -> CpuTensor {
+        self.pool
+            .install(|| attention::attend(q, &k.data, &v.data, heads, None))
+    }
+}
+
+/// Splits `0..n` into about `4 × threads` chunks, so uneven work still balances.
+fn chunk_len(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads() * 4).max(1)
+}
+
+/// Runs `f` over `out` in parallel chunks of `chunk` elements, passing each chunk's start.
+fn par_chunks(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    out.par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(i, c)| f(i * chunk, c));
+}

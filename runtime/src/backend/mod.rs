@@ -1,0 +1,141 @@
+//! The tensor operations a LLaMA or CLIP forward pass needs, behind one trait, so the models are
+//! written once and run on the CPU or a GPU (DESIGN.md, decision 4).
+//!
+//! Activations are row-major 2-D f32 matrices `[rows, cols]`: one row per token (or image
+//! patch). Weights are GGUF tensors in their stored type; a matmul weight `[in, out]` in ggml
+//! order is `out` rows of `in` elements, and `matmul(x, w)` computes `x · wᵀ`, as ggml's
+//! `mul_mat(w, x)` does.
+
+use std::sync::Arc;
+
+use crate::gguf::GgufFile;
+use crate::quant::GgmlType;
+
+pub mod cpu;
+
+pub use cpu::CpuBackend;
+
+/// A weight could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{}: tensor \"{name}\" is missing", path.display())]
+    MissingTensor {
+        path: std::path::PathBuf,
+        name: String,
+    },
+    #[error("{}: tensor \"{name}\" has type {ty}, which llava-edge cannot compute with", path.display())]
+    UnsupportedType {
+        path: std::path::PathBuf,
+        name: String,
+        ty: GgmlType,
+    },
+    #[error("{}: tensor \"{name}\" has shape {shape:?}, expected {expected:?}", path.display())]
+    WrongShape {
+        path: std::path::PathBuf,
+        name: String,
+        shape: Vec<u64>,
+        expected: Vec<u64>,
+    },
+}
+
+/// Head layout of an attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heads {
+    pub n_heads: usize,
+    /// Grouped-query attention: `n_heads / n_kv_heads` query heads share one K/V head.
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Rotary position embedding in ggml's NORM mode: adjacent pairs `(2i, 2i+1)` rotate by
+/// `pos · freq_scale · base^(-2i/n_rot)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rope {
+    pub n_rot: usize,
+    pub base: f32,
+    /// Linear scaling: positions are multiplied by this (1 / scaling factor).
+    pub freq_scale: f32,
+}
+
+/// Tensor operations. Every method is a pure function of its inputs except the KV cache, which
+/// `attention_cached` updates.
+pub trait Backend {
+    /// A 2-D f32 activation matrix.
+    type Tensor;
+    /// A GGUF tensor, ready to compute with.
+    type Weight;
+    /// Keys and values of earlier positions, for every layer.
+    type KvCache;
+
+    /// Loads a tensor of `file`, checking that it exists and that its type can be computed with.
+    fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight, BackendError>;
+
+    fn from_host(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
+    fn to_host(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// `(rows, cols)`.
+    fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+
+    /// Rows `ids` of an embedding table `[dim, n_rows]`, as f32.
+    fn get_rows(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;
+    /// `x · wᵀ`: `x` is `[rows, in]`, `w` is `[in, out]` in ggml order; the result `[rows, out]`.
+    fn matmul(&self, x: &Self::Tensor, w: &Self::Weight) -> Self::Tensor;
+    /// `a + b`, elementwise, same shapes.
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// Adds a bias vector `[cols]` to every row.
+    fn add_bias(&self, x: &Self::Tensor, bias: &Self::Weight) -> Self::Tensor;
+    /// Root-mean-square norm of each row, times `weight`.
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Self::Tensor;
+    /// Layer norm of each row, times `weight`, plus `bias`.
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        weight: &Self::Weight,
+        bias: &Self::Weight,
+        eps: f32,
+    ) -> Self::Tensor;
+    /// Rotates each head of each row; row `r` is at position `positions[r]`.
+    fn rope(&self, x: &Self::Tensor, positions: &[u32], n_heads: usize, rope: Rope)
+        -> Self::Tensor;
+    /// `silu(gate) · up`.
+    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// GELU, exact (erf) form, as PyTorch's `nn.GELU()`.
+    fn gelu(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// GELU, tanh approximation.
+    fn gelu_tanh(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// `x · sigmoid(1.702 x)`, CLIP's activation.
+    fn quick_gelu(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// Softmax of each row.
+    fn softmax(&self, x: &Self::Tensor) -> Self::Tensor;
+
+    /// A cache for `n_layers` layers of `n_ctx` positions.
+    fn new_kv_cache(
+        &self,
+        n_layers: usize,
+        n_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Self::KvCache;
+    /// Causal attention of `q` (rows at positions `start..start + rows`) over the cached
+    /// positions `0..start` and the new `k`, `v`, which are stored in `layer` of the cache.
+    /// Scale `1/sqrt(head_dim)`. `q` is `[rows, n_heads·head_dim]`, `k`/`v`
+    /// `[rows, n_kv_heads·head_dim]`; the result is `[rows, n_heads·head_dim]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_cached(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        start: usize,
+        heads: Heads,
+    ) -> Self::Tensor;
+    /// Attention of every row to every row, no mask, scale `1/sqrt(head_dim)` (the CLIP tower).
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        heads: Heads,
+    ) -> Self::Tensor;
+}
