@@ -188,3 +188,79 @@ fn streaming_holds_back_a_character_split_across_byte_tokens() {
     );
     assert_eq!(chunks[n - 1], "𝄞");
 }
+
+/// A small deterministic generator (xorshift), to avoid a dependency for one test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A string mixing the characters tokenizers find hard: runs of whitespace, digits,
+    /// apostrophes, punctuation, accents, CJK, emoji with joiners, and arbitrary code points.
+    fn text(&mut self, max_chars: u64) -> String {
+        const PICKS: &[&str] = &[
+            " ",
+            "  ",
+            "\n",
+            "\r\n",
+            "\t",
+            "a",
+            "Z",
+            "'s",
+            "'LL",
+            "3",
+            "42",
+            ".",
+            "!!",
+            "é",
+            "ß",
+            "你",
+            "好",
+            "🦙",
+            "👨\u{200D}👩",
+            "\u{FE0F}",
+            "<s>",
+            "</s>",
+            "<|eot_id|>",
+        ];
+        let n = self.next() % (max_chars + 1);
+        let mut s = String::new();
+        for _ in 0..n {
+            let r = self.next();
+            if r % 4 == 0 {
+                // Any scalar value except the SentencePiece space mark, which decodes to ' '.
+                let c = char::from_u32((r >> 8) as u32 % 0x11_0000).unwrap_or('?');
+                s.push(if c == '\u{2581}' { '_' } else { c });
+            } else {
+                s.push_str(PICKS[(r >> 8) as usize % PICKS.len()]);
+            }
+        }
+        s
+    }
+}
+
+/// Random text, with and without BOS, decodes back to itself on all three vocabularies and
+/// never panics; every id is in range.
+#[test]
+fn random_text_round_trips_on_every_vocab() {
+    for name in [
+        "ggml-vocab-llama-spm",
+        "ggml-vocab-llama-bpe",
+        "ggml-vocab-gpt-2",
+    ] {
+        let (tokenizer, _) = load(name);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for i in 0..300 {
+            let text = rng.text(40);
+            let ids = tokenizer.encode(&text, i % 2 == 0, false);
+            assert!(ids.iter().all(|&id| (id as usize) < tokenizer.vocab_size()));
+            let back = tokenizer.decode(&ids, false).expect("ids in range");
+            assert_eq!(back, text, "{name}: round trip of {text:?} via {ids:?}");
+        }
+    }
+}

@@ -69,7 +69,8 @@ pub enum TokenizerKind {
 
 enum Model {
     Spm(Spm),
-    Bpe(Bpe),
+    /// Boxed: its tables and regexes dwarf the SPM variant.
+    Bpe(Box<Bpe>),
 }
 
 /// Special token ids; `None` where the file names none and the model type has no default.
@@ -214,7 +215,7 @@ impl Tokenizer {
             TokenizerKind::Bpe => {
                 let merges = gguf.get_str_array(KEY_MERGES)?;
                 let pre = PreTokenizer::new(pre_kind.expect("set for BPE above"));
-                Model::Bpe(Bpe::new(merges, pre, ignore_merges)?)
+                Model::Bpe(Box::new(Bpe::new(merges, pre, ignore_merges)?))
             }
         };
 

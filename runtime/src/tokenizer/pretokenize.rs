@@ -47,6 +47,8 @@ impl PreTokenizerKind {
 pub(crate) struct PreTokenizer {
     kind: PreTokenizerKind,
     regex: Regex,
+    /// A maximal run of one character class; the fallback word where `regex` gives up.
+    run: Regex,
 }
 
 impl PreTokenizer {
@@ -56,7 +58,10 @@ impl PreTokenizer {
             PreTokenizerKind::Llama3 => LLAMA3_PATTERN,
         };
         let regex = Regex::new(pattern).expect("the constant pre-tokenizer patterns compile");
-        PreTokenizer { kind, regex }
+        // No look-around: fancy-regex hands this whole pattern to regex-automata, which runs
+        // in linear time with no backtracking stack to overflow.
+        let run = Regex::new(r"\s+|\p{L}+|\p{N}+|[^\s\p{L}\p{N}]+").expect("constant pattern");
+        PreTokenizer { kind, regex, run }
     }
 
     pub(crate) fn kind(&self) -> PreTokenizerKind {
@@ -66,25 +71,61 @@ impl PreTokenizer {
     /// Splits `text` into words that together cover it exactly, in order.
     ///
     /// Both patterns match at every position (each ends in `\s+` and the classes before cover
-    /// letters, numbers and the rest), so no text falls between matches; should the matcher
-    /// give up (fancy-regex's backtracking limit), the rest of the text becomes one word
-    /// rather than being lost.
+    /// letters, numbers and the rest), so no text falls between matches.
+    ///
+    /// fancy-regex's backtracking stack holds 1,000,000 entries (vm.rs `MAX_STACK`), and a
+    /// greedy repeat needs one per character: a run of about a million spaces, letters or
+    /// digits makes it fail. Such a run becomes one word of its own (its class's maximal run),
+    /// and matching resumes after it; the text is never lost, and only tokenization of that
+    /// run can differ from Hugging Face's.
     pub(crate) fn split<'t>(&self, text: &'t str) -> Vec<&'t str> {
         let mut words = Vec::new();
-        let mut covered = 0;
-        for m in self.regex.find_iter(text) {
-            let Ok(m) = m else { break };
-            if m.start() > covered {
-                words.push(&text[covered..m.start()]);
+        let mut pos = 0;
+        while pos < text.len() {
+            let (start, end) = match self.regex.find_from_pos(text, pos) {
+                Ok(Some(m)) => (m.start(), m.end()),
+                Ok(None) => (text.len(), text.len()),
+                Err(_) => match self.run.find_from_pos(text, pos) {
+                    Ok(Some(m)) if m.start() == pos => (pos, self.run_end(text, m.as_str(), pos)),
+                    // Unreachable (the classes cover every character); keep the text anyway.
+                    _ => (pos, text.len()),
+                },
+            };
+            if start > pos {
+                words.push(&text[pos..start]);
             }
-            words.push(m.as_str());
-            covered = m.end();
-        }
-        if covered < text.len() {
-            words.push(&text[covered..]);
+            if end > start {
+                words.push(&text[start..end]);
+            }
+            // An empty match cannot happen with these patterns; step past it regardless.
+            pos = if end > pos {
+                end
+            } else {
+                next_char_boundary(text, pos)
+            };
         }
         words
     }
+}
+
+impl PreTokenizer {
+    /// Where the fallback word for `run` (at `pos`) ends: a whitespace run followed by more
+    /// text leaves its last character to the next word, as `\s+(?!\S)` does.
+    fn run_end(&self, text: &str, run: &str, pos: usize) -> usize {
+        let end = pos + run.len();
+        let last = run.chars().next_back().filter(|c| c.is_whitespace());
+        match last {
+            Some(c) if end < text.len() && run.len() > c.len_utf8() => end - c.len_utf8(),
+            _ => end,
+        }
+    }
+}
+
+fn next_char_boundary(text: &str, pos: usize) -> usize {
+    text[pos..]
+        .chars()
+        .next()
+        .map_or(text.len(), |c| pos + c.len_utf8())
 }
 
 #[cfg(test)]
@@ -121,5 +162,18 @@ mod tests {
     fn unknown_pre_tokenizer_is_named() {
         let err = PreTokenizerKind::from_name("qwen2").unwrap_err();
         assert!(err.to_string().contains("\"qwen2\""), "{err}");
+    }
+
+    #[test]
+    fn runs_too_long_for_the_backtracking_stack_are_split_off_not_lost() {
+        // 1.2M spaces exceed fancy-regex's stack; the text after the run is still split
+        // normally.
+        let text = " ".repeat(1_200_000) + "ab cd";
+        for kind in [PreTokenizerKind::Gpt2, PreTokenizerKind::Llama3] {
+            let words = PreTokenizer::new(kind).split(&text);
+            assert_eq!(words.concat(), text);
+            assert_eq!(words[0].len(), 1_199_999, "{kind:?}");
+            assert_eq!(words[1..], [" ab", " cd"][..], "{kind:?}");
+        }
     }
 }
