@@ -1,3 +1,13 @@
-//! llava-convert: Hugging Face LLaVA checkpoints to llama.cpp-compatible GGUF files, and GGUF
-//! requantization. Filled in by the converter issue; it builds on `llava_runtime::gguf::GgufWriter`
-//! and `llava_runtime::quant`.
+//! llava-convert: Hugging Face checkpoints to llama.cpp-compatible GGUF files.
+//!
+//! Today: LLaMA-architecture LLMs (`convert_llama`). The LLaVA checkpoints, mmproj files,
+//! quantization mixes and requantization come with the converter issue.
+
+mod error;
+mod hf_config;
+pub mod llama;
+mod safetensors;
+mod vocab;
+
+pub use error::ConvertError;
+pub use llama::{convert_llama, ConvertSummary, LlamaHparams};

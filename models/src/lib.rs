@@ -1,3 +1,9 @@
 //! llava-models: the networks (LLaMA decoder, CLIP vision tower, projector) and the LLaVA
-//! pipeline, written once against the runtime's `Backend` trait. Filled in by the LLM and
-//! LLaVA issues; see DESIGN.md for the planned files.
+//! pipeline, written once against the runtime's [`Backend`](llava_runtime::backend::Backend)
+//! trait. See DESIGN.md for the planned files.
+
+mod error;
+pub mod llama;
+
+pub use error::ModelError;
+pub use llama::{Llama, LlamaConfig};

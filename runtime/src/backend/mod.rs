@@ -70,10 +70,15 @@ pub trait Backend {
     /// Loads a tensor of `file`, checking that it exists and that its type can be computed with.
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight, BackendError>;
 
-    fn from_host(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
-    fn to_host(&self, t: &Self::Tensor) -> Vec<f32>;
+    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
+    fn download(&self, t: &Self::Tensor) -> Vec<f32>;
     /// `(rows, cols)`.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+
+    /// Rows `start..start + len` of `x`.
+    fn slice_rows(&self, x: &Self::Tensor, start: usize, len: usize) -> Self::Tensor;
+    /// The rows of `parts`, one after another (all with the same number of columns).
+    fn concat_rows(&self, parts: &[&Self::Tensor]) -> Self::Tensor;
 
     /// Rows `ids` of an embedding table `[dim, n_rows]`, as f32.
     fn get_rows(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;

@@ -203,16 +203,35 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn from_host(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
+    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
         CpuTensor::new(data, rows, cols)
     }
 
-    fn to_host(&self, t: &CpuTensor) -> Vec<f32> {
+    fn download(&self, t: &CpuTensor) -> Vec<f32> {
         t.data.clone()
     }
 
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
+    }
+
+    fn slice_rows(&self, x: &CpuTensor, start: usize, len: usize) -> CpuTensor {
+        assert!(start + len <= x.rows, "row slice out of range");
+        CpuTensor::new(
+            x.data[start * x.cols..(start + len) * x.cols].to_vec(),
+            len,
+            x.cols,
+        )
+    }
+
+    fn concat_rows(&self, parts: &[&CpuTensor]) -> CpuTensor {
+        let cols = parts.first().map_or(0, |p| p.cols);
+        assert!(
+            parts.iter().all(|p| p.cols == cols),
+            "concat of different widths"
+        );
+        let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        CpuTensor::new(data, parts.iter().map(|p| p.rows).sum(), cols)
     }
 
     fn get_rows(&self, table: &CpuWeight, ids: &[u32]) -> CpuTensor {

@@ -1,0 +1,404 @@
+//! A Hugging Face `LlamaForCausalLM` / `MistralForCausalLM` directory → a llama.cpp GGUF file.
+//!
+//! Names, keys and the Q/K row permutation follow llama.cpp's `convert_hf_to_gguf.py`
+//! (GGUF-AND-LLAVA.md §3). One tensor is held in memory at a time.
+
+use std::path::Path;
+
+use llava_runtime::gguf::{GgufWriter, MetaValue};
+use llava_runtime::quant::{self, GgmlType};
+
+use crate::error::ConvertError;
+use crate::hf_config::JsonFile;
+use crate::safetensors::Checkpoint;
+use crate::vocab;
+
+/// LLaMA hyper-parameters from `config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaHparams {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub ffn_size: usize,
+    pub rms_eps: f64,
+    pub rope_theta: f64,
+    /// Linear RoPE scaling factor, if any.
+    pub rope_linear_factor: Option<f64>,
+    pub n_ctx_train: usize,
+}
+
+impl LlamaHparams {
+    pub fn from_config(c: &JsonFile) -> Result<Self, ConvertError> {
+        let bad = |key: &str, reason: String| ConvertError::Config {
+            path: c.path.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        let model_type = c.str_opt("model_type")?.unwrap_or("");
+        if !matches!(model_type, "llama" | "mistral") {
+            return Err(bad(
+                "model_type",
+                format!("\"{model_type}\" is not a LLaMA-architecture model (llama, mistral)"),
+            ));
+        }
+        let hidden_size = c.usize("hidden_size")?;
+        let n_heads = c.usize("num_attention_heads")?;
+        let n_kv_heads = c.usize_opt("num_key_value_heads")?.unwrap_or(n_heads);
+        if n_heads == 0 || hidden_size % n_heads != 0 {
+            return Err(bad(
+                "num_attention_heads",
+                format!("{n_heads} heads do not divide hidden_size {hidden_size}"),
+            ));
+        }
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(bad(
+                "num_key_value_heads",
+                format!("{n_kv_heads} do not divide {n_heads} attention heads"),
+            ));
+        }
+        if let Some(hd) = c.usize_opt("head_dim")? {
+            if hd != hidden_size / n_heads {
+                return Err(bad(
+                    "head_dim",
+                    format!("{hd} differs from hidden_size / num_attention_heads"),
+                ));
+            }
+        }
+        // transformers 5 moved rope settings under `rope_parameters`.
+        let rope_theta = match c.f64_opt("rope_theta")? {
+            Some(t) => t,
+            None => c.f64_opt("rope_parameters.rope_theta")?.unwrap_or(10_000.0),
+        };
+        let scaling = ["rope_scaling", "rope_parameters"]
+            .into_iter()
+            .find_map(|k| c.get(k).map(|v| (k, v)));
+        let rope_linear_factor = match scaling {
+            None => None,
+            Some((k, v)) => {
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("default");
+                match kind {
+                    "default" => None,
+                    "linear" => v.get("factor").and_then(|f| f.as_f64()),
+                    other => {
+                        return Err(bad(k, format!("RoPE scaling \"{other}\" is not supported")))
+                    }
+                }
+            }
+        };
+        Ok(LlamaHparams {
+            vocab_size: c.usize("vocab_size")?,
+            hidden_size,
+            n_layers: c.usize("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            ffn_size: c.usize("intermediate_size")?,
+            rms_eps: c.f64_opt("rms_norm_eps")?.unwrap_or(1e-6),
+            rope_theta,
+            rope_linear_factor,
+            n_ctx_train: c.usize_opt("max_position_embeddings")?.unwrap_or(4096),
+        })
+    }
+}
+
+/// How a checkpoint tensor is rearranged on the way out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    AsIs,
+    /// Undo Hugging Face's rotate-half permutation of Q or K rows, for adjacent-pair RoPE.
+    PermuteHeads(usize),
+}
+
+struct Planned {
+    gguf_name: String,
+    hf_name: String,
+    /// ggml order.
+    shape: Vec<u64>,
+    ty: GgmlType,
+    layout: Layout,
+}
+
+/// What was written.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConvertSummary {
+    pub tensors: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+}
+
+/// llama.cpp's `general.file_type` for a file whose matrices are mostly `ty`.
+fn file_type(ty: GgmlType) -> u32 {
+    use GgmlType::*;
+    match ty {
+        F32 => 0,
+        F16 => 1,
+        Q4_0 => 2,
+        Q4_1 => 3,
+        Q8_0 => 7,
+        Q5_0 => 8,
+        Q5_1 => 9,
+        Q2K => 10,
+        Q3K => 11,
+        Q4K => 14,
+        Q5K => 16,
+        Q6K => 18,
+        BF16 => 32,
+        _ => 1,
+    }
+}
+
+/// Converts the LLaMA checkpoint in `dir` to `out`, with every matrix stored as `weight_type`
+/// (F16 where a row is not a whole number of its blocks) and norms in F32.
+pub fn convert_llama(
+    dir: &Path,
+    out: &Path,
+    weight_type: GgmlType,
+) -> Result<ConvertSummary, ConvertError> {
+    if !quant::is_supported(weight_type) || matches!(weight_type, GgmlType::Q8_1 | GgmlType::Q8K) {
+        return Err(ConvertError::Input {
+            path: out.to_owned(),
+            reason: format!("cannot write weights as {weight_type}"),
+        });
+    }
+    let config = JsonFile::open(&dir.join("config.json"))?;
+    let hp = LlamaHparams::from_config(&config)?;
+    let tokenizer = JsonFile::open(&dir.join("tokenizer.json"))?;
+    let tokenizer_config = JsonFile::open_optional(&dir.join("tokenizer_config.json"))?;
+    let ckpt = Checkpoint::open(dir)?;
+    let plan = plan_tensors(&hp, &ckpt, weight_type)?;
+
+    let mut w = GgufWriter::new();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let a = "llama";
+    let kv: Vec<(String, MetaValue)> = vec![
+        ("general.architecture".into(), a.into()),
+        ("general.name".into(), name.into()),
+        ("general.file_type".into(), file_type(weight_type).into()),
+        ("general.quantization_version".into(), 2u32.into()),
+        (
+            format!("{a}.context_length"),
+            (hp.n_ctx_train as u32).into(),
+        ),
+        (
+            format!("{a}.embedding_length"),
+            (hp.hidden_size as u32).into(),
+        ),
+        (format!("{a}.block_count"), (hp.n_layers as u32).into()),
+        (
+            format!("{a}.feed_forward_length"),
+            (hp.ffn_size as u32).into(),
+        ),
+        (
+            format!("{a}.attention.head_count"),
+            (hp.n_heads as u32).into(),
+        ),
+        (
+            format!("{a}.attention.head_count_kv"),
+            (hp.n_kv_heads as u32).into(),
+        ),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            (hp.rms_eps as f32).into(),
+        ),
+        (format!("{a}.rope.freq_base"), (hp.rope_theta as f32).into()),
+        (
+            format!("{a}.rope.dimension_count"),
+            ((hp.hidden_size / hp.n_heads) as u32).into(),
+        ),
+        (format!("{a}.vocab_size"), (hp.vocab_size as u32).into()),
+    ];
+    for (k, v) in kv {
+        w.add(&k, v)?;
+    }
+    if let Some(f) = hp.rope_linear_factor {
+        w.add(&format!("{a}.rope.scaling.type"), "linear")?;
+        w.add(&format!("{a}.rope.scaling.factor"), f as f32)?;
+    }
+    for (k, v) in vocab::spm_metadata(&tokenizer, &config, tokenizer_config.as_ref())? {
+        w.add(k, v)?;
+    }
+    for p in &plan {
+        w.add_tensor(&p.gguf_name, p.ty, &p.shape)?;
+    }
+
+    let mut summary = ConvertSummary {
+        tensors: plan.len(),
+        parameters: 0,
+        bytes: 0,
+    };
+    w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
+        let p = &plan[i];
+        let bytes = tensor_bytes(&ckpt, p)?;
+        summary.parameters += decl.n_elements();
+        summary.bytes += bytes.len() as u64;
+        sink.write_all(&bytes).map_err(|error| ConvertError::Io {
+            path: out.to_owned(),
+            error,
+        })
+    })?;
+    Ok(summary)
+}
+
+fn plan_tensors(
+    hp: &LlamaHparams,
+    ckpt: &Checkpoint,
+    weight_type: GgmlType,
+) -> Result<Vec<Planned>, ConvertError> {
+    let h = hp.hidden_size;
+    let head_dim = h / hp.n_heads;
+    let (q_dim, kv_dim) = (hp.n_heads * head_dim, hp.n_kv_heads * head_dim);
+    let mut plan = Vec::new();
+    let mut add = |gguf: String, hf: String, torch_shape: &[usize], layout| {
+        let shape = ckpt
+            .shape(&hf)
+            .ok_or_else(|| ConvertError::MissingTensor { name: hf.clone() })?;
+        if shape != torch_shape {
+            return Err(ConvertError::WrongShape {
+                name: hf,
+                shape: shape.to_vec(),
+                expected: torch_shape.to_vec(),
+            });
+        }
+        let ne: Vec<u64> = torch_shape.iter().rev().map(|&d| d as u64).collect();
+        let ty = if ne.len() < 2 {
+            GgmlType::F32
+        } else if ne[0] % weight_type.block_size() as u64 == 0 {
+            weight_type
+        } else {
+            GgmlType::F16
+        };
+        plan.push(Planned {
+            gguf_name: gguf,
+            hf_name: hf,
+            shape: ne,
+            ty,
+            layout,
+        });
+        Ok(())
+    };
+    let v = hp.vocab_size;
+    add(
+        "token_embd.weight".into(),
+        "model.embed_tokens.weight".into(),
+        &[v, h],
+        Layout::AsIs,
+    )?;
+    for i in 0..hp.n_layers {
+        let g = |n: &str| format!("blk.{i}.{n}.weight");
+        let t = |n: &str| format!("model.layers.{i}.{n}.weight");
+        let ff = hp.ffn_size;
+        add(g("attn_norm"), t("input_layernorm"), &[h], Layout::AsIs)?;
+        add(
+            g("attn_q"),
+            t("self_attn.q_proj"),
+            &[q_dim, h],
+            Layout::PermuteHeads(hp.n_heads),
+        )?;
+        add(
+            g("attn_k"),
+            t("self_attn.k_proj"),
+            &[kv_dim, h],
+            Layout::PermuteHeads(hp.n_kv_heads),
+        )?;
+        add(
+            g("attn_v"),
+            t("self_attn.v_proj"),
+            &[kv_dim, h],
+            Layout::AsIs,
+        )?;
+        add(
+            g("attn_output"),
+            t("self_attn.o_proj"),
+            &[h, q_dim],
+            Layout::AsIs,
+        )?;
+        add(
+            g("ffn_norm"),
+            t("post_attention_layernorm"),
+            &[h],
+            Layout::AsIs,
+        )?;
+        add(g("ffn_gate"), t("mlp.gate_proj"), &[ff, h], Layout::AsIs)?;
+        add(g("ffn_up"), t("mlp.up_proj"), &[ff, h], Layout::AsIs)?;
+        add(g("ffn_down"), t("mlp.down_proj"), &[h, ff], Layout::AsIs)?;
+    }
+    add(
+        "output_norm.weight".into(),
+        "model.norm.weight".into(),
+        &[h],
+        Layout::AsIs,
+    )?;
+    // Tied embeddings: no lm_head in the checkpoint, and llama.cpp reuses token_embd.
+    if ckpt.contains("lm_head.weight") {
+        add(
+            "output.weight".into(),
+            "lm_head.weight".into(),
+            &[v, h],
+            Layout::AsIs,
+        )?;
+    }
+    Ok(plan)
+}
+
+/// Loads, rearranges and quantizes one tensor.
+fn tensor_bytes(ckpt: &Checkpoint, p: &Planned) -> Result<Vec<u8>, ConvertError> {
+    let mut data = ckpt.to_f32(&p.hf_name)?;
+    let row_len = p.shape[0] as usize;
+    if let Layout::PermuteHeads(n_heads) = p.layout {
+        data = permute_heads(&data, n_heads, row_len);
+    }
+    let n_bytes =
+        p.ty.row_bytes(data.len() as u64)
+            .expect("planned whole blocks") as usize;
+    // Rows are whole blocks, so the tensor quantizes as one long row. u32 words keep the
+    // blocks' f16/f32 fields aligned.
+    let mut words = vec![0u32; n_bytes.div_ceil(4)];
+    let bytes = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..n_bytes];
+    quant::quantize_row(p.ty, &data, bytes).map_err(|error| ConvertError::Quant {
+        tensor: p.gguf_name.clone(),
+        error,
+    })?;
+    Ok(bytes.to_vec())
+}
+
+/// Within each head of `rows` (each `row_len` long), output row `2j + t` is input row
+/// `t·hd/2 + j`: Hugging Face's rotate-half layout back to interleaved pairs.
+fn permute_heads(data: &[f32], n_heads: usize, row_len: usize) -> Vec<f32> {
+    let n_rows = data.len() / row_len;
+    let head_dim = n_rows / n_heads;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; data.len()];
+    for h in 0..n_heads {
+        for j in 0..half {
+            for t in 0..2 {
+                let src = h * head_dim + t * half + j;
+                let dst = h * head_dim + 2 * j + t;
+                out[dst * row_len..(dst + 1) * row_len]
+                    .copy_from_slice(&data[src * row_len..(src + 1) * row_len]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_interleaves_the_two_halves_of_each_head() {
+        // 2 heads of 4 rows, rows of one element: [a0 a1 b0 b1 | c0 c1 d0 d1] with halves
+        // (a, b) → [a0 b0 a1 b1 | c0 d0 c1 d1].
+        let data = [0.0, 1.0, 10.0, 11.0, 20.0, 21.0, 30.0, 31.0];
+        let out = permute_heads(&data, 2, 1);
+        assert_eq!(out, [0.0, 10.0, 1.0, 11.0, 20.0, 30.0, 21.0, 31.0]);
+    }
+}

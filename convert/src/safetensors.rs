@@ -1,0 +1,141 @@
+//! A Hugging Face checkpoint's tensors: one or many memory-mapped `*.safetensors` files.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype, Metadata};
+use safetensors::SafeTensors;
+
+use crate::error::ConvertError;
+
+/// Where one tensor lives.
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    /// PyTorch order: the last dimension is contiguous.
+    shape: Vec<usize>,
+    /// Byte range within its file.
+    start: usize,
+    end: usize,
+}
+
+/// All tensors of a checkpoint directory, by name.
+pub struct Checkpoint {
+    paths: Vec<PathBuf>,
+    maps: Vec<Mmap>,
+    tensors: BTreeMap<String, Entry>,
+}
+
+impl Checkpoint {
+    /// Opens every `*.safetensors` file in `dir`.
+    pub fn open(dir: &Path) -> Result<Checkpoint, ConvertError> {
+        let io = |path: &Path, e: std::io::Error| ConvertError::Io {
+            path: path.to_owned(),
+            error: e,
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(ConvertError::Input {
+                path: dir.to_owned(),
+                reason: "no *.safetensors files".into(),
+            });
+        }
+        let mut maps = Vec::new();
+        let mut tensors = BTreeMap::new();
+        for (file, path) in paths.iter().enumerate() {
+            let f = File::open(path).map_err(|e| io(path, e))?;
+            // SAFETY: read-only map of a checkpoint nobody rewrites while we convert it.
+            let map = unsafe { Mmap::map(&f) }.map_err(|e| io(path, e))?;
+            let bad = |reason: String| ConvertError::Input {
+                path: path.clone(),
+                reason,
+            };
+            let (header_len, metadata): (usize, Metadata) =
+                SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let (start, end) = info.data_offsets;
+                let entry = Entry {
+                    file,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + start,
+                    end: data_start + end,
+                };
+                if entry.end > map.len() {
+                    return Err(bad(format!(
+                        "tensor \"{name}\" extends past the end of the file"
+                    )));
+                }
+                if tensors.insert(name.clone(), entry).is_some() {
+                    return Err(bad(format!("tensor \"{name}\" appears twice")));
+                }
+            }
+            maps.push(map);
+        }
+        Ok(Checkpoint {
+            paths,
+            maps,
+            tensors,
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// PyTorch shape of a tensor.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// A tensor converted to f32, in PyTorch (row-major) order.
+    pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, ConvertError> {
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| ConvertError::MissingTensor {
+                name: name.to_owned(),
+            })?;
+        let bytes = &self.maps[e.file][e.start..e.end];
+        let n: usize = e.shape.iter().product();
+        let bad = |reason: String| ConvertError::Input {
+            path: self.paths[e.file].clone(),
+            reason: format!("tensor \"{name}\": {reason}"),
+        };
+        let width = match e.dtype {
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+            other => {
+                return Err(bad(format!(
+                    "dtype {other:?} is not supported (F32, F16, BF16)"
+                )))
+            }
+        };
+        if bytes.len() != n * width {
+            return Err(bad(format!("{} bytes for {n} elements", bytes.len())));
+        }
+        let out = match e.dtype {
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            _ => bytes
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+        };
+        Ok(out)
+    }
+}

@@ -1,0 +1,222 @@
+//! `tokenizer.json` (a LLaMA-style BPE with byte fallback) → llama.cpp's SentencePiece metadata.
+//!
+//! llama.cpp tokenizes `tokenizer.ggml.model = "llama"` by repeatedly merging the adjacent pair
+//! whose concatenation has the highest score. Giving the token made by merge `i` the score `-i`
+//! makes that order the BPE merge order, which is also how SentencePiece's own BPE models score
+//! their pieces.
+
+use std::collections::HashMap;
+
+use llava_runtime::gguf::{MetaArray, MetaValue};
+use serde_json::Value;
+
+use crate::error::ConvertError;
+use crate::hf_config::JsonFile;
+
+// llama.cpp token types (GGUF-AND-LLAVA.md §3).
+const NORMAL: i32 = 1;
+const UNKNOWN: i32 = 2;
+const CONTROL: i32 = 3;
+const USER_DEFINED: i32 = 4;
+const BYTE: i32 = 6;
+
+/// The `tokenizer.*` metadata for a LLaMA-family model.
+pub fn spm_metadata(
+    tokenizer: &JsonFile,
+    config: &JsonFile,
+    tokenizer_config: Option<&JsonFile>,
+) -> Result<Vec<(&'static str, MetaValue)>, ConvertError> {
+    let bad = |reason: String| ConvertError::Input {
+        path: tokenizer.path.clone(),
+        reason,
+    };
+    let model = tokenizer
+        .get("model")
+        .ok_or_else(|| bad("no \"model\"".into()))?;
+    let kind = model.get("type").and_then(Value::as_str).unwrap_or("");
+    let byte_fallback = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
+    if kind != "BPE" || !byte_fallback {
+        return Err(bad(format!(
+            "a {kind} tokenizer{} is not supported; expected a LLaMA-style BPE with byte fallback",
+            if byte_fallback {
+                ""
+            } else {
+                " without byte fallback"
+            }
+        )));
+    }
+
+    let mut by_id: HashMap<u32, (String, i32)> = HashMap::new();
+    let vocab = model
+        .get("vocab")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("model.vocab is not an object".into()))?;
+    let unk = model.get("unk_token").and_then(Value::as_str);
+    for (text, id) in vocab {
+        let id = id
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .ok_or_else(|| bad(format!("token \"{text}\" has no valid id")))?;
+        let ty = if Some(text.as_str()) == unk {
+            UNKNOWN
+        } else if is_byte_token(text) {
+            BYTE
+        } else {
+            NORMAL
+        };
+        by_id.insert(id, (text.clone(), ty));
+    }
+    for added in tokenizer
+        .get("added_tokens")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(id), Some(text)) = (
+            added.get("id").and_then(Value::as_u64),
+            added.get("content").and_then(Value::as_str),
+        ) else {
+            return Err(bad("an added token lacks an id or content".into()));
+        };
+        let special = added.get("special").and_then(Value::as_bool) == Some(true);
+        let ty = match by_id.get(&(id as u32)) {
+            Some((_, UNKNOWN)) => UNKNOWN,
+            _ if special => CONTROL,
+            _ => USER_DEFINED,
+        };
+        by_id.insert(id as u32, (text.to_owned(), ty));
+    }
+    let n_vocab = config
+        .usize_opt("vocab_size")?
+        .unwrap_or(0)
+        .max(by_id.keys().max().map_or(0, |&m| m as usize + 1));
+
+    // Score = -(rank of the merge that creates the token).
+    let mut merge_rank: HashMap<String, usize> = HashMap::new();
+    for (rank, m) in model
+        .get("merges")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let merged = match m {
+            Value::String(s) => s.split_once(' ').map(|(a, b)| format!("{a}{b}")),
+            Value::Array(pair) => match (pair.first(), pair.get(1)) {
+                (Some(Value::String(a)), Some(Value::String(b))) => Some(format!("{a}{b}")),
+                _ => None,
+            },
+            _ => None,
+        }
+        .ok_or_else(|| bad(format!("merge {rank} is not a pair")))?;
+        merge_rank.entry(merged).or_insert(rank);
+    }
+
+    let mut tokens = Vec::with_capacity(n_vocab);
+    let mut scores = Vec::with_capacity(n_vocab);
+    let mut types = Vec::with_capacity(n_vocab);
+    for id in 0..n_vocab as u32 {
+        let (text, ty) = by_id
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| (format!("[PAD{id}]"), USER_DEFINED));
+        let score = match merge_rank.get(&text) {
+            Some(&rank) => -(rank as f32),
+            // Not reachable by merging: ranked after every merge, so llama.cpp never prefers it.
+            None if ty == NORMAL && text.chars().count() > 1 => -((merge_rank.len() + 1) as f32),
+            None => 0.0,
+        };
+        tokens.push(text);
+        scores.push(score);
+        types.push(ty);
+    }
+
+    let id_of = |text: &str| tokens.iter().position(|t| t == text).map(|i| i as u32);
+    let bos = config
+        .usize_opt("bos_token_id")?
+        .map(|i| i as u32)
+        .or_else(|| id_of("<s>"));
+    let eos = config
+        .usize_opt("eos_token_id")?
+        .map(|i| i as u32)
+        .or_else(|| id_of("</s>"));
+    let add_bos = match tokenizer_config
+        .map(|c| c.bool_opt("add_bos_token"))
+        .transpose()?
+    {
+        Some(Some(b)) => b,
+        _ => post_processor_adds_bos(tokenizer),
+    };
+
+    let unk_id = unk.and_then(id_of);
+    let mut meta: Vec<(&'static str, MetaValue)> = vec![
+        ("tokenizer.ggml.model", "llama".into()),
+        ("tokenizer.ggml.tokens", MetaArray::String(tokens).into()),
+        ("tokenizer.ggml.scores", MetaArray::F32(scores).into()),
+        ("tokenizer.ggml.token_type", MetaArray::I32(types).into()),
+    ];
+    if let Some(id) = bos {
+        meta.push(("tokenizer.ggml.bos_token_id", MetaValue::U32(id)));
+    }
+    if let Some(id) = eos {
+        meta.push(("tokenizer.ggml.eos_token_id", MetaValue::U32(id)));
+    }
+    if let Some(id) = unk_id {
+        meta.push(("tokenizer.ggml.unknown_token_id", MetaValue::U32(id)));
+    }
+    meta.push(("tokenizer.ggml.add_bos_token", add_bos.into()));
+    meta.push(("tokenizer.ggml.add_eos_token", false.into()));
+    meta.push((
+        "tokenizer.ggml.add_space_prefix",
+        adds_space_prefix(tokenizer).into(),
+    ));
+    if let Some(template) = tokenizer_config.and_then(|c| c.str_opt("chat_template").ok().flatten())
+    {
+        meta.push(("tokenizer.chat_template", template.into()));
+    }
+    meta.push((
+        "tokenizer.huggingface.json",
+        serde_json::to_string(&tokenizer.json)
+            .expect("a parsed JSON value serialises")
+            .into(),
+    ));
+    Ok(meta)
+}
+
+/// `<0x0A>`-style byte-fallback tokens.
+fn is_byte_token(text: &str) -> bool {
+    text.len() == 6
+        && text.starts_with("<0x")
+        && text.ends_with('>')
+        && text[3..5].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Whether the post-processor template starts with a special token (BOS).
+fn post_processor_adds_bos(tokenizer: &JsonFile) -> bool {
+    tokenizer
+        .get("post_processor.single")
+        .and_then(Value::as_array)
+        .and_then(|items| items.first())
+        .is_some_and(|first| first.get("SpecialToken").is_some())
+}
+
+/// LLaMA tokenizers mark a dummy leading space: a `Prepend("▁")` normaliser, or (older files) a
+/// Metaspace pre-tokenizer that prepends.
+fn adds_space_prefix(tokenizer: &JsonFile) -> bool {
+    let prepends = |v: &Value| {
+        v.get("type").and_then(Value::as_str) == Some("Prepend")
+            && v.get("prepend").and_then(Value::as_str) == Some("▁")
+    };
+    let normalizer = tokenizer.get("normalizer");
+    let in_normalizer = normalizer.is_some_and(|n| {
+        prepends(n)
+            || n.get("normalizers")
+                .and_then(Value::as_array)
+                .is_some_and(|list| list.iter().any(prepends))
+    });
+    let in_metaspace = tokenizer.get("pre_tokenizer").is_some_and(|p| {
+        p.get("type").and_then(Value::as_str) == Some("Metaspace")
+            && p.get("prepend_scheme").and_then(Value::as_str) != Some("never")
+    });
+    in_normalizer || in_metaspace
+}

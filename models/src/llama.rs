@@ -1,0 +1,279 @@
+//! The LLaMA-architecture decoder (Vicuna, Mistral) from a llama.cpp-style GGUF file.
+//!
+//! Layer: `x += Wo·attn(rope(Wq n), rope(Wk n), Wv n)` with `n = RMSNorm(x)·g`, then
+//! `x += Wdown(SiLU(Wgate n2) ⊙ Wup n2)`; after the last layer a final RMSNorm and `output`
+//! (GGUF-AND-LLAVA.md §3, §7). The Q/K rows in the file are already permuted for adjacent-pair
+//! (NORM) RoPE.
+
+use std::sync::Arc;
+
+use llava_runtime::backend::{Backend, Heads, Rope};
+use llava_runtime::gguf::{GgufFile, KEY_ARCHITECTURE};
+
+use crate::error::ModelError;
+
+/// Hyper-parameters read from the file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub n_vocab: usize,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn_size: usize,
+    pub rms_eps: f32,
+    pub rope: Rope,
+    /// The context length the model was trained with.
+    pub n_ctx_train: usize,
+}
+
+const ARCH: &str = "llama";
+
+impl LlamaConfig {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
+        let arch = file.get_str(KEY_ARCHITECTURE)?;
+        if arch != ARCH {
+            return Err(ModelError::UnknownArchitecture {
+                path: file.path().to_owned(),
+                arch: arch.to_owned(),
+            });
+        }
+        let key = |k: &str| format!("{ARCH}.{k}");
+        let usize_of =
+            |k: &str| -> Result<usize, ModelError> { Ok(file.get_u32(&key(k))? as usize) };
+        let bad = |k: &str, reason: String| ModelError::BadConfig {
+            path: file.path().to_owned(),
+            key: key(k),
+            reason,
+        };
+
+        let hidden_size = usize_of("embedding_length")?;
+        let n_layers = usize_of("block_count")?;
+        let n_heads = usize_of("attention.head_count")?;
+        let n_kv_heads = match file.optional(&key("attention.head_count_kv"), GgufFile::get_u32)? {
+            Some(n) => n as usize,
+            None => n_heads,
+        };
+        if n_heads == 0 || hidden_size % n_heads != 0 {
+            return Err(bad(
+                "attention.head_count",
+                format!("{n_heads} heads do not divide the hidden size {hidden_size}"),
+            ));
+        }
+        if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(bad(
+                "attention.head_count_kv",
+                format!("{n_kv_heads} KV heads do not divide {n_heads} query heads"),
+            ));
+        }
+        let head_dim = hidden_size / n_heads;
+        let ffn_size = match file.get(&key("feed_forward_length")) {
+            Some(llava_runtime::gguf::Value::Array(_)) => {
+                return Err(bad(
+                    "feed_forward_length",
+                    "per-layer feed-forward sizes are not supported".into(),
+                ))
+            }
+            _ => usize_of("feed_forward_length")?,
+        };
+        let rms_eps = file.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
+        let n_rot = match file.optional(&key("rope.dimension_count"), GgufFile::get_u32)? {
+            Some(n) => n as usize,
+            None => head_dim,
+        };
+        if n_rot != head_dim {
+            return Err(bad(
+                "rope.dimension_count",
+                format!("{n_rot}, but llama rotates the whole head of {head_dim}"),
+            ));
+        }
+        let base = file
+            .optional(&key("rope.freq_base"), GgufFile::get_f32)?
+            .unwrap_or(10_000.0);
+        let freq_scale = rope_freq_scale(file, &key)?;
+        let n_ctx_train = usize_of("context_length")?;
+        let n_vocab = file
+            .tensor("token_embd.weight")
+            .and_then(|t| t.shape().get(1).copied())
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: file.path().to_owned(),
+                name: "token_embd.weight".into(),
+            })? as usize;
+
+        Ok(LlamaConfig {
+            n_vocab,
+            hidden_size,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            ffn_size,
+            rms_eps,
+            rope: Rope {
+                n_rot,
+                base,
+                freq_scale,
+            },
+            n_ctx_train,
+        })
+    }
+
+    fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+}
+
+/// Linear RoPE scaling: `rope.scaling.type = "linear"` with `rope.scaling.factor`, or the older
+/// `rope.scale_linear`. Other scaling types are refused rather than silently ignored.
+fn rope_freq_scale(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<f32, ModelError> {
+    let kind = file.optional(&key("rope.scaling.type"), |f, k| {
+        f.get_str(k).map(str::to_owned)
+    })?;
+    let factor = match kind.as_deref() {
+        None | Some("none") => file.optional(&key("rope.scale_linear"), GgufFile::get_f32)?,
+        Some("linear") => file.optional(&key("rope.scaling.factor"), GgufFile::get_f32)?,
+        Some(other) => {
+            return Err(ModelError::BadConfig {
+                path: file.path().to_owned(),
+                key: key("rope.scaling.type"),
+                reason: format!("\"{other}\" RoPE scaling is not supported"),
+            })
+        }
+    };
+    Ok(match factor {
+        Some(f) if f > 0.0 => 1.0 / f,
+        _ => 1.0,
+    })
+}
+
+struct Layer<B: Backend> {
+    attn_norm: B::Weight,
+    wq: B::Weight,
+    wk: B::Weight,
+    wv: B::Weight,
+    wo: B::Weight,
+    ffn_norm: B::Weight,
+    w_gate: B::Weight,
+    w_up: B::Weight,
+    w_down: B::Weight,
+}
+
+/// A loaded LLaMA model.
+pub struct Llama<B: Backend> {
+    pub config: LlamaConfig,
+    token_embd: B::Weight,
+    output_norm: B::Weight,
+    /// `token_embd` again when the file has no `output.weight` (tied embeddings).
+    output: B::Weight,
+    layers: Vec<Layer<B>>,
+}
+
+impl<B: Backend> Llama<B> {
+    pub fn load(backend: &B, file: &Arc<GgufFile>) -> Result<Self, ModelError> {
+        let c = LlamaConfig::from_gguf(file)?;
+        let (h, ff, v) = (c.hidden_size as u64, c.ffn_size as u64, c.n_vocab as u64);
+        let q_dim = (c.n_heads * c.head_dim) as u64;
+        let kv_dim = (c.n_kv_heads * c.head_dim) as u64;
+        let load = |name: &str, shape: &[u64]| -> Result<B::Weight, ModelError> {
+            check_shape(file, name, shape)?;
+            Ok(backend.load_weight(file, name)?)
+        };
+
+        let token_embd = load("token_embd.weight", &[h, v])?;
+        let output_norm = load("output_norm.weight", &[h])?;
+        let output = if file.tensor("output.weight").is_some() {
+            load("output.weight", &[h, v])?
+        } else {
+            load("token_embd.weight", &[h, v])?
+        };
+        let layers = (0..c.n_layers)
+            .map(|i| {
+                let w = |n: &str, shape: &[u64]| load(&format!("blk.{i}.{n}.weight"), shape);
+                Ok(Layer {
+                    attn_norm: w("attn_norm", &[h])?,
+                    wq: w("attn_q", &[h, q_dim])?,
+                    wk: w("attn_k", &[h, kv_dim])?,
+                    wv: w("attn_v", &[h, kv_dim])?,
+                    wo: w("attn_output", &[q_dim, h])?,
+                    ffn_norm: w("ffn_norm", &[h])?,
+                    w_gate: w("ffn_gate", &[h, ff])?,
+                    w_up: w("ffn_up", &[h, ff])?,
+                    w_down: w("ffn_down", &[ff, h])?,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Llama {
+            config: c,
+            token_embd,
+            output_norm,
+            output,
+            layers,
+        })
+    }
+
+    /// A KV cache for `n_ctx` positions.
+    pub fn new_cache(&self, backend: &B, n_ctx: usize) -> B::KvCache {
+        let c = &self.config;
+        backend.new_kv_cache(c.n_layers, n_ctx, c.n_kv_heads, c.head_dim)
+    }
+
+    /// Embedding rows of `tokens`, `[tokens, hidden]`. Ids must be below `n_vocab`.
+    pub fn embed(&self, backend: &B, tokens: &[u32]) -> B::Tensor {
+        backend.get_rows(&self.token_embd, tokens)
+    }
+
+    /// Runs embeddings `x` `[rows, hidden]` at positions `start..start + rows` through the
+    /// decoder, appending their keys and values to `cache`, and returns the logits of every row
+    /// (`last_only = false`) or of the last row only.
+    pub fn forward(
+        &self,
+        backend: &B,
+        x: B::Tensor,
+        start: usize,
+        cache: &mut B::KvCache,
+        last_only: bool,
+    ) -> B::Tensor {
+        let c = &self.config;
+        let (rows, _) = backend.shape(&x);
+        let positions: Vec<u32> = (start..start + rows).map(|p| p as u32).collect();
+        let mut x = x;
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = backend.rms_norm(&x, &l.attn_norm, c.rms_eps);
+            let q = backend.rope(&backend.matmul(&n, &l.wq), &positions, c.n_heads, c.rope);
+            let k = backend.rope(&backend.matmul(&n, &l.wk), &positions, c.n_kv_heads, c.rope);
+            let v = backend.matmul(&n, &l.wv);
+            let a = backend.attention_cached(&q, &k, &v, cache, i, start, c.heads());
+            x = backend.add(&x, &backend.matmul(&a, &l.wo));
+
+            let n = backend.rms_norm(&x, &l.ffn_norm, c.rms_eps);
+            let g = backend.silu_mul(&backend.matmul(&n, &l.w_gate), &backend.matmul(&n, &l.w_up));
+            x = backend.add(&x, &backend.matmul(&g, &l.w_down));
+        }
+        if last_only && rows > 1 {
+            x = backend.slice_rows(&x, rows - 1, 1);
+        }
+        let n = backend.rms_norm(&x, &self.output_norm, c.rms_eps);
+        backend.matmul(&n, &self.output)
+    }
+}
+
+fn check_shape(file: &GgufFile, name: &str, expected: &[u64]) -> Result<(), ModelError> {
+    let t = file.tensor(name).ok_or_else(|| ModelError::MissingTensor {
+        path: file.path().to_owned(),
+        name: name.to_owned(),
+    })?;
+    if t.shape() != expected {
+        return Err(ModelError::WrongShape {
+            path: file.path().to_owned(),
+            name: name.to_owned(),
+            shape: t.shape().to_vec(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(())
+}

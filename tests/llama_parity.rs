@@ -1,0 +1,234 @@
+//! The LLaMA decoder against transformers: tiny random models from tests/fixtures (made by
+//! generate.py), converted to GGUF by llava-convert and run on the CPU backend, must give
+//! transformers' logits at every position and its greedy continuation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llava_convert::convert_llama;
+use llava_models::Llama;
+use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::gguf::GgufFile;
+use llava_runtime::quant::GgmlType;
+use llava_runtime::tokenizer::Tokenizer;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+struct Reference {
+    prompt: String,
+    input_ids: Vec<u32>,
+    /// `[positions][vocab]`.
+    logits: Vec<Vec<f32>>,
+    greedy: Vec<u32>,
+}
+
+fn reference(model: &str) -> Reference {
+    let path = Path::new(FIXTURES).join(model).join("reference.json");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    Reference {
+        prompt: j["prompt"].as_str().unwrap().to_owned(),
+        input_ids: ids(&j["input_ids"]),
+        logits: j["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect()
+            })
+            .collect(),
+        greedy: ids(&j["greedy_continuation"]),
+    }
+}
+
+/// Converts a fixture to GGUF in a temporary directory.
+fn convert(model: &str, ty: GgmlType) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join(format!("{model}-{ty}.gguf"));
+    convert_llama(&Path::new(FIXTURES).join(model), &out, ty).unwrap();
+    (dir, out)
+}
+
+struct Loaded {
+    backend: CpuBackend,
+    model: Llama<CpuBackend>,
+}
+
+fn load(path: &Path) -> Loaded {
+    let backend = CpuBackend::new(2);
+    let file = Arc::new(GgufFile::open(path).unwrap());
+    let model = Llama::load(&backend, &file).unwrap();
+    Loaded { backend, model }
+}
+
+/// Logits of every prompt position, `[positions][vocab]`, from one batched prefill.
+fn prompt_logits(m: &Loaded, ids: &[u32]) -> Vec<Vec<f32>> {
+    let mut cache = m.model.new_cache(&m.backend, ids.len());
+    let x = m.model.embed(&m.backend, ids);
+    let logits = m.model.forward(&m.backend, x, 0, &mut cache, false);
+    let n_vocab = m.model.config.n_vocab;
+    m.backend
+        .download(&logits)
+        .chunks(n_vocab)
+        .map(<[f32]>::to_vec)
+        .collect()
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Prefill, then `n` greedy steps one token at a time.
+fn greedy(m: &Loaded, ids: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = m.model.new_cache(&m.backend, ids.len() + n);
+    let x = m.model.embed(&m.backend, ids);
+    let mut logits = m
+        .backend
+        .download(&m.model.forward(&m.backend, x, 0, &mut cache, true));
+    let mut out = Vec::new();
+    for step in 0..n {
+        let next = argmax(&logits);
+        out.push(next);
+        let x = m.model.embed(&m.backend, &[next]);
+        let pos = ids.len() + step;
+        logits = m
+            .backend
+            .download(&m.model.forward(&m.backend, x, pos, &mut cache, true));
+    }
+    out
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| x.iter().zip(y).map(|(p, q)| (p - q).abs()))
+        .fold(0.0, f32::max)
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+    let lse = row
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+/// Mean over positions of KL(reference ‖ ours).
+fn mean_kl(reference: &[Vec<f32>], ours: &[Vec<f32>]) -> f64 {
+    let total: f64 = reference
+        .iter()
+        .zip(ours)
+        .map(|(r, o)| {
+            let (lp, lq) = (log_softmax(r), log_softmax(o));
+            lp.iter()
+                .zip(&lq)
+                .map(|(p, q)| p.exp() * (p - q))
+                .sum::<f64>()
+        })
+        .sum();
+    total / reference.len() as f64
+}
+
+fn argmax_agreement(reference: &[Vec<f32>], ours: &[Vec<f32>]) -> f64 {
+    let same = reference
+        .iter()
+        .zip(ours)
+        .filter(|(r, o)| argmax(r) == argmax(o))
+        .count();
+    same as f64 / reference.len() as f64
+}
+
+const MODELS: [&str; 2] = ["llama-gqa", "llama-tied"];
+
+#[test]
+fn f32_logits_match_transformers_at_every_position() {
+    for model in MODELS {
+        let r = reference(model);
+        let (_dir, path) = convert(model, GgmlType::F32);
+        let ours = prompt_logits(&load(&path), &r.input_ids);
+        let diff = max_abs_diff(&r.logits, &ours);
+        eprintln!("{model} f32: max |logit diff| = {diff:.2e}");
+        assert!(diff <= 1e-3, "{model}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn f32_greedy_continuation_matches_transformers() {
+    for model in MODELS {
+        let r = reference(model);
+        let (_dir, path) = convert(model, GgmlType::F32);
+        let ours = greedy(&load(&path), &r.input_ids, r.greedy.len());
+        assert_eq!(ours, r.greedy, "{model}");
+    }
+}
+
+#[test]
+fn f16_logits_match_transformers() {
+    for model in MODELS {
+        let r = reference(model);
+        let (_dir, path) = convert(model, GgmlType::F16);
+        let ours = prompt_logits(&load(&path), &r.input_ids);
+        let diff = max_abs_diff(&r.logits, &ours);
+        eprintln!("{model} f16: max |logit diff| = {diff:.2e}");
+        assert!(diff <= 1e-2, "{model}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn quantized_models_stay_close_to_transformers() {
+    // (model, type, minimum argmax agreement, maximum mean KL in nats). A layout or scale bug
+    // shows as KL of several nats; these bounds are well below that and above the rounding
+    // noise measured on these models (the note of issue 3 lists the figures). K-quants need rows
+    // of 256, so they apply to llama-gqa only; llama-tied's rows of 64 take Q8_0.
+    let cases = [
+        ("llama-gqa", GgmlType::Q8_0, 0.99, 1e-3),
+        ("llama-gqa", GgmlType::Q6K, 0.99, 5e-3),
+        ("llama-gqa", GgmlType::Q4K, 0.9, 0.02),
+        ("llama-gqa", GgmlType::Q4_0, 0.9, 0.02),
+        ("llama-tied", GgmlType::Q8_0, 0.99, 5e-3),
+    ];
+    for (model, ty, min_agree, max_kl) in cases {
+        let r = reference(model);
+        let (_dir, path) = convert(model, ty);
+        let ours = prompt_logits(&load(&path), &r.input_ids);
+        let agree = argmax_agreement(&r.logits, &ours);
+        let kl = mean_kl(&r.logits, &ours);
+        eprintln!("{model} {ty}: argmax agreement {agree:.3}, mean KL {kl:.2e}");
+        assert!(agree >= min_agree, "{model} {ty}: argmax agreement {agree}");
+        assert!(kl <= max_kl, "{model} {ty}: mean KL {kl}");
+    }
+}
+
+#[test]
+fn converted_tokenizer_encodes_the_prompt_like_transformers() {
+    for model in MODELS {
+        let r = reference(model);
+        let (_dir, path) = convert(model, GgmlType::F32);
+        let file = GgufFile::open(&path).unwrap();
+        let tok = Tokenizer::from_gguf(&file).unwrap();
+        assert_eq!(tok.encode(&r.prompt, true, false), r.input_ids, "{model}");
+        let text = tok.decode(&r.input_ids, false).unwrap();
+        assert_eq!(text.trim_start(), r.prompt, "{model}");
+    }
+}
