@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
+mod load;
+mod logits;
+mod run;
+mod tokenize;
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt.
+    Run(run::Args),
+    /// Write the logits of every prompt position to an NPY file (no chat template).
+    Logits(logits::Args),
+    /// Print the token ids of a text.
+    Tokenize(tokenize::Args),
     /// Summarise a GGUF file: metadata, tensors, sizes.
     Inspect(inspect::Args),
 }
@@ -26,6 +36,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run::run(&args),
+        Command::Logits(args) => logits::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
         Command::Inspect(args) => inspect::run(&args),
     };
     match result {
@@ -35,5 +48,18 @@ fn main() -> ExitCode {
             eprintln!("llava: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe (`llava ... | head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r.map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?),
     }
 }

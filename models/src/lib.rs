@@ -3,7 +3,9 @@
 //! trait. See DESIGN.md for the planned files.
 
 mod error;
+pub mod generate;
 pub mod llama;
 
 pub use error::ModelError;
+pub use generate::{generate, GenerationStats, StopReason};
 pub use llama::{Llama, LlamaConfig};

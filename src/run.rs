@@ -1,0 +1,182 @@
+//! `llava run`: generate text from a prompt, streamed to stdout (text-only until the LLaVA
+//! pipeline lands; the prompt is used as given, with BOS).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use llava_models::{generate, StopReason};
+use llava_runtime::sample::{Sampler, SamplerConfig};
+
+use crate::load::{load_llm, prompt_text};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The LLM GGUF file.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// The prompt.
+    #[arg(conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file, byte for byte.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Stop when this text appears (not printed); may be repeated.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Worker threads (default: one per physical core).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Context size in tokens (default: the model's, at most 4096).
+    #[arg(short, long, default_value_t = 0)]
+    ctx: usize,
+    /// Print load time and prompt / generation speed to stderr.
+    #[arg(short, long)]
+    verbose: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(clap::Args)]
+pub struct SamplingArgs {
+    /// Temperature; 0 picks the most likely token every time.
+    #[arg(long = "temp", default_value_t = 0.8)]
+    temperature: f32,
+    /// Keep the K most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the most likely tokens up to this total probability (1: all).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than this times the most likely one (0: none).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalise recently seen tokens (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Random seed, for reproducible runs (default: a new one each run).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    pub fn config(&self) -> Result<SamplerConfig> {
+        let s = self;
+        if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
+            bail!("--temp must be 0 or more, got {}", s.temperature);
+        }
+        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            bail!("--top-p must be in (0, 1], got {}", s.top_p);
+        }
+        if !(0.0..=1.0).contains(&s.min_p) {
+            bail!("--min-p must be in [0, 1], got {}", s.min_p);
+        }
+        if !(s.repeat_penalty > 0.0 && s.repeat_penalty.is_finite()) {
+            bail!("--repeat-penalty must be above 0, got {}", s.repeat_penalty);
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(SamplerConfig {
+            temperature: s.temperature,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            frequency_penalty: s.frequency_penalty,
+            presence_penalty: s.presence_penalty,
+            penalty_last_n: s.repeat_last_n,
+            seed,
+        })
+    }
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    let sampler_config = args.sampling.config()?;
+    let text = prompt_text(args.prompt.as_deref(), args.file.as_deref())?;
+    let llm = load_llm(&args.model, args.threads, args.ctx)?;
+    let ids = llm.tokenizer.encode(&text, true, true);
+    if ids.is_empty() {
+        bail!("the prompt has no tokens");
+    }
+    if ids.len() > llm.n_ctx {
+        bail!(
+            "the prompt has {} tokens but the context holds {} (raise --ctx)",
+            ids.len(),
+            llm.n_ctx
+        );
+    }
+    if args.verbose {
+        eprintln!(
+            "loaded {} in {:.0} ms: {} layers, {} threads, context {}, seed {}",
+            args.model.display(),
+            llm.load_time.as_secs_f64() * 1e3,
+            llm.model.config.n_layers,
+            llm.backend.threads(),
+            llm.n_ctx,
+            sampler_config.seed
+        );
+    }
+
+    let (b, m) = (&llm.backend, &llm.model);
+    let mut cache = m.new_cache(b, llm.n_ctx);
+    let mut sampler = Sampler::new(sampler_config);
+    let mut stdout = std::io::stdout().lock();
+    let mut broken_pipe = false;
+    let stats = generate(
+        b,
+        m,
+        &llm.tokenizer,
+        &mut cache,
+        llm.n_ctx,
+        m.embed(b, &ids),
+        &ids,
+        &mut sampler,
+        args.max_tokens,
+        &args.stop,
+        |piece| {
+            // `llava run ... | head` ends quietly.
+            if !broken_pipe
+                && stdout
+                    .write_all(piece.as_bytes())
+                    .and_then(|_| stdout.flush())
+                    .is_err()
+            {
+                broken_pipe = true;
+            }
+        },
+    );
+    if !broken_pipe {
+        let _ = writeln!(stdout);
+    }
+    if args.verbose {
+        eprintln!(
+            "prompt: {} tokens in {:.0} ms ({:.2} tokens/s); generation: {} tokens in {:.0} ms ({:.2} tokens/s); stopped: {}",
+            stats.prompt_tokens,
+            stats.prompt_time.as_secs_f64() * 1e3,
+            stats.prompt_tokens_per_second(),
+            stats.generated_tokens,
+            stats.generation_time.as_secs_f64() * 1e3,
+            stats.generation_tokens_per_second(),
+            match stats.stop_reason {
+                StopReason::EndOfText => "end of text",
+                StopReason::StopString => "stop string",
+                StopReason::MaxTokens => "max tokens",
+                StopReason::ContextFull => "context full",
+            }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! `llava tokenize`, `llava logits` and `llava run` end to end, against llama.cpp's vocabulary
+//! test vectors and transformers' outputs on the fixture models; and malformed models refused
+//! at load with a message naming the key or tensor.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use llava_convert::convert_llama;
+use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter, MetaValue};
+use llava_runtime::quant::GgmlType;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn llava(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llava"))
+        .args(args)
+        .output()
+        .expect("run llava")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+#[test]
+fn tokenize_reproduces_llama_cpp_test_vectors() {
+    let dir = tempfile::tempdir().unwrap();
+    for vocab in [
+        "ggml-vocab-llama-spm",
+        "ggml-vocab-llama-bpe",
+        "ggml-vocab-gpt-2",
+    ] {
+        let base = Path::new(FIXTURES)
+            .join("vocab")
+            .join(format!("{vocab}.gguf"));
+        let inputs = std::fs::read_to_string(base.with_extension("gguf.inp")).unwrap();
+        let outputs = std::fs::read_to_string(base.with_extension("gguf.out")).unwrap();
+        let cases: Vec<&str> = inputs.split("\n__ggml_vocab_test__\n").collect();
+        let expected: Vec<&str> = outputs.lines().collect();
+        // The file ends with a separator: the empty item after it is not a case.
+        assert_eq!(cases.len() - 1, expected.len(), "{vocab}");
+        for (i, (text, want)) in cases.iter().zip(&expected).enumerate() {
+            let path = dir.path().join("case.txt");
+            std::fs::write(&path, text).unwrap();
+            let o = llava(&[
+                "tokenize",
+                "-m",
+                base.to_str().unwrap(),
+                "--no-bos",
+                "--no-parse-special",
+                "--file",
+                path.to_str().unwrap(),
+            ]);
+            assert!(o.status.success(), "{vocab} case {i}: {}", stderr(&o));
+            assert_eq!(
+                stdout(&o).trim_end_matches('\n'),
+                want.trim(),
+                "{vocab} case {i}: {text:?}"
+            );
+        }
+    }
+}
+
+struct Reference {
+    prompt: String,
+    input_ids: Vec<u32>,
+    logits: Vec<f32>,
+    greedy_text: String,
+}
+
+fn reference(model: &str) -> Reference {
+    let path = Path::new(FIXTURES).join(model).join("reference.json");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    Reference {
+        prompt: j["prompt"].as_str().unwrap().to_owned(),
+        input_ids: j["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect(),
+        logits: j["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|row| row.as_array().unwrap().iter())
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect(),
+        greedy_text: j["greedy_text"].as_str().unwrap().to_owned(),
+    }
+}
+
+fn converted(model: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{model}.gguf"));
+    convert_llama(&Path::new(FIXTURES).join(model), &out, GgmlType::F32).unwrap();
+    out
+}
+
+/// Reads an NPY file of float32 written by `llava logits`: (shape, values).
+fn read_npy(path: &Path) -> (String, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    let shape = header
+        .split("'shape': ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let values = bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (format!("{shape})"), values)
+}
+
+#[test]
+fn logits_writes_transformers_logits_as_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = reference("llama-gqa");
+    let model = converted("llama-gqa", dir.path());
+    let npy = dir.path().join("logits.npy");
+    let ids = dir.path().join("ids.txt");
+    let o = llava(&[
+        "logits",
+        "-m",
+        model.to_str().unwrap(),
+        "--prompt",
+        &r.prompt,
+        "--out",
+        npy.to_str().unwrap(),
+        "--ids-out",
+        ids.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want_ids: Vec<String> = r.input_ids.iter().map(u32::to_string).collect();
+    assert_eq!(
+        std::fs::read_to_string(&ids).unwrap().trim(),
+        want_ids.join(" ")
+    );
+    let (shape, values) = read_npy(&npy);
+    assert_eq!(shape, format!("({}, 512)", r.input_ids.len()));
+    let diff = values
+        .iter()
+        .zip(&r.logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff <= 1e-3, "max |diff| {diff}");
+}
+
+#[test]
+fn run_greedy_prints_transformers_continuation() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["llama-gqa", "llama-tied"] {
+        let r = reference(name);
+        let model = converted(name, dir.path());
+        let o = llava(&[
+            "run",
+            "-m",
+            model.to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "20",
+            "--verbose",
+            &r.prompt,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), format!("{}\n", r.greedy_text), "{name}");
+        let err = stderr(&o);
+        assert!(
+            err.contains("tokens/s") && err.contains("max tokens"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn run_stops_at_a_stop_string_without_printing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = reference("llama-gqa");
+    let model = converted("llama-gqa", dir.path());
+    let o = llava(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "--temp",
+        "0",
+        "--stop",
+        "wooden",
+        &r.prompt,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cut = &r.greedy_text[..r.greedy_text.find("wooden").unwrap()];
+    assert_eq!(stdout(&o), format!("{cut}\n"));
+}
+
+/// Rewrites `src` to `dst` through `edit_meta` (key, value) → Some(value) to keep, and
+/// `edit_tensor` (name, type, shape) → Some((name, type, shape)) to keep.
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit_meta: impl Fn(&str, MetaValue) -> Option<MetaValue>,
+    edit_tensor: impl Fn(&str, GgmlType, &[u64]) -> Option<(String, GgmlType, Vec<u64>)>,
+) {
+    let f = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        if let Some(v) = edit_meta(k, v.to_owned_value()) {
+            w.add(k, v).unwrap();
+        }
+    }
+    let mut kept = Vec::new();
+    for t in f.tensors() {
+        if let Some((name, ty, shape)) = edit_tensor(t.name(), t.ggml_type(), t.shape()) {
+            w.add_tensor(&name, ty, &shape).unwrap();
+            kept.push(t);
+        }
+    }
+    w.write(dst, |i, decl, out| -> Result<(), GgufWriteError> {
+        // Bytes of the original tensor, cut or zero-padded to the declared size.
+        let mut bytes = kept[i].data.to_vec();
+        bytes.resize(decl.n_bytes() as usize, 0);
+        out.write_all(&bytes).unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn malformed_models_are_refused_with_the_key_or_tensor_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = converted("llama-gqa", dir.path());
+    let keep = |_: &str, v: MetaValue| Some(v);
+    let same = |n: &str, t: GgmlType, s: &[u64]| Some((n.to_owned(), t, s.to_vec()));
+    let bad = dir.path().join("bad.gguf");
+    let check = |expect: &str| {
+        let o = llava(&["run", "-m", bad.to_str().unwrap(), "-n", "1", "hi"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{expect}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(expect) && err.contains("bad.gguf"),
+            "want {expect:?}: {err}"
+        );
+    };
+
+    rewrite(&good, &bad, keep, |n, t, s| {
+        (n != "blk.1.ffn_up.weight").then(|| (n.to_owned(), t, s.to_vec()))
+    });
+    check("\"blk.1.ffn_up.weight\" is missing");
+
+    rewrite(&good, &bad, keep, |n, t, s| {
+        let mut s = s.to_vec();
+        if n == "blk.0.attn_k.weight" {
+            s[1] = 64;
+        }
+        Some((n.to_owned(), t, s))
+    });
+    check("\"blk.0.attn_k.weight\" has shape [256, 64], expected [256, 128]");
+
+    rewrite(
+        &good,
+        &bad,
+        |k, v| {
+            Some(if k == "llama.attention.head_count" {
+                MetaValue::U32(3)
+            } else {
+                v
+            })
+        },
+        same,
+    );
+    check("llama.attention.head_count");
+
+    rewrite(
+        &good,
+        &bad,
+        |k, v| {
+            Some(if k == "llama.attention.head_count_kv" {
+                MetaValue::U32(3)
+            } else {
+                v
+            })
+        },
+        same,
+    );
+    check("llama.attention.head_count_kv");
+
+    rewrite(
+        &good,
+        &bad,
+        |k, v| {
+            Some(if k == "general.architecture" {
+                "gemma".into()
+            } else {
+                v
+            })
+        },
+        same,
+    );
+    check("architecture \"gemma\" is not supported");
+
+    rewrite(&good, &bad, keep, |n, t, s| {
+        let t = if n == "blk.0.ffn_gate.weight" {
+            GgmlType::Iq2Xxs
+        } else {
+            t
+        };
+        Some((n.to_owned(), t, s.to_vec()))
+    });
+    check("\"blk.0.ffn_gate.weight\" has type iq2_xxs");
+
+    rewrite(
+        &good,
+        &bad,
+        |k, v| (k != "llama.attention.layer_norm_rms_epsilon").then_some(v),
+        same,
+    );
+    check("\"llama.attention.layer_norm_rms_epsilon\" is missing");
+}
