@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use llava_convert::convert_llama;
+use llava_convert::{convert_llama, Preset};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter, MetaValue};
 use llava_runtime::quant::GgmlType;
 
@@ -97,7 +97,7 @@ fn reference(model: &str) -> Reference {
 
 fn converted(model: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("{model}.gguf"));
-    convert_llama(&Path::new(FIXTURES).join(model), &out, GgmlType::F32).unwrap();
+    convert_llama(&Path::new(FIXTURES).join(model), &out, Preset::F32).unwrap();
     out
 }
 

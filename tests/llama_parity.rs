@@ -5,11 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use llava_convert::convert_llama;
+use llava_convert::{convert_llama, Preset};
 use llava_models::Llama;
 use llava_runtime::backend::{Backend, CpuBackend};
 use llava_runtime::gguf::GgufFile;
-use llava_runtime::quant::GgmlType;
 use llava_runtime::tokenizer::Tokenizer;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -53,10 +52,10 @@ fn reference(model: &str) -> Reference {
 }
 
 /// Converts a fixture to GGUF in a temporary directory.
-fn convert(model: &str, ty: GgmlType) -> (tempfile::TempDir, PathBuf) {
+fn convert(model: &str, preset: Preset) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join(format!("{model}-{ty}.gguf"));
-    convert_llama(&Path::new(FIXTURES).join(model), &out, ty).unwrap();
+    let out = dir.path().join(format!("{model}-{preset}.gguf"));
+    convert_llama(&Path::new(FIXTURES).join(model), &out, preset).unwrap();
     (dir, out)
 }
 
@@ -165,7 +164,7 @@ const MODELS: [&str; 2] = ["llama-gqa", "llama-tied"];
 fn f32_logits_match_transformers_at_every_position() {
     for model in MODELS {
         let r = reference(model);
-        let (_dir, path) = convert(model, GgmlType::F32);
+        let (_dir, path) = convert(model, Preset::F32);
         let ours = prompt_logits(&load(&path), &r.input_ids);
         let diff = max_abs_diff(&r.logits, &ours);
         eprintln!("{model} f32: max |logit diff| = {diff:.2e}");
@@ -177,7 +176,7 @@ fn f32_logits_match_transformers_at_every_position() {
 fn f32_greedy_continuation_matches_transformers() {
     for model in MODELS {
         let r = reference(model);
-        let (_dir, path) = convert(model, GgmlType::F32);
+        let (_dir, path) = convert(model, Preset::F32);
         let ours = greedy(&load(&path), &r.input_ids, r.greedy.len());
         assert_eq!(ours, r.greedy, "{model}");
     }
@@ -187,7 +186,7 @@ fn f32_greedy_continuation_matches_transformers() {
 fn f16_logits_match_transformers() {
     for model in MODELS {
         let r = reference(model);
-        let (_dir, path) = convert(model, GgmlType::F16);
+        let (_dir, path) = convert(model, Preset::F16);
         let ours = prompt_logits(&load(&path), &r.input_ids);
         let diff = max_abs_diff(&r.logits, &ours);
         eprintln!("{model} f16: max |logit diff| = {diff:.2e}");
@@ -197,20 +196,22 @@ fn f16_logits_match_transformers() {
 
 #[test]
 fn quantized_models_stay_close_to_transformers() {
-    // (model, type, minimum argmax agreement, maximum mean KL in nats). A layout or scale bug
+    // (model, preset, minimum argmax agreement, maximum mean KL in nats). A layout or scale bug
     // shows as KL of several nats; these bounds are well below that and above the rounding
     // noise measured on these models (the note of issue 3 lists the figures). K-quants need rows
-    // of 256, so they apply to llama-gqa only; llama-tied's rows of 64 take Q8_0.
+    // of 256, so they apply to llama-gqa only; llama-tied's rows of 64 would fall back.
     let cases = [
-        ("llama-gqa", GgmlType::Q8_0, 0.99, 1e-3),
-        ("llama-gqa", GgmlType::Q6K, 0.99, 5e-3),
-        ("llama-gqa", GgmlType::Q4K, 0.9, 0.02),
-        ("llama-gqa", GgmlType::Q4_0, 0.9, 0.02),
-        ("llama-tied", GgmlType::Q8_0, 0.99, 5e-3),
+        ("llama-gqa", Preset::Q8_0, 0.99, 1e-3),
+        ("llama-gqa", Preset::Q6K, 0.99, 5e-3),
+        ("llama-gqa", Preset::Q5KM, 0.99, 0.01),
+        ("llama-gqa", Preset::Q4KM, 0.9, 0.02),
+        ("llama-gqa", Preset::Q4_0, 0.9, 0.02),
+        ("llama-tied", Preset::Q8_0, 0.99, 5e-3),
     ];
     for (model, ty, min_agree, max_kl) in cases {
         let r = reference(model);
         let (_dir, path) = convert(model, ty);
+        assert_types(&path, ty);
         let ours = prompt_logits(&load(&path), &r.input_ids);
         let agree = argmax_agreement(&r.logits, &ours);
         let kl = mean_kl(&r.logits, &ours);
@@ -220,11 +221,39 @@ fn quantized_models_stay_close_to_transformers() {
     }
 }
 
+/// The file holds the types llama.cpp's preset would give (the mix rules have unit tests; this
+/// checks they reach the file).
+fn assert_types(path: &Path, preset: Preset) {
+    use llava_runtime::quant::GgmlType;
+    let f = GgufFile::open(path).unwrap();
+    let ty = |name: &str| f.tensor(name).unwrap().ggml_type();
+    assert_eq!(ty("blk.0.attn_norm.weight"), GgmlType::F32);
+    // Only llama-gqa has an untied output and rows of 256.
+    if f.tensor("output.weight").is_none() {
+        return;
+    }
+    let got = (
+        ty("blk.0.attn_q.weight"),
+        ty("output.weight"),
+        ty("blk.1.attn_v.weight"),
+    );
+    let want = match preset {
+        Preset::Q8_0 => (GgmlType::Q8_0, GgmlType::Q8_0, GgmlType::Q8_0),
+        Preset::Q6K => (GgmlType::Q6K, GgmlType::Q6K, GgmlType::Q6K),
+        // With 2 layers, use_more_bits picks layer 1 only.
+        Preset::Q5KM => (GgmlType::Q5K, GgmlType::Q6K, GgmlType::Q6K),
+        Preset::Q4KM => (GgmlType::Q4K, GgmlType::Q6K, GgmlType::Q6K),
+        Preset::Q4_0 => (GgmlType::Q4_0, GgmlType::Q6K, GgmlType::Q4_0),
+        _ => return,
+    };
+    assert_eq!(got, want, "{preset}");
+}
+
 #[test]
 fn converted_tokenizer_encodes_the_prompt_like_transformers() {
     for model in MODELS {
         let r = reference(model);
-        let (_dir, path) = convert(model, GgmlType::F32);
+        let (_dir, path) = convert(model, Preset::F32);
         let file = GgufFile::open(&path).unwrap();
         let tok = Tokenizer::from_gguf(&file).unwrap();
         assert_eq!(tok.encode(&r.prompt, true, false), r.input_ids, "{model}");

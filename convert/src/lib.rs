@@ -6,8 +6,10 @@
 mod error;
 mod hf_config;
 pub mod llama;
+mod mix;
 mod safetensors;
 mod vocab;
 
 pub use error::ConvertError;
 pub use llama::{convert_llama, ConvertSummary, LlamaHparams};
+pub use mix::{use_more_bits, Preset};

@@ -6,10 +6,12 @@
 use std::path::Path;
 
 use llava_runtime::gguf::{GgufWriter, MetaValue};
-use llava_runtime::quant::{self, GgmlType};
+use llava_runtime::quant::{self, GgmlType, QuantError};
+use rayon::prelude::*;
 
 use crate::error::ConvertError;
 use crate::hf_config::JsonFile;
+use crate::mix::Preset;
 use crate::safetensors::Checkpoint;
 use crate::vocab;
 
@@ -131,57 +133,67 @@ pub struct ConvertSummary {
     pub bytes: u64,
 }
 
-/// llama.cpp's `general.file_type` for a file whose matrices are mostly `ty`.
-fn file_type(ty: GgmlType) -> u32 {
-    use GgmlType::*;
-    match ty {
-        F32 => 0,
-        F16 => 1,
-        Q4_0 => 2,
-        Q4_1 => 3,
-        Q8_0 => 7,
-        Q5_0 => 8,
-        Q5_1 => 9,
-        Q2K => 10,
-        Q3K => 11,
-        Q4K => 14,
-        Q5K => 16,
-        Q6K => 18,
-        BF16 => 32,
-        _ => 1,
-    }
-}
-
-/// Converts the LLaMA checkpoint in `dir` to `out`, with every matrix stored as `weight_type`
-/// (F16 where a row is not a whole number of its blocks) and norms in F32.
+/// Converts the LLaMA checkpoint in `dir` to `out` with the types `preset` chooses per tensor.
 pub fn convert_llama(
     dir: &Path,
     out: &Path,
-    weight_type: GgmlType,
+    preset: Preset,
 ) -> Result<ConvertSummary, ConvertError> {
-    if !quant::is_supported(weight_type) || matches!(weight_type, GgmlType::Q8_1 | GgmlType::Q8K) {
-        return Err(ConvertError::Input {
-            path: out.to_owned(),
-            reason: format!("cannot write weights as {weight_type}"),
-        });
-    }
     let config = JsonFile::open(&dir.join("config.json"))?;
     let hp = LlamaHparams::from_config(&config)?;
     let tokenizer = JsonFile::open(&dir.join("tokenizer.json"))?;
     let tokenizer_config = JsonFile::open_optional(&dir.join("tokenizer_config.json"))?;
     let ckpt = Checkpoint::open(dir)?;
-    let plan = plan_tensors(&hp, &ckpt, weight_type)?;
+    let plan = plan_tensors(&hp, &ckpt, preset)?;
 
     let mut w = GgufWriter::new();
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    for (k, v) in llama_metadata(&hp, &name, preset) {
+        w.add(&k, v)?;
+    }
+    for (k, v) in vocab::spm_metadata(&tokenizer, &config, tokenizer_config.as_ref())? {
+        w.add(k, v)?;
+    }
+    for p in &plan {
+        w.add_tensor(&p.gguf_name, p.ty, &p.shape)?;
+    }
+
+    let mut summary = ConvertSummary {
+        tensors: plan.len(),
+        parameters: 0,
+        bytes: 0,
+    };
+    w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
+        let p = &plan[i];
+        let mut data = ckpt.to_f32(&p.hf_name)?;
+        if let Layout::PermuteHeads(n_heads) = p.layout {
+            data = permute_heads(&data, n_heads, p.shape[0] as usize);
+        }
+        let bytes = quantize_tensor(&p.gguf_name, p.ty, &data, p.shape[0] as usize)?;
+        summary.parameters += decl.n_elements();
+        summary.bytes += bytes.len() as u64;
+        sink.write_all(&bytes).map_err(|error| ConvertError::Io {
+            path: out.to_owned(),
+            error,
+        })
+    })?;
+    Ok(summary)
+}
+
+/// The `general.*` and `llama.*` keys of an LLM file.
+pub(crate) fn llama_metadata(
+    hp: &LlamaHparams,
+    name: &str,
+    preset: Preset,
+) -> Vec<(String, MetaValue)> {
     let a = "llama";
-    let kv: Vec<(String, MetaValue)> = vec![
+    let mut kv: Vec<(String, MetaValue)> = vec![
         ("general.architecture".into(), a.into()),
         ("general.name".into(), name.into()),
-        ("general.file_type".into(), file_type(weight_type).into()),
+        ("general.file_type".into(), preset.file_type().into()),
         ("general.quantization_version".into(), 2u32.into()),
         (
             format!("{a}.context_length"),
@@ -215,42 +227,19 @@ pub fn convert_llama(
         ),
         (format!("{a}.vocab_size"), (hp.vocab_size as u32).into()),
     ];
-    for (k, v) in kv {
-        w.add(&k, v)?;
-    }
     if let Some(f) = hp.rope_linear_factor {
-        w.add(&format!("{a}.rope.scaling.type"), "linear")?;
-        w.add(&format!("{a}.rope.scaling.factor"), f as f32)?;
+        kv.push((format!("{a}.rope.scaling.type"), "linear".into()));
+        kv.push((format!("{a}.rope.scaling.factor"), (f as f32).into()));
     }
-    for (k, v) in vocab::spm_metadata(&tokenizer, &config, tokenizer_config.as_ref())? {
-        w.add(k, v)?;
-    }
-    for p in &plan {
-        w.add_tensor(&p.gguf_name, p.ty, &p.shape)?;
-    }
-
-    let mut summary = ConvertSummary {
-        tensors: plan.len(),
-        parameters: 0,
-        bytes: 0,
-    };
-    w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
-        let p = &plan[i];
-        let bytes = tensor_bytes(&ckpt, p)?;
-        summary.parameters += decl.n_elements();
-        summary.bytes += bytes.len() as u64;
-        sink.write_all(&bytes).map_err(|error| ConvertError::Io {
-            path: out.to_owned(),
-            error,
-        })
-    })?;
-    Ok(summary)
+    kv
 }
 
+/// The ggml-order shapes of a LLaMA model's tensors, with their Hugging Face names and
+/// layouts, in llama.cpp's order.
 fn plan_tensors(
     hp: &LlamaHparams,
     ckpt: &Checkpoint,
-    weight_type: GgmlType,
+    preset: Preset,
 ) -> Result<Vec<Planned>, ConvertError> {
     let h = hp.hidden_size;
     let head_dim = h / hp.n_heads;
@@ -268,13 +257,7 @@ fn plan_tensors(
             });
         }
         let ne: Vec<u64> = torch_shape.iter().rev().map(|&d| d as u64).collect();
-        let ty = if ne.len() < 2 {
-            GgmlType::F32
-        } else if ne[0] % weight_type.block_size() as u64 == 0 {
-            weight_type
-        } else {
-            GgmlType::F16
-        };
+        let ty = preset.tensor_type(&gguf, &ne, hp.n_layers);
         plan.push(Planned {
             gguf_name: gguf,
             hf_name: hf,
@@ -348,25 +331,42 @@ fn plan_tensors(
     Ok(plan)
 }
 
-/// Loads, rearranges and quantizes one tensor.
-fn tensor_bytes(ckpt: &Checkpoint, p: &Planned) -> Result<Vec<u8>, ConvertError> {
-    let mut data = ckpt.to_f32(&p.hf_name)?;
-    let row_len = p.shape[0] as usize;
-    if let Layout::PermuteHeads(n_heads) = p.layout {
-        data = permute_heads(&data, n_heads, row_len);
-    }
-    let n_bytes =
-        p.ty.row_bytes(data.len() as u64)
-            .expect("planned whole blocks") as usize;
-    // Rows are whole blocks, so the tensor quantizes as one long row. u32 words keep the
-    // blocks' f16/f32 fields aligned.
-    let mut words = vec![0u32; n_bytes.div_ceil(4)];
-    let bytes = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..n_bytes];
-    quant::quantize_row(p.ty, &data, bytes).map_err(|error| ConvertError::Quant {
-        tensor: p.gguf_name.clone(),
+/// Quantizes a tensor of rows of `row_len` elements to `ty`, rows in parallel.
+pub(crate) fn quantize_tensor(
+    name: &str,
+    ty: GgmlType,
+    data: &[f32],
+    row_len: usize,
+) -> Result<Vec<u8>, ConvertError> {
+    let row_bytes = ty.row_bytes(row_len as u64).expect("planned whole blocks") as usize;
+    let n_rows = data.len() / row_len;
+    let mut bytes = vec![0u8; n_rows * row_bytes];
+    // Rows of about 64 KiB of output per task; every block type's row is a multiple of its
+    // alignment (2 bytes for f16 fields, 4 for f32), so each task's slice stays aligned when
+    // the buffer is.
+    let rows_per_task = (65536 / row_bytes.max(1)).max(1);
+    let result: Result<(), QuantError> = bytes
+        .par_chunks_mut(rows_per_task * row_bytes)
+        .zip(data.par_chunks(rows_per_task * row_len))
+        .try_for_each(|(dst, src)| quantize_aligned(ty, src, dst));
+    result.map_err(|error| ConvertError::Quant {
+        tensor: name.to_owned(),
         error,
     })?;
-    Ok(bytes.to_vec())
+    Ok(bytes)
+}
+
+/// `quant::quantize_row` into `dst`, through an aligned scratch buffer when `dst` is not
+/// aligned for the block structs (a `Vec<u8>` promises no alignment).
+fn quantize_aligned(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
+    if (dst.as_ptr() as usize) % 4 == 0 {
+        return quant::quantize_row(ty, src, dst);
+    }
+    let mut words = vec![0u32; dst.len().div_ceil(4)];
+    let scratch = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..dst.len()];
+    quant::quantize_row(ty, src, scratch)?;
+    dst.copy_from_slice(scratch);
+    Ok(())
 }
 
 /// Within each head of `rows` (each `row_len` long), output row `2j + t` is input row
