@@ -124,7 +124,8 @@ fn layer_of(name: &str) -> Option<usize> {
 /// llama.cpp's choice of layers that get more bits: the first and last eighth, and every
 /// third layer in between.
 pub fn use_more_bits(i: usize, n: usize) -> bool {
-    i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2)
+    // `i < n/8` is handled first, so the subtraction cannot underflow.
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
 /// When a row is not a whole number of 256-element super-blocks, llama.cpp falls back to a
