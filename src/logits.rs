@@ -68,7 +68,11 @@ fn write_atomically(
         _ => Path::new("."),
     };
     let ctx = || format!("cannot write {}", path.display());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(ctx)?;
+    let mut builder = tempfile::Builder::new();
+    // The usual permissions (0666 less the umask), not a temporary file's 0600.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder.tempfile_in(dir).with_context(ctx)?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         write(&mut w).with_context(ctx)?;

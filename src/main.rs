@@ -8,6 +8,7 @@ mod inspect;
 mod load;
 mod logits;
 mod run;
+mod synth;
 mod tokenize;
 
 #[derive(Parser)]
@@ -31,6 +32,8 @@ enum Command {
     Tokenize(tokenize::Args),
     /// Summarise a GGUF file: metadata, tensors, sizes.
     Inspect(inspect::Args),
+    /// Write a random-weight model of a real model's shape, for benchmarks.
+    Synth(synth::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => logits::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Synth(args) => synth::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -326,3 +326,24 @@ fn malformed_models_are_refused_with_the_key_or_tensor_named() {
     );
     check("\"llama.attention.layer_norm_rms_epsilon\" is missing");
 }
+
+#[test]
+fn synth_makes_a_runnable_model_with_the_preset_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    let p = path.to_str().unwrap();
+    let o = llava(&["synth", "--preset", "tiny", "-q", "q4_k_m", "-o", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let f = GgufFile::open(&path).unwrap();
+    assert_eq!(f.get_u32("general.file_type").unwrap(), 15);
+    assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().ggml_type(), GgmlType::Q4K);
+    assert_eq!(f.tensor("output.weight").unwrap().ggml_type(), GgmlType::Q6K);
+
+    let o = llava(&["run", "-m", p, "-n", "8", "--temp", "0", "--verbose", "Hello, world"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("generation: 8 tokens"), "{}", stderr(&o));
+
+    let o = llava(&["synth", "--preset", "huge", "-o", p]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("unknown preset \"huge\""), "{}", stderr(&o));
+}

@@ -161,11 +161,14 @@ impl GgufWriter {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         // Dropped (and deleted) on every early return below.
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}."))
-            .suffix(".partial")
-            .tempfile_in(&dir)
-            .map_err(io_err)?;
+        let prefix = format!(".{file_name}.");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(&prefix).suffix(".partial");
+        // Temporary files are private (0600) by default; the finished file should get the
+        // usual permissions, 0666 less the umask, like any file the user creates.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        let tmp = builder.tempfile_in(&dir).map_err(io_err)?;
         let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
 
         let alignment = self.alignment();
