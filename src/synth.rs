@@ -25,7 +25,11 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<()> {
     let model = SynthModel::from_name(&args.preset).ok_or_else(|| {
         let names: Vec<&str> = SynthModel::ALL.iter().map(|m| m.name()).collect();
-        anyhow!("unknown preset \"{}\" (one of {})", args.preset, names.join(", "))
+        anyhow!(
+            "unknown preset \"{}\" (one of {})",
+            args.preset,
+            names.join(", ")
+        )
     })?;
     let out = args
         .out

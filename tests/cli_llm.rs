@@ -336,14 +336,38 @@ fn synth_makes_a_runnable_model_with_the_preset_types() {
     assert!(o.status.success(), "{}", stderr(&o));
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.get_u32("general.file_type").unwrap(), 15);
-    assert_eq!(f.tensor("blk.0.attn_q.weight").unwrap().ggml_type(), GgmlType::Q4K);
-    assert_eq!(f.tensor("output.weight").unwrap().ggml_type(), GgmlType::Q6K);
+    assert_eq!(
+        f.tensor("blk.0.attn_q.weight").unwrap().ggml_type(),
+        GgmlType::Q4K
+    );
+    assert_eq!(
+        f.tensor("output.weight").unwrap().ggml_type(),
+        GgmlType::Q6K
+    );
 
-    let o = llava(&["run", "-m", p, "-n", "8", "--temp", "0", "--verbose", "Hello, world"]);
+    let o = llava(&[
+        "run",
+        "-m",
+        p,
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--verbose",
+        "Hello, world",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(stderr(&o).contains("generation: 8 tokens"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("generation: 8 tokens"),
+        "{}",
+        stderr(&o)
+    );
 
     let o = llava(&["synth", "--preset", "huge", "-o", p]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("unknown preset \"huge\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown preset \"huge\""),
+        "{}",
+        stderr(&o)
+    );
 }

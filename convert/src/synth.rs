@@ -154,20 +154,22 @@ fn llama_tensor_shapes(hp: &LlamaHparams) -> Vec<(String, Vec<u64>)> {
 fn random_normal(n: usize, seed: u64) -> Vec<f32> {
     const CHUNK: usize = 1 << 16;
     let mut out = vec![0f32; n];
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
-        let mut state = seed.wrapping_add((c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        for pair in chunk.chunks_mut(2) {
-            // Box–Muller: two uniforms in (0, 1] to two normals.
-            let u1 = ((splitmix64(&mut state) >> 40) as f32 + 1.0) / (1u64 << 24) as f32;
-            let u2 = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
-            let r = (-2.0 * u1.ln()).sqrt() * WEIGHT_STD;
-            let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
-            pair[0] = r * c;
-            if let Some(x) = pair.get_mut(1) {
-                *x = r * s;
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut state = seed.wrapping_add((c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            for pair in chunk.chunks_mut(2) {
+                // Box–Muller: two uniforms in (0, 1] to two normals.
+                let u1 = ((splitmix64(&mut state) >> 40) as f32 + 1.0) / (1u64 << 24) as f32;
+                let u2 = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
+                let r = (-2.0 * u1.ln()).sqrt() * WEIGHT_STD;
+                let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
+                pair[0] = r * c;
+                if let Some(x) = pair.get_mut(1) {
+                    *x = r * s;
+                }
             }
-        }
-    });
+        });
     out
 }
 
@@ -190,7 +192,11 @@ fn byte_vocab(n_vocab: usize) -> Vec<(&'static str, MetaValue)> {
         types.push(6);
     }
     for c in (b' '..=b'~').map(char::from) {
-        tokens.push(if c == ' ' { "▁".to_owned() } else { c.to_string() });
+        tokens.push(if c == ' ' {
+            "▁".to_owned()
+        } else {
+            c.to_string()
+        });
         types.push(1);
     }
     let mut i = 0;
@@ -226,7 +232,11 @@ mod tests {
         let mean = a.iter().map(|&x| x as f64).sum::<f64>() / a.len() as f64;
         let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
         assert!(mean.abs() < 1e-3 * WEIGHT_STD as f64 * 10.0, "{mean}");
-        assert!((var.sqrt() / WEIGHT_STD as f64 - 1.0).abs() < 0.01, "{}", var.sqrt());
+        assert!(
+            (var.sqrt() / WEIGHT_STD as f64 - 1.0).abs() < 0.01,
+            "{}",
+            var.sqrt()
+        );
     }
 
     #[test]

@@ -128,7 +128,11 @@ fn write_then_read_gives_identical_metadata_and_bytes() {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-            assert_eq!(mode & 0o044, 0o044, "readable by others like any new file: {mode:o}");
+            assert_eq!(
+                mode & 0o044,
+                0o044,
+                "readable by others like any new file: {mode:o}"
+            );
         }
         // Nothing else was left in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -1,0 +1,417 @@
+//! The CPU backend's operations against straightforward f64 references written here: matmul
+//! for every weight type, RoPE as complex rotation, attention with explicit head repetition and
+//! masks, norms and activations.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use llava_runtime::backend::{Backend, CpuBackend, Heads, Rope};
+use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
+use llava_runtime::quant::{self, GgmlType};
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Writes f32 tensors `(name, type, shape, values)` to a GGUF file, quantizing each.
+fn gguf(dir: &Path, tensors: &[(&str, GgmlType, Vec<u64>, Vec<f32>)]) -> Arc<GgufFile> {
+    let path = dir.join("t.gguf");
+    let mut w = GgufWriter::new();
+    for (name, ty, shape, _) in tensors {
+        w.add_tensor(name, *ty, shape).unwrap();
+    }
+    w.write(&path, |i, decl, out| -> Result<(), GgufWriteError> {
+        let (_, ty, _, values) = &tensors[i];
+        let mut words = vec![0u32; (decl.n_bytes() as usize).div_ceil(4)];
+        let bytes = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..decl.n_bytes() as usize];
+        quant::quantize_row(*ty, values, bytes).unwrap();
+        out.write_all(bytes).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    Arc::new(GgufFile::open(&path).unwrap())
+}
+
+fn dequantized(file: &GgufFile, name: &str) -> Vec<f32> {
+    let t = file.tensor(name).unwrap();
+    let mut out = vec![0f32; t.n_elements() as usize];
+    quant::dequantize_row(t.ggml_type(), t.data, &mut out).unwrap();
+    out
+}
+
+const WEIGHT_TYPES: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+#[test]
+fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, n_out, rows) = (512, 37, 5);
+    let tensors: Vec<_> = WEIGHT_TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, &ty)| {
+            let name: &'static str = Box::leak(format!("w{i}").into_boxed_str());
+            (
+                name,
+                ty,
+                vec![k as u64, n_out as u64],
+                random(k * n_out, i as u64),
+            )
+        })
+        .collect();
+    let file = gguf(dir.path(), &tensors);
+    let x_data = random(rows * k, 99);
+    for threads in [1, 3] {
+        let b = CpuBackend::new(threads);
+        let x = b.upload(x_data.clone(), rows, k);
+        for (name, ty, _, _) in &tensors {
+            let w = b.load_weight(&file, name).unwrap();
+            let y = b.download(&b.matmul(&x, &w));
+            assert_eq!(y.len(), rows * n_out);
+
+            // Reference 1, exact: the activation row quantized to the paired format, then the
+            // scalar reference dot with each weight row, one pair at a time. The matmul must
+            // give these bits whatever its threading and layout.
+            let act_ty = match ty {
+                GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => *ty,
+                GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
+                _ => GgmlType::Q8K,
+            };
+            // Reference 2, approximate: f64 matmul of the dequantized weights and unrounded
+            // activations; rounding the activations costs at most a few percent of the terms.
+            let wd = dequantized(&file, name);
+            let w_data = file.tensor(name).unwrap().data;
+            let w_row = ty.row_bytes(k as u64).unwrap() as usize;
+            for r in 0..rows {
+                let xr = &x_data[r * k..(r + 1) * k];
+                let a_bytes = act_ty.row_bytes(k as u64).unwrap() as usize;
+                let mut aw = vec![0u32; a_bytes.div_ceil(4)];
+                let a = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut aw)[..a_bytes];
+                quant::quantize_row(act_ty, xr, a).unwrap();
+                for j in 0..n_out {
+                    let got = y[r * n_out + j];
+                    let want = reference_dot(*ty, &w_data[j * w_row..(j + 1) * w_row], a);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{ty} r{r} j{j}: {got} vs {want}"
+                    );
+
+                    let wr = &wd[j * k..(j + 1) * k];
+                    let exact: f64 = wr.iter().zip(xr).map(|(&p, &q)| p as f64 * q as f64).sum();
+                    let norm: f64 = wr.iter().zip(xr).map(|(&p, &q)| (p * q).abs() as f64).sum();
+                    let got = got as f64;
+                    assert!(
+                        (got - exact).abs() <= 0.02 * norm,
+                        "{ty} r{r} j{j}: {got} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn reference_dot(ty: GgmlType, w: &[u8], a: &[u8]) -> f32 {
+    use llava_runtime::quant::*;
+    fn dot<W: VecDot>(w: &[u8], a: &[u8]) -> f32 {
+        W::vec_dot(bytemuck::cast_slice(w), bytemuck::cast_slice(a))
+    }
+    match ty {
+        GgmlType::F32 => dot::<f32>(w, a),
+        GgmlType::F16 => dot::<half::f16>(w, a),
+        GgmlType::BF16 => dot::<half::bf16>(w, a),
+        GgmlType::Q4_0 => dot::<BlockQ4_0>(w, a),
+        GgmlType::Q4_1 => dot::<BlockQ4_1>(w, a),
+        GgmlType::Q5_0 => dot::<BlockQ5_0>(w, a),
+        GgmlType::Q5_1 => dot::<BlockQ5_1>(w, a),
+        GgmlType::Q8_0 => dot::<BlockQ8_0>(w, a),
+        GgmlType::Q2K => dot::<BlockQ2K>(w, a),
+        GgmlType::Q3K => dot::<BlockQ3K>(w, a),
+        GgmlType::Q4K => dot::<BlockQ4K>(w, a),
+        GgmlType::Q5K => dot::<BlockQ5K>(w, a),
+        GgmlType::Q6K => dot::<BlockQ6K>(w, a),
+        other => panic!("no dot for {other}"),
+    }
+}
+
+#[test]
+fn get_rows_returns_dequantized_embedding_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dim, n) = (64, 10);
+    let file = gguf(
+        dir.path(),
+        &[(
+            "emb",
+            GgmlType::Q8_0,
+            vec![dim as u64, n as u64],
+            random(dim * n, 5),
+        )],
+    );
+    let b = CpuBackend::new(2);
+    let w = b.load_weight(&file, "emb").unwrap();
+    let rows = b.download(&b.get_rows(&w, &[7, 0, 7]));
+    let all = dequantized(&file, "emb");
+    assert_eq!(&rows[..dim], &all[7 * dim..8 * dim]);
+    assert_eq!(&rows[dim..2 * dim], &all[..dim]);
+    assert_eq!(&rows[2 * dim..], &all[7 * dim..8 * dim]);
+}
+
+#[test]
+fn rope_is_a_rotation_of_adjacent_pairs_by_position_times_frequency() {
+    let b = CpuBackend::new(1);
+    let (n_heads, head_dim) = (3, 8);
+    let rope = Rope {
+        n_rot: head_dim,
+        base: 10_000.0,
+        freq_scale: 0.5,
+    };
+    let positions = [0u32, 1, 17, 300];
+    let data = random(positions.len() * n_heads * head_dim, 1);
+    let x = b.upload(data.clone(), positions.len(), n_heads * head_dim);
+    let y = b.download(&b.rope(&x, &positions, n_heads, rope));
+    for (r, &pos) in positions.iter().enumerate() {
+        for h in 0..n_heads {
+            for i in 0..head_dim / 2 {
+                let at = r * n_heads * head_dim + h * head_dim + 2 * i;
+                // (x0 + i·x1) · e^{iθ}, θ = pos · scale · base^(-2i/d), in f64.
+                let theta = pos as f64 * 0.5 * 10_000f64.powf(-((2 * i) as f64) / head_dim as f64);
+                let (x0, x1) = (data[at] as f64, data[at + 1] as f64);
+                let want = (
+                    x0 * theta.cos() - x1 * theta.sin(),
+                    x0 * theta.sin() + x1 * theta.cos(),
+                );
+                assert!((y[at] as f64 - want.0).abs() < 2e-5, "pos {pos} pair {i}");
+                assert!(
+                    (y[at + 1] as f64 - want.1).abs() < 2e-5,
+                    "pos {pos} pair {i}"
+                );
+            }
+        }
+    }
+}
+
+/// Naive attention in f64: query head h uses KV head h / (n_heads / n_kv_heads); row r sees
+/// keys `0..visible(r)`.
+fn naive_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: Heads,
+    visible: impl Fn(usize) -> usize,
+) -> Vec<f64> {
+    let Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = heads;
+    let rows = q.len() / (n_heads * head_dim);
+    let kv_dim = n_kv_heads * head_dim;
+    let mut out = vec![0f64; q.len()];
+    for r in 0..rows {
+        for h in 0..n_heads {
+            let kvh = h / (n_heads / n_kv_heads);
+            let qh = &q[(r * n_heads + h) * head_dim..][..head_dim];
+            let scores: Vec<f64> = (0..visible(r))
+                .map(|j| {
+                    let kh = &k[j * kv_dim + kvh * head_dim..][..head_dim];
+                    qh.iter()
+                        .zip(kh)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        / (head_dim as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (j, p) in e.iter().enumerate() {
+                let vh = &v[j * kv_dim + kvh * head_dim..][..head_dim];
+                for d in 0..head_dim {
+                    out[(r * n_heads + h) * head_dim + d] += p / sum * vh[d] as f64;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!((g as f64 - w).abs() <= tol, "{what}[{i}]: {g} vs {w}");
+    }
+}
+
+#[test]
+fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
+    let heads = Heads {
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 16,
+    };
+    let (q_dim, kv_dim, n) = (6 * 16, 2 * 16, 9);
+    let (q, k, v) = (
+        random(n * q_dim, 1),
+        random(n * kv_dim, 2),
+        random(n * kv_dim, 3),
+    );
+    let want = naive_attention(&q, &k, &v, heads, |r| r + 1);
+    for threads in [1, 2] {
+        let b = CpuBackend::new(threads);
+        // Prefill 6 rows, then 3 single-row steps: the same as one pass over all 9.
+        let mut cache = b.new_kv_cache(2, 16, heads.n_kv_heads, heads.head_dim);
+        let mut got = Vec::new();
+        for (start, len) in [(0, 6), (6, 1), (7, 1), (8, 1)] {
+            let t =
+                |d: &[f32], w: usize| b.upload(d[start * w..(start + len) * w].to_vec(), len, w);
+            let out = b.attention_cached(
+                &t(&q, q_dim),
+                &t(&k, kv_dim),
+                &t(&v, kv_dim),
+                &mut cache,
+                1,
+                start,
+                heads,
+            );
+            got.extend(b.download(&out));
+        }
+        assert_close(&got, &want, 1e-5, "cached attention");
+    }
+}
+
+#[test]
+fn full_attention_sees_every_row() {
+    let heads = Heads {
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 8,
+    };
+    let (dim, n) = (32, 7);
+    let (q, k, v) = (random(n * dim, 4), random(n * dim, 5), random(n * dim, 6));
+    let want = naive_attention(&q, &k, &v, heads, |_| n);
+    let b = CpuBackend::new(2);
+    let up = |d: &Vec<f32>| b.upload(d.clone(), n, dim);
+    let got = b.download(&b.attention(&up(&q), &up(&k), &up(&v), heads));
+    assert_close(&got, &want, 1e-5, "attention");
+}
+
+#[test]
+fn norms_match_their_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, dim) = (3, 48);
+    let (g, beta) = (random(dim, 7), random(dim, 8));
+    let file = gguf(
+        dir.path(),
+        &[
+            ("g", GgmlType::F32, vec![dim as u64], g.clone()),
+            ("beta", GgmlType::F32, vec![dim as u64], beta.clone()),
+        ],
+    );
+    let b = CpuBackend::new(1);
+    let (gw, bw) = (
+        b.load_weight(&file, "g").unwrap(),
+        b.load_weight(&file, "beta").unwrap(),
+    );
+    let data: Vec<f32> = random(rows * dim, 9)
+        .iter()
+        .map(|v| v * 3.0 + 0.5)
+        .collect();
+    let x = b.upload(data.clone(), rows, dim);
+    let rms = b.download(&b.rms_norm(&x, &gw, 1e-5));
+    let ln = b.download(&b.layer_norm(&x, &gw, &bw, 1e-5));
+    let (mut want_rms, mut want_ln) = (Vec::new(), Vec::new());
+    for row in data.chunks(dim) {
+        let row: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        let ms = row.iter().map(|v| v * v).sum::<f64>() / dim as f64;
+        let mean = row.iter().sum::<f64>() / dim as f64;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+        for (i, v) in row.iter().enumerate() {
+            want_rms.push(v / (ms + 1e-5).sqrt() * g[i] as f64);
+            want_ln.push((v - mean) / (var + 1e-5).sqrt() * g[i] as f64 + beta[i] as f64);
+        }
+    }
+    assert_close(&rms, &want_rms, 1e-5, "rms_norm");
+    assert_close(&ln, &want_ln, 1e-5, "layer_norm");
+}
+
+#[test]
+fn activations_match_published_values() {
+    let b = CpuBackend::new(1);
+    let xs = [-3.0f32, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0];
+    let x = b.upload(xs.to_vec(), 1, xs.len());
+    // x·Φ(x), with Φ from the normal table.
+    let phi = [
+        0.0013498980316301,
+        0.15865525393145707,
+        0.3085375387259869,
+        0.5,
+        0.6914624612740131,
+        0.8413447460685429,
+        0.9772498680518208,
+    ];
+    let gelu: Vec<f64> = xs.iter().zip(phi).map(|(&x, p)| x as f64 * p).collect();
+    assert_close(&b.download(&b.gelu(&x)), &gelu, 1e-6, "gelu");
+    let tanh: Vec<f64> = xs
+        .iter()
+        .map(|&x| {
+            let x = x as f64;
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
+        })
+        .collect();
+    assert_close(&b.download(&b.gelu_tanh(&x)), &tanh, 1e-6, "gelu_tanh");
+    let quick: Vec<f64> = xs
+        .iter()
+        .map(|&x| x as f64 / (1.0 + (-1.702 * x as f64).exp()))
+        .collect();
+    assert_close(&b.download(&b.quick_gelu(&x)), &quick, 1e-6, "quick_gelu");
+    let up = b.upload(vec![2.0; xs.len()], 1, xs.len());
+    let silu: Vec<f64> = xs
+        .iter()
+        .map(|&x| 2.0 * x as f64 / (1.0 + (-x as f64).exp()))
+        .collect();
+    assert_close(&b.download(&b.silu_mul(&x, &up)), &silu, 1e-6, "silu_mul");
+    let soft = b.download(&b.softmax(&x));
+    let e: Vec<f64> = xs.iter().map(|&x| (x as f64).exp()).collect();
+    let s: f64 = e.iter().sum();
+    let want: Vec<f64> = e.iter().map(|v| v / s).collect();
+    assert_close(&soft, &want, 1e-7, "softmax");
+}
+
+#[test]
+fn loading_refuses_types_without_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = gguf(
+        dir.path(),
+        &[("a", GgmlType::Q8K, vec![256, 1], random(256, 1))],
+    );
+    let b = CpuBackend::new(1);
+    let e = b.load_weight(&file, "a").unwrap_err();
+    assert!(e.to_string().contains("\"a\" has type q8_K"), "{e}");
+    let e = b.load_weight(&file, "nope").unwrap_err();
+    assert!(e.to_string().contains("\"nope\" is missing"), "{e}");
+}
