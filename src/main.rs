@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod convert;
 mod inspect;
 mod load;
 mod logits;
@@ -30,6 +31,8 @@ enum Command {
     Logits(logits::Args),
     /// Print the token ids of a text.
     Tokenize(tokenize::Args),
+    /// Convert a Hugging Face checkpoint directory to GGUF.
+    Convert(convert::Args),
     /// Summarise a GGUF file: metadata, tensors, sizes.
     Inspect(inspect::Args),
     /// Write a random-weight model of a real model's shape, for benchmarks.
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Logits(args) => logits::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
+        Command::Convert(args) => convert::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Synth(args) => synth::run(&args),
     };

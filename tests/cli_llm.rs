@@ -371,3 +371,55 @@ fn synth_makes_a_runnable_model_with_the_preset_types() {
         stderr(&o)
     );
 }
+
+#[test]
+fn convert_then_run_answers_like_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let src = Path::new(FIXTURES).join("llama-gqa");
+    let o = llava(&[
+        "convert",
+        src.to_str().unwrap(),
+        "-q",
+        "q8_0",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("wrote"), "{}", stderr(&o));
+    let r = reference("llama-gqa");
+    let o = llava(&[
+        "run",
+        "-m",
+        out.to_str().unwrap(),
+        "--temp",
+        "0",
+        "-n",
+        "20",
+        &r.prompt,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{}\n", r.greedy_text));
+}
+
+#[test]
+fn convert_refuses_bad_input_without_leaving_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let o = llava(&[
+        "convert",
+        dir.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("config.json"), "{}", stderr(&o));
+    assert!(!out.exists());
+    let o = llava(&["convert", ".", "-q", "q3_k"]);
+    assert_eq!(o.status.code(), Some(2), "clap rejects the value");
+    assert!(
+        stderr(&o).contains("unknown quantization \"q3_k\""),
+        "{}",
+        stderr(&o)
+    );
+}
