@@ -8,11 +8,15 @@ mod error;
 mod hf_config;
 pub mod llama;
 mod mix;
+mod mmproj;
 mod safetensors;
+pub mod source;
 pub mod synth;
 mod vocab;
 
 pub use error::ConvertError;
 pub use llama::{convert_llama, ConvertSummary, LlamaHparams};
 pub use mix::{use_more_bits, Preset};
+pub use mmproj::{convert_mmproj, VisionHparams};
+pub use source::ModelKind;
 pub use synth::{synth_llm, SynthModel};

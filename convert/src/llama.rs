@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use crate::error::ConvertError;
 use crate::hf_config::JsonFile;
 use crate::mix::Preset;
-use crate::safetensors::Checkpoint;
+use crate::source::Source;
 use crate::vocab;
 
 /// LLaMA hyper-parameters from `config.json`.
@@ -32,21 +32,17 @@ pub struct LlamaHparams {
 }
 
 impl LlamaHparams {
+    /// From a LLaMA config object: `config.json` itself, or the `text_config` of a llava-hf
+    /// checkpoint. Keys left out take transformers' `LlamaConfig` defaults (llava-hf configs
+    /// omit those equal to the defaults, e.g. hidden_size 4096).
     pub fn from_config(c: &JsonFile) -> Result<Self, ConvertError> {
         let bad = |key: &str, reason: String| ConvertError::Config {
             path: c.path.clone(),
             key: key.to_owned(),
             reason,
         };
-        let model_type = c.str_opt("model_type")?.unwrap_or("");
-        if !matches!(model_type, "llama" | "mistral") {
-            return Err(bad(
-                "model_type",
-                format!("\"{model_type}\" is not a LLaMA-architecture model (llama, mistral)"),
-            ));
-        }
-        let hidden_size = c.usize("hidden_size")?;
-        let n_heads = c.usize("num_attention_heads")?;
+        let hidden_size = c.usize_opt("hidden_size")?.unwrap_or(4096);
+        let n_heads = c.usize_opt("num_attention_heads")?.unwrap_or(32);
         let n_kv_heads = c.usize_opt("num_key_value_heads")?.unwrap_or(n_heads);
         if n_heads == 0 || hidden_size % n_heads != 0 {
             return Err(bad(
@@ -94,16 +90,16 @@ impl LlamaHparams {
             }
         };
         Ok(LlamaHparams {
-            vocab_size: c.usize("vocab_size")?,
+            vocab_size: c.usize_opt("vocab_size")?.unwrap_or(32000),
             hidden_size,
-            n_layers: c.usize("num_hidden_layers")?,
+            n_layers: c.usize_opt("num_hidden_layers")?.unwrap_or(32),
             n_heads,
             n_kv_heads,
-            ffn_size: c.usize("intermediate_size")?,
+            ffn_size: c.usize_opt("intermediate_size")?.unwrap_or(11008),
             rms_eps: c.f64_opt("rms_norm_eps")?.unwrap_or(1e-6),
             rope_theta,
             rope_linear_factor,
-            n_ctx_train: c.usize_opt("max_position_embeddings")?.unwrap_or(4096),
+            n_ctx_train: c.usize_opt("max_position_embeddings")?.unwrap_or(2048),
         })
     }
 }
@@ -133,28 +129,30 @@ pub struct ConvertSummary {
     pub bytes: u64,
 }
 
-/// Converts the LLaMA checkpoint in `dir` to `out` with the types `preset` chooses per tensor.
+/// Writes the LLM of the checkpoint in `dir` (a LLaMA/Mistral model, or the language model of
+/// a LLaVA checkpoint) to `out`, with the types `preset` chooses per tensor.
 pub fn convert_llama(
     dir: &Path,
     out: &Path,
     preset: Preset,
 ) -> Result<ConvertSummary, ConvertError> {
-    let config = JsonFile::open(&dir.join("config.json"))?;
-    let hp = LlamaHparams::from_config(&config)?;
+    let src = Source::open(dir)?;
+    let text_config = src.text_config();
+    let hp = LlamaHparams::from_config(&text_config)?;
     let tokenizer = JsonFile::open(&dir.join("tokenizer.json"))?;
     let tokenizer_config = JsonFile::open_optional(&dir.join("tokenizer_config.json"))?;
-    let ckpt = Checkpoint::open(dir)?;
-    let plan = plan_tensors(&hp, &ckpt, preset)?;
+    let plan = plan_tensors(&hp, &src, preset)?;
 
     let mut w = GgufWriter::new();
     let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
     for (k, v) in llama_metadata(&hp, &name, preset) {
         w.add(&k, v)?;
     }
-    for (k, v) in vocab::spm_metadata(&tokenizer, &config, tokenizer_config.as_ref())? {
+    for (k, v) in vocab::spm_metadata(&tokenizer, &text_config, tokenizer_config.as_ref())? {
         w.add(k, v)?;
     }
     for p in &plan {
@@ -168,7 +166,7 @@ pub fn convert_llama(
     };
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
         let p = &plan[i];
-        let mut data = ckpt.to_f32(&p.hf_name)?;
+        let mut data = src.ckpt.to_f32(&p.hf_name)?;
         if let Layout::PermuteHeads(n_heads) = p.layout {
             data = permute_heads(&data, n_heads, p.shape[0] as usize);
         }
@@ -238,9 +236,10 @@ pub(crate) fn llama_metadata(
 /// layouts, in llama.cpp's order.
 fn plan_tensors(
     hp: &LlamaHparams,
-    ckpt: &Checkpoint,
+    src: &Source,
     preset: Preset,
 ) -> Result<Vec<Planned>, ConvertError> {
+    let ckpt = &src.ckpt;
     let h = hp.hidden_size;
     let head_dim = h / hp.n_heads;
     let (q_dim, kv_dim) = (hp.n_heads * head_dim, hp.n_kv_heads * head_dim);
@@ -270,13 +269,13 @@ fn plan_tensors(
     let v = hp.vocab_size;
     add(
         "token_embd.weight".into(),
-        "model.embed_tokens.weight".into(),
+        src.llm_name("embed_tokens.weight"),
         &[v, h],
         Layout::AsIs,
     )?;
     for i in 0..hp.n_layers {
         let g = |n: &str| format!("blk.{i}.{n}.weight");
-        let t = |n: &str| format!("model.layers.{i}.{n}.weight");
+        let t = |n: &str| src.llm_name(&format!("layers.{i}.{n}.weight"));
         let ff = hp.ffn_size;
         add(g("attn_norm"), t("input_layernorm"), &[h], Layout::AsIs)?;
         add(
@@ -315,15 +314,15 @@ fn plan_tensors(
     }
     add(
         "output_norm.weight".into(),
-        "model.norm.weight".into(),
+        src.llm_name("norm.weight"),
         &[h],
         Layout::AsIs,
     )?;
     // Tied embeddings: no lm_head in the checkpoint, and llama.cpp reuses token_embd.
-    if ckpt.contains("lm_head.weight") {
+    if ckpt.contains(src.lm_head) {
         add(
             "output.weight".into(),
-            "lm_head.weight".into(),
+            src.lm_head.into(),
             &[v, h],
             Layout::AsIs,
         )?;
