@@ -106,7 +106,7 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn report(path: &Path, s: &ConvertSummary, t0: Instant) {
+pub(crate) fn report(path: &Path, s: &ConvertSummary, t0: Instant) {
     eprintln!(
         "wrote {}: {} tensors, {} parameters, {:.1} MiB ({:.2} bits/weight) in {:.1} s",
         path.display(),

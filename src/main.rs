@@ -8,6 +8,7 @@ mod convert;
 mod inspect;
 mod load;
 mod logits;
+mod quantize;
 mod run;
 mod synth;
 mod tokenize;
@@ -33,6 +34,8 @@ enum Command {
     Tokenize(tokenize::Args),
     /// Convert a Hugging Face checkpoint directory to GGUF.
     Convert(convert::Args),
+    /// Requantize a GGUF file (LLM or mmproj) with another preset.
+    Quantize(quantize::Args),
     /// Summarise a GGUF file: metadata, tensors, sizes.
     Inspect(inspect::Args),
     /// Write a random-weight model of a real model's shape, for benchmarks.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Logits(args) => logits::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Convert(args) => convert::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Synth(args) => synth::run(&args),
     };

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use llava_runtime::gguf::GgufWriteError;
+use llava_runtime::gguf::{GgufError, GgufWriteError};
 use llava_runtime::quant::QuantError;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,8 @@ pub enum ConvertError {
     },
     #[error("quantizing \"{tensor}\": {error}")]
     Quant { tensor: String, error: QuantError },
+    #[error(transparent)]
+    Read(#[from] GgufError),
     #[error(transparent)]
     Write(#[from] GgufWriteError),
 }

@@ -395,7 +395,7 @@ pub fn convert_mmproj(
 
 /// Types in an mmproj file: matrices as the preset says (no output/layer mix here), the patch
 /// and position embeddings F16 (or F32), everything one-dimensional F32.
-fn vision_tensor_type(preset: Preset, name: &str, ne: &[u64]) -> GgmlType {
+pub(crate) fn vision_tensor_type(preset: Preset, name: &str, ne: &[u64]) -> GgmlType {
     if ne.len() < 2 {
         return GgmlType::F32;
     }

@@ -1,0 +1,36 @@
+//! `llava quantize`: an existing GGUF file (an LLM or an mmproj, e.g. an F16 file made by
+//! llama.cpp) requantized with another preset, all other metadata kept.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use llava_convert::{requantize, Preset};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The GGUF file to requantize (architecture llama or clip).
+    input: PathBuf,
+    /// The file to write.
+    output: PathBuf,
+    /// f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0 (llama.cpp's mixes; an mmproj file
+    /// gets the vision rules: embeddings F16, vectors F32).
+    #[arg(short, long, default_value = "q4_k_m")]
+    quant: Preset,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    if args.output.exists() && !args.force {
+        bail!(
+            "{}: already exists (use --force to replace it)",
+            args.output.display()
+        );
+    }
+    let t0 = Instant::now();
+    let s = requantize(&args.input, &args.output, args.quant)?;
+    crate::convert::report(&args.output, &s, t0);
+    Ok(())
+}
