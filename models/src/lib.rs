@@ -4,6 +4,7 @@
 
 mod error;
 pub mod generate;
+pub mod image;
 pub mod llama;
 
 pub use error::ModelError;

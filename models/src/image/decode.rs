@@ -1,0 +1,97 @@
+//! Decoding image files to RGB the way the reference's `PIL.Image.open(f).convert("RGB")`
+//! sees them: EXIF orientation applied, grayscale/palette/16-bit/CMYK converted, alpha dropped
+//! (not composited). Sizes are checked from the header before any pixel is decoded.
+
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
+
+use super::RgbImage;
+
+/// 50 megapixels: far above any camera photo LLaVA is useful on, far below what would exhaust
+/// memory (a 50 MP RGB image is 150 MB decoded).
+pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: not a supported image (JPEG, PNG, WebP, GIF, BMP): {reason}", path.display())]
+    Format { path: PathBuf, reason: String },
+    #[error("{}: cannot decode the image: {reason}", path.display())]
+    Decode { path: PathBuf, reason: String },
+    #[error("{}: {width}×{height} is {} megapixels, above the limit of {} (raise --max-image-pixels)", path.display(), (*width as u64 * *height as u64) / 1_000_000, max / 1_000_000)]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max: u64,
+    },
+    #[error("{}: the image is empty ({width}×{height})", path.display())]
+    Empty {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+    },
+}
+
+/// Opens and decodes an image file to 8-bit RGB, refusing images of more than `max_pixels`
+/// before decoding them.
+pub fn load_image(path: &Path, max_pixels: u64) -> Result<RgbImage, ImageError> {
+    let format_error = |reason: String| ImageError::Format {
+        path: path.to_owned(),
+        reason,
+    };
+    let decode_error = |e: image::ImageError| ImageError::Decode {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let reader = ImageReader::open(path)
+        .map_err(|error| ImageError::Io {
+            path: path.to_owned(),
+            error,
+        })?
+        .with_guessed_format()
+        .map_err(|error| ImageError::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+    if reader.format().is_none() {
+        return Err(format_error("unrecognised file contents".into()));
+    }
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| format_error(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty {
+            path: path.to_owned(),
+            width,
+            height,
+        });
+    }
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(ImageError::TooLarge {
+            path: path.to_owned(),
+            width,
+            height,
+            max: max_pixels,
+        });
+    }
+    // Also bound what the decoder may allocate, in case a format's header lies.
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 20));
+    decoder.set_limits(limits).map_err(decode_error)?;
+    let orientation = decoder.orientation().map_err(decode_error)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    img.apply_orientation(orientation);
+    let rgb = img.to_rgb8();
+    Ok(RgbImage {
+        width: rgb.width(),
+        height: rgb.height(),
+        data: rgb.into_raw(),
+    })
+}
