@@ -92,16 +92,23 @@ fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
             let y = b.download(&b.matmul(&x, &w));
             assert_eq!(y.len(), rows * n_out);
 
-            // Reference 1, exact: the activation row quantized to the paired format, then the
-            // scalar reference dot with each weight row, one pair at a time. The matmul must
-            // give these bits whatever its threading and layout.
+            // Reference 1, exact: the activation row quantized to the paired format by the
+            // scalar reference quantizer (every SIMD quantizer writes the same bytes), then the
+            // dot of this process's CPU path (`LLAVA_CPU`, else the best the CPU has) with each
+            // weight row, one pair at a time. The matmul must give these bits whatever its
+            // threading and layout.
             let act_ty = match ty {
                 GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => *ty,
                 GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
                 GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
                 _ => GgmlType::Q8K,
             };
-            // Reference 2, approximate: f64 matmul of the dequantized weights and unrounded
+            let kernels = quant::row_kernels(*ty, quant::cpu_path()).unwrap();
+            assert_eq!(kernels.act_type, act_ty, "{ty}");
+            // Reference 2, close: the scalar reference dot on the same bytes. A SIMD dot sums
+            // the same exact integer block sums in another order: within 1e-5 of Σ|w·a|
+            // (tests/simd_kernels.rs bounds it by the terms themselves).
+            // Reference 3, approximate: f64 matmul of the dequantized weights and unrounded
             // activations; rounding the activations costs at most a few percent of the terms.
             let wd = dequantized(&file, name);
             let w_data = file.tensor(name).unwrap().data;
@@ -112,13 +119,28 @@ fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
                 let mut aw = vec![0u32; a_bytes.div_ceil(4)];
                 let a = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut aw)[..a_bytes];
                 quant::quantize_row(act_ty, xr, a).unwrap();
+                let mut ad = vec![0f32; k];
+                quant::dequantize_row(act_ty, a, &mut ad).unwrap();
                 for j in 0..n_out {
                     let got = y[r * n_out + j];
-                    let want = reference_dot(*ty, &w_data[j * w_row..(j + 1) * w_row], a);
+                    let w_bytes = &w_data[j * w_row..(j + 1) * w_row];
+                    let want = (kernels.dot)(w_bytes, a);
                     assert_eq!(
                         got.to_bits(),
                         want.to_bits(),
-                        "{ty} r{r} j{j}: {got} vs {want}"
+                        "{ty} r{r} j{j}: {got} vs {want} ({} dot)",
+                        kernels.dot_path
+                    );
+
+                    let scalar = reference_dot(*ty, w_bytes, a);
+                    let terms: f64 = wd[j * k..(j + 1) * k]
+                        .iter()
+                        .zip(&ad)
+                        .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
+                        .sum();
+                    assert!(
+                        (f64::from(got) - f64::from(scalar)).abs() <= 1e-5 * terms,
+                        "{ty} r{r} j{j}: {got} vs scalar {scalar}"
                     );
 
                     let wr = &wd[j * k..(j + 1) * k];

@@ -3,65 +3,23 @@
 //! The activations are quantized once per call to the format ggml pairs with the weight type
 //! (Q8_0, Q8_1, Q8_K, F16, ...), then each worker takes a run of weight rows and dots every row
 //! of it with every activation row, so each weight row is streamed from memory once per call
-//! however many tokens are in the batch. The kernel for a weight type is chosen once, here, by
-//! [`kernel_for`]: the place where SIMD kernels will be selected at run time.
+//! however many tokens are in the batch. The kernel for a weight type is chosen here, per call,
+//! by [`kernel_for`]: scalar or SIMD, from the CPU path detected at run time.
 
 use bytemuck::{cast_slice, cast_slice_mut};
-use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::{chunk_len, par_chunks, CpuTensor, CpuWeight};
-use crate::quant::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
-};
+use crate::quant::{self, GgmlType, RowKernels};
 
-/// How to multiply by weights of one type.
-#[derive(Clone, Copy)]
-pub(super) struct Kernel {
-    /// The type activations are quantized to.
-    pub act_type: GgmlType,
-    /// Quantizes one f32 row into `act_type` bytes.
-    pub quantize: fn(&[f32], &mut [u8]),
-    /// Dot product of one weight row with one quantized activation row (both as bytes).
-    pub dot: fn(&[u8], &[u8]) -> f32,
-}
+/// How to multiply by weights of one type: the activation format, its quantizer, and the dot.
+pub(super) type Kernel = RowKernels;
 
-fn quantize_as<W: VecDot>(src: &[f32], dst: &mut [u8]) {
-    W::Activation::quantize_row(src, cast_slice_mut(dst));
-}
-
-fn dot_as<W: VecDot>(w: &[u8], a: &[u8]) -> f32 {
-    W::vec_dot(cast_slice(w), cast_slice(a))
-}
-
-fn kernel<W: VecDot>() -> Kernel {
-    Kernel {
-        act_type: W::Activation::TYPE,
-        quantize: quantize_as::<W>,
-        dot: dot_as::<W>,
-    }
-}
-
-/// The kernel for a weight type, or `None` if the type cannot be multiplied with.
+/// The kernel for a weight type, or `None` if the type cannot be multiplied with: the SIMD
+/// kernels of the process's CPU path where it has them (the best the CPU offers, unless
+/// `LLAVA_CPU` says otherwise; see `quant::dispatch`), else the scalar reference.
 pub(super) fn kernel_for(ty: GgmlType) -> Option<Kernel> {
-    use GgmlType::*;
-    Some(match ty {
-        F32 => kernel::<f32>(),
-        F16 => kernel::<f16>(),
-        BF16 => kernel::<bf16>(),
-        Q4_0 => kernel::<BlockQ4_0>(),
-        Q4_1 => kernel::<BlockQ4_1>(),
-        Q5_0 => kernel::<BlockQ5_0>(),
-        Q5_1 => kernel::<BlockQ5_1>(),
-        Q8_0 => kernel::<BlockQ8_0>(),
-        Q2K => kernel::<BlockQ2K>(),
-        Q3K => kernel::<BlockQ3K>(),
-        Q4K => kernel::<BlockQ4K>(),
-        Q5K => kernel::<BlockQ5K>(),
-        Q6K => kernel::<BlockQ6K>(),
-        _ => return None,
-    })
+    quant::row_kernels(ty, quant::cpu_path())
 }
 
 pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {

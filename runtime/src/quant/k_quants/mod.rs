@@ -30,7 +30,7 @@ pub const QK_K: usize = 256;
 /// - bytes 4..8: mins 0..4 likewise, top 2 bits of mins 4..8 above them;
 /// - bytes 8..12: low nibble = low 4 bits of scales 4..8, high nibble = of mins 4..8.
 #[inline]
-fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(in crate::quant) fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

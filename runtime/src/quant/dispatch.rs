@@ -1,0 +1,310 @@
+//! Which kernels run: the CPU path (scalar or a SIMD level), detected once per process, and
+//! the pure table from (weight type, path) to the activation quantizer and dot product that
+//! matmul uses (DESIGN.md, decision 5).
+//!
+//! The path is the best the running CPU offers, unless `LLAVA_CPU` names one:
+//! - `LLAVA_CPU=scalar` forces the scalar reference kernels;
+//! - `LLAVA_CPU=avx2` asks for the AVX2 (+FMA, F16C) kernels;
+//! - unset, empty or `auto`: the best available.
+//!
+//! A path the CPU or this build cannot run (`avx2` on a CPU without it, `neon` on x86, a typo)
+//! is not an error: one warning goes to stderr and the best available path is used instead.
+//! The variable is read by a library, where aborting the process over it would be worse than
+//! running correctly but slower; the warning says what happened.
+//!
+//! Every SIMD activation quantizer writes the same bytes as the scalar one, so the paths differ
+//! only in the float summation order of the dot products.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
+
+use bytemuck::{cast_slice, cast_slice_mut};
+use half::{bf16, f16};
+
+use super::{
+    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
+};
+
+/// The environment variable that forces a [`CpuPath`].
+pub const CPU_PATH_ENV: &str = "LLAVA_CPU";
+
+/// A family of CPU kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CpuPath {
+    /// The scalar reference code, on every CPU.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C (Haswell, Zen and later).
+    Avx2,
+}
+
+impl CpuPath {
+    pub const ALL: [CpuPath; 2] = [CpuPath::Scalar, CpuPath::Avx2];
+
+    /// The name `LLAVA_CPU` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuPath::Scalar => "scalar",
+            CpuPath::Avx2 => "avx2",
+        }
+    }
+
+    /// Whether this build has the path's kernels and the running CPU can execute them.
+    pub fn is_available(self) -> bool {
+        match self {
+            CpuPath::Scalar => true,
+            CpuPath::Avx2 => avx2().is_some(),
+        }
+    }
+
+    /// The fastest available path.
+    pub fn best_available() -> CpuPath {
+        if CpuPath::Avx2.is_available() {
+            CpuPath::Avx2
+        } else {
+            CpuPath::Scalar
+        }
+    }
+}
+
+impl fmt::Display for CpuPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A CPU path name that is not one of [`CpuPath::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown CPU path {0:?} (known: scalar, avx2)")]
+pub struct UnknownCpuPath(pub String);
+
+impl FromStr for CpuPath {
+    type Err = UnknownCpuPath;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        CpuPath::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| UnknownCpuPath(s.to_owned()))
+    }
+}
+
+/// Why [`set_cpu_path`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {0} kernels cannot run here (not built for this architecture, or the CPU lacks the instructions)")]
+pub struct CpuPathUnavailable(pub CpuPath);
+
+/// Set by [`set_cpu_path`]; `UNSET` until then.
+static OVERRIDE: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = u8::MAX;
+static FROM_ENV: OnceLock<CpuPath> = OnceLock::new();
+
+/// The path matmul's kernels come from: the last [`set_cpu_path`], else `LLAVA_CPU`, else the
+/// best available (read once per process).
+pub fn cpu_path() -> CpuPath {
+    match OVERRIDE.load(Ordering::Relaxed) {
+        UNSET => *FROM_ENV.get_or_init(path_from_env),
+        i => CpuPath::ALL[usize::from(i)],
+    }
+}
+
+/// Switches the whole process to `path` (benchmarks comparing paths in one run use this). A
+/// matmul already running keeps the kernels it started with.
+pub fn set_cpu_path(path: CpuPath) -> Result<(), CpuPathUnavailable> {
+    if !path.is_available() {
+        return Err(CpuPathUnavailable(path));
+    }
+    let index = CpuPath::ALL
+        .iter()
+        .position(|&p| p == path)
+        .expect("ALL lists every path");
+    OVERRIDE.store(index as u8, Ordering::Relaxed);
+    Ok(())
+}
+
+fn path_from_env() -> CpuPath {
+    let best = CpuPath::best_available();
+    let Ok(value) = std::env::var(CPU_PATH_ENV) else {
+        return best;
+    };
+    if value.trim().is_empty() || value.trim().eq_ignore_ascii_case("auto") {
+        return best;
+    }
+    match value.parse::<CpuPath>() {
+        Ok(path) if path.is_available() => path,
+        Ok(path) => {
+            eprintln!(
+                "warning: {CPU_PATH_ENV}={value}: {}; using {best}",
+                CpuPathUnavailable(path)
+            );
+            best
+        }
+        Err(e) => {
+            eprintln!("warning: {CPU_PATH_ENV}={value}: {e}; using {best}");
+            best
+        }
+    }
+}
+
+/// The AVX2 kernels, if this is an x86-64 build on a CPU that has them.
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> Option<super::x86::Avx2> {
+    super::x86::Avx2::detect()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2() -> Option<std::convert::Infallible> {
+    None
+}
+
+/// Quantizes one f32 row into the raw bytes of an activation row.
+pub type QuantizeFn = fn(&[f32], &mut [u8]);
+/// Dot product of one weight row with one quantized activation row, both as raw bytes
+/// (aligned for their block structs, the same number of elements).
+pub type DotFn = fn(&[u8], &[u8]) -> f32;
+
+/// How to multiply by weights of one type on one CPU path.
+#[derive(Clone, Copy)]
+pub struct RowKernels {
+    /// The type activations are quantized to (GGUF-AND-LLAVA.md §2.4).
+    pub act_type: GgmlType,
+    /// Quantizes one f32 row into `act_type` bytes.
+    pub quantize: QuantizeFn,
+    /// Dot product of one weight row with one quantized activation row.
+    pub dot: DotFn,
+    /// Where `quantize` comes from: the requested path, or `Scalar` where it has none for
+    /// `act_type`.
+    pub quantize_path: CpuPath,
+    /// Where `dot` comes from, likewise.
+    pub dot_path: CpuPath,
+}
+
+/// The kernels for weights of type `ty` on `path`, falling back to the scalar kernel for each
+/// one the path does not have (or cannot run here); `None` if the type cannot be multiplied
+/// with at all.
+pub fn row_kernels(ty: GgmlType, path: CpuPath) -> Option<RowKernels> {
+    use GgmlType::*;
+    let scalar = match ty {
+        F32 => scalar::<f32>(),
+        F16 => scalar::<f16>(),
+        BF16 => scalar::<bf16>(),
+        Q4_0 => scalar::<BlockQ4_0>(),
+        Q4_1 => scalar::<BlockQ4_1>(),
+        Q5_0 => scalar::<BlockQ5_0>(),
+        Q5_1 => scalar::<BlockQ5_1>(),
+        Q8_0 => scalar::<BlockQ8_0>(),
+        Q2K => scalar::<BlockQ2K>(),
+        Q3K => scalar::<BlockQ3K>(),
+        Q4K => scalar::<BlockQ4K>(),
+        Q5K => scalar::<BlockQ5K>(),
+        Q6K => scalar::<BlockQ6K>(),
+        _ => return None,
+    };
+    Some(match path {
+        CpuPath::Scalar => scalar,
+        CpuPath::Avx2 => with_avx2(scalar, ty),
+    })
+}
+
+/// `kernels` with each kernel the AVX2 path has for `ty` swapped in, if the CPU can run them.
+#[cfg(target_arch = "x86_64")]
+fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
+    let Some(avx2) = avx2() else {
+        return kernels;
+    };
+    if let Some(quantize) = avx2.quantize(kernels.act_type) {
+        kernels.quantize = quantize;
+        kernels.quantize_path = CpuPath::Avx2;
+    }
+    if let Some(dot) = avx2.dot(ty) {
+        kernels.dot = dot;
+        kernels.dot_path = CpuPath::Avx2;
+    }
+    kernels
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn with_avx2(kernels: RowKernels, _ty: GgmlType) -> RowKernels {
+    kernels
+}
+
+fn quantize_as<W: VecDot>(src: &[f32], dst: &mut [u8]) {
+    W::Activation::quantize_row(src, cast_slice_mut(dst));
+}
+
+fn dot_as<W: VecDot>(w: &[u8], a: &[u8]) -> f32 {
+    W::vec_dot(cast_slice(w), cast_slice(a))
+}
+
+fn scalar<W: VecDot>() -> RowKernels {
+    RowKernels {
+        act_type: W::Activation::TYPE,
+        quantize: quantize_as::<W>,
+        dot: dot_as::<W>,
+        quantize_path: CpuPath::Scalar,
+        dot_path: CpuPath::Scalar,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_names_parse_back() {
+        for path in CpuPath::ALL {
+            assert_eq!(path.name().parse::<CpuPath>(), Ok(path));
+        }
+        assert_eq!(" AVX2 ".parse::<CpuPath>(), Ok(CpuPath::Avx2));
+        assert!("neon".parse::<CpuPath>().is_err());
+    }
+
+    #[test]
+    fn scalar_path_uses_only_scalar_kernels() {
+        for ty in GgmlType::ALL {
+            if let Some(k) = row_kernels(ty, CpuPath::Scalar) {
+                assert_eq!(
+                    (k.quantize_path, k.dot_path),
+                    (CpuPath::Scalar, CpuPath::Scalar)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_avx2_path_covers_the_types_it_claims_where_the_cpu_has_it() {
+        use GgmlType::*;
+        if !CpuPath::Avx2.is_available() {
+            eprintln!("skipped: this CPU has no AVX2/FMA/F16C");
+            return;
+        }
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K, F16] {
+            let k = row_kernels(ty, CpuPath::Avx2).unwrap();
+            assert_eq!(
+                (k.quantize_path, k.dot_path),
+                (CpuPath::Avx2, CpuPath::Avx2),
+                "{ty}"
+            );
+        }
+        // No SIMD dot yet, but the Q8_K activations are quantized with AVX2.
+        let k = row_kernels(Q3K, CpuPath::Avx2).unwrap();
+        assert_eq!(
+            (k.quantize_path, k.dot_path),
+            (CpuPath::Avx2, CpuPath::Scalar)
+        );
+    }
+
+    #[test]
+    fn both_paths_cover_the_same_types_with_the_same_activation_format() {
+        for ty in GgmlType::ALL {
+            let s = row_kernels(ty, CpuPath::Scalar);
+            let v = row_kernels(ty, CpuPath::Avx2);
+            assert_eq!(s.is_some(), v.is_some(), "{ty}");
+            if let (Some(s), Some(v)) = (s, v) {
+                assert_eq!(s.act_type, v.act_type, "{ty}");
+            }
+        }
+    }
+}

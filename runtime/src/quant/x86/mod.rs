@@ -1,0 +1,191 @@
+//! AVX2 kernels (with FMA and F16C) for x86-64: dot products of the weight formats with their
+//! activation formats, and the activation quantizers.
+//!
+//! Every kernel is a `#[target_feature(enable = "avx2,fma,f16c")]` function; the compiler makes
+//! calling one from code without those features `unsafe`. The only way in from outside this
+//! module is an [`Avx2`] value, which exists only once the running CPU has reported all three
+//! features, and which hands out safe function pointers. So the binary stays generic x86-64 and
+//! runs, on the scalar path, on CPUs without AVX2.
+//!
+//! The scalar code beside each format is the reference: the quantizers here write identical
+//! bytes, and the dots compute the same exact integer block sums and differ only in the order
+//! in which the float terms are added (`tests/simd_kernels.rs` holds them to that).
+//!
+//! One invariant the integer arithmetic relies on: activation quants are in -127..=127, which
+//! every Q8 quantizer guarantees (ggml's too). It makes `_mm256_sign_epi8` safe to apply to
+//! them and keeps `_mm256_maddubs_epi16`'s pairwise i16 sums from saturating.
+
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use bytemuck::{cast_slice, cast_slice_mut};
+use half::f16;
+
+use super::dispatch::{DotFn, QuantizeFn};
+use super::{
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
+    BlockQ8_1, GgmlType,
+};
+
+mod activations;
+mod float;
+mod k_quants;
+mod legacy;
+
+/// Proof that the running CPU has AVX2, FMA and F16C; the only source of this module's kernels.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2 {
+    _detected: (),
+}
+
+impl Avx2 {
+    /// `Some` if the CPU has AVX2, FMA and F16C (asked once per process).
+    pub(crate) fn detect() -> Option<Avx2> {
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        let detected = *DETECTED.get_or_init(|| {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+        });
+        detected.then_some(Avx2 { _detected: () })
+    }
+
+    /// The dot product of weights of type `ty` with their activation format, if there is an
+    /// AVX2 one.
+    pub(crate) fn dot(self, ty: GgmlType) -> Option<DotFn> {
+        use GgmlType::*;
+        Some(match ty {
+            F16 => dot_f16,
+            Q4_0 => dot_q4_0,
+            Q4_1 => dot_q4_1,
+            Q5_0 => dot_q5_0,
+            Q5_1 => dot_q5_1,
+            Q8_0 => dot_q8_0,
+            Q4K => dot_q4_k,
+            Q5K => dot_q5_k,
+            Q6K => dot_q6_k,
+            _ => return None,
+        })
+    }
+
+    /// The quantizer for activations of type `ty`, if there is an AVX2 one.
+    pub(crate) fn quantize(self, ty: GgmlType) -> Option<QuantizeFn> {
+        use GgmlType::*;
+        Some(match ty {
+            F16 => quantize_f16,
+            Q8_0 => quantize_q8_0,
+            Q8_1 => quantize_q8_1,
+            Q8K => quantize_q8_k,
+            _ => return None,
+        })
+    }
+}
+
+/// A safe byte-level wrapper around a kernel, for [`Avx2`] to hand out.
+macro_rules! safe_dot {
+    ($name:ident, $kernel:path, $weight:ty, $act:ty) => {
+        fn $name(w: &[u8], a: &[u8]) -> f32 {
+            let (w, a): (&[$weight], &[$act]) = (cast_slice(w), cast_slice(a));
+            // SAFETY: this function is reachable only through `Avx2::dot`, and an `Avx2` exists
+            // only once the CPU has reported AVX2, FMA and F16C.
+            unsafe { $kernel(w, a) }
+        }
+    };
+}
+
+macro_rules! safe_quantize {
+    ($name:ident, $kernel:path, $act:ty) => {
+        fn $name(src: &[f32], dst: &mut [u8]) {
+            let dst: &mut [$act] = cast_slice_mut(dst);
+            // SAFETY: reachable only through `Avx2::quantize`, as for the dots above.
+            unsafe { $kernel(src, dst) }
+        }
+    };
+}
+
+safe_dot!(dot_f16, float::dot_f16, f16, f16);
+safe_dot!(dot_q4_0, legacy::dot_q4_0_q8_0, BlockQ4_0, BlockQ8_0);
+safe_dot!(dot_q4_1, legacy::dot_q4_1_q8_1, BlockQ4_1, BlockQ8_1);
+safe_dot!(dot_q5_0, legacy::dot_q5_0_q8_0, BlockQ5_0, BlockQ8_0);
+safe_dot!(dot_q5_1, legacy::dot_q5_1_q8_1, BlockQ5_1, BlockQ8_1);
+safe_dot!(dot_q8_0, legacy::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
+safe_dot!(dot_q4_k, k_quants::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
+safe_dot!(dot_q5_k, k_quants::dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
+safe_dot!(dot_q6_k, k_quants::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
+safe_quantize!(quantize_f16, float::quantize_row_f16, f16);
+safe_quantize!(quantize_q8_0, activations::quantize_row_q8_0, BlockQ8_0);
+safe_quantize!(quantize_q8_1, activations::quantize_row_q8_1, BlockQ8_1);
+safe_quantize!(quantize_q8_k, activations::quantize_row_q8_k, BlockQ8K);
+
+// Helpers shared by the kernels. Being `#[target_feature]` functions themselves, they inline
+// into the kernels and can be called from them without `unsafe`.
+
+/// 32 bytes as one register.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_32<T: bytemuck::Pod>(bytes: &[T; 32]) -> __m256i {
+    const { assert!(std::mem::size_of::<T>() == 1) };
+    // SAFETY: the array is 32 bytes long; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// 16 bytes as one register.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_16(bytes: &[u8; 16]) -> __m128i {
+    // SAFETY: the array is 16 bytes long; `loadu` has no alignment requirement.
+    unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) }
+}
+
+/// `vcvtph2ps` on one value: exact, as every f16 is an f32.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
+
+/// `vcvtps2ph` with round-to-nearest-even: the conversion `half::f16::from_f32` (and ggml's
+/// `GGML_FP32_TO_FP16`) computes, so quantizer scales come out bit-identical.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn f32_to_f16(x: f32) -> f16 {
+    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x));
+    f16::from_bits(_mm_extract_epi16::<0>(h) as u16)
+}
+
+/// Sum of the 8 lanes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_f32(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Sum of the 8 lanes, exact.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
+    _mm_cvtsi128_si32(s)
+}
+
+/// `Σ x·y` over each group of 4 adjacent bytes, as 8 i32 lanes, for unsigned `x` and signed
+/// `y`. `x·y` pairs are summed in i16 first (`maddubs`): exact while `2·x·|y| < 2^15`, i.e.
+/// `x <= 128` against activation quants.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
+}
+
+/// As [`dot_u8_i8`] for signed `x` (any i8) and activation quants `y`: the sign of `x` moves
+/// onto `y` (`-y` fits, as `y >= -127`), leaving `|x| <= 128` unsigned.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
