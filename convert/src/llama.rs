@@ -358,7 +358,7 @@ pub(crate) fn quantize_tensor(
 /// `quant::quantize_row` into `dst`, through an aligned scratch buffer when `dst` is not
 /// aligned for the block structs (a `Vec<u8>` promises no alignment).
 fn quantize_aligned(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
-    if (dst.as_ptr() as usize) % 4 == 0 {
+    if (dst.as_ptr() as usize).is_multiple_of(4) {
         return quant::quantize_row(ty, src, dst);
     }
     let mut words = vec![0u32; dst.len().div_ceil(4)];

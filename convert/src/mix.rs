@@ -131,7 +131,7 @@ pub fn use_more_bits(i: usize, n: usize) -> bool {
 /// When a row is not a whole number of 256-element super-blocks, llama.cpp falls back to a
 /// 32-element format of similar size; and to F16 when even that does not fit.
 fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
-    if ne0 % ty.block_size() as u64 == 0 {
+    if ne0.is_multiple_of(ty.block_size() as u64) {
         return ty;
     }
     let alt = match ty {
@@ -141,7 +141,7 @@ fn fallback(ty: GgmlType, ne0: u64) -> GgmlType {
         GgmlType::Q6K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if ne0 % alt.block_size() as u64 == 0 {
+    if ne0.is_multiple_of(alt.block_size() as u64) {
         alt
     } else {
         GgmlType::F16

@@ -262,7 +262,7 @@ impl<B: Backend> Llama<B> {
     }
 }
 
-fn check_shape(file: &GgufFile, name: &str, expected: &[u64]) -> Result<(), ModelError> {
+pub(crate) fn check_shape(file: &GgufFile, name: &str, expected: &[u64]) -> Result<(), ModelError> {
     let t = file.tensor(name).ok_or_else(|| ModelError::MissingTensor {
         path: file.path().to_owned(),
         name: name.to_owned(),

@@ -44,7 +44,7 @@ impl Raw {
         self.u32(ty).u64(offset)
     }
     fn pad(&mut self, alignment: usize) -> &mut Self {
-        while self.0.len() % alignment != 0 {
+        while !self.0.len().is_multiple_of(alignment) {
             self.0.push(0);
         }
         self
@@ -506,7 +506,7 @@ fn random_corruption_never_panics() {
             let at = (next_random(&mut state) % header_len as u64) as usize;
             let r = next_random(&mut state);
             // Mostly single-byte noise; sometimes a length-sized extreme value.
-            if r % 8 == 0 && at + 8 <= bytes.len() {
+            if r.is_multiple_of(8) && at + 8 <= bytes.len() {
                 let v = [u64::MAX, 1 << 63, u32::MAX as u64, 64][(r >> 8) as usize % 4];
                 bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
             } else {

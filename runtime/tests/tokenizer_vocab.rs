@@ -232,7 +232,7 @@ impl Rng {
         let mut s = String::new();
         for _ in 0..n {
             let r = self.next();
-            if r % 4 == 0 {
+            if r.is_multiple_of(4) {
                 // Any scalar value except the SentencePiece space mark, which decodes to ' '.
                 let c = char::from_u32((r >> 8) as u32 % 0x11_0000).unwrap_or('?');
                 s.push(if c == '\u{2581}' { '_' } else { c });

@@ -29,6 +29,13 @@ pub enum BackendError {
         name: String,
         ty: GgmlType,
     },
+    #[error("{}: tensor \"{name}\" of shape {shape:?} cannot be used as rows of {row_len}", path.display())]
+    BadReshape {
+        path: std::path::PathBuf,
+        name: String,
+        shape: Vec<u64>,
+        row_len: usize,
+    },
     #[error("{}: tensor \"{name}\" has shape {shape:?}, expected {expected:?}", path.display())]
     WrongShape {
         path: std::path::PathBuf,
@@ -69,6 +76,15 @@ pub trait Backend {
 
     /// Loads a tensor of `file`, checking that it exists and that its type can be computed with.
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight, BackendError>;
+    /// Loads a tensor of any rank as a matrix with rows of `row_len` elements: its leading
+    /// dimensions merged (e.g. a conv kernel `[kw, kh, c_in, c_out]` as `[kw·kh·c_in, c_out]`).
+    /// `row_len` must be a whole number of the tensor's own rows.
+    fn load_matrix(
+        &self,
+        file: &Arc<GgufFile>,
+        name: &str,
+        row_len: usize,
+    ) -> Result<Self::Weight, BackendError>;
 
     fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
     fn download(&self, t: &Self::Tensor) -> Vec<f32>;

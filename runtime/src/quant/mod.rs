@@ -155,7 +155,7 @@ pub fn quantize_row(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
 /// Checks that `n_elements` is whole blocks and `n_bytes` is exactly their size.
 fn check_row_bytes<B: BlockFormat>(n_elements: usize, n_bytes: usize) -> Result<(), QuantError> {
     let ty = B::TYPE;
-    if n_elements % B::BLOCK_SIZE != 0 {
+    if !n_elements.is_multiple_of(B::BLOCK_SIZE) {
         return Err(QuantError::PartialBlock {
             ty,
             n_elements,

@@ -188,7 +188,7 @@ impl Backend for CpuBackend {
         // Block structs hold f16/f32 fields: the data must be aligned for them to be read in
         // place. GGUF's default 32-byte alignment guarantees it; a file written with
         // general.alignment = 1 might not.
-        if !supports(ty) || t.data.as_ptr() as usize % 4 != 0 {
+        if !supports(ty) || !(t.data.as_ptr() as usize).is_multiple_of(4) {
             return Err(BackendError::UnsupportedType {
                 path: file.path().to_owned(),
                 name: name.to_owned(),
@@ -201,6 +201,31 @@ impl Backend for CpuBackend {
             ty,
             shape: t.shape().to_vec(),
         })
+    }
+
+    fn load_matrix(
+        &self,
+        file: &Arc<GgufFile>,
+        name: &str,
+        row_len: usize,
+    ) -> Result<CpuWeight, BackendError> {
+        let mut w = self.load_weight(file, name)?;
+        let n: u64 = w.shape.iter().product();
+        let ne0 = w.shape.first().copied().unwrap_or(1);
+        // Rows of whole original rows keep every quantization block inside one row.
+        if row_len == 0
+            || !(row_len as u64).is_multiple_of(ne0)
+            || !n.is_multiple_of(row_len as u64)
+        {
+            return Err(BackendError::BadReshape {
+                path: file.path().to_owned(),
+                name: name.to_owned(),
+                shape: w.shape,
+                row_len,
+            });
+        }
+        w.shape = vec![row_len as u64, n / row_len as u64];
+        Ok(w)
     }
 
     fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
@@ -315,7 +340,7 @@ impl Backend for CpuBackend {
         assert_eq!(positions.len(), x.rows, "one position per row");
         let head_dim = x.cols / n_heads;
         assert!(
-            rope.n_rot <= head_dim && rope.n_rot % 2 == 0,
+            rope.n_rot <= head_dim && rope.n_rot.is_multiple_of(2),
             "rope dimensions"
         );
         // Inverse frequencies as transformers computes them: base^(-2i/n_rot) in f32.

@@ -140,7 +140,7 @@ impl BlockFormat for BlockQ4K {
 #[inline]
 pub(super) fn nibble(qs: &[u8; QK_K / 2], n: usize) -> u8 {
     let byte = qs[32 * (n / 64) + n % 32];
-    if (n / 32) % 2 == 0 {
+    if (n / 32).is_multiple_of(2) {
         byte & 0x0f
     } else {
         byte >> 4

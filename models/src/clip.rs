@@ -1,0 +1,274 @@
+//! The CLIP ViT vision tower of an mmproj file, computed as the original LLaVA does
+//! (GGUF-AND-LLAVA.md §4.7, §7): patch embedding, CLS token first, position embeddings,
+//! pre-layernorm, every block stored in the file (the converter keeps only those LLaVA uses),
+//! no post-layernorm, then the CLS row dropped.
+
+use std::sync::Arc;
+
+use llava_runtime::backend::{Backend, Heads};
+use llava_runtime::gguf::{GgufFile, KEY_ARCHITECTURE};
+
+use crate::error::ModelError;
+use crate::projector::Projector;
+
+/// Hyper-parameters of the tower and its preprocessing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClipConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_size: usize,
+    pub ffn_size: usize,
+    pub n_heads: usize,
+    pub n_blocks: usize,
+    pub layer_norm_eps: f32,
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+    /// Exact GELU instead of CLIP's quick_gelu.
+    pub use_gelu: bool,
+    /// LLaVA-1.6 `image_grid_pinpoints` as (width, height) pairs; empty for LLaVA-1.5.
+    pub grid_pinpoints: Vec<(u32, u32)>,
+}
+
+impl ClipConfig {
+    /// Patches per side of one view.
+    pub fn patches_per_side(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn n_patches(&self) -> usize {
+        self.patches_per_side().pow(2)
+    }
+
+    fn from_gguf(f: &GgufFile) -> Result<Self, ModelError> {
+        let arch = f.get_str(KEY_ARCHITECTURE)?;
+        let bad = |key: &str, reason: String| ModelError::BadConfig {
+            path: f.path().to_owned(),
+            key: key.to_owned(),
+            reason,
+        };
+        if arch != "clip" {
+            return Err(bad(
+                KEY_ARCHITECTURE,
+                format!("\"{arch}\": an mmproj file has architecture \"clip\""),
+            ));
+        }
+        if f.optional("clip.has_vision_encoder", GgufFile::get_bool)? == Some(false) {
+            return Err(bad(
+                "clip.has_vision_encoder",
+                "the file has no vision tower".into(),
+            ));
+        }
+        let projector = f.optional("clip.projector_type", |f, k| {
+            f.get_str(k).map(str::to_owned)
+        })?;
+        if let Some(p) = projector.as_deref().filter(|p| *p != "mlp") {
+            return Err(bad(
+                "clip.projector_type",
+                format!("\"{p}\" is not supported (LLaVA's \"mlp\")"),
+            ));
+        }
+        let u = |k: &str| -> Result<usize, ModelError> { Ok(f.get_u32(k)? as usize) };
+        let triple = |k: &str| -> Result<[f32; 3], ModelError> {
+            let v: Vec<f32> = f.get_array_of::<f32>(k)?.collect();
+            v.try_into()
+                .map_err(|v: Vec<f32>| bad(k, format!("{} values, expected 3", v.len())))
+        };
+        let hidden_size = u("clip.vision.embedding_length")?;
+        let n_heads = u("clip.vision.attention.head_count")?;
+        if n_heads == 0 || hidden_size % n_heads != 0 {
+            return Err(bad(
+                "clip.vision.attention.head_count",
+                format!("{n_heads} heads do not divide the width {hidden_size}"),
+            ));
+        }
+        let (image_size, patch_size) = (u("clip.vision.image_size")?, u("clip.vision.patch_size")?);
+        if patch_size == 0 || image_size % patch_size != 0 {
+            return Err(bad(
+                "clip.vision.patch_size",
+                format!("{patch_size} does not divide the image size {image_size}"),
+            ));
+        }
+        let grid_pinpoints = match f.optional("clip.vision.image_grid_pinpoints", |f, k| {
+            Ok(f.get_array_of::<i32>(k)?.collect::<Vec<_>>())
+        })? {
+            None => Vec::new(),
+            Some(flat) if flat.len() % 2 == 0 && flat.iter().all(|&x| x > 0) => {
+                flat.chunks(2).map(|p| (p[0] as u32, p[1] as u32)).collect()
+            }
+            Some(_) => {
+                return Err(bad(
+                    "clip.vision.image_grid_pinpoints",
+                    "expected pairs of positive sizes".into(),
+                ))
+            }
+        };
+        Ok(ClipConfig {
+            image_size,
+            patch_size,
+            hidden_size,
+            ffn_size: u("clip.vision.feed_forward_length")?,
+            n_heads,
+            n_blocks: u("clip.vision.block_count")?,
+            layer_norm_eps: f.get_f32("clip.vision.attention.layer_norm_epsilon")?,
+            image_mean: triple("clip.vision.image_mean")?,
+            image_std: triple("clip.vision.image_std")?,
+            use_gelu: f
+                .optional("clip.use_gelu", GgufFile::get_bool)?
+                .unwrap_or(false),
+            grid_pinpoints,
+        })
+    }
+}
+
+struct Block<B: Backend> {
+    ln1: (B::Weight, B::Weight),
+    q: (B::Weight, B::Weight),
+    k: (B::Weight, B::Weight),
+    v: (B::Weight, B::Weight),
+    out: (B::Weight, B::Weight),
+    ln2: (B::Weight, B::Weight),
+    fc1: (B::Weight, B::Weight),
+    fc2: (B::Weight, B::Weight),
+}
+
+/// The vision tower and projector of an mmproj file.
+pub struct Clip<B: Backend> {
+    pub config: ClipConfig,
+    patch_embd: B::Weight,
+    class_embd: B::Weight,
+    position_embd: B::Weight,
+    pre_ln: (B::Weight, B::Weight),
+    blocks: Vec<Block<B>>,
+    pub projector: Projector<B>,
+    /// LLaVA-1.6's `image_newline`, `[text hidden]`.
+    pub image_newline: Option<B::Weight>,
+}
+
+impl<B: Backend> Clip<B> {
+    pub fn load(backend: &B, file: &Arc<GgufFile>) -> Result<Self, ModelError> {
+        let c = ClipConfig::from_gguf(file)?;
+        let (h, ff, p) = (c.hidden_size as u64, c.ffn_size as u64, c.patch_size as u64);
+        let n_pos = c.n_patches() as u64 + 1;
+        let load = |name: &str, shape: &[u64]| -> Result<B::Weight, ModelError> {
+            crate::llama::check_shape(file, name, shape)?;
+            Ok(backend.load_weight(file, name)?)
+        };
+        let pair =
+            |base: &str, shape: &[u64], bias: u64| -> Result<(B::Weight, B::Weight), ModelError> {
+                Ok((
+                    load(&format!("{base}.weight"), shape)?,
+                    load(&format!("{base}.bias"), &[bias])?,
+                ))
+            };
+        crate::llama::check_shape(file, "v.patch_embd.weight", &[p, p, 3, h])?;
+        let patch_embd = backend.load_matrix(file, "v.patch_embd.weight", (3 * p * p) as usize)?;
+        let class_embd = load("v.class_embd", &[h])?;
+        let position_embd = load("v.position_embd.weight", &[h, n_pos])?;
+        let pre_ln = pair("v.pre_ln", &[h], h)?;
+        let mut blocks = Vec::with_capacity(c.n_blocks);
+        for i in 0..c.n_blocks {
+            let b = |n: &str| format!("v.blk.{i}.{n}");
+            // fc1 maps width → ffn: ggml shape [width, ffn]. llama.cpp's legacy converter
+            // names it ffn_down (and fc2 ffn_up); ours writes ffn_up. Decide by shape, as
+            // llama.cpp does, so both kinds of file load.
+            let up = file
+                .tensor(&b("ffn_up.weight"))
+                .map(|t| t.shape().to_vec())
+                .unwrap_or_default();
+            let (fc1_name, fc2_name) = if up == [h, ff] || h == ff {
+                ("ffn_up", "ffn_down")
+            } else {
+                ("ffn_down", "ffn_up")
+            };
+            blocks.push(Block {
+                ln1: pair(&b("ln1"), &[h], h)?,
+                q: pair(&b("attn_q"), &[h, h], h)?,
+                k: pair(&b("attn_k"), &[h, h], h)?,
+                v: pair(&b("attn_v"), &[h, h], h)?,
+                out: pair(&b("attn_out"), &[h, h], h)?,
+                ln2: pair(&b("ln2"), &[h], h)?,
+                fc1: pair(&b(fc1_name), &[h, ff], ff)?,
+                fc2: pair(&b(fc2_name), &[ff, h], h)?,
+            });
+        }
+        let projector = Projector::load(backend, file, c.hidden_size)?;
+        let text = projector.output_size() as u64;
+        let image_newline = ["v.image_newline", "model.image_newline"]
+            .into_iter()
+            .find(|n| file.tensor(n).is_some())
+            .map(|n| load(n, &[text]))
+            .transpose()?;
+        Ok(Clip {
+            config: c,
+            patch_embd,
+            class_embd,
+            position_embd,
+            pre_ln,
+            blocks,
+            projector,
+            image_newline,
+        })
+    }
+
+    /// Patch features of one preprocessed view (`3 × image_size × image_size`, CHW), before the
+    /// projector: `[patches, width]`.
+    pub fn encode_features(&self, backend: &B, pixels: &[f32]) -> B::Tensor {
+        let c = &self.config;
+        let (s, p, side) = (c.image_size, c.patch_size, c.patches_per_side());
+        assert_eq!(pixels.len(), 3 * s * s, "pixel buffer of one view");
+        // Unfold into rows of (channel, y, x) — the order of the conv kernel's elements.
+        let mut patches = Vec::with_capacity(3 * s * s);
+        for py in 0..side {
+            for px in 0..side {
+                for ch in 0..3 {
+                    for y in 0..p {
+                        let row = ch * s * s + (py * p + y) * s + px * p;
+                        patches.extend_from_slice(&pixels[row..row + p]);
+                    }
+                }
+            }
+        }
+        let patches = backend.upload(patches, side * side, 3 * p * p);
+        let embedded = backend.matmul(&patches, &self.patch_embd);
+        let cls = backend.get_rows(&self.class_embd, &[0]);
+        let x = backend.concat_rows(&[&cls, &embedded]);
+        let positions: Vec<u32> = (0..=side * side).map(|i| i as u32).collect();
+        let x = backend.add(&x, &backend.get_rows(&self.position_embd, &positions));
+        let mut x = backend.layer_norm(&x, &self.pre_ln.0, &self.pre_ln.1, c.layer_norm_eps);
+
+        let heads = Heads {
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_heads,
+            head_dim: c.hidden_size / c.n_heads,
+        };
+        let linear = |x: &B::Tensor, w: &(B::Weight, B::Weight)| {
+            backend.add_bias(&backend.matmul(x, &w.0), &w.1)
+        };
+        for b in &self.blocks {
+            let n = backend.layer_norm(&x, &b.ln1.0, &b.ln1.1, c.layer_norm_eps);
+            let a = backend.attention(
+                &linear(&n, &b.q),
+                &linear(&n, &b.k),
+                &linear(&n, &b.v),
+                heads,
+            );
+            x = backend.add(&x, &linear(&a, &b.out));
+            let n = backend.layer_norm(&x, &b.ln2.0, &b.ln2.1, c.layer_norm_eps);
+            let hdn = linear(&n, &b.fc1);
+            let hdn = if c.use_gelu {
+                backend.gelu(&hdn)
+            } else {
+                backend.quick_gelu(&hdn)
+            };
+            x = backend.add(&x, &linear(&hdn, &b.fc2));
+        }
+        // Drop CLS: LLaVA uses the patch rows only.
+        backend.slice_rows(&x, 1, side * side)
+    }
+
+    /// Image embeddings of one view for the LLM: `[patches, text width]`.
+    pub fn encode(&self, backend: &B, pixels: &[f32]) -> B::Tensor {
+        self.projector
+            .forward(backend, &self.encode_features(backend, pixels))
+    }
+}

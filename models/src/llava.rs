@@ -1,0 +1,118 @@
+//! The LLaVA pipeline: images through the tower and projector, spliced into the prompt where
+//! its `<image>` markers are (GGUF-AND-LLAVA.md §6).
+//!
+//! As the reference (`tokenizer_image_token`): the text pieces between markers are tokenized
+//! separately, BOS only at the very start, and each image's embeddings take consecutive
+//! positions.
+
+use llava_runtime::backend::Backend;
+use llava_runtime::tokenizer::Tokenizer;
+
+use crate::clip::Clip;
+use crate::image::{llava15_preprocess, RgbImage};
+use crate::llama::Llama;
+use crate::template::IMAGE_MARKER;
+
+/// A prompt and its images disagree.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PromptError {
+    #[error("the prompt has {markers} <image> marker(s) but {images} image(s) were given")]
+    MarkerCount { markers: usize, images: usize },
+    #[error("the prompt with its images is {tokens} positions long; the context holds {n_ctx} (raise --ctx)")]
+    TooLong { tokens: usize, n_ctx: usize },
+}
+
+/// The embeddings of a whole prompt, ready for the LLM, and the ids of its text tokens (for
+/// the sampler's penalties).
+pub struct PromptEmbeddings<T> {
+    pub embeddings: T,
+    pub text_ids: Vec<u32>,
+    pub n_positions: usize,
+}
+
+/// One piece of a prompt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Token ids of a text piece.
+    Text(Vec<u32>),
+    /// The index of an image.
+    Image(usize),
+}
+
+/// Splits `prompt` at its `<image>` markers and tokenizes the text pieces: BOS (when the
+/// tokenizer adds one) before the first piece only, special-token text recognised.
+pub fn tokenize_pieces(
+    tokenizer: &Tokenizer,
+    prompt: &str,
+    n_images: usize,
+) -> Result<Vec<Piece>, PromptError> {
+    let texts: Vec<&str> = prompt.split(IMAGE_MARKER).collect();
+    let markers = texts.len() - 1;
+    if markers != n_images {
+        return Err(PromptError::MarkerCount {
+            markers,
+            images: n_images,
+        });
+    }
+    let mut pieces = Vec::with_capacity(texts.len() * 2);
+    for (i, text) in texts.iter().enumerate() {
+        let mut ids = tokenizer.encode(text, false, true);
+        if i == 0 && tokenizer.add_bos() {
+            if let Some(bos) = tokenizer.bos() {
+                ids.insert(0, bos);
+            }
+        }
+        if !ids.is_empty() {
+            pieces.push(Piece::Text(ids));
+        }
+        if i < markers {
+            pieces.push(Piece::Image(i));
+        }
+    }
+    Ok(pieces)
+}
+
+/// Embeddings of the pieces: text rows from the LLM's table, image rows from `images`.
+pub fn embed_pieces<B: Backend>(
+    backend: &B,
+    llm: &Llama<B>,
+    pieces: &[Piece],
+    images: &[B::Tensor],
+) -> PromptEmbeddings<B::Tensor> {
+    let text: Vec<B::Tensor> = pieces
+        .iter()
+        .filter_map(|p| match p {
+            Piece::Text(ids) => Some(llm.embed(backend, ids)),
+            Piece::Image(_) => None,
+        })
+        .collect();
+    let mut text_iter = text.iter();
+    let parts: Vec<&B::Tensor> = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Text(_) => text_iter.next().expect("one embedding per text piece"),
+            Piece::Image(i) => &images[*i],
+        })
+        .collect();
+    let embeddings = backend.concat_rows(&parts);
+    let (n_positions, _) = backend.shape(&embeddings);
+    let text_ids = pieces
+        .iter()
+        .flat_map(|p| match p {
+            Piece::Text(ids) => ids.clone(),
+            Piece::Image(_) => Vec::new(),
+        })
+        .collect();
+    PromptEmbeddings {
+        embeddings,
+        text_ids,
+        n_positions,
+    }
+}
+
+/// LLaVA-1.5: one 576-row (for ViT-L/14-336) view per image.
+pub fn encode_image<B: Backend>(backend: &B, clip: &Clip<B>, image: &RgbImage) -> B::Tensor {
+    let c = &clip.config;
+    let pixels = llava15_preprocess(image, c.image_size as u32, c.image_mean, c.image_std);
+    clip.encode(backend, &pixels)
+}

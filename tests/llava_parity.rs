@@ -1,0 +1,241 @@
+//! LLaVA-1.5 end to end against transformers (tests/fixtures/llava-tiny-hf/image-reference,
+//! made by generate.py): the PNG through our decoder and preprocessing, the converted tower and
+//! projector, the prompt split at <image> and spliced, the LLM over every position.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llava_convert::{convert_llama, convert_mmproj, Preset};
+use llava_models::image::{llava15_preprocess, load_image, DEFAULT_MAX_PIXELS};
+use llava_models::llava::{embed_pieces, encode_image, tokenize_pieces, Piece};
+use llava_models::{Clip, Llama};
+use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
+use llava_runtime::tokenizer::Tokenizer;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(FIXTURES).join(p)
+}
+
+fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+struct Converted {
+    _dir: tempfile::TempDir,
+    llm: PathBuf,
+    mmproj: PathBuf,
+}
+
+fn convert(llm_preset: Preset, vision: Preset) -> Converted {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+    convert_llama(&fixture("llava-tiny-hf"), &llm, llm_preset).unwrap();
+    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, vision).unwrap();
+    Converted {
+        _dir: dir,
+        llm,
+        mmproj,
+    }
+}
+
+struct Run {
+    features: Vec<f32>,
+    logits: Vec<f32>,
+    ids_match: bool,
+}
+
+fn run(c: &Converted) -> Run {
+    let b = CpuBackend::new(2);
+    let llm_file = Arc::new(GgufFile::open(&c.llm).unwrap());
+    let llm = Llama::load(&b, &llm_file).unwrap();
+    let tok = Tokenizer::from_gguf(&llm_file).unwrap();
+    let clip = Clip::load(&b, &Arc::new(GgufFile::open(&c.mmproj).unwrap())).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llava-tiny-hf/image-reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let features = encode_image(&b, &clip, &image);
+
+    let pieces = tokenize_pieces(&tok, reference["prompt"].as_str().unwrap(), 1).unwrap();
+    let n_image = clip.config.n_patches();
+    let ids: Vec<u32> = pieces
+        .iter()
+        .flat_map(|p| match p {
+            Piece::Text(ids) => ids.clone(),
+            Piece::Image(_) => vec![512; n_image],
+        })
+        .collect();
+    let want_ids: Vec<u32> = reference["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+
+    let prompt = embed_pieces(&b, &llm, &pieces, std::slice::from_ref(&features));
+    let mut cache = llm.new_cache(&b, prompt.n_positions);
+    let logits = llm.forward(&b, prompt.embeddings, 0, &mut cache, false);
+    Run {
+        features: b.download(&features),
+        logits: b.download(&logits),
+        ids_match: ids == want_ids,
+    }
+}
+
+#[test]
+fn pixels_match_the_clip_processor() {
+    let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let mean = [0.48145466f64, 0.4578275, 0.40821073].map(|x| x as f32);
+    let std = [0.26862954f64, 0.26130258, 0.27577711].map(|x| x as f32);
+    let ours = llava15_preprocess(&image, 56, mean, std);
+    let want = read_npy(&fixture("llava-tiny-hf/image-reference/pixel_values.npy"));
+    assert!(max_diff(&ours, &want) <= 1e-5);
+}
+
+#[test]
+fn f32_features_and_logits_match_transformers() {
+    let r = run(&convert(Preset::F32, Preset::F32));
+    assert!(
+        r.ids_match,
+        "the prompt tokenizes differently from the reference"
+    );
+    let want_f = read_npy(&fixture("llava-tiny-hf/image-reference/image_features.npy"));
+    let want_l = read_npy(&fixture("llava-tiny-hf/image-reference/logits.npy"));
+    let (df, dl) = (max_diff(&r.features, &want_f), max_diff(&r.logits, &want_l));
+    eprintln!("f32: features max |diff| {df:.2e}, logits max |diff| {dl:.2e}");
+    assert!(df <= 1e-3 && dl <= 1e-3, "features {df}, logits {dl}");
+}
+
+#[test]
+fn f16_features_and_logits_stay_close() {
+    let r = run(&convert(Preset::F16, Preset::F16));
+    let want_f = read_npy(&fixture("llava-tiny-hf/image-reference/image_features.npy"));
+    let want_l = read_npy(&fixture("llava-tiny-hf/image-reference/logits.npy"));
+    let (df, dl) = (max_diff(&r.features, &want_f), max_diff(&r.logits, &want_l));
+    eprintln!("f16: features max |diff| {df:.2e}, logits max |diff| {dl:.2e}");
+    assert!(df <= 1e-2 && dl <= 1e-2, "features {df}, logits {dl}");
+}
+
+/// Rewrites an mmproj the way llama.cpp's legacy converter names things: fc1 as ffn_down and
+/// fc2 as ffn_up, and `model.image_newline` (when present).
+fn to_legacy_names(src: &Path, dst: &Path) {
+    let f = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        w.add(k, v.to_owned_value()).unwrap();
+    }
+    let rename = |n: &str| -> String {
+        if n.contains(".ffn_up.") {
+            n.replace(".ffn_up.", ".ffn_down.")
+        } else if n.contains(".ffn_down.") {
+            n.replace(".ffn_down.", ".ffn_up.")
+        } else if n == "v.image_newline" {
+            "model.image_newline".into()
+        } else {
+            n.to_owned()
+        }
+    };
+    let tensors: Vec<_> = f.tensors().collect();
+    for t in &tensors {
+        w.add_tensor(&rename(t.name()), t.ggml_type(), t.shape())
+            .unwrap();
+    }
+    w.write(dst, |i, _, out| -> Result<(), GgufWriteError> {
+        out.write_all(tensors[i].data).unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn legacy_llama_cpp_mmproj_names_give_the_same_features() {
+    let c = convert(Preset::F32, Preset::F16);
+    let legacy = c.mmproj.with_file_name("legacy.gguf");
+    to_legacy_names(&c.mmproj, &legacy);
+    let f = GgufFile::open(&legacy).unwrap();
+    assert_eq!(
+        f.tensor("v.blk.0.ffn_down.weight").unwrap().shape(),
+        &[64, 256]
+    );
+    let b = CpuBackend::new(2);
+    let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let ours = Clip::load(&b, &Arc::new(GgufFile::open(&c.mmproj).unwrap())).unwrap();
+    let theirs = Clip::load(&b, &Arc::new(f)).unwrap();
+    let a = b.download(&encode_image(&b, &ours, &image));
+    let z = b.download(&encode_image(&b, &theirs, &image));
+    assert_eq!(a, z);
+}
+
+#[test]
+fn markers_and_images_must_agree() {
+    let c = convert(Preset::Q8_0, Preset::F16);
+    let f = GgufFile::open(&c.llm).unwrap();
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    assert!(tokenize_pieces(&tok, "<image> a <image>", 1).is_err());
+    assert!(tokenize_pieces(&tok, "no marker", 1).is_err());
+    let pieces = tokenize_pieces(&tok, "<image>\nq", 1).unwrap();
+    // BOS comes first even when the prompt starts with the image.
+    assert!(matches!(&pieces[0], Piece::Text(ids) if ids == &[1]));
+    assert_eq!(pieces[1], Piece::Image(0));
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
+    let lse = row
+        .iter()
+        .map(|&v| (v as f64 - max).exp())
+        .sum::<f64>()
+        .ln()
+        + max;
+    row.iter().map(|&v| v as f64 - lse).collect()
+}
+
+#[test]
+fn quantized_files_stay_close_to_transformers() {
+    let want = read_npy(&fixture("llava-tiny-hf/image-reference/logits.npy"));
+    let n_vocab = 520;
+    // (LLM preset, vision preset, min argmax agreement, max mean KL). The tiny LLM's rows of
+    // 128 are too short for K-quants, so Q4_K_M falls back to Q5_0/Q8_0 as llama.cpp's would.
+    for (llm, vision, min_agree, max_kl) in [
+        (Preset::Q8_0, Preset::F16, 0.99, 5e-3),
+        (Preset::Q8_0, Preset::Q8_0, 0.99, 5e-3),
+        (Preset::Q4KM, Preset::Q8_0, 0.95, 0.03),
+    ] {
+        let r = run(&convert(llm, vision));
+        let (mut agree, mut kl) = (0usize, 0f64);
+        let rows = want.len() / n_vocab;
+        for (ours, theirs) in r.logits.chunks(n_vocab).zip(want.chunks(n_vocab)) {
+            let am = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
+            agree += usize::from(am(ours) == am(theirs));
+            let (p, q) = (log_softmax(theirs), log_softmax(ours));
+            kl += p
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>();
+        }
+        let (agree, kl) = (agree as f64 / rows as f64, kl / rows as f64);
+        eprintln!("llm {llm}, vision {vision}: argmax agreement {agree:.3}, mean KL {kl:.2e}");
+        assert!(
+            agree >= min_agree && kl <= max_kl,
+            "{llm}/{vision}: {agree} {kl}"
+        );
+    }
+}
