@@ -1,25 +1,39 @@
-//! `llava synth`: a random-weight model of a real model's shape, for benchmarks.
+//! `llava synth`: random-weight GGUF files of a real model's shapes, for benchmarks and
+//! large-model tests without downloads: `<preset>-<quant>.gguf` and, for the LLaVA shapes,
+//! `mmproj-<preset>-<vquant>.gguf`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, Result};
-use llava_convert::{synth_llm, Preset, SynthModel};
+use anyhow::{anyhow, bail, Result};
+use llava_convert::{synth_llm, synth_mmproj, Preset, SynthModel};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Model shape: tiny, tinyllama-1.1b, llava-1.5-7b, llava-1.6-mistral-7b.
     #[arg(long)]
     preset: String,
-    /// Quantization: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0.
+    /// LLM quantization: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0.
     #[arg(short, long, default_value = "q4_k_m")]
     quant: Preset,
-    /// Output file (default: <preset>-<quant>.gguf in the current directory).
+    /// Vision tower and projector quantization.
+    #[arg(long, default_value = "f16")]
+    vision_quant: Preset,
+    /// Directory for the output files (default: the directory of --out, else the current one).
+    #[arg(long)]
+    outdir: Option<PathBuf>,
+    /// LLM output path (overrides --outdir for the LLM).
     #[arg(short, long)]
     out: Option<PathBuf>,
+    /// mmproj output path (overrides --outdir for the mmproj).
+    #[arg(long)]
+    mmproj_out: Option<PathBuf>,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Replace output files that already exist.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -31,20 +45,51 @@ pub fn run(args: &Args) -> Result<()> {
             names.join(", ")
         )
     })?;
-    let out = args
+    let outdir = match (&args.outdir, &args.out) {
+        (Some(d), _) => d.clone(),
+        (None, Some(o)) => o.parent().map(Path::to_path_buf).unwrap_or_default(),
+        (None, None) => PathBuf::new(),
+    };
+    let llm_out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}-{}.gguf", model.name(), args.quant)));
+        .unwrap_or_else(|| outdir.join(format!("{}-{}.gguf", model.name(), args.quant)));
+    let mmproj_out = model.has_vision().then(|| {
+        args.mmproj_out.clone().unwrap_or_else(|| {
+            outdir.join(format!(
+                "mmproj-{}-{}.gguf",
+                model.name(),
+                args.vision_quant
+            ))
+        })
+    });
+    // Refuse before any work, so nothing is half done.
+    for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
+        if path.exists() && !args.force {
+            bail!(
+                "{}: already exists (use --force to replace it)",
+                path.display()
+            );
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| anyhow!("{}: cannot create the directory: {e}", dir.display()))?;
+        }
+    }
+
     let t0 = Instant::now();
-    let s = synth_llm(model, args.quant, &out, args.seed)?;
-    eprintln!(
-        "wrote {}: {} tensors, {} parameters, {:.2} GiB ({:.2} bits/weight) in {:.1} s",
-        out.display(),
-        s.tensors,
-        s.parameters,
-        s.bytes as f64 / (1u64 << 30) as f64,
-        s.bytes as f64 * 8.0 / s.parameters as f64,
-        t0.elapsed().as_secs_f64()
-    );
+    let s = synth_llm(model, args.quant, &llm_out, args.seed)?;
+    crate::convert::report(&llm_out, &s, t0);
+    if let Some(out) = &mmproj_out {
+        let t0 = Instant::now();
+        match synth_mmproj(model, args.vision_quant, out, args.seed) {
+            Ok(s) => crate::convert::report(out, &s, t0),
+            Err(e) => {
+                // One command, both files or neither.
+                let _ = std::fs::remove_file(&llm_out);
+                return Err(e.into());
+            }
+        }
+    }
     Ok(())
 }

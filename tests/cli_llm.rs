@@ -334,6 +334,8 @@ fn synth_makes_a_runnable_model_with_the_preset_types() {
     let p = path.to_str().unwrap();
     let o = llava(&["synth", "--preset", "tiny", "-q", "q4_k_m", "-o", p]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // -o names the LLM; the mmproj goes beside it.
+    assert!(dir.path().join("mmproj-tiny-f16.gguf").exists());
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.get_u32("general.file_type").unwrap(), 15);
     assert_eq!(

@@ -121,12 +121,22 @@ fn a_quantized_source_is_dequantized_first() {
         let row = ta.shape()[0] as usize;
         let (mut xa, mut xb) = (vec![0f32; n], vec![0f32; n]);
         for r in 0..n / row {
-            let bytes = |t: &llava_runtime::gguf::Tensor<'_>| {
+            fn bytes<'a>(t: &llava_runtime::gguf::Tensor<'a>, r: usize, row: usize) -> &'a [u8] {
                 let rb = t.ggml_type().row_bytes(row as u64).unwrap() as usize;
-                t.data[r * rb..(r + 1) * rb].to_vec()
-            };
-            quant::dequantize_row(ta.ggml_type(), &bytes(&ta), &mut xa[r * row..][..row]).unwrap();
-            quant::dequantize_row(tb.ggml_type(), &bytes(&tb), &mut xb[r * row..][..row]).unwrap();
+                &t.data[r * rb..(r + 1) * rb]
+            }
+            quant::dequantize_row(
+                ta.ggml_type(),
+                bytes(&ta, r, row),
+                &mut xa[r * row..][..row],
+            )
+            .unwrap();
+            quant::dequantize_row(
+                tb.ggml_type(),
+                bytes(&tb, r, row),
+                &mut xb[r * row..][..row],
+            )
+            .unwrap();
         }
         // Q4_K and Q6_K values are f16 scales times small integers: F16 holds them to within
         // its own rounding.

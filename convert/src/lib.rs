@@ -5,21 +5,24 @@
 //! existing GGUF files (`requantize`), and random-weight models of real shapes for benchmarks
 //! (`synth_llm`).
 
+mod clip;
 mod error;
 mod hf_config;
 pub mod llama;
 mod mix;
 mod mmproj;
+mod random;
 mod requantize;
 mod safetensors;
 pub mod source;
 pub mod synth;
 mod vocab;
 
+pub use clip::VisionHparams;
 pub use error::ConvertError;
 pub use llama::{convert_llama, ConvertSummary, LlamaHparams};
 pub use mix::{use_more_bits, Preset};
-pub use mmproj::{convert_mmproj, VisionHparams};
+pub use mmproj::convert_mmproj;
 pub use requantize::requantize;
 pub use source::ModelKind;
-pub use synth::{synth_llm, SynthModel};
+pub use synth::{synth_llm, synth_mmproj, SynthModel};

@@ -6,10 +6,11 @@
 
 use std::path::{Path, PathBuf};
 
-use llava_runtime::gguf::{GgufWriter, MetaArray, MetaValue};
+use llava_runtime::gguf::GgufWriter;
 use llava_runtime::quant::GgmlType;
 use serde_json::Value;
 
+use crate::clip::{vision_tensor_type, ClipLayout, Origin, VisionHparams, CLIP_MEAN, CLIP_STD};
 use crate::error::ConvertError;
 use crate::hf_config::JsonFile;
 use crate::llama::{quantize_tensor, LlamaHparams};
@@ -17,47 +18,6 @@ use crate::mix::Preset;
 use crate::safetensors::Checkpoint;
 use crate::source::{ModelKind, Source};
 use crate::ConvertSummary;
-
-/// OpenAI CLIP's normalisation, used when no preprocessor_config.json says otherwise. Written
-/// with the digits CLIP publishes, so they can be compared with its configs at a glance.
-#[allow(clippy::excessive_precision)]
-const CLIP_MEAN: [f32; 3] = [0.48145466, 0.4578275, 0.40821073];
-#[allow(clippy::excessive_precision)]
-const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
-
-/// CLIP vision tower hyper-parameters.
-#[derive(Clone, Debug, PartialEq)]
-pub struct VisionHparams {
-    pub hidden_size: usize,
-    pub ffn_size: usize,
-    pub n_heads: usize,
-    /// Blocks in the checkpoint.
-    pub n_layers: usize,
-    pub image_size: usize,
-    pub patch_size: usize,
-    pub layer_norm_eps: f64,
-    pub projection_dim: usize,
-    /// `hidden_act == "gelu"`; CLIP's own is quick_gelu.
-    pub use_gelu: bool,
-}
-
-impl VisionHparams {
-    /// From a CLIP vision config object; keys left out take transformers' `CLIPVisionConfig`
-    /// defaults.
-    fn from_config(c: &JsonFile) -> Result<Self, ConvertError> {
-        Ok(VisionHparams {
-            hidden_size: c.usize_opt("hidden_size")?.unwrap_or(768),
-            ffn_size: c.usize_opt("intermediate_size")?.unwrap_or(3072),
-            n_heads: c.usize_opt("num_attention_heads")?.unwrap_or(12),
-            n_layers: c.usize_opt("num_hidden_layers")?.unwrap_or(12),
-            image_size: c.usize_opt("image_size")?.unwrap_or(224),
-            patch_size: c.usize_opt("patch_size")?.unwrap_or(32),
-            layer_norm_eps: c.f64_opt("layer_norm_eps")?.unwrap_or(1e-5),
-            projection_dim: c.usize_opt("projection_dim")?.unwrap_or(512),
-            use_gelu: c.str_opt("hidden_act")?.unwrap_or("quick_gelu") == "gelu",
-        })
-    }
-}
 
 /// Where the CLIP tower's tensors are: a checkpoint and the prefix before `embeddings.`.
 struct Tower<'a> {
@@ -188,187 +148,53 @@ pub fn convert_mmproj(
         .or_else(|| tower_dir.as_ref().and_then(|t| t.preprocessor.as_ref()));
     let (mean, std) = normalisation(preprocessor)?;
 
-    let mut w = GgufWriter::new();
     let name = dir
         .canonicalize()
         .ok()
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
-    let file_type = match preset {
-        Preset::F32 => 0,
-        Preset::F16 => 1,
-        other => other.file_type(),
+    let layout = ClipLayout {
+        name,
+        vision: vp,
+        n_used,
+        text_hidden: text.hidden_size,
+        mean,
+        std,
+        pinpoints: if src.kind.is_next() {
+            Some(pinpoints(&src.config)?)
+        } else {
+            None
+        },
     };
-    let mut kv: Vec<(&str, MetaValue)> = vec![
-        ("general.architecture", "clip".into()),
-        ("general.name", name.into()),
-        (
-            "general.description",
-            "LLaVA vision tower and projector (llava-edge)".into(),
-        ),
-        ("general.file_type", MetaValue::U32(file_type)),
-        ("clip.has_text_encoder", false.into()),
-        ("clip.has_vision_encoder", true.into()),
-        ("clip.has_llava_projector", true.into()),
-        ("clip.projector_type", "mlp".into()),
-        ("clip.use_gelu", vp.use_gelu.into()),
-        (
-            "clip.vision.image_size",
-            MetaValue::U32(vp.image_size as u32),
-        ),
-        (
-            "clip.vision.patch_size",
-            MetaValue::U32(vp.patch_size as u32),
-        ),
-        (
-            "clip.vision.embedding_length",
-            MetaValue::U32(vp.hidden_size as u32),
-        ),
-        (
-            "clip.vision.feed_forward_length",
-            MetaValue::U32(vp.ffn_size as u32),
-        ),
-        (
-            "clip.vision.projection_dim",
-            MetaValue::U32(vp.projection_dim as u32),
-        ),
-        (
-            "clip.vision.attention.head_count",
-            MetaValue::U32(vp.n_heads as u32),
-        ),
-        (
-            "clip.vision.attention.layer_norm_epsilon",
-            MetaValue::F32(vp.layer_norm_eps as f32),
-        ),
-        ("clip.vision.block_count", MetaValue::U32(n_used as u32)),
-        (
-            "clip.vision.image_mean",
-            MetaArray::F32(mean.to_vec()).into(),
-        ),
-        ("clip.vision.image_std", MetaArray::F32(std.to_vec()).into()),
-    ];
-    if src.kind.is_next() {
-        kv.push((
-            "clip.vision.image_grid_pinpoints",
-            MetaArray::I32(pinpoints(&src.config)?).into(),
-        ));
-        kv.push(("clip.vision.mm_patch_merge_type", "spatial_unpad".into()));
-        kv.push(("clip.vision.image_aspect_ratio", "anyres".into()));
-    }
-    for (k, v) in kv {
+    let mut w = GgufWriter::new();
+    for (k, v) in layout.metadata(preset) {
         w.add(k, v)?;
     }
 
-    // (gguf name, from the tower's checkpoint?, checkpoint name, ggml shape, type)
-    let checkpoint = |from_tower: bool| if from_tower { tower.ckpt } else { &src.ckpt };
-    let mut plan: Vec<(String, bool, String, Vec<u64>, GgmlType)> = Vec::new();
-    let mut add = |gguf: String, from_tower: bool, hf: String, torch: &[usize]| {
-        let shape = checkpoint(from_tower)
+    // (gguf name, checkpoint, checkpoint name, ggml shape, type)
+    let mut plan: Vec<(String, &Checkpoint, String, Vec<u64>, GgmlType)> = Vec::new();
+    for t in layout.tensors() {
+        let ne = t.ne();
+        let (ckpt, hf) = match t.origin {
+            Origin::Tower(inner) => (tower.ckpt, tower.name(&inner)),
+            Origin::Projector { second, param } => {
+                let layer = if second { &mm2 } else { &mm0 };
+                (&src.ckpt, format!("{layer}.{param}"))
+            }
+            Origin::Newline => (&src.ckpt, newline.expect("anyres checked above").to_owned()),
+        };
+        let shape = ckpt
             .shape(&hf)
             .ok_or_else(|| ConvertError::MissingTensor { name: hf.clone() })?;
-        if shape != torch {
+        if shape != t.torch_shape {
             return Err(ConvertError::WrongShape {
                 name: hf,
                 shape: shape.to_vec(),
-                expected: torch.to_vec(),
+                expected: t.torch_shape,
             });
         }
-        let ne: Vec<u64> = torch.iter().rev().map(|&d| d as u64).collect();
-        let ty = vision_tensor_type(preset, &gguf, &ne);
-        plan.push((gguf, from_tower, hf, ne, ty));
-        Ok(())
-    };
-    let (h, ff, p) = (vp.hidden_size, vp.ffn_size, vp.patch_size);
-    let n_pos = (vp.image_size / p).pow(2) + 1;
-    let t = &tower;
-    add(
-        "v.patch_embd.weight".into(),
-        true,
-        t.name("embeddings.patch_embedding.weight"),
-        &[h, 3, p, p],
-    )?;
-    add(
-        "v.class_embd".into(),
-        true,
-        t.name("embeddings.class_embedding"),
-        &[h],
-    )?;
-    add(
-        "v.position_embd.weight".into(),
-        true,
-        t.name("embeddings.position_embedding.weight"),
-        &[n_pos, h],
-    )?;
-    add(
-        "v.pre_ln.weight".into(),
-        true,
-        t.name("pre_layrnorm.weight"),
-        &[h],
-    )?;
-    add(
-        "v.pre_ln.bias".into(),
-        true,
-        t.name("pre_layrnorm.bias"),
-        &[h],
-    )?;
-    for i in 0..n_used {
-        let l = |n: &str| t.name(&format!("encoder.layers.{i}.{n}"));
-        let g = |n: &str| format!("v.blk.{i}.{n}");
-        for (gg, hf) in [
-            ("attn_q", "self_attn.q_proj"),
-            ("attn_k", "self_attn.k_proj"),
-            ("attn_v", "self_attn.v_proj"),
-            ("attn_out", "self_attn.out_proj"),
-        ] {
-            add(
-                g(&format!("{gg}.weight")),
-                true,
-                l(&format!("{hf}.weight")),
-                &[h, h],
-            )?;
-            add(
-                g(&format!("{gg}.bias")),
-                true,
-                l(&format!("{hf}.bias")),
-                &[h],
-            )?;
-        }
-        for (gg, hf) in [("ln1", "layer_norm1"), ("ln2", "layer_norm2")] {
-            add(
-                g(&format!("{gg}.weight")),
-                true,
-                l(&format!("{hf}.weight")),
-                &[h],
-            )?;
-            add(
-                g(&format!("{gg}.bias")),
-                true,
-                l(&format!("{hf}.bias")),
-                &[h],
-            )?;
-        }
-        add(g("ffn_up.weight"), true, l("mlp.fc1.weight"), &[ff, h])?;
-        add(g("ffn_up.bias"), true, l("mlp.fc1.bias"), &[ff])?;
-        add(g("ffn_down.weight"), true, l("mlp.fc2.weight"), &[h, ff])?;
-        add(g("ffn_down.bias"), true, l("mlp.fc2.bias"), &[h])?;
-    }
-    let text_h = text.hidden_size;
-    add(
-        "mm.0.weight".into(),
-        false,
-        format!("{mm0}.weight"),
-        &[text_h, h],
-    )?;
-    add("mm.0.bias".into(), false, format!("{mm0}.bias"), &[text_h])?;
-    add(
-        "mm.2.weight".into(),
-        false,
-        format!("{mm2}.weight"),
-        &[text_h, text_h],
-    )?;
-    add("mm.2.bias".into(), false, format!("{mm2}.bias"), &[text_h])?;
-    if let Some(n) = newline {
-        add("v.image_newline".into(), false, n.to_owned(), &[text_h])?;
+        let ty = vision_tensor_type(preset, &t.gguf, &ne);
+        plan.push((t.gguf, ckpt, hf, ne, ty));
     }
 
     for (gguf, _, _, shape, ty) in &plan {
@@ -380,8 +206,8 @@ pub fn convert_mmproj(
         bytes: 0,
     };
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
-        let (gguf, from_tower, hf, shape, ty) = &plan[i];
-        let data = checkpoint(*from_tower).to_f32(hf)?;
+        let (gguf, ckpt, hf, shape, ty) = &plan[i];
+        let data = ckpt.to_f32(hf)?;
         let bytes = quantize_tensor(gguf, *ty, &data, shape[0] as usize)?;
         summary.parameters += decl.n_elements();
         summary.bytes += bytes.len() as u64;
@@ -391,21 +217,6 @@ pub fn convert_mmproj(
         })
     })?;
     Ok(summary)
-}
-
-/// Types in an mmproj file: matrices as the preset says (no output/layer mix here), the patch
-/// and position embeddings F16 (or F32), everything one-dimensional F32.
-pub(crate) fn vision_tensor_type(preset: Preset, name: &str, ne: &[u64]) -> GgmlType {
-    if ne.len() < 2 {
-        return GgmlType::F32;
-    }
-    let embedding = name == "v.patch_embd.weight" || name == "v.position_embd.weight";
-    match preset {
-        Preset::F32 => GgmlType::F32,
-        _ if embedding => GgmlType::F16,
-        // Uniform: the LLM's output/attn_v rules do not apply to a vision tower.
-        other => other.tensor_type("v.matrix.weight", ne, 0),
-    }
 }
 
 fn config_error(path: &Path, key: &str, reason: String) -> ConvertError {

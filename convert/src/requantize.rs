@@ -13,10 +13,10 @@ use llava_runtime::gguf::{
 use llava_runtime::quant::{self, GgmlType};
 use rayon::prelude::*;
 
+use crate::clip::vision_tensor_type;
 use crate::error::ConvertError;
 use crate::llama::quantize_tensor;
 use crate::mix::Preset;
-use crate::mmproj::vision_tensor_type;
 use crate::ConvertSummary;
 
 /// The LLM's layer count, which the Q4_K_M/Q5_K_M mix needs.

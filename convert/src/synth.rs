@@ -1,24 +1,28 @@
 //! Random-weight models of real shapes, for benchmarks: `llava synth`.
 //!
-//! The weights are deterministic (a seed and the tensor's index pick them), normally
-//! distributed with a small spread like a freshly initialised model's, and quantized with the
-//! same preset rules as a converted checkpoint, so a synthetic file has exactly the tensor types
-//! and sizes of the real one.
+//! An LLM file and, for the LLaVA shapes, an mmproj file, with the keys, tensor names, shapes
+//! and per-tensor types a conversion of the real checkpoint gives (the same `llama_metadata`,
+//! `ClipLayout` and preset rules). The weights are deterministic (the seed, the file and the
+//! tensor's index pick them) and spread like a freshly initialised model's; quantized tensors
+//! are built from pooled blocks (`random.rs`), so a 7B file takes seconds, not minutes.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use llava_runtime::gguf::{GgufWriter, MetaArray, MetaValue};
-use rayon::prelude::*;
+use llava_runtime::quant::GgmlType;
 
+use crate::clip::{vision_tensor_type, ClipLayout, VisionHparams, CLIP_MEAN, CLIP_STD};
 use crate::error::ConvertError;
 use crate::llama::{llama_metadata, quantize_tensor, LlamaHparams};
 use crate::mix::Preset;
+use crate::random::{derive_seed, random_normal, BlockPool};
 use crate::ConvertSummary;
 
 /// Model shapes `llava synth` can make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SynthModel {
-    /// 2 layers of width 256: seconds to make, for tests.
+    /// 2 layers of width 256, and a 2-block vision tower of width 64: for tests.
     Tiny,
     /// TinyLlama-1.1B.
     TinyLlama1B,
@@ -73,8 +77,61 @@ impl SynthModel {
     }
 }
 
+/// LLaVA-1.6's `image_grid_pinpoints`, flattened as llama.cpp stores them.
+const LLAVA_16_PINPOINTS: [i32; 10] = [336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008];
+
+impl SynthModel {
+    /// Whether the model has a vision tower and projector (an mmproj file).
+    pub fn has_vision(self) -> bool {
+        self != SynthModel::TinyLlama1B
+    }
+
+    /// The mmproj layout: LLaVA's CLIP ViT-L/14-336 with 23 of its 24 blocks used and an
+    /// mlp2x projector to the LLM's width (GGUF-AND-LLAVA.md §4); a tiny CLIP for `Tiny`.
+    fn clip_layout(self) -> Option<ClipLayout> {
+        let (vision, n_used) = match self {
+            SynthModel::TinyLlama1B => return None,
+            SynthModel::Tiny => (
+                VisionHparams {
+                    hidden_size: 64,
+                    ffn_size: 256,
+                    n_heads: 4,
+                    n_layers: 3,
+                    image_size: 56,
+                    patch_size: 14,
+                    layer_norm_eps: 1e-5,
+                    projection_dim: 32,
+                    use_gelu: false,
+                },
+                2,
+            ),
+            SynthModel::Llava15_7B | SynthModel::Llava16Mistral7B => {
+                (VisionHparams::clip_vit_l_14_336(), 23)
+            }
+        };
+        Some(ClipLayout {
+            name: synthetic_name(self),
+            vision,
+            n_used,
+            text_hidden: self.hparams().hidden_size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+            pinpoints: (self == SynthModel::Llava16Mistral7B).then(|| LLAVA_16_PINPOINTS.to_vec()),
+        })
+    }
+}
+
+fn synthetic_name(model: SynthModel) -> String {
+    format!("synthetic {} (random weights)", model.name())
+}
+
 /// The spread of random matrix weights: like `initializer_range` in transformers' configs.
 const WEIGHT_STD: f32 = 0.02;
+
+/// Seed streams, so the LLM and the mmproj of one seed differ.
+const STREAM_LLM: u64 = 1;
+const STREAM_MMPROJ: u64 = 2;
+const STREAM_POOL: u64 = 3;
 
 /// Writes a random-weight LLaMA model of shape `model`, quantized with `preset`.
 pub fn synth_llm(
@@ -85,31 +142,79 @@ pub fn synth_llm(
 ) -> Result<ConvertSummary, ConvertError> {
     let hp = model.hparams();
     let mut w = GgufWriter::new();
-    let name = format!("synthetic {} (random weights)", model.name());
-    for (k, v) in llama_metadata(&hp, &name, preset) {
+    for (k, v) in llama_metadata(&hp, &synthetic_name(model), preset) {
         w.add(&k, v)?;
     }
     for (k, v) in byte_vocab(hp.vocab_size) {
         w.add(k, v)?;
     }
-    let tensors = llama_tensor_shapes(&hp);
-    for (name, shape) in &tensors {
-        w.add_tensor(name, preset.tensor_type(name, shape, hp.n_layers), shape)?;
+    for (name, shape) in llama_tensor_shapes(&hp) {
+        w.add_tensor(
+            &name,
+            preset.tensor_type(&name, &shape, hp.n_layers),
+            &shape,
+        )?;
     }
+    write_random(w, out, seed, STREAM_LLM)
+}
+
+/// Writes the random-weight mmproj file of `model` (vision tower and projector), its matrices
+/// quantized with `preset` under the vision rules.
+pub fn synth_mmproj(
+    model: SynthModel,
+    preset: Preset,
+    out: &Path,
+    seed: u64,
+) -> Result<ConvertSummary, ConvertError> {
+    let layout = model.clip_layout().ok_or_else(|| ConvertError::Input {
+        path: out.to_owned(),
+        reason: format!("{} has no vision tower", model.name()),
+    })?;
+    let mut w = GgufWriter::new();
+    for (k, v) in layout.metadata(preset) {
+        w.add(k, v)?;
+    }
+    for t in layout.tensors() {
+        let ne = t.ne();
+        w.add_tensor(&t.gguf, vision_tensor_type(preset, &t.gguf, &ne), &ne)?;
+    }
+    write_random(w, out, seed, STREAM_MMPROJ)
+}
+
+/// Writes the declared tensors with random data: norm weights (1-D `*weight`) 1; other
+/// vectors and float matrices N(0, WEIGHT_STD²); quantized matrices pooled blocks.
+fn write_random(
+    w: GgufWriter,
+    out: &Path,
+    seed: u64,
+    stream: u64,
+) -> Result<ConvertSummary, ConvertError> {
     let mut summary = ConvertSummary {
-        tensors: tensors.len(),
+        tensors: w.tensors().len(),
         parameters: 0,
         bytes: 0,
     };
+    let mut pools: HashMap<GgmlType, BlockPool> = HashMap::new();
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
+        let n = decl.n_elements() as usize;
         let row_len = decl.shape[0] as usize;
-        let data = if decl.shape.len() == 1 {
+        let tensor_seed = derive_seed(seed, stream, i as u64);
+        let bytes = if decl.shape.len() == 1 && decl.name.ends_with("weight") {
             // Norm weights near 1, as trained models have them.
-            vec![1.0; row_len]
+            quantize_tensor(&decl.name, decl.ty, &vec![1.0; n], row_len)?
+        } else if matches!(decl.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
+            let data = random_normal(n, WEIGHT_STD, tensor_seed);
+            quantize_tensor(&decl.name, decl.ty, &data, row_len)?
         } else {
-            random_normal(decl.n_elements() as usize, seed ^ ((i as u64) << 32))
+            let pool = match pools.entry(decl.ty) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let pool_seed = derive_seed(seed, STREAM_POOL, decl.ty.id() as u64);
+                    e.insert(BlockPool::new(decl.ty, WEIGHT_STD, pool_seed)?)
+                }
+            };
+            pool.fill(n, tensor_seed)
         };
-        let bytes = quantize_tensor(&decl.name, decl.ty, &data, row_len)?;
         summary.parameters += decl.n_elements();
         summary.bytes += bytes.len() as u64;
         sink.write_all(&bytes).map_err(|error| ConvertError::Io {
@@ -147,38 +252,6 @@ fn llama_tensor_shapes(hp: &LlamaHparams) -> Vec<(String, Vec<u64>)> {
     t.push(("output_norm.weight".to_owned(), vec![h]));
     t.push(("output.weight".to_owned(), vec![h, v]));
     t
-}
-
-/// `n` values of N(0, WEIGHT_STD²), reproducible from `seed`; made in parallel chunks each
-/// with its own generator so the result does not depend on the thread count.
-fn random_normal(n: usize, seed: u64) -> Vec<f32> {
-    const CHUNK: usize = 1 << 16;
-    let mut out = vec![0f32; n];
-    out.par_chunks_mut(CHUNK)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut state = seed.wrapping_add((c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            for pair in chunk.chunks_mut(2) {
-                // Box–Muller: two uniforms in (0, 1] to two normals.
-                let u1 = ((splitmix64(&mut state) >> 40) as f32 + 1.0) / (1u64 << 24) as f32;
-                let u2 = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32;
-                let r = (-2.0 * u1.ln()).sqrt() * WEIGHT_STD;
-                let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
-                pair[0] = r * c;
-                if let Some(x) = pair.get_mut(1) {
-                    *x = r * s;
-                }
-            }
-        });
-    out
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// A SentencePiece vocabulary that spells any text: the three LLaMA specials, the 256
@@ -225,21 +298,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn random_weights_have_the_intended_spread_and_repeat_with_the_seed() {
-        let a = random_normal(200_001, 7);
-        assert_eq!(a, random_normal(200_001, 7));
-        assert_ne!(a, random_normal(200_001, 8));
-        let mean = a.iter().map(|&x| x as f64).sum::<f64>() / a.len() as f64;
-        let var = a.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / a.len() as f64;
-        assert!(mean.abs() < 1e-3 * WEIGHT_STD as f64 * 10.0, "{mean}");
-        assert!(
-            (var.sqrt() / WEIGHT_STD as f64 - 1.0).abs() < 0.01,
-            "{}",
-            var.sqrt()
-        );
-    }
-
-    #[test]
     fn shapes_match_the_published_parameter_counts() {
         let params = |m: SynthModel| -> u64 {
             llama_tensor_shapes(&m.hparams())
@@ -252,5 +310,32 @@ mod tests {
         assert_eq!(params(SynthModel::TinyLlama1B), 1_100_048_384);
         assert_eq!(params(SynthModel::Llava15_7B), 6_738_415_616);
         assert_eq!(params(SynthModel::Llava16Mistral7B), 7_241_732_096);
+    }
+
+    #[test]
+    fn llava_16_mmproj_has_anyres_keys_and_the_newline() {
+        let layout = SynthModel::Llava16Mistral7B.clip_layout().unwrap();
+        let kv = layout.metadata(Preset::F16);
+        let get = |k: &str| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            get("clip.vision.image_grid_pinpoints"),
+            Some(MetaArray::I32(LLAVA_16_PINPOINTS.to_vec()).into())
+        );
+        assert_eq!(
+            get("clip.vision.mm_patch_merge_type"),
+            Some("spatial_unpad".into())
+        );
+        assert_eq!(get("clip.vision.block_count"), Some(MetaValue::U32(23)));
+        let t = layout.tensors();
+        assert_eq!(t.len(), 378);
+        let newline = t.iter().find(|t| t.gguf == "v.image_newline").unwrap();
+        assert_eq!(newline.ne(), [4096]);
+        assert!(SynthModel::Llava15_7B
+            .clip_layout()
+            .unwrap()
+            .tensors()
+            .iter()
+            .all(|t| t.gguf != "v.image_newline"));
+        assert!(SynthModel::TinyLlama1B.clip_layout().is_none());
     }
 }
