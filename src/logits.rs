@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use llava_runtime::backend::Backend;
 
-use crate::load::{load_llm, prompt_text};
+use crate::load::{build_prompt, load_images, load_llm, load_mmproj, prompt_text};
+use llava_models::image::DEFAULT_MAX_PIXELS;
+use llava_models::template::with_image_markers;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,12 +26,19 @@ pub struct Args {
     /// Where to write the logits (NPY, float32, [tokens, vocab]).
     #[arg(long)]
     out: PathBuf,
-    /// Also write the prompt's token ids, space-separated, to this file.
+    /// Also write the prompt's text token ids, space-separated, to this file.
     #[arg(long)]
     ids_out: Option<PathBuf>,
     /// Do not add BOS.
     #[arg(long)]
     no_bos: bool,
+    /// The vision tower and projector GGUF ("mmproj"), for prompts with images.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
+    /// An image for the prompt's <image> markers (repeat for several; markers are put before
+    /// the text when the prompt has none).
+    #[arg(long)]
+    image: Vec<PathBuf>,
     /// Worker threads (default: one per physical core).
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
@@ -37,14 +46,39 @@ pub struct Args {
 
 pub fn run(args: &Args) -> Result<()> {
     let text = prompt_text(args.prompt.as_deref(), args.prompt_file.as_deref())?;
+    let images = load_images(&args.image, DEFAULT_MAX_PIXELS)?;
     let llm = load_llm(&args.model, args.threads, 0)?;
-    let ids = llm.tokenizer.encode(&text, !args.no_bos, true);
-    if ids.is_empty() {
-        bail!("the prompt has no tokens");
-    }
+    let clip = args
+        .mmproj
+        .as_deref()
+        .map(|p| load_mmproj(p, &llm))
+        .transpose()?;
     let (b, m) = (&llm.backend, &llm.model);
-    let mut cache = m.new_cache(b, ids.len());
-    let logits = m.forward(b, m.embed(b, &ids), 0, &mut cache, false);
+    let (embeddings, ids, n_positions) = if clip.is_none() {
+        // Text only: the prompt's tokens exactly (BOS unless --no-bos).
+        if !images.is_empty() {
+            bail!("--image needs --mmproj (the vision tower and projector file)");
+        }
+        let ids = llm.tokenizer.encode(&text, !args.no_bos, true);
+        if ids.is_empty() {
+            bail!("the prompt has no tokens");
+        }
+        let n = ids.len();
+        (m.embed(b, &ids), ids, n)
+    } else {
+        if args.no_bos {
+            bail!("--no-bos applies to text-only prompts; with --mmproj BOS starts the prompt as in LLaVA");
+        }
+        let prompt = build_prompt(
+            &llm,
+            clip.as_ref(),
+            &images,
+            &with_image_markers(&text, images.len()),
+        )?;
+        (prompt.embeddings, prompt.text_ids, prompt.n_positions)
+    };
+    let mut cache = m.new_cache(b, n_positions);
+    let logits = m.forward(b, embeddings, 0, &mut cache, false);
     let values = b.download(&logits);
 
     write_atomically(&args.out, |w| {

@@ -1,5 +1,8 @@
-//! `llava run`: generate text from a prompt, streamed to stdout (text-only until the LLaVA
-//! pipeline lands; the prompt is used as given, with BOS).
+//! `llava run`: answer a prompt, about images when given, streamed to stdout.
+//!
+//! With `--mmproj`, the question is put in the model's chat template (from the GGUF chat
+//! template, or `--template`) with an `<image>` marker per image unless it has its own; without
+//! it the prompt is used as given (`--template` applies one).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,7 +11,9 @@ use anyhow::{bail, Result};
 use llava_models::{generate, StopReason};
 use llava_runtime::sample::{Sampler, SamplerConfig};
 
-use crate::load::{load_llm, prompt_text};
+use crate::load::{build_prompt, load_images, load_llm, load_mmproj, prompt_text};
+use llava_models::image::DEFAULT_MAX_PIXELS;
+use llava_models::template::{with_image_markers, Template};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,9 +38,22 @@ pub struct Args {
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short, long, default_value_t = 0)]
     ctx: usize,
-    /// Print load time and prompt / generation speed to stderr.
+    /// Print load time, image-encode time and prompt / generation speed to stderr.
     #[arg(short, long)]
     verbose: bool,
+    /// The vision tower and projector GGUF ("mmproj") of this LLM.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
+    /// An image to ask about; repeat for several, in the order of the prompt's <image> markers.
+    #[arg(long)]
+    image: Vec<PathBuf>,
+    /// Chat template: llava_v1, vicuna_v1, mistral_instruct, chatml, raw (default: from the
+    /// file with --mmproj, raw without).
+    #[arg(long)]
+    template: Option<Template>,
+    /// Refuse images with more pixels than this (checked before decoding).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    max_image_pixels: u64,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -105,22 +123,30 @@ impl SamplingArgs {
 
 pub fn run(args: &Args) -> Result<()> {
     let sampler_config = args.sampling.config()?;
-    let text = prompt_text(args.prompt.as_deref(), args.file.as_deref())?;
+    let question = prompt_text(args.prompt.as_deref(), args.file.as_deref())?;
+    // Bad images fail before minutes of model loading.
+    let images = load_images(&args.image, args.max_image_pixels)?;
+    if !images.is_empty() && args.mmproj.is_none() {
+        bail!("--image needs --mmproj (the vision tower and projector file)");
+    }
     let llm = load_llm(&args.model, args.threads, args.ctx)?;
-    let ids = llm.tokenizer.encode(&text, true, true);
-    if ids.is_empty() {
-        bail!("the prompt has no tokens");
-    }
-    if ids.len() > llm.n_ctx {
-        bail!(
-            "the prompt has {} tokens but the context holds {} (raise --ctx)",
-            ids.len(),
-            llm.n_ctx
-        );
-    }
+    let clip = args
+        .mmproj
+        .as_deref()
+        .map(|p| load_mmproj(p, &llm))
+        .transpose()?;
+    let template = match (args.template, &clip) {
+        (Some(t), _) => t,
+        (None, Some(_)) => Template::from_chat_template(llm.chat_template.as_deref()),
+        (None, None) => Template::Raw,
+    };
+    let text = template.render(&with_image_markers(&question, images.len()));
+    let prompt = build_prompt(&llm, clip.as_ref(), &images, &text)?;
+    let mut stop = args.stop.clone();
+    stop.extend(template.stop_strings().iter().map(|s| s.to_string()));
     if args.verbose {
         eprintln!(
-            "loaded {} in {:.0} ms: {} layers, {} threads, context {}, seed {}",
+            "loaded {} in {:.0} ms: {} layers, {} threads, context {}, template {template}, seed {}",
             args.model.display(),
             llm.load_time.as_secs_f64() * 1e3,
             llm.model.config.n_layers,
@@ -128,6 +154,14 @@ pub fn run(args: &Args) -> Result<()> {
             llm.n_ctx,
             sampler_config.seed
         );
+        if prompt.n_images > 0 {
+            eprintln!(
+                "image encode: {} image(s), {} tokens in {:.0} ms",
+                prompt.n_images,
+                prompt.image_tokens,
+                prompt.encode_time.as_secs_f64() * 1e3
+            );
+        }
     }
 
     let (b, m) = (&llm.backend, &llm.model);
@@ -141,11 +175,11 @@ pub fn run(args: &Args) -> Result<()> {
         &llm.tokenizer,
         &mut cache,
         llm.n_ctx,
-        m.embed(b, &ids),
-        &ids,
+        prompt.embeddings,
+        &prompt.text_ids,
         &mut sampler,
         args.max_tokens,
-        &args.stop,
+        &stop,
         |piece| {
             // `llava run ... | head` ends quietly.
             if !broken_pipe

@@ -1,0 +1,161 @@
+//! `llava run` and `llava logits` with images, end to end through the CLI, and the errors a
+//! user sees for bad images and prompts.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use llava_convert::{convert_llama, convert_mmproj, Preset};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(FIXTURES).join(p)
+}
+
+fn llava(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_llava"))
+        .args(args)
+        .output()
+        .expect("run llava")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// (dir guard, llm path, mmproj path), converted in F32.
+fn converted() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
+    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    (dir, s(&llm), s(&mmproj))
+}
+
+#[test]
+fn logits_with_an_image_match_transformers() {
+    let (dir, llm, mmproj) = converted();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llava-tiny-hf/image-reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let out = dir.path().join("logits.npy");
+    let image = fixture("images/odd.png");
+    let o = llava(&[
+        "logits",
+        "-m",
+        &llm,
+        "--mmproj",
+        &mmproj,
+        "--image",
+        image.to_str().unwrap(),
+        "--prompt",
+        reference["prompt"].as_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = read_npy(&out);
+    let want = read_npy(&fixture("llava-tiny-hf/image-reference/logits.npy"));
+    assert_eq!(ours.len(), want.len());
+    let diff = ours
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-3, "max |diff| {diff}");
+}
+
+#[test]
+fn run_answers_about_an_image_and_reports_timings() {
+    let (_dir, llm, mmproj) = converted();
+    let image = fixture("images/odd.png");
+    let o = llava(&[
+        "run",
+        "-m",
+        &llm,
+        "--mmproj",
+        &mmproj,
+        "--image",
+        image.to_str().unwrap(),
+        "--image",
+        image.to_str().unwrap(),
+        "--temp",
+        "0",
+        "-n",
+        "6",
+        "--verbose",
+        "What is in this picture?",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("image encode: 2 image(s), 32 tokens"), "{err}");
+    assert!(err.contains("template llava_v1"), "{err}");
+    assert!(err.contains("tokens/s"), "{err}");
+}
+
+#[test]
+fn bad_images_and_prompts_give_one_line_errors() {
+    let (dir, llm, mmproj) = converted();
+    let png = std::fs::read(fixture("images/odd.png")).unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let truncated = write("cut.png", &png[..png.len() / 3]);
+    let zip = write("zip.png", b"PK\x03\x04 not an image at all");
+    let mut huge = png[..33].to_vec();
+    huge[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    huge[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let huge = write("huge.png", &huge);
+    let good = fixture("images/odd.png").to_str().unwrap().to_owned();
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--image", &truncated, "q"], "cut.png"),
+        (vec!["--image", &zip, "q"], "zip.png"),
+        (vec!["--image", &huge, "q"], "huge.png"),
+        (
+            vec!["--image", &good, "<image> and <image>"],
+            "2 <image> marker(s) but 1 image",
+        ),
+    ];
+    for (extra, expect) in cases {
+        let mut args = vec!["run", "-m", &llm, "--mmproj", &mmproj, "-n", "2"];
+        args.extend(extra);
+        let o = llava(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(expect), "want {expect:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let o = llava(&["run", "-m", &llm, "--image", &good, "q"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--mmproj"), "{}", stderr(&o));
+    // An mmproj that does not belong to the LLM.
+    let other = dir.path().join("other.gguf");
+    convert_llama(&fixture("llama-gqa"), &other, Preset::Q8_0).unwrap();
+    let o = llava(&[
+        "run",
+        "-m",
+        other.to_str().unwrap(),
+        "--mmproj",
+        &mmproj,
+        "--image",
+        &good,
+        "q",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not a pair"), "{}", stderr(&o));
+}
