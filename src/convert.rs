@@ -2,11 +2,12 @@
 //! `<name>-<quant>.gguf` (the LLM) and, for LLaVA checkpoints, `mmproj-<name>-<vquant>.gguf`
 //! (the CLIP tower and projector).
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use llava_convert::{convert_llama, convert_mmproj, ConvertSummary, Preset};
+use llava_convert::{convert_llama_with, convert_mmproj_with, Preset};
+
+use crate::progress::CliMonitor;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,6 +38,9 @@ pub struct Args {
     /// Replace output files that already exist.
     #[arg(long)]
     force: bool,
+    /// Print each tensor's type, shape and RMSE against the source.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -84,18 +88,19 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
-    let t0 = Instant::now();
-    let s = convert_llama(&args.dir, &llm_out, args.quant)?;
-    report(&llm_out, &s, t0);
+    let mut monitor = CliMonitor::new(&llm_out, args.verbose);
+    let s = convert_llama_with(&args.dir, &llm_out, args.quant, &mut monitor)?;
+    monitor.finish(&s);
     if let Some(out) = &mmproj_out {
-        let t0 = Instant::now();
-        match convert_mmproj(
+        let mut monitor = CliMonitor::new(out, args.verbose);
+        match convert_mmproj_with(
             &args.dir,
             args.vision_tower.as_deref(),
             out,
             args.vision_quant,
+            &mut monitor,
         ) {
-            Ok(s) => report(out, &s, t0),
+            Ok(s) => monitor.finish(&s),
             Err(e) => {
                 // One command, both files or neither.
                 let _ = std::fs::remove_file(&llm_out);
@@ -104,16 +109,4 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn report(path: &Path, s: &ConvertSummary, t0: Instant) {
-    eprintln!(
-        "wrote {}: {} tensors, {} parameters, {:.1} MiB ({:.2} bits/weight) in {:.1} s",
-        path.display(),
-        s.tensors,
-        s.parameters,
-        s.bytes as f64 / (1u64 << 20) as f64,
-        s.bytes as f64 * 8.0 / s.parameters.max(1) as f64,
-        t0.elapsed().as_secs_f64()
-    );
 }

@@ -8,6 +8,7 @@ mod convert;
 mod inspect;
 mod load;
 mod logits;
+mod progress;
 mod quantize;
 mod run;
 mod synth;

@@ -2,10 +2,11 @@
 //! llama.cpp) requantized with another preset, all other metadata kept.
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Result};
-use llava_convert::{requantize, Preset};
+use llava_convert::{requantize_with, Preset};
+
+use crate::progress::CliMonitor;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,6 +21,9 @@ pub struct Args {
     /// Replace the output file if it exists.
     #[arg(long)]
     force: bool,
+    /// Print each tensor's type, shape and RMSE against the source.
+    #[arg(short, long)]
+    verbose: bool,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -29,8 +33,8 @@ pub fn run(args: &Args) -> Result<()> {
             args.output.display()
         );
     }
-    let t0 = Instant::now();
-    let s = requantize(&args.input, &args.output, args.quant)?;
-    crate::convert::report(&args.output, &s, t0);
+    let mut monitor = CliMonitor::new(&args.output, args.verbose);
+    let s = requantize_with(&args.input, &args.output, args.quant, &mut monitor)?;
+    monitor.finish(&s);
     Ok(())
 }

@@ -8,6 +8,8 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Result};
 use llava_convert::{synth_llm, synth_mmproj, Preset, SynthModel};
 
+use crate::progress::summary_line;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Model shape: tiny, tinyllama-1.1b, llava-1.5-7b, llava-1.6-mistral-7b.
@@ -79,11 +81,11 @@ pub fn run(args: &Args) -> Result<()> {
 
     let t0 = Instant::now();
     let s = synth_llm(model, args.quant, &llm_out, args.seed)?;
-    crate::convert::report(&llm_out, &s, t0);
+    eprintln!("{}", summary_line(&llm_out, &s, t0.elapsed().as_secs_f64()));
     if let Some(out) = &mmproj_out {
         let t0 = Instant::now();
         match synth_mmproj(model, args.vision_quant, out, args.seed) {
-            Ok(s) => crate::convert::report(out, &s, t0),
+            Ok(s) => eprintln!("{}", summary_line(out, &s, t0.elapsed().as_secs_f64())),
             Err(e) => {
                 // One command, both files or neither.
                 let _ = std::fs::remove_file(&llm_out);

@@ -6,12 +6,13 @@
 use std::path::Path;
 
 use llava_runtime::gguf::{GgufWriter, MetaValue};
-use llava_runtime::quant::{self, GgmlType, QuantError};
-use rayon::prelude::*;
+use llava_runtime::quant::GgmlType;
 
 use crate::error::ConvertError;
 use crate::hf_config::JsonFile;
 use crate::mix::Preset;
+use crate::progress::{tensor_written, Monitor, Silent};
+use crate::quantize::quantize_tensor;
 use crate::source::Source;
 use crate::vocab;
 
@@ -136,6 +137,16 @@ pub fn convert_llama(
     out: &Path,
     preset: Preset,
 ) -> Result<ConvertSummary, ConvertError> {
+    convert_llama_with(dir, out, preset, &mut Silent)
+}
+
+/// `convert_llama`, reporting each tensor to `monitor`.
+pub fn convert_llama_with(
+    dir: &Path,
+    out: &Path,
+    preset: Preset,
+    monitor: &mut dyn Monitor,
+) -> Result<ConvertSummary, ConvertError> {
     let src = Source::open(dir)?;
     let text_config = src.text_config();
     let hp = LlamaHparams::from_config(&text_config)?;
@@ -164,6 +175,8 @@ pub fn convert_llama(
         parameters: 0,
         bytes: 0,
     };
+    let source_bytes = |p: &Planned| src.ckpt.byte_len(&p.hf_name).unwrap_or(0);
+    monitor.begin(plan.len(), plan.iter().map(source_bytes).sum());
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
         let p = &plan[i];
         let mut data = src.ckpt.to_f32(&p.hf_name)?;
@@ -176,7 +189,8 @@ pub fn convert_llama(
         sink.write_all(&bytes).map_err(|error| ConvertError::Io {
             path: out.to_owned(),
             error,
-        })
+        })?;
+        tensor_written(monitor, decl, Some(&data), &bytes, source_bytes(p))
     })?;
     Ok(summary)
 }
@@ -328,44 +342,6 @@ fn plan_tensors(
         )?;
     }
     Ok(plan)
-}
-
-/// Quantizes a tensor of rows of `row_len` elements to `ty`, rows in parallel.
-pub(crate) fn quantize_tensor(
-    name: &str,
-    ty: GgmlType,
-    data: &[f32],
-    row_len: usize,
-) -> Result<Vec<u8>, ConvertError> {
-    let row_bytes = ty.row_bytes(row_len as u64).expect("planned whole blocks") as usize;
-    let n_rows = data.len() / row_len;
-    let mut bytes = vec![0u8; n_rows * row_bytes];
-    // Rows of about 64 KiB of output per task; every block type's row is a multiple of its
-    // alignment (2 bytes for f16 fields, 4 for f32), so each task's slice stays aligned when
-    // the buffer is.
-    let rows_per_task = (65536 / row_bytes.max(1)).max(1);
-    let result: Result<(), QuantError> = bytes
-        .par_chunks_mut(rows_per_task * row_bytes)
-        .zip(data.par_chunks(rows_per_task * row_len))
-        .try_for_each(|(dst, src)| quantize_aligned(ty, src, dst));
-    result.map_err(|error| ConvertError::Quant {
-        tensor: name.to_owned(),
-        error,
-    })?;
-    Ok(bytes)
-}
-
-/// `quant::quantize_row` into `dst`, through an aligned scratch buffer when `dst` is not
-/// aligned for the block structs (a `Vec<u8>` promises no alignment).
-fn quantize_aligned(ty: GgmlType, src: &[f32], dst: &mut [u8]) -> Result<(), QuantError> {
-    if (dst.as_ptr() as usize).is_multiple_of(4) {
-        return quant::quantize_row(ty, src, dst);
-    }
-    let mut words = vec![0u32; dst.len().div_ceil(4)];
-    let scratch = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..dst.len()];
-    quant::quantize_row(ty, src, scratch)?;
-    dst.copy_from_slice(scratch);
-    Ok(())
 }
 
 /// Within each head of `rows` (each `row_len` long), output row `2j + t` is input row

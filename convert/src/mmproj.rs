@@ -13,8 +13,10 @@ use serde_json::Value;
 use crate::clip::{vision_tensor_type, ClipLayout, Origin, VisionHparams, CLIP_MEAN, CLIP_STD};
 use crate::error::ConvertError;
 use crate::hf_config::JsonFile;
-use crate::llama::{quantize_tensor, LlamaHparams};
+use crate::llama::LlamaHparams;
 use crate::mix::Preset;
+use crate::progress::{tensor_written, Monitor, Silent};
+use crate::quantize::quantize_tensor;
 use crate::safetensors::Checkpoint;
 use crate::source::{ModelKind, Source};
 use crate::ConvertSummary;
@@ -64,6 +66,17 @@ pub fn convert_mmproj(
     vision_tower: Option<&Path>,
     out: &Path,
     preset: Preset,
+) -> Result<ConvertSummary, ConvertError> {
+    convert_mmproj_with(dir, vision_tower, out, preset, &mut Silent)
+}
+
+/// `convert_mmproj`, reporting each tensor to `monitor`.
+pub fn convert_mmproj_with(
+    dir: &Path,
+    vision_tower: Option<&Path>,
+    out: &Path,
+    preset: Preset,
+    monitor: &mut dyn Monitor,
 ) -> Result<ConvertSummary, ConvertError> {
     let src = Source::open(dir)?;
     if !src.kind.is_llava() {
@@ -205,6 +218,13 @@ pub fn convert_mmproj(
         parameters: 0,
         bytes: 0,
     };
+    let source_bytes = |ckpt: &Checkpoint, hf: &str| ckpt.byte_len(hf).unwrap_or(0);
+    monitor.begin(
+        plan.len(),
+        plan.iter()
+            .map(|(_, c, hf, _, _)| source_bytes(c, hf))
+            .sum(),
+    );
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
         let (gguf, ckpt, hf, shape, ty) = &plan[i];
         let data = ckpt.to_f32(hf)?;
@@ -214,7 +234,8 @@ pub fn convert_mmproj(
         sink.write_all(&bytes).map_err(|error| ConvertError::Io {
             path: out.to_owned(),
             error,
-        })
+        })?;
+        tensor_written(monitor, decl, Some(&data), &bytes, source_bytes(ckpt, hf))
     })?;
     Ok(summary)
 }

@@ -11,7 +11,7 @@ use llava_runtime::quant::GgmlType;
 use rayon::prelude::*;
 
 use crate::error::ConvertError;
-use crate::llama::quantize_tensor;
+use crate::quantize::quantize_tensor;
 
 /// Blocks per pool: 4096 Q4_K blocks are 1M weights (0.6 MB), quantized in a few tens of
 /// milliseconds, and a 4096-wide row draws each block from 2^12 choices, so rows do not repeat.

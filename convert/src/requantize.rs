@@ -10,13 +10,13 @@ use std::path::Path;
 use llava_runtime::gguf::{
     GgufFile, GgufWriter, MetaValue, Tensor, KEY_ARCHITECTURE, KEY_FILE_TYPE,
 };
-use llava_runtime::quant::{self, GgmlType};
-use rayon::prelude::*;
+use llava_runtime::quant;
 
 use crate::clip::vision_tensor_type;
 use crate::error::ConvertError;
-use crate::llama::quantize_tensor;
 use crate::mix::Preset;
+use crate::progress::{tensor_written, Monitor, Silent};
+use crate::quantize::{dequantize_tensor, quantize_tensor};
 use crate::ConvertSummary;
 
 /// The LLM's layer count, which the Q4_K_M/Q5_K_M mix needs.
@@ -34,6 +34,17 @@ pub fn requantize(
     input: &Path,
     out: &Path,
     preset: Preset,
+) -> Result<ConvertSummary, ConvertError> {
+    requantize_with(input, out, preset, &mut Silent)
+}
+
+/// `requantize`, reporting each tensor to `monitor` (the RMSE is against the source's values
+/// as decoded to f32).
+pub fn requantize_with(
+    input: &Path,
+    out: &Path,
+    preset: Preset,
+    monitor: &mut dyn Monitor,
 ) -> Result<ConvertSummary, ConvertError> {
     let src = GgufFile::open(input)?;
     let same_file = out
@@ -98,63 +109,31 @@ pub fn requantize(
         parameters: 0,
         bytes: 0,
     };
+    monitor.begin(tensors.len(), tensors.iter().map(|t| t.n_bytes()).sum());
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
         let t = &tensors[i];
-        let row_len = decl.shape.first().copied().unwrap_or(1) as usize;
-        // The same type: the bytes as they are (requantizing Q4_K to Q4_K would only lose).
-        let converted;
-        let bytes = if t.ggml_type() == decl.ty {
-            t.data
-        } else {
-            let data = dequantize_tensor(input, t, row_len)?;
-            converted = quantize_tensor(&decl.name, decl.ty, &data, row_len)?;
-            &converted[..]
+        let write = |bytes: &[u8], sink: &mut dyn std::io::Write| {
+            sink.write_all(bytes).map_err(|error| ConvertError::Io {
+                path: out.to_owned(),
+                error,
+            })
         };
         summary.parameters += decl.n_elements();
-        summary.bytes += bytes.len() as u64;
-        sink.write_all(bytes).map_err(|error| ConvertError::Io {
-            path: out.to_owned(),
-            error,
-        })
+        summary.bytes += decl.n_bytes();
+        if t.ggml_type() == decl.ty {
+            // The same type: the bytes as they are (requantizing Q4_K to Q4_K would only lose).
+            write(t.data, sink)?;
+            return tensor_written(monitor, decl, None, t.data, t.n_bytes());
+        }
+        let row_len = decl.shape.first().copied().unwrap_or(1) as usize;
+        let data = dequantize_tensor(t.ggml_type(), t.data, row_len, t.n_elements() as usize)
+            .map_err(|error| ConvertError::Input {
+                path: input.to_owned(),
+                reason: format!("tensor \"{}\": {error}", t.name()),
+            })?;
+        let bytes = quantize_tensor(&decl.name, decl.ty, &data, row_len)?;
+        write(&bytes, sink)?;
+        tensor_written(monitor, decl, Some(&data), &bytes, t.n_bytes())
     })?;
     Ok(summary)
-}
-
-/// A tensor of any supported type as f32, rows in parallel.
-fn dequantize_tensor(
-    path: &Path,
-    t: &Tensor<'_>,
-    row_len: usize,
-) -> Result<Vec<f32>, ConvertError> {
-    let ty = t.ggml_type();
-    let row_bytes = ty
-        .row_bytes(row_len as u64)
-        .expect("the reader checked whole blocks") as usize;
-    let mut out = vec![0f32; t.n_elements() as usize];
-    if row_len == 0 {
-        return Ok(out);
-    }
-    let result: Result<(), quant::QuantError> = out
-        .par_chunks_mut(row_len)
-        .zip(t.data.par_chunks(row_bytes))
-        .try_for_each(|(dst, src)| dequantize_aligned(ty, src, dst));
-    result.map_err(|error| ConvertError::Input {
-        path: path.to_owned(),
-        reason: format!("tensor \"{}\": {error}", t.name()),
-    })?;
-    Ok(out)
-}
-
-/// `quant::dequantize_row`, through an aligned copy when the file's alignment leaves a row
-/// unaligned for the block structs (`general.alignment` may be as small as 1).
-fn dequantize_aligned(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), quant::QuantError> {
-    match quant::dequantize_row(ty, src, dst) {
-        Err(quant::QuantError::Misaligned { .. }) => {
-            let mut words = vec![0u32; src.len().div_ceil(4)];
-            let scratch = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..src.len()];
-            scratch.copy_from_slice(src);
-            quant::dequantize_row(ty, scratch, dst)
-        }
-        r => r,
-    }
 }

@@ -96,6 +96,11 @@ impl Checkpoint {
         self.tensors.get(name).map(|e| e.shape.as_slice())
     }
 
+    /// Bytes a tensor takes in its file.
+    pub fn byte_len(&self, name: &str) -> Option<u64> {
+        self.tensors.get(name).map(|e| (e.end - e.start) as u64)
+    }
+
     /// A tensor converted to f32, in PyTorch (row-major) order.
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, ConvertError> {
         let e = self

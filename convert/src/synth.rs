@@ -14,8 +14,9 @@ use llava_runtime::quant::GgmlType;
 
 use crate::clip::{vision_tensor_type, ClipLayout, VisionHparams, CLIP_MEAN, CLIP_STD};
 use crate::error::ConvertError;
-use crate::llama::{llama_metadata, quantize_tensor, LlamaHparams};
+use crate::llama::{llama_metadata, LlamaHparams};
 use crate::mix::Preset;
+use crate::quantize::quantize_tensor;
 use crate::random::{derive_seed, random_normal, BlockPool};
 use crate::ConvertSummary;
 
