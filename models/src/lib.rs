@@ -2,6 +2,7 @@
 //! pipeline, written once against the runtime's [`Backend`](llava_runtime::backend::Backend)
 //! trait. See DESIGN.md for the planned files.
 
+pub mod anyres;
 pub mod clip;
 mod error;
 pub mod generate;
