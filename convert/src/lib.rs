@@ -9,6 +9,7 @@ mod clip;
 mod error;
 mod hf_config;
 pub mod llama;
+mod mapped;
 mod mix;
 mod mmproj;
 mod progress;

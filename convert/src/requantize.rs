@@ -5,15 +5,19 @@
 //! `vision_tensor_type` for an mmproj), so requantizing an F32 file gives the bytes a direct
 //! conversion would. One tensor is dequantized to f32 at a time.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 
 use llava_runtime::gguf::{
-    GgufFile, GgufWriter, MetaValue, Tensor, KEY_ARCHITECTURE, KEY_FILE_TYPE,
+    GgufFile, GgufWriter, MetaValue, Tensor, TensorDecl, KEY_ARCHITECTURE, KEY_FILE_TYPE,
 };
 use llava_runtime::quant;
+use memmap2::Mmap;
 
 use crate::clip::vision_tensor_type;
 use crate::error::ConvertError;
+use crate::mapped;
 use crate::mix::Preset;
 use crate::progress::{tensor_written, Monitor, Silent};
 use crate::quantize::{dequantize_tensor, quantize_tensor};
@@ -109,31 +113,74 @@ pub fn requantize_with(
         parameters: 0,
         bytes: 0,
     };
+    let map = map_again(input, &src)?;
     monitor.begin(tensors.len(), tensors.iter().map(|t| t.n_bytes()).sum());
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
         let t = &tensors[i];
-        let write = |bytes: &[u8], sink: &mut dyn std::io::Write| {
-            sink.write_all(bytes).map_err(|error| ConvertError::Io {
-                path: out.to_owned(),
-                error,
-            })
-        };
+        // The reader checked this range against the file, which `map_again` checked is the
+        // same length.
+        let start = (src.data_offset() + t.offset()) as usize;
+        let end = start + t.n_bytes() as usize;
+        mapped::prefetch(&map, start, end);
+        let source = &map[start..end];
         summary.parameters += decl.n_elements();
         summary.bytes += decl.n_bytes();
-        if t.ggml_type() == decl.ty {
-            // The same type: the bytes as they are (requantizing Q4_K to Q4_K would only lose).
-            write(t.data, sink)?;
-            return tensor_written(monitor, decl, None, t.data, t.n_bytes());
-        }
-        let row_len = decl.shape.first().copied().unwrap_or(1) as usize;
-        let data = dequantize_tensor(t.ggml_type(), t.data, row_len, t.n_elements() as usize)
-            .map_err(|error| ConvertError::Input {
-                path: input.to_owned(),
-                reason: format!("tensor \"{}\": {error}", t.name()),
-            })?;
-        let bytes = quantize_tensor(&decl.name, decl.ty, &data, row_len)?;
-        write(&bytes, sink)?;
-        tensor_written(monitor, decl, Some(&data), &bytes, t.n_bytes())
+        let result = convert_one(input, out, t, decl, source, sink, monitor);
+        mapped::release(&map, start, end);
+        result
     })?;
     Ok(summary)
+}
+
+/// Writes one tensor of `decl`'s type from `source`, the bytes of `t`.
+fn convert_one(
+    input: &Path,
+    out: &Path,
+    t: &Tensor<'_>,
+    decl: &TensorDecl,
+    source: &[u8],
+    sink: &mut dyn Write,
+    monitor: &mut dyn Monitor,
+) -> Result<(), ConvertError> {
+    let write = |bytes: &[u8], sink: &mut dyn std::io::Write| {
+        sink.write_all(bytes).map_err(|error| ConvertError::Io {
+            path: out.to_owned(),
+            error,
+        })
+    };
+    if t.ggml_type() == decl.ty {
+        // The same type: the bytes as they are (requantizing Q4_K to Q4_K would only lose).
+        write(source, sink)?;
+        return tensor_written(monitor, decl, None, source, t.n_bytes());
+    }
+    let row_len = decl.shape.first().copied().unwrap_or(1) as usize;
+    let data = dequantize_tensor(t.ggml_type(), source, row_len, t.n_elements() as usize).map_err(
+        |error| ConvertError::Input {
+            path: input.to_owned(),
+            reason: format!("tensor \"{}\": {error}", t.name()),
+        },
+    )?;
+    let bytes = quantize_tensor(&decl.name, decl.ty, &data, row_len)?;
+    write(&bytes, sink)?;
+    tensor_written(monitor, decl, Some(&data), &bytes, t.n_bytes())
+}
+
+/// The input mapped a second time, for its tensor data: `GgufFile` keeps its own map for the
+/// header, and this one can drop each tensor's pages once read (`mapped.rs`).
+fn map_again(path: &Path, src: &GgufFile) -> Result<Mmap, ConvertError> {
+    let io = |error| ConvertError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let file = File::open(path).map_err(io)?;
+    // SAFETY: read-only map of a file nobody rewrites while we read it, as `GgufFile::open`
+    // assumes of the same file.
+    let map = unsafe { Mmap::map(&file) }.map_err(io)?;
+    if map.len() as u64 != src.file_size() {
+        return Err(ConvertError::Input {
+            path: path.to_owned(),
+            reason: "the file changed while it was being read".into(),
+        });
+    }
+    Ok(map)
 }

@@ -5,10 +5,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, Metadata};
 use safetensors::SafeTensors;
 
 use crate::error::ConvertError;
+use crate::mapped;
 
 /// Where one tensor lives.
 struct Entry {
@@ -127,20 +129,86 @@ impl Checkpoint {
         if bytes.len() != n * width {
             return Err(bad(format!("{} bytes for {n} elements", bytes.len())));
         }
-        let out = match e.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            _ => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-        };
+        mapped::prefetch(&self.maps[e.file], e.start, e.end);
+        let mut out = vec![0f32; n];
+        // Chunks in parallel: converting is most of a conversion's time when the target is a
+        // float type (a 2.2 GB F16 checkpoint in ~1 s instead of several).
+        const CHUNK: usize = 1 << 16;
+        out.par_chunks_mut(CHUNK)
+            .zip(bytes.par_chunks(CHUNK * width))
+            .for_each(|(dst, src)| decode(e.dtype, src, dst));
+        mapped::release(&self.maps[e.file], e.start, e.end);
         Ok(out)
+    }
+}
+
+/// Little-endian F32, F16 or BF16 values to f32. Little-endian hosts with aligned data take
+/// half's slice conversion (F16C where the CPU has it).
+fn decode(dtype: Dtype, src: &[u8], dst: &mut [f32]) {
+    use half::slice::HalfFloatSliceExt;
+    let native = cfg!(target_endian = "little");
+    match dtype {
+        Dtype::F16 => match bytemuck::try_cast_slice::<u8, half::f16>(src) {
+            Ok(h) if native => h.convert_to_f32_slice(dst),
+            _ => {
+                for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        },
+        Dtype::BF16 => match bytemuck::try_cast_slice::<u8, half::bf16>(src) {
+            Ok(h) if native => h.convert_to_f32_slice(dst),
+            _ => {
+                for (d, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        },
+        _ => {
+            for (d, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_agrees_with_per_element_conversion_aligned_or_not() {
+        let values = [0.0f32, 1.5, -2.25, 65504.0, 1e-7, f32::INFINITY];
+        let mut f16 = vec![0u8];
+        let mut bf16 = vec![0u8];
+        let mut f32s = vec![0u8];
+        for v in values {
+            f16.extend(half::f16::from_f32(v).to_le_bytes());
+            bf16.extend(half::bf16::from_f32(v).to_le_bytes());
+            f32s.extend(v.to_le_bytes());
+        }
+        for (dtype, bytes, want) in [
+            (
+                Dtype::F16,
+                &f16,
+                values.map(|v| half::f16::from_f32(v).to_f32()),
+            ),
+            (
+                Dtype::BF16,
+                &bf16,
+                values.map(|v| half::bf16::from_f32(v).to_f32()),
+            ),
+            (Dtype::F32, &f32s, values),
+        ] {
+            // Offset 1 is misaligned for 2-byte types; copying to offset 0 may or may not be
+            // aligned: both paths must agree.
+            let unaligned = &bytes[1..];
+            let aligned: Vec<u8> = unaligned.to_vec();
+            for src in [unaligned, &aligned[..]] {
+                let mut out = [0f32; 6];
+                decode(dtype, src, &mut out);
+                assert_eq!(out, want, "{dtype:?}");
+            }
+        }
     }
 }
