@@ -89,6 +89,29 @@ fn tiny_pair_has_a_converted_files_layout_and_repeats_with_the_seed() {
     assert_eq!(s.tensor("mm.0.weight").unwrap().shape(), [64, width]);
     assert_eq!(s.tensor("mm.2.weight").unwrap().shape(), [width, width]);
 
+    // The pair runs: the image goes through the synthetic tower and projector.
+    let o = llava(&[
+        "run",
+        "-m",
+        llm.to_str().unwrap(),
+        "--mmproj",
+        mmproj.to_str().unwrap(),
+        "--image",
+        &format!("{FIXTURES}/images/odd.png"),
+        "--temp",
+        "0",
+        "-n",
+        "4",
+        "--verbose",
+        "What is this?",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("image encode: 1 image(s)"),
+        "{}",
+        stderr(&o)
+    );
+
     // The same seed, the same bytes; another seed, other weights.
     let again = dir.path().join("again");
     let o = synth(&again, &["-q", "q4_k_m", "--vision-quant", "q8_0"]);
