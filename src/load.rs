@@ -103,10 +103,9 @@ pub fn load_mmproj(path: &Path, llm: &LoadedLlm) -> Result<Clip<CpuBackend>> {
             path.display()
         );
     }
-    if !clip.config.grid_pinpoints.is_empty() {
+    if !clip.config.grid_pinpoints.is_empty() && clip.image_newline.is_none() {
         bail!(
-            "{}: a LLaVA-1.6 (anyres) projector; its high-resolution tiling is not implemented \
-             yet, only LLaVA-1.5 files run",
+            "{}: LLaVA-1.6 grid pinpoints but no image_newline tensor",
             path.display()
         );
     }

@@ -174,7 +174,10 @@ pub fn convert_mmproj_with(
         mean,
         std,
         pinpoints: if src.kind.is_next() {
-            Some(pinpoints(&src.config)?)
+            Some(pinpoints(
+                &src.config,
+                matches!(src.kind, ModelKind::LlavaHf { .. }),
+            )?)
         } else {
             None
         },
@@ -330,24 +333,30 @@ fn normalisation(pre: Option<&JsonFile>) -> Result<([f32; 3], [f32; 3]), Convert
 }
 
 /// `image_grid_pinpoints` as llama.cpp stores them: one flat list of sizes.
-fn pinpoints(config: &JsonFile) -> Result<Vec<i32>, ConvertError> {
+fn pinpoints(config: &JsonFile, height_first: bool) -> Result<Vec<i32>, ConvertError> {
     let key = "image_grid_pinpoints";
     let v = config
         .get(key)
         .ok_or_else(|| config_error(&config.path, key, "missing for an anyres model".into()))?;
-    let flat: Option<Vec<i32>> = v.as_array().and_then(|pairs| {
+    let pairs: Option<Vec<[i32; 2]>> = v.as_array().and_then(|pairs| {
         pairs
             .iter()
-            .map(|p| p.as_array().filter(|p| p.len() == 2))
-            .collect::<Option<Vec<_>>>()
-            .and_then(|ps| {
-                ps.iter()
-                    .flat_map(|p| p.iter())
-                    .map(|x| x.as_i64().and_then(|x| i32::try_from(x).ok()))
-                    .collect()
+            .map(|p| {
+                let p = p.as_array().filter(|p| p.len() == 2)?;
+                let x = |i: usize| p[i].as_i64().and_then(|x| i32::try_from(x).ok());
+                Some([x(0)?, x(1)?])
             })
+            .collect()
     });
-    flat.ok_or_else(|| config_error(&config.path, key, "expected a list of [h, w] pairs".into()))
+    let pairs =
+        pairs.ok_or_else(|| config_error(&config.path, key, "expected a list of pairs".into()))?;
+    // The GGUF list holds (width, height) pairs, as the original LLaVA and llama.cpp read
+    // them; transformers' configs hold (height, width). The set is symmetric, but the order
+    // decides full ties in the grid choice, so each source keeps its own meaning.
+    Ok(pairs
+        .into_iter()
+        .flat_map(|[a, b]| if height_first { [b, a] } else { [a, b] })
+        .collect())
 }
 
 /// A vision config read off the tensor shapes, for a checkpoint that holds the tower but no

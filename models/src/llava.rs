@@ -8,8 +8,9 @@
 use llava_runtime::backend::Backend;
 use llava_runtime::tokenizer::Tokenizer;
 
+use crate::anyres::{anyres_views, assemble, AnyresLayout};
 use crate::clip::Clip;
-use crate::image::{llava15_preprocess, RgbImage};
+use crate::image::{clip_preprocess, llava15_preprocess, RgbImage};
 use crate::llama::Llama;
 use crate::template::IMAGE_MARKER;
 
@@ -110,9 +111,39 @@ pub fn embed_pieces<B: Backend>(
     }
 }
 
-/// LLaVA-1.5: one 576-row (for ViT-L/14-336) view per image.
+/// The embeddings of one image: LLaVA-1.5's single padded view, or for a LLaVA-1.6 tower (one
+/// with grid pinpoints) the anyres overview + tiles, unpadded, with `image_newline` per row.
 pub fn encode_image<B: Backend>(backend: &B, clip: &Clip<B>, image: &RgbImage) -> B::Tensor {
     let c = &clip.config;
-    let pixels = llava15_preprocess(image, c.image_size as u32, c.image_mean, c.image_std);
-    clip.encode(backend, &pixels)
+    let size = c.image_size as u32;
+    let (Some(layout), Some(newline)) = (anyres_layout(clip, image), &clip.image_newline) else {
+        let pixels = llava15_preprocess(image, size, c.image_mean, c.image_std);
+        return clip.encode(backend, &pixels);
+    };
+    let side = c.patches_per_side();
+    let mut features = Vec::new();
+    let mut dim = 0;
+    for view in anyres_views(image, &layout, size) {
+        let pixels = clip_preprocess(&view, size, c.image_mean, c.image_std);
+        let f = clip.encode(backend, &pixels);
+        dim = backend.shape(&f).1;
+        features.extend(backend.download(&f));
+    }
+    let newline = backend.download(&backend.get_rows(newline, &[0]));
+    let rows = assemble(&features, &layout, side, dim, &newline);
+    backend.upload(rows, layout.tokens(), dim)
+}
+
+/// The anyres layout of `image`, or `None` for a LLaVA-1.5 tower. The number of positions an
+/// image takes in the prompt is `layout.tokens()`: the same function cuts the views.
+pub fn anyres_layout<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> Option<AnyresLayout> {
+    let c = &clip.config;
+    (!c.grid_pinpoints.is_empty() && clip.image_newline.is_some()).then(|| {
+        AnyresLayout::new(
+            (image.width, image.height),
+            &c.grid_pinpoints,
+            c.image_size as u32,
+            c.patches_per_side(),
+        )
+    })
 }

@@ -1,0 +1,91 @@
+//! LLaVA-1.6 anyres against transformers' LlavaNextForConditionalGeneration
+//! (tests/fixtures/llava-next-tiny-hf, made by generate.py): images wide, tall, square, smaller
+//! than one view and exactly a pinpoint take as many positions as in transformers, and the
+//! logits agree at every position.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use llava_convert::{convert_llama, convert_mmproj, Preset};
+use llava_models::image::{load_image, DEFAULT_MAX_PIXELS};
+use llava_models::llava::{anyres_layout, embed_pieces, encode_image, tokenize_pieces, Piece};
+use llava_models::{Clip, Llama};
+use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::gguf::GgufFile;
+use llava_runtime::tokenizer::Tokenizer;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn fixture(p: &str) -> PathBuf {
+    Path::new(FIXTURES).join(p)
+}
+
+fn read_npy(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    bytes[10 + header_len..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+#[test]
+fn anyres_token_counts_and_logits_match_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm_path, mmproj_path) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+    let src = fixture("llava-next-tiny-hf");
+    convert_llama(&src, &llm_path, Preset::F32).unwrap();
+    convert_mmproj(&src, None, &mmproj_path, Preset::F32).unwrap();
+    let b = CpuBackend::new(2);
+    let llm_file = Arc::new(GgufFile::open(&llm_path).unwrap());
+    let llm = Llama::load(&b, &llm_file).unwrap();
+    let tok = Tokenizer::from_gguf(&llm_file).unwrap();
+    let clip = Clip::load(&b, &Arc::new(GgufFile::open(&mmproj_path).unwrap())).unwrap();
+    assert!(clip.image_newline.is_some());
+
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(src.join("image-reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let prompt = reference["prompt"].as_str().unwrap();
+    for (name, r) in reference["images"].as_object().unwrap() {
+        let image = load_image(&fixture(r["image"].as_str().unwrap()), DEFAULT_MAX_PIXELS).unwrap();
+        let layout = anyres_layout(&clip, &image).unwrap();
+        let want_tokens = r["image_tokens"].as_u64().unwrap() as usize;
+        assert_eq!(layout.tokens(), want_tokens, "{name}: {layout:?}");
+
+        let features = encode_image(&b, &clip, &image);
+        assert_eq!(b.shape(&features).0, want_tokens, "{name}");
+        let pieces = tokenize_pieces(&tok, prompt, 1).unwrap();
+        let ids: Vec<u64> = pieces
+            .iter()
+            .flat_map(|p| match p {
+                Piece::Text(ids) => ids.iter().map(|&i| u64::from(i)).collect::<Vec<_>>(),
+                Piece::Image(_) => vec![512; want_tokens],
+            })
+            .collect();
+        let want_ids: Vec<u64> = r["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, want_ids, "{name}");
+
+        let p = embed_pieces(&b, &llm, &pieces, std::slice::from_ref(&features));
+        let mut cache = llm.new_cache(&b, p.n_positions);
+        let logits = b.download(&llm.forward(&b, p.embeddings, 0, &mut cache, false));
+        let want = read_npy(&src.join(format!("image-reference/{name}-logits.npy")));
+        assert_eq!(logits.len(), want.len(), "{name}");
+        let diff = logits
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{name}: {} image tokens, max |logit diff| {diff:.2e}",
+            want_tokens
+        );
+        assert!(diff <= 1e-3, "{name}: max |diff| {diff}");
+    }
+}
