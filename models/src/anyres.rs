@@ -137,7 +137,11 @@ pub fn assemble(
     newline: &[f32],
 ) -> Vec<f32> {
     let per_view = side * side * dim;
-    assert_eq!(views.len(), (1 + layout.n_tiles()) * per_view, "one block per view");
+    assert_eq!(
+        views.len(),
+        (1 + layout.n_tiles()) * per_view,
+        "one block per view"
+    );
     let mut out = Vec::with_capacity(layout.tokens() * dim);
     out.extend_from_slice(&views[..per_view]);
     let gw = layout.grid.0;
@@ -158,7 +162,8 @@ pub fn assemble(
 mod tests {
     use super::*;
 
-    const PINPOINTS: [(u32, u32); 5] = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)];
+    const PINPOINTS: [(u32, u32); 5] =
+        [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)];
 
     #[test]
     fn token_counts_match_the_reference_table() {
@@ -197,7 +202,10 @@ mod tests {
         let views: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let out = assemble(&views, &layout, 2, 1, &[-1.0]);
         // Overview 0..4, then row 0: tile 1 (4, 5), tile 2 (8, 9), newline; row 1: 6, 7, 10, 11.
-        assert_eq!(out, [0., 1., 2., 3., 4., 5., 8., 9., -1., 6., 7., 10., 11., -1.]);
+        assert_eq!(
+            out,
+            [0., 1., 2., 3., 4., 5., 8., 9., -1., 6., 7., 10., 11., -1.]
+        );
         assert_eq!(out.len(), layout.tokens());
         // A 1:4 image on a 1:2 grid of 4×2 patches: 1 column of content, but the padding to
         // remove on each side, (2 − 1) // 2, is 0, so both columns stay.
