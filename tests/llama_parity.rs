@@ -261,3 +261,30 @@ fn converted_tokenizer_encodes_the_prompt_like_transformers() {
         assert_eq!(text.trim_start(), r.prompt, "{model}");
     }
 }
+
+#[test]
+fn every_preset_writes_the_types_its_rules_choose() {
+    // The rules themselves are unit-tested against llama.cpp's (convert/src/mix.rs); this
+    // checks every preset's choice reaches every tensor of a converted file.
+    for preset in Preset::ALL {
+        let (_dir, path) = convert("llama-gqa", preset);
+        let f = GgufFile::open(&path).unwrap();
+        assert_eq!(
+            f.get_u32("general.file_type").unwrap(),
+            preset.file_type(),
+            "{preset}"
+        );
+        for t in f.tensor_infos() {
+            assert_eq!(
+                t.ggml_type(),
+                preset.tensor_type(t.name(), t.shape(), 2),
+                "{preset}: {}",
+                t.name()
+            );
+        }
+        // And the file runs.
+        let m = load(&path);
+        let logits = prompt_logits(&m, &[1, 329, 477]);
+        assert!(logits.iter().flatten().all(|v| v.is_finite()), "{preset}");
+    }
+}
