@@ -18,6 +18,7 @@ mod random;
 mod requantize;
 mod safetensors;
 pub mod source;
+mod spm_model;
 pub mod synth;
 mod vocab;
 

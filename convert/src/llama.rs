@@ -150,8 +150,25 @@ pub fn convert_llama_with(
     let src = Source::open(dir)?;
     let text_config = src.text_config();
     let hp = LlamaHparams::from_config(&text_config)?;
-    let tokenizer = JsonFile::open(&dir.join("tokenizer.json"))?;
     let tokenizer_config = JsonFile::open_optional(&dir.join("tokenizer_config.json"))?;
+    // tokenizer.json when present (it has the added tokens, e.g. llava-hf's <image>); else
+    // SentencePiece's tokenizer.model, as the original LLaVA and Vicuna repositories ship.
+    let vocab_meta = match JsonFile::open_optional(&dir.join("tokenizer.json"))? {
+        Some(tokenizer) => {
+            vocab::spm_metadata(&tokenizer, &text_config, tokenizer_config.as_ref())?
+        }
+        None => {
+            let path = dir.join("tokenizer.model");
+            if !path.exists() {
+                return Err(ConvertError::Input {
+                    path: dir.to_owned(),
+                    reason: "no tokenizer.json or tokenizer.model".into(),
+                });
+            }
+            let model = crate::spm_model::SpmModel::open(&path)?;
+            vocab::spm_metadata_from_model(&model, &text_config, tokenizer_config.as_ref())?
+        }
+    };
     let plan = plan_tensors(&hp, &src, preset)?;
 
     let mut w = GgufWriter::new();
@@ -163,7 +180,7 @@ pub fn convert_llama_with(
     for (k, v) in llama_metadata(&hp, &name, preset) {
         w.add(&k, v)?;
     }
-    for (k, v) in vocab::spm_metadata(&tokenizer, &text_config, tokenizer_config.as_ref())? {
+    for (k, v) in vocab_meta {
         w.add(k, v)?;
     }
     for p in &plan {

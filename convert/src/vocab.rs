@@ -220,3 +220,64 @@ fn adds_space_prefix(tokenizer: &JsonFile) -> bool {
     });
     in_normalizer || in_metaspace
 }
+
+/// The `tokenizer.*` metadata from a SentencePiece `tokenizer.model` (checkpoints without a
+/// tokenizer.json, such as the original LLaVA and Vicuna repositories): its own pieces,
+/// scores and types, as llama.cpp's converter copies them.
+pub fn spm_metadata_from_model(
+    model: &crate::spm_model::SpmModel,
+    config: &JsonFile,
+    tokenizer_config: Option<&JsonFile>,
+) -> Result<Vec<(&'static str, MetaValue)>, ConvertError> {
+    let n_vocab = config
+        .usize_opt("vocab_size")?
+        .unwrap_or(0)
+        .max(model.pieces.len());
+    let mut tokens = Vec::with_capacity(n_vocab);
+    let mut scores = Vec::with_capacity(n_vocab);
+    let mut types = Vec::with_capacity(n_vocab);
+    for p in &model.pieces {
+        tokens.push(p.text.clone());
+        scores.push(p.score);
+        types.push(p.kind);
+    }
+    // Rows the model has beyond the tokenizer (padded vocabularies).
+    for id in model.pieces.len()..n_vocab {
+        tokens.push(format!("[PAD{id}]"));
+        scores.push(0.0);
+        types.push(USER_DEFINED);
+    }
+    let add_bos = match tokenizer_config
+        .map(|c| c.bool_opt("add_bos_token"))
+        .transpose()?
+    {
+        Some(Some(b)) => b,
+        _ => true,
+    };
+    let mut meta: Vec<(&'static str, MetaValue)> = vec![
+        ("tokenizer.ggml.model", "llama".into()),
+        ("tokenizer.ggml.tokens", MetaArray::String(tokens).into()),
+        ("tokenizer.ggml.scores", MetaArray::F32(scores).into()),
+        ("tokenizer.ggml.token_type", MetaArray::I32(types).into()),
+    ];
+    for (key, id) in [
+        ("tokenizer.ggml.bos_token_id", model.bos_id),
+        ("tokenizer.ggml.eos_token_id", model.eos_id),
+        ("tokenizer.ggml.unknown_token_id", model.unk_id),
+    ] {
+        if let Some(id) = id.filter(|&i| (i as usize) < n_vocab) {
+            meta.push((key, MetaValue::U32(id)));
+        }
+    }
+    meta.push(("tokenizer.ggml.add_bos_token", add_bos.into()));
+    meta.push(("tokenizer.ggml.add_eos_token", false.into()));
+    meta.push((
+        "tokenizer.ggml.add_space_prefix",
+        model.add_dummy_prefix.into(),
+    ));
+    if let Some(template) = tokenizer_config.and_then(|c| c.str_opt("chat_template").ok().flatten())
+    {
+        meta.push(("tokenizer.chat_template", template.into()));
+    }
+    Ok(meta)
+}
