@@ -1,0 +1,215 @@
+//! Kernel benchmarks, scalar against SIMD in one run (issue 7, item 1).
+//!
+//! - `gemv/<type>/<k>x<n>/<path>`: one activation row times a `[k, n]` weight (n rows of k) through
+//!   the public matmul, i.e. activation quantization, threads and the dot kernel, on a weight
+//!   memory-mapped from a GGUF file and cold in the caches, as decoding uses it. Throughput is
+//!   weight bytes streamed from memory.
+//! - `dot/<type>/<path>`: the raw dot kernel on one 4096-element row (cache-resident).
+//! - `quantize/<type>/<path>`: one 4096-element activation row.
+//!
+//! `<path>` is `scalar` or `avx2` (`quant::set_cpu_path`). Weights are random rows quantized by
+//! the reference quantizers.
+//!
+//! `cargo bench --bench kernels` (about 3 minutes on 2 cores); `-- gemv/q4_0` to filter.
+//! Threads: `LLAVA_BENCH_THREADS`, default one per physical core.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
+use llava_runtime::quant::{self, CpuPath, GgmlType};
+
+const TYPES: [GgmlType; 6] = [
+    GgmlType::Q4_0,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::F16,
+];
+
+/// `(k, n)`: rows of `k` elements, `n` rows (LLaMA-7B's attention and FFN-up shapes).
+const SHAPES: [(usize, usize); 2] = [(4096, 4096), (4096, 11008)];
+
+/// Deterministic values in about [-1, 1] (splitmix64).
+fn random_row(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^= z >> 31;
+            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// Bytes aligned for every block struct.
+fn aligned(n_bytes: usize) -> Vec<u32> {
+    vec![0u32; n_bytes.div_ceil(4)]
+}
+
+fn quantized(ty: GgmlType, x: &[f32]) -> Vec<u32> {
+    let n_bytes = ty.row_bytes(x.len() as u64).unwrap() as usize;
+    let mut words = aligned(n_bytes);
+    quant::quantize_row(ty, x, &mut bytemuck::cast_slice_mut(&mut words)[..n_bytes]).unwrap();
+    words
+}
+
+/// Each weight is stored in enough copies to span this many bytes, and the GEMV bench cycles
+/// through them: 3× the 32 MiB L3 of the development machine, so that every call streams its
+/// weight from DRAM, as a forward pass does (the ~600 MB of other weights in between evict it).
+const COLD_BYTES: usize = 96 << 20;
+
+/// Distinct quantized rows per weight, repeated down its rows: the kernels' speed does not
+/// depend on the values, and the reference K-quant quantizer is too slow to fill 100 MB.
+const DISTINCT_ROWS: usize = 64;
+
+fn copies(ty: GgmlType, (k, n): (usize, usize)) -> usize {
+    let bytes = ty.row_bytes(k as u64).unwrap() as usize * n;
+    COLD_BYTES.div_ceil(bytes)
+}
+
+fn tensor_name(ty: GgmlType, (k, n): (usize, usize), copy: usize) -> String {
+    format!("{ty}_{k}x{n}_{copy}")
+}
+
+/// One GGUF file holding the copies of a weight of every type and shape.
+fn weights_file(dir: &Path) -> Arc<GgufFile> {
+    let path = dir.join("kernels.gguf");
+    let mut w = GgufWriter::new();
+    for ty in TYPES {
+        for shape in SHAPES {
+            let dims = [shape.0 as u64, shape.1 as u64];
+            for copy in 0..copies(ty, shape) {
+                w.add_tensor(&tensor_name(ty, shape, copy), ty, &dims)
+                    .unwrap();
+            }
+        }
+    }
+    let mut rows: Option<(GgmlType, usize, Vec<Vec<u8>>)> = None;
+    w.write(&path, |_, decl, out| -> Result<(), GgufWriteError> {
+        let (ty, k) = (decl.ty, decl.shape[0] as usize);
+        if !matches!(&rows, Some((t, l, _)) if (*t, *l) == (ty, k)) {
+            let row_bytes = ty.row_bytes(k as u64).unwrap() as usize;
+            let distinct = (0..DISTINCT_ROWS as u64)
+                .map(|r| {
+                    bytemuck::cast_slice(&quantized(ty, &random_row(r, k)))[..row_bytes].to_vec()
+                })
+                .collect();
+            rows = Some((ty, k, distinct));
+        }
+        let (_, _, distinct) = rows.as_ref().expect("filled above");
+        for r in 0..decl.shape[1] as usize {
+            out.write_all(&distinct[r % DISTINCT_ROWS]).unwrap();
+        }
+        Ok(())
+    })
+    .unwrap();
+    Arc::new(GgufFile::open(&path).unwrap())
+}
+
+/// The paths to compare: scalar, and AVX2 where the CPU has it.
+fn paths() -> Vec<CpuPath> {
+    let paths: Vec<CpuPath> = CpuPath::ALL
+        .into_iter()
+        .filter(|p| p.is_available())
+        .collect();
+    if paths.len() < CpuPath::ALL.len() {
+        eprintln!("note: only {paths:?} can run on this CPU");
+    }
+    paths
+}
+
+fn gemv(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = weights_file(dir.path());
+    let threads = std::env::var("LLAVA_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let backend = CpuBackend::new(threads);
+    eprintln!("gemv: {} threads", backend.threads());
+    let mut group = c.benchmark_group("gemv");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for ty in TYPES {
+        for shape in SHAPES {
+            let weights: Vec<_> = (0..copies(ty, shape))
+                .map(|c| {
+                    backend
+                        .load_weight(&file, &tensor_name(ty, shape, c))
+                        .unwrap()
+                })
+                .collect();
+            let x = backend.upload(random_row(7, shape.0), 1, shape.0);
+            let bytes = ty.row_bytes(shape.0 as u64).unwrap() * shape.1 as u64;
+            group.throughput(Throughput::Bytes(bytes));
+            for path in paths() {
+                quant::set_cpu_path(path).unwrap();
+                let id = BenchmarkId::new(format!("{ty}/{}x{}", shape.0, shape.1), path);
+                let mut next = weights.iter().cycle();
+                group.bench_function(id, |b| {
+                    b.iter(|| backend.matmul(black_box(&x), next.next().expect("cycle")))
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+fn dot_and_quantize(c: &mut Criterion) {
+    const K: usize = 4096;
+    let mut group = c.benchmark_group("dot");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(700));
+    let x = random_row(1, K);
+    for ty in TYPES {
+        let w = quantized(ty, &random_row(2, K));
+        let w_bytes =
+            &bytemuck::cast_slice::<u32, u8>(&w)[..ty.row_bytes(K as u64).unwrap() as usize];
+        group.throughput(Throughput::Bytes(w_bytes.len() as u64));
+        for path in paths() {
+            let kernels = quant::row_kernels(ty, path).unwrap();
+            let act = quantized(kernels.act_type, &x);
+            let a_len = kernels.act_type.row_bytes(K as u64).unwrap() as usize;
+            let a = &bytemuck::cast_slice::<u32, u8>(&act)[..a_len];
+            group.bench_function(BenchmarkId::new(ty.to_string(), path), |b| {
+                b.iter(|| (kernels.dot)(black_box(w_bytes), black_box(a)))
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("quantize");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(700))
+        .throughput(Throughput::Bytes((K * 4) as u64));
+    for weight_ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4K, GgmlType::F16] {
+        for path in paths() {
+            let kernels = quant::row_kernels(weight_ty, path).unwrap();
+            let a_len = kernels.act_type.row_bytes(K as u64).unwrap() as usize;
+            let mut out = aligned(a_len);
+            let out = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut out)[..a_len];
+            group.bench_function(BenchmarkId::new(kernels.act_type.to_string(), path), |b| {
+                b.iter(|| (kernels.quantize)(black_box(&x), out))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, dot_and_quantize, gemv);
+criterion_main!(benches);
