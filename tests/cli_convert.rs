@@ -3,24 +3,13 @@
 //! contents; without `--verbose`, only the summary line.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use llava_convert::{convert_llama, Preset};
 use llava_runtime::gguf::GgufFile;
 use llava_runtime::quant;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn llava(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-        .args(args)
-        .output()
-        .expect("run llava")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
+mod common;
+use common::*;
 
 fn decode(f: &GgufFile, name: &str) -> Vec<f32> {
     let t = f.tensor(name).unwrap();

@@ -1,27 +1,14 @@
 //! `llava inspect` end to end: llama.cpp's files, JSON output, and truncated files.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::quant::GgmlType;
 
+mod common;
+use common::*;
+
 const VOCAB_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vocab");
-
-fn llava(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-        .args(args)
-        .output()
-        .expect("run llava")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
 
 #[test]
 fn inspect_prints_metadata_of_a_llama_cpp_vocab_file() {

@@ -1,36 +1,12 @@
 //! `llava run` and `llava logits` with images, end to end through the CLI, and the errors a
 //! user sees for bad images and prompts.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use llava_convert::{convert_llama, convert_mmproj, Preset};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(FIXTURES).join(p)
-}
-
-fn llava(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-        .args(args)
-        .output()
-        .expect("run llava")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+mod common;
+use common::*;
 
 /// (dir guard, llm path, mmproj path), converted in F32.
 fn converted() -> (tempfile::TempDir, String, String) {

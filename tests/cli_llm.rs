@@ -3,28 +3,13 @@
 //! at load with a message naming the key or tensor.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use llava_convert::{convert_llama, Preset};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter, MetaValue};
 use llava_runtime::quant::GgmlType;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn llava(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-        .args(args)
-        .output()
-        .expect("run llava")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8(o.stdout.clone()).unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
+mod common;
+use common::*;
 
 #[test]
 fn tokenize_reproduces_llama_cpp_test_vectors() {

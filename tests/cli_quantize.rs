@@ -3,29 +3,15 @@
 //! in f32, the same bytes — for an LLM and an mmproj; and bad inputs are refused without
 //! leaving a file behind.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use llava_convert::{convert_llama, convert_mmproj, Preset};
 use llava_runtime::gguf::{GgufFile, GgufWriter, MetaValue};
 use llava_runtime::quant::{self, GgmlType};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
-
-fn llava(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-        .args(args)
-        .output()
-        .expect("run llava")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
+mod common;
+use common::*;
 
 fn quantize(input: &Path, output: &Path, preset: &str) -> Output {
     llava(&[

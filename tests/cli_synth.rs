@@ -2,24 +2,14 @@
 //! tensor names and per-tensor types — deterministic for a seed, every weight finite.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use llava_convert::{convert_mmproj, Preset};
 use llava_runtime::gguf::GgufFile;
 use llava_runtime::quant::{self, GgmlType};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn llava(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
-        .args(args)
-        .output()
-        .expect("run llava")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8(o.stderr.clone()).unwrap()
-}
+mod common;
+use common::*;
 
 fn synth(outdir: &Path, extra: &[&str]) -> Output {
     let mut args = vec![

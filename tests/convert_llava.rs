@@ -2,7 +2,7 @@
 //! the LLM matches transformers, and the mmproj file has exactly the keys, names, shapes and
 //! types GGUF-AND-LLAVA.md §4 specifies, whichever scheme it came from.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ use llava_runtime::gguf::{GgufFile, Value};
 use llava_runtime::quant::GgmlType;
 use llava_runtime::tokenizer::{TokenType, Tokenizer};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+mod common;
+use common::*;
 
 /// (checkpoint dir, --vision-tower dir)
 const SCHEMES: [(&str, Option<&str>); 3] = [
@@ -21,10 +22,6 @@ const SCHEMES: [(&str, Option<&str>); 3] = [
     ("llava-tiny-hf4", None),
     ("llava-tiny-orig", Some("clip-tiny")),
 ];
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(FIXTURES).join(name)
-}
 
 struct Reference {
     input_ids: Vec<u32>,

@@ -3,7 +3,6 @@
 //! than one view and exactly a pinpoint take as many positions as in transformers, and the
 //! logits agree at every position.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use llava_convert::{convert_llama, convert_mmproj, Preset};
@@ -14,20 +13,8 @@ use llava_runtime::backend::{Backend, CpuBackend};
 use llava_runtime::gguf::GgufFile;
 use llava_runtime::tokenizer::Tokenizer;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(FIXTURES).join(p)
-}
-
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+mod common;
+use common::*;
 
 #[test]
 fn anyres_token_counts_and_logits_match_transformers() {

@@ -13,20 +13,8 @@ use llava_runtime::backend::{Backend, CpuBackend};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::tokenizer::Tokenizer;
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(p: &str) -> PathBuf {
-    Path::new(FIXTURES).join(p)
-}
-
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+mod common;
+use common::*;
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
