@@ -146,11 +146,12 @@ pub fn run(args: &Args) -> Result<()> {
     stop.extend(template.stop_strings().iter().map(|s| s.to_string()));
     if args.verbose {
         eprintln!(
-            "loaded {} in {:.0} ms: {} layers, {} threads, context {}, template {template}, seed {}",
+            "loaded {} in {:.0} ms: {} layers, {} threads, {} kernels, context {}, template {template}, seed {}",
             args.model.display(),
             llm.load_time.as_secs_f64() * 1e3,
             llm.model.config.n_layers,
             llm.backend.threads(),
+            llava_runtime::quant::cpu_path().name(),
             llm.n_ctx,
             sampler_config.seed
         );
