@@ -4,6 +4,8 @@
 //!   the public matmul, i.e. activation quantization, threads and the dot kernel, on a weight
 //!   memory-mapped from a GGUF file and cold in the caches, as decoding uses it. Throughput is
 //!   weight bytes streamed from memory.
+//! - `gemm/<type>/<k>x<n>x<rows>/<path>`: a batch of activation rows times a warm weight, as
+//!   prefill and the vision tower use it (the tile kernels). Throughput is multiply-adds.
 //! - `dot/<type>/<path>`: the raw dot kernel on one 4096-element row (cache-resident).
 //! - `quantize/<type>/<path>`: one 4096-element activation row.
 //!
@@ -130,11 +132,7 @@ fn paths() -> Vec<CpuPath> {
 fn gemv(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let file = weights_file(dir.path());
-    let threads = std::env::var("LLAVA_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(0);
-    let backend = CpuBackend::new(threads);
+    let backend = CpuBackend::new(bench_threads());
     eprintln!("gemv: {} threads", backend.threads());
     let mut group = c.benchmark_group("gemv");
     group
@@ -164,6 +162,47 @@ fn gemv(c: &mut Criterion) {
         }
     }
     group.finish();
+}
+
+/// Activation rows of the GEMM bench: a prompt chunk, or a slice of the 577 CLIP tokens.
+const GEMM_ROWS: usize = 128;
+
+/// `gemm/<type>/<k>x<n>x<rows>/<path>`: [`GEMM_ROWS`] activation rows times a `[k, n]` weight,
+/// as prefill and the vision tower use it. Throughput is in elements = multiply-adds. The
+/// scalar path is left out: at ~1 G multiply-adds per second it would take minutes.
+fn gemm(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = weights_file(dir.path());
+    let backend = CpuBackend::new(bench_threads());
+    let mut group = c.benchmark_group("gemm");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    let shape = SHAPES[0];
+    for ty in TYPES {
+        let w = backend
+            .load_weight(&file, &tensor_name(ty, shape, 0))
+            .unwrap();
+        let x: Vec<f32> = (0..GEMM_ROWS)
+            .flat_map(|r| random_row(100 + r as u64, shape.0))
+            .collect();
+        let x = backend.upload(x, GEMM_ROWS, shape.0);
+        group.throughput(Throughput::Elements((shape.0 * shape.1 * GEMM_ROWS) as u64));
+        for path in paths().into_iter().filter(|&p| p != CpuPath::Scalar) {
+            quant::set_cpu_path(path).unwrap();
+            let id = BenchmarkId::new(format!("{ty}/{}x{}x{GEMM_ROWS}", shape.0, shape.1), path);
+            group.bench_function(id, |b| b.iter(|| backend.matmul(black_box(&x), &w)));
+        }
+    }
+    group.finish();
+}
+
+fn bench_threads() -> usize {
+    std::env::var("LLAVA_BENCH_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0)
 }
 
 fn dot_and_quantize(c: &mut Criterion) {
@@ -211,5 +250,5 @@ fn dot_and_quantize(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dot_and_quantize, gemv);
+criterion_group!(benches, dot_and_quantize, gemv, gemm);
 criterion_main!(benches);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use llava_runtime::backend::{Backend, CpuBackend, Heads, Rope};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
-use llava_runtime::quant::{self, GgmlType};
+use llava_runtime::quant::{self, GgmlType, TILE_ROWS};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -94,9 +94,10 @@ fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
 
             // Reference 1, exact: the activation row quantized to the paired format by the
             // scalar reference quantizer (every SIMD quantizer writes the same bytes), then the
-            // dot of this process's CPU path (`LLAVA_CPU`, else the best the CPU has) with each
-            // weight row, one pair at a time. The matmul must give these bits whatever its
-            // threading and layout.
+            // kernel of this process's CPU path (`LLAVA_CPU`, else the best the CPU has) with
+            // each weight row: the tile kernel for the rows in whole tiles where the path has
+            // one, else the dot, one pair at a time. The matmul must give these bits whatever
+            // its threading and blocking.
             let act_ty = match ty {
                 GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => *ty,
                 GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
@@ -113,18 +114,35 @@ fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
             let wd = dequantized(&file, name);
             let w_data = file.tensor(name).unwrap().data;
             let w_row = ty.row_bytes(k as u64).unwrap() as usize;
+            let a_bytes = act_ty.row_bytes(k as u64).unwrap() as usize;
+            let act_words: Vec<Vec<u32>> = (0..rows)
+                .map(|r| {
+                    let mut aw = vec![0u32; a_bytes.div_ceil(4)];
+                    let a = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut aw)[..a_bytes];
+                    quant::quantize_row(act_ty, &x_data[r * k..(r + 1) * k], a).unwrap();
+                    aw
+                })
+                .collect();
+            let act = |r: usize| &bytemuck::cast_slice::<u32, u8>(&act_words[r])[..a_bytes];
+            let tiled_rows = match kernels.dot_tile {
+                Some(_) => rows / TILE_ROWS * TILE_ROWS,
+                None => 0,
+            };
             for r in 0..rows {
                 let xr = &x_data[r * k..(r + 1) * k];
-                let a_bytes = act_ty.row_bytes(k as u64).unwrap() as usize;
-                let mut aw = vec![0u32; a_bytes.div_ceil(4)];
-                let a = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut aw)[..a_bytes];
-                quant::quantize_row(act_ty, xr, a).unwrap();
+                let a = act(r);
                 let mut ad = vec![0f32; k];
                 quant::dequantize_row(act_ty, a, &mut ad).unwrap();
                 for j in 0..n_out {
                     let got = y[r * n_out + j];
                     let w_bytes = &w_data[j * w_row..(j + 1) * w_row];
-                    let want = (kernels.dot)(w_bytes, a);
+                    let want = match kernels.dot_tile {
+                        Some(tile) if r < tiled_rows => {
+                            let first = r / TILE_ROWS * TILE_ROWS;
+                            tile(w_bytes, std::array::from_fn(|i| act(first + i)))[r - first]
+                        }
+                        _ => (kernels.dot)(w_bytes, a),
+                    };
                     assert_eq!(
                         got.to_bits(),
                         want.to_bits(),

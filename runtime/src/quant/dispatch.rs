@@ -5,6 +5,8 @@
 //! The path is the best the running CPU offers, unless `LLAVA_CPU` names one:
 //! - `LLAVA_CPU=scalar` forces the scalar reference kernels;
 //! - `LLAVA_CPU=avx2` asks for the AVX2 (+FMA, F16C) kernels;
+//! - `LLAVA_CPU=neon` asks for the plain NEON kernels (64-bit ARM), `neon-dotprod` for those
+//!   that use the ARMv8.2 `sdot` instruction;
 //! - unset, empty or `auto`: the best available.
 //!
 //! A path the CPU or this build cannot run (`avx2` on a CPU without it, `neon` on x86, a typo)
@@ -38,16 +40,33 @@ pub enum CpuPath {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (Haswell, Zen and later).
     Avx2,
+    /// 64-bit ARM with NEON, which every aarch64 CPU has (Cortex-A53 and later).
+    Neon,
+    /// 64-bit ARM with NEON and the dot-product extension (ARMv8.2 `sdot`: Cortex-A55, A76,
+    /// Neoverse, Apple M1 and later). It differs from `Neon` only in the integer dots.
+    ///
+    /// A path of its own, rather than `Neon` choosing `sdot` by itself where the CPU has it:
+    /// on a dotprod CPU both levels can then be forced, measured against each other and held
+    /// to the scalar reference in one run (`tests/simd_kernels.rs` tests every available
+    /// path); otherwise the widening kernels would be tested only on pre-ARMv8.2 cores.
+    NeonDotprod,
 }
 
 impl CpuPath {
-    pub const ALL: [CpuPath; 2] = [CpuPath::Scalar, CpuPath::Avx2];
+    pub const ALL: [CpuPath; 4] = [
+        CpuPath::Scalar,
+        CpuPath::Avx2,
+        CpuPath::Neon,
+        CpuPath::NeonDotprod,
+    ];
 
     /// The name `LLAVA_CPU` accepts.
     pub fn name(self) -> &'static str {
         match self {
             CpuPath::Scalar => "scalar",
             CpuPath::Avx2 => "avx2",
+            CpuPath::Neon => "neon",
+            CpuPath::NeonDotprod => "neon-dotprod",
         }
     }
 
@@ -56,16 +75,17 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => true,
             CpuPath::Avx2 => avx2().is_some(),
+            CpuPath::Neon => neon(false).is_some(),
+            CpuPath::NeonDotprod => neon(true).is_some(),
         }
     }
 
     /// The fastest available path.
     pub fn best_available() -> CpuPath {
-        if CpuPath::Avx2.is_available() {
-            CpuPath::Avx2
-        } else {
-            CpuPath::Scalar
-        }
+        [CpuPath::Avx2, CpuPath::NeonDotprod, CpuPath::Neon]
+            .into_iter()
+            .find(|path| path.is_available())
+            .unwrap_or(CpuPath::Scalar)
     }
 }
 
@@ -77,7 +97,7 @@ impl fmt::Display for CpuPath {
 
 /// A CPU path name that is not one of [`CpuPath::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown CPU path {0:?} (known: scalar, avx2)")]
+#[error("unknown CPU path {0:?} (known: scalar, avx2, neon, neon-dotprod)")]
 pub struct UnknownCpuPath(pub String);
 
 impl FromStr for CpuPath {
@@ -159,11 +179,36 @@ fn avx2() -> Option<std::convert::Infallible> {
     None
 }
 
+/// The NEON kernels (those using `sdot` if `dotprod`), if this is a 64-bit ARM build and the
+/// CPU has them.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+fn neon(dotprod: bool) -> Option<super::arm::Neon> {
+    if dotprod {
+        super::arm::Neon::detect_dotprod()
+    } else {
+        super::arm::Neon::detect()
+    }
+}
+
+#[cfg(not(all(target_arch = "aarch64", target_feature = "neon")))]
+fn neon(_dotprod: bool) -> Option<std::convert::Infallible> {
+    None
+}
+
 /// Quantizes one f32 row into the raw bytes of an activation row.
 pub type QuantizeFn = fn(&[f32], &mut [u8]);
 /// Dot product of one weight row with one quantized activation row, both as raw bytes
 /// (aligned for their block structs, the same number of elements).
 pub type DotFn = fn(&[u8], &[u8]) -> f32;
+
+/// Activation rows a [`DotTileFn`] multiplies at once.
+pub const TILE_ROWS: usize = 4;
+
+/// Dot products of one weight row with [`TILE_ROWS`] activation rows: `out[i]` is
+/// `dot(w, a[i])` up to the order of the float additions. Each weight block is loaded and
+/// unpacked once for all the rows, which is what makes a batch (prefill, the vision tower)
+/// cheaper per row than one row at a time.
+pub type DotTileFn = fn(&[u8], [&[u8]; TILE_ROWS]) -> [f32; TILE_ROWS];
 
 /// How to multiply by weights of one type on one CPU path.
 #[derive(Clone, Copy)]
@@ -174,6 +219,8 @@ pub struct RowKernels {
     pub quantize: QuantizeFn,
     /// Dot product of one weight row with one quantized activation row.
     pub dot: DotFn,
+    /// The same for [`TILE_ROWS`] activation rows at once, where the path has such a kernel.
+    pub dot_tile: Option<DotTileFn>,
     /// Where `quantize` comes from: the requested path, or `Scalar` where it has none for
     /// `act_type`.
     pub quantize_path: CpuPath,
@@ -205,6 +252,7 @@ pub fn row_kernels(ty: GgmlType, path: CpuPath) -> Option<RowKernels> {
     Some(match path {
         CpuPath::Scalar => scalar,
         CpuPath::Avx2 => with_avx2(scalar, ty),
+        CpuPath::Neon | CpuPath::NeonDotprod => with_neon(scalar, ty, path),
     })
 }
 
@@ -220,6 +268,7 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
     }
     if let Some(dot) = avx2.dot(ty) {
         kernels.dot = dot;
+        kernels.dot_tile = avx2.dot_tile(ty);
         kernels.dot_path = CpuPath::Avx2;
     }
     kernels
@@ -227,6 +276,31 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn with_avx2(kernels: RowKernels, _ty: GgmlType) -> RowKernels {
+    kernels
+}
+
+/// `kernels` with each kernel the NEON `path` (`Neon` or `NeonDotprod`) has for `ty` swapped
+/// in, if the CPU can run them.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+fn with_neon(mut kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels {
+    let Some(neon) = neon(path == CpuPath::NeonDotprod) else {
+        return kernels;
+    };
+    if let Some(quantize) = neon.quantize(kernels.act_type) {
+        kernels.quantize = quantize;
+        kernels.quantize_path = path;
+    }
+    if let Some(dot) = neon.dot(ty) {
+        kernels.dot = dot;
+        // No NEON tile kernels yet: a tile from another path would not match `dot_path`.
+        kernels.dot_tile = None;
+        kernels.dot_path = path;
+    }
+    kernels
+}
+
+#[cfg(not(all(target_arch = "aarch64", target_feature = "neon")))]
+fn with_neon(kernels: RowKernels, _ty: GgmlType, _path: CpuPath) -> RowKernels {
     kernels
 }
 
@@ -243,6 +317,7 @@ fn scalar<W: VecDot>() -> RowKernels {
         act_type: W::Activation::TYPE,
         quantize: quantize_as::<W>,
         dot: dot_as::<W>,
+        dot_tile: None,
         quantize_path: CpuPath::Scalar,
         dot_path: CpuPath::Scalar,
     }
@@ -258,7 +333,37 @@ mod tests {
             assert_eq!(path.name().parse::<CpuPath>(), Ok(path));
         }
         assert_eq!(" AVX2 ".parse::<CpuPath>(), Ok(CpuPath::Avx2));
-        assert!("neon".parse::<CpuPath>().is_err());
+        assert_eq!("Neon-DotProd".parse::<CpuPath>(), Ok(CpuPath::NeonDotprod));
+        assert!("sse".parse::<CpuPath>().is_err());
+    }
+
+    #[test]
+    fn the_unknown_path_error_lists_every_name() {
+        let message = "sse".parse::<CpuPath>().unwrap_err().to_string();
+        let known: Vec<&str> = CpuPath::ALL.iter().map(|p| p.name()).collect();
+        assert!(
+            message.ends_with(&format!("(known: {})", known.join(", "))),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_best_path_is_the_widest_this_architecture_has() {
+        let best = CpuPath::best_available();
+        assert!(best.is_available());
+        if cfg!(all(target_arch = "aarch64", target_feature = "neon")) {
+            assert!(CpuPath::Neon.is_available());
+            assert!(
+                matches!(best, CpuPath::Neon | CpuPath::NeonDotprod),
+                "{best}"
+            );
+            assert_eq!(
+                best == CpuPath::NeonDotprod,
+                CpuPath::NeonDotprod.is_available()
+            );
+        } else {
+            assert!(!CpuPath::Neon.is_available() && !CpuPath::NeonDotprod.is_available());
+        }
     }
 
     #[test]
@@ -297,13 +402,32 @@ mod tests {
     }
 
     #[test]
-    fn both_paths_cover_the_same_types_with_the_same_activation_format() {
+    fn the_neon_paths_cover_the_types_they_claim_where_the_cpu_has_them() {
+        use GgmlType::*;
+        for path in [CpuPath::Neon, CpuPath::NeonDotprod] {
+            if !path.is_available() {
+                eprintln!("skipped: no {path} here");
+                continue;
+            }
+            for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K, F16] {
+                let k = row_kernels(ty, path).unwrap();
+                assert_eq!((k.quantize_path, k.dot_path), (path, path), "{ty}");
+            }
+            let k = row_kernels(Q3K, path).unwrap();
+            assert_eq!((k.quantize_path, k.dot_path), (path, CpuPath::Scalar));
+        }
+    }
+
+    #[test]
+    fn every_path_covers_the_same_types_with_the_same_activation_format() {
         for ty in GgmlType::ALL {
             let s = row_kernels(ty, CpuPath::Scalar);
-            let v = row_kernels(ty, CpuPath::Avx2);
-            assert_eq!(s.is_some(), v.is_some(), "{ty}");
-            if let (Some(s), Some(v)) = (s, v) {
-                assert_eq!(s.act_type, v.act_type, "{ty}");
+            for path in CpuPath::ALL {
+                let v = row_kernels(ty, path);
+                assert_eq!(s.is_some(), v.is_some(), "{ty} {path}");
+                if let (Some(s), Some(v)) = (s, v) {
+                    assert_eq!(s.act_type, v.act_type, "{ty} {path}");
+                }
             }
         }
     }

@@ -3,14 +3,16 @@
 //! One file per family. Each format is a `#[repr(C)]` block struct implementing [`BlockFormat`]
 //! (and [`VecDot`] for weight formats), whose scalar code is the reference: byte-identical to
 //! ggml's `quantize_row_*_reference` and `dequantize_row_*`. SIMD kernels live in `x86/` (AVX2)
-//! beside these and are tested against them (`tests/simd_kernels.rs`); [`dispatch`] picks
-//! scalar or SIMD at run time (DESIGN.md, decision 5).
+//! and `arm/` (NEON) beside these and are tested against them (`tests/simd_kernels.rs`);
+//! [`dispatch`] picks scalar or SIMD at run time (DESIGN.md, decision 5).
 //!
 //! The scalar code follows ggml's arithmetic operation by operation, in ggml's order, in f32,
 //! with no fused multiply-adds: that is what makes the output bit-exact with ggml's C source
 //! read as IEEE arithmetic (`tests/quant_ggml_parity.rs` holds it to ggml's own code, built
 //! with `-ffp-contract=off`: see `.cargo/config.toml`).
 
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod arm;
 pub mod dispatch;
 mod float;
 mod ggml_type;
@@ -24,7 +26,7 @@ mod q8_1;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-pub use dispatch::{cpu_path, row_kernels, set_cpu_path, CpuPath, RowKernels};
+pub use dispatch::{cpu_path, row_kernels, set_cpu_path, CpuPath, RowKernels, TILE_ROWS};
 pub use ggml_type::GgmlType;
 pub use k_quants::{BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QK_K};
 pub use q4_0::BlockQ4_0;

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{f16_to_f32, f32_to_f16, hsum_f32};
+use super::{f16_to_f32, f32_to_f16, hsum_f32, TILE_ROWS};
 use crate::quant::{assert_dot_len, assert_row_len};
 
 /// 8 halves widened to f32.
@@ -43,6 +43,44 @@ pub(super) fn dot_f16(w: &[f16], a: &[f16]) -> f32 {
         .fold(0f32, |sum, (&w, &a)| sum + f16_to_f32(w) * f16_to_f32(a));
     let total = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     hsum_f32(total) + tail
+}
+
+/// [`TILE_ROWS`] activation rows against one F16 weight row: each 8 weights are widened once
+/// for all the rows. Two sets of accumulators (16 elements per step) keep 8 FMA chains in
+/// flight, enough to cover the FMA latency; the conversions of the activations (one per FMA)
+/// are what bound it.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_tile_f16(w: &[f16], a: [&[f16]; TILE_ROWS]) -> [f32; TILE_ROWS] {
+    for a in a {
+        assert_dot_len(w, a);
+    }
+    let mut acc = [[_mm256_setzero_ps(); TILE_ROWS]; 2];
+    let n16 = w.len() / 16 * 16;
+    for i in (0..n16).step_by(16) {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let at = i + 8 * k;
+            let wv = load_f16x8(&w[at..at + 8]);
+            for (acc, a) in acc.iter_mut().zip(a) {
+                *acc = _mm256_fmadd_ps(wv, load_f16x8(&a[at..at + 8]), *acc);
+            }
+        }
+    }
+    let n8 = w.len() / 8 * 8;
+    for at in (n16..n8).step_by(8) {
+        let wv = load_f16x8(&w[at..at + 8]);
+        for (acc, a) in acc[0].iter_mut().zip(a) {
+            *acc = _mm256_fmadd_ps(wv, load_f16x8(&a[at..at + 8]), *acc);
+        }
+    }
+    let mut out = [0f32; TILE_ROWS];
+    for (r, out) in out.iter_mut().enumerate() {
+        let tail = w[n8..]
+            .iter()
+            .zip(&a[r][n8..])
+            .fold(0f32, |sum, (&w, &a)| sum + f16_to_f32(w) * f16_to_f32(a));
+        *out = hsum_f32(_mm256_add_ps(acc[0][r], acc[1][r])) + tail;
+    }
+    out
 }
 
 /// f32 → f16 with round-to-nearest-even (`vcvtps2ph`), as `half::f16::from_f32` and ggml do:

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
-use super::dispatch::{DotFn, QuantizeFn};
+use super::dispatch::{DotFn, DotTileFn, QuantizeFn, TILE_ROWS};
 use super::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1, GgmlType,
@@ -68,6 +68,22 @@ impl Avx2 {
         })
     }
 
+    /// The dot product of weights of type `ty` with [`TILE_ROWS`] activation rows at once, if
+    /// there is an AVX2 one.
+    pub(crate) fn dot_tile(self, ty: GgmlType) -> Option<DotTileFn> {
+        use GgmlType::*;
+        Some(match ty {
+            F16 => dot_tile_f16,
+            Q4_0 => dot_tile_q4_0,
+            Q5_0 => dot_tile_q5_0,
+            Q8_0 => dot_tile_q8_0,
+            Q4K => dot_tile_q4_k,
+            Q5K => dot_tile_q5_k,
+            Q6K => dot_tile_q6_k,
+            _ => return None,
+        })
+    }
+
     /// The quantizer for activations of type `ty`, if there is an AVX2 one.
     pub(crate) fn quantize(self, ty: GgmlType) -> Option<QuantizeFn> {
         use GgmlType::*;
@@ -93,6 +109,18 @@ macro_rules! safe_dot {
     };
 }
 
+/// As `safe_dot`, for the tile kernels.
+macro_rules! safe_dot_tile {
+    ($name:ident, $kernel:path, $weight:ty, $act:ty) => {
+        fn $name(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [f32; TILE_ROWS] {
+            let w: &[$weight] = cast_slice(w);
+            let a: [&[$act]; TILE_ROWS] = a.map(cast_slice);
+            // SAFETY: reachable only through `Avx2::dot_tile`, as for the dots above.
+            unsafe { $kernel(w, a) }
+        }
+    };
+}
+
 macro_rules! safe_quantize {
     ($name:ident, $kernel:path, $act:ty) => {
         fn $name(src: &[f32], dst: &mut [u8]) {
@@ -112,6 +140,43 @@ safe_dot!(dot_q8_0, legacy::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
 safe_dot!(dot_q4_k, k_quants::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
 safe_dot!(dot_q5_k, k_quants::dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
 safe_dot!(dot_q6_k, k_quants::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
+safe_dot_tile!(dot_tile_f16, float::dot_tile_f16, f16, f16);
+safe_dot_tile!(
+    dot_tile_q4_0,
+    legacy::dot_tile_q4_0_q8_0,
+    BlockQ4_0,
+    BlockQ8_0
+);
+safe_dot_tile!(
+    dot_tile_q5_0,
+    legacy::dot_tile_q5_0_q8_0,
+    BlockQ5_0,
+    BlockQ8_0
+);
+safe_dot_tile!(
+    dot_tile_q8_0,
+    legacy::dot_tile_q8_0_q8_0,
+    BlockQ8_0,
+    BlockQ8_0
+);
+safe_dot_tile!(
+    dot_tile_q4_k,
+    k_quants::dot_tile_q4_k_q8_k,
+    BlockQ4K,
+    BlockQ8K
+);
+safe_dot_tile!(
+    dot_tile_q5_k,
+    k_quants::dot_tile_q5_k_q8_k,
+    BlockQ5K,
+    BlockQ8K
+);
+safe_dot_tile!(
+    dot_tile_q6_k,
+    k_quants::dot_tile_q6_k_q8_k,
+    BlockQ6K,
+    BlockQ8K
+);
 safe_quantize!(quantize_f16, float::quantize_row_f16, f16);
 safe_quantize!(quantize_q8_0, activations::quantize_row_q8_0, BlockQ8_0);
 safe_quantize!(quantize_q8_1, activations::quantize_row_q8_1, BlockQ8_1);
