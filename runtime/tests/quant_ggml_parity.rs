@@ -15,6 +15,9 @@
 //!
 //! b2757 predates ggml's BF16 type; BF16 is checked against the `half` crate, whose
 //! conversion follows the same rule as ggml's later `ggml_compute_fp32_to_bf16`.
+//!
+//! x86-64 only, as the oracle is (runtime/Cargo.toml).
+#![cfg(target_arch = "x86_64")]
 
 use std::ffi::c_void;
 use std::sync::Once;

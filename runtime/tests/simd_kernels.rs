@@ -16,7 +16,10 @@
 //!      accumulator, 128 · 2^-24 ≈ 7.6e-6); a wrong integer sum of a single block exceeds it
 //!      on the short rows.
 //!
-//! On a CPU without AVX2, FMA and F16C the tests say so and pass: there is nothing to compare.
+//! Every SIMD path the CPU can run is tested: AVX2 on x86-64; NEON, and NEON with `sdot` where
+//! the CPU has the dot-product extension, on aarch64 (.ci/run runs them under QEMU as a
+//! Cortex-A53 and as a CPU with every extension). Where there is none, the tests say so and
+//! pass: there is nothing to compare.
 
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
@@ -25,7 +28,7 @@ use llava_runtime::quant::{
     BlockQ8K, BlockQ8_0, BlockQ8_1, CpuPath, GgmlType, RowKernels,
 };
 
-/// The weight types with an AVX2 dot product.
+/// The weight types with a SIMD dot product (on every SIMD path).
 const DOT_TYPES: [GgmlType; 9] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
@@ -38,7 +41,7 @@ const DOT_TYPES: [GgmlType; 9] = [
     GgmlType::F16,
 ];
 
-/// One weight type per activation format with an AVX2 quantizer.
+/// One weight type per activation format with a SIMD quantizer (on every SIMD path).
 const QUANTIZER_OWNERS: [GgmlType; 4] = [
     GgmlType::Q4_0, // Q8_0
     GgmlType::Q4_1, // Q8_1
@@ -46,16 +49,24 @@ const QUANTIZER_OWNERS: [GgmlType; 4] = [
     GgmlType::F16,  // F16
 ];
 
-/// (scalar, AVX2) kernels for `ty`, or `None` (with a note) where the CPU has no AVX2.
-fn kernels(ty: GgmlType) -> Option<(RowKernels, RowKernels)> {
-    if !CpuPath::Avx2.is_available() {
-        eprintln!("skipped: this CPU has no AVX2/FMA/F16C, only the scalar path runs");
-        return None;
+/// The SIMD paths this CPU can run (with a note where there is none).
+fn simd_paths() -> Vec<CpuPath> {
+    let paths: Vec<CpuPath> = CpuPath::ALL
+        .into_iter()
+        .filter(|&path| path != CpuPath::Scalar && path.is_available())
+        .collect();
+    if paths.is_empty() {
+        eprintln!("skipped: this CPU has no SIMD path, only the scalar path runs");
     }
+    paths
+}
+
+/// (scalar, SIMD) kernels for `ty` on `path`.
+fn kernels(ty: GgmlType, path: CpuPath) -> (RowKernels, RowKernels) {
     let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
-    let simd = row_kernels(ty, CpuPath::Avx2).unwrap();
-    assert_eq!(simd.quantize_path, CpuPath::Avx2, "{ty}: no SIMD quantizer");
-    Some((scalar, simd))
+    let simd = row_kernels(ty, path).unwrap();
+    assert_eq!(simd.quantize_path, path, "{ty}: no {path} quantizer");
+    (scalar, simd)
 }
 
 /// Row lengths: 1, 2 and 7 blocks and 4096 elements (odd lengths for F16, whose "blocks" are
@@ -215,23 +226,23 @@ fn quantizer_inputs(n: usize, rng: &mut Rng) -> Vec<(&'static str, Vec<f32>)> {
 
 #[test]
 fn simd_activation_quantizers_write_the_reference_bytes() {
-    let mut rng = Rng(1);
-    for owner in QUANTIZER_OWNERS {
-        let Some((scalar, simd)) = kernels(owner) else {
-            return;
-        };
-        let act = scalar.act_type;
-        for n in lengths(act) {
-            for (name, x) in quantizer_inputs(n, &mut rng) {
-                let want = quantize_with(scalar.quantize, act, &x);
-                let got = quantize_with(simd.quantize, act, &x);
-                if let Some(at) = (0..want.len).find(|&i| want.bytes()[i] != got.bytes()[i]) {
-                    panic!(
-                        "{act} {name} n={n}: byte {at} (block {}) is {:#04x}, reference {:#04x}",
-                        at / act.type_size(),
-                        got.bytes()[at],
-                        want.bytes()[at]
-                    );
+    for path in simd_paths() {
+        let mut rng = Rng(1);
+        for owner in QUANTIZER_OWNERS {
+            let (scalar, simd) = kernels(owner, path);
+            let act = scalar.act_type;
+            for n in lengths(act) {
+                for (name, x) in quantizer_inputs(n, &mut rng) {
+                    let want = quantize_with(scalar.quantize, act, &x);
+                    let got = quantize_with(simd.quantize, act, &x);
+                    if let Some(at) = (0..want.len).find(|&i| want.bytes()[i] != got.bytes()[i]) {
+                        panic!(
+                            "{path} {act} {name} n={n}: byte {at} (block {}) is {:#04x}, reference {:#04x}",
+                            at / act.type_size(),
+                            got.bytes()[at],
+                            want.bytes()[at]
+                        );
+                    }
                 }
             }
         }
@@ -240,9 +251,13 @@ fn simd_activation_quantizers_write_the_reference_bytes() {
 
 #[test]
 fn simd_f16_quantizer_matches_half_for_every_f16_and_its_neighbours() {
-    let Some((scalar, simd)) = kernels(GgmlType::F16) else {
-        return;
-    };
+    for path in simd_paths() {
+        f16_quantizer_matches_half(path);
+    }
+}
+
+fn f16_quantizer_matches_half(path: CpuPath) {
+    let (scalar, simd) = kernels(GgmlType::F16, path);
     // Every f16 value, and the f32 values just above and below it (rounding boundaries).
     let x: Vec<f32> = (0..=u16::MAX)
         .flat_map(|h| {
@@ -259,7 +274,7 @@ fn simd_f16_quantizer_matches_half_for_every_f16_and_its_neighbours() {
     let got = quantize_with(simd.quantize, GgmlType::F16, &x);
     assert!(
         want.bytes() == got.bytes(),
-        "F16 quantizer differs from half"
+        "{path}: F16 quantizer differs from half"
     );
 }
 
@@ -454,12 +469,16 @@ fn assert_close(ty: GgmlType, what: &str, simd: f32, scalar: f32, magnitude: f64
 
 #[test]
 fn simd_dots_match_the_reference_within_float_rounding() {
+    for path in simd_paths() {
+        dots_match_the_reference_within_float_rounding(path);
+    }
+}
+
+fn dots_match_the_reference_within_float_rounding(path: CpuPath) {
     let mut rng = Rng(2);
     for ty in DOT_TYPES {
-        let Some((scalar, simd)) = kernels(ty) else {
-            return;
-        };
-        assert_eq!(simd.dot_path, CpuPath::Avx2, "{ty}: no SIMD dot");
+        let (scalar, simd) = kernels(ty, path);
+        assert_eq!(simd.dot_path, path, "{ty}: no {path} dot");
         let act = scalar.act_type;
         for n in lengths(ty) {
             let mut weights: Vec<(String, Row)> = dot_inputs(n, &mut rng)
@@ -482,7 +501,7 @@ fn simd_dots_match_the_reference_within_float_rounding() {
                 for (a_name, a) in &acts {
                     let want = (scalar.dot)(w.bytes(), a.bytes());
                     let got = (simd.dot)(w.bytes(), a.bytes());
-                    let what = format!("n={n}, {w_name} · {a_name} activations");
+                    let what = format!("{path}, n={n}, {w_name} · {a_name} activations");
                     assert_close(ty, &what, got, want, magnitude(ty, w, act, a, n));
                 }
             }
@@ -526,6 +545,12 @@ fn raw_activations(act: GgmlType, n: usize, range: i32, rng: &mut Rng) -> Row {
 
 #[test]
 fn simd_dots_sum_integers_exactly() {
+    for path in simd_paths() {
+        dots_sum_integers_exactly(path);
+    }
+}
+
+fn dots_sum_integers_exactly(path: CpuPath) {
     let mut rng = Rng(3);
     // Scales 1/2, 1 or 2 on both sides make every term a multiple of 1/4; below 2^22 in
     // total, every partial sum is then exact in f32 whatever the order of the additions.
@@ -536,9 +561,7 @@ fn simd_dots_sum_integers_exactly() {
         f16::from_f32_const(-1.0),
     ];
     for ty in DOT_TYPES {
-        let Some((scalar, simd)) = kernels(ty) else {
-            return;
-        };
+        let (scalar, simd) = kernels(ty, path);
         let act = scalar.act_type;
         let (n_blocks, range) = match ty {
             GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => (vec![1, 2], 3),
@@ -566,7 +589,7 @@ fn simd_dots_sum_integers_exactly() {
                 let want = (scalar.dot)(w.bytes(), a.bytes());
                 let got = (simd.dot)(w.bytes(), a.bytes());
                 assert_eq!(f64::from(want), exact, "{ty} n={n} #{trial}: the reference");
-                assert_eq!(f64::from(got), exact, "{ty} n={n} #{trial}: SIMD");
+                assert_eq!(f64::from(got), exact, "{ty} n={n} #{trial}: {path}");
             }
         }
     }
