@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use llava_runtime::backend::Backend;
+use llava_runtime::backend::{Backend, KvType};
 
 use crate::load::{build_prompt, load_images, load_llm, load_mmproj, prompt_text};
 use llava_models::image::DEFAULT_MAX_PIXELS;
@@ -42,12 +42,17 @@ pub struct Args {
     /// Worker threads (default: one per physical core).
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
+    /// How the KV cache stores keys and values: f16 (half the memory, as `llava run`) or f32
+    /// (exact).
+    #[arg(long, default_value = "f16")]
+    kv_type: KvType,
 }
 
 pub fn run(args: &Args) -> Result<()> {
     let text = prompt_text(args.prompt.as_deref(), args.prompt_file.as_deref())?;
     let images = load_images(&args.image, DEFAULT_MAX_PIXELS)?;
-    let llm = load_llm(&args.model, args.threads, 0)?;
+    let mut llm = load_llm(&args.model, args.threads, 0)?;
+    llm.backend.set_kv_type(args.kv_type);
     let clip = args
         .mmproj
         .as_deref()

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use llava_models::{generate, StopReason};
+use llava_runtime::backend::KvType;
 use llava_runtime::sample::{Sampler, SamplerConfig};
 
 use crate::load::{build_prompt, load_images, load_llm, load_mmproj, prompt_text};
@@ -54,6 +55,9 @@ pub struct Args {
     /// Refuse images with more pixels than this (checked before decoding).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     max_image_pixels: u64,
+    /// How the KV cache stores keys and values: f16 (half the memory) or f32 (exact).
+    #[arg(long, default_value = "f16")]
+    kv_type: KvType,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -129,7 +133,8 @@ pub fn run(args: &Args) -> Result<()> {
     if !images.is_empty() && args.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
-    let llm = load_llm(&args.model, args.threads, args.ctx)?;
+    let mut llm = load_llm(&args.model, args.threads, args.ctx)?;
+    llm.backend.set_kv_type(args.kv_type);
     let clip = args
         .mmproj
         .as_deref()
@@ -146,13 +151,14 @@ pub fn run(args: &Args) -> Result<()> {
     stop.extend(template.stop_strings().iter().map(|s| s.to_string()));
     if args.verbose {
         eprintln!(
-            "loaded {} in {:.0} ms: {} layers, {} threads, {} kernels, context {}, template {template}, seed {}",
+            "loaded {} in {:.0} ms: {} layers, {} threads, {} kernels, context {} ({} KV cache), template {template}, seed {}",
             args.model.display(),
             llm.load_time.as_secs_f64() * 1e3,
             llm.model.config.n_layers,
             llm.backend.threads(),
             llava_runtime::quant::cpu_path().name(),
             llm.n_ctx,
+            llm.backend.kv_type().name(),
             sampler_config.seed
         );
         if prompt.n_images > 0 {

@@ -39,6 +39,8 @@ fn logits_with_an_image_match_transformers() {
         reference["prompt"].as_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--kv-type",
+        "f32",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ours = read_npy(&out);

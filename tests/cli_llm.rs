@@ -123,6 +123,8 @@ fn logits_writes_transformers_logits_as_npy() {
         npy.to_str().unwrap(),
         "--ids-out",
         ids.to_str().unwrap(),
+        "--kv-type",
+        "f32",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let want_ids: Vec<String> = r.input_ids.iter().map(u32::to_string).collect();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use llava_convert::{convert_llama, convert_mmproj, Preset};
 use llava_models::Llama;
-use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::backend::{Backend, CpuBackend, KvType};
 use llava_runtime::gguf::{GgufFile, Value};
 use llava_runtime::quant::GgmlType;
 use llava_runtime::tokenizer::{TokenType, Tokenizer};
@@ -65,7 +65,8 @@ fn llm_of_every_scheme_matches_transformers() {
         let out = dir.path().join("llm.gguf");
         convert_llama(&fixture(scheme), &out, Preset::F32).unwrap();
         let file = Arc::new(GgufFile::open(&out).unwrap());
-        let b = CpuBackend::new(2);
+        let mut b = CpuBackend::new(2);
+        b.set_kv_type(KvType::F32);
         let m = Llama::load(&b, &file).unwrap();
         let mut cache = m.new_cache(&b, r.input_ids.len() + r.greedy.len());
         let logits = b.download(&m.forward(&b, m.embed(&b, &r.input_ids), 0, &mut cache, false));

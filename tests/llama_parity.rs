@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use llava_convert::{convert_llama, Preset};
 use llava_models::Llama;
-use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::backend::{Backend, CpuBackend, KvType};
 use llava_runtime::gguf::GgufFile;
 use llava_runtime::tokenizer::Tokenizer;
 
@@ -64,8 +64,15 @@ struct Loaded {
     model: Llama<CpuBackend>,
 }
 
+/// The model with the exact cache: most tests here check the model's arithmetic (the f16
+/// cache, the default of `llava run`, has its own test).
 fn load(path: &Path) -> Loaded {
-    let backend = CpuBackend::new(2);
+    load_with_cache(path, KvType::F32)
+}
+
+fn load_with_cache(path: &Path, kv_type: KvType) -> Loaded {
+    let mut backend = CpuBackend::new(2);
+    backend.set_kv_type(kv_type);
     let file = Arc::new(GgufFile::open(path).unwrap());
     let model = Llama::load(&backend, &file).unwrap();
     Loaded { backend, model }
@@ -191,6 +198,23 @@ fn f16_logits_match_transformers() {
         let diff = max_abs_diff(&r.logits, &ours);
         eprintln!("{model} f16: max |logit diff| = {diff:.2e}");
         assert!(diff <= 1e-2, "{model}: max |diff| {diff}");
+    }
+}
+
+#[test]
+fn f16_kv_cache_stays_close_to_transformers() {
+    for model in MODELS {
+        let r = reference(model);
+        let (_dir, path) = convert(model, Preset::F32);
+        let m = load_with_cache(&path, KvType::F16);
+        let ours = prompt_logits(&m, &r.input_ids);
+        let diff = max_abs_diff(&r.logits, &ours);
+        eprintln!("{model} f32 weights, f16 KV cache: max |logit diff| = {diff:.2e}");
+        // Rounding keys and values to f16 costs about what F16 weights do.
+        assert!(diff <= 1e-2, "{model}: max |diff| {diff}");
+        assert!(diff > 1e-6, "{model}: the f16 cache changed nothing");
+        let continuation = greedy(&m, &r.input_ids, r.greedy.len());
+        assert_eq!(continuation, r.greedy, "{model}");
     }
 }
 

@@ -9,7 +9,7 @@ use llava_convert::{convert_llama, convert_mmproj, Preset};
 use llava_models::image::{load_image, DEFAULT_MAX_PIXELS};
 use llava_models::llava::{anyres_layout, embed_pieces, encode_image, tokenize_pieces, Piece};
 use llava_models::{Clip, Llama};
-use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::backend::{Backend, CpuBackend, KvType};
 use llava_runtime::gguf::GgufFile;
 use llava_runtime::tokenizer::Tokenizer;
 
@@ -23,7 +23,8 @@ fn anyres_token_counts_and_logits_match_transformers() {
     let src = fixture("llava-next-tiny-hf");
     convert_llama(&src, &llm_path, Preset::F32).unwrap();
     convert_mmproj(&src, None, &mmproj_path, Preset::F32).unwrap();
-    let b = CpuBackend::new(2);
+    let mut b = CpuBackend::new(2);
+    b.set_kv_type(KvType::F32);
     let llm_file = Arc::new(GgufFile::open(&llm_path).unwrap());
     let llm = Llama::load(&b, &llm_file).unwrap();
     let tok = Tokenizer::from_gguf(&llm_file).unwrap();

@@ -9,7 +9,7 @@ use llava_convert::{convert_llama, convert_mmproj, Preset};
 use llava_models::image::{llava15_preprocess, load_image, DEFAULT_MAX_PIXELS};
 use llava_models::llava::{embed_pieces, encode_image, tokenize_pieces, Piece};
 use llava_models::{Clip, Llama};
-use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::backend::{Backend, CpuBackend, KvType};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::tokenizer::Tokenizer;
 
@@ -49,7 +49,8 @@ struct Run {
 }
 
 fn run(c: &Converted) -> Run {
-    let b = CpuBackend::new(2);
+    let mut b = CpuBackend::new(2);
+    b.set_kv_type(KvType::F32);
     let llm_file = Arc::new(GgufFile::open(&c.llm).unwrap());
     let llm = Llama::load(&b, &llm_file).unwrap();
     let tok = Tokenizer::from_gguf(&llm_file).unwrap();

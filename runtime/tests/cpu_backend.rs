@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use llava_runtime::backend::{Backend, CpuBackend, Heads, Rope};
+use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType, Rope};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::quant::{self, GgmlType, TILE_ROWS};
 
@@ -319,9 +319,19 @@ fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
         random(n * kv_dim, 2),
         random(n * kv_dim, 3),
     );
-    let want = naive_attention(&q, &k, &v, heads, |r| r + 1);
-    for threads in [1, 2] {
-        let b = CpuBackend::new(threads);
+    // An f16 cache holds the keys and values rounded to f16; attention over it must equal
+    // attention over those rounded values, computed in f64.
+    let rounded =
+        |x: &[f32]| -> Vec<f32> { x.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect() };
+    let want_f32 = naive_attention(&q, &k, &v, heads, |r| r + 1);
+    let want_f16 = naive_attention(&q, &rounded(&k), &rounded(&v), heads, |r| r + 1);
+    for (threads, kv_type) in [(1, KvType::F32), (2, KvType::F32), (2, KvType::F16)] {
+        let want = match kv_type {
+            KvType::F32 => &want_f32,
+            KvType::F16 => &want_f16,
+        };
+        let mut b = CpuBackend::new(threads);
+        b.set_kv_type(kv_type);
         // Prefill 6 rows, then 3 single-row steps: the same as one pass over all 9.
         let mut cache = b.new_kv_cache(2, 16, heads.n_kv_heads, heads.head_dim);
         let mut got = Vec::new();
@@ -339,8 +349,19 @@ fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
             );
             got.extend(b.download(&out));
         }
-        assert_close(&got, &want, 1e-5, "cached attention");
+        assert_close(
+            &got,
+            want,
+            1e-5,
+            &format!("cached attention, {kv_type:?} cache"),
+        );
     }
+    // And the f16 cache really rounds: the exact values are further off than the bound.
+    let off = want_f32
+        .iter()
+        .zip(&want_f16)
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(off > 1e-5, "f16 rounding changed nothing ({off:e})");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::quant::GgmlType;
 
 pub mod cpu;
 
-pub use cpu::CpuBackend;
+pub use cpu::{CpuBackend, KvType};
 
 /// A weight could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -1,31 +1,115 @@
 //! Scaled dot-product attention and the KV cache, in f32.
 //!
-//! Straightforward for now: one work unit per (row, head) computes all its scores, a softmax
-//! and the weighted sum of values. Split-KV decode and tiled prefill come with the CPU
-//! performance work.
+//! One work unit per (row, head) computes all its scores, a softmax and the weighted sum of
+//! values, with the SIMD dot and axpy of `vector.rs`. Rows × heads is thousands of units in
+//! prefill and the vision tower, and 32 (the heads) in decode: enough for the cores of the
+//! machines we target, so there is no split over the keys yet.
 
 use rayon::prelude::*;
 
+use half::{f16, slice::HalfFloatSliceExt};
+
+use super::vector::{vector_ops, VectorOps};
 use super::CpuTensor;
 use crate::backend::Heads;
+
+/// How the KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// Exact: what the model computed.
+    F32,
+    /// Half the memory and half the bytes read per decode step, as llama.cpp's default cache
+    /// (keys and values rounded to nearest-even f16; their magnitudes are far inside its range).
+    #[default]
+    F16,
+}
+
+impl KvType {
+    /// The name `--kv-type` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            _ => Err(format!("unknown KV cache type {s:?} (known: f16, f32)")),
+        }
+    }
+}
+
+/// One layer's keys or values, `[n_ctx, kv_dim]`, in the cache's element type. Held as plain
+/// integers for f16 so that the zeroed allocation comes from the allocator's zeroed pages.
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+}
+
+impl Store {
+    fn zeroed(ty: KvType, n: usize) -> Store {
+        // `vec![0; n]` of a primitive asks the allocator for zeroed memory: the OS maps the
+        // pages lazily, so memory grows with the positions actually used. (Cloning a layer, or
+        // `vec![f16::ZERO; n]`, would touch every page: 4.2 GB resident at once for a 7B at
+        // 4096 positions in f32.)
+        match ty {
+            KvType::F32 => Store::F32(vec![0f32; n]),
+            KvType::F16 => Store::F16(vec![0u16; n]),
+        }
+    }
+
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            Store::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            Store::F16(v) => {
+                let dst: &mut [f16] = bytemuck::cast_slice_mut(&mut v[at..at + src.len()]);
+                dst.convert_from_f32_slice(src);
+            }
+        }
+    }
+
+    fn prefix(&self, n: usize) -> KvSlice<'_> {
+        match self {
+            Store::F32(v) => KvSlice::F32(&v[..n]),
+            Store::F16(v) => KvSlice::F16(bytemuck::cast_slice(&v[..n])),
+        }
+    }
+}
+
+/// Keys or values as attention reads them.
+#[derive(Clone, Copy)]
+pub(super) enum KvSlice<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
 
 /// Keys and values of every layer, `[n_ctx, n_kv_heads · head_dim]` each, preallocated.
 pub struct CpuKvCache {
     n_ctx: usize,
     kv_dim: usize,
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    kv_type: KvType,
+    keys: Vec<Store>,
+    values: Vec<Store>,
 }
 
 impl CpuKvCache {
-    pub(super) fn new(n_layers: usize, n_ctx: usize, kv_dim: usize) -> Self {
-        // One zeroed allocation per layer: the OS maps the pages lazily, so memory grows with
-        // the positions actually used. (`vec![layer; n]` would clone the first layer and
-        // touch every page of all the others: 4.2 GB resident at once for a 7B at 4096.)
-        let zeroed = || (0..n_layers).map(|_| vec![0f32; n_ctx * kv_dim]).collect();
+    pub(super) fn new(n_layers: usize, n_ctx: usize, kv_dim: usize, kv_type: KvType) -> Self {
+        let zeroed = || {
+            (0..n_layers)
+                .map(|_| Store::zeroed(kv_type, n_ctx * kv_dim))
+                .collect()
+        };
         CpuKvCache {
             n_ctx,
             kv_dim,
+            kv_type,
             keys: zeroed(),
             values: zeroed(),
         }
@@ -34,6 +118,11 @@ impl CpuKvCache {
     /// Positions the cache can hold.
     pub fn n_ctx(&self) -> usize {
         self.n_ctx
+    }
+
+    /// How keys and values are stored.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Writes rows of `k` and `v` at positions `start..`.
@@ -45,25 +134,65 @@ impl CpuKvCache {
             self.n_ctx,
             start + k.rows
         );
-        let range = start * self.kv_dim..(start + k.rows) * self.kv_dim;
-        self.keys[layer][range.clone()].copy_from_slice(&k.data);
-        self.values[layer][range].copy_from_slice(&v.data);
+        self.keys[layer].write(start * self.kv_dim, &k.data);
+        self.values[layer].write(start * self.kv_dim, &v.data);
     }
 
     /// Keys and values of positions `0..len` of `layer`.
-    pub(super) fn layer(&self, layer: usize, len: usize) -> (&[f32], &[f32]) {
+    pub(super) fn layer(&self, layer: usize, len: usize) -> (KvSlice<'_>, KvSlice<'_>) {
         let n = len * self.kv_dim;
-        (&self.keys[layer][..n], &self.values[layer][..n])
+        (self.keys[layer].prefix(n), self.values[layer].prefix(n))
+    }
+}
+
+/// An element type attention can read keys and values in.
+pub(super) trait KvElement: Copy + Send + Sync {
+    fn dot(ops: &VectorOps, q: &[f32], k: &[Self]) -> f32;
+    fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[Self]);
+}
+
+impl KvElement for f32 {
+    fn dot(ops: &VectorOps, q: &[f32], k: &[f32]) -> f32 {
+        (ops.dot)(q, k)
+    }
+
+    fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[f32]) {
+        (ops.axpy)(y, a, x)
+    }
+}
+
+impl KvElement for f16 {
+    fn dot(ops: &VectorOps, q: &[f32], k: &[f16]) -> f32 {
+        (ops.dot_f16)(q, k)
+    }
+
+    fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[f16]) {
+        (ops.axpy_f16)(y, a, x)
+    }
+}
+
+/// [`attend`] over keys and values of either element type.
+pub(super) fn attend_cached(
+    q: &CpuTensor,
+    keys: KvSlice<'_>,
+    values: KvSlice<'_>,
+    heads: Heads,
+    start: usize,
+) -> CpuTensor {
+    match (keys, values) {
+        (KvSlice::F32(k), KvSlice::F32(v)) => attend(q, k, v, heads, Some(start)),
+        (KvSlice::F16(k), KvSlice::F16(v)) => attend(q, k, v, heads, Some(start)),
+        _ => unreachable!("keys and values are stored alike"),
     }
 }
 
 /// Attention of `q` `[rows, n_heads·head_dim]` over `keys`/`values` `[n_kv, n_kv_heads·head_dim]`.
 /// With `causal_start = Some(s)`, row `r` is at position `s + r` and sees positions `0..=s + r`;
 /// with `None` every row sees every position.
-pub(super) fn attend(
+pub(super) fn attend<T: KvElement>(
     q: &CpuTensor,
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T],
+    values: &[T],
     heads: Heads,
     causal_start: Option<usize>,
 ) -> CpuTensor {
@@ -78,6 +207,7 @@ pub(super) fn attend(
     let n_kv = keys.len() / kv_dim;
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
+    let ops = vector_ops();
 
     let mut out = vec![0f32; q.rows * q.cols];
     out.par_chunks_mut(head_dim)
@@ -88,15 +218,11 @@ pub(super) fn attend(
             let qh = &q.row(r)[h * head_dim..][..head_dim];
             let visible = causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
             let mut scores: Vec<f32> = (0..visible)
-                .map(|j| {
-                    let kh = &keys[j * kv_dim + kv_off..][..head_dim];
-                    qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale
-                })
+                .map(|j| T::dot(&ops, qh, &keys[j * kv_dim + kv_off..][..head_dim]) * scale)
                 .collect();
             softmax_in_place(&mut scores);
             for (j, &p) in scores.iter().enumerate() {
-                let vh = &values[j * kv_dim + kv_off..][..head_dim];
-                out.iter_mut().zip(vh).for_each(|(o, v)| *o += p * v);
+                T::axpy(&ops, out, p, &values[j * kv_dim + kv_off..][..head_dim]);
             }
         });
     CpuTensor::new(out, q.rows, q.cols)

@@ -13,8 +13,9 @@ use crate::quant::{self, GgmlType};
 
 mod attention;
 mod matmul;
+mod vector;
 
-pub use attention::CpuKvCache;
+pub use attention::{CpuKvCache, KvType};
 
 /// A row-major `[rows, cols]` f32 matrix.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,14 +37,6 @@ impl CpuTensor {
 
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
-    }
-
-    fn map(&self, f: impl Fn(f32) -> f32 + Sync) -> CpuTensor {
-        CpuTensor::new(
-            self.data.iter().map(|&x| f(x)).collect(),
-            self.rows,
-            self.cols,
-        )
     }
 }
 
@@ -109,6 +102,7 @@ impl std::fmt::Debug for CpuWeight {
 /// The CPU backend, with its own pool of worker threads.
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
+    kv_type: KvType,
 }
 
 impl CpuBackend {
@@ -124,11 +118,55 @@ impl CpuBackend {
             .thread_name(|i| format!("llava-cpu-{i}"))
             .build()
             .expect("the OS can start worker threads");
-        CpuBackend { pool }
+        CpuBackend {
+            pool,
+            kv_type: KvType::default(),
+        }
+    }
+
+    /// Makes the KV caches created from now on store `kv_type` (default f16).
+    pub fn set_kv_type(&mut self, kv_type: KvType) {
+        self.kv_type = kv_type;
     }
 
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// How new KV caches store keys and values.
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    /// A copy of `x` with `f(row index, row)` applied to each row: on the pool's threads when
+    /// the tensor is big enough to pay for the fork (a prefill or the vision tower; the GELU
+    /// of CLIP-L's 577 × 4096 activations took 1–2 s on one thread), else on this one.
+    fn map_rows(&self, x: &CpuTensor, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> CpuTensor {
+        /// Below this, a decode step's rows: the fork costs more than it saves.
+        const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+        let mut out = x.clone();
+        if x.cols == 0 {
+            return out;
+        }
+        if x.data.len() < PARALLEL_MIN_ELEMENTS {
+            out.data
+                .chunks_exact_mut(x.cols)
+                .enumerate()
+                .for_each(|(r, row)| f(r, row));
+        } else {
+            self.pool.install(|| {
+                out.data
+                    .par_chunks_mut(x.cols)
+                    .enumerate()
+                    .for_each(|(r, row)| f(r, row))
+            });
+        }
+        out
+    }
+
+    /// `f` applied to every element, as [`Self::map_rows`].
+    fn map(&self, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync + Send) -> CpuTensor {
+        self.map_rows(x, |_, row| row.iter_mut().for_each(|v| *v = f(*v)))
     }
 }
 
@@ -282,32 +320,27 @@ impl Backend for CpuBackend {
             (b.rows, b.cols),
             "add of different shapes"
         );
-        let data = a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect();
-        CpuTensor::new(data, a.rows, a.cols)
+        self.map_rows(a, |r, row| {
+            row.iter_mut().zip(b.row(r)).for_each(|(x, y)| *x += y)
+        })
     }
 
     fn add_bias(&self, x: &CpuTensor, bias: &CpuWeight) -> CpuTensor {
         let b = bias.f32s();
         assert_eq!(b.len(), x.cols, "bias length");
-        let mut out = x.clone();
-        for row in out.data.chunks_exact_mut(x.cols) {
-            row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
-        }
-        out
+        self.map_rows(x, |_, row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b))
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuWeight, eps: f32) -> CpuTensor {
         let g = weight.f32s();
         assert_eq!(g.len(), x.cols, "norm weight length");
-        let mut out = x.clone();
-        for row in out.data.chunks_exact_mut(x.cols) {
+        self.map_rows(x, |_, row| {
             // ggml sums the squares in double precision.
             let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
-            let mean = (sum / x.cols as f64) as f32;
+            let mean = (sum / row.len() as f64) as f32;
             let scale = 1.0 / (mean + eps).sqrt();
             row.iter_mut().zip(g).for_each(|(v, g)| *v = *v * scale * g);
-        }
-        out
+        })
     }
 
     fn layer_norm(
@@ -319,9 +352,8 @@ impl Backend for CpuBackend {
     ) -> CpuTensor {
         let (g, b) = (weight.f32s(), bias.f32s());
         assert_eq!((g.len(), b.len()), (x.cols, x.cols), "norm weight length");
-        let mut out = x.clone();
-        for row in out.data.chunks_exact_mut(x.cols) {
-            let n = x.cols as f64;
+        self.map_rows(x, |_, row| {
+            let n = row.len() as f64;
             let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
             let var = row
                 .iter()
@@ -332,8 +364,7 @@ impl Backend for CpuBackend {
             for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
                 *v = ((f64::from(*v) - mean) * scale) as f32 * g + b;
             }
-        }
-        out
+        })
     }
 
     fn rope(&self, x: &CpuTensor, positions: &[u32], n_heads: usize, rope: Rope) -> CpuTensor {
@@ -347,9 +378,8 @@ impl Backend for CpuBackend {
         let inv_freq: Vec<f32> = (0..rope.n_rot / 2)
             .map(|i| 1.0 / rope.base.powf((2 * i) as f32 / rope.n_rot as f32))
             .collect();
-        let mut out = x.clone();
-        for (row, &pos) in out.data.chunks_exact_mut(x.cols).zip(positions) {
-            let p = pos as f32 * rope.freq_scale;
+        self.map_rows(x, |r, row| {
+            let p = positions[r] as f32 * rope.freq_scale;
             for head in row.chunks_exact_mut(head_dim) {
                 for (i, &f) in inv_freq.iter().enumerate() {
                     let (sin, cos) = (p * f).sin_cos();
@@ -358,8 +388,7 @@ impl Backend for CpuBackend {
                     head[2 * i + 1] = x0 * sin + x1 * cos;
                 }
             }
-        }
-        out
+        })
     }
 
     fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
@@ -368,34 +397,32 @@ impl Backend for CpuBackend {
             (up.rows, up.cols),
             "silu_mul shapes"
         );
-        let data = gate
-            .data
-            .iter()
-            .zip(&up.data)
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        CpuTensor::new(data, gate.rows, gate.cols)
+        self.map_rows(gate, |r, row| {
+            for (g, &u) in row.iter_mut().zip(up.row(r)) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        })
     }
 
     fn gelu(&self, x: &CpuTensor) -> CpuTensor {
-        x.map(|v| 0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2)))
+        self.map(x, |v| {
+            0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))
+        })
     }
 
     fn gelu_tanh(&self, x: &CpuTensor) -> CpuTensor {
         const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-        x.map(|v| 0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)).tanh()))
+        self.map(x, |v| {
+            0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)).tanh())
+        })
     }
 
     fn quick_gelu(&self, x: &CpuTensor) -> CpuTensor {
-        x.map(|v| v / (1.0 + (-1.702 * v).exp()))
+        self.map(x, |v| v / (1.0 + (-1.702 * v).exp()))
     }
 
     fn softmax(&self, x: &CpuTensor) -> CpuTensor {
-        let mut out = x.clone();
-        out.data
-            .chunks_exact_mut(x.cols)
-            .for_each(attention::softmax_in_place);
-        out
+        self.map_rows(x, |_, row| attention::softmax_in_place(row))
     }
 
     fn new_kv_cache(
@@ -405,7 +432,7 @@ impl Backend for CpuBackend {
         n_kv_heads: usize,
         head_dim: usize,
     ) -> CpuKvCache {
-        CpuKvCache::new(n_layers, n_ctx, n_kv_heads * head_dim)
+        CpuKvCache::new(n_layers, n_ctx, n_kv_heads * head_dim, self.kv_type)
     }
 
     fn attention_cached(
@@ -421,7 +448,7 @@ impl Backend for CpuBackend {
         cache.store(layer, start, k, v);
         let (keys, values) = cache.layer(layer, start + q.rows);
         self.pool
-            .install(|| attention::attend(q, keys, values, heads, Some(start)))
+            .install(|| attention::attend_cached(q, keys, values, heads, start))
     }
 
     fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: Heads) -> CpuTensor {
