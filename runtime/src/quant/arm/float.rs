@@ -45,7 +45,8 @@ fn load_f16x8(h: &[f16]) -> [float32x4_t; 2] {
 #[target_feature(enable = "neon")]
 pub(super) fn dot_f16(w: &[f16], a: &[f16]) -> f32 {
     assert_dot_len(w, a);
-    // Eight independent FMA chains: 4-cycle latency, two FMA pipes (Cortex-A76 and later).
+    // Eight independent FMA chains: the 32 lanes of the error bound above, and enough to
+    // cover the FMA latency of two pipes (4 cycles each on Cortex-A76, per Arm's guide).
     let mut acc = [vdupq_n_f32(0.0); 8];
     let (w32, a32) = (w.chunks_exact(32), a.chunks_exact(32));
     let (w_rest, a_rest) = (w32.remainder(), a32.remainder());
