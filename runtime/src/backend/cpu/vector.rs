@@ -26,20 +26,34 @@ pub(super) struct VectorOps {
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
     match quant::cpu_path() {
-        #[cfg(target_arch = "x86_64")]
-        CpuPath::Avx2 => VectorOps {
-            dot: x86::dot,
-            axpy: x86::axpy,
-            dot_f16: x86::dot_f16,
-            axpy_f16: x86::axpy_f16,
-        },
-        _ => VectorOps {
-            dot: dot_portable,
-            axpy: axpy_portable,
-            dot_f16: dot_f16_portable,
-            axpy_f16: axpy_f16_portable,
-        },
+        CpuPath::Avx2 => avx2().unwrap_or_else(portable),
+        _ => portable(),
     }
+}
+
+fn portable() -> VectorOps {
+    VectorOps {
+        dot: dot_portable,
+        axpy: axpy_portable,
+        dot_f16: dot_f16_portable,
+        axpy_f16: axpy_f16_portable,
+    }
+}
+
+/// The AVX2 primitives, where the CPU has them.
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> Option<VectorOps> {
+    CpuPath::Avx2.is_available().then_some(VectorOps {
+        dot: x86::dot,
+        axpy: x86::axpy,
+        dot_f16: x86::dot_f16,
+        axpy_f16: x86::axpy_f16,
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx2() -> Option<VectorOps> {
+    None
 }
 
 const LANES: usize = 8;
@@ -249,13 +263,7 @@ mod tests {
     /// Every path's primitives against f64 sums, for lengths with and without tails.
     #[test]
     fn dot_and_axpy_match_f64_on_every_available_path() {
-        let mut paths = vec![dot_portable as fn(&[f32], &[f32]) -> f32];
-        let mut axpys = vec![axpy_portable as fn(&mut [f32], f32, &[f32])];
-        #[cfg(target_arch = "x86_64")]
-        if CpuPath::Avx2.is_available() {
-            paths.push(x86::dot);
-            axpys.push(x86::axpy);
-        }
+        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
         for n in [0, 1, 7, 8, 15, 16, 17, 64, 128, 131] {
             let (a, b) = (data(n, 1), data(n, 2));
             let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
@@ -264,8 +272,8 @@ mod tests {
                 .zip(&b)
                 .map(|(&x, &y)| (x as f64 * y as f64).abs())
                 .sum();
-            for dot in &paths {
-                let got = dot(&a, &b) as f64;
+            for ops in &paths {
+                let got = (ops.dot)(&a, &b) as f64;
                 assert!(
                     (got - exact).abs() <= 1e-6 * norm + 1e-30,
                     "n={n}: {got} vs {exact}"
@@ -277,36 +285,24 @@ mod tests {
                 .zip(&b16)
                 .map(|(&x, y)| x as f64 * y.to_f64())
                 .sum();
-            let mut dots16 = vec![dot_f16_portable as fn(&[f32], &[f16]) -> f32];
-            #[cfg(target_arch = "x86_64")]
-            if CpuPath::Avx2.is_available() {
-                dots16.push(x86::dot_f16);
-            }
-            for dot in &dots16 {
-                let got = dot(&a, &b16) as f64;
+            for ops in &paths {
+                let got = (ops.dot_f16)(&a, &b16) as f64;
                 assert!(
                     (got - exact16).abs() <= 1e-6 * norm + 1e-30,
                     "n={n}: {got} vs {exact16}"
                 );
-            }
-            let mut axpys16 = vec![axpy_f16_portable as fn(&mut [f32], f32, &[f16])];
-            #[cfg(target_arch = "x86_64")]
-            if CpuPath::Avx2.is_available() {
-                axpys16.push(x86::axpy_f16);
-            }
-            for axpy in &axpys16 {
-                let mut y = a.clone();
-                axpy(&mut y, -1.5, &b16);
-                for i in 0..n {
-                    let want = a[i] as f64 - 1.5 * b16[i].to_f64();
-                    assert!((y[i] as f64 - want).abs() <= 1e-6, "n={n} i={i}");
-                }
-            }
-            for axpy in &axpys {
+
                 let mut y = b.clone();
-                axpy(&mut y, 0.375, &a);
+                (ops.axpy)(&mut y, 0.375, &a);
                 for i in 0..n {
                     let want = b[i] as f64 + 0.375 * a[i] as f64;
+                    assert!((y[i] as f64 - want).abs() <= 1e-6, "n={n} i={i}");
+                }
+
+                let mut y = a.clone();
+                (ops.axpy_f16)(&mut y, -1.5, &b16);
+                for i in 0..n {
+                    let want = a[i] as f64 - 1.5 * b16[i].to_f64();
                     assert!((y[i] as f64 - want).abs() <= 1e-6, "n={n} i={i}");
                 }
             }

@@ -244,7 +244,8 @@ fn dot_affine_k_tile<X>(
 ) -> [f32; TILE_ROWS] {
     let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
     for (i, x) in w.iter().enumerate() {
-        let ys = a.map(|a| &a[i]);
+        // (`a.map(..)` here compiled to a call per super-block.)
+        let ys: [&BlockQ8K; TILE_ROWS] = std::array::from_fn(|r| &a[r][i]);
         let (d, dmin, packed) = header(x);
         let (scales, mins) = scales_mins_k4(packed);
         let mut sumi = [_mm256_setzero_si256(); TILE_ROWS];
@@ -304,7 +305,8 @@ pub(super) fn dot_tile_q6_k_q8_k(w: &[BlockQ6K], a: [&[BlockQ8K]; TILE_ROWS]) ->
     }
     let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
     for (i, x) in w.iter().enumerate() {
-        let ys = a.map(|a| &a[i]);
+        // (`a.map(..)` here compiled to a call per super-block.)
+        let ys: [&BlockQ8K; TILE_ROWS] = std::array::from_fn(|r| &a[r][i]);
         let mut sumi = [_mm256_setzero_si256(); TILE_ROWS];
         for half in 0..2 {
             for row in 0..4 {
