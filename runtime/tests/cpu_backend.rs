@@ -313,7 +313,7 @@ fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
         n_kv_heads: 2,
         head_dim: 16,
     };
-    let (q_dim, kv_dim, n) = (6 * 16, 2 * 16, 9);
+    let (q_dim, kv_dim, n) = (6 * 16, 2 * 16, 13);
     let (q, k, v) = (
         random(n * q_dim, 1),
         random(n * kv_dim, 2),
@@ -332,29 +332,37 @@ fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
         };
         let mut b = CpuBackend::new(threads);
         b.set_kv_type(kv_type);
-        // Prefill 6 rows, then 3 single-row steps: the same as one pass over all 9.
-        let mut cache = b.new_kv_cache(2, 16, heads.n_kv_heads, heads.head_dim);
-        let mut got = Vec::new();
-        for (start, len) in [(0, 6), (6, 1), (7, 1), (8, 1)] {
-            let t =
-                |d: &[f32], w: usize| b.upload(d[start * w..(start + len) * w].to_vec(), len, w);
-            let out = b.attention_cached(
-                &t(&q, q_dim),
-                &t(&k, kv_dim),
-                &t(&v, kv_dim),
-                &mut cache,
-                1,
-                start,
-                heads,
+        // Prefills and single-row steps in any order give what one pass over all 13 rows
+        // would: batches of 4 or more rows take the batched path (whole blocks and a
+        // partial one, at position 0 and after cached rows), single rows the decode path.
+        for schedule in [
+            &[(0, 6), (6, 1), (7, 1), (8, 5)][..],
+            &[(0, 1), (1, 4), (5, 8)][..],
+        ] {
+            let mut cache = b.new_kv_cache(2, 16, heads.n_kv_heads, heads.head_dim);
+            let mut got = Vec::new();
+            for &(start, len) in schedule {
+                let t = |d: &[f32], w: usize| {
+                    b.upload(d[start * w..(start + len) * w].to_vec(), len, w)
+                };
+                let out = b.attention_cached(
+                    &t(&q, q_dim),
+                    &t(&k, kv_dim),
+                    &t(&v, kv_dim),
+                    &mut cache,
+                    1,
+                    start,
+                    heads,
+                );
+                got.extend(b.download(&out));
+            }
+            assert_close(
+                &got,
+                want,
+                1e-5,
+                &format!("cached attention, {kv_type:?} cache, {schedule:?}"),
             );
-            got.extend(b.download(&out));
         }
-        assert_close(
-            &got,
-            want,
-            1e-5,
-            &format!("cached attention, {kv_type:?} cache"),
-        );
     }
     // And the f16 cache really rounds: the exact values are further off than the bound.
     let off = want_f32

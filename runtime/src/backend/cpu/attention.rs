@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use half::{f16, slice::HalfFloatSliceExt};
 
-use super::vector::{vector_ops, VectorOps};
+use super::vector::{vector_ops, VectorOps, SCORE_ROWS};
 use super::CpuTensor;
 use crate::backend::Heads;
 
@@ -149,6 +149,7 @@ impl CpuKvCache {
 pub(super) trait KvElement: Copy + Send + Sync {
     fn dot(ops: &VectorOps, q: &[f32], k: &[Self]) -> f32;
     fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[Self]);
+    fn to_f32(x: Self) -> f32;
 }
 
 impl KvElement for f32 {
@@ -159,6 +160,10 @@ impl KvElement for f32 {
     fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[f32]) {
         (ops.axpy)(y, a, x)
     }
+
+    fn to_f32(x: f32) -> f32 {
+        x
+    }
 }
 
 impl KvElement for f16 {
@@ -168,6 +173,10 @@ impl KvElement for f16 {
 
     fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[f16]) {
         (ops.axpy_f16)(y, a, x)
+    }
+
+    fn to_f32(x: f16) -> f32 {
+        x.to_f32()
     }
 }
 
@@ -208,6 +217,9 @@ pub(super) fn attend<T: KvElement>(
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let ops = vector_ops();
+    if q.rows >= SCORE_ROWS {
+        return attend_batched(q, keys, values, heads, causal_start, &ops);
+    }
 
     let mut out = vec![0f32; q.rows * q.cols];
     out.par_chunks_mut(head_dim)
@@ -226,6 +238,93 @@ pub(super) fn attend<T: KvElement>(
             }
         });
     CpuTensor::new(out, q.rows, q.cols)
+}
+
+/// [`attend`] for a batch of query rows (prefill, the vision tower): each KV head's keys are
+/// transposed once to `[head_dim, n_kv]` (and values widened to f32), then each head takes its
+/// query rows [`SCORE_ROWS`] at a time, computing their scores with the keys along the SIMD
+/// lanes. Work units are (head, block of rows), so the causal triangle's uneven rows spread
+/// over the threads.
+fn attend_batched<T: KvElement>(
+    q: &CpuTensor,
+    keys: &[T],
+    values: &[T],
+    heads: Heads,
+    causal_start: Option<usize>,
+    ops: &VectorOps,
+) -> CpuTensor {
+    let Heads {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = heads;
+    let kv_dim = n_kv_heads * head_dim;
+    let n_kv = keys.len() / kv_dim;
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let rows = q.rows;
+
+    // Per KV head: keys transposed, values as f32 rows of head_dim.
+    let kv: Vec<(Vec<f32>, Vec<f32>)> = (0..n_kv_heads)
+        .into_par_iter()
+        .map(|g| {
+            let mut kt = vec![0f32; head_dim * n_kv];
+            let mut v = vec![0f32; n_kv * head_dim];
+            for j in 0..n_kv {
+                let at = j * kv_dim + g * head_dim;
+                for (d, &k) in keys[at..at + head_dim].iter().enumerate() {
+                    kt[d * n_kv + j] = T::to_f32(k);
+                }
+                for (o, &x) in v[j * head_dim..][..head_dim].iter_mut().zip(&values[at..]) {
+                    *o = T::to_f32(x);
+                }
+            }
+            (kt, v)
+        })
+        .collect();
+
+    // Output by head, rows padded to whole blocks so no block straddles two heads.
+    let padded = rows.div_ceil(SCORE_ROWS) * SCORE_ROWS;
+    let mut by_head = vec![0f32; n_heads * padded * head_dim];
+    by_head
+        .par_chunks_mut(SCORE_ROWS * head_dim)
+        .enumerate()
+        .for_each(|(unit, out)| {
+            let (h, r0) = (
+                unit / (padded / SCORE_ROWS),
+                unit % (padded / SCORE_ROWS) * SCORE_ROWS,
+            );
+            let (kt, v) = &kv[h / group];
+            // Rows past the end repeat the last row; their output is dropped.
+            let q_rows: [&[f32]; SCORE_ROWS] =
+                std::array::from_fn(|i| &q.row((r0 + i).min(rows - 1))[h * head_dim..][..head_dim]);
+            let visible = |r: usize| causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
+            let n = visible((r0 + SCORE_ROWS - 1).min(rows - 1));
+            let mut scores = vec![0f32; SCORE_ROWS * n];
+            (ops.scores)(q_rows, kt, n_kv, n, &mut scores);
+            for (i, (out, scores)) in out
+                .chunks_exact_mut(head_dim)
+                .zip(scores.chunks_exact_mut(n.max(1)))
+                .enumerate()
+            {
+                if r0 + i >= rows {
+                    break;
+                }
+                let seen = visible(r0 + i);
+                let p = &mut scores[..seen];
+                p.iter_mut().for_each(|s| *s *= scale);
+                softmax_in_place(p);
+                (ops.weighted_sum)(p, &v[..seen * head_dim], out);
+            }
+        });
+
+    let mut out = vec![0f32; rows * q.cols];
+    for (h, head) in by_head.chunks_exact(padded * head_dim).enumerate() {
+        for (r, src) in head.chunks_exact(head_dim).take(rows).enumerate() {
+            out[r * q.cols + h * head_dim..][..head_dim].copy_from_slice(src);
+        }
+    }
+    CpuTensor::new(out, rows, q.cols)
 }
 
 pub(super) fn softmax_in_place(row: &mut [f32]) {

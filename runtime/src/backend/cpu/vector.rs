@@ -21,7 +21,18 @@ pub(super) struct VectorOps {
     pub dot_f16: fn(&[f32], &[f16]) -> f32,
     /// `axpy` with `x` in f16.
     pub axpy_f16: fn(&mut [f32], f32, &[f16]),
+    /// Attention scores of [`SCORE_ROWS`] query rows against the first `n` keys of a
+    /// transposed key matrix: `out[r·n + j] = Σ_d q[r][d] · kt[d·n_kv + j]`, with `kt`
+    /// `[head_dim, n_kv]` (`head_dim` = the query length). Keys along the lanes: no
+    /// horizontal sums, and each key vector loaded serves all the rows.
+    pub scores: fn([&[f32]; SCORE_ROWS], &[f32], usize, usize, &mut [f32]),
+    /// `out = Σ_j p[j] · v[j]` for value rows `v` `[p.len(), out.len()]`: the output stays in
+    /// registers while the values stream by.
+    pub weighted_sum: fn(&[f32], &[f32], &mut [f32]),
 }
+
+/// Query rows [`VectorOps::scores`] takes at once.
+pub(super) const SCORE_ROWS: usize = 4;
 
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
@@ -37,6 +48,8 @@ fn portable() -> VectorOps {
         axpy: axpy_portable,
         dot_f16: dot_f16_portable,
         axpy_f16: axpy_f16_portable,
+        scores: scores_portable,
+        weighted_sum: weighted_sum_portable,
     }
 }
 
@@ -48,6 +61,8 @@ fn avx2() -> Option<VectorOps> {
         axpy: x86::axpy,
         dot_f16: x86::dot_f16,
         axpy_f16: x86::axpy_f16,
+        scores: x86::scores,
+        weighted_sum: x86::weighted_sum,
     })
 }
 
@@ -104,13 +119,45 @@ fn axpy_f16_portable(y: &mut [f32], a: f32, x: &[f16]) {
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x.to_f32());
 }
 
+fn check_scores(q: &[&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, out: &[f32]) {
+    let head_dim = q[0].len();
+    assert!(
+        q.iter().all(|q| q.len() == head_dim),
+        "query rows of one length"
+    );
+    assert_eq!(kt.len(), head_dim * n_kv, "transposed keys");
+    assert!(n <= n_kv, "more scores than keys");
+    assert_eq!(out.len(), SCORE_ROWS * n, "score rows");
+}
+
+fn scores_portable(q: [&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, out: &mut [f32]) {
+    check_scores(&q, kt, n_kv, n, out);
+    out.fill(0.0);
+    for (q, out) in q.iter().zip(out.chunks_exact_mut(n.max(1))) {
+        for (d, &qd) in q.iter().enumerate() {
+            axpy_portable(&mut out[..n], qd, &kt[d * n_kv..][..n]);
+        }
+    }
+}
+
+fn weighted_sum_portable(p: &[f32], v: &[f32], out: &mut [f32]) {
+    assert_eq!(v.len(), p.len() * out.len(), "value rows");
+    out.fill(0.0);
+    if out.is_empty() {
+        return;
+    }
+    for (&p, v) in p.iter().zip(v.chunks_exact(out.len())) {
+        axpy_portable(out, p, v);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
 
-    use super::{axpy_portable, dot_portable};
+    use super::{axpy_portable, dot_portable, SCORE_ROWS};
     use crate::quant::CpuPath;
 
     /// Whether the AVX2 versions may run: `vector_ops` hands them out only on the AVX2 path,
@@ -146,6 +193,123 @@ mod x86 {
         assert_eq!(y.len(), x.len(), "axpy of different lengths");
         // SAFETY: as for `dot`.
         unsafe { axpy_f16_avx2(y, a, x) }
+    }
+
+    pub(super) fn scores(
+        q: [&[f32]; SCORE_ROWS],
+        kt: &[f32],
+        n_kv: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        debug_check();
+        super::check_scores(&q, kt, n_kv, n, out);
+        // SAFETY: as for `dot`; the lengths are checked above.
+        unsafe { scores_avx2(q, kt, n_kv, n, out) }
+    }
+
+    pub(super) fn weighted_sum(p: &[f32], v: &[f32], out: &mut [f32]) {
+        debug_check();
+        assert_eq!(v.len(), p.len() * out.len(), "value rows");
+        // SAFETY: as for `dot`.
+        unsafe { weighted_sum_avx2(p, v, out) }
+    }
+
+    /// Keys per step of `scores_avx2`: 2 registers × 4 rows = 8 accumulators, 8 FMAs for 2
+    /// loads of keys and 4 broadcasts of query values.
+    const SCORE_KEYS: usize = 16;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn scores_avx2(q: [&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, out: &mut [f32]) {
+        let head_dim = q[0].len();
+        let full = n / SCORE_KEYS * SCORE_KEYS;
+        for j in (0..full).step_by(SCORE_KEYS) {
+            let mut acc = [[_mm256_setzero_ps(); 2]; SCORE_ROWS];
+            for d in 0..head_dim {
+                let k = &kt[d * n_kv + j..][..SCORE_KEYS];
+                // SAFETY: `k` is 16 floats; `loadu` needs no alignment.
+                let (k0, k1) = unsafe {
+                    (
+                        _mm256_loadu_ps(k.as_ptr()),
+                        _mm256_loadu_ps(k.as_ptr().add(8)),
+                    )
+                };
+                for (acc, q) in acc.iter_mut().zip(&q) {
+                    let qd = _mm256_set1_ps(q[d]);
+                    acc[0] = _mm256_fmadd_ps(qd, k0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(qd, k1, acc[1]);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let o = &mut out[r * n + j..][..SCORE_KEYS];
+                // SAFETY: `o` is 16 floats; `storeu` needs no alignment.
+                unsafe {
+                    _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
+                    _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
+                }
+            }
+        }
+        for (r, q) in q.iter().enumerate() {
+            for j in full..n {
+                out[r * n + j] = q
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &qd)| qd * kt[d * n_kv + j])
+                    .sum();
+            }
+        }
+    }
+
+    /// Output lanes per pass of `weighted_sum_avx2`: 8 accumulators of 8 (64 dims, CLIP's
+    /// head size; LLaMA's 128 takes two passes over the same values, from L1/L2).
+    const SUM_LANES: usize = 64;
+
+    #[target_feature(enable = "avx2,fma")]
+    fn weighted_sum_avx2(p: &[f32], v: &[f32], out: &mut [f32]) {
+        let head_dim = out.len();
+        let mut d0 = 0;
+        while d0 + SUM_LANES <= head_dim {
+            weighted_sum_lanes::<8>(p, v, head_dim, d0, &mut out[d0..d0 + SUM_LANES]);
+            d0 += SUM_LANES;
+        }
+        while d0 + 8 <= head_dim {
+            weighted_sum_lanes::<1>(p, v, head_dim, d0, &mut out[d0..d0 + 8]);
+            d0 += 8;
+        }
+        for (d, o) in out.iter_mut().enumerate().skip(d0) {
+            *o = p
+                .iter()
+                .enumerate()
+                .map(|(j, &p)| p * v[j * head_dim + d])
+                .sum();
+        }
+    }
+
+    /// Dims `d0..d0 + 8·B` of the weighted sum, in `B` registers.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn weighted_sum_lanes<const B: usize>(
+        p: &[f32],
+        v: &[f32],
+        head_dim: usize,
+        d0: usize,
+        out: &mut [f32],
+    ) {
+        assert_eq!(out.len(), 8 * B);
+        let mut acc = [_mm256_setzero_ps(); B];
+        for (j, &pj) in p.iter().enumerate() {
+            let row = &v[j * head_dim + d0..][..8 * B];
+            let pb = _mm256_set1_ps(pj);
+            for (b, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `row` holds 8·B floats; `loadu` needs no alignment.
+                let x = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * b)) };
+                *acc = _mm256_fmadd_ps(pb, x, *acc);
+            }
+        }
+        for (b, acc) in acc.iter().enumerate() {
+            // SAFETY: `out` holds 8·B floats.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * b), *acc) };
+        }
     }
 
     /// 8 halves widened to f32 (exact).
@@ -258,6 +422,53 @@ mod tests {
                 (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
             })
             .collect()
+    }
+
+    /// The batched attention primitives of every path against f64 sums.
+    #[test]
+    fn scores_and_weighted_sums_match_f64_on_every_available_path() {
+        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
+        for (head_dim, n_kv, n) in [
+            (16, 5, 5),
+            (64, 40, 33),
+            (128, 37, 16),
+            (72, 20, 0),
+            (3, 17, 17),
+        ] {
+            let q_data = data(SCORE_ROWS * head_dim, 3);
+            let q: [&[f32]; SCORE_ROWS] =
+                std::array::from_fn(|r| &q_data[r * head_dim..(r + 1) * head_dim]);
+            let kt = data(head_dim * n_kv, 4);
+            let p = data(n, 5);
+            let v = data(n * head_dim, 6);
+            for ops in &paths {
+                let mut out = vec![f32::NAN; SCORE_ROWS * n];
+                (ops.scores)(q, &kt, n_kv, n, &mut out);
+                for r in 0..SCORE_ROWS {
+                    for j in 0..n {
+                        let terms = (0..head_dim).map(|d| q[r][d] as f64 * kt[d * n_kv + j] as f64);
+                        let exact: f64 = terms.clone().sum();
+                        let norm: f64 = terms.map(f64::abs).sum();
+                        let got = out[r * n + j] as f64;
+                        assert!(
+                            (got - exact).abs() <= 1e-6 * norm,
+                            "{head_dim} {n}: r{r} j{j}"
+                        );
+                    }
+                }
+                let mut sum = vec![f32::NAN; head_dim];
+                (ops.weighted_sum)(&p, &v, &mut sum);
+                for (d, &got) in sum.iter().enumerate() {
+                    let terms = (0..n).map(|j| p[j] as f64 * v[j * head_dim + d] as f64);
+                    let exact: f64 = terms.clone().sum();
+                    let norm: f64 = terms.map(f64::abs).sum();
+                    assert!(
+                        (got as f64 - exact).abs() <= 1e-6 * norm,
+                        "{head_dim} {n}: d{d}"
+                    );
+                }
+            }
+        }
     }
 
     /// Every path's primitives against f64 sums, for lengths with and without tails.
