@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod convert;
 mod inspect;
 mod load;
@@ -41,6 +42,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Write a random-weight model of a real model's shape, for benchmarks.
     Synth(synth::Args),
+    /// Measure prompt processing, generation and image encoding, as llama-bench does.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Synth(args) => synth::run(&args),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

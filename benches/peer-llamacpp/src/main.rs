@@ -1,0 +1,383 @@
+//! `llamacpp-bench`: llama.cpp (through llama-cpp-2) measured as `llava bench` measures
+//! llava-edge — same flags, same tests, same JSON and table — so benches/compare.sh can divide
+//! one by the other.
+//!
+//! - `ppP`: P drawn token ids decoded from an empty KV cache in batches of `n_batch` (2048,
+//!   micro-batches of 512: llama.cpp's and llama-bench's defaults), logits of the last only.
+//! - `tgN`: N single-token decodes at positions `0..N`, the first BOS (llama-bench's tgN).
+//! - image encode: mtmd tokenize (preprocessing, slicing) + `encode_chunk` of the image chunk.
+//!
+//! Context settings are llama.cpp's defaults (f16 KV cache unless `--kv-type f32`, flash
+//! attention "auto"), as its users get them.
+
+use std::ffi::{CStr, CString};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::mtmd::{
+    mtmd_default_marker, MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunkType,
+    MtmdInputText,
+};
+use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::token_type::LlamaTokenAttr;
+use llama_cpp_2::{send_logs_to_tracing, LogOptions};
+use serde_json::{json, Value};
+
+mod mmproj;
+mod report;
+
+use report::{bench_tokens, file_entry, ms, peak_rss_bytes, spread, table, token_test};
+
+/// The flags of `llava bench`.
+#[derive(Parser)]
+#[command(
+    name = "llamacpp-bench",
+    about = "llama.cpp measured as `llava bench` measures llava-edge"
+)]
+struct Args {
+    /// The LLM GGUF file.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// The vision tower and projector GGUF ("mmproj"): adds the image-encode test.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
+    /// The image to encode (default: a synthetic one, by `llava bench`'s rule).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Threads (default: the available parallelism; benches/compare.sh passes llava's count).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Prompt tokens of the prefill test (0: skip it).
+    #[arg(short = 'p', long, default_value_t = 512)]
+    n_prompt: usize,
+    /// Decode steps of the generation test (0: skip it).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    n_gen: usize,
+    /// Measured repetitions of each test, after one warm-up.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// How the KV cache stores keys and values: f16 (llama.cpp's default) or f32.
+    #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
+    kv_type: String,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llamacpp-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("-r must be at least 1");
+    }
+    if args.image.is_some() && args.mmproj.is_none() {
+        bail!("--image needs --mmproj (the vision tower and projector file)");
+    }
+    if args.n_prompt == 0 && args.n_gen == 0 && args.mmproj.is_none() {
+        bail!("nothing to measure: -p and -n are 0 and there is no --mmproj");
+    }
+    // llama.cpp says only "failed to load"; name the file when it is not there at all.
+    for path in [Some(&args.model), args.mmproj.as_ref(), args.image.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        std::fs::metadata(path).with_context(|| path.display().to_string())?;
+    }
+    send_logs_to_tracing(LogOptions::default().with_logs_enabled(false));
+    let backend = LlamaBackend::init()?;
+    let threads = match args.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        t => t,
+    };
+    let n_threads = i32::try_from(threads).context("-t")?;
+
+    let t0 = Instant::now();
+    let model = LlamaModel::load_from_file(&backend, &args.model, &LlamaModelParams::default())
+        .map_err(|e| anyhow!("{}: llama.cpp cannot load it: {e}", args.model.display()))?;
+    let load_time = t0.elapsed();
+    let kernels = system_info();
+    eprintln!(
+        "llamacpp-bench: {} loaded in {:.0} ms, {threads} threads, {kernels}",
+        args.model.display(),
+        ms(load_time)
+    );
+
+    // A bad mmproj or image fails before the measurements, as in `llava bench`.
+    let image = match &args.mmproj {
+        Some(path) => Some(load_image_encoder(args, &model, path, n_threads)?),
+        None => None,
+    };
+
+    let kv_type = match args.kv_type.as_str() {
+        "f32" => KvCacheType::F32,
+        _ => KvCacheType::F16,
+    };
+    let n_ctx = u32::try_from(args.n_prompt + args.n_gen).context("-p + -n")?;
+    let ctx_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx.max(1)))
+        .with_n_threads(n_threads)
+        .with_n_threads_batch(n_threads)
+        .with_type_k(kv_type)
+        .with_type_v(kv_type);
+    let mut ctx = model
+        .new_context(&backend, ctx_params)
+        .context("llama.cpp cannot make a context")?;
+
+    let pp = match args.n_prompt {
+        0 => None,
+        p => {
+            let ids = drawn_tokens(&model, p);
+            let name = format!("pp{p}");
+            let samples = repeat(&name, args.repetitions, || prefill(&mut ctx, &ids))?;
+            Some(token_test(p, &samples))
+        }
+    };
+    let tg = match args.n_gen {
+        0 => None,
+        n => {
+            let ids = drawn_tokens(&model, n);
+            let name = format!("tg{n}");
+            let samples = repeat(&name, args.repetitions, || decode_steps(&mut ctx, &ids))?;
+            Some(token_test(n, &samples))
+        }
+    };
+    drop(ctx);
+    let encode = match image {
+        Some(image) => Some(encode_test(image, args.repetitions)?),
+        None => None,
+    };
+
+    let report = json!({
+        "runtime": "llama.cpp",
+        "model": file_entry(&args.model)?,
+        "mmproj": args.mmproj.as_deref().map(file_entry).transpose()?,
+        "threads": threads,
+        "kernels": kernels,
+        "kv_type": args.kv_type,
+        "load_ms": ms(load_time),
+        "repetitions": args.repetitions,
+        "pp": pp,
+        "tg": tg,
+        "encode": encode,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    let text = if args.json {
+        format!("{report:#}\n")
+    } else {
+        table(&report)
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Runs `f` once unmeasured, then `repetitions` times, with a progress line per run.
+fn repeat(
+    name: &str,
+    repetitions: usize,
+    mut f: impl FnMut() -> Result<Duration>,
+) -> Result<Vec<Duration>> {
+    eprintln!("{name}: warm-up");
+    f()?;
+    (1..=repetitions)
+        .map(|i| {
+            let d = f()?;
+            eprintln!("{name}: run {i}/{repetitions}: {:.1} ms", ms(d));
+            Ok(d)
+        })
+        .collect()
+}
+
+/// llama-bench's `test_prompt`: the KV cache cleared (not timed), the prompt in batches of
+/// `n_batch`, logits for the last token only.
+fn prefill(ctx: &mut LlamaContext, ids: &[LlamaToken]) -> Result<Duration> {
+    ctx.clear_kv_cache();
+    let n_batch = ctx.n_batch() as usize;
+    let mut batch = LlamaBatch::new(n_batch.min(ids.len()), 1);
+    let t0 = Instant::now();
+    for (c, chunk) in ids.chunks(n_batch).enumerate() {
+        batch.clear();
+        for (i, &id) in chunk.iter().enumerate() {
+            let pos = c * n_batch + i;
+            batch.add(id, pos as i32, &[0], pos + 1 == ids.len())?;
+        }
+        ctx.decode(&mut batch)?;
+    }
+    ctx.synchronize();
+    Ok(t0.elapsed())
+}
+
+/// llama-bench's `test_gen`: one token per decode at positions `0..`.
+fn decode_steps(ctx: &mut LlamaContext, ids: &[LlamaToken]) -> Result<Duration> {
+    ctx.clear_kv_cache();
+    let mut batch = LlamaBatch::new(1, 1);
+    let t0 = Instant::now();
+    for (pos, &id) in ids.iter().enumerate() {
+        batch.clear();
+        batch.add(id, pos as i32, &[0], true)?;
+        ctx.decode(&mut batch)?;
+        ctx.synchronize();
+    }
+    Ok(t0.elapsed())
+}
+
+/// The ids `llava bench` draws: BOS first when the model adds one, then normal and byte tokens.
+fn drawn_tokens(model: &LlamaModel, count: usize) -> Vec<LlamaToken> {
+    let vocab = model.vocab();
+    let candidates: Vec<i32> = (0..model.n_vocab())
+        .filter(|&id| {
+            let attr = vocab.attr(LlamaToken(id));
+            attr.contains(LlamaTokenAttr::Normal) || attr.contains(LlamaTokenAttr::Byte)
+        })
+        .collect();
+    let bos = vocab.should_add_bos().then(|| vocab.bos().0);
+    bench_tokens(&candidates, bos, count)
+        .into_iter()
+        .map(LlamaToken)
+        .collect()
+}
+
+/// The mmproj loaded through mtmd, and the image to encode, decoded.
+struct ImageEncoder {
+    mtmd: MtmdContext,
+    bitmap: MtmdBitmap,
+    label: String,
+    load_time: Duration,
+}
+
+fn load_image_encoder(
+    args: &Args,
+    model: &LlamaModel,
+    path: &Path,
+    n_threads: i32,
+) -> Result<ImageEncoder> {
+    let params = MtmdContextParams {
+        use_gpu: false,
+        print_timings: false,
+        n_threads,
+        media_marker: CString::new(mtmd_default_marker())?,
+        image_min_tokens: -1,
+        image_max_tokens: -1,
+    };
+    let path_str = path
+        .to_str()
+        .ok_or_else(|| anyhow!("{}: not UTF-8", path.display()))?;
+    let t0 = Instant::now();
+    let mtmd = MtmdContext::init_from_file(path_str, model, &params)
+        .map_err(|e| anyhow!("{}: mtmd cannot load it: {e}", path.display()))?;
+    let load_time = t0.elapsed();
+
+    // The image is decoded before timing, as `llava bench` does.
+    let (bitmap, label) = match &args.image {
+        Some(image) => {
+            let image_str = image
+                .to_str()
+                .ok_or_else(|| anyhow!("{}: not UTF-8", image.display()))?;
+            let bitmap = MtmdBitmap::from_file(&mtmd, image_str, false)
+                .map_err(|e| anyhow!("{}: mtmd cannot read it: {e}", image.display()))?;
+            (bitmap, image.display().to_string())
+        }
+        None => {
+            let ((width, height), what) = mmproj::synthetic_image_size(path)?;
+            let bitmap = MtmdBitmap::from_image_data(width, height, &pattern(width, height))?;
+            (bitmap, format!("synthetic {width}x{height} ({what})"))
+        }
+    };
+    Ok(ImageEncoder {
+        mtmd,
+        bitmap,
+        label,
+        load_time,
+    })
+}
+
+/// Times mtmd tokenize (preprocessing, slicing) + encode of the image chunk(s).
+fn encode_test(image: ImageEncoder, repetitions: usize) -> Result<Value> {
+    let ImageEncoder {
+        mut mtmd,
+        bitmap,
+        label,
+        load_time,
+    } = image;
+    let (width, height) = (bitmap.nx(), bitmap.ny());
+    let mut image_tokens = 0;
+    let name = format!("image {width}x{height}");
+    let samples = repeat(&name, repetitions, || {
+        let t0 = Instant::now();
+        let text = MtmdInputText {
+            text: mtmd_default_marker().to_owned(),
+            add_special: false,
+            parse_special: true,
+        };
+        let chunks = mtmd.tokenize(text, &[&bitmap])?;
+        image_tokens = 0;
+        for chunk in (0..chunks.len()).filter_map(|i| chunks.get(i)) {
+            if chunk.chunk_type() == MtmdInputChunkType::Image {
+                mtmd.encode_chunk(&chunk)?;
+                image_tokens += chunk.n_tokens();
+            }
+        }
+        Ok(t0.elapsed())
+    })?;
+    let times: Vec<f64> = samples.iter().map(|&d| ms(d)).collect();
+    Ok(json!({
+        "image": label,
+        "width": width,
+        "height": height,
+        // mtmd does not say how it sliced the image.
+        "views": null,
+        "image_tokens": image_tokens,
+        "ms": spread(&times),
+        "samples_ms": times,
+        "mmproj_load_ms": ms(load_time),
+    }))
+}
+
+/// `llava bench`'s synthetic pixels (the cost does not depend on them).
+fn pattern(width: u32, height: u32) -> Vec<u8> {
+    (0..width * height)
+        .flat_map(|i| {
+            let (x, y) = (i % width, i / width);
+            [
+                (x * 255 / width) as u8,
+                (y * 255 / height) as u8,
+                ((x ^ y) & 0xff) as u8,
+            ]
+        })
+        .collect()
+}
+
+/// The CPU features ggml was built with and uses, from `llama_print_system_info` ("CPU : SSE3 =
+/// 1 | AVX2 = 1 | ... |"), as "ggml AVX2 FMA ...".
+fn system_info() -> String {
+    // SAFETY: llama.cpp returns a pointer to its own static, NUL-terminated buffer.
+    let info = unsafe { CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+    let on: Vec<&str> = info
+        .to_str()
+        .unwrap_or("")
+        .split('|')
+        .filter_map(|f| {
+            let (name, value) = f.split_once('=')?;
+            let name = name.rsplit(':').next()?.trim();
+            (value.trim() == "1").then_some(name)
+        })
+        .collect();
+    format!("ggml {}", on.join(" "))
+}

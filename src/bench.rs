@@ -1,0 +1,406 @@
+//! `llava bench`: llama-bench's measurements on llava-edge, so the two can be set side by side.
+//!
+//! - `ppP`: one prefill of P token ids from an empty KV cache (llama-bench `-p`).
+//! - `tgN`: N single-token decode steps at positions `0..N`, the first input BOS, no prompt
+//!   before them (llama-bench `-n`: "generation without prompt"). Inputs are drawn ids, not
+//!   samples, so sampling costs nothing here, as there.
+//! - image encode (with `--mmproj`): preprocessing, tower, projector and, for LLaVA-1.6, the
+//!   anyres assembly of one image — what llama.cpp's mtmd tokenize + encode do.
+//!
+//! Each test runs once unmeasured (warm-up: page faults, first-touch of the KV cache), then
+//! `-r` times; the median, min and max are reported. benches/peer-llamacpp prints the same
+//! table and JSON for llama.cpp; benches/compare.sh divides the two.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use llava_models::image::{RgbImage, DEFAULT_MAX_PIXELS};
+use llava_models::llava::{anyres_layout, encode_image};
+use llava_models::Clip;
+use llava_runtime::backend::{Backend, CpuBackend, KvType};
+use llava_runtime::tokenizer::{TokenType, Tokenizer};
+use serde_json::{json, Value};
+
+use crate::load::{load_images, load_llm, load_mmproj, LoadedLlm};
+
+type KvCache = <CpuBackend as Backend>::KvCache;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The LLM GGUF file.
+    #[arg(short, long)]
+    model: PathBuf,
+    /// The vision tower and projector GGUF ("mmproj"): adds the image-encode test.
+    #[arg(long)]
+    mmproj: Option<PathBuf>,
+    /// The image to encode (default: a synthetic one of the tower's size; for LLaVA-1.6 the
+    /// largest grid pinpoint, so the most views).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Worker threads (default: one per physical core).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Prompt tokens of the prefill test (0: skip it).
+    #[arg(short = 'p', long, default_value_t = 512)]
+    n_prompt: usize,
+    /// Decode steps of the generation test (0: skip it).
+    #[arg(short = 'n', long, default_value_t = 128)]
+    n_gen: usize,
+    /// Measured repetitions of each test, after one warm-up.
+    #[arg(short = 'r', long, default_value_t = 3)]
+    repetitions: usize,
+    /// How the KV cache stores keys and values: f16 (as llama.cpp's default) or f32.
+    #[arg(long, default_value = "f16")]
+    kv_type: KvType,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("-r must be at least 1");
+    }
+    if args.image.is_some() && args.mmproj.is_none() {
+        bail!("--image needs --mmproj (the vision tower and projector file)");
+    }
+    if args.n_prompt == 0 && args.n_gen == 0 && args.mmproj.is_none() {
+        bail!("nothing to measure: -p and -n are 0 and there is no --mmproj");
+    }
+    // A bad image fails before the model is loaded.
+    let given_image = match &args.image {
+        Some(p) => load_images(std::slice::from_ref(p), DEFAULT_MAX_PIXELS)?.pop(),
+        None => None,
+    };
+
+    let mut llm = load_llm(
+        &args.model,
+        args.threads,
+        args.n_prompt.max(args.n_gen).max(1),
+    )?;
+    llm.backend.set_kv_type(args.kv_type);
+    let clip = match &args.mmproj {
+        Some(p) => {
+            let t0 = Instant::now();
+            let clip = load_mmproj(p, &llm)?;
+            Some((clip, t0.elapsed()))
+        }
+        None => None,
+    };
+    let threads = llm.backend.threads();
+    let kernels = llava_runtime::quant::cpu_path().name();
+    eprintln!(
+        "llava bench: {} loaded in {:.0} ms, {threads} threads, {kernels} kernels",
+        args.model.display(),
+        ms(llm.load_time)
+    );
+
+    let pp = (args.n_prompt > 0).then(|| {
+        let ids = bench_tokens(&llm, args.n_prompt);
+        let name = format!("pp{}", args.n_prompt);
+        let mut cache = llm.model.new_cache(&llm.backend, ids.len());
+        let samples = repeat(&name, args.repetitions, || prefill(&llm, &mut cache, &ids));
+        token_test(args.n_prompt, &samples)
+    });
+    let tg = (args.n_gen > 0).then(|| {
+        let ids = bench_tokens(&llm, args.n_gen);
+        let name = format!("tg{}", args.n_gen);
+        let mut cache = llm.model.new_cache(&llm.backend, ids.len());
+        let samples = repeat(&name, args.repetitions, || {
+            decode_steps(&llm, &mut cache, &ids)
+        });
+        token_test(args.n_gen, &samples)
+    });
+    let encode = match &clip {
+        Some((clip, load_time)) => {
+            let (image, label) = match &given_image {
+                Some(img) => (img.clone(), path_string(args.image.as_deref())),
+                None => synthetic_image(clip),
+            };
+            let b = &llm.backend;
+            let views = anyres_layout(clip, &image).map_or(1, |l| l.n_tiles() + 1);
+            let mut image_tokens = 0;
+            let name = format!("image {}x{}", image.width, image.height);
+            let samples = repeat(&name, args.repetitions, || {
+                let t0 = Instant::now();
+                let embeddings = encode_image(b, clip, &image);
+                b.download(&embeddings);
+                let elapsed = t0.elapsed();
+                image_tokens = b.shape(&embeddings).0;
+                elapsed
+            });
+            Some(json!({
+                "image": label,
+                "width": image.width,
+                "height": image.height,
+                "views": views,
+                "image_tokens": image_tokens,
+                "ms": spread(&samples.iter().map(|&d| ms(d)).collect::<Vec<_>>()),
+                "samples_ms": samples.iter().map(|&d| ms(d)).collect::<Vec<_>>(),
+                "mmproj_load_ms": ms(*load_time),
+            }))
+        }
+        None => None,
+    };
+
+    let report = json!({
+        "runtime": "llava-edge",
+        "model": file_entry(&args.model)?,
+        "mmproj": args.mmproj.as_deref().map(file_entry).transpose()?,
+        "threads": threads,
+        "kernels": kernels,
+        "kv_type": args.kv_type.name(),
+        "load_ms": ms(llm.load_time),
+        "repetitions": args.repetitions,
+        "pp": pp,
+        "tg": tg,
+        "encode": encode,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    let text = if args.json {
+        format!("{report:#}\n")
+    } else {
+        table(&report)
+    };
+    crate::write_stdout(&text)
+}
+
+/// Runs `f` once unmeasured, then `repetitions` times, with a progress line per run.
+fn repeat(name: &str, repetitions: usize, mut f: impl FnMut() -> Duration) -> Vec<Duration> {
+    eprintln!("{name}: warm-up");
+    f();
+    (1..=repetitions)
+        .map(|i| {
+            let d = f();
+            eprintln!("{name}: run {i}/{repetitions}: {:.1} ms", ms(d));
+            d
+        })
+        .collect()
+}
+
+/// One prefill of `ids` at positions `0..`; only the last row's logits are computed, as
+/// llama.cpp does for a prompt. Starting at position 0 empties `cache` (attention reads only
+/// the positions before the ones written), so one cache serves every run, as llama-bench
+/// clears and reuses its own: the warm-up pays the first touch of its pages.
+fn prefill(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32]) -> Duration {
+    let (b, m) = (&llm.backend, &llm.model);
+    let t0 = Instant::now();
+    let x = m.embed(b, ids);
+    b.download(&m.forward(b, x, 0, cache, true));
+    t0.elapsed()
+}
+
+/// One decode step per id, at positions `0..ids.len()` (the cache is reused as in [`prefill`]).
+fn decode_steps(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32]) -> Duration {
+    let (b, m) = (&llm.backend, &llm.model);
+    let t0 = Instant::now();
+    for (pos, &id) in ids.iter().enumerate() {
+        let x = m.embed(b, &[id]);
+        b.download(&m.forward(b, x, pos, cache, true));
+    }
+    t0.elapsed()
+}
+
+/// `count` token ids: BOS first when the model adds one (as llama-bench), then ids drawn from
+/// the normal and byte tokens of the vocabulary by a fixed xorshift64*. benches/peer-llamacpp
+/// draws with the same generator, so both runtimes see the same ids.
+fn bench_tokens(llm: &LoadedLlm, count: usize) -> Vec<u32> {
+    let tok: &Tokenizer = &llm.tokenizer;
+    let n_vocab = tok.vocab_size().min(llm.model.config.n_vocab) as u32;
+    let candidates: Vec<u32> = (0..n_vocab)
+        .filter(|&id| {
+            matches!(
+                tok.token_type(id),
+                Some(TokenType::Normal | TokenType::Byte)
+            )
+        })
+        .collect();
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut ids: Vec<u32> = (0..count)
+        .map(|_| {
+            if candidates.is_empty() {
+                return 0;
+            }
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33;
+            candidates[(r % candidates.len() as u64) as usize]
+        })
+        .collect();
+    if let (true, Some(bos), Some(first)) = (tok.add_bos(), tok.bos(), ids.first_mut()) {
+        *first = bos;
+    }
+    ids
+}
+
+/// An image of the tower's own size (LLaVA-1.5: one view, no resizing), or for LLaVA-1.6 of
+/// its largest grid pinpoint (the most tiles; 672x672 for the released models: overview + 2x2).
+/// A smooth pattern, not a flat fill, though the cost does not depend on the pixels.
+fn synthetic_image(clip: &Clip<CpuBackend>) -> (RgbImage, String) {
+    let c = &clip.config;
+    let side = c.image_size as u32;
+    let ((width, height), what) = match (clip.image_newline.is_some(), largest(&c.grid_pinpoints)) {
+        (true, Some(p)) => (p, "largest pinpoint"),
+        _ => ((side, side), "tower size"),
+    };
+    let mut img = RgbImage::new(width, height, [0; 3]);
+    for (i, px) in img.data.chunks_exact_mut(3).enumerate() {
+        let (x, y) = ((i as u32 % width), (i as u32 / width));
+        px.copy_from_slice(&[
+            (x * 255 / width) as u8,
+            (y * 255 / height) as u8,
+            ((x ^ y) & 0xff) as u8,
+        ]);
+    }
+    (img, format!("synthetic {width}x{height} ({what})"))
+}
+
+/// The pinpoint with the most pixels; the first of equals.
+fn largest(pinpoints: &[(u32, u32)]) -> Option<(u32, u32)> {
+    pinpoints.iter().copied().reduce(|best, p| {
+        if u64::from(p.0) * u64::from(p.1) > u64::from(best.0) * u64::from(best.1) {
+            p
+        } else {
+            best
+        }
+    })
+}
+
+fn token_test(tokens: usize, samples: &[Duration]) -> Value {
+    let rates: Vec<f64> = samples
+        .iter()
+        .map(|d| tokens as f64 / d.as_secs_f64().max(1e-9))
+        .collect();
+    let times: Vec<f64> = samples.iter().map(|&d| ms(d)).collect();
+    json!({
+        "tokens": tokens,
+        "tokens_per_second": spread(&rates),
+        "ms": spread(&times),
+        "samples_ms": times,
+    })
+}
+
+/// Median (the mean of the middle two for an even count), min and max.
+fn spread(values: &[f64]) -> Value {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    json!({ "median": median, "min": v[0], "max": v[n - 1] })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn path_string(p: Option<&Path>) -> String {
+    p.map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+fn file_entry(path: &Path) -> Result<Value> {
+    let bytes = std::fs::metadata(path)
+        .with_context(|| path.display().to_string())?
+        .len();
+    Ok(json!({ "path": path.display().to_string(), "bytes": bytes }))
+}
+
+/// The process's peak resident set (`VmHWM`), where /proc says it; `None` elsewhere.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The report as a Markdown table, with the setup on the lines above it. benches/peer-llamacpp
+/// (src/report.rs) keeps a copy of this and of the JSON fields, in step by hand.
+fn table(r: &Value) -> String {
+    let mb = |v: &Value| {
+        v.as_f64()
+            .map_or("n/a".into(), |b| format!("{:.1} MB", b / 1e6))
+    };
+    let mut out = format!(
+        "{}: {} ({}), {} threads, {} kernels, {} KV cache, loaded in {:.0} ms, peak RSS {}\n",
+        r["runtime"].as_str().unwrap_or(""),
+        r["model"]["path"].as_str().unwrap_or(""),
+        mb(&r["model"]["bytes"]),
+        r["threads"],
+        r["kernels"].as_str().unwrap_or(""),
+        r["kv_type"].as_str().unwrap_or(""),
+        r["load_ms"].as_f64().unwrap_or(0.0),
+        mb(&r["peak_rss_bytes"]),
+    );
+    if !r["mmproj"].is_null() {
+        out += &format!(
+            "mmproj: {} ({}), loaded in {:.0} ms; image: {}\n",
+            r["mmproj"]["path"].as_str().unwrap_or(""),
+            mb(&r["mmproj"]["bytes"]),
+            r["encode"]["mmproj_load_ms"].as_f64().unwrap_or(0.0),
+            r["encode"]["image"].as_str().unwrap_or(""),
+        );
+    }
+    out += "\n| test | median | min | max | unit |\n|---|---:|---:|---:|---|\n";
+    let row = |name: String, s: &Value, unit: &str| {
+        let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+        format!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {unit} |\n",
+            f("median"),
+            f("min"),
+            f("max")
+        )
+    };
+    for key in ["pp", "tg"] {
+        let t = &r[key];
+        if !t.is_null() {
+            out += &row(
+                format!("{key}{}", t["tokens"]),
+                &t["tokens_per_second"],
+                "tokens/s",
+            );
+        }
+    }
+    let e = &r["encode"];
+    if !e.is_null() {
+        let views = match e["views"].as_u64() {
+            Some(v) => format!("{v} view(s), "),
+            None => String::new(),
+        };
+        let name = format!(
+            "image encode, {}x{}, {views}{} tokens",
+            e["width"], e["height"], e["image_tokens"]
+        );
+        out += &row(name, &e["ms"], "ms");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_middle_and_the_ends() {
+        assert_eq!(
+            spread(&[3.0, 1.0, 2.0]),
+            json!({"median": 2.0, "min": 1.0, "max": 3.0})
+        );
+        assert_eq!(
+            spread(&[4.0, 1.0, 2.0, 3.0]),
+            json!({"median": 2.5, "min": 1.0, "max": 4.0})
+        );
+    }
+
+    #[test]
+    fn largest_pinpoint_is_the_most_pixels_first_of_equals() {
+        let llava16 = [(336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)];
+        assert_eq!(largest(&llava16), Some((672, 672)));
+        assert_eq!(largest(&[(2, 3), (3, 2)]), Some((2, 3)));
+        assert_eq!(largest(&[]), None);
+    }
+}
