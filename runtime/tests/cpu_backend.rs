@@ -68,7 +68,8 @@ const WEIGHT_TYPES: [GgmlType; 13] = [
 #[test]
 fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
     let dir = tempfile::tempdir().unwrap();
-    let (k, n_out, rows) = (512, 37, 5);
+    // 21 rows: five tiles of 4 and one row left over; two blocks of the output transpose.
+    let (k, n_out, rows) = (512, 37, 21);
     let tensors: Vec<_> = WEIGHT_TYPES
         .iter()
         .enumerate()
@@ -124,6 +125,22 @@ fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
                 })
                 .collect();
             let act = |r: usize| &bytemuck::cast_slice::<u32, u8>(&act_words[r])[..a_bytes];
+            // What the tile kernel reads: the same rows, or their values widened to f32.
+            let tile_words: Vec<Vec<u32>> = (0..rows)
+                .map(|r| {
+                    if kernels.tile_act_type == act_ty {
+                        return act_words[r].clone();
+                    }
+                    assert_eq!(kernels.tile_act_type, GgmlType::F32);
+                    let mut wide = vec![0f32; k];
+                    quant::dequantize_row(act_ty, act(r), &mut wide).unwrap();
+                    bytemuck::cast_slice(&wide).to_vec()
+                })
+                .collect();
+            let tile_act = |r: usize| {
+                let bytes = kernels.tile_act_type.row_bytes(k as u64).unwrap() as usize;
+                &bytemuck::cast_slice::<u32, u8>(&tile_words[r])[..bytes]
+            };
             let tiled_rows = match kernels.dot_tile {
                 Some(_) => rows / TILE_ROWS * TILE_ROWS,
                 None => 0,
@@ -139,7 +156,7 @@ fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
                     let want = match kernels.dot_tile {
                         Some(tile) if r < tiled_rows => {
                             let first = r / TILE_ROWS * TILE_ROWS;
-                            tile(w_bytes, std::array::from_fn(|i| act(first + i)))[r - first]
+                            tile(w_bytes, std::array::from_fn(|i| tile_act(first + i)))[r - first]
                         }
                         _ => (kernels.dot)(w_bytes, a),
                     };

@@ -131,7 +131,26 @@ fn tile_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                         Row::quantize(act_ty, &a)
                     })
                     .collect();
-                let got = tile(w.bytes(), std::array::from_fn(|i| acts[i].bytes()));
+                // The tile kernel reads the activations in its own format: the same bytes, or
+                // their values widened to f32 (`RowKernels::tile_act_type`).
+                let tile_acts: Vec<Row> = acts
+                    .iter()
+                    .map(|a| match tiled.tile_act_type {
+                        t if t == act_ty => Row {
+                            words: a.words.clone(),
+                            len: a.len,
+                        },
+                        GgmlType::F32 => {
+                            let wide = a.dequantize(act_ty, n);
+                            Row {
+                                words: bytemuck::cast_slice(&wide).to_vec(),
+                                len: 4 * n,
+                            }
+                        }
+                        t => panic!("{ty}: tiles read {t}"),
+                    })
+                    .collect();
+                let got = tile(w.bytes(), std::array::from_fn(|i| tile_acts[i].bytes()));
                 let wd = w.dequantize(ty, n);
                 for (i, a) in acts.iter().enumerate() {
                     let want = (scalar.dot)(w.bytes(), a.bytes());

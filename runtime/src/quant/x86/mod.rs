@@ -140,7 +140,7 @@ safe_dot!(dot_q8_0, legacy::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
 safe_dot!(dot_q4_k, k_quants::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
 safe_dot!(dot_q5_k, k_quants::dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
 safe_dot!(dot_q6_k, k_quants::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
-safe_dot_tile!(dot_tile_f16, float::dot_tile_f16, f16, f16);
+safe_dot_tile!(dot_tile_f16, float::dot_tile_f16, f16, f32);
 safe_dot_tile!(
     dot_tile_q4_0,
     legacy::dot_tile_q4_0_q8_0,
