@@ -25,7 +25,7 @@ pub(super) struct VectorOps {
     /// transposed key matrix: `out[r·n + j] = Σ_d q[r][d] · kt[d·n_kv + j]`, with `kt`
     /// `[head_dim, n_kv]` (`head_dim` = the query length). Keys along the lanes: no
     /// horizontal sums, and each key vector loaded serves all the rows.
-    pub scores: fn([&[f32]; SCORE_ROWS], &[f32], usize, usize, &mut [f32]),
+    pub scores: ScoresFn,
     /// `out = Σ_j p[j] · v[j]` for value rows `v` `[p.len(), out.len()]`: the output stays in
     /// registers while the values stream by.
     pub weighted_sum: fn(&[f32], &[f32], &mut [f32]),
@@ -33,6 +33,9 @@ pub(super) struct VectorOps {
 
 /// Query rows [`VectorOps::scores`] takes at once.
 pub(super) const SCORE_ROWS: usize = 4;
+
+/// `(query rows, transposed keys, n_kv, n, out)`: see [`VectorOps::scores`].
+pub(super) type ScoresFn = fn([&[f32]; SCORE_ROWS], &[f32], usize, usize, &mut [f32]);
 
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
