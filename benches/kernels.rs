@@ -6,6 +6,8 @@
 //!   weight bytes streamed from memory.
 //! - `gemm/<type>/<k>x<n>x<rows>/<path>`: a batch of activation rows times a warm weight, as
 //!   prefill and the vision tower use it (the tile kernels). Throughput is multiply-adds.
+//! - `attention/decode|prefill512/<ctx>/<kv>` and `attention/clip/577`: cached causal attention
+//!   of LLaMA-7B's heads at 512, 2048 and 4096 positions (f16 and f32 cache), and CLIP-L's.
 //! - `dot/<type>/<path>`: the raw dot kernel on one 4096-element row (cache-resident).
 //! - `quantize/<type>/<path>`: one 4096-element activation row.
 //!
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use llava_runtime::backend::{Backend, CpuBackend};
+use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::quant::{self, CpuPath, GgmlType};
 
@@ -198,6 +200,59 @@ fn gemm(c: &mut Criterion) {
     group.finish();
 }
 
+/// `attention/<case>/<ctx>/<kv>`: LLaMA-7B attention (32 heads of 128, MHA) at a context of
+/// `ctx` positions, with an f16 or f32 cache: `decode` is one new row over the whole context,
+/// `prefill512` the last 512 rows of it arriving at once (the causal triangle's bottom). Plus
+/// `clip`: CLIP-L's full attention, 577 rows, 16 heads of 64. Throughput is in query rows.
+fn attention(c: &mut Criterion) {
+    let heads = Heads {
+        n_heads: 32,
+        n_kv_heads: 32,
+        head_dim: 128,
+    };
+    let dim = heads.n_heads * heads.head_dim;
+    let mut group = c.benchmark_group("attention");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for kv_type in [KvType::F16, KvType::F32] {
+        let mut backend = CpuBackend::new(bench_threads());
+        backend.set_kv_type(kv_type);
+        for ctx in [512, 2048, 4096] {
+            let mut cache = backend.new_kv_cache(1, ctx, heads.n_kv_heads, heads.head_dim);
+            // Fill the cache once, in 512-row steps (the values do not change the speed).
+            for start in (0..ctx).step_by(512) {
+                let t = backend.upload(random_row(start as u64, 512 * dim), 512, dim);
+                backend.attention_cached(&t, &t, &t, &mut cache, 0, start, heads);
+            }
+            for rows in [1, 512] {
+                let x = backend.upload(random_row(1, rows * dim), rows, dim);
+                let case = if rows == 1 { "decode" } else { "prefill512" };
+                group.throughput(Throughput::Elements(rows as u64));
+                let id = BenchmarkId::new(format!("{case}/{ctx}"), kv_type.name());
+                group.bench_function(id, |b| {
+                    b.iter(|| {
+                        backend.attention_cached(&x, &x, &x, &mut cache, 0, ctx - rows, heads)
+                    })
+                });
+            }
+        }
+    }
+    let backend = CpuBackend::new(bench_threads());
+    let clip = Heads {
+        n_heads: 16,
+        n_kv_heads: 16,
+        head_dim: 64,
+    };
+    let x = backend.upload(random_row(2, 577 * 1024), 577, 1024);
+    group.throughput(Throughput::Elements(577));
+    group.bench_function("clip/577", |b| {
+        b.iter(|| backend.attention(black_box(&x), &x, &x, clip))
+    });
+    group.finish();
+}
+
 fn bench_threads() -> usize {
     std::env::var("LLAVA_BENCH_THREADS")
         .ok()
@@ -250,5 +305,5 @@ fn dot_and_quantize(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dot_and_quantize, gemv, gemm);
+criterion_group!(benches, dot_and_quantize, gemv, gemm, attention);
 criterion_main!(benches);

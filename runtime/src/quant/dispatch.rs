@@ -221,11 +221,12 @@ pub struct RowKernels {
     pub dot: DotFn,
     /// The same for [`TILE_ROWS`] activation rows at once, where the path has such a kernel.
     pub dot_tile: Option<DotTileFn>,
-    /// The format `dot_tile` reads activation rows in: `act_type`, or `F32` holding the
-    /// `act_type` values widened exactly (F16 weights on AVX2, where converting the activations
-    /// once per call beats converting them once per weight row). The products, and so the
-    /// result up to the order of additions, are the same either way.
-    pub tile_act_type: GgmlType,
+    /// Whether batches (prefill, the vision tower) widen these weights, a block of rows at a
+    /// time, and the quantized activations to f32, exactly, and multiply them with an f32 GEMM
+    /// micro-kernel instead of `dot_tile` (F16 on AVX2: converting once per block beats
+    /// converting in every dot). The products are the same; only the order of the additions
+    /// differs.
+    pub widen_batches: bool,
     /// Where `quantize` comes from: the requested path, or `Scalar` where it has none for
     /// `act_type`.
     pub quantize_path: CpuPath,
@@ -274,9 +275,7 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
     if let Some(dot) = avx2.dot(ty) {
         kernels.dot = dot;
         kernels.dot_tile = avx2.dot_tile(ty);
-        if ty == GgmlType::F16 {
-            kernels.tile_act_type = GgmlType::F32;
-        }
+        kernels.widen_batches = ty == GgmlType::F16;
         kernels.dot_path = CpuPath::Avx2;
     }
     kernels
@@ -326,7 +325,7 @@ fn scalar<W: VecDot>() -> RowKernels {
         quantize: quantize_as::<W>,
         dot: dot_as::<W>,
         dot_tile: None,
-        tile_act_type: W::Activation::TYPE,
+        widen_batches: false,
         quantize_path: CpuPath::Scalar,
         dot_path: CpuPath::Scalar,
     }

@@ -9,6 +9,7 @@
 use bytemuck::{cast_slice, cast_slice_mut};
 use rayon::prelude::*;
 
+use super::vector::{vector_ops, VectorOps, GEMM_ROWS, GEMM_W_ROWS};
 use super::{chunk_len, par_chunks, CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, TILE_ROWS};
 
@@ -49,60 +50,57 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         .for_each(|(dst, src)| (kernel.quantize)(src, &mut cast_slice_mut(dst)[..a_row_bytes]));
     let act_bytes: &[u8] = cast_slice(&act);
     let act_row = |r: usize| &act_bytes[r * a_stride_words * 4..][..a_row_bytes];
-    // The tile kernel's copy of the activations, where it reads another format: the quantized
-    // values widened to f32, exactly (see `RowKernels::tile_act_type`).
-    let widened: Option<Vec<f32>> = (kernel.dot_tile.is_some()
-        && kernel.tile_act_type != kernel.act_type
-        && x.rows >= TILE_ROWS)
-        .then(|| {
-            assert_eq!(
-                kernel.tile_act_type,
-                GgmlType::F32,
-                "tiles widen to f32 only"
-            );
-            let mut wide = vec![0f32; x.rows * k];
-            wide.par_chunks_mut(k).enumerate().for_each(|(r, dst)| {
-                quant::dequantize_row(kernel.act_type, act_row(r), dst)
-                    .expect("quantized by the same kernel table")
-            });
-            wide
-        });
-    let tile_row = |r: usize| -> &[u8] {
-        match &widened {
-            Some(wide) => cast_slice(&wide[r * k..(r + 1) * k]),
-            None => act_row(r),
-        }
-    };
-
     let weights = w.data();
     let rows = x.rows;
-    // Rows of activations a tile kernel takes; without one, every row is dotted on its own.
-    let tiled_rows = match kernel.dot_tile {
-        Some(_) => rows / TILE_ROWS * TILE_ROWS,
-        None => 0,
+    let w_row = |j: usize| &weights[j * w_row_bytes..][..w_row_bytes];
+    // Widened batches: the activations as f32 (exactly the quantized values), once per call.
+    let widened: Option<Vec<f32>> = (kernel.widen_batches && rows >= GEMM_ROWS).then(|| {
+        let mut wide = vec![0f32; rows * k];
+        wide.par_chunks_mut(k).enumerate().for_each(|(r, dst)| {
+            quant::dequantize_row(kernel.act_type, act_row(r), dst)
+                .expect("quantized by the same kernel table")
+        });
+        wide
+    });
+    let ops = vector_ops();
+    // Rows of activations the tile kernel or the widened GEMM take; the rest are dotted one
+    // by one.
+    let tiled_rows = match (&widened, kernel.dot_tile) {
+        (Some(_), _) => rows / GEMM_ROWS * GEMM_ROWS,
+        (None, Some(_)) => rows / TILE_ROWS * TILE_ROWS,
+        (None, None) => 0,
     };
     // Output transposed, [n_out, rows]: a worker's run of weight rows is one contiguous slice.
     let mut out_t = vec![0f32; n_out * rows];
     let chunk = chunk_len(n_out) * rows;
     par_chunks(&mut out_t, chunk, |start, out| {
         let first = start / rows;
+        let mut wide_w = Vec::new();
         // A block of weight rows (37 KB of 4096-wide Q4_K) stays in L2 while every tile of
         // activation rows (19 KB of Q8_K) passes over it from L1: the weights are read from
         // memory once per call, the activations from L3 once per block.
         for (b, out_block) in out.chunks_mut(WEIGHT_BLOCK_ROWS * rows).enumerate() {
             let block_first = first + b * WEIGHT_BLOCK_ROWS;
-            let w_row = |j: usize| &weights[(block_first + j) * w_row_bytes..][..w_row_bytes];
-            if let Some(dot_tile) = kernel.dot_tile {
+            let n_block = out_block.len() / rows;
+            if let Some(wide_a) = &widened {
+                wide_w.resize(n_block * k, 0f32);
+                for (j, dst) in wide_w.chunks_exact_mut(k).enumerate() {
+                    quant::dequantize_row(w.ggml_type(), w_row(block_first + j), dst)
+                        .expect("type checked at load");
+                }
+                gemm_widened(&ops, &wide_w, wide_a, k, tiled_rows, out_block);
+            } else if let Some(dot_tile) = kernel.dot_tile {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
-                    let acts = std::array::from_fn(|i| tile_row(r + i));
+                    let acts = std::array::from_fn(|i| act_row(r + i));
                     for (j, out_j) in out_block.chunks_exact_mut(rows).enumerate() {
-                        out_j[r..r + TILE_ROWS].copy_from_slice(&dot_tile(w_row(j), acts));
+                        out_j[r..r + TILE_ROWS]
+                            .copy_from_slice(&dot_tile(w_row(block_first + j), acts));
                     }
                 }
             }
             for (j, out_j) in out_block.chunks_exact_mut(rows).enumerate() {
                 for (r, o) in out_j.iter_mut().enumerate().skip(tiled_rows) {
-                    *o = (kernel.dot)(w_row(j), act_row(r));
+                    *o = (kernel.dot)(w_row(block_first + j), act_row(r));
                 }
             }
         }
@@ -128,4 +126,33 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             }
         });
     CpuTensor::new(out, rows, n_out)
+}
+
+/// The first `tiled_rows` activation rows of `wide_a` (`[rows, k]`) against a block of weight
+/// rows widened to f32 (`wide_w`, `[n_block, k]`), into `out_block` (`[n_block, rows]`), with
+/// the f32 micro-kernel: [`GEMM_W_ROWS`] weight rows by [`GEMM_ROWS`] activation rows at a
+/// time. (Splitting the rows into 256-column chunks, to keep the block in L1, was 25% slower:
+/// the per-call horizontal sums cost more than L2 reads.)
+fn gemm_widened(
+    ops: &VectorOps,
+    wide_w: &[f32],
+    wide_a: &[f32],
+    k: usize,
+    tiled_rows: usize,
+    out_block: &mut [f32],
+) {
+    let n_block = wide_w.len() / k;
+    let rows = out_block.len() / n_block;
+    let w_row = |j: usize| &wide_w[j * k..(j + 1) * k];
+    for r in (0..tiled_rows).step_by(GEMM_ROWS) {
+        let acts = std::array::from_fn(|i| &wide_a[(r + i) * k..(r + i + 1) * k]);
+        for j0 in (0..n_block).step_by(GEMM_W_ROWS) {
+            // A short last group repeats its last row; those results are dropped.
+            let js: [usize; GEMM_W_ROWS] = std::array::from_fn(|i| (j0 + i).min(n_block - 1));
+            let sums = (ops.gemm)(js.map(w_row), acts);
+            for (i, sums) in sums.iter().enumerate().take(n_block - j0) {
+                out_block[(j0 + i) * rows + r..][..GEMM_ROWS].copy_from_slice(sums);
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{f16_to_f32, f32_to_f16, hsum_f32, TILE_ROWS};
+use super::{f16_to_f32, f32_to_f16, hsum_f32};
 use crate::quant::{assert_dot_len, assert_row_len};
 
 /// 8 halves widened to f32.
@@ -43,54 +43,6 @@ pub(super) fn dot_f16(w: &[f16], a: &[f16]) -> f32 {
         .fold(0f32, |sum, (&w, &a)| sum + f16_to_f32(w) * f16_to_f32(a));
     let total = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     hsum_f32(total) + tail
-}
-
-/// [`TILE_ROWS`] activation rows against one F16 weight row. The activations come as f32
-/// (F16 activations widened once per matmul, `RowKernels::tile_act_type`): each 8 weights are
-/// widened once and meet each row with one load and one FMA. With the activations in f16 as
-/// well, their conversions (one per FMA) bounded the kernel: the CLIP-L tower spent 44% of its
-/// time here (perf, 2026-11-27). Two sets of accumulators keep 8 FMA chains in flight.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_tile_f16(w: &[f16], a: [&[f32]; TILE_ROWS]) -> [f32; TILE_ROWS] {
-    for a in a {
-        assert_eq!(a.len(), w.len(), "dot of different lengths");
-    }
-    let mut acc = [[_mm256_setzero_ps(); TILE_ROWS]; 2];
-    let n16 = w.len() / 16 * 16;
-    for i in (0..n16).step_by(16) {
-        for (k, acc) in acc.iter_mut().enumerate() {
-            let at = i + 8 * k;
-            let wv = load_f16x8(&w[at..at + 8]);
-            for (acc, a) in acc.iter_mut().zip(a) {
-                *acc = _mm256_fmadd_ps(wv, load_f32x8(&a[at..at + 8]), *acc);
-            }
-        }
-    }
-    let n8 = w.len() / 8 * 8;
-    for at in (n16..n8).step_by(8) {
-        let wv = load_f16x8(&w[at..at + 8]);
-        for (acc, a) in acc[0].iter_mut().zip(a) {
-            *acc = _mm256_fmadd_ps(wv, load_f32x8(&a[at..at + 8]), *acc);
-        }
-    }
-    let mut out = [0f32; TILE_ROWS];
-    for (r, out) in out.iter_mut().enumerate() {
-        let tail = w[n8..]
-            .iter()
-            .zip(&a[r][n8..])
-            .fold(0f32, |sum, (&w, &a)| sum + f16_to_f32(w) * a);
-        *out = hsum_f32(_mm256_add_ps(acc[0][r], acc[1][r])) + tail;
-    }
-    out
-}
-
-/// 8 floats.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_f32x8(x: &[f32]) -> __m256 {
-    assert_eq!(x.len(), 8);
-    // SAFETY: `x` is 8 floats, 32 bytes; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_ps(x.as_ptr()) }
 }
 
 /// f32 → f16 with round-to-nearest-even (`vcvtps2ph`), as `half::f16::from_f32` and ggml do:

@@ -73,7 +73,6 @@ impl Avx2 {
     pub(crate) fn dot_tile(self, ty: GgmlType) -> Option<DotTileFn> {
         use GgmlType::*;
         Some(match ty {
-            F16 => dot_tile_f16,
             Q4_0 => dot_tile_q4_0,
             Q5_0 => dot_tile_q5_0,
             Q8_0 => dot_tile_q8_0,
@@ -140,7 +139,6 @@ safe_dot!(dot_q8_0, legacy::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
 safe_dot!(dot_q4_k, k_quants::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
 safe_dot!(dot_q5_k, k_quants::dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
 safe_dot!(dot_q6_k, k_quants::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
-safe_dot_tile!(dot_tile_f16, float::dot_tile_f16, f16, f32);
 safe_dot_tile!(
     dot_tile_q4_0,
     legacy::dot_tile_q4_0_q8_0,
