@@ -6,6 +6,7 @@
 //! The dot products follow ggml's scalar `ggml_vec_dot_f32/f16/bf16`: each product is rounded to
 //! f32, then summed in `ggml_float` (f64), and the sum rounded to f32 once at the end.
 
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 use super::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
@@ -53,9 +54,10 @@ impl BlockFormat for f16 {
 
     fn dequantize_row(src: &[f16], dst: &mut [f32]) {
         assert_row_len::<f16>(src.len(), dst.len());
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = s.to_f32();
-        }
+        // Exact whichever way it is done; `half` uses F16C eight at a time where the CPU has
+        // it (widening F16 weights for batched matmuls spent 7% of the CLIP tower here, one
+        // value at a time).
+        src.convert_to_f32_slice(dst);
     }
 }
 

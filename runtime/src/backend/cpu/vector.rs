@@ -383,7 +383,10 @@ mod x86 {
         let mut out = [[0f32; GEMM_ROWS]; GEMM_W_ROWS];
         for (i, (out, acc)) in out.iter_mut().zip(&acc).enumerate() {
             for (r, (o, &acc)) in out.iter_mut().zip(acc).enumerate() {
-                *o = hsum(acc) + dot_portable(&w[i][k8..], &a[r][k8..]);
+                *o = hsum(acc);
+                if k8 < k {
+                    *o += dot_portable(&w[i][k8..], &a[r][k8..]);
+                }
             }
         }
         out
