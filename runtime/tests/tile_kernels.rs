@@ -14,16 +14,9 @@
 use bytemuck::cast_slice_mut;
 use llava_runtime::quant::{self, row_kernels, CpuPath, GgmlType, TILE_ROWS};
 
-/// The weight types with tile kernels on the AVX2 path. (F16 batches take another route:
-/// weights widened to f32 and an f32 micro-kernel, tested in the backend.)
-const TILE_TYPES: [GgmlType; 6] = [
-    GgmlType::Q4_0,
-    GgmlType::Q5_0,
-    GgmlType::Q8_0,
-    GgmlType::Q4K,
-    GgmlType::Q5K,
-    GgmlType::Q6K,
-];
+/// The weight types with tile kernels on the AVX2 path. (Batches of the other types take
+/// another route: weights widened to f32 and an f32 micro-kernel, tested in the backend.)
+const TILE_TYPES: [GgmlType; 3] = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
 
 struct Rng(u64);
 

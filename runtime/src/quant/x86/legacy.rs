@@ -9,11 +9,9 @@
 
 use std::arch::x86_64::*;
 
-use half::f16;
-
-use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, load_16, load_32, TILE_ROWS};
+use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, load_16, load_32};
 use crate::quant::{
-    assert_dot_len, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, VecDot,
+    assert_dot_len, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
 };
 
 /// The 32 nibbles of a Q4_0/Q4_1/Q5_0/Q5_1 block as bytes 0..=15, in element order: byte `j`
@@ -165,59 +163,4 @@ pub(super) fn dot_q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
         |x, y| f16_to_f32(x.d) * f16_to_f32(y.d),
     );
     scaled + mins
-}
-
-/// [`TILE_ROWS`] activation rows against one row of a symmetric format (i8 weights `signed(x)`
-/// times the block scale `d(x)`): each block is unpacked, and the magnitudes of its weights
-/// taken, once; only the sign transfer, the integer dot and the scaling run per activation row.
-/// Per block and row this is the work of [`scaled_block_sum`]'s `dot_i8_i8` less one sign and
-/// the unpacking; the rows' accumulators are independent FMA chains.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn symmetric_tile<X: VecDot<Activation = BlockQ8_0>>(
-    xs: &[X],
-    ys: [&[BlockQ8_0]; TILE_ROWS],
-    signed: impl Fn(&X) -> __m256i,
-    d: impl Fn(&X) -> f16,
-) -> [f32; TILE_ROWS] {
-    for y in ys {
-        assert_dot_len(xs, y);
-    }
-    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
-    for (i, x) in xs.iter().enumerate() {
-        let q = signed(x);
-        let magnitude = _mm256_sign_epi8(q, q);
-        let d_w = f16_to_f32(d(x));
-        for (acc, y) in acc.iter_mut().zip(ys) {
-            let y = &y[i];
-            let sumi = dot_u8_i8(magnitude, _mm256_sign_epi8(load_32(&y.qs), q));
-            let scale = _mm256_set1_ps(d_w * f16_to_f32(y.d));
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), scale, *acc);
-        }
-    }
-    acc.map(|acc| hsum_f32(acc))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_tile_q4_0_q8_0(
-    w: &[BlockQ4_0],
-    a: [&[BlockQ8_0]; TILE_ROWS],
-) -> [f32; TILE_ROWS] {
-    symmetric_tile(w, a, |x| q4_0_weights(x), |x| x.d)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_tile_q5_0_q8_0(
-    w: &[BlockQ5_0],
-    a: [&[BlockQ8_0]; TILE_ROWS],
-) -> [f32; TILE_ROWS] {
-    symmetric_tile(w, a, |x| q5_0_weights(x), |x| x.d)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_tile_q8_0_q8_0(
-    w: &[BlockQ8_0],
-    a: [&[BlockQ8_0]; TILE_ROWS],
-) -> [f32; TILE_ROWS] {
-    symmetric_tile(w, a, |x| load_32(&x.qs), |x| x.d)
 }

@@ -69,13 +69,11 @@ impl Avx2 {
     }
 
     /// The dot product of weights of type `ty` with [`TILE_ROWS`] activation rows at once, if
-    /// there is an AVX2 one.
+    /// there is an AVX2 one (the K-quants; batches of the other types are widened to f32, see
+    /// `RowKernels::widen_batches`).
     pub(crate) fn dot_tile(self, ty: GgmlType) -> Option<DotTileFn> {
         use GgmlType::*;
         Some(match ty {
-            Q4_0 => dot_tile_q4_0,
-            Q5_0 => dot_tile_q5_0,
-            Q8_0 => dot_tile_q8_0,
             Q4K => dot_tile_q4_k,
             Q5K => dot_tile_q5_k,
             Q6K => dot_tile_q6_k,
@@ -139,24 +137,6 @@ safe_dot!(dot_q8_0, legacy::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
 safe_dot!(dot_q4_k, k_quants::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
 safe_dot!(dot_q5_k, k_quants::dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
 safe_dot!(dot_q6_k, k_quants::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
-safe_dot_tile!(
-    dot_tile_q4_0,
-    legacy::dot_tile_q4_0_q8_0,
-    BlockQ4_0,
-    BlockQ8_0
-);
-safe_dot_tile!(
-    dot_tile_q5_0,
-    legacy::dot_tile_q5_0_q8_0,
-    BlockQ5_0,
-    BlockQ8_0
-);
-safe_dot_tile!(
-    dot_tile_q8_0,
-    legacy::dot_tile_q8_0_q8_0,
-    BlockQ8_0,
-    BlockQ8_0
-);
 safe_dot_tile!(
     dot_tile_q4_k,
     k_quants::dot_tile_q4_k_q8_k,
