@@ -147,18 +147,33 @@ impl CpuKvCache {
 
 /// An element type attention can read keys and values in.
 pub(super) trait KvElement: Copy + Send + Sync {
-    fn dot(ops: &VectorOps, q: &[f32], k: &[Self]) -> f32;
-    fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[Self]);
+    /// [`VectorOps::decode_head`] for this element type; `scores` is `visible` long.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_head(
+        ops: &VectorOps,
+        q: &[f32],
+        keys: &[Self],
+        values: &[Self],
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    );
     fn to_f32(x: Self) -> f32;
 }
 
 impl KvElement for f32 {
-    fn dot(ops: &VectorOps, q: &[f32], k: &[f32]) -> f32 {
-        (ops.dot)(q, k)
-    }
-
-    fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[f32]) {
-        (ops.axpy)(y, a, x)
+    fn decode_head(
+        ops: &VectorOps,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        (ops.decode_head)(q, keys, values, stride, scores.len(), scale, scores, out)
     }
 
     fn to_f32(x: f32) -> f32 {
@@ -167,12 +182,17 @@ impl KvElement for f32 {
 }
 
 impl KvElement for f16 {
-    fn dot(ops: &VectorOps, q: &[f32], k: &[f16]) -> f32 {
-        (ops.dot_f16)(q, k)
-    }
-
-    fn axpy(ops: &VectorOps, y: &mut [f32], a: f32, x: &[f16]) {
-        (ops.axpy_f16)(y, a, x)
+    fn decode_head(
+        ops: &VectorOps,
+        q: &[f32],
+        keys: &[f16],
+        values: &[f16],
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        (ops.decode_head_f16)(q, keys, values, stride, scores.len(), scale, scores, out)
     }
 
     fn to_f32(x: f16) -> f32 {
@@ -229,13 +249,17 @@ pub(super) fn attend<T: KvElement>(
             let kv_off = (h / group) * head_dim;
             let qh = &q.row(r)[h * head_dim..][..head_dim];
             let visible = causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
-            let mut scores: Vec<f32> = (0..visible)
-                .map(|j| T::dot(&ops, qh, &keys[j * kv_dim + kv_off..][..head_dim]) * scale)
-                .collect();
-            softmax_in_place(&mut scores);
-            for (j, &p) in scores.iter().enumerate() {
-                T::axpy(&ops, out, p, &values[j * kv_dim + kv_off..][..head_dim]);
-            }
+            let mut scores = vec![0f32; visible];
+            T::decode_head(
+                &ops,
+                qh,
+                &keys[kv_off..],
+                &values[kv_off..],
+                kv_dim,
+                scale,
+                &mut scores,
+                out,
+            );
         });
     CpuTensor::new(out, q.rows, q.cols)
 }

@@ -1,10 +1,10 @@
-//! The f32 vector primitives of attention: a dot product and `y += a·x`, chosen once per
-//! call from the process's CPU path (`quant::cpu_path`), like the matmul kernels.
+//! The f32 vector primitives of attention and of widened matmuls, chosen once per call from
+//! the process's CPU path (`quant::cpu_path`), like the matmul kernels: decode attention of one
+//! head over the cache, batched attention scores and weighted sums, and the f32 GEMM
+//! micro-kernel.
 //!
-//! The portable versions keep 8 independent lane sums, which LLVM turns into SIMD on any
-//! target (SSE2 on baseline x86-64, NEON on aarch64); the AVX2 versions add FMA and 16-wide
-//! steps. Attention spends its time here: before these, the dot of a query with each key was
-//! a sequential scalar sum, 25% of a 500-token TinyLlama prefill (perf, 2026-11-27).
+//! The portable versions are plain loops (LLVM vectorizes the lane-parallel ones with SSE2 or
+//! NEON); the AVX2 versions use FMA and F16C, and each says what it was measured against.
 
 use half::f16;
 
@@ -13,14 +13,6 @@ use crate::quant::{self, CpuPath};
 /// The primitives of one CPU path.
 #[derive(Clone, Copy)]
 pub(super) struct VectorOps {
-    /// `Σ a[i]·b[i]` over slices of equal length.
-    pub dot: fn(&[f32], &[f32]) -> f32,
-    /// `y[i] += a·x[i]` over slices of equal length.
-    pub axpy: fn(&mut [f32], f32, &[f32]),
-    /// `dot` with the second operand in f16 (an f16 KV cache).
-    pub dot_f16: fn(&[f32], &[f16]) -> f32,
-    /// `axpy` with `x` in f16.
-    pub axpy_f16: fn(&mut [f32], f32, &[f16]),
     /// Attention scores of [`SCORE_ROWS`] query rows against the first `n` keys of a
     /// transposed key matrix: `out[r·n + j] = Σ_d q[r][d] · kt[d·n_kv + j]`, with `kt`
     /// `[head_dim, n_kv]` (`head_dim` = the query length). Keys along the lanes: no
@@ -29,6 +21,12 @@ pub(super) struct VectorOps {
     /// `out = Σ_j p[j] · v[j]` for value rows `v` `[p.len(), out.len()]`: the output stays in
     /// registers while the values stream by.
     pub weighted_sum: fn(&[f32], &[f32], &mut [f32]),
+    /// Decode attention of one query head over `n` cached positions whose keys and values
+    /// for this head start every `stride` elements: scores, softmax and weighted sum in one
+    /// call, `out` = the head's output (`q.len()` wide). See [`DecodeHeadFn`].
+    pub decode_head: DecodeHeadFn<f32>,
+    /// [`VectorOps::decode_head`] over an f16 cache.
+    pub decode_head_f16: DecodeHeadFn<f16>,
     /// The f32 GEMM micro-kernel of batched matmuls with widened weights (F16 on AVX2):
     /// `out[i][r] = Σ_k w[i][k] · a[r][k]` for [`GEMM_W_ROWS`] weight rows and
     /// [`GEMM_ROWS`] activation rows, all of one length.
@@ -39,6 +37,10 @@ pub(super) struct VectorOps {
 pub(super) const GEMM_W_ROWS: usize = 3;
 /// Activation rows [`VectorOps::gemm`] takes at once.
 pub(super) const GEMM_ROWS: usize = 4;
+
+/// `(q, keys, values, stride, n, scale, scores scratch (n long), out)`: keys and values of
+/// position `j` at `[j·stride..][..q.len()]`.
+pub(super) type DecodeHeadFn<T> = fn(&[f32], &[T], &[T], usize, usize, f32, &mut [f32], &mut [f32]);
 
 /// See [`VectorOps::gemm`].
 pub(super) type GemmFn =
@@ -60,13 +62,11 @@ pub(super) fn vector_ops() -> VectorOps {
 
 fn portable() -> VectorOps {
     VectorOps {
-        dot: dot_portable,
-        axpy: axpy_portable,
-        dot_f16: dot_f16_portable,
-        axpy_f16: axpy_f16_portable,
         scores: scores_portable,
         weighted_sum: weighted_sum_portable,
         gemm: gemm_portable,
+        decode_head: decode_head_portable::<f32>,
+        decode_head_f16: decode_head_portable::<f16>,
     }
 }
 
@@ -74,13 +74,11 @@ fn portable() -> VectorOps {
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> Option<VectorOps> {
     CpuPath::Avx2.is_available().then_some(VectorOps {
-        dot: x86::dot,
-        axpy: x86::axpy,
-        dot_f16: x86::dot_f16,
-        axpy_f16: x86::axpy_f16,
         scores: x86::scores,
         weighted_sum: x86::weighted_sum,
         gemm: x86::gemm,
+        decode_head: x86::decode_head::<f32>,
+        decode_head_f16: x86::decode_head::<f16>,
     })
 }
 
@@ -112,29 +110,6 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
     assert_eq!(y.len(), x.len(), "axpy of different lengths");
     y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
-}
-
-fn dot_f16_portable(a: &[f32], b: &[f16]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot of different lengths");
-    let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y.to_f32())
-        .sum();
-    let mut acc = [0f32; LANES];
-    for (x, y) in a8.zip(b8) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l].to_f32();
-        }
-    }
-    acc.iter().sum::<f32>() + tail
-}
-
-fn axpy_f16_portable(y: &mut [f32], a: f32, x: &[f16]) {
-    assert_eq!(y.len(), x.len(), "axpy of different lengths");
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x.to_f32());
 }
 
 fn check_scores(q: &[&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, out: &[f32]) {
@@ -169,6 +144,70 @@ fn weighted_sum_portable(p: &[f32], v: &[f32], out: &mut [f32]) {
     }
 }
 
+/// A cache element, widened to f32.
+pub(super) trait CacheValue: Copy + Send + Sync + 'static {
+    fn widen(self) -> f32;
+}
+
+impl CacheValue for f32 {
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl CacheValue for f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+fn check_decode_head<T>(
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    stride: usize,
+    n: usize,
+    scores: &[f32],
+    out: &[f32],
+) {
+    let d = q.len();
+    assert!(d <= stride || n <= 1, "head wider than the stride");
+    let need = if n == 0 { 0 } else { (n - 1) * stride + d };
+    assert!(
+        keys.len() >= need && values.len() >= need,
+        "cache shorter than n positions"
+    );
+    assert_eq!(scores.len(), n, "scores scratch");
+    assert_eq!(out.len(), d, "output width");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode_head_portable<T: CacheValue>(
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    stride: usize,
+    n: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    check_decode_head(q, keys, values, stride, n, scores, out);
+    let d = q.len();
+    for (j, s) in scores.iter_mut().enumerate() {
+        let k = &keys[j * stride..][..d];
+        *s = q.iter().zip(k).map(|(&a, &b)| a * b.widen()).sum::<f32>() * scale;
+    }
+    super::attention::softmax_in_place(scores);
+    out.fill(0.0);
+    for (j, &p) in scores.iter().enumerate() {
+        let v = &values[j * stride..][..d];
+        out.iter_mut()
+            .zip(v)
+            .for_each(|(o, &v)| *o += p * v.widen());
+    }
+}
+
 fn check_gemm(w: &[&[f32]; GEMM_W_ROWS], a: &[&[f32]; GEMM_ROWS]) {
     let k = w[0].len();
     assert!(
@@ -191,7 +230,7 @@ mod x86 {
 
     use half::f16;
 
-    use super::{axpy_portable, dot_portable, GEMM_ROWS, GEMM_W_ROWS, SCORE_ROWS};
+    use super::{dot_portable, GEMM_ROWS, GEMM_W_ROWS, SCORE_ROWS};
     use crate::quant::CpuPath;
 
     /// Whether the AVX2 versions may run: `vector_ops` hands them out only on the AVX2 path,
@@ -199,34 +238,6 @@ mod x86 {
     /// builds.
     fn debug_check() {
         debug_assert!(CpuPath::Avx2.is_available());
-    }
-
-    pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-        debug_check();
-        assert_eq!(a.len(), b.len(), "dot of different lengths");
-        // SAFETY: reachable only through `vector_ops` on the AVX2 path (see `debug_check`).
-        unsafe { dot_avx2(a, b) }
-    }
-
-    pub(super) fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-        debug_check();
-        assert_eq!(y.len(), x.len(), "axpy of different lengths");
-        // SAFETY: as for `dot`.
-        unsafe { axpy_avx2(y, a, x) }
-    }
-
-    pub(super) fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-        debug_check();
-        assert_eq!(a.len(), b.len(), "dot of different lengths");
-        // SAFETY: as for `dot`.
-        unsafe { dot_f16_avx2(a, b) }
-    }
-
-    pub(super) fn axpy_f16(y: &mut [f32], a: f32, x: &[f16]) {
-        debug_check();
-        assert_eq!(y.len(), x.len(), "axpy of different lengths");
-        // SAFETY: as for `dot`.
-        unsafe { axpy_f16_avx2(y, a, x) }
     }
 
     pub(super) fn scores(
@@ -392,48 +403,113 @@ mod x86 {
         out
     }
 
-    /// 8 halves widened to f32 (exact).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    fn load_f16x8(h: &[f16]) -> __m256 {
-        assert_eq!(h.len(), 8);
-        // SAFETY: `h` is 8 halves, 16 bytes; `loadu` has no alignment requirement.
-        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(h.as_ptr().cast()) })
+    /// Loading 8 cache values as f32.
+    pub(super) trait Load8: super::CacheValue {
+        /// # Safety
+        /// `p` points to 8 readable values, and the CPU has AVX2, FMA and F16C.
+        unsafe fn load8(p: *const Self) -> __m256;
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-        let (a_rest, b_rest) = (a16.remainder(), b16.remainder());
-        for (x, y) in a16.zip(b16) {
-            // SAFETY: `x` is 16 floats; `loadu` needs no alignment.
-            let (x0, x1) = unsafe {
-                (
-                    _mm256_loadu_ps(x.as_ptr()),
-                    _mm256_loadu_ps(x.as_ptr().add(8)),
-                )
-            };
-            acc0 = _mm256_fmadd_ps(x0, load_f16x8(&y[..8]), acc0);
-            acc1 = _mm256_fmadd_ps(x1, load_f16x8(&y[8..]), acc1);
+    impl Load8 for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_loadu_ps(p) }
         }
-        hsum(_mm256_add_ps(acc0, acc1)) + super::dot_f16_portable(a_rest, b_rest)
     }
 
+    impl Load8 for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            // SAFETY: the caller's contract (F16C for the conversion).
+            unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decode_head<T: Load8>(
+        q: &[f32],
+        keys: &[T],
+        values: &[T],
+        stride: usize,
+        n: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        debug_check();
+        super::check_decode_head(q, keys, values, stride, n, scores, out);
+        if !q.len().is_multiple_of(8) {
+            return super::decode_head_portable(q, keys, values, stride, n, scale, scores, out);
+        }
+        // SAFETY: as for `dot`; the lengths are checked above and `q.len()` is whole vectors.
+        unsafe { decode_head_avx2(q, keys, values, stride, scale, scores, out) }
+    }
+
+    /// One query head over the cache, all in one function: the per-key dot keeps its two FMA
+    /// chains and one horizontal sum, and the weighted sum keeps 64 output lanes in registers
+    /// while the values stream by. Calling a dot and an axpy per key through function pointers
+    /// (each with its checks, the axpy loading and storing the output row) ran at ≈ 4 GB/s of
+    /// cache (criterion `attention/decode/2048`, 2026-11-27).
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn axpy_f16_avx2(y: &mut [f32], a: f32, x: &[f16]) {
-        let av = _mm256_set1_ps(a);
-        let mut y8 = y.chunks_exact_mut(8);
-        let x8 = x.chunks_exact(8);
-        let x_rest = x8.remainder();
-        for (y, x) in (&mut y8).zip(x8) {
-            // SAFETY: `y` is 8 floats; `loadu`/`storeu` need no alignment.
+    fn decode_head_avx2<T: Load8>(
+        q: &[f32],
+        keys: &[T],
+        values: &[T],
+        stride: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = q.len();
+        for (j, s) in scores.iter_mut().enumerate() {
+            let k = &keys[j * stride..][..d];
+            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = 0;
+            // SAFETY: `i + 8 <= d` for every load (d is whole vectors), within `q` and `k`.
             unsafe {
-                let v = _mm256_fmadd_ps(av, load_f16x8(x), _mm256_loadu_ps(y.as_ptr()));
-                _mm256_storeu_ps(y.as_mut_ptr(), v);
+                while i + 16 <= d {
+                    acc0 = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(q.as_ptr().add(i)),
+                        T::load8(k.as_ptr().add(i)),
+                        acc0,
+                    );
+                    acc1 = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(q.as_ptr().add(i + 8)),
+                        T::load8(k.as_ptr().add(i + 8)),
+                        acc1,
+                    );
+                    i += 16;
+                }
+                if i < d {
+                    acc0 = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(q.as_ptr().add(i)),
+                        T::load8(k.as_ptr().add(i)),
+                        acc0,
+                    );
+                }
             }
+            *s = hsum(_mm256_add_ps(acc0, acc1)) * scale;
         }
-        super::axpy_f16_portable(y8.into_remainder(), a, x_rest);
+        crate::backend::cpu::attention::softmax_in_place(scores);
+        let mut d0 = 0;
+        while d0 < d {
+            let lanes = (d - d0).min(64);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (j, &p) in scores.iter().enumerate() {
+                let v = &values[j * stride + d0..][..lanes];
+                let pb = _mm256_set1_ps(p);
+                for (b, acc) in acc.iter_mut().enumerate().take(lanes / 8) {
+                    // SAFETY: `8·b + 8 <= lanes = v.len()`.
+                    *acc = _mm256_fmadd_ps(pb, unsafe { T::load8(v.as_ptr().add(8 * b)) }, *acc);
+                }
+            }
+            for (b, acc) in acc.iter().enumerate().take(lanes / 8) {
+                // SAFETY: `d0 + 8·b + 8 <= d = out.len()`.
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(d0 + 8 * b), *acc) };
+            }
+            d0 += lanes;
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -443,48 +519,6 @@ mod x86 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-        // Two FMA chains of 8 lanes: enough for head_dim 64–128 rows, where the loads of the
-        // key row, not the FMA latency, set the pace.
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-        let (a_rest, b_rest) = (a16.remainder(), b16.remainder());
-        for (x, y) in a16.zip(b16) {
-            // SAFETY: `x` and `y` are 16 floats each; `loadu` needs no alignment.
-            unsafe {
-                let (x0, x1) = (
-                    _mm256_loadu_ps(x.as_ptr()),
-                    _mm256_loadu_ps(x.as_ptr().add(8)),
-                );
-                let (y0, y1) = (
-                    _mm256_loadu_ps(y.as_ptr()),
-                    _mm256_loadu_ps(y.as_ptr().add(8)),
-                );
-                acc0 = _mm256_fmadd_ps(x0, y0, acc0);
-                acc1 = _mm256_fmadd_ps(x1, y1, acc1);
-            }
-        }
-        hsum(_mm256_add_ps(acc0, acc1)) + dot_portable(a_rest, b_rest)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
-        let av = _mm256_set1_ps(a);
-        let mut y8 = y.chunks_exact_mut(8);
-        let x8 = x.chunks_exact(8);
-        let x_rest = x8.remainder();
-        for (y, x) in (&mut y8).zip(x8) {
-            // SAFETY: `y` and `x` are 8 floats each; `loadu`/`storeu` need no alignment.
-            unsafe {
-                let v =
-                    _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr()), _mm256_loadu_ps(y.as_ptr()));
-                _mm256_storeu_ps(y.as_mut_ptr(), v);
-            }
-        }
-        axpy_portable(y8.into_remainder(), a, x_rest);
     }
 }
 
@@ -526,6 +560,60 @@ mod tests {
                             got[i][r]
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_head_matches_f64_attention_on_every_available_path() {
+        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
+        for (d, stride, n) in [
+            (128, 4096, 37),
+            (64, 192, 5),
+            (16, 16, 1),
+            (8, 24, 300),
+            (12, 40, 9),
+        ] {
+            let q = data(d, 11);
+            let k = data((n - 1) * stride + d, 12);
+            let v = data((n - 1) * stride + d, 13);
+            let scale = 1.0 / (d as f32).sqrt();
+            let rounded = |x: &[f32]| -> Vec<f16> { x.iter().map(|&v| f16::from_f32(v)).collect() };
+            let (k16, v16) = (rounded(&k), rounded(&v));
+            let want = |k: &[f64], v: &[f64]| -> Vec<f64> {
+                let s: Vec<f64> = (0..n)
+                    .map(|j| {
+                        (0..d).map(|i| q[i] as f64 * k[j * stride + i]).sum::<f64>() * scale as f64
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                (0..d)
+                    .map(|i| (0..n).map(|j| e[j] / sum * v[j * stride + i]).sum())
+                    .collect()
+            };
+            let wide = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };
+            let wide16 = |x: &[f16]| -> Vec<f64> { x.iter().map(|v| v.to_f64()).collect() };
+            let want32 = want(&wide(&k), &wide(&v));
+            let want16 = want(&wide16(&k16), &wide16(&v16));
+            for ops in &paths {
+                let (mut scores, mut out) = (vec![0f32; n], vec![f32::NAN; d]);
+                (ops.decode_head)(&q, &k, &v, stride, n, scale, &mut scores, &mut out);
+                for i in 0..d {
+                    assert!(
+                        (out[i] as f64 - want32[i]).abs() <= 1e-5,
+                        "f32 d={d} n={n} i={i}"
+                    );
+                }
+                let (mut scores, mut out) = (vec![0f32; n], vec![f32::NAN; d]);
+                (ops.decode_head_f16)(&q, &k16, &v16, stride, n, scale, &mut scores, &mut out);
+                for i in 0..d {
+                    assert!(
+                        (out[i] as f64 - want16[i]).abs() <= 1e-5,
+                        "f16 d={d} n={n} i={i}"
+                    );
                 }
             }
         }
@@ -573,55 +661,6 @@ mod tests {
                         (got as f64 - exact).abs() <= 1e-6 * norm,
                         "{head_dim} {n}: d{d}"
                     );
-                }
-            }
-        }
-    }
-
-    /// Every path's primitives against f64 sums, for lengths with and without tails.
-    #[test]
-    fn dot_and_axpy_match_f64_on_every_available_path() {
-        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
-        for n in [0, 1, 7, 8, 15, 16, 17, 64, 128, 131] {
-            let (a, b) = (data(n, 1), data(n, 2));
-            let exact: f64 = a.iter().zip(&b).map(|(&x, &y)| x as f64 * y as f64).sum();
-            let norm: f64 = a
-                .iter()
-                .zip(&b)
-                .map(|(&x, &y)| (x as f64 * y as f64).abs())
-                .sum();
-            for ops in &paths {
-                let got = (ops.dot)(&a, &b) as f64;
-                assert!(
-                    (got - exact).abs() <= 1e-6 * norm + 1e-30,
-                    "n={n}: {got} vs {exact}"
-                );
-            }
-            let b16: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
-            let exact16: f64 = a
-                .iter()
-                .zip(&b16)
-                .map(|(&x, y)| x as f64 * y.to_f64())
-                .sum();
-            for ops in &paths {
-                let got = (ops.dot_f16)(&a, &b16) as f64;
-                assert!(
-                    (got - exact16).abs() <= 1e-6 * norm + 1e-30,
-                    "n={n}: {got} vs {exact16}"
-                );
-
-                let mut y = b.clone();
-                (ops.axpy)(&mut y, 0.375, &a);
-                for i in 0..n {
-                    let want = b[i] as f64 + 0.375 * a[i] as f64;
-                    assert!((y[i] as f64 - want).abs() <= 1e-6, "n={n} i={i}");
-                }
-
-                let mut y = a.clone();
-                (ops.axpy_f16)(&mut y, -1.5, &b16);
-                for i in 0..n {
-                    let want = a[i] as f64 - 1.5 * b16[i].to_f64();
-                    assert!((y[i] as f64 - want).abs() <= 1e-6, "n={n} i={i}");
                 }
             }
         }
