@@ -5,7 +5,8 @@
 //!   memory-mapped from a GGUF file and cold in the caches, as decoding uses it. Throughput is
 //!   weight bytes streamed from memory.
 //! - `gemm/<type>/<k>x<n>x<rows>/<path>`: a batch of activation rows times a warm weight, as
-//!   prefill and the vision tower use it (the tile kernels). Throughput is multiply-adds.
+//!   prefill and the vision tower use it (K-quant tiles, or the widened f32 micro-kernel for the
+//!   other types). Throughput is multiply-adds.
 //! - `attention/decode|prefill512/<ctx>/<kv>` and `attention/clip/577`: cached causal attention
 //!   of LLaMA-7B's heads at 512, 2048 and 4096 positions (f16 and f32 cache), and CLIP-L's.
 //! - `dot/<type>/<path>`: the raw dot kernel on one 4096-element row (cache-resident).
