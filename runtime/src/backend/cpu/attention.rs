@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use half::{f16, slice::HalfFloatSliceExt};
 
-use super::vector::{vector_ops, VectorOps, SCORE_ROWS};
+use super::vector::{vector_ops, CacheValue, VectorOps, SCORE_ROWS};
 use super::CpuTensor;
 use crate::backend::Heads;
 
@@ -146,7 +146,7 @@ impl CpuKvCache {
 }
 
 /// An element type attention can read keys and values in.
-pub(super) trait KvElement: Copy + Send + Sync {
+pub(super) trait KvElement: CacheValue {
     /// [`VectorOps::decode_head`] for this element type; `scores` is `visible` long.
     #[allow(clippy::too_many_arguments)]
     fn decode_head(
@@ -159,7 +159,6 @@ pub(super) trait KvElement: Copy + Send + Sync {
         scores: &mut [f32],
         out: &mut [f32],
     );
-    fn to_f32(x: Self) -> f32;
 }
 
 impl KvElement for f32 {
@@ -175,10 +174,6 @@ impl KvElement for f32 {
     ) {
         (ops.decode_head)(q, keys, values, stride, scores.len(), scale, scores, out)
     }
-
-    fn to_f32(x: f32) -> f32 {
-        x
-    }
 }
 
 impl KvElement for f16 {
@@ -193,10 +188,6 @@ impl KvElement for f16 {
         out: &mut [f32],
     ) {
         (ops.decode_head_f16)(q, keys, values, stride, scores.len(), scale, scores, out)
-    }
-
-    fn to_f32(x: f16) -> f32 {
-        x.to_f32()
     }
 }
 
@@ -297,10 +288,10 @@ fn attend_batched<T: KvElement>(
             for j in 0..n_kv {
                 let at = j * kv_dim + g * head_dim;
                 for (d, &k) in keys[at..at + head_dim].iter().enumerate() {
-                    kt[d * n_kv + j] = T::to_f32(k);
+                    kt[d * n_kv + j] = k.widen();
                 }
                 for (o, &x) in v[j * head_dim..][..head_dim].iter_mut().zip(&values[at..]) {
-                    *o = T::to_f32(x);
+                    *o = x.widen();
                 }
             }
             (kt, v)
