@@ -130,12 +130,8 @@ fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
                 None => 0,
             };
             // Widened batches (F16 on AVX2) sum the same products in the f32 micro-kernel's
-            // order: their rows in whole tiles are held to references 2 and 3 only.
-            let widened_rows = if kernels.widen_batches {
-                rows / TILE_ROWS * TILE_ROWS
-            } else {
-                0
-            };
+            // order, every row of the batch: they are held to references 2 and 3 only.
+            let widened_rows = if kernels.widen_batches { rows } else { 0 };
             for r in 0..rows {
                 let xr = &x_data[r * k..(r + 1) * k];
                 let a = act(r);

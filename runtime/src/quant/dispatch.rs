@@ -272,7 +272,8 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
         kernels.quantize = quantize;
         kernels.quantize_path = CpuPath::Avx2;
     }
-    // Batches of these types multiply faster as f32 (the 3×4 FMA micro-kernel) than through
+    // Batches of these types multiply faster as f32 (backend::cpu::gemm, measured with its
+    // earlier 3×4 micro-kernel) than through
     // integer tiles: TinyLlama Q4_0 pp256 29.3 → 40.3 t/s, CLIP-L's F16 tower 7.6 → 6.3 s and its
     // Q8_0 one likewise. Not the K-quants: Q4_K_M pp256 41.6 → 37.2 t/s widened (their tiles
     // unpack 256 weights per scale load), Q6_K 42.5 → 40.5. Nor Q4_1/Q5_1: their dots take the

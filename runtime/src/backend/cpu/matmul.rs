@@ -6,15 +6,23 @@
 //! however many tokens are in the batch. The kernel for a weight type is chosen here, per call,
 //! by [`kernel_for`]: scalar or SIMD, from the CPU path detected at run time.
 
+use std::ops::Range;
+
 use bytemuck::{cast_slice, cast_slice_mut};
 use rayon::prelude::*;
 
-use super::vector::{vector_ops, VectorOps, GEMM_ROWS, GEMM_W_ROWS};
+use super::gemm::{self, PackedActs, MICRO_W_ROWS};
 use super::{chunk_len, par_chunks, CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, TILE_ROWS};
 
-/// Weight rows a worker multiplies by all the activations before moving on (see `matmul`).
+/// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
+/// with the tile kernels.
 const WEIGHT_BLOCK_ROWS: usize = 16;
+/// The same for widened batches: 16 groups of the f32 micro-kernel (see `gemm::gemm`).
+const WIDE_BLOCK_ROWS: usize = 16 * MICRO_W_ROWS;
+/// The fewest activation rows that are widened (where the type widens at all): below it, the
+/// cost of widening a weight block is not shared by enough rows.
+const WIDEN_MIN_ROWS: usize = 4;
 
 /// How to multiply by weights of one type: the activation format, its quantizer, and the dot.
 pub(super) type Kernel = RowKernels;
@@ -53,42 +61,47 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let weights = w.data();
     let rows = x.rows;
     let w_row = |j: usize| &weights[j * w_row_bytes..][..w_row_bytes];
-    // Widened batches: the activations as f32 (exactly the quantized values), once per call.
-    let widened: Option<Vec<f32>> = (kernel.widen_batches && rows >= GEMM_ROWS).then(|| {
-        let mut wide = vec![0f32; rows * k];
-        wide.par_chunks_mut(k).enumerate().for_each(|(r, dst)| {
+    // Widened batches: the activations as f32 (exactly the quantized values), packed for the
+    // micro-kernel once per call.
+    let packed = (kernel.widen_batches && rows >= WIDEN_MIN_ROWS).then(|| {
+        PackedActs::pack(rows, k, |r, dst| {
             quant::dequantize_row(kernel.act_type, act_row(r), dst)
                 .expect("quantized by the same kernel table")
-        });
-        wide
+        })
     });
-    let ops = vector_ops();
-    // Rows of activations the tile kernel or the widened GEMM take; the rest are dotted one
+    let micro = gemm::micro_kernel();
+    // Rows of activations the widened GEMM or the tile kernel take; the rest are dotted one
     // by one.
-    let tiled_rows = match (&widened, kernel.dot_tile) {
-        (Some(_), _) => rows / GEMM_ROWS * GEMM_ROWS,
+    let tiled_rows = match (&packed, kernel.dot_tile) {
+        (Some(_), _) => rows,
         (None, Some(_)) => rows / TILE_ROWS * TILE_ROWS,
         (None, None) => 0,
+    };
+    let block_rows = match packed {
+        Some(_) => WIDE_BLOCK_ROWS,
+        None => WEIGHT_BLOCK_ROWS,
     };
     // Output transposed, [n_out, rows]: a worker's run of weight rows is one contiguous slice.
     let mut out_t = vec![0f32; n_out * rows];
     let chunk = chunk_len(n_out) * rows;
     par_chunks(&mut out_t, chunk, |start, out| {
         let first = start / rows;
-        let mut wide_w = Vec::new();
+        let mut scratch = gemm::Scratch::default();
         // A block of weight rows (37 KB of 4096-wide Q4_K) stays in L2 while every tile of
         // activation rows (19 KB of Q8_K) passes over it from L1: the weights are read from
         // memory once per call, the activations from L3 once per block.
-        for (b, out_block) in out.chunks_mut(WEIGHT_BLOCK_ROWS * rows).enumerate() {
-            let block_first = first + b * WEIGHT_BLOCK_ROWS;
+        for (b, out_block) in out.chunks_mut(block_rows * rows).enumerate() {
+            let block_first = first + b * block_rows;
             let n_block = out_block.len() / rows;
-            if let Some(wide_a) = &widened {
-                wide_w.resize(n_block * k, 0f32);
-                for (j, dst) in wide_w.chunks_exact_mut(k).enumerate() {
-                    quant::dequantize_row(w.ggml_type(), w_row(block_first + j), dst)
-                        .expect("type checked at load");
-                }
-                gemm_widened(&ops, &wide_w, wide_a, k, tiled_rows, out_block);
+            if let Some(acts) = &packed {
+                let widen = |j: usize, cols: Range<usize>, dst: &mut [f32]| {
+                    let ty = w.ggml_type();
+                    let offset = ty.row_bytes(cols.start as u64).expect("whole blocks") as usize;
+                    let len = ty.row_bytes(cols.len() as u64).expect("whole blocks") as usize;
+                    let src = &w_row(block_first + j)[offset..][..len];
+                    quant::dequantize_row(ty, src, dst).expect("type checked at load")
+                };
+                gemm::gemm(micro, n_block, acts, widen, &mut scratch, out_block);
             } else if let Some(dot_tile) = kernel.dot_tile {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
@@ -126,33 +139,4 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             }
         });
     CpuTensor::new(out, rows, n_out)
-}
-
-/// The first `tiled_rows` activation rows of `wide_a` (`[rows, k]`) against a block of weight
-/// rows widened to f32 (`wide_w`, `[n_block, k]`), into `out_block` (`[n_block, rows]`), with
-/// the f32 micro-kernel: [`GEMM_W_ROWS`] weight rows by [`GEMM_ROWS`] activation rows at a
-/// time. (Splitting the rows into 256-column chunks, to keep the block in L1, was 25% slower:
-/// the per-call horizontal sums cost more than L2 reads.)
-fn gemm_widened(
-    ops: &VectorOps,
-    wide_w: &[f32],
-    wide_a: &[f32],
-    k: usize,
-    tiled_rows: usize,
-    out_block: &mut [f32],
-) {
-    let n_block = wide_w.len() / k;
-    let rows = out_block.len() / n_block;
-    let w_row = |j: usize| &wide_w[j * k..(j + 1) * k];
-    for r in (0..tiled_rows).step_by(GEMM_ROWS) {
-        let acts = std::array::from_fn(|i| &wide_a[(r + i) * k..(r + i + 1) * k]);
-        for j0 in (0..n_block).step_by(GEMM_W_ROWS) {
-            // A short last group repeats its last row; those results are dropped.
-            let js: [usize; GEMM_W_ROWS] = std::array::from_fn(|i| (j0 + i).min(n_block - 1));
-            let sums = (ops.gemm)(js.map(w_row), acts);
-            for (i, sums) in sums.iter().enumerate().take(n_block - j0) {
-                out_block[(j0 + i) * rows + r..][..GEMM_ROWS].copy_from_slice(sums);
-            }
-        }
-    }
 }

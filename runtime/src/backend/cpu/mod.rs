@@ -12,6 +12,7 @@ use crate::gguf::GgufFile;
 use crate::quant::{self, GgmlType};
 
 mod attention;
+mod gemm;
 mod matmul;
 mod vector;
 

@@ -1,7 +1,6 @@
 //! The f32 vector primitives of attention and of widened matmuls, chosen once per call from
 //! the process's CPU path (`quant::cpu_path`), like the matmul kernels: decode attention of one
-//! head over the cache, batched attention scores and weighted sums, and the f32 GEMM
-//! micro-kernel.
+//! head over the cache, and batched attention scores and weighted sums.
 //!
 //! The portable versions are plain loops (LLVM vectorizes the lane-parallel ones with SSE2 or
 //! NEON); the AVX2 versions use FMA and F16C, and each says what it was measured against.
@@ -27,24 +26,11 @@ pub(super) struct VectorOps {
     pub decode_head: DecodeHeadFn<f32>,
     /// [`VectorOps::decode_head`] over an f16 cache.
     pub decode_head_f16: DecodeHeadFn<f16>,
-    /// The f32 GEMM micro-kernel of batched matmuls with widened weights (F16 on AVX2):
-    /// `out[i][r] = Σ_k w[i][k] · a[r][k]` for [`GEMM_W_ROWS`] weight rows and
-    /// [`GEMM_ROWS`] activation rows, all of one length.
-    pub gemm: GemmFn,
 }
-
-/// Weight rows [`VectorOps::gemm`] takes at once.
-pub(super) const GEMM_W_ROWS: usize = 3;
-/// Activation rows [`VectorOps::gemm`] takes at once.
-pub(super) const GEMM_ROWS: usize = 4;
 
 /// `(q, keys, values, stride, n, scale, scores scratch (n long), out)`: keys and values of
 /// position `j` at `[j·stride..][..q.len()]`.
 pub(super) type DecodeHeadFn<T> = fn(&[f32], &[T], &[T], usize, usize, f32, &mut [f32], &mut [f32]);
-
-/// See [`VectorOps::gemm`].
-pub(super) type GemmFn =
-    fn([&[f32]; GEMM_W_ROWS], [&[f32]; GEMM_ROWS]) -> [[f32; GEMM_ROWS]; GEMM_W_ROWS];
 
 /// Query rows [`VectorOps::scores`] takes at once.
 pub(super) const SCORE_ROWS: usize = 4;
@@ -64,7 +50,6 @@ fn portable() -> VectorOps {
     VectorOps {
         scores: scores_portable,
         weighted_sum: weighted_sum_portable,
-        gemm: gemm_portable,
         decode_head: decode_head_portable::<f32>,
         decode_head_f16: decode_head_portable::<f16>,
     }
@@ -76,7 +61,6 @@ fn avx2() -> Option<VectorOps> {
     CpuPath::Avx2.is_available().then_some(VectorOps {
         scores: x86::scores,
         weighted_sum: x86::weighted_sum,
-        gemm: x86::gemm,
         decode_head: x86::decode_head::<f32>,
         decode_head_f16: x86::decode_head::<f16>,
     })
@@ -85,26 +69,6 @@ fn avx2() -> Option<VectorOps> {
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2() -> Option<VectorOps> {
     None
-}
-
-const LANES: usize = 8;
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot of different lengths");
-    let (a8, b8) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    let mut acc = [0f32; LANES];
-    for (x, y) in a8.zip(b8) {
-        for l in 0..LANES {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
@@ -208,29 +172,13 @@ fn decode_head_portable<T: CacheValue>(
     }
 }
 
-fn check_gemm(w: &[&[f32]; GEMM_W_ROWS], a: &[&[f32]; GEMM_ROWS]) {
-    let k = w[0].len();
-    assert!(
-        w.iter().all(|w| w.len() == k) && a.iter().all(|a| a.len() == k),
-        "gemm rows of different lengths"
-    );
-}
-
-fn gemm_portable(
-    w: [&[f32]; GEMM_W_ROWS],
-    a: [&[f32]; GEMM_ROWS],
-) -> [[f32; GEMM_ROWS]; GEMM_W_ROWS] {
-    check_gemm(&w, &a);
-    w.map(|w| a.map(|a| dot_portable(w, a)))
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
 
-    use super::{dot_portable, GEMM_ROWS, GEMM_W_ROWS, SCORE_ROWS};
+    use super::SCORE_ROWS;
     use crate::quant::CpuPath;
 
     /// Whether the AVX2 versions may run: `vector_ops` hands them out only on the AVX2 path,
@@ -355,52 +303,6 @@ mod x86 {
             // SAFETY: `out` holds 8·B floats.
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * b), *acc) };
         }
-    }
-
-    pub(super) fn gemm(
-        w: [&[f32]; GEMM_W_ROWS],
-        a: [&[f32]; GEMM_ROWS],
-    ) -> [[f32; GEMM_ROWS]; GEMM_W_ROWS] {
-        debug_check();
-        super::check_gemm(&w, &a);
-        // SAFETY: as for `dot`; the lengths are checked above.
-        unsafe { gemm_avx2(w, a) }
-    }
-
-    /// 3 × 4 = 12 accumulators, each step 3 weight and 4 activation loads for 12 FMAs. With 2
-    /// × 4 (8 accumulators, just the FMA latency × throughput) the loop reached about 40% of
-    /// the FMA rate on the CLIP-L tower; 12 chains leave slack for the loads.
-    #[target_feature(enable = "avx2,fma")]
-    fn gemm_avx2(
-        w: [&[f32]; GEMM_W_ROWS],
-        a: [&[f32]; GEMM_ROWS],
-    ) -> [[f32; GEMM_ROWS]; GEMM_W_ROWS] {
-        let k = w[0].len();
-        let k8 = k / 8 * 8;
-        let mut acc = [[_mm256_setzero_ps(); GEMM_ROWS]; GEMM_W_ROWS];
-        for i in (0..k8).step_by(8) {
-            // SAFETY: every row has `k >= i + 8` floats (checked by the caller); `loadu` needs
-            // no alignment.
-            unsafe {
-                let wv = w.map(|w| _mm256_loadu_ps(w.as_ptr().add(i)));
-                for (r, a) in a.iter().enumerate() {
-                    let x = _mm256_loadu_ps(a.as_ptr().add(i));
-                    for (acc, &wv) in acc.iter_mut().zip(&wv) {
-                        acc[r] = _mm256_fmadd_ps(wv, x, acc[r]);
-                    }
-                }
-            }
-        }
-        let mut out = [[0f32; GEMM_ROWS]; GEMM_W_ROWS];
-        for (i, (out, acc)) in out.iter_mut().zip(&acc).enumerate() {
-            for (r, (o, &acc)) in out.iter_mut().zip(acc).enumerate() {
-                *o = hsum(acc);
-                if k8 < k {
-                    *o += dot_portable(&w[i][k8..], &a[r][k8..]);
-                }
-            }
-        }
-        out
     }
 
     /// Loading 8 cache values as f32.
@@ -536,33 +438,6 @@ mod tests {
                 (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
             })
             .collect()
-    }
-
-    #[test]
-    fn gemm_micro_kernel_matches_f64_on_every_available_path() {
-        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
-        for k in [1, 8, 13, 64, 1024, 1029] {
-            let w_data = data(GEMM_W_ROWS * k, 7);
-            let a_data = data(GEMM_ROWS * k, 8);
-            let w: [&[f32]; GEMM_W_ROWS] = std::array::from_fn(|i| &w_data[i * k..(i + 1) * k]);
-            let a: [&[f32]; GEMM_ROWS] = std::array::from_fn(|r| &a_data[r * k..(r + 1) * k]);
-            for ops in &paths {
-                let got = (ops.gemm)(w, a);
-                for i in 0..GEMM_W_ROWS {
-                    for r in 0..GEMM_ROWS {
-                        let terms = w[i].iter().zip(a[r]).map(|(&x, &y)| x as f64 * y as f64);
-                        let exact: f64 = terms.clone().sum();
-                        let norm: f64 = terms.map(f64::abs).sum();
-                        let diff = (got[i][r] as f64 - exact).abs();
-                        assert!(
-                            diff <= 1e-6 * norm,
-                            "k={k} w{i} a{r}: {} vs {exact}",
-                            got[i][r]
-                        );
-                    }
-                }
-            }
-        }
     }
 
     #[test]
