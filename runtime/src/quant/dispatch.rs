@@ -272,12 +272,13 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
         kernels.quantize = quantize;
         kernels.quantize_path = CpuPath::Avx2;
     }
-    // Batches of these types multiply faster as f32 (backend::cpu::gemm, measured with its
-    // earlier 3×4 micro-kernel) than through
-    // integer tiles: TinyLlama Q4_0 pp256 29.3 → 40.3 t/s, CLIP-L's F16 tower 7.6 → 6.3 s and its
-    // Q8_0 one likewise. Not the K-quants: Q4_K_M pp256 41.6 → 37.2 t/s widened (their tiles
-    // unpack 256 weights per scale load), Q6_K 42.5 → 40.5. Nor Q4_1/Q5_1: their dots take the
-    // activations' sum from Q8_1's f16 `s` field, which the widened values do not round.
+    // Batches of these types multiply faster as f32 (backend::cpu::gemm) than through integer
+    // tiles. Measured with the earlier 3×4 f32 micro-kernel: TinyLlama Q4_0 pp256 29.3 → 40.3
+    // t/s, CLIP-L's F16 tower 7.6 → 6.3 s and its Q8_0 one likewise. Not the K-quants: Q4_K_M
+    // pp256 41.6 → 37.2 t/s widened then (their tiles unpack 256 weights per scale load); with
+    // the packed 6×16 GEMM it is a draw (pp512 39.2 against 39.0–42.5, noisy), 12% of it the
+    // scalar K-quant dequantization. Nor Q4_1/Q5_1: their dots take the activations' sum from
+    // Q8_1's f16 `s` field, which the widened values do not round.
     kernels.widen_batches = matches!(
         ty,
         GgmlType::F32
