@@ -210,6 +210,14 @@ pub const TILE_ROWS: usize = 4;
 /// cheaper per row than one row at a time.
 pub type DotTileFn = fn(&[u8], [&[u8]; TILE_ROWS]) -> [f32; TILE_ROWS];
 
+/// Weight rows a [`DotRowsFn`] takes at once.
+pub const DOT_ROWS: usize = 8;
+
+/// Dot products of [`DOT_ROWS`] weight rows with one activation row (decode): `out[i]` is
+/// `dot(w[i], a)` up to the order of the float additions. Each activation block is loaded
+/// once for all the rows.
+pub type DotRowsFn = fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS];
+
 /// How to multiply by weights of one type on one CPU path.
 #[derive(Clone, Copy)]
 pub struct RowKernels {
@@ -219,6 +227,8 @@ pub struct RowKernels {
     pub quantize: QuantizeFn,
     /// Dot product of one weight row with one quantized activation row.
     pub dot: DotFn,
+    /// The same for [`DOT_ROWS`] weight rows at once, where the path has such a kernel.
+    pub dot_rows: Option<DotRowsFn>,
     /// The same for [`TILE_ROWS`] activation rows at once, where the path has such a kernel.
     pub dot_tile: Option<DotTileFn>,
     /// Whether batches (prefill, the vision tower) widen these weights, a block of rows at a
@@ -290,6 +300,7 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
     );
     if let Some(dot) = avx2.dot(ty) {
         kernels.dot = dot;
+        kernels.dot_rows = avx2.dot_rows(ty);
         kernels.dot_tile = avx2.dot_tile(ty);
         kernels.dot_path = CpuPath::Avx2;
     }
@@ -314,7 +325,8 @@ fn with_neon(mut kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels
     }
     if let Some(dot) = neon.dot(ty) {
         kernels.dot = dot;
-        // No NEON tile kernels yet: a tile from another path would not match `dot_path`.
+        // No NEON tile or row kernels yet: one from another path would not match `dot_path`.
+        kernels.dot_rows = None;
         kernels.dot_tile = None;
         kernels.dot_path = path;
     }
@@ -339,6 +351,7 @@ fn scalar<W: VecDot>() -> RowKernels {
         act_type: W::Activation::TYPE,
         quantize: quantize_as::<W>,
         dot: dot_as::<W>,
+        dot_rows: None,
         dot_tile: None,
         widen_batches: false,
         quantize_path: CpuPath::Scalar,

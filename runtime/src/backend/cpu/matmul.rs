@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::gemm::{self, PackedActs, MICRO_W_ROWS};
 use super::{chunk_len, par_chunks, CpuTensor, CpuWeight};
-use crate::quant::{self, GgmlType, RowKernels, TILE_ROWS};
+use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
 /// with the tile kernels.
@@ -111,9 +111,22 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                     }
                 }
             }
-            for (j, out_j) in out_block.chunks_exact_mut(rows).enumerate() {
-                for (r, o) in out_j.iter_mut().enumerate().skip(tiled_rows) {
-                    *o = (kernel.dot)(w_row(block_first + j), act_row(r));
+            // The rest (all of decode), one activation row at a time: DOT_ROWS weight rows at
+            // a time where the path has a kernel for it, else one by one.
+            for r in tiled_rows..rows {
+                let a = act_row(r);
+                let mut j = 0;
+                if let Some(dot_rows) = kernel.dot_rows {
+                    while j + DOT_ROWS <= n_block {
+                        let sums = dot_rows(std::array::from_fn(|i| w_row(block_first + j + i)), a);
+                        for (i, sum) in sums.into_iter().enumerate() {
+                            out_block[(j + i) * rows + r] = sum;
+                        }
+                        j += DOT_ROWS;
+                    }
+                }
+                for j in j..n_block {
+                    out_block[j * rows + r] = (kernel.dot)(w_row(block_first + j), a);
                 }
             }
         }

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
-use super::dispatch::{DotFn, DotTileFn, QuantizeFn, TILE_ROWS};
+use super::dispatch::{DotFn, DotRowsFn, DotTileFn, QuantizeFn, DOT_ROWS, TILE_ROWS};
 use super::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1, GgmlType,
@@ -64,6 +64,18 @@ impl Avx2 {
             Q4K => dot_q4_k,
             Q5K => dot_q5_k,
             Q6K => dot_q6_k,
+            _ => return None,
+        })
+    }
+
+    /// The dot products of [`DOT_ROWS`] weight rows of type `ty` with one activation row, if
+    /// there is an AVX2 one (the legacy formats, whose one-row dot spends as much on each
+    /// activation block as on the weights).
+    pub(crate) fn dot_rows(self, ty: GgmlType) -> Option<DotRowsFn> {
+        use GgmlType::*;
+        Some(match ty {
+            Q4_0 => dot_rows_q4_0,
+            Q5_0 => dot_rows_q5_0,
             _ => return None,
         })
     }
@@ -118,6 +130,18 @@ macro_rules! safe_dot_tile {
     };
 }
 
+/// As `safe_dot`, for the row kernels.
+macro_rules! safe_dot_rows {
+    ($name:ident, $kernel:path, $weight:ty, $act:ty) => {
+        fn $name(w: [&[u8]; DOT_ROWS], a: &[u8]) -> [f32; DOT_ROWS] {
+            let w: [&[$weight]; DOT_ROWS] = w.map(cast_slice);
+            let a: &[$act] = cast_slice(a);
+            // SAFETY: reachable only through `Avx2::dot_rows`, as for the dots above.
+            unsafe { $kernel(w, a) }
+        }
+    };
+}
+
 macro_rules! safe_quantize {
     ($name:ident, $kernel:path, $act:ty) => {
         fn $name(src: &[f32], dst: &mut [u8]) {
@@ -137,6 +161,18 @@ safe_dot!(dot_q8_0, legacy::dot_q8_0_q8_0, BlockQ8_0, BlockQ8_0);
 safe_dot!(dot_q4_k, k_quants::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
 safe_dot!(dot_q5_k, k_quants::dot_q5_k_q8_k, BlockQ5K, BlockQ8K);
 safe_dot!(dot_q6_k, k_quants::dot_q6_k_q8_k, BlockQ6K, BlockQ8K);
+safe_dot_rows!(
+    dot_rows_q4_0,
+    legacy::dot_rows_q4_0_q8_0,
+    BlockQ4_0,
+    BlockQ8_0
+);
+safe_dot_rows!(
+    dot_rows_q5_0,
+    legacy::dot_rows_q5_0_q8_0,
+    BlockQ5_0,
+    BlockQ8_0
+);
 safe_dot_tile!(
     dot_tile_q4_k,
     k_quants::dot_tile_q4_k_q8_k,

@@ -1,0 +1,138 @@
+//! The row kernels (`DOT_ROWS` weight rows against one activation row, for decode) against
+//! the scalar reference dot of each row. A row kernel computes the same exact integer block
+//! sums and may differ only in the order and fusion of its float operations:
+//! `|rows - scalar| <= 1e-5 · Σ|w·a| + 1e-30`, the bound `tests/simd_kernels.rs` holds the
+//! one-row dots to; one wrong nibble, bit or scale of a single block exceeds it on the short
+//! rows.
+//!
+//! Weights are reference-quantized random rows of different magnitudes, and the same rows
+//! with every quant byte and scale replaced by random bits (finite f16 scales); lengths of one
+//! block, an odd number of blocks (the accumulators' remainder), a 7B row and one more block.
+//! Activations are quantized by the path's own quantizer. Where no path has row kernels the
+//! test says so and passes.
+
+use bytemuck::cast_slice_mut;
+use half::f16;
+use llava_runtime::quant::{self, row_kernels, CpuPath, GgmlType, DOT_ROWS};
+
+/// Elements of a quantized row, as f32.
+fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n];
+    quant::dequantize_row(ty, bytes, &mut out).unwrap();
+    out
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-scale, scale).
+    fn uniform(&mut self, scale: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0) * scale
+    }
+
+    /// A finite f16 of any magnitude and sign, subnormals included.
+    fn finite_f16(&mut self) -> f16 {
+        loop {
+            let h = f16::from_bits(self.next() as u16);
+            if h.is_finite() {
+                return h;
+            }
+        }
+    }
+}
+
+/// A quantized row in u32 words (aligned for every block struct).
+struct Row {
+    words: Vec<u32>,
+    len: usize,
+}
+
+impl Row {
+    fn quantize(quantize: impl Fn(&[f32], &mut [u8]), bytes: usize, x: &[f32]) -> Row {
+        let mut words = vec![0u32; bytes.div_ceil(4)];
+        quantize(x, &mut cast_slice_mut(&mut words)[..bytes]);
+        Row { words, len: bytes }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+
+    /// Every block's f16 scale (its first two bytes) and quant bytes replaced by random bits.
+    fn scramble(&mut self, block_bytes: usize, rng: &mut Rng) {
+        let bytes = &mut cast_slice_mut::<u32, u8>(&mut self.words)[..self.len];
+        for block in bytes.chunks_exact_mut(block_bytes) {
+            block[..2].copy_from_slice(&rng.finite_f16().to_le_bytes());
+            block[2..].iter_mut().for_each(|b| *b = rng.next() as u8);
+        }
+    }
+}
+
+#[test]
+fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
+    let mut rng = Rng(11);
+    let mut tested = 0;
+    for path in CpuPath::ALL.into_iter().filter(|p| p.is_available()) {
+        for ty in GgmlType::ALL {
+            let Some(kernels) = row_kernels(ty, path) else {
+                continue;
+            };
+            let Some(dot_rows) = kernels.dot_rows else {
+                continue;
+            };
+            let block = ty.block_size();
+            let block_bytes = ty.row_bytes(block as u64).unwrap() as usize;
+            for n in [block, 3 * block, 4096, 4096 + block] {
+                let w_bytes = ty.row_bytes(n as u64).unwrap() as usize;
+                let a_bytes = kernels.act_type.row_bytes(n as u64).unwrap() as usize;
+                let reference =
+                    |x: &[f32], dst: &mut [u8]| quant::quantize_row(ty, x, dst).unwrap();
+                for scrambled in [false, true] {
+                    let w: Vec<Row> = (0..DOT_ROWS)
+                        .map(|i| {
+                            let scale = [0.02, 1.0, 7.0, 300.0][i % 4];
+                            let x: Vec<f32> = (0..n).map(|_| rng.uniform(scale)).collect();
+                            let mut row = Row::quantize(reference, w_bytes, &x);
+                            if scrambled {
+                                row.scramble(block_bytes, &mut rng);
+                            }
+                            row
+                        })
+                        .collect();
+                    let x: Vec<f32> = (0..n).map(|_| rng.uniform(3.0)).collect();
+                    let a = Row::quantize(kernels.quantize, a_bytes, &x);
+                    let got = dot_rows(std::array::from_fn(|i| w[i].bytes()), a.bytes());
+                    let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
+                    let ad = dequantize(kernels.act_type, a.bytes(), n);
+                    for (i, w) in w.iter().enumerate() {
+                        let want = (scalar.dot)(w.bytes(), a.bytes());
+                        let terms: f64 = dequantize(ty, w.bytes(), n)
+                            .iter()
+                            .zip(&ad)
+                            .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
+                            .sum();
+                        let diff = (f64::from(got[i]) - f64::from(want)).abs();
+                        assert!(
+                            diff <= 1e-5 * terms + 1e-30,
+                            "{ty} on {path}, n={n}, scrambled={scrambled}, row {i}: {} vs \
+                             scalar {want} (diff {diff:e}, Σ|w·a| {terms:e})",
+                            got[i]
+                        );
+                    }
+                    tested += 1;
+                }
+            }
+        }
+    }
+    if tested == 0 {
+        eprintln!("skipped: no path here has row kernels");
+    }
+}
