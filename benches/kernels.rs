@@ -9,11 +9,14 @@
 //!   other types). Throughput is multiply-adds.
 //! - `attention/decode|prefill512/<ctx>/<kv>` and `attention/clip/577`: cached causal attention
 //!   of LLaMA-7B's heads at 512, 2048 and 4096 positions (f16 and f32 cache), and CLIP-L's.
-//! - `dot/<type>/<path>`: the raw dot kernel on one 4096-element row (cache-resident).
+//! - `dot/<type>/<path>`: the raw dot kernel on one 4096-element row (cache-resident); and
+//!   `dot/<type>x4/<path>`, the tile kernel (one weight row, `TILE_ROWS` activation rows) where
+//!   the path has one. Throughput is weight bytes either way.
 //! - `quantize/<type>/<path>`: one 4096-element activation row.
 //!
-//! `<path>` is `scalar` or `avx2` (`quant::set_cpu_path`). Weights are random rows quantized by
-//! the reference quantizers.
+//! `<path>` is every path the CPU can run: `scalar`, `avx2`, `avx512`, `avx512-vnni`, `neon`,
+//! `neon-dotprod` (`quant::set_cpu_path`, or `quant::row_kernels` for the raw kernels). Weights
+//! are random rows quantized by the reference quantizers.
 //!
 //! `cargo bench --bench kernels` (about 3 minutes on 2 cores); `-- gemv/q4_0` to filter.
 //! Threads: `LLAVA_BENCH_THREADS`, default one per physical core.
@@ -26,7 +29,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
-use llava_runtime::quant::{self, CpuPath, GgmlType};
+use llava_runtime::quant::{self, CpuPath, GgmlType, TILE_ROWS};
 
 const TYPES: [GgmlType; 6] = [
     GgmlType::Q4_0,
@@ -261,6 +264,19 @@ fn bench_threads() -> usize {
         .unwrap_or(0)
 }
 
+/// The weight types of the `dot` group: every one with a SIMD dot.
+const DOT_TYPES: [GgmlType; 9] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+    GgmlType::F16,
+];
+
 fn dot_and_quantize(c: &mut Criterion) {
     const K: usize = 4096;
     let mut group = c.benchmark_group("dot");
@@ -269,7 +285,7 @@ fn dot_and_quantize(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(200))
         .measurement_time(Duration::from_millis(700));
     let x = random_row(1, K);
-    for ty in TYPES {
+    for ty in DOT_TYPES {
         let w = quantized(ty, &random_row(2, K));
         let w_bytes =
             &bytemuck::cast_slice::<u32, u8>(&w)[..ty.row_bytes(K as u64).unwrap() as usize];
@@ -282,6 +298,13 @@ fn dot_and_quantize(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(ty.to_string(), path), |b| {
                 b.iter(|| (kernels.dot)(black_box(w_bytes), black_box(a)))
             });
+            if let Some(tile) = kernels.dot_tile {
+                // The same activation row TILE_ROWS times: the kernel cannot tell.
+                let id = BenchmarkId::new(format!("{ty}x{TILE_ROWS}"), path);
+                group.bench_function(id, |b| {
+                    b.iter(|| tile(black_box(w_bytes), black_box([a; TILE_ROWS])))
+                });
+            }
         }
     }
     group.finish();

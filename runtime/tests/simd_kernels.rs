@@ -16,10 +16,12 @@
 //!      accumulator, 128 · 2^-24 ≈ 7.6e-6); a wrong integer sum of a single block exceeds it
 //!      on the short rows.
 //!
-//! Every SIMD path the CPU can run is tested: AVX2 on x86-64; NEON, and NEON with `sdot` where
-//! the CPU has the dot-product extension, on aarch64 (.ci/run runs them under QEMU as a
-//! Cortex-A53 and as a CPU with every extension). Where there is none, the tests say so and
-//! pass: there is nothing to compare.
+//! Every SIMD path the CPU can run is tested: AVX2, and AVX-512 with and without VNNI where the
+//! CPU has them, on x86-64; NEON, and NEON with `sdot` where the CPU has the dot-product
+//! extension, on aarch64 (.ci/run runs them under QEMU as a Cortex-A53 and as a CPU with every
+//! extension). Where there is none, the tests say so and pass: there is nothing to compare.
+//! Row lengths are chosen to reach every remainder of the kernels' loops (the AVX-512 ones
+//! take 32-element blocks four and two at a time, and F16 in 64s and 16s).
 
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
@@ -57,24 +59,43 @@ fn simd_paths() -> Vec<CpuPath> {
         .collect();
     if paths.is_empty() {
         eprintln!("skipped: this CPU has no SIMD path, only the scalar path runs");
+    } else {
+        let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
+        eprintln!("SIMD paths tested: {}", names.join(", "));
     }
     paths
+}
+
+/// The path whose activation quantizers `path` uses: the AVX-512 paths have none of their
+/// own and use AVX2's.
+fn quantizer_path(path: CpuPath) -> CpuPath {
+    match path {
+        CpuPath::Avx512 | CpuPath::Avx512Vnni => CpuPath::Avx2,
+        path => path,
+    }
 }
 
 /// (scalar, SIMD) kernels for `ty` on `path`.
 fn kernels(ty: GgmlType, path: CpuPath) -> (RowKernels, RowKernels) {
     let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
     let simd = row_kernels(ty, path).unwrap();
-    assert_eq!(simd.quantize_path, path, "{ty}: no {path} quantizer");
+    let want = quantizer_path(path);
+    assert_eq!(
+        simd.quantize_path, want,
+        "{ty}: no {want} quantizer on {path}"
+    );
     (scalar, simd)
 }
 
-/// Row lengths: 1, 2 and 7 blocks and 4096 elements (odd lengths for F16, whose "blocks" are
-/// single elements but whose kernel works in 32s and 8s).
+/// Row lengths: 1, 2, 3, 5 and 7 blocks and 4096 elements (every remainder of a loop over
+/// pairs and quads of blocks), and odd lengths for F16, whose "blocks" are single elements but
+/// whose kernels work in 32s and 8s (AVX2), 64s and 16s (AVX-512).
 fn lengths(ty: GgmlType) -> Vec<usize> {
     match ty.block_size() {
-        1 => vec![1, 2, 7, 8, 31, 32, 33, 100, 4096],
-        b => vec![b, 2 * b, 7 * b, 4096],
+        1 => vec![
+            1, 2, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 80, 100, 4096,
+        ],
+        b => vec![b, 2 * b, 3 * b, 5 * b, 7 * b, 4096],
     }
 }
 
@@ -564,11 +585,11 @@ fn dots_sum_integers_exactly(path: CpuPath) {
         let (scalar, simd) = kernels(ty, path);
         let act = scalar.act_type;
         let (n_blocks, range) = match ty {
-            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => (vec![1, 2], 3),
-            GgmlType::F16 => (vec![1, 7, 33, 4096], 16),
+            GgmlType::Q4K | GgmlType::Q5K | GgmlType::Q6K => (vec![1, 2, 3], 3),
+            GgmlType::F16 => (vec![1, 7, 17, 33, 80, 4096], 16),
             // The activation sum `s = d·Σq` is an f16: exact while |Σq| <= 2048.
-            GgmlType::Q4_1 | GgmlType::Q5_1 => (vec![1, 2, 7], 60),
-            _ => (vec![1, 2, 7], 127),
+            GgmlType::Q4_1 | GgmlType::Q5_1 => (vec![1, 2, 3, 5, 7], 60),
+            _ => (vec![1, 2, 3, 5, 7], 127),
         };
         for blocks in n_blocks {
             let n = blocks * ty.block_size();

@@ -9,13 +9,15 @@
 //! rows with every quant byte (and K-quant scale byte) replaced by random bits; activations
 //! are quantized by the path's own quantizer (byte-identical to the reference).
 //!
-//! On a CPU whose best path has no tile kernels the test says so and passes.
+//! Every SIMD path the CPU can run is tested (AVX2, AVX-512 with and without VNNI on x86-64);
+//! on a CPU without one that has tile kernels the test says so and passes.
 
 use bytemuck::cast_slice_mut;
 use llava_runtime::quant::{self, row_kernels, CpuPath, GgmlType, TILE_ROWS};
 
-/// The weight types with tile kernels on the AVX2 path. (Batches of the other types take
-/// another route: weights widened to f32 and an f32 micro-kernel, tested in the backend.)
+/// The weight types with tile kernels on the AVX2 and AVX-512 paths. (Batches of the other
+/// types take another route: weights widened to f32 and an f32 micro-kernel, tested in the
+/// backend.)
 const TILE_TYPES: [GgmlType; 3] = [GgmlType::Q4K, GgmlType::Q5K, GgmlType::Q6K];
 
 struct Rng(u64);
@@ -93,7 +95,34 @@ fn scramble(ty: GgmlType, row: &mut Row, rng: &mut Rng) {
 
 #[test]
 fn tile_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
-    let path = CpuPath::best_available();
+    let mut tested = 0;
+    for path in CpuPath::ALL {
+        if path != CpuPath::Scalar && path.is_available() {
+            tested += tiles_match_the_scalar_dot(path);
+        }
+    }
+    if tested == 0 {
+        eprintln!("skipped: no SIMD path here has tile kernels");
+    }
+}
+
+#[test]
+fn the_x86_paths_have_tile_kernels_for_the_k_quants_from_their_own_dot_path() {
+    for path in [CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Vnni] {
+        if !path.is_available() {
+            eprintln!("skipped: no {path} here");
+            continue;
+        }
+        for ty in TILE_TYPES {
+            let k = row_kernels(ty, path).unwrap();
+            assert!(k.dot_tile.is_some(), "{ty}: no tile kernel on {path}");
+            assert_eq!(k.dot_path, path, "{ty}");
+        }
+    }
+}
+
+/// The number of (type, length, weights) cases tested on `path`.
+fn tiles_match_the_scalar_dot(path: CpuPath) -> usize {
     let mut tested = 0;
     let mut rng = Rng(7);
     for ty in TILE_TYPES {
@@ -134,8 +163,8 @@ fn tile_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                     let diff = (f64::from(got[i]) - f64::from(want)).abs();
                     assert!(
                         diff <= 1e-5 * terms + 1e-30,
-                        "{ty} n={n} scrambled={scrambled} row {i}: tile {} vs scalar {want} \
-                         (diff {diff:e}, Σ|w·a| {terms:e})",
+                        "{path} {ty} n={n} scrambled={scrambled} row {i}: tile {} vs scalar \
+                         {want} (diff {diff:e}, Σ|w·a| {terms:e})",
                         got[i]
                     );
                 }
@@ -143,7 +172,5 @@ fn tile_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
             }
         }
     }
-    if tested == 0 {
-        eprintln!("skipped: the {path} path has no tile kernels");
-    }
+    tested
 }

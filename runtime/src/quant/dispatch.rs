@@ -5,11 +5,13 @@
 //! The path is the best the running CPU offers, unless `LLAVA_CPU` names one:
 //! - `LLAVA_CPU=scalar` forces the scalar reference kernels;
 //! - `LLAVA_CPU=avx2` asks for the AVX2 (+FMA, F16C) kernels;
+//! - `LLAVA_CPU=avx512` asks for the AVX-512 (F, BW, VL) dot products, `avx512-vnni` for those
+//!   that use the VNNI `vpdpbusd` instruction (both quantize activations with AVX2);
 //! - `LLAVA_CPU=neon` asks for the plain NEON kernels (64-bit ARM), `neon-dotprod` for those
 //!   that use the ARMv8.2 `sdot` instruction;
 //! - unset, empty or `auto`: the best available.
 //!
-//! A path the CPU or this build cannot run (`avx2` on a CPU without it, `neon` on x86, a typo)
+//! A path the CPU or this build cannot run (`avx2` or `avx512` on a CPU without it, `neon` on x86, a typo)
 //! is not an error: one warning goes to stderr and the best available path is used instead.
 //! The variable is read by a library, where aborting the process over it would be worse than
 //! running correctly but slower; the warning says what happened.
@@ -40,6 +42,14 @@ pub enum CpuPath {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (Haswell, Zen and later).
     Avx2,
+    /// x86-64 with AVX-512F, BW and VL besides AVX2 (Skylake-SP, Ice Lake, Sapphire Rapids,
+    /// Zen 4): 512-bit dot products; the activation quantizers, and every kernel it has no
+    /// 512-bit version of, are AVX2's.
+    Avx512,
+    /// `Avx512` with AVX-512 VNNI (Cascade Lake, Ice Lake, Zen 4 and later): the integer dots
+    /// of the 32-element formats use `vpdpbusd`. A path of its own for the reason given at
+    /// `NeonDotprod`.
+    Avx512Vnni,
     /// 64-bit ARM with NEON, which every aarch64 CPU has (Cortex-A53 and later).
     Neon,
     /// 64-bit ARM with NEON and the dot-product extension (ARMv8.2 `sdot`: Cortex-A55, A76,
@@ -53,9 +63,11 @@ pub enum CpuPath {
 }
 
 impl CpuPath {
-    pub const ALL: [CpuPath; 4] = [
+    pub const ALL: [CpuPath; 6] = [
         CpuPath::Scalar,
         CpuPath::Avx2,
+        CpuPath::Avx512,
+        CpuPath::Avx512Vnni,
         CpuPath::Neon,
         CpuPath::NeonDotprod,
     ];
@@ -65,6 +77,8 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => "scalar",
             CpuPath::Avx2 => "avx2",
+            CpuPath::Avx512 => "avx512",
+            CpuPath::Avx512Vnni => "avx512-vnni",
             CpuPath::Neon => "neon",
             CpuPath::NeonDotprod => "neon-dotprod",
         }
@@ -75,17 +89,26 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => true,
             CpuPath::Avx2 => avx2().is_some(),
+            CpuPath::Avx512 => avx512(false).is_some(),
+            CpuPath::Avx512Vnni => avx512(true).is_some(),
             CpuPath::Neon => neon(false).is_some(),
             CpuPath::NeonDotprod => neon(true).is_some(),
         }
     }
 
-    /// The fastest available path.
+    /// The fastest available path: the widest, with the dot-product instructions where the
+    /// CPU has them.
     pub fn best_available() -> CpuPath {
-        [CpuPath::Avx2, CpuPath::NeonDotprod, CpuPath::Neon]
-            .into_iter()
-            .find(|path| path.is_available())
-            .unwrap_or(CpuPath::Scalar)
+        [
+            CpuPath::Avx512Vnni,
+            CpuPath::Avx512,
+            CpuPath::Avx2,
+            CpuPath::NeonDotprod,
+            CpuPath::Neon,
+        ]
+        .into_iter()
+        .find(|path| path.is_available())
+        .unwrap_or(CpuPath::Scalar)
     }
 }
 
@@ -97,7 +120,7 @@ impl fmt::Display for CpuPath {
 
 /// A CPU path name that is not one of [`CpuPath::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown CPU path {0:?} (known: scalar, avx2, neon, neon-dotprod)")]
+#[error("unknown CPU path {0:?} (known: scalar, avx2, avx512, avx512-vnni, neon, neon-dotprod)")]
 pub struct UnknownCpuPath(pub String);
 
 impl FromStr for CpuPath {
@@ -176,6 +199,22 @@ fn avx2() -> Option<super::x86::Avx2> {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2() -> Option<std::convert::Infallible> {
+    None
+}
+
+/// The AVX-512 kernels (those using `vpdpbusd` if `vnni`), if this is an x86-64 build on a CPU
+/// that has them.
+#[cfg(target_arch = "x86_64")]
+fn avx512(vnni: bool) -> Option<super::x86::Avx512> {
+    if vnni {
+        super::x86::Avx512::detect_vnni()
+    } else {
+        super::x86::Avx512::detect()
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn avx512(_vnni: bool) -> Option<std::convert::Infallible> {
     None
 }
 
@@ -268,6 +307,7 @@ pub fn row_kernels(ty: GgmlType, path: CpuPath) -> Option<RowKernels> {
     Some(match path {
         CpuPath::Scalar => scalar,
         CpuPath::Avx2 => with_avx2(scalar, ty),
+        CpuPath::Avx512 | CpuPath::Avx512Vnni => with_avx512(scalar, ty, path),
         CpuPath::Neon | CpuPath::NeonDotprod => with_neon(scalar, ty, path),
     })
 }
@@ -309,6 +349,29 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn with_avx2(kernels: RowKernels, _ty: GgmlType) -> RowKernels {
+    kernels
+}
+
+/// `kernels` with the AVX2 ones swapped in (every AVX-512 CPU runs them: the quantizers, the
+/// dots with no 512-bit version, `widen_batches`), then each dot the AVX-512 `path` (`Avx512`
+/// or `Avx512Vnni`) has for `ty`, if the CPU can run them.
+#[cfg(target_arch = "x86_64")]
+fn with_avx512(kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels {
+    let Some(avx512) = avx512(path == CpuPath::Avx512Vnni) else {
+        return kernels;
+    };
+    let mut kernels = with_avx2(kernels, ty);
+    if let Some(dot) = avx512.dot(ty) {
+        kernels.dot = dot;
+        // From the same path as `dot`, or none: a tile must match `dot_path`.
+        kernels.dot_tile = avx512.dot_tile(ty);
+        kernels.dot_path = path;
+    }
+    kernels
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn with_avx512(kernels: RowKernels, _ty: GgmlType, _path: CpuPath) -> RowKernels {
     kernels
 }
 
@@ -369,6 +432,7 @@ mod tests {
             assert_eq!(path.name().parse::<CpuPath>(), Ok(path));
         }
         assert_eq!(" AVX2 ".parse::<CpuPath>(), Ok(CpuPath::Avx2));
+        assert_eq!("AVX512-VNNI".parse::<CpuPath>(), Ok(CpuPath::Avx512Vnni));
         assert_eq!("Neon-DotProd".parse::<CpuPath>(), Ok(CpuPath::NeonDotprod));
         assert!("sse".parse::<CpuPath>().is_err());
     }
@@ -400,6 +464,19 @@ mod tests {
         } else {
             assert!(!CpuPath::Neon.is_available() && !CpuPath::NeonDotprod.is_available());
         }
+        if cfg!(target_arch = "x86_64") {
+            let widest = [CpuPath::Avx512Vnni, CpuPath::Avx512, CpuPath::Avx2]
+                .into_iter()
+                .find(|p| p.is_available())
+                .unwrap_or(CpuPath::Scalar);
+            assert_eq!(best, widest);
+        } else {
+            for path in [CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Vnni] {
+                assert!(!path.is_available(), "{path}");
+            }
+        }
+        // VNNI comes only with the rest of AVX-512.
+        assert!(!CpuPath::Avx512Vnni.is_available() || CpuPath::Avx512.is_available());
     }
 
     #[test]
@@ -435,6 +512,31 @@ mod tests {
             (k.quantize_path, k.dot_path),
             (CpuPath::Avx2, CpuPath::Scalar)
         );
+    }
+
+    #[test]
+    fn the_avx512_paths_cover_the_types_they_claim_where_the_cpu_has_them() {
+        use GgmlType::*;
+        for path in [CpuPath::Avx512, CpuPath::Avx512Vnni] {
+            if !path.is_available() {
+                eprintln!("skipped: no {path} here");
+                continue;
+            }
+            // Their own dots (and K-quant tiles); AVX2's quantizers.
+            for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K, F16] {
+                let k = row_kernels(ty, path).unwrap();
+                assert_eq!((k.quantize_path, k.dot_path), (CpuPath::Avx2, path), "{ty}");
+                assert_eq!(k.dot_tile.is_some(), matches!(ty, Q4K | Q5K | Q6K), "{ty}");
+                let avx2 = row_kernels(ty, CpuPath::Avx2).unwrap();
+                assert_eq!(k.widen_batches, avx2.widen_batches, "{ty}");
+            }
+            // Nothing 512-bit for Q3_K: AVX2's quantizer, the scalar dot.
+            let k = row_kernels(Q3K, path).unwrap();
+            assert_eq!(
+                (k.quantize_path, k.dot_path),
+                (CpuPath::Avx2, CpuPath::Scalar)
+            );
+        }
     }
 
     #[test]

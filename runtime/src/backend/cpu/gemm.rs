@@ -80,8 +80,11 @@ impl PackedActs {
 /// The micro-kernel of the process's CPU path.
 pub(super) fn micro_kernel() -> MicroKernelFn {
     match quant::cpu_path() {
+        // The AVX-512 paths have no micro-kernel of their own yet; their CPUs run AVX2's.
         #[cfg(target_arch = "x86_64")]
-        CpuPath::Avx2 if CpuPath::Avx2.is_available() => x86::micro_kernel,
+        CpuPath::Avx2 | CpuPath::Avx512 | CpuPath::Avx512Vnni if CpuPath::Avx2.is_available() => {
+            x86::micro_kernel
+        }
         _ => micro_kernel_portable,
     }
 }

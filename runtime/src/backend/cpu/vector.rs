@@ -41,7 +41,8 @@ pub(super) type ScoresFn = fn([&[f32]; SCORE_ROWS], &[f32], usize, usize, &mut [
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
     match quant::cpu_path() {
-        CpuPath::Avx2 => avx2().unwrap_or_else(portable),
+        // The AVX-512 paths have no vector primitives of their own yet; their CPUs run AVX2's.
+        CpuPath::Avx2 | CpuPath::Avx512 | CpuPath::Avx512Vnni => avx2().unwrap_or_else(portable),
         _ => portable(),
     }
 }

@@ -18,7 +18,7 @@ use crate::quant::{assert_dot_len, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 /// - words 0 and 1 (bytes 0..8): scales and mins 0..4 in their low 6 bits;
 /// - word 2 (bytes 8..12): the low 4 bits of scales 4..8 (low nibbles) and mins 4..8 (high);
 /// - the top 2 bits of words 0 and 1: bits 4–5 of scales and mins 4..8.
-fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
+pub(super) fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     const LOW6: u32 = 0x3f3f_3f3f;
     const LOW4: u32 = 0x0f0f_0f0f;
     const LOW2: u32 = 0x0303_0303;
@@ -46,17 +46,17 @@ fn min_term(mins: [u8; 8], bsums: &[i16; 16]) -> __m128i {
     min_term_widened(widen_mins(mins), bsums)
 }
 
-/// The eight mins as i16 lanes.
+/// Eight unsigned bytes (the mins, or the scales) as i16 lanes.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn widen_mins(mins: [u8; 8]) -> __m128i {
+pub(super) fn widen_mins(mins: [u8; 8]) -> __m128i {
     _mm_cvtepu8_epi16(_mm_set_epi64x(0, i64::from_le_bytes(mins)))
 }
 
 /// [`min_term`] with the mins already widened by [`widen_mins`].
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn min_term_widened(mins: __m128i, bsums: &[i16; 16]) -> __m128i {
+pub(super) fn min_term_widened(mins: __m128i, bsums: &[i16; 16]) -> __m128i {
     let [lo, hi] = cast_ref::<[i16; 16], [[u8; 16]; 2]>(bsums);
     // Each pair sum is at most 32·127 in magnitude: no i16 overflow.
     let sub_block_sums = _mm_hadd_epi16(load_16(lo), load_16(hi));
@@ -194,7 +194,7 @@ fn q6_k_row(x: &BlockQ6K, half: usize, row: usize) -> (__m256i, __m256i) {
 /// as 8 i32 lanes (`scales` are the 16 sub-block scales widened to i16).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q6_k_offset(scales: __m256i, bsums: &[i16; 16]) -> __m256i {
+pub(super) fn q6_k_offset(scales: __m256i, bsums: &[i16; 16]) -> __m256i {
     let bsums = load_32(cast_ref::<[i16; 16], [u8; 32]>(bsums));
     _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, scales))
 }

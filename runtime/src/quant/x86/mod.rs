@@ -28,9 +28,12 @@ use super::{
 };
 
 mod activations;
+mod avx512;
 mod float;
 mod k_quants;
 mod legacy;
+
+pub(crate) use avx512::Avx512;
 
 /// Proof that the running CPU has AVX2, FMA and F16C; the only source of this module's kernels.
 #[derive(Clone, Copy, Debug)]
