@@ -365,6 +365,9 @@ fn with_avx512(kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels {
         kernels.dot = dot;
         // From the same path as `dot`, or none: a tile must match `dot_path`.
         kernels.dot_tile = avx512.dot_tile(ty);
+        // The row kernels of decode stay AVX2's (Q4_0's 8-row transpose, Q5_0's 4 rows): valid
+        // on these CPUs, and they differ from `dot` only in the order of additions, as rows
+        // kernels may.
         kernels.dot_path = path;
     }
     kernels
