@@ -188,7 +188,7 @@ fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N] {
     for a in a {
         assert_dot_len(w, a);
     }
-    let mut acc = [_mm512_setzero_ps(); N];
+    let mut acc = [0f32; N];
     for (i, x) in w.iter().enumerate() {
         let ys: [&BlockQ8K; N] = std::array::from_fn(|r| &a[r][i]);
         // The 16 scales as i16 lanes 0..16, for `vpermw` to spread.
@@ -209,12 +209,16 @@ fn dot_q6_k<const N: usize>(w: &[BlockQ6K], a: [&[BlockQ8K]; N]) -> [f32; N] {
         }
         let d = f16_to_f32(x.d);
         for ((acc, sumi), y) in acc.iter_mut().zip(sumi).zip(ys) {
+            // The lanes of `sumi` and of the offset hold different sub-blocks, so they cancel
+            // only in total: summed exactly as integers first. (Converted lane by lane, an
+            // all-zero block, 32 stored everywhere, came out as ±2^-13 against large
+            // activations: each lane's product with the scale rounds.)
             let offset = _mm512_zextsi256_si512(q6_k_offset(scales, &y.bsums));
-            let sumi = _mm512_sub_epi32(sumi, offset);
-            *acc = _mm512_fmadd_ps(_mm512_set1_ps(d * y.d), _mm512_cvtepi32_ps(sumi), *acc);
+            let total = _mm512_reduce_add_epi32(_mm512_sub_epi32(sumi, offset));
+            *acc += d * y.d * total as f32;
         }
     }
-    acc.map(|acc| _mm512_reduce_add_ps(acc))
+    acc
 }
 
 /// Q6_K · Q8_K, as [`dot_q6_k`].
