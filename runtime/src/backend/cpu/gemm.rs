@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use crate::quant::{self, CpuPath};
+use crate::quant;
 
 /// Activation rows per packed panel: two 8-lane AVX2 vectors.
 pub(super) const PANEL_ROWS: usize = 16;
@@ -82,7 +82,9 @@ pub(super) fn micro_kernel() -> MicroKernelFn {
     match quant::cpu_path() {
         // The AVX-512 paths have no micro-kernel of their own yet; their CPUs run AVX2's.
         #[cfg(target_arch = "x86_64")]
-        CpuPath::Avx2 | CpuPath::Avx512 | CpuPath::Avx512Vnni if CpuPath::Avx2.is_available() => {
+        quant::CpuPath::Avx2 | quant::CpuPath::Avx512 | quant::CpuPath::Avx512Vnni
+            if quant::CpuPath::Avx2.is_available() =>
+        {
             x86::micro_kernel
         }
         _ => micro_kernel_portable,
@@ -241,24 +243,14 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::vector::test_data as data;
     use super::*;
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     fn kernels() -> Vec<MicroKernelFn> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels: Vec<MicroKernelFn> = vec![micro_kernel_portable];
         #[cfg(target_arch = "x86_64")]
-        if CpuPath::Avx2.is_available() {
+        if quant::CpuPath::Avx2.is_available() {
             kernels.push(x86::micro_kernel);
         }
         kernels
