@@ -109,17 +109,19 @@ impl Avx2 {
     }
 }
 
-/// A safe byte-level wrapper around a kernel, for [`Avx2`] to hand out.
+/// A safe byte-level wrapper around a kernel, for a proof type ([`Avx2`], `avx512::Avx512`) to
+/// hand out. Used only in the module of that proof type, for kernels of its features.
 macro_rules! safe_dot {
     ($name:ident, $kernel:path, $weight:ty, $act:ty) => {
         fn $name(w: &[u8], a: &[u8]) -> f32 {
             let (w, a): (&[$weight], &[$act]) = (cast_slice(w), cast_slice(a));
-            // SAFETY: this function is reachable only through `Avx2::dot`, and an `Avx2` exists
-            // only once the CPU has reported AVX2, FMA and F16C.
+            // SAFETY: this function is reachable only through the `dot` of its module's proof
+            // type, which exists only once the CPU has reported the features the kernel needs.
             unsafe { $kernel(w, a) }
         }
     };
 }
+pub(super) use safe_dot;
 
 /// As `safe_dot`, for the tile kernels.
 macro_rules! safe_dot_tile {
@@ -127,11 +129,13 @@ macro_rules! safe_dot_tile {
         fn $name(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [f32; TILE_ROWS] {
             let w: &[$weight] = cast_slice(w);
             let a: [&[$act]; TILE_ROWS] = a.map(cast_slice);
-            // SAFETY: reachable only through `Avx2::dot_tile`, as for the dots above.
+            // SAFETY: reachable only through the `dot_tile` of its module's proof type, as for
+            // the dots.
             unsafe { $kernel(w, a) }
         }
     };
 }
+pub(super) use safe_dot_tile;
 
 /// As `safe_dot`, for the row kernels.
 macro_rules! safe_dot_rows {

@@ -33,6 +33,7 @@ use std::sync::OnceLock;
 use bytemuck::cast_slice;
 use half::f16;
 
+use super::{safe_dot, safe_dot_tile};
 use crate::quant::dispatch::{DotFn, DotTileFn, TILE_ROWS};
 use crate::quant::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
@@ -192,29 +193,6 @@ static VNNI: LegacyDots = LegacyDots {
     q5_1: q5_1_vnni,
     q8_0: q8_0_vnni,
 };
-
-/// A safe byte-level wrapper around a kernel both levels share.
-macro_rules! safe_dot {
-    ($name:ident, $kernel:path, $weight:ty, $act:ty) => {
-        fn $name(w: &[u8], a: &[u8]) -> f32 {
-            let (w, a): (&[$weight], &[$act]) = (cast_slice(w), cast_slice(a));
-            // SAFETY: reachable only through `Avx512::dot`, as for the wrappers above.
-            unsafe { $kernel(w, a) }
-        }
-    };
-}
-
-/// As `safe_dot`, for the tile kernels.
-macro_rules! safe_dot_tile {
-    ($name:ident, $kernel:path, $weight:ty, $act:ty) => {
-        fn $name(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [f32; TILE_ROWS] {
-            let w: &[$weight] = cast_slice(w);
-            let a: [&[$act]; TILE_ROWS] = a.map(cast_slice);
-            // SAFETY: reachable only through `Avx512::dot_tile`, as for the dots above.
-            unsafe { $kernel(w, a) }
-        }
-    };
-}
 
 safe_dot!(dot_f16, float::dot_f16, f16, f16);
 safe_dot!(dot_q4_k, k_quants::dot_q4_k_q8_k, BlockQ4K, BlockQ8K);
