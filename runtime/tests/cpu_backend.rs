@@ -69,9 +69,11 @@ const WEIGHT_TYPES: [GgmlType; 13] = [
 fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
     // 21 rows: five tiles of 4 and one row left over; two blocks of the output transpose.
     // And one row (decode): 101 outputs make groups of the row kernels and rows left over
-    // in every worker's run, with 1 and 3 threads.
-    let (k, n_out) = (512, 101);
-    for rows in [21, 1] {
+    // in every worker's run, with 1 and 3 threads. 104 outputs are whole groups of 8 rows,
+    // which the CPU backend interleaves where the path has kernels for that (Q4_0 on x86):
+    // decode, 3 rows one at a time, and a widened batch read from the interleaved copy.
+    let k = 512;
+    for (n_out, rows) in [(101, 21), (101, 1), (104, 1), (104, 3), (104, 21)] {
         matmul_equals_the_reference_dot(k, n_out, rows);
     }
 }
@@ -155,9 +157,10 @@ fn matmul_equals_the_reference_dot(k: usize, n_out: usize, rows: usize) {
                         }
                         _ => (kernels.dot)(w_bytes, a),
                     };
-                    // Rows left to the row kernels (DOT_ROWS weight rows at a time) sum in
-                    // their own order too: references 2 and 3.
-                    let by_rows = kernels.dot_rows.is_some() && r >= tiled_rows;
+                    // Rows left to the row kernels (DOT_ROWS weight rows at a time, plain or
+                    // interleaved) sum in their own order too: references 2 and 3.
+                    let by_rows = (kernels.dot_rows.is_some() || kernels.interleaved.is_some())
+                        && r >= tiled_rows;
                     assert!(
                         r < widened_rows || by_rows || got.to_bits() == want.to_bits(),
                         "{ty} r{r} j{j}: {got} vs {want} ({} dot)",

@@ -10,6 +10,10 @@
 //! block, an odd number of blocks (the accumulators' remainder), a 7B row and one more block.
 //! Activations are quantized by the path's own quantizer. Where no path has row kernels the
 //! test says so and passes.
+//!
+//! The interleaved kernels (`RowKernels::interleaved`, the same 8 rows stored as one
+//! interleaved group) are held to the same bound, and the interleaved group must read back
+//! as exactly the rows it was built from.
 
 use bytemuck::cast_slice_mut;
 use half::f16;
@@ -85,9 +89,31 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
             let Some(kernels) = row_kernels(ty, path) else {
                 continue;
             };
-            let Some(dot_rows) = kernels.dot_rows else {
-                continue;
-            };
+            // Each way the path has of dotting 8 rows at once, as a function of the plain rows.
+            let mut kinds: Vec<(
+                &str,
+                Box<dyn Fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS]>,
+            )> = Vec::new();
+            if let Some(dot_rows) = kernels.dot_rows {
+                kinds.push(("dot_rows", Box::new(dot_rows)));
+            }
+            if let Some(how) = kernels.interleaved {
+                kinds.push((
+                    "interleaved",
+                    Box::new(move |w: [&[u8]; DOT_ROWS], a: &[u8]| {
+                        let n = w[0].len() / ty.type_size() * ty.block_size();
+                        let mut group = vec![0u32; DOT_ROWS * w[0].len() / 4];
+                        (how.interleave)(w, cast_slice_mut(&mut group));
+                        let group: &[u8] = bytemuck::cast_slice(&group);
+                        for (r, row) in w.iter().enumerate() {
+                            let mut back = vec![0f32; n];
+                            (how.dequantize_row)(group, r, &mut back);
+                            assert_eq!(back, dequantize(ty, row, n), "{ty} row {r} read back");
+                        }
+                        (how.dot)(group, a)
+                    }),
+                ));
+            }
             let block = ty.block_size();
             let block_bytes = ty.row_bytes(block as u64).unwrap() as usize;
             for n in [block, 3 * block, 4096, 4096 + block] {
@@ -109,25 +135,27 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                         .collect();
                     let x: Vec<f32> = (0..n).map(|_| rng.uniform(3.0)).collect();
                     let a = Row::quantize(kernels.quantize, a_bytes, &x);
-                    let got = dot_rows(std::array::from_fn(|i| w[i].bytes()), a.bytes());
-                    let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
-                    let ad = dequantize(kernels.act_type, a.bytes(), n);
-                    for (i, w) in w.iter().enumerate() {
-                        let want = (scalar.dot)(w.bytes(), a.bytes());
-                        let terms: f64 = dequantize(ty, w.bytes(), n)
-                            .iter()
-                            .zip(&ad)
-                            .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
-                            .sum();
-                        let diff = (f64::from(got[i]) - f64::from(want)).abs();
-                        assert!(
-                            diff <= 1e-5 * terms + 1e-30,
-                            "{ty} on {path}, n={n}, scrambled={scrambled}, row {i}: {} vs \
-                             scalar {want} (diff {diff:e}, Σ|w·a| {terms:e})",
-                            got[i]
-                        );
+                    for (kind, dot_rows) in &kinds {
+                        let got = dot_rows(std::array::from_fn(|i| w[i].bytes()), a.bytes());
+                        let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
+                        let ad = dequantize(kernels.act_type, a.bytes(), n);
+                        for (i, w) in w.iter().enumerate() {
+                            let want = (scalar.dot)(w.bytes(), a.bytes());
+                            let terms: f64 = dequantize(ty, w.bytes(), n)
+                                .iter()
+                                .zip(&ad)
+                                .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
+                                .sum();
+                            let diff = (f64::from(got[i]) - f64::from(want)).abs();
+                            assert!(
+                                diff <= 1e-5 * terms + 1e-30,
+                                "{ty} {kind} on {path}, n={n}, scrambled={scrambled}, row {i}: {} \
+                             vs scalar {want} (diff {diff:e}, Σ|w·a| {terms:e})",
+                                got[i]
+                            );
+                        }
+                        tested += 1;
                     }
-                    tested += 1;
                 }
             }
         }

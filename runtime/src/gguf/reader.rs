@@ -356,6 +356,31 @@ impl GgufFile {
         self.tensor_index.get(name).copied()
     }
 
+    /// Takes tensor `index`'s pages out of this process's resident memory, for a caller that
+    /// has copied the tensor into a layout of its own (the CPU backend's interleaved weights).
+    /// Its data stays readable: the next read faults the same bytes back in from the file. A
+    /// hint, best effort: nothing happens for a file read into memory or off Unix.
+    pub fn release_tensor_pages(&self, index: usize) {
+        #[cfg(unix)]
+        if let (Backing::Map(map), Some(info)) = (&self.bytes, self.tensors.get(index)) {
+            // SAFETY: the map is a read-only shared mapping of a file that nobody writes while
+            // it is open (the invariant `open` already relies on). MADV_DONTNEED on it only
+            // drops page-table entries; a later read, through a slice borrowed before or after,
+            // maps the file's unchanged bytes again, so no borrowed data changes. memmap2
+            // widens the range to whole pages; a neighbour's page dropped with it is faulted
+            // back in the same way. The range is in bounds: checked against the file at open.
+            let _ = unsafe {
+                map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    info.data.start,
+                    info.data.len(),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = index;
+    }
+
     fn view<'a>(&'a self, info: &'a TensorInfo) -> Tensor<'a> {
         Tensor {
             info,

@@ -28,8 +28,8 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::{bf16, f16};
 
 use super::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
+    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K,
+    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
 };
 
 /// The environment variable that forces a [`CpuPath`].
@@ -257,6 +257,46 @@ pub const DOT_ROWS: usize = 8;
 /// once for all the rows.
 pub type DotRowsFn = fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS];
 
+/// Weights a path multiplies faster once [`DOT_ROWS`] rows at a time are interleaved block by
+/// block (Q4_0 on x86: `BlockQ4_0x8`): how to build the interleaved copy, read a row back and
+/// dot a group of rows. A group of `DOT_ROWS` rows of `n` bytes each becomes `DOT_ROWS · n`
+/// bytes, so group `g` sits where its rows were.
+#[derive(Clone, Copy)]
+pub struct Interleaving {
+    /// Interleaves `DOT_ROWS` rows (raw weight bytes, one length) into `dst`.
+    pub interleave: fn([&[u8]; DOT_ROWS], &mut [u8]),
+    /// Row `r` of an interleaved group, dequantized exactly as the plain row.
+    pub dequantize_row: fn(&[u8], usize, &mut [f32]),
+    /// The dots of a group's rows with one activation row: `out[r]` is row `r`'s `dot` up to
+    /// the order of the float additions.
+    pub dot: fn(&[u8], &[u8]) -> [f32; DOT_ROWS],
+}
+
+/// Q4_0's [`Interleaving`] with the scalar reference dot: each row's own dot, bit-exact. A
+/// path with a kernel for the layout swaps in its `dot`; the scalar path does not interleave
+/// (it would gain nothing).
+pub fn q4_0_interleaving() -> Interleaving {
+    const { assert!(DOT_ROWS == super::q4_0::INTERLEAVE_ROWS) };
+    fn interleave(rows: [&[u8]; DOT_ROWS], dst: &mut [u8]) {
+        super::q4_0::interleave_rows(rows.map(cast_slice), cast_slice_mut(dst));
+    }
+    fn dequantize_row(group: &[u8], r: usize, dst: &mut [f32]) {
+        super::q4_0::dequantize_interleaved_row(cast_slice(group), r, dst);
+    }
+    fn dot(group: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
+        let group: &[BlockQ4_0x8] = cast_slice(group);
+        std::array::from_fn(|r| {
+            let row: Vec<BlockQ4_0> = group.iter().map(|block| block.row(r)).collect();
+            BlockQ4_0::vec_dot(&row, cast_slice(a))
+        })
+    }
+    Interleaving {
+        interleave,
+        dequantize_row,
+        dot,
+    }
+}
+
 /// How to multiply by weights of one type on one CPU path.
 #[derive(Clone, Copy)]
 pub struct RowKernels {
@@ -270,6 +310,8 @@ pub struct RowKernels {
     pub dot_rows: Option<DotRowsFn>,
     /// The same for [`TILE_ROWS`] activation rows at once, where the path has such a kernel.
     pub dot_tile: Option<DotTileFn>,
+    /// Where the path multiplies these weights faster interleaved, how.
+    pub interleaved: Option<Interleaving>,
     /// Whether batches (prefill, the vision tower) widen these weights, a block of rows at a
     /// time, and the quantized activations to f32, exactly, and multiply them with an f32 GEMM
     /// micro-kernel instead of `dot_tile` (F16 on AVX2: converting once per block beats
@@ -341,6 +383,7 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
     if let Some(dot) = avx2.dot(ty) {
         kernels.dot = dot;
         kernels.dot_rows = avx2.dot_rows(ty);
+        kernels.interleaved = avx2.interleaved(ty);
         kernels.dot_tile = avx2.dot_tile(ty);
         kernels.dot_path = CpuPath::Avx2;
     }
@@ -394,6 +437,7 @@ fn with_neon(mut kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels
         // No NEON tile or row kernels yet: one from another path would not match `dot_path`.
         kernels.dot_rows = None;
         kernels.dot_tile = None;
+        kernels.interleaved = None;
         kernels.dot_path = path;
     }
     kernels
@@ -418,6 +462,7 @@ fn scalar<W: VecDot>() -> RowKernels {
         quantize: quantize_as::<W>,
         dot: dot_as::<W>,
         dot_rows: None,
+        interleaved: None,
         dot_tile: None,
         widen_batches: false,
         quantize_path: CpuPath::Scalar,

@@ -81,6 +81,71 @@ impl VecDot for BlockQ4_0 {
     }
 }
 
+/// Rows interleaved into one [`BlockQ4_0x8`].
+pub const INTERLEAVE_ROWS: usize = 8;
+
+/// Block `i` of [`INTERLEAVE_ROWS`] consecutive Q4_0 rows, laid out so that a kernel
+/// dotting all of them with one activation row reads one contiguous stream and finds each
+/// 4-byte run of the 8 rows' quants side by side, as one 256-bit register holds them.
+///
+/// Not a ggml format: the CPU backend builds it from mapped Q4_0 weights when a matmul first
+/// uses them (`backend::cpu`), in place of the mapped bytes. It is the same size as the 8
+/// blocks it holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ4_0x8 {
+    /// Row `r`'s scale.
+    pub d: [f16; INTERLEAVE_ROWS],
+    /// `qs[32t + 4r..][..4]` is row `r`'s `qs[4t..4t + 4]`, for `t` in 0..4.
+    pub qs: [u8; INTERLEAVE_ROWS * QK / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0x8>() == INTERLEAVE_ROWS * 18);
+
+impl BlockQ4_0x8 {
+    /// Interleaves block `i` of each of the rows.
+    pub fn from_rows(rows: [&BlockQ4_0; INTERLEAVE_ROWS]) -> Self {
+        let mut out = BlockQ4_0x8::zeroed();
+        for (r, block) in rows.iter().enumerate() {
+            out.d[r] = block.d;
+            for (t, run) in block.qs.chunks_exact(4).enumerate() {
+                out.qs[32 * t + 4 * r..][..4].copy_from_slice(run);
+            }
+        }
+        out
+    }
+
+    /// Row `r`'s block, as it was before interleaving.
+    pub fn row(&self, r: usize) -> BlockQ4_0 {
+        let mut block = BlockQ4_0 {
+            d: self.d[r],
+            qs: [0; QK / 2],
+        };
+        for (t, run) in block.qs.chunks_exact_mut(4).enumerate() {
+            run.copy_from_slice(&self.qs[32 * t + 4 * r..][..4]);
+        }
+        block
+    }
+}
+
+/// Interleaves [`INTERLEAVE_ROWS`] rows of the same length into `dst`, one block of each per
+/// output block.
+pub fn interleave_rows(rows: [&[BlockQ4_0]; INTERLEAVE_ROWS], dst: &mut [BlockQ4_0x8]) {
+    rows.iter()
+        .for_each(|row| assert_eq!(row.len(), dst.len(), "row lengths"));
+    for (i, out) in dst.iter_mut().enumerate() {
+        *out = BlockQ4_0x8::from_rows(std::array::from_fn(|r| &rows[r][i]));
+    }
+}
+
+/// Row `r` of interleaved blocks, dequantized exactly as [`BlockQ4_0::dequantize_row`].
+pub fn dequantize_interleaved_row(src: &[BlockQ4_0x8], r: usize, dst: &mut [f32]) {
+    assert_row_len::<BlockQ4_0>(src.len(), dst.len());
+    for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK)) {
+        BlockQ4_0::dequantize_row(&[block.row(r)], y);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +165,32 @@ mod tests {
         let mut y = [0f32; QK];
         BlockQ4_0::dequantize_row(&block, &mut y);
         assert_eq!(y, x);
+    }
+
+    #[test]
+    fn interleaving_keeps_every_row() {
+        let rows: Vec<Vec<BlockQ4_0>> = (0..INTERLEAVE_ROWS)
+            .map(|r| {
+                (0..3)
+                    .map(|i| BlockQ4_0 {
+                        d: f16::from_f32((r * 3 + i) as f32 + 0.5),
+                        qs: std::array::from_fn(|j| (r * 31 + i * 7 + j * 13) as u8),
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut packed = [BlockQ4_0x8::zeroed(); 3];
+        interleave_rows(std::array::from_fn(|r| &rows[r][..]), &mut packed);
+        // Row 2's bytes 4..8 of block 1 sit at dword 1, lane 2.
+        assert_eq!(packed[1].qs[32 + 8..][..4], rows[2][1].qs[4..8]);
+        for (r, row) in rows.iter().enumerate() {
+            let back: Vec<BlockQ4_0> = packed.iter().map(|b| b.row(r)).collect();
+            assert_eq!(&back, row);
+            let (mut want, mut got) = ([0f32; 96], [0f32; 96]);
+            BlockQ4_0::dequantize_row(row, &mut want);
+            dequantize_interleaved_row(&packed, r, &mut got);
+            assert_eq!(got, want);
+        }
     }
 
     #[test]

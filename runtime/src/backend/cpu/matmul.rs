@@ -58,7 +58,15 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         .for_each(|(dst, src)| (kernel.quantize)(src, &mut cast_slice_mut(dst)[..a_row_bytes]));
     let act_bytes: &[u8] = cast_slice(&act);
     let act_row = |r: usize| &act_bytes[r * a_stride_words * 4..][..a_row_bytes];
-    let weights = w.data();
+    // Interleaved weights (`CpuWeight::interleaved`) where the path has kernels for them: row
+    // `j` is then row `j % DOT_ROWS` of group `j / DOT_ROWS`, at the group's place.
+    let interleaved = kernel
+        .interleaved
+        .as_ref()
+        .and_then(|how| Some((how, w.interleaved(how)?)));
+    let weights = interleaved.map_or_else(|| w.data(), |(_, data)| data);
+    let group_bytes = DOT_ROWS * w_row_bytes;
+    let group = |j: usize| &weights[j / DOT_ROWS * group_bytes..][..group_bytes];
     let rows = x.rows;
     let w_row = |j: usize| &weights[j * w_row_bytes..][..w_row_bytes];
     // Widened batches: the activations as f32 (exactly the quantized values), packed for the
@@ -70,6 +78,7 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         })
     });
     let micro = gemm::micro_kernel();
+    const { assert!(WIDE_BLOCK_ROWS % DOT_ROWS == 0 && WEIGHT_BLOCK_ROWS % DOT_ROWS == 0) };
     // Rows of activations the widened GEMM or the tile kernel take; the rest are dotted one
     // by one.
     let tiled_rows = match (&packed, kernel.dot_tile) {
@@ -83,7 +92,8 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     };
     // Output transposed, [n_out, rows]: a worker's run of weight rows is one contiguous slice.
     let mut out_t = vec![0f32; n_out * rows];
-    let chunk = chunk_len(n_out) * rows;
+    // Whole groups of DOT_ROWS rows per chunk, for the interleaved weights.
+    let chunk = chunk_len(n_out).next_multiple_of(DOT_ROWS) * rows;
     par_chunks(&mut out_t, chunk, |start, out| {
         let first = start / rows;
         let mut scratch = gemm::Scratch::default();
@@ -98,8 +108,16 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                     let ty = w.ggml_type();
                     let offset = ty.row_bytes(cols.start as u64).expect("whole blocks") as usize;
                     let len = ty.row_bytes(cols.len() as u64).expect("whole blocks") as usize;
-                    let src = &w_row(block_first + j)[offset..][..len];
-                    quant::dequantize_row(ty, src, dst).expect("type checked at load")
+                    let j = block_first + j;
+                    match interleaved {
+                        // Columns `cols` of all the group's rows lie together, at 8× the offset.
+                        Some((how, _)) => {
+                            let src = &group(j)[DOT_ROWS * offset..][..DOT_ROWS * len];
+                            (how.dequantize_row)(src, j % DOT_ROWS, dst)
+                        }
+                        None => quant::dequantize_row(ty, &w_row(j)[offset..][..len], dst)
+                            .expect("type checked at load"),
+                    }
                 };
                 gemm::gemm(micro, n_block, acts, widen, &mut scratch, out_block);
             } else if let Some(dot_tile) = kernel.dot_tile {
@@ -116,6 +134,16 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             for r in tiled_rows..rows {
                 let a = act_row(r);
                 let mut j = 0;
+                if let Some((how, _)) = interleaved {
+                    // Blocks and chunks are whole groups (see `chunk`).
+                    for (g, out_group) in out_block.chunks_exact_mut(DOT_ROWS * rows).enumerate() {
+                        let sums = (how.dot)(group(block_first + g * DOT_ROWS), a);
+                        for (i, sum) in sums.into_iter().enumerate() {
+                            out_group[i * rows + r] = sum;
+                        }
+                    }
+                    continue;
+                }
                 if let Some(dot_rows) = kernel.dot_rows {
                     while j + DOT_ROWS <= n_block {
                         let sums = dot_rows(std::array::from_fn(|i| w_row(block_first + j + i)), a);

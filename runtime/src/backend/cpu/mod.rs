@@ -3,7 +3,7 @@
 //! Scalar kernels for now; the SIMD kernels and a persistent thread pool slot in behind
 //! [`matmul`] and [`attention`] without touching the models.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
@@ -49,6 +49,11 @@ pub struct CpuWeight {
     ty: GgmlType,
     /// ggml order: `ne[0]` first.
     shape: Vec<u64>,
+    /// Whether matmul may replace the mapped data with an interleaved copy (see
+    /// [`CpuWeight::interleaved`]).
+    interleave: bool,
+    /// That copy, once made; shared by clones.
+    interleaved: Arc<OnceLock<Box<[u32]>>>,
 }
 
 impl CpuWeight {
@@ -75,6 +80,40 @@ impl CpuWeight {
     /// Number of rows (all dimensions after the first).
     pub fn n_rows(&self) -> usize {
         self.shape.iter().skip(1).product::<u64>() as usize
+    }
+
+    /// The data with every group of [`quant::DOT_ROWS`] rows interleaved by `how`, if this
+    /// weight may be interleaved and its rows come in whole groups; made by the first call, in
+    /// parallel on the current pool. The mapped pages are then released (`GgufFile::
+    /// release_tensor_pages`), so the copy replaces the mapped tensor in resident memory
+    /// rather than doubling it (DESIGN.md, decision 3). Every interleaving of a type lays it
+    /// out the same way, whichever path's kernels asked for it.
+    fn interleaved(&self, how: &quant::Interleaving) -> Option<&[u8]> {
+        let group_rows = quant::DOT_ROWS;
+        if !self.interleave || !self.n_rows().is_multiple_of(group_rows) {
+            return None;
+        }
+        let copy = self.interleaved.get_or_init(|| {
+            let data = self.data();
+            let row_bytes = data.len() / self.n_rows();
+            let group_bytes = group_rows * row_bytes;
+            // Whole blocks of 2-byte fields: the u32 words keep the copy aligned for them.
+            assert!(group_bytes.is_multiple_of(4), "groups of whole words");
+            let mut copy = vec![0u32; data.len() / 4].into_boxed_slice();
+            let copy_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut copy);
+            copy_bytes
+                .par_chunks_mut(group_bytes)
+                .zip(data.par_chunks(group_bytes))
+                .for_each(|(dst, src)| {
+                    (how.interleave)(
+                        std::array::from_fn(|r| &src[r * row_bytes..][..row_bytes]),
+                        dst,
+                    )
+                });
+            self.file.release_tensor_pages(self.index);
+            copy
+        });
+        Some(bytemuck::cast_slice(copy))
     }
 
     /// An F32 tensor as a slice (norm weights, biases).
@@ -104,6 +143,7 @@ impl std::fmt::Debug for CpuWeight {
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
     kv_type: KvType,
+    interleave: bool,
 }
 
 impl CpuBackend {
@@ -122,7 +162,18 @@ impl CpuBackend {
         CpuBackend {
             pool,
             kv_type: KvType::default(),
+            interleave: true,
         }
+    }
+
+    /// Whether weights loaded from now on may be interleaved for faster kernels (default on):
+    /// where the CPU path has kernels for an interleaved layout of a type (Q4_0 on x86), the
+    /// first matmul with such a weight copies it into that layout and releases the mapped
+    /// pages. Resident memory stays about the same, but the copy is anonymous memory, which
+    /// the OS cannot evict and re-read from the file as it can mapped pages: turn it off to run
+    /// a model larger than the free memory.
+    pub fn set_interleave(&mut self, interleave: bool) {
+        self.interleave = interleave;
     }
 
     /// Makes the KV caches created from now on store `kv_type` (default f16).
@@ -243,6 +294,8 @@ impl Backend for CpuBackend {
             index,
             ty,
             shape: t.shape().to_vec(),
+            interleave: self.interleave,
+            interleaved: Arc::default(),
         })
     }
 

@@ -14,7 +14,7 @@ use half::f16;
 use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, load_16, load_32};
 use crate::quant::dispatch::DOT_ROWS;
 use crate::quant::{
-    assert_dot_len, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+    assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
 };
 
 /// The 32 nibbles of a Q4_0/Q4_1/Q5_0/Q5_1 block as bytes 0..=15, in element order: byte `j`
@@ -197,9 +197,6 @@ fn dwords(qs: &[i8; 32]) -> [i32; 8] {
 pub(super) fn dot_rows_q4_0_q8_0(w: [&[BlockQ4_0]; DOT_ROWS], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
     const { assert!(DOT_ROWS == 8) };
     w.iter().for_each(|w| assert_dot_len(w, a));
-    let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    let eights = _mm256_set1_epi8(8);
     let mut acc = _mm256_setzero_ps();
     for (i, y) in a.iter().enumerate() {
         // Rows r (low half) and r + 4 (high half) of the block, 4 packed dwords each.
@@ -214,37 +211,76 @@ pub(super) fn dot_rows_q4_0_q8_0(w: [&[BlockQ4_0]; DOT_ROWS], a: &[BlockQ8_0]) -
             _mm256_unpacklo_epi64(t1, t3),
             _mm256_unpackhi_epi64(t1, t3),
         ];
-        // The activation block as 8 dwords: dword e holds elements 4e..4e+4.
-        let act = dwords(&y.qs);
-        let mut pairs = _mm256_setzero_si256();
-        for (t, &p) in packed.iter().enumerate() {
-            // Byte j of a row holds element j (low nibble) and element j + 16 (high).
-            let lo = _mm256_and_si256(p, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
-            let (a_lo, a_hi) = (_mm256_set1_epi32(act[t]), _mm256_set1_epi32(act[4 + t]));
-            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(lo, a_lo));
-            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(hi, a_hi));
-        }
-        // 8·Σa, the same for every row, in every lane.
-        let bias = _mm256_madd_epi16(_mm256_maddubs_epi16(eights, load_32(&y.qs)), ones);
-        let bias = _mm256_add_epi32(bias, _mm256_permute2x128_si256::<0x01>(bias, bias));
-        let bias = _mm256_add_epi32(bias, _mm256_shuffle_epi32::<0b01_00_11_10>(bias));
-        let bias = _mm256_add_epi32(bias, _mm256_shuffle_epi32::<0b10_11_00_01>(bias));
-        let sums = _mm256_sub_epi32(_mm256_madd_epi16(pairs, ones), bias);
         let mut d = [0i16; DOT_ROWS];
         for (d, w) in d.iter_mut().zip(&w) {
             *d = w[i].d.to_bits() as i16;
         }
-        let dw = _mm256_cvtph_ps(_mm_setr_epi16(
-            d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7],
-        ));
-        let scales = _mm256_mul_ps(dw, _mm256_set1_ps(f16_to_f32(y.d)));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc);
+        let d = _mm_setr_epi16(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]);
+        acc = q4_0_rows_step(packed, d, y, acc);
     }
     let mut out = [0f32; DOT_ROWS];
     // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
     out
+}
+
+/// Q4_0 · Q8_0 for the 8 rows of interleaved blocks: [`dot_rows_q4_0_q8_0`] reading the
+/// registers its transpose builds straight from memory, one contiguous stream for all the rows.
+/// Two accumulators alternate between blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
+    const { assert!(DOT_ROWS == 8) };
+    assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
+    let step = |x: &BlockQ4_0x8, y: &BlockQ8_0, acc: __m256| {
+        // SAFETY: `qs` is 128 bytes, four unaligned 32-byte loads; `d` is 16 bytes.
+        let packed = std::array::from_fn::<_, 4, _>(|t| unsafe {
+            _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast())
+        });
+        let d = unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) };
+        q4_0_rows_step(packed, d, y, acc)
+    };
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut pairs = w.chunks_exact(2).zip(a.chunks_exact(2));
+    for (x, y) in &mut pairs {
+        acc0 = step(&x[0], &y[0], acc0);
+        acc1 = step(&x[1], &y[1], acc1);
+    }
+    if w.len() % 2 == 1 {
+        acc0 = step(&w[w.len() - 1], &a[a.len() - 1], acc0);
+    }
+    let mut out = [0f32; DOT_ROWS];
+    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
+    out
+}
+
+/// One block of 8 Q4_0 rows against activation block `y`, fused into `acc` (row r in lane r):
+/// `packed[t]` holds dword `t` of every row's `qs` (row r in lane r), `d` the rows' f16 scales.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_0_rows_step(packed: [__m256i; 4], d: __m128i, y: &BlockQ8_0, acc: __m256) -> __m256 {
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let eights = _mm256_set1_epi8(8);
+    // The activation block as 8 dwords: dword e holds elements 4e..4e+4.
+    let act = dwords(&y.qs);
+    let mut pairs = _mm256_setzero_si256();
+    for (t, &p) in packed.iter().enumerate() {
+        // Byte j of a row holds element j (low nibble) and element j + 16 (high).
+        let lo = _mm256_and_si256(p, low);
+        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
+        let (a_lo, a_hi) = (_mm256_set1_epi32(act[t]), _mm256_set1_epi32(act[4 + t]));
+        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(lo, a_lo));
+        pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(hi, a_hi));
+    }
+    // 8·Σa, the same for every row, in every lane.
+    let bias = _mm256_madd_epi16(_mm256_maddubs_epi16(eights, load_32(&y.qs)), ones);
+    let bias = _mm256_add_epi32(bias, _mm256_permute2x128_si256::<0x01>(bias, bias));
+    let bias = _mm256_add_epi32(bias, _mm256_shuffle_epi32::<0b01_00_11_10>(bias));
+    let bias = _mm256_add_epi32(bias, _mm256_shuffle_epi32::<0b10_11_00_01>(bias));
+    let sums = _mm256_sub_epi32(_mm256_madd_epi16(pairs, ones), bias);
+    let scales = _mm256_mul_ps(_mm256_cvtph_ps(d), _mm256_set1_ps(f16_to_f32(y.d)));
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc)
 }
 
 /// Q5_0 · Q8_0 for [`DOT_ROWS`] weight rows against one activation row, 4 rows at a time,

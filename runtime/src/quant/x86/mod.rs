@@ -21,7 +21,9 @@ use std::sync::OnceLock;
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
-use super::dispatch::{DotFn, DotRowsFn, DotTileFn, QuantizeFn, DOT_ROWS, TILE_ROWS};
+use super::dispatch::{
+    q4_0_interleaving, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
+};
 use super::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1, GgmlType,
@@ -81,6 +83,18 @@ impl Avx2 {
             Q5_0 => dot_rows_q5_0,
             _ => return None,
         })
+    }
+
+    /// How this path multiplies interleaved weights of type `ty`, if it has a kernel for them
+    /// (Q4_0: the row kernel without its transpose).
+    pub(crate) fn interleaved(self, ty: GgmlType) -> Option<Interleaving> {
+        match ty {
+            GgmlType::Q4_0 => Some(Interleaving {
+                dot: dot_interleaved_q4_0,
+                ..q4_0_interleaving()
+            }),
+            _ => None,
+        }
     }
 
     /// The dot product of weights of type `ty` with [`TILE_ROWS`] activation rows at once, if
@@ -147,6 +161,12 @@ macro_rules! safe_dot_rows {
             unsafe { $kernel(w, a) }
         }
     };
+}
+
+fn dot_interleaved_q4_0(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
+    let (w, a) = (cast_slice(w), cast_slice(a));
+    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
+    unsafe { legacy::dot_interleaved_q4_0_q8_0(w, a) }
 }
 
 macro_rules! safe_quantize {
