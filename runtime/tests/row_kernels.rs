@@ -26,6 +26,9 @@ fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
     out
 }
 
+/// Dots of DOT_ROWS weight rows (plain bytes) with one activation row.
+type RowsFn = Box<dyn Fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS]>;
+
 struct Rng(u64);
 
 impl Rng {
@@ -90,10 +93,7 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                 continue;
             };
             // Each way the path has of dotting 8 rows at once, as a function of the plain rows.
-            let mut kinds: Vec<(
-                &str,
-                Box<dyn Fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS]>,
-            )> = Vec::new();
+            let mut kinds: Vec<(&str, RowsFn)> = Vec::new();
             if let Some(dot_rows) = kernels.dot_rows {
                 kinds.push(("dot_rows", Box::new(dot_rows)));
             }

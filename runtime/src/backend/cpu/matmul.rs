@@ -78,7 +78,11 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         })
     });
     let micro = gemm::micro_kernel();
-    const { assert!(WIDE_BLOCK_ROWS % DOT_ROWS == 0 && WEIGHT_BLOCK_ROWS % DOT_ROWS == 0) };
+    const {
+        assert!(
+            WIDE_BLOCK_ROWS.is_multiple_of(DOT_ROWS) && WEIGHT_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
+        )
+    };
     // Rows of activations the widened GEMM or the tile kernel take; the rest are dotted one
     // by one.
     let tiled_rows = match (&packed, kernel.dot_tile) {
