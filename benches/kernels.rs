@@ -9,6 +9,9 @@
 //!   other types). Throughput is multiply-adds.
 //! - `attention/decode|prefill512/<ctx>/<kv>` and `attention/clip/577`: cached causal attention
 //!   of LLaMA-7B's heads at 512, 2048 and 4096 positions (f16 and f32 cache), and CLIP-L's.
+//! - `memory/read`: the machine's read bandwidth, the ceiling of decode: threads summing
+//!   disjoint parts of a 256 MiB buffer (8× the L3 of the development machine). Throughput is
+//!   bytes read.
 //! - `dot/<type>/<path>`: the raw dot kernel on one 4096-element row (cache-resident); and
 //!   `dot/<type>x4/<path>`, the tile kernel (one weight row, `TILE_ROWS` activation rows) where
 //!   the path has one. Throughput is weight bytes either way.
@@ -257,6 +260,30 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
+fn memory(c: &mut Criterion) {
+    const BYTES: usize = 256 << 20;
+    let threads = CpuBackend::new(bench_threads()).threads();
+    let buffer: Vec<u64> = (0..BYTES as u64 / 8).collect();
+    let mut group = c.benchmark_group("memory");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Bytes(BYTES as u64));
+    group.bench_function(BenchmarkId::new("read", format!("{threads}t")), |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                let parts: Vec<_> = buffer
+                    .chunks(buffer.len().div_ceil(threads))
+                    .map(|part| s.spawn(|| part.iter().fold(0u64, |a, &v| a.wrapping_add(v))))
+                    .collect();
+                parts.into_iter().map(|p| p.join().unwrap()).sum::<u64>()
+            })
+        })
+    });
+    group.finish();
+}
+
 fn bench_threads() -> usize {
     std::env::var("LLAVA_BENCH_THREADS")
         .ok()
@@ -329,5 +356,5 @@ fn dot_and_quantize(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dot_and_quantize, gemv, gemm, attention);
+criterion_group!(benches, dot_and_quantize, memory, gemv, gemm, attention);
 criterion_main!(benches);

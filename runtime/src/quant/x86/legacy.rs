@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, load_16, load_32};
+use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, load_16, load_32, prefetch_ahead};
 use crate::quant::dispatch::DOT_ROWS;
 use crate::quant::{
     assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
@@ -232,6 +232,7 @@ pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [
     const { assert!(DOT_ROWS == 8) };
     assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
     let step = |x: &BlockQ4_0x8, y: &BlockQ8_0, acc: __m256| {
+        prefetch_ahead(x);
         // SAFETY: `qs` is 128 bytes, four unaligned 32-byte loads; `d` is 16 bytes.
         let packed = std::array::from_fn::<_, 4, _>(|t| unsafe {
             _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast())

@@ -235,6 +235,28 @@ fn load_32<T: bytemuck::Pod>(bytes: &[T; 32]) -> __m256i {
     unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
 }
 
+/// How far ahead of a block a streaming kernel asks for the weights it will read
+/// ([`prefetch_ahead`]): about 14 Q4_0x8 or Q4_K blocks. Measured on the interleaved Q4_0
+/// kernel (gemv/q4_0 4096×11008, 2 threads): none 14.6 GiB/s, 512 bytes 15.4, 1024 17–20,
+/// 2048 19–21, 4096 20.5.
+const PREFETCH_BYTES: usize = 2048;
+
+/// Asks for the cache lines of the `T` that lies [`PREFETCH_BYTES`] after `x` in its stream.
+/// The hardware prefetcher alone keeps about 70% of the memory bandwidth busy for a kernel this
+/// dense in arithmetic; with the hint the interleaved Q4_0 kernel reaches the bandwidth a plain
+/// read loop measures.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead<T>(x: &T) {
+    let ahead = (x as *const T)
+        .wrapping_byte_add(PREFETCH_BYTES)
+        .cast::<i8>();
+    for line in (0..std::mem::size_of::<T>()).step_by(64) {
+        // A hint: `prefetcht0` cannot fault, even past the end of the stream.
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
+    }
+}
+
 /// 16 bytes as one register.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
