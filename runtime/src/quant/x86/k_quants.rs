@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use bytemuck::cast_ref;
 
-use super::{f16_to_f32, hsum_f32, load_16, load_32, prefetch_ahead, TILE_ROWS};
+use super::{f16_to_f32, hsum_f32, load_16, load_32, TILE_ROWS};
 use crate::quant::{assert_dot_len, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (the values
