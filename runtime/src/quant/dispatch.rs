@@ -270,6 +270,9 @@ pub struct Interleaving {
     /// The dots of a group's rows with one activation row: `out[r]` is row `r`'s `dot` up to
     /// the order of the float additions.
     pub dot: fn(&[u8], &[u8]) -> [f32; DOT_ROWS],
+    /// The same against [`TILE_ROWS`] activation rows at once (batches): `out[n][r]` is row
+    /// `r`'s dot with activation row `n`.
+    pub gemm: fn(&[u8], [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS],
 }
 
 /// Q4_0's [`Interleaving`] with the scalar reference dot: each row's own dot, bit-exact. A
@@ -290,10 +293,14 @@ pub fn q4_0_interleaving() -> Interleaving {
             BlockQ4_0::vec_dot(&row, cast_slice(a))
         })
     }
+    fn gemm(group: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+        a.map(|a| dot(group, a))
+    }
     Interleaving {
         interleave,
         dequantize_row,
         dot,
+        gemm,
     }
 }
 

@@ -20,6 +20,9 @@ use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
 const WEIGHT_BLOCK_ROWS: usize = 16;
 /// The same for widened batches: 16 groups of the f32 micro-kernel (see `gemm::gemm`).
 const WIDE_BLOCK_ROWS: usize = 16 * MICRO_W_ROWS;
+/// The same for the integer GEMM of interleaved weights: 8 groups, 147 KB of 4096-wide Q4_0
+/// in L2, while each tile of 4 activation rows (17 KB of Q8_0) passes over them from L1.
+const INTERLEAVED_BLOCK_ROWS: usize = 8 * DOT_ROWS;
 /// The fewest activation rows that are widened (where the type widens at all): below it, the
 /// cost of widening a weight block is not shared by enough rows.
 const WIDEN_MIN_ROWS: usize = 4;
@@ -71,7 +74,10 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let w_row = |j: usize| &weights[j * w_row_bytes..][..w_row_bytes];
     // Widened batches: the activations as f32 (exactly the quantized values), packed for the
     // micro-kernel once per call.
-    let packed = (kernel.widen_batches && rows >= WIDEN_MIN_ROWS).then(|| {
+    // Interleaved weights have an integer GEMM of their own instead.
+    let interleaved_gemm = interleaved.map(|(how, _)| how.gemm);
+    let widen = kernel.widen_batches && rows >= WIDEN_MIN_ROWS && interleaved_gemm.is_none();
+    let packed = widen.then(|| {
         PackedActs::pack(rows, k, |r, dst| {
             quant::dequantize_row(kernel.act_type, act_row(r), dst)
                 .expect("quantized by the same kernel table")
@@ -80,19 +86,26 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let micro = gemm::micro_kernel();
     const {
         assert!(
-            WIDE_BLOCK_ROWS.is_multiple_of(DOT_ROWS) && WEIGHT_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
+            WIDE_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
+                && WEIGHT_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
+                && INTERLEAVED_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
         )
     };
     // Rows of activations the widened GEMM or the tile kernel take; the rest are dotted one
     // by one.
-    let tiled_rows = match (&packed, kernel.dot_tile) {
-        (Some(_), _) => rows,
-        (None, Some(_)) => rows / TILE_ROWS * TILE_ROWS,
-        (None, None) => 0,
+    let tiled_rows = if packed.is_some() {
+        rows
+    } else if kernel.dot_tile.is_some() || interleaved_gemm.is_some() {
+        rows / TILE_ROWS * TILE_ROWS
+    } else {
+        0
     };
-    let block_rows = match packed {
-        Some(_) => WIDE_BLOCK_ROWS,
-        None => WEIGHT_BLOCK_ROWS,
+    let block_rows = if packed.is_some() {
+        WIDE_BLOCK_ROWS
+    } else if interleaved_gemm.is_some() {
+        INTERLEAVED_BLOCK_ROWS
+    } else {
+        WEIGHT_BLOCK_ROWS
     };
     // Output transposed, [n_out, rows]: a worker's run of weight rows is one contiguous slice.
     let mut out_t = vec![0f32; n_out * rows];
@@ -124,6 +137,18 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                     }
                 };
                 gemm::gemm(micro, n_block, acts, widen, &mut scratch, out_block);
+            } else if let Some(gemm) = interleaved_gemm {
+                for r in (0..tiled_rows).step_by(TILE_ROWS) {
+                    let acts = std::array::from_fn(|i| act_row(r + i));
+                    for (g, out_group) in out_block.chunks_exact_mut(DOT_ROWS * rows).enumerate() {
+                        let sums = gemm(group(block_first + g * DOT_ROWS), acts);
+                        for (i, out_j) in out_group.chunks_exact_mut(rows).enumerate() {
+                            for (n, sums) in sums.iter().enumerate() {
+                                out_j[r + n] = sums[i];
+                            }
+                        }
+                    }
+                }
             } else if let Some(dot_tile) = kernel.dot_tile {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));

@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, load_16, load_32, prefetch_ahead};
-use crate::quant::dispatch::DOT_ROWS;
+use crate::quant::dispatch::{DOT_ROWS, TILE_ROWS};
 use crate::quant::{
     assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
 };
@@ -252,6 +252,74 @@ pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [
     let mut out = [0f32; DOT_ROWS];
     // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
+    out
+}
+
+/// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`TILE_ROWS`] activation rows
+/// (prefill, the vision tower): `out[n][r]` is row `r`'s dot with activation row `n`.
+///
+/// Each block's nibbles are unpacked once for the 4 activation rows; each row's integer sums
+/// are [`q4_0_rows_step`]'s. The 4 rows' `8·Σa` come from one joint horizontal sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn gemm_interleaved_q4_0_q8_0(
+    w: &[BlockQ4_0x8],
+    a: [&[BlockQ8_0]; TILE_ROWS],
+) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+    const { assert!(DOT_ROWS == 8 && TILE_ROWS == 4) };
+    a.iter()
+        .for_each(|a| assert_eq!(w.len(), a.len(), "dot of rows of different lengths"));
+    let low = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let eights = _mm256_set1_epi8(8);
+    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
+    for (i, x) in w.iter().enumerate() {
+        let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+        let mut pairs = [_mm256_setzero_si256(); TILE_ROWS];
+        for t in 0..4 {
+            // SAFETY: `qs` is 128 bytes, `t < 4`; an unaligned 32-byte load.
+            let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
+            let lo = _mm256_and_si256(p, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
+            for (pairs, y) in pairs.iter_mut().zip(ys) {
+                let q = &y.qs;
+                let dword = |e: usize| {
+                    i32::from_le_bytes([
+                        q[4 * e] as u8,
+                        q[4 * e + 1] as u8,
+                        q[4 * e + 2] as u8,
+                        q[4 * e + 3] as u8,
+                    ])
+                };
+                let (a_lo, a_hi) = (_mm256_set1_epi32(dword(t)), _mm256_set1_epi32(dword(4 + t)));
+                *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
+                *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
+            }
+        }
+        // 8·Σa of activation row n in lanes n and n + 4: the 4 rows' lane sums, reduced
+        // together.
+        let b =
+            |n: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(eights, load_32(&ys[n].qs)), ones);
+        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(b(0), b(1)), _mm256_hadd_epi32(b(2), b(3)));
+        let bias = _mm256_add_epi32(h, _mm256_permute2x128_si256::<0x01>(h, h));
+        let bias = [
+            _mm256_shuffle_epi32::<0x00>(bias),
+            _mm256_shuffle_epi32::<0x55>(bias),
+            _mm256_shuffle_epi32::<0xaa>(bias),
+            _mm256_shuffle_epi32::<0xff>(bias),
+        ];
+        // SAFETY: `d` is 16 bytes; an unaligned load.
+        let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
+        for n in 0..TILE_ROWS {
+            let sums = _mm256_sub_epi32(_mm256_madd_epi16(pairs[n], ones), bias[n]);
+            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(f16_to_f32(ys[n].d)));
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc[n]);
+        }
+    }
+    let mut out = [[0f32; DOT_ROWS]; TILE_ROWS];
+    for (out, acc) in out.iter_mut().zip(acc) {
+        // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    }
     out
 }
 

@@ -91,6 +91,7 @@ impl Avx2 {
         match ty {
             GgmlType::Q4_0 => Some(Interleaving {
                 dot: dot_interleaved_q4_0,
+                gemm: gemm_interleaved_q4_0,
                 ..q4_0_interleaving()
             }),
             _ => None,
@@ -167,6 +168,12 @@ fn dot_interleaved_q4_0(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
     let (w, a) = (cast_slice(w), cast_slice(a));
     // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
     unsafe { legacy::dot_interleaved_q4_0_q8_0(w, a) }
+}
+
+fn gemm_interleaved_q4_0(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+    let (w, a) = (cast_slice(w), a.map(cast_slice));
+    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
+    unsafe { legacy::gemm_interleaved_q4_0_q8_0(w, a) }
 }
 
 macro_rules! safe_quantize {
