@@ -17,7 +17,7 @@
 
 use bytemuck::cast_slice_mut;
 use half::f16;
-use llava_runtime::quant::{self, row_kernels, CpuPath, GgmlType, DOT_ROWS};
+use llava_runtime::quant::{self, row_kernels, CpuPath, GgmlType, DOT_ROWS, TILE_ROWS};
 
 /// Elements of a quantized row, as f32.
 fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
@@ -111,6 +111,20 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                             assert_eq!(back, dequantize(ty, row, n), "{ty} row {r} read back");
                         }
                         (how.dot)(group, a)
+                    }),
+                ));
+                // The batch kernel with the row in every activation slot: each slot must give
+                // the same sums.
+                kinds.push((
+                    "interleaved gemm",
+                    Box::new(move |w: [&[u8]; DOT_ROWS], a: &[u8]| {
+                        let mut group = vec![0u32; DOT_ROWS * w[0].len() / 4];
+                        (how.interleave)(w, cast_slice_mut(&mut group));
+                        let sums = (how.gemm)(bytemuck::cast_slice(&group), [a; TILE_ROWS]);
+                        assert!(sums
+                            .iter()
+                            .all(|s| s.map(f32::to_bits) == sums[0].map(f32::to_bits)));
+                        sums[0]
                     }),
                 ));
             }

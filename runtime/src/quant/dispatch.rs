@@ -257,6 +257,10 @@ pub const DOT_ROWS: usize = 8;
 /// once for all the rows.
 pub type DotRowsFn = fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS];
 
+/// An [`Interleaving`]'s batch kernel: a group of [`DOT_ROWS`] interleaved weight rows against
+/// [`TILE_ROWS`] activation rows.
+pub type InterleavedGemmFn = fn(&[u8], [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS];
+
 /// Weights a path multiplies faster once [`DOT_ROWS`] rows at a time are interleaved block by
 /// block (Q4_0 on x86: `BlockQ4_0x8`): how to build the interleaved copy, read a row back and
 /// dot a group of rows. A group of `DOT_ROWS` rows of `n` bytes each becomes `DOT_ROWS · n`
@@ -272,7 +276,7 @@ pub struct Interleaving {
     pub dot: fn(&[u8], &[u8]) -> [f32; DOT_ROWS],
     /// The same against [`TILE_ROWS`] activation rows at once (batches): `out[n][r]` is row
     /// `r`'s dot with activation row `n`.
-    pub gemm: fn(&[u8], [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS],
+    pub gemm: InterleavedGemmFn,
 }
 
 /// Q4_0's [`Interleaving`] with the scalar reference dot: each row's own dot, bit-exact. A
