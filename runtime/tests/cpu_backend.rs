@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType, Rope};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
-use llava_runtime::quant::{self, GgmlType, TILE_ROWS};
+use llava_runtime::quant::{self, GgmlType, DOT_ROWS, TILE_ROWS};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
@@ -157,10 +157,13 @@ fn matmul_equals_the_reference_dot(k: usize, n_out: usize, rows: usize) {
                         }
                         _ => (kernels.dot)(w_bytes, a),
                     };
-                    // Rows left to the row kernels (DOT_ROWS weight rows at a time, plain or
-                    // interleaved) sum in their own order too: references 2 and 3.
-                    let by_rows = (kernels.dot_rows.is_some() || kernels.interleaved.is_some())
-                        && r >= tiled_rows;
+                    // Rows left to the row kernels (DOT_ROWS weight rows at a time) sum in
+                    // their own order too, and so does every row of interleaved weights (whole
+                    // groups of DOT_ROWS rows, where the path interleaves the type): references
+                    // 2 and 3.
+                    let interleaved =
+                        kernels.interleaved.is_some() && n_out.is_multiple_of(DOT_ROWS);
+                    let by_rows = interleaved || (kernels.dot_rows.is_some() && r >= tiled_rows);
                     assert!(
                         r < widened_rows || by_rows || got.to_bits() == want.to_bits(),
                         "{ty} r{r} j{j}: {got} vs {want} ({} dot)",

@@ -17,7 +17,9 @@
 
 use bytemuck::cast_slice_mut;
 use half::f16;
-use llava_runtime::quant::{self, row_kernels, CpuPath, GgmlType, DOT_ROWS, TILE_ROWS};
+use llava_runtime::quant::{
+    self, row_kernels, CpuPath, GgmlType, Interleaving, DOT_ROWS, TILE_ROWS,
+};
 
 /// Elements of a quantized row, as f32.
 fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
@@ -28,6 +30,13 @@ fn dequantize(ty: GgmlType, bytes: &[u8], n: usize) -> Vec<f32> {
 
 /// Dots of DOT_ROWS weight rows (plain bytes) with one activation row.
 type RowsFn = Box<dyn Fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS]>;
+
+/// The rows interleaved as `how` lays them out.
+fn interleaved(how: &Interleaving, rows: [&[u8]; DOT_ROWS]) -> Vec<u32> {
+    let mut group = vec![0u32; (how.group_bytes)(rows[0].len()) / 4];
+    (how.interleave)(rows, cast_slice_mut(&mut group));
+    group
+}
 
 struct Rng(u64);
 
@@ -73,12 +82,17 @@ impl Row {
         &bytemuck::cast_slice(&self.words)[..self.len]
     }
 
-    /// Every block's f16 scale (its first two bytes) and quant bytes replaced by random bits.
-    fn scramble(&mut self, block_bytes: usize, rng: &mut Rng) {
+    /// Every block's bytes replaced by random bits, its f16 scale (the first two bytes) finite.
+    /// (Q4_K and Q5_K open with two f16 fields, `d` and `dmin`, both kept finite.)
+    fn scramble(&mut self, ty: GgmlType, rng: &mut Rng) {
+        let block_bytes = ty.type_size();
+        let n_f16 = if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) { 2 } else { 1 };
         let bytes = &mut cast_slice_mut::<u32, u8>(&mut self.words)[..self.len];
         for block in bytes.chunks_exact_mut(block_bytes) {
-            block[..2].copy_from_slice(&rng.finite_f16().to_le_bytes());
-            block[2..].iter_mut().for_each(|b| *b = rng.next() as u8);
+            block.iter_mut().for_each(|b| *b = rng.next() as u8);
+            for h in block[..2 * n_f16].chunks_exact_mut(2) {
+                h.copy_from_slice(&rng.finite_f16().to_le_bytes());
+            }
         }
     }
 }
@@ -101,14 +115,13 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                 kinds.push((
                     "interleaved",
                     Box::new(move |w: [&[u8]; DOT_ROWS], a: &[u8]| {
-                        let n = w[0].len() / ty.type_size() * ty.block_size();
-                        let mut group = vec![0u32; DOT_ROWS * w[0].len() / 4];
-                        (how.interleave)(w, cast_slice_mut(&mut group));
+                        let group = interleaved(&how, w);
                         let group: &[u8] = bytemuck::cast_slice(&group);
                         for (r, row) in w.iter().enumerate() {
-                            let mut back = vec![0f32; n];
-                            (how.dequantize_row)(group, r, &mut back);
-                            assert_eq!(back, dequantize(ty, row, n), "{ty} row {r} read back");
+                            let mut back = vec![0u32; row.len().div_ceil(4)];
+                            let back = &mut cast_slice_mut(&mut back)[..row.len()];
+                            (how.row)(group, r, back);
+                            assert!(back == *row, "{ty} row {r} read back");
                         }
                         (how.dot)(group, a)
                     }),
@@ -118,9 +131,8 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                 kinds.push((
                     "interleaved gemm",
                     Box::new(move |w: [&[u8]; DOT_ROWS], a: &[u8]| {
-                        let mut group = vec![0u32; DOT_ROWS * w[0].len() / 4];
-                        (how.interleave)(w, cast_slice_mut(&mut group));
-                        let sums = (how.gemm)(bytemuck::cast_slice(&group), [a; TILE_ROWS]);
+                        let sums =
+                            (how.gemm)(bytemuck::cast_slice(&interleaved(&how, w)), [a; TILE_ROWS]);
                         assert!(sums
                             .iter()
                             .all(|s| s.map(f32::to_bits) == sums[0].map(f32::to_bits)));
@@ -129,7 +141,6 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                 ));
             }
             let block = ty.block_size();
-            let block_bytes = ty.row_bytes(block as u64).unwrap() as usize;
             for n in [block, 3 * block, 4096, 4096 + block] {
                 let w_bytes = ty.row_bytes(n as u64).unwrap() as usize;
                 let a_bytes = kernels.act_type.row_bytes(n as u64).unwrap() as usize;
@@ -142,7 +153,7 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                             let x: Vec<f32> = (0..n).map(|_| rng.uniform(scale)).collect();
                             let mut row = Row::quantize(reference, w_bytes, &x);
                             if scrambled {
-                                row.scramble(block_bytes, &mut rng);
+                                row.scramble(ty, &mut rng);
                             }
                             row
                         })

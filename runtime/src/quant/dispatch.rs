@@ -28,8 +28,8 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::{bf16, f16};
 
 use super::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K,
-    BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
+    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
 };
 
 /// The environment variable that forces a [`CpuPath`].
@@ -262,15 +262,17 @@ pub type DotRowsFn = fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS];
 pub type InterleavedGemmFn = fn(&[u8], [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS];
 
 /// Weights a path multiplies faster once [`DOT_ROWS`] rows at a time are interleaved block by
-/// block (Q4_0 on x86: `BlockQ4_0x8`): how to build the interleaved copy, read a row back and
-/// dot a group of rows. A group of `DOT_ROWS` rows of `n` bytes each becomes `DOT_ROWS · n`
-/// bytes, so group `g` sits where its rows were.
+/// block (on x86, Q4_0 as `BlockQ4_0x8` and Q4_K as `BlockQ4Kx8`): how to build the
+/// interleaved copy, read a row back, and dot a group of rows. Group `g` holds rows
+/// `8g..8g + 8` and starts at `g · group_bytes(row bytes)`.
 #[derive(Clone, Copy)]
 pub struct Interleaving {
+    /// The bytes of a group of `DOT_ROWS` rows of the given length in bytes.
+    pub group_bytes: fn(usize) -> usize,
     /// Interleaves `DOT_ROWS` rows (raw weight bytes, one length) into `dst`.
     pub interleave: fn([&[u8]; DOT_ROWS], &mut [u8]),
-    /// Row `r` of an interleaved group, dequantized exactly as the plain row.
-    pub dequantize_row: fn(&[u8], usize, &mut [f32]),
+    /// Row `r` of an interleaved group, as the plain row's bytes.
+    pub row: fn(&[u8], usize, &mut [u8]),
     /// The dots of a group's rows with one activation row: `out[r]` is row `r`'s `dot` up to
     /// the order of the float additions.
     pub dot: fn(&[u8], &[u8]) -> [f32; DOT_ROWS],
@@ -279,32 +281,71 @@ pub struct Interleaving {
     pub gemm: InterleavedGemmFn,
 }
 
-/// Q4_0's [`Interleaving`] with the scalar reference dot: each row's own dot, bit-exact. A
-/// path with a kernel for the layout swaps in its `dot`; the scalar path does not interleave
-/// (it would gain nothing).
-pub fn q4_0_interleaving() -> Interleaving {
-    const { assert!(DOT_ROWS == super::q4_0::INTERLEAVE_ROWS) };
-    fn interleave(rows: [&[u8]; DOT_ROWS], dst: &mut [u8]) {
-        super::q4_0::interleave_rows(rows.map(cast_slice), cast_slice_mut(dst));
+/// A block of [`DOT_ROWS`] interleaved rows of format `Row`.
+pub(crate) trait InterleavedBlock: bytemuck::Pod {
+    type Row: VecDot;
+    fn from_rows(rows: [&Self::Row; DOT_ROWS]) -> Self;
+    fn row(&self, r: usize) -> Self::Row;
+}
+
+impl InterleavedBlock for BlockQ4_0x8 {
+    type Row = BlockQ4_0;
+    fn from_rows(rows: [&BlockQ4_0; DOT_ROWS]) -> Self {
+        BlockQ4_0x8::from_rows(rows)
     }
-    fn dequantize_row(group: &[u8], r: usize, dst: &mut [f32]) {
-        super::q4_0::dequantize_interleaved_row(cast_slice(group), r, dst);
+    fn row(&self, r: usize) -> BlockQ4_0 {
+        BlockQ4_0x8::row(self, r)
     }
-    fn dot(group: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
-        let group: &[BlockQ4_0x8] = cast_slice(group);
+}
+
+impl InterleavedBlock for BlockQ4Kx8 {
+    type Row = BlockQ4K;
+    fn from_rows(rows: [&BlockQ4K; DOT_ROWS]) -> Self {
+        BlockQ4Kx8::from_rows(rows)
+    }
+    fn row(&self, r: usize) -> BlockQ4K {
+        BlockQ4Kx8::row(self, r)
+    }
+}
+
+/// The [`Interleaving`] of `X` with the scalar reference kernels: each row's own dot,
+/// de-interleaved, bit-exact. A path with kernels for the layout swaps in its `dot` and
+/// `gemm`; the scalar path does not interleave (it would gain nothing).
+pub(crate) fn interleaving<X: InterleavedBlock>() -> Interleaving {
+    fn group_bytes<X: InterleavedBlock>(row_bytes: usize) -> usize {
+        row_bytes / std::mem::size_of::<X::Row>() * std::mem::size_of::<X>()
+    }
+    fn interleave<X: InterleavedBlock>(rows: [&[u8]; DOT_ROWS], dst: &mut [u8]) {
+        let rows: [&[X::Row]; DOT_ROWS] = rows.map(cast_slice);
+        for (i, out) in cast_slice_mut::<u8, X>(dst).iter_mut().enumerate() {
+            *out = X::from_rows(std::array::from_fn(|r| &rows[r][i]));
+        }
+    }
+    fn row<X: InterleavedBlock>(group: &[u8], r: usize, dst: &mut [u8]) {
+        let dst: &mut [X::Row] = cast_slice_mut(dst);
+        for (out, block) in dst.iter_mut().zip(cast_slice::<u8, X>(group)) {
+            *out = block.row(r);
+        }
+    }
+    fn dot<X: InterleavedBlock>(group: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
+        let group: &[X] = cast_slice(group);
         std::array::from_fn(|r| {
-            let row: Vec<BlockQ4_0> = group.iter().map(|block| block.row(r)).collect();
-            BlockQ4_0::vec_dot(&row, cast_slice(a))
+            let row: Vec<X::Row> = group.iter().map(|block| block.row(r)).collect();
+            X::Row::vec_dot(&row, cast_slice(a))
         })
     }
-    fn gemm(group: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-        a.map(|a| dot(group, a))
+    fn gemm<X: InterleavedBlock>(
+        group: &[u8],
+        a: [&[u8]; TILE_ROWS],
+    ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+        a.map(|a| dot::<X>(group, a))
     }
     Interleaving {
-        interleave,
-        dequantize_row,
-        dot,
-        gemm,
+        group_bytes: group_bytes::<X>,
+        interleave: interleave::<X>,
+        row: row::<X>,
+        dot: dot::<X>,
+        gemm: gemm::<X>,
     }
 }
 

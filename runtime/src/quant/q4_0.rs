@@ -128,24 +128,6 @@ impl BlockQ4_0x8 {
     }
 }
 
-/// Interleaves [`INTERLEAVE_ROWS`] rows of the same length into `dst`, one block of each per
-/// output block.
-pub fn interleave_rows(rows: [&[BlockQ4_0]; INTERLEAVE_ROWS], dst: &mut [BlockQ4_0x8]) {
-    rows.iter()
-        .for_each(|row| assert_eq!(row.len(), dst.len(), "row lengths"));
-    for (i, out) in dst.iter_mut().enumerate() {
-        *out = BlockQ4_0x8::from_rows(std::array::from_fn(|r| &rows[r][i]));
-    }
-}
-
-/// Row `r` of interleaved blocks, dequantized exactly as [`BlockQ4_0::dequantize_row`].
-pub fn dequantize_interleaved_row(src: &[BlockQ4_0x8], r: usize, dst: &mut [f32]) {
-    assert_row_len::<BlockQ4_0>(src.len(), dst.len());
-    for (block, y) in src.iter().zip(dst.chunks_exact_mut(QK)) {
-        BlockQ4_0::dequantize_row(&[block.row(r)], y);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,27 +151,17 @@ mod tests {
 
     #[test]
     fn interleaving_keeps_every_row() {
-        let rows: Vec<Vec<BlockQ4_0>> = (0..INTERLEAVE_ROWS)
-            .map(|r| {
-                (0..3)
-                    .map(|i| BlockQ4_0 {
-                        d: f16::from_f32((r * 3 + i) as f32 + 0.5),
-                        qs: std::array::from_fn(|j| (r * 31 + i * 7 + j * 13) as u8),
-                    })
-                    .collect()
+        let rows: Vec<BlockQ4_0> = (0..INTERLEAVE_ROWS)
+            .map(|r| BlockQ4_0 {
+                d: f16::from_f32(r as f32 + 0.5),
+                qs: std::array::from_fn(|j| (r * 31 + j * 13) as u8),
             })
             .collect();
-        let mut packed = [BlockQ4_0x8::zeroed(); 3];
-        interleave_rows(std::array::from_fn(|r| &rows[r][..]), &mut packed);
-        // Row 2's bytes 4..8 of block 1 sit at dword 1, lane 2.
-        assert_eq!(packed[1].qs[32 + 8..][..4], rows[2][1].qs[4..8]);
+        let packed = BlockQ4_0x8::from_rows(std::array::from_fn(|r| &rows[r]));
+        // Row 2's bytes 4..8 sit at dword 1, lane 2.
+        assert_eq!(packed.qs[32 + 8..][..4], rows[2].qs[4..8]);
         for (r, row) in rows.iter().enumerate() {
-            let back: Vec<BlockQ4_0> = packed.iter().map(|b| b.row(r)).collect();
-            assert_eq!(&back, row);
-            let (mut want, mut got) = ([0f32; 96], [0f32; 96]);
-            BlockQ4_0::dequantize_row(row, &mut want);
-            dequantize_interleaved_row(&packed, r, &mut got);
-            assert_eq!(got, want);
+            assert_eq!(&packed.row(r), row);
         }
     }
 

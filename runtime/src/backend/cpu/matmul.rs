@@ -62,13 +62,13 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let act_bytes: &[u8] = cast_slice(&act);
     let act_row = |r: usize| &act_bytes[r * a_stride_words * 4..][..a_row_bytes];
     // Interleaved weights (`CpuWeight::interleaved`) where the path has kernels for them: row
-    // `j` is then row `j % DOT_ROWS` of group `j / DOT_ROWS`, at the group's place.
+    // `j` is then row `j % DOT_ROWS` of group `j / DOT_ROWS`, and `w_row` is not used.
     let interleaved = kernel
         .interleaved
         .as_ref()
         .and_then(|how| Some((how, w.interleaved(how)?)));
     let weights = interleaved.map_or_else(|| w.data(), |(_, data)| data);
-    let group_bytes = DOT_ROWS * w_row_bytes;
+    let group_bytes = interleaved.map_or(0, |(how, _)| (how.group_bytes)(w_row_bytes));
     let group = |j: usize| &weights[j / DOT_ROWS * group_bytes..][..group_bytes];
     let rows = x.rows;
     let w_row = |j: usize| &weights[j * w_row_bytes..][..w_row_bytes];
@@ -125,16 +125,8 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                     let ty = w.ggml_type();
                     let offset = ty.row_bytes(cols.start as u64).expect("whole blocks") as usize;
                     let len = ty.row_bytes(cols.len() as u64).expect("whole blocks") as usize;
-                    let j = block_first + j;
-                    match interleaved {
-                        // Columns `cols` of all the group's rows lie together, at 8× the offset.
-                        Some((how, _)) => {
-                            let src = &group(j)[DOT_ROWS * offset..][..DOT_ROWS * len];
-                            (how.dequantize_row)(src, j % DOT_ROWS, dst)
-                        }
-                        None => quant::dequantize_row(ty, &w_row(j)[offset..][..len], dst)
-                            .expect("type checked at load"),
-                    }
+                    let src = &w_row(block_first + j)[offset..][..len];
+                    quant::dequantize_row(ty, src, dst).expect("type checked at load")
                 };
                 gemm::gemm(micro, n_block, acts, widen, &mut scratch, out_block);
             } else if let Some(gemm) = interleaved_gemm {

@@ -86,8 +86,9 @@ impl CpuWeight {
     /// weight may be interleaved and its rows come in whole groups; made by the first call, in
     /// parallel on the current pool. The mapped pages are then released (`GgufFile::
     /// release_tensor_pages`), so the copy replaces the mapped tensor in resident memory
-    /// rather than doubling it (DESIGN.md, decision 3). Every interleaving of a type lays it
-    /// out the same way, whichever path's kernels asked for it.
+    /// rather than doubling it (DESIGN.md, decision 3; Q4_K's copy is 2.8% larger, its scales
+    /// unpacked). Every interleaving of a type lays it out the same way, whichever path's
+    /// kernels asked for it.
     fn interleaved(&self, how: &quant::Interleaving) -> Option<&[u8]> {
         let group_rows = quant::DOT_ROWS;
         if !self.interleave || !self.n_rows().is_multiple_of(group_rows) {
@@ -96,19 +97,18 @@ impl CpuWeight {
         let copy = self.interleaved.get_or_init(|| {
             let data = self.data();
             let row_bytes = data.len() / self.n_rows();
-            let group_bytes = group_rows * row_bytes;
-            // Whole blocks of 2-byte fields: the u32 words keep the copy aligned for them.
+            let group_bytes = (how.group_bytes)(row_bytes);
+            // Whole blocks with 2-byte fields: the u32 words keep the copy aligned for them.
             assert!(group_bytes.is_multiple_of(4), "groups of whole words");
-            let mut copy = vec![0u32; data.len() / 4].into_boxed_slice();
+            let n_groups = self.n_rows() / group_rows;
+            let mut copy = vec![0u32; n_groups * group_bytes / 4].into_boxed_slice();
             let copy_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut copy);
             copy_bytes
                 .par_chunks_mut(group_bytes)
-                .zip(data.par_chunks(group_bytes))
+                .zip(data.par_chunks(group_rows * row_bytes))
                 .for_each(|(dst, src)| {
-                    (how.interleave)(
-                        std::array::from_fn(|r| &src[r * row_bytes..][..row_bytes]),
-                        dst,
-                    )
+                    let rows = std::array::from_fn(|r| &src[r * row_bytes..][..row_bytes]);
+                    (how.interleave)(rows, dst)
                 });
             self.file.release_tensor_pages(self.index);
             copy

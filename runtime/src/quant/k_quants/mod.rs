@@ -15,7 +15,7 @@ mod scale_search;
 
 pub use q2_k::BlockQ2K;
 pub use q3_k::BlockQ3K;
-pub use q4_k::BlockQ4K;
+pub use q4_k::{BlockQ4K, BlockQ4Kx8};
 pub use q5_k::BlockQ5K;
 pub use q6_k::BlockQ6K;
 pub use q8_k::BlockQ8K;

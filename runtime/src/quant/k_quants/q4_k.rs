@@ -183,6 +183,66 @@ impl VecDot for BlockQ4K {
     }
 }
 
+/// Super-block `i` of 8 consecutive Q4_K rows, laid out for kernels that dot all of them at
+/// once (see `BlockQ4_0x8`): the 6-bit scales and mins unpacked to bytes, and each 4-byte
+/// run of the 8 rows' quants side by side. Not a ggml format; 8 × 148 bytes for 8 × 144.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ4Kx8 {
+    /// Row `r`'s `d`.
+    pub d: [f16; 8],
+    /// Row `r`'s `dmin`.
+    pub dmin: [f16; 8],
+    /// `scales[j][r]`: sub-block `j`'s scale in row `r`.
+    pub scales: [[u8; 8]; 8],
+    /// `mins[p][2r + h]`: sub-block `2p + h`'s min in row `r` (pairs, for `pmaddwd`).
+    pub mins: [[u8; 16]; 4],
+    /// `qs[g][32t + 4r..][..4]` is row `r`'s `qs[32g + 4t..][..4]`.
+    pub qs: [[u8; 256]; 4],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4Kx8>() == 8 * 148);
+
+impl BlockQ4Kx8 {
+    /// Interleaves super-block `i` of each of 8 rows.
+    pub fn from_rows(rows: [&BlockQ4K; 8]) -> Self {
+        let mut out = BlockQ4Kx8::zeroed();
+        for (r, x) in rows.iter().enumerate() {
+            out.d[r] = x.d;
+            out.dmin[r] = x.dmin;
+            for j in 0..8 {
+                let (scale, min) = scale_min_k4(j, &x.scales);
+                out.scales[j][r] = scale;
+                out.mins[j / 2][2 * r + j % 2] = min;
+            }
+            for (g, group) in x.qs.chunks_exact(32).enumerate() {
+                for (t, run) in group.chunks_exact(4).enumerate() {
+                    out.qs[g][32 * t + 4 * r..][..4].copy_from_slice(run);
+                }
+            }
+        }
+        out
+    }
+
+    /// Row `r`'s super-block, as it was before interleaving.
+    pub fn row(&self, r: usize) -> BlockQ4K {
+        let scales = std::array::from_fn(|j| self.scales[j][r]);
+        let mins = std::array::from_fn(|j| self.mins[j / 2][2 * r + j % 2]);
+        let mut qs = [0u8; QK_K / 2];
+        for (g, group) in qs.chunks_exact_mut(32).enumerate() {
+            for (t, run) in group.chunks_exact_mut(4).enumerate() {
+                run.copy_from_slice(&self.qs[g][32 * t + 4 * r..][..4]);
+            }
+        }
+        BlockQ4K {
+            d: self.d[r],
+            dmin: self.dmin[r],
+            scales: pack_scale_min_k4(&scales, &mins),
+            qs,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

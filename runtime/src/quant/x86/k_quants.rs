@@ -10,8 +10,8 @@ use std::arch::x86_64::*;
 
 use bytemuck::cast_ref;
 
-use super::{f16_to_f32, hsum_f32, load_16, load_32, TILE_ROWS};
-use crate::quant::{assert_dot_len, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::{f16_to_f32, hsum_f32, load_16, load_32, prefetch_ahead, TILE_ROWS};
+use crate::quant::{assert_dot_len, BlockQ4K, BlockQ4Kx8, BlockQ5K, BlockQ6K, BlockQ8K};
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (the values
 /// `scale_min_k4` reads one at a time), four at a time in little-endian u32 words:
@@ -354,4 +354,163 @@ mod tests {
             }
         }
     }
+}
+
+/// The 8 rows' scales of sub-block `j` of interleaved Q4_K, each in both i16 halves of its
+/// row's dword: `pmaddwd` with a row's i16 pair sums then scales and adds them in one step.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_k_x8_scales(x: &BlockQ4Kx8, j: usize) -> __m256i {
+    // SAFETY: `scales[j]` is 8 bytes; an unaligned 8-byte load.
+    let s = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(x.scales[j].as_ptr().cast()) });
+    _mm256_or_si256(s, _mm256_slli_epi32::<16>(s))
+}
+
+/// Σ_j min[j]·(activation sum of sub-block j) of each of the 8 rows (row r in lane r):
+/// `pmaddwd` of the min pairs with the pairs of sub-block sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_k_x8_min_sums(x: &BlockQ4Kx8, y: &BlockQ8K) -> __m256i {
+    // Sub-block sums B_j = bsums[2j] + bsums[2j + 1] (|B_j| <= 32·127, an i16): dword p of
+    // `sums` is the pair (B_2p, B_2p+1).
+    let b = load_16_i16(&y.bsums);
+    let sums = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
+    let mut acc = _mm256_setzero_si256();
+    for (p, mins) in x.mins.iter().enumerate() {
+        let m = _mm256_cvtepu8_epi16(load_16(mins));
+        let pair = _mm256_set1_epi32(match p {
+            0 => _mm_extract_epi32::<0>(sums),
+            1 => _mm_extract_epi32::<1>(sums),
+            2 => _mm_extract_epi32::<2>(sums),
+            _ => _mm_extract_epi32::<3>(sums),
+        });
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(m, pair));
+    }
+    acc
+}
+
+/// 16 i16 as one register.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn load_16_i16(v: &[i16; 16]) -> __m256i {
+    // SAFETY: the array is 32 bytes long; `loadu` has no alignment requirement.
+    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+}
+
+/// Dword `e` (elements 4e..4e + 4) of a Q8_K block's quants, in every lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q8_k_dword(y: &BlockQ8K, e: usize) -> __m256i {
+    let q = &y.qs[4 * e..4 * e + 4];
+    _mm256_set1_epi32(i32::from_le_bytes([
+        q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+    ]))
+}
+
+/// Q4_K · Q8_K for the 8 rows of interleaved super-blocks against one activation row (decode).
+///
+/// As the interleaved Q4_0 kernel: one register holds a 4-byte run of every row, one broadcast
+/// of the matching activation bytes and one `maddubs` serve all 8 rows. Each sub-block's pair
+/// sums (at most 8 · 2 · 15 · 127, an i16) are scaled and summed by `pmaddwd` with the rows'
+/// scales; the integer sums of a super-block are ggml's exactly, and only the float
+/// accumulation differs in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_interleaved_q4_k_q8_k(w: &[BlockQ4Kx8], a: &[BlockQ8K]) -> [f32; 8] {
+    assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in w.iter().zip(a) {
+        prefetch_ahead(x);
+        let mut sumi = _mm256_setzero_si256();
+        for (g, qs) in x.qs.iter().enumerate() {
+            let (mut lo_pairs, mut hi_pairs) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+            for t in 0..8 {
+                let p = load_32(&cast_ref::<_, [[u8; 32]; 8]>(qs)[t]);
+                let lo = _mm256_and_si256(p, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
+                let (a_lo, a_hi) = (q8_k_dword(y, 16 * g + t), q8_k_dword(y, 16 * g + 8 + t));
+                lo_pairs = _mm256_add_epi16(lo_pairs, _mm256_maddubs_epi16(lo, a_lo));
+                hi_pairs = _mm256_add_epi16(hi_pairs, _mm256_maddubs_epi16(hi, a_hi));
+            }
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(lo_pairs, q4_k_x8_scales(x, 2 * g)));
+            sumi = _mm256_add_epi32(
+                sumi,
+                _mm256_madd_epi16(hi_pairs, q4_k_x8_scales(x, 2 * g + 1)),
+            );
+        }
+        let mins = q4_k_x8_min_sums(x, y);
+        let (d, dmin) = q4_k_x8_factors(x, y);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), d, acc);
+        acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc);
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+/// `d·d_a` and `dmin·d_a` of the 8 rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_k_x8_factors(x: &BlockQ4Kx8, y: &BlockQ8K) -> (__m256, __m256) {
+    // SAFETY: `d` and `dmin` are 16 bytes each; unaligned loads.
+    let (d, dmin) = unsafe {
+        (
+            _mm256_cvtph_ps(_mm_loadu_si128(x.d.as_ptr().cast())),
+            _mm256_cvtph_ps(_mm_loadu_si128(x.dmin.as_ptr().cast())),
+        )
+    };
+    let da = _mm256_set1_ps(y.d);
+    (_mm256_mul_ps(d, da), _mm256_mul_ps(dmin, da))
+}
+
+/// [`dot_interleaved_q4_k_q8_k`] against [`TILE_ROWS`] activation rows at once (batches):
+/// `out[n][r]` is row `r`'s dot with activation row `n`. Each sub-block's nibbles are unpacked
+/// once for the 4 activation rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn gemm_interleaved_q4_k_q8_k(
+    w: &[BlockQ4Kx8],
+    a: [&[BlockQ8K]; TILE_ROWS],
+) -> [[f32; 8]; TILE_ROWS] {
+    const { assert!(TILE_ROWS == 4) };
+    a.iter()
+        .for_each(|a| assert_eq!(w.len(), a.len(), "dot of rows of different lengths"));
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
+    for (i, x) in w.iter().enumerate() {
+        let ys: [&BlockQ8K; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+        let mut sumi = [_mm256_setzero_si256(); TILE_ROWS];
+        for j in 0..8 {
+            let (g, high) = (j / 2, j % 2 == 1);
+            let mut pairs = [_mm256_setzero_si256(); TILE_ROWS];
+            for t in 0..8 {
+                let p = load_32(&cast_ref::<_, [[u8; 32]; 8]>(&x.qs[g])[t]);
+                let v = if high {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(p), low)
+                } else {
+                    _mm256_and_si256(p, low)
+                };
+                for (pairs, y) in pairs.iter_mut().zip(ys) {
+                    let a = q8_k_dword(y, 8 * j + t);
+                    *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(v, a));
+                }
+            }
+            let scales = q4_k_x8_scales(x, j);
+            for (sumi, pairs) in sumi.iter_mut().zip(pairs) {
+                *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(pairs, scales));
+            }
+        }
+        for n in 0..TILE_ROWS {
+            let mins = q4_k_x8_min_sums(x, ys[n]);
+            let (d, dmin) = q4_k_x8_factors(x, ys[n]);
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[n]), d, acc[n]);
+            acc[n] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc[n]);
+        }
+    }
+    let mut out = [[0f32; 8]; TILE_ROWS];
+    for (out, acc) in out.iter_mut().zip(acc) {
+        // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    }
+    out
 }

@@ -22,11 +22,11 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
 use super::dispatch::{
-    q4_0_interleaving, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
+    interleaving, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
 };
 use super::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
-    BlockQ8_1, GgmlType,
+    BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 
 mod activations;
@@ -92,7 +92,12 @@ impl Avx2 {
             GgmlType::Q4_0 => Some(Interleaving {
                 dot: dot_interleaved_q4_0,
                 gemm: gemm_interleaved_q4_0,
-                ..q4_0_interleaving()
+                ..interleaving::<BlockQ4_0x8>()
+            }),
+            GgmlType::Q4K => Some(Interleaving {
+                dot: dot_interleaved_q4_k,
+                gemm: gemm_interleaved_q4_k,
+                ..interleaving::<BlockQ4Kx8>()
             }),
             _ => None,
         }
@@ -174,6 +179,18 @@ fn gemm_interleaved_q4_0(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; T
     let (w, a) = (cast_slice(w), a.map(cast_slice));
     // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
     unsafe { legacy::gemm_interleaved_q4_0_q8_0(w, a) }
+}
+
+fn dot_interleaved_q4_k(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
+    let (w, a) = (cast_slice(w), cast_slice(a));
+    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
+    unsafe { k_quants::dot_interleaved_q4_k_q8_k(w, a) }
+}
+
+fn gemm_interleaved_q4_k(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+    let (w, a) = (cast_slice(w), a.map(cast_slice));
+    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
+    unsafe { k_quants::gemm_interleaved_q4_k_q8_k(w, a) }
 }
 
 macro_rules! safe_quantize {
