@@ -82,16 +82,20 @@ impl Row {
         &bytemuck::cast_slice(&self.words)[..self.len]
     }
 
-    /// Every block's bytes replaced by random bits, its f16 scale (the first two bytes) finite.
-    /// (Q4_K and Q5_K open with two f16 fields, `d` and `dmin`, both kept finite.)
+    /// Every block's bytes replaced by random bits, its f16 scales kept finite: the first two
+    /// bytes, and `dmin` after them in Q4_K and Q5_K; Q6_K's `d` is its last two bytes.
     fn scramble(&mut self, ty: GgmlType, rng: &mut Rng) {
         let block_bytes = ty.type_size();
-        let n_f16 = if matches!(ty, GgmlType::Q4K | GgmlType::Q5K) { 2 } else { 1 };
+        let f16_at: &[usize] = match ty {
+            GgmlType::Q4K | GgmlType::Q5K => &[0, 2],
+            GgmlType::Q6K => &[block_bytes - 2],
+            _ => &[0],
+        };
         let bytes = &mut cast_slice_mut::<u32, u8>(&mut self.words)[..self.len];
         for block in bytes.chunks_exact_mut(block_bytes) {
             block.iter_mut().for_each(|b| *b = rng.next() as u8);
-            for h in block[..2 * n_f16].chunks_exact_mut(2) {
-                h.copy_from_slice(&rng.finite_f16().to_le_bytes());
+            for &at in f16_at {
+                block[at..at + 2].copy_from_slice(&rng.finite_f16().to_le_bytes());
             }
         }
     }

@@ -360,25 +360,41 @@ impl GgufFile {
     /// has copied the tensor into a layout of its own (the CPU backend's interleaved weights).
     /// Its data stays readable: the next read faults the same bytes back in from the file. A
     /// hint, best effort: nothing happens for a file read into memory or off Unix.
-    pub fn release_tensor_pages(&self, index: usize) {
+    /// `bytes` is the part of the tensor's data to release (all of it: `..`).
+    pub fn release_tensor_pages(&self, index: usize, bytes: impl std::ops::RangeBounds<usize>) {
         #[cfg(unix)]
         if let (Backing::Map(map), Some(info)) = (&self.bytes, self.tensors.get(index)) {
+            let len = info.data.len();
+            let start = match bytes.start_bound() {
+                std::ops::Bound::Included(&s) => s,
+                std::ops::Bound::Excluded(&s) => s + 1,
+                std::ops::Bound::Unbounded => 0,
+            };
+            let end = match bytes.end_bound() {
+                std::ops::Bound::Included(&e) => e + 1,
+                std::ops::Bound::Excluded(&e) => e,
+                std::ops::Bound::Unbounded => len,
+            };
+            if start >= end || end > len {
+                return;
+            }
             // SAFETY: the map is a read-only shared mapping of a file that nobody writes while
             // it is open (the invariant `open` already relies on). MADV_DONTNEED on it only
             // drops page-table entries; a later read, through a slice borrowed before or after,
             // maps the file's unchanged bytes again, so no borrowed data changes. memmap2
             // widens the range to whole pages; a neighbour's page dropped with it is faulted
-            // back in the same way. The range is in bounds: checked against the file at open.
+            // back in the same way. The range is in bounds: inside the tensor, checked above,
+            // whose data was checked against the file at open.
             let _ = unsafe {
                 map.unchecked_advise_range(
                     memmap2::UncheckedAdvice::DontNeed,
-                    info.data.start,
-                    info.data.len(),
+                    info.data.start + start,
+                    end - start,
                 )
             };
         }
         #[cfg(not(unix))]
-        let _ = index;
+        let _ = (index, bytes);
     }
 
     fn view<'a>(&'a self, info: &'a TensorInfo) -> Tensor<'a> {

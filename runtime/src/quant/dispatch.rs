@@ -29,7 +29,7 @@ use half::{bf16, f16};
 
 use super::{
     BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
+    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, GgmlType, VecDot,
 };
 
 /// The environment variable that forces a [`CpuPath`].
@@ -305,6 +305,16 @@ impl InterleavedBlock for BlockQ4Kx8 {
     }
     fn row(&self, r: usize) -> BlockQ4K {
         BlockQ4Kx8::row(self, r)
+    }
+}
+
+impl InterleavedBlock for BlockQ6Kx8 {
+    type Row = BlockQ6K;
+    fn from_rows(rows: [&BlockQ6K; DOT_ROWS]) -> Self {
+        BlockQ6Kx8::from_rows(rows)
+    }
+    fn row(&self, r: usize) -> BlockQ6K {
+        BlockQ6Kx8::row(self, r)
     }
 }
 

@@ -103,14 +103,26 @@ impl CpuWeight {
             let n_groups = self.n_rows() / group_rows;
             let mut copy = vec![0u32; n_groups * group_bytes / 4].into_boxed_slice();
             let copy_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut copy);
+            // A few MB at a time, each part's mapped pages released as soon as it is copied:
+            // resident memory never holds much of the tensor twice (the 107 MB output matrix
+            // of TinyLlama raised the peak by its size when released at the end).
+            let part_groups = (4 << 20) / (group_rows * row_bytes) + 1;
             copy_bytes
-                .par_chunks_mut(group_bytes)
-                .zip(data.par_chunks(group_rows * row_bytes))
-                .for_each(|(dst, src)| {
-                    let rows = std::array::from_fn(|r| &src[r * row_bytes..][..row_bytes]);
-                    (how.interleave)(rows, dst)
+                .par_chunks_mut(part_groups * group_bytes)
+                .zip(data.par_chunks(part_groups * group_rows * row_bytes))
+                .enumerate()
+                .for_each(|(p, (dst, src))| {
+                    for (dst, src) in dst
+                        .chunks_exact_mut(group_bytes)
+                        .zip(src.chunks_exact(group_rows * row_bytes))
+                    {
+                        let rows = std::array::from_fn(|r| &src[r * row_bytes..][..row_bytes]);
+                        (how.interleave)(rows, dst)
+                    }
+                    let start = p * part_groups * group_rows * row_bytes;
+                    self.file
+                        .release_tensor_pages(self.index, start..start + src.len());
                 });
-            self.file.release_tensor_pages(self.index);
             copy
         });
         Some(bytemuck::cast_slice(copy))
@@ -139,6 +151,10 @@ impl std::fmt::Debug for CpuWeight {
     }
 }
 
+/// Set to `0`, the environment variable that turns weight interleaving off by default (see
+/// [`CpuBackend::set_interleave`]).
+pub const INTERLEAVE_ENV: &str = "LLAVA_INTERLEAVE";
+
 /// The CPU backend, with its own pool of worker threads.
 pub struct CpuBackend {
     pool: rayon::ThreadPool,
@@ -162,11 +178,12 @@ impl CpuBackend {
         CpuBackend {
             pool,
             kv_type: KvType::default(),
-            interleave: true,
+            interleave: std::env::var(INTERLEAVE_ENV).map_or(true, |v| v.trim() != "0"),
         }
     }
 
-    /// Whether weights loaded from now on may be interleaved for faster kernels (default on):
+    /// Whether weights loaded from now on may be interleaved for faster kernels (default on,
+    /// unless `LLAVA_INTERLEAVE=0`):
     /// where the CPU path has kernels for an interleaved layout of a type (Q4_0 on x86), the
     /// first matmul with such a weight copies it into that layout and releases the mapped
     /// pages. Resident memory stays about the same, but the copy is anonymous memory, which

@@ -17,7 +17,7 @@ pub use q2_k::BlockQ2K;
 pub use q3_k::BlockQ3K;
 pub use q4_k::{BlockQ4K, BlockQ4Kx8};
 pub use q5_k::BlockQ5K;
-pub use q6_k::BlockQ6K;
+pub use q6_k::{BlockQ6K, BlockQ6Kx8};
 pub use q8_k::BlockQ8K;
 
 /// Elements per K-quant super-block. ggml could once be built with 64 (GGML_QKK_64); files

@@ -138,6 +138,92 @@ impl VecDot for BlockQ6K {
     }
 }
 
+/// Sets the stored 6-bit value of element `n`, the inverse of [`stored`].
+fn set_stored(block: &mut BlockQ6K, n: usize, v: u8) {
+    let (half, r) = (n / 128, n % 128);
+    let (row, l) = (r / 32, r % 32);
+    let ql = &mut block.ql[64 * half + l + 32 * (row % 2)];
+    *ql = if row < 2 {
+        (*ql & 0xf0) | (v & 0x0f)
+    } else {
+        (*ql & 0x0f) | (v << 4)
+    };
+    let qh = &mut block.qh[32 * half + l];
+    *qh = (*qh & !(3 << (2 * row))) | ((v >> 4) << (2 * row));
+}
+
+/// Super-block `i` of 8 consecutive Q6_K rows, laid out for kernels that dot all of them at
+/// once (see `BlockQ4_0x8`). Chunk `c` is elements `32c..32c + 32` of every row, as Q4_0
+/// blocks hold them: the low 4 bits of element `32c + b` in the low nibble of byte `b`, of
+/// element `32c + 16 + b` in its high nibble. Not a ggml format; the same size as the 8
+/// super-blocks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ6Kx8 {
+    /// Row `r`'s `d`.
+    pub d: [f16; 8],
+    /// `scales[c][2r + h]`: row `r`'s scale of sub-block `2c + h` (elements `32c + 16h..`).
+    pub scales: [[i8; 16]; 8],
+    /// `ql[c][32t + 4r + j]`: the low 4 bits of row `r`'s elements `32c + 4t + j` (low
+    /// nibble) and `32c + 16 + 4t + j` (high nibble), `t` in 0..4.
+    pub ql: [[u8; 128]; 8],
+    /// `qh[c][32k + 4r + j]`: the high 2 bits of the same elements for `t = 2k` (bits 0–1 the
+    /// low nibble's element, 2–3 the high one's) and `t = 2k + 1` (bits 4–5, 6–7).
+    pub qh: [[u8; 64]; 8],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ6Kx8>() == 8 * 210);
+
+impl BlockQ6Kx8 {
+    /// Interleaves super-block `i` of each of 8 rows.
+    pub fn from_rows(rows: [&BlockQ6K; 8]) -> Self {
+        let mut out = BlockQ6Kx8::zeroed();
+        for (r, x) in rows.iter().enumerate() {
+            out.d[r] = x.d;
+            for c in 0..8 {
+                out.scales[c][2 * r] = x.scales[2 * c];
+                out.scales[c][2 * r + 1] = x.scales[2 * c + 1];
+                for t in 0..4 {
+                    for j in 0..4 {
+                        let (lo, hi) = (
+                            stored(x, 32 * c + 4 * t + j),
+                            stored(x, 32 * c + 16 + 4 * t + j),
+                        );
+                        out.ql[c][32 * t + 4 * r + j] = (lo & 0x0f) | (hi << 4);
+                        let shift = 4 * (t % 2);
+                        out.qh[c][32 * (t / 2) + 4 * r + j] |=
+                            ((lo >> 4) | ((hi >> 4) << 2)) << shift;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Row `r`'s super-block, as it was before interleaving.
+    pub fn row(&self, r: usize) -> BlockQ6K {
+        let mut x = BlockQ6K::zeroed();
+        x.d = self.d[r];
+        for c in 0..8 {
+            x.scales[2 * c] = self.scales[c][2 * r];
+            x.scales[2 * c + 1] = self.scales[c][2 * r + 1];
+            for t in 0..4 {
+                for j in 0..4 {
+                    let low = self.ql[c][32 * t + 4 * r + j];
+                    let high = self.qh[c][32 * (t / 2) + 4 * r + j] >> (4 * (t % 2));
+                    set_stored(&mut x, 32 * c + 4 * t + j, (low & 0x0f) | ((high & 3) << 4));
+                    set_stored(
+                        &mut x,
+                        32 * c + 16 + 4 * t + j,
+                        (low >> 4) | (((high >> 2) & 3) << 4),
+                    );
+                }
+            }
+        }
+        x
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,9 @@ use std::arch::x86_64::*;
 use bytemuck::cast_ref;
 
 use super::{f16_to_f32, hsum_f32, load_16, load_32, prefetch_ahead, TILE_ROWS};
-use crate::quant::{assert_dot_len, BlockQ4K, BlockQ4Kx8, BlockQ5K, BlockQ6K, BlockQ8K};
+use crate::quant::{
+    assert_dot_len, BlockQ4K, BlockQ4Kx8, BlockQ5K, BlockQ6K, BlockQ6Kx8, BlockQ8K,
+};
 
 /// The eight 6-bit scales and eight 6-bit mins of a Q4_K/Q5_K super-block (the values
 /// `scale_min_k4` reads one at a time), four at a time in little-endian u32 words:
@@ -505,6 +507,182 @@ pub(super) fn gemm_interleaved_q4_k_q8_k(
             let (d, dmin) = q4_k_x8_factors(x, ys[n]);
             acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[n]), d, acc[n]);
             acc[n] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc[n]);
+        }
+    }
+    let mut out = [[0f32; 8]; TILE_ROWS];
+    for (out, acc) in out.iter_mut().zip(acc) {
+        // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    }
+    out
+}
+
+/// Chunk `c`'s scales of interleaved Q6_K: the pairs (sub-blocks `2c`, `2c + 1`) as i16 per
+/// row dword, and each of the two in both i16 halves of the dword (for `pmaddwd` with a row's
+/// pair sums).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q6_k_x8_scales(x: &BlockQ6Kx8, c: usize) -> (__m256i, __m256i, __m256i) {
+    let pairs = _mm256_cvtepi8_epi16(load_16(cast_ref(&x.scales[c])));
+    let dup = |even: bool| {
+        let (a, b) = if even { (0, 1) } else { (2, 3) };
+        let lane = [
+            a,
+            b,
+            a,
+            b,
+            a + 4,
+            b + 4,
+            a + 4,
+            b + 4,
+            a + 8,
+            b + 8,
+            a + 8,
+            b + 8,
+            a + 12,
+            b + 12,
+            a + 12,
+            b + 12,
+        ];
+        let mask = _mm256_setr_epi8(
+            lane[0], lane[1], lane[2], lane[3], lane[4], lane[5], lane[6], lane[7], lane[8],
+            lane[9], lane[10], lane[11], lane[12], lane[13], lane[14], lane[15], lane[0], lane[1],
+            lane[2], lane[3], lane[4], lane[5], lane[6], lane[7], lane[8], lane[9], lane[10],
+            lane[11], lane[12], lane[13], lane[14], lane[15],
+        );
+        _mm256_shuffle_epi8(pairs, mask)
+    };
+    (dup(true), dup(false), pairs)
+}
+
+/// The stored 6-bit values (`q + 32`) of register `t` of an interleaved Q6_K chunk: `ql` its
+/// low-bit bytes, `qh` the high-bit register of `t / 2`, `odd` whether `t` is odd. Returns the
+/// low-nibble elements and the high-nibble ones.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q6_k_x8_values(ql: __m256i, qh: __m256i, odd: bool) -> (__m256i, __m256i) {
+    let low4 = _mm256_set1_epi8(0x0f);
+    let top = _mm256_set1_epi8(0x30);
+    let (lo_high, hi_high) = if odd {
+        (qh, _mm256_srli_epi16::<2>(qh))
+    } else {
+        (_mm256_slli_epi16::<4>(qh), _mm256_slli_epi16::<2>(qh))
+    };
+    let lo = _mm256_or_si256(_mm256_and_si256(ql, low4), _mm256_and_si256(lo_high, top));
+    let hi = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), low4),
+        _mm256_and_si256(hi_high, top),
+    );
+    (lo, hi)
+}
+
+/// Σ_j scale[j]·(activation sum of sub-block j) of each of the 8 rows (row r in lane r).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q6_k_x8_scaled_sums(x: &BlockQ6Kx8, y: &BlockQ8K) -> __m256i {
+    let mut acc = _mm256_setzero_si256();
+    for c in 0..8 {
+        let (_, _, pairs) = q6_k_x8_scales(x, c);
+        // (bsums[2c], bsums[2c + 1]) as one dword.
+        let b = i32::from(y.bsums[2 * c] as u16) | (i32::from(y.bsums[2 * c + 1]) << 16);
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi32(b)));
+    }
+    acc
+}
+
+/// Q6_K · Q8_K for the 8 rows of interleaved super-blocks against one activation row (decode).
+///
+/// The stored values `q + 32` (0..63) are the unsigned operand of `maddubs`; two of its pair
+/// sums fit an i16 (2 · 2 · 63 · 127), and `pmaddwd` with the rows' scales takes them to i32.
+/// The offset comes off once per super-block as `32 · Σ scale·bsum`, which makes each
+/// super-block's integer sum ggml's exactly.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_interleaved_q6_k_q8_k(w: &[BlockQ6Kx8], a: &[BlockQ8K]) -> [f32; 8] {
+    assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in w.iter().zip(a) {
+        prefetch_ahead(x);
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..8 {
+            let (sc_lo, sc_hi, _) = q6_k_x8_scales(x, c);
+            for k in 0..2 {
+                let qh = load_32(&cast_ref::<_, [[u8; 32]; 2]>(&x.qh[c])[k]);
+                let (mut lo_pairs, mut hi_pairs) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for odd in [false, true] {
+                    let t = 2 * k + usize::from(odd);
+                    let ql = load_32(&cast_ref::<_, [[u8; 32]; 4]>(&x.ql[c])[t]);
+                    let (lo, hi) = q6_k_x8_values(ql, qh, odd);
+                    let (a_lo, a_hi) = (q8_k_dword(y, 8 * c + t), q8_k_dword(y, 8 * c + 4 + t));
+                    lo_pairs = _mm256_add_epi16(lo_pairs, _mm256_maddubs_epi16(lo, a_lo));
+                    hi_pairs = _mm256_add_epi16(hi_pairs, _mm256_maddubs_epi16(hi, a_hi));
+                }
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(lo_pairs, sc_lo));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(hi_pairs, sc_hi));
+            }
+        }
+        let offset = _mm256_slli_epi32::<5>(q6_k_x8_scaled_sums(x, y));
+        let sumi = _mm256_sub_epi32(sumi, offset);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), q6_k_x8_factor(x, y), acc);
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+/// `d·d_a` of the 8 rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q6_k_x8_factor(x: &BlockQ6Kx8, y: &BlockQ8K) -> __m256 {
+    // SAFETY: `d` is 16 bytes; an unaligned load.
+    let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
+    _mm256_mul_ps(d, _mm256_set1_ps(y.d))
+}
+
+/// [`dot_interleaved_q6_k_q8_k`] against [`TILE_ROWS`] activation rows at once (batches).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn gemm_interleaved_q6_k_q8_k(
+    w: &[BlockQ6Kx8],
+    a: [&[BlockQ8K]; TILE_ROWS],
+) -> [[f32; 8]; TILE_ROWS] {
+    const { assert!(TILE_ROWS == 4) };
+    a.iter()
+        .for_each(|a| assert_eq!(w.len(), a.len(), "dot of rows of different lengths"));
+    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
+    for (i, x) in w.iter().enumerate() {
+        let ys: [&BlockQ8K; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+        let mut sumi = [_mm256_setzero_si256(); TILE_ROWS];
+        for c in 0..8 {
+            let (sc_lo, sc_hi, _) = q6_k_x8_scales(x, c);
+            for high in [false, true] {
+                let scales = if high { sc_hi } else { sc_lo };
+                for k in 0..2 {
+                    let qh = load_32(&cast_ref::<_, [[u8; 32]; 2]>(&x.qh[c])[k]);
+                    let mut pairs = [_mm256_setzero_si256(); TILE_ROWS];
+                    for odd in [false, true] {
+                        let t = 2 * k + usize::from(odd);
+                        let ql = load_32(&cast_ref::<_, [[u8; 32]; 4]>(&x.ql[c])[t]);
+                        let (lo, hi) = q6_k_x8_values(ql, qh, odd);
+                        let (v, e) = if high {
+                            (hi, 8 * c + 4 + t)
+                        } else {
+                            (lo, 8 * c + t)
+                        };
+                        for (pairs, y) in pairs.iter_mut().zip(ys) {
+                            *pairs =
+                                _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(v, q8_k_dword(y, e)));
+                        }
+                    }
+                    for (sumi, pairs) in sumi.iter_mut().zip(pairs) {
+                        *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(pairs, scales));
+                    }
+                }
+            }
+        }
+        for n in 0..TILE_ROWS {
+            let offset = _mm256_slli_epi32::<5>(q6_k_x8_scaled_sums(x, ys[n]));
+            let sumi = _mm256_sub_epi32(sumi[n], offset);
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), q6_k_x8_factor(x, ys[n]), acc[n]);
         }
     }
     let mut out = [[0f32; 8]; TILE_ROWS];

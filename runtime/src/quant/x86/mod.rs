@@ -26,7 +26,7 @@ use super::dispatch::{
 };
 use super::{
     BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ6K, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 
 mod activations;
@@ -98,6 +98,11 @@ impl Avx2 {
                 dot: dot_interleaved_q4_k,
                 gemm: gemm_interleaved_q4_k,
                 ..interleaving::<BlockQ4Kx8>()
+            }),
+            GgmlType::Q6K => Some(Interleaving {
+                dot: dot_interleaved_q6_k,
+                gemm: gemm_interleaved_q6_k,
+                ..interleaving::<BlockQ6Kx8>()
             }),
             _ => None,
         }
@@ -191,6 +196,18 @@ fn gemm_interleaved_q4_k(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; T
     let (w, a) = (cast_slice(w), a.map(cast_slice));
     // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
     unsafe { k_quants::gemm_interleaved_q4_k_q8_k(w, a) }
+}
+
+fn dot_interleaved_q6_k(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
+    let (w, a) = (cast_slice(w), cast_slice(a));
+    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
+    unsafe { k_quants::dot_interleaved_q6_k_q8_k(w, a) }
+}
+
+fn gemm_interleaved_q6_k(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+    let (w, a) = (cast_slice(w), a.map(cast_slice));
+    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
+    unsafe { k_quants::gemm_interleaved_q6_k_q8_k(w, a) }
 }
 
 macro_rules! safe_quantize {
