@@ -2,7 +2,7 @@
 # llava-edge against llama.cpp on the same files with the same flags, one run of each, one after
 # the other: `llava bench`, then benches/peer-llamacpp's `llamacpp-bench`, then their ratios.
 #
-#   benches/compare.sh -m LLM.gguf [--mmproj MMPROJ.gguf] [--image IMG] [-t N] [-p 512] [-n 128] [-r 3] [--kv-type f16|f32]
+#   benches/compare.sh -m LLM.gguf [--mmproj MMPROJ.gguf [--image IMG] [--ttft]] [-t N] [-p 512] [-n 128] [-r 3] [--kv-type f16|f32]
 #
 # Build both first (see benches/README.md). Without -t, llava's default (one thread per physical
 # core) is used and passed on, so both always run with the same count. The two JSON reports are
@@ -55,6 +55,10 @@ jq -rn --slurpfile a "$out/llava-edge.json" --slurpfile b "$out/llama.cpp.json" 
   (if $a.encode then
      row("image encode \($a.encode.width)x\($a.encode.height) (\($a.encode.image_tokens) / \($b.encode.image_tokens) tokens)";
          $a.encode.ms.median; $b.encode.ms.median; "ms")
+   else empty end),
+  (if $a.ttft then
+     row("image question to first token (\($a.ttft.positions) / \($b.ttft.positions) positions)";
+         $a.ttft.ms.median; $b.ttft.ms.median; "ms")
    else empty end),
   row("load"; $a.load_ms; $b.load_ms; "ms"),
   (if $a.encode then row("mmproj load"; $a.encode.mmproj_load_ms; $b.encode.mmproj_load_ms; "ms") else empty end),

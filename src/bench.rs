@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use llava_models::image::{RgbImage, DEFAULT_MAX_PIXELS};
-use llava_models::llava::{anyres_layout, encode_image};
+use llava_models::llava::{anyres_layout, embed_pieces, encode_image, tokenize_pieces, Piece};
 use llava_models::Clip;
 use llava_runtime::backend::{Backend, CpuBackend, KvType};
 use llava_runtime::tokenizer::{TokenType, Tokenizer};
@@ -53,10 +53,20 @@ pub struct Args {
     /// How the KV cache stores keys and values: f16 (as llama.cpp's default) or f32.
     #[arg(long, default_value = "f16")]
     kv_type: KvType,
+    /// Also time an image question from start to first token (with --mmproj): encode the
+    /// image, prefill it inside a LLaVA-1.5 prompt with a 20-token question, pick the first
+    /// token. benches/peer-llamacpp's --ttft asks the same through llama.cpp's mtmd.
+    #[arg(long)]
+    ttft: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
 }
+
+/// The `--ttft` prompt, in LLaVA-1.5's (Vicuna) format; benches/peer-llamacpp asks the same
+/// with mtmd's marker in place of `<image>`.
+pub const TTFT_PROMPT: &str = "USER: <image>\nWhat is in this picture? Describe the main objects, \
+their colors and where they are in one short sentence. ASSISTANT:";
 
 pub fn run(args: &Args) -> Result<()> {
     if args.repetitions == 0 {
@@ -64,6 +74,9 @@ pub fn run(args: &Args) -> Result<()> {
     }
     if args.image.is_some() && args.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
+    }
+    if args.ttft && args.mmproj.is_none() {
+        bail!("--ttft needs --mmproj (the vision tower and projector file)");
     }
     if args.n_prompt == 0 && args.n_gen == 0 && args.mmproj.is_none() {
         bail!("nothing to measure: -p and -n are 0 and there is no --mmproj");
@@ -112,12 +125,19 @@ pub fn run(args: &Args) -> Result<()> {
         });
         token_test(args.n_gen, &samples)
     });
+    let image = clip.as_ref().map(|(clip, _)| match &given_image {
+        Some(img) => (img.clone(), path_string(args.image.as_deref())),
+        None => synthetic_image(clip),
+    });
+    let ttft = match (&clip, &image) {
+        (Some((clip, _)), Some((image, _))) if args.ttft => {
+            Some(ttft_test(&llm, clip, image, args.repetitions)?)
+        }
+        _ => None,
+    };
     let encode = match &clip {
         Some((clip, load_time)) => {
-            let (image, label) = match &given_image {
-                Some(img) => (img.clone(), path_string(args.image.as_deref())),
-                None => synthetic_image(clip),
-            };
+            let (image, label) = image.clone().expect("made with the clip");
             let b = &llm.backend;
             let views = anyres_layout(clip, &image).map_or(1, |l| l.n_tiles() + 1);
             let mut image_tokens = 0;
@@ -156,6 +176,7 @@ pub fn run(args: &Args) -> Result<()> {
         "pp": pp,
         "tg": tg,
         "encode": encode,
+        "ttft": ttft,
         "peak_rss_bytes": peak_rss_bytes(),
     });
     let text = if args.json {
@@ -164,6 +185,51 @@ pub fn run(args: &Args) -> Result<()> {
         table(&report)
     };
     crate::write_stdout(&text)
+}
+
+/// Time to first token of [`TTFT_PROMPT`] about `image`, the LLM and tower loaded: encode,
+/// tokenize and splice, prefill (last row's logits only), greedy pick of the first token.
+fn ttft_test(
+    llm: &LoadedLlm,
+    clip: &Clip<CpuBackend>,
+    image: &RgbImage,
+    repetitions: usize,
+) -> Result<Value> {
+    let (b, m) = (&llm.backend, &llm.model);
+    let pieces = tokenize_pieces(&llm.tokenizer, TTFT_PROMPT, 1)?;
+    let text_tokens: usize = pieces
+        .iter()
+        .map(|p| match p {
+            Piece::Text(ids) => ids.len(),
+            Piece::Image(_) => 0,
+        })
+        .sum();
+    let mut cache = None;
+    let mut positions = 0;
+    let mut first = 0;
+    let samples = repeat("image question, first token", repetitions, || {
+        let t0 = Instant::now();
+        let encoded = encode_image(b, clip, image);
+        let pieces = tokenize_pieces(&llm.tokenizer, TTFT_PROMPT, 1).expect("tokenized above");
+        let prompt = embed_pieces(b, m, &pieces, &[encoded]);
+        positions = prompt.n_positions;
+        let cache = cache.get_or_insert_with(|| m.new_cache(b, prompt.n_positions));
+        let logits = b.download(&m.forward(b, prompt.embeddings, 0, cache, true));
+        first = logits
+            .iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map_or(0, |(i, _)| i);
+        t0.elapsed()
+    });
+    let times: Vec<f64> = samples.iter().map(|&d| ms(d)).collect();
+    Ok(json!({
+        "positions": positions,
+        "text_tokens": text_tokens,
+        "first_token": first,
+        "ms": spread(&times),
+        "samples_ms": times,
+    }))
 }
 
 /// Runs `f` once unmeasured, then `repetitions` times, with a progress line per run.
@@ -376,6 +442,14 @@ fn table(r: &Value) -> String {
             e["width"], e["height"], e["image_tokens"]
         );
         out += &row(name, &e["ms"], "ms");
+    }
+    let t = &r["ttft"];
+    if !t.is_null() {
+        let name = format!(
+            "image question to first token, {} positions ({} text)",
+            t["positions"], t["text_tokens"]
+        );
+        out += &row(name, &t["ms"], "ms");
     }
     out
 }

@@ -69,10 +69,19 @@ struct Args {
     /// How the KV cache stores keys and values: f16 (llama.cpp's default) or f32.
     #[arg(long, default_value = "f16", value_parser = ["f16", "f32"])]
     kv_type: String,
+    /// Also time an image question from start to first token (with --mmproj), as
+    /// `llava bench --ttft`: mtmd tokenize + encode + prompt eval, greedy first token.
+    #[arg(long)]
+    ttft: bool,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
 }
+
+/// `llava bench`'s `--ttft` prompt (src/bench.rs `TTFT_PROMPT`), with mtmd's marker for the
+/// image; kept in step by hand.
+const TTFT_PROMPT: &str = "USER: <image>\nWhat is in this picture? Describe the main objects, \
+their colors and where they are in one short sentence. ASSISTANT:";
 
 fn main() -> ExitCode {
     match run(&Args::parse()) {
@@ -90,6 +99,9 @@ fn run(args: &Args) -> Result<()> {
     }
     if args.image.is_some() && args.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
+    }
+    if args.ttft && args.mmproj.is_none() {
+        bail!("--ttft needs --mmproj (the vision tower and projector file)");
     }
     if args.n_prompt == 0 && args.n_gen == 0 && args.mmproj.is_none() {
         bail!("nothing to measure: -p and -n are 0 and there is no --mmproj");
@@ -121,7 +133,7 @@ fn run(args: &Args) -> Result<()> {
     );
 
     // A bad mmproj or image fails before the measurements, as in `llava bench`.
-    let image = match &args.mmproj {
+    let mut image = match &args.mmproj {
         Some(path) => Some(load_image_encoder(args, &model, path, n_threads)?),
         None => None,
     };
@@ -160,6 +172,17 @@ fn run(args: &Args) -> Result<()> {
         }
     };
     drop(ctx);
+    let ttft = match &mut image {
+        Some(image) if args.ttft => Some(ttft_test(
+            &backend,
+            &model,
+            image,
+            n_threads,
+            kv_type,
+            args.repetitions,
+        )?),
+        _ => None,
+    };
     let encode = match image {
         Some(image) => Some(encode_test(image, args.repetitions)?),
         None => None,
@@ -177,6 +200,7 @@ fn run(args: &Args) -> Result<()> {
         "pp": pp,
         "tg": tg,
         "encode": encode,
+        "ttft": ttft,
         "peak_rss_bytes": peak_rss_bytes(),
     });
     let text = if args.json {
@@ -347,6 +371,65 @@ fn encode_test(image: ImageEncoder, repetitions: usize) -> Result<Value> {
         "ms": spread(&times),
         "samples_ms": times,
         "mmproj_load_ms": ms(load_time),
+    }))
+}
+
+/// Time to first token of [`TTFT_PROMPT`] about the image, the model and tower loaded: mtmd
+/// tokenize (preprocessing), then `mtmd_helper_eval_chunks` (image encode and prompt eval, last
+/// logits only), then the greedy pick, in a context sized to the prompt.
+fn ttft_test(
+    backend: &LlamaBackend,
+    model: &LlamaModel,
+    image: &mut ImageEncoder,
+    n_threads: i32,
+    kv_type: KvCacheType,
+    repetitions: usize,
+) -> Result<Value> {
+    let text = || MtmdInputText {
+        text: TTFT_PROMPT.replace("<image>", mtmd_default_marker()),
+        add_special: true,
+        parse_special: true,
+    };
+    let chunks = image.mtmd.tokenize(text(), &[&image.bitmap])?;
+    let positions = chunks.total_positions();
+    let text_tokens: usize = (0..chunks.len())
+        .filter_map(|i| chunks.get(i))
+        .filter(|c| c.chunk_type() == MtmdInputChunkType::Text)
+        .map(|c| c.n_tokens())
+        .sum();
+    let n_ctx = u32::try_from(positions).context("prompt positions")? + 1;
+    let ctx_params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_threads(n_threads)
+        .with_n_threads_batch(n_threads)
+        .with_type_k(kv_type)
+        .with_type_v(kv_type);
+    let mut ctx = model
+        .new_context(backend, ctx_params)
+        .context("llama.cpp cannot make a context")?;
+    let mut first = 0;
+    let samples = repeat("image question, first token", repetitions, || {
+        ctx.clear_kv_cache();
+        let t0 = Instant::now();
+        let chunks = image.mtmd.tokenize(text(), &[&image.bitmap])?;
+        let n_batch = ctx.n_batch() as i32;
+        chunks.eval_chunks(&mut image.mtmd, &mut ctx, 0, 0, n_batch, true)?;
+        first = ctx
+            .get_logits_ith(-1)
+            .iter()
+            .enumerate()
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map_or(0, |(i, _)| i);
+        Ok(t0.elapsed())
+    })?;
+    let times: Vec<f64> = samples.iter().map(|&d| ms(d)).collect();
+    Ok(json!({
+        "positions": positions,
+        "text_tokens": text_tokens,
+        "first_token": first,
+        "ms": spread(&times),
+        "samples_ms": times,
     }))
 }
 

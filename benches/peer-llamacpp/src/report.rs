@@ -135,5 +135,13 @@ pub fn table(r: &Value) -> String {
         );
         out += &row(name, &e["ms"], "ms");
     }
+    let t = &r["ttft"];
+    if !t.is_null() {
+        let name = format!(
+            "image question to first token, {} positions ({} text)",
+            t["positions"], t["text_tokens"]
+        );
+        out += &row(name, &t["ms"], "ms");
+    }
     out
 }
