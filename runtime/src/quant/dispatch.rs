@@ -281,10 +281,13 @@ pub struct Interleaving {
     pub gemm: InterleavedGemmFn,
 }
 
-/// A block of [`DOT_ROWS`] interleaved rows of format `Row`.
-pub(crate) trait InterleavedBlock: bytemuck::Pod {
+/// A block of [`DOT_ROWS`] interleaved rows of format `Row` (`BlockQ4_0x8`, `BlockQ4Kx8`,
+/// `BlockQ6Kx8`).
+pub trait InterleavedBlock: bytemuck::Pod {
     type Row: VecDot;
+    /// Block `i` of each of the rows, interleaved.
     fn from_rows(rows: [&Self::Row; DOT_ROWS]) -> Self;
+    /// Row `r`'s block, exactly as it was before interleaving.
     fn row(&self, r: usize) -> Self::Row;
 }
 
@@ -321,7 +324,7 @@ impl InterleavedBlock for BlockQ6Kx8 {
 /// The [`Interleaving`] of `X` with the scalar reference kernels: each row's own dot,
 /// de-interleaved, bit-exact. A path with kernels for the layout swaps in its `dot` and
 /// `gemm`; the scalar path does not interleave (it would gain nothing).
-pub(crate) fn interleaving<X: InterleavedBlock>() -> Interleaving {
+pub fn interleaving<X: InterleavedBlock>() -> Interleaving {
     fn group_bytes<X: InterleavedBlock>(row_bytes: usize) -> usize {
         row_bytes / std::mem::size_of::<X::Row>() * std::mem::size_of::<X>()
     }
