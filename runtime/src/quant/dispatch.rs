@@ -28,8 +28,8 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::{bf16, f16};
 
 use super::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1,
-    BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ6Kx8, BlockQ8_0, GgmlType, VecDot,
+    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
 };
 
 /// The environment variable that forces a [`CpuPath`].
@@ -289,36 +289,6 @@ pub trait InterleavedBlock: bytemuck::Pod {
     fn from_rows(rows: [&Self::Row; DOT_ROWS]) -> Self;
     /// Row `r`'s block, exactly as it was before interleaving.
     fn row(&self, r: usize) -> Self::Row;
-}
-
-impl InterleavedBlock for BlockQ4_0x8 {
-    type Row = BlockQ4_0;
-    fn from_rows(rows: [&BlockQ4_0; DOT_ROWS]) -> Self {
-        BlockQ4_0x8::from_rows(rows)
-    }
-    fn row(&self, r: usize) -> BlockQ4_0 {
-        BlockQ4_0x8::row(self, r)
-    }
-}
-
-impl InterleavedBlock for BlockQ4Kx8 {
-    type Row = BlockQ4K;
-    fn from_rows(rows: [&BlockQ4K; DOT_ROWS]) -> Self {
-        BlockQ4Kx8::from_rows(rows)
-    }
-    fn row(&self, r: usize) -> BlockQ4K {
-        BlockQ4Kx8::row(self, r)
-    }
-}
-
-impl InterleavedBlock for BlockQ6Kx8 {
-    type Row = BlockQ6K;
-    fn from_rows(rows: [&BlockQ6K; DOT_ROWS]) -> Self {
-        BlockQ6Kx8::from_rows(rows)
-    }
-    fn row(&self, r: usize) -> BlockQ6K {
-        BlockQ6Kx8::row(self, r)
-    }
 }
 
 /// The [`Interleaving`] of `X` with the scalar reference kernels: each row's own dot,

@@ -27,7 +27,8 @@ mod q8_1;
 mod x86;
 
 pub use dispatch::{
-    cpu_path, row_kernels, set_cpu_path, CpuPath, Interleaving, RowKernels, DOT_ROWS, TILE_ROWS,
+    cpu_path, row_kernels, set_cpu_path, CpuPath, InterleavedBlock, Interleaving, RowKernels,
+    DOT_ROWS, TILE_ROWS,
 };
 pub use ggml_type::GgmlType;
 pub use k_quants::{

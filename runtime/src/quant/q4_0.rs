@@ -6,6 +6,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
+use super::dispatch::InterleavedBlock;
 use super::{
     assert_dot_len, assert_row_len, signed_abs_max, trunc_to_i8, BlockFormat, BlockQ8_0, GgmlType,
     VecDot,
@@ -102,9 +103,11 @@ pub struct BlockQ4_0x8 {
 
 const _: () = assert!(std::mem::size_of::<BlockQ4_0x8>() == INTERLEAVE_ROWS * 18);
 
-impl BlockQ4_0x8 {
+impl InterleavedBlock for BlockQ4_0x8 {
+    type Row = BlockQ4_0;
+
     /// Interleaves block `i` of each of the rows.
-    pub fn from_rows(rows: [&BlockQ4_0; INTERLEAVE_ROWS]) -> Self {
+    fn from_rows(rows: [&BlockQ4_0; INTERLEAVE_ROWS]) -> Self {
         let mut out = BlockQ4_0x8::zeroed();
         for (r, block) in rows.iter().enumerate() {
             out.d[r] = block.d;
@@ -116,7 +119,7 @@ impl BlockQ4_0x8 {
     }
 
     /// Row `r`'s block, as it was before interleaving.
-    pub fn row(&self, r: usize) -> BlockQ4_0 {
+    fn row(&self, r: usize) -> BlockQ4_0 {
         let mut block = BlockQ4_0 {
             d: self.d[r],
             qs: [0; QK / 2],

@@ -6,6 +6,7 @@ use half::f16;
 
 use super::scale_search::{make_qkx2_quants, nearest_int, Qkx2Search};
 use super::{pack_scale_min_k4, scale_min_k4, BlockQ8K, LaneSums, QK_K};
+use crate::quant::dispatch::InterleavedBlock;
 use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
 
 /// - `scales`: eight 6-bit scales and mins, packed as [`scale_min_k4`] describes.
@@ -203,9 +204,11 @@ pub struct BlockQ4Kx8 {
 
 const _: () = assert!(std::mem::size_of::<BlockQ4Kx8>() == 8 * 148);
 
-impl BlockQ4Kx8 {
+impl InterleavedBlock for BlockQ4Kx8 {
+    type Row = BlockQ4K;
+
     /// Interleaves super-block `i` of each of 8 rows.
-    pub fn from_rows(rows: [&BlockQ4K; 8]) -> Self {
+    fn from_rows(rows: [&BlockQ4K; 8]) -> Self {
         let mut out = BlockQ4Kx8::zeroed();
         for (r, x) in rows.iter().enumerate() {
             out.d[r] = x.d;
@@ -225,7 +228,7 @@ impl BlockQ4Kx8 {
     }
 
     /// Row `r`'s super-block, as it was before interleaving.
-    pub fn row(&self, r: usize) -> BlockQ4K {
+    fn row(&self, r: usize) -> BlockQ4K {
         let scales = std::array::from_fn(|j| self.scales[j][r]);
         let mins = std::array::from_fn(|j| self.mins[j / 2][2 * r + j % 2]);
         let mut qs = [0u8; QK_K / 2];

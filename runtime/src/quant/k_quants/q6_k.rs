@@ -6,6 +6,7 @@ use half::f16;
 
 use super::scale_search::{make_qx_quants, nearest_int};
 use super::{BlockQ8K, LaneSums, QK_K};
+use crate::quant::dispatch::InterleavedBlock;
 use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
 
 /// Two 128-element halves; half `h` uses `ql[64h..64h+64]`, `qh[32h..32h+32]` and
@@ -174,9 +175,11 @@ pub struct BlockQ6Kx8 {
 
 const _: () = assert!(std::mem::size_of::<BlockQ6Kx8>() == 8 * 210);
 
-impl BlockQ6Kx8 {
+impl InterleavedBlock for BlockQ6Kx8 {
+    type Row = BlockQ6K;
+
     /// Interleaves super-block `i` of each of 8 rows.
-    pub fn from_rows(rows: [&BlockQ6K; 8]) -> Self {
+    fn from_rows(rows: [&BlockQ6K; 8]) -> Self {
         let mut out = BlockQ6Kx8::zeroed();
         for (r, x) in rows.iter().enumerate() {
             out.d[r] = x.d;
@@ -201,7 +204,7 @@ impl BlockQ6Kx8 {
     }
 
     /// Row `r`'s super-block, as it was before interleaving.
-    pub fn row(&self, r: usize) -> BlockQ6K {
+    fn row(&self, r: usize) -> BlockQ6K {
         let mut x = BlockQ6K::zeroed();
         x.d = self.d[r];
         for c in 0..8 {

@@ -10,7 +10,7 @@ use std::arch::x86_64::*;
 
 use bytemuck::cast_ref;
 
-use super::{f16_to_f32, hsum_f32, load_16, load_32, prefetch_ahead, TILE_ROWS};
+use super::{f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead, TILE_ROWS};
 use crate::quant::{
     assert_dot_len, BlockQ4K, BlockQ4Kx8, BlockQ5K, BlockQ6K, BlockQ6Kx8, BlockQ8K,
 };
@@ -445,10 +445,7 @@ pub(super) fn dot_interleaved_q4_k_q8_k(w: &[BlockQ4Kx8], a: &[BlockQ8K]) -> [f3
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), d, acc);
         acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc);
     }
-    let mut out = [0f32; 8];
-    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-    out
+    lanes(acc)
 }
 
 /// `d·d_a` and `dmin·d_a` of the 8 rows.
@@ -509,12 +506,7 @@ pub(super) fn gemm_interleaved_q4_k_q8_k(
             acc[n] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc[n]);
         }
     }
-    let mut out = [[0f32; 8]; TILE_ROWS];
-    for (out, acc) in out.iter_mut().zip(acc) {
-        // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-    }
-    out
+    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
 }
 
 /// Chunk `c`'s scales of interleaved Q6_K: the pairs (sub-blocks `2c`, `2c + 1`) as i16 per
@@ -624,10 +616,7 @@ pub(super) fn dot_interleaved_q6_k_q8_k(w: &[BlockQ6Kx8], a: &[BlockQ8K]) -> [f3
         let sumi = _mm256_sub_epi32(sumi, offset);
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), q6_k_x8_factor(x, y), acc);
     }
-    let mut out = [0f32; 8];
-    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-    out
+    lanes(acc)
 }
 
 /// `d·d_a` of the 8 rows.
@@ -685,10 +674,5 @@ pub(super) fn gemm_interleaved_q6_k_q8_k(
             acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), q6_k_x8_factor(x, ys[n]), acc[n]);
         }
     }
-    let mut out = [[0f32; 8]; TILE_ROWS];
-    for (out, acc) in out.iter_mut().zip(acc) {
-        // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-    }
-    out
+    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
 }

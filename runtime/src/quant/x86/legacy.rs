@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, load_16, load_32, prefetch_ahead};
+use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead};
 use crate::quant::dispatch::{DOT_ROWS, TILE_ROWS};
 use crate::quant::{
     assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
@@ -218,10 +218,7 @@ pub(super) fn dot_rows_q4_0_q8_0(w: [&[BlockQ4_0]; DOT_ROWS], a: &[BlockQ8_0]) -
         let d = _mm_setr_epi16(d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]);
         acc = q4_0_rows_step(packed, d, y, acc);
     }
-    let mut out = [0f32; DOT_ROWS];
-    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-    out
+    lanes(acc)
 }
 
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks: [`dot_rows_q4_0_q8_0`] reading the
@@ -249,10 +246,7 @@ pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [
     if w.len() % 2 == 1 {
         acc0 = step(&w[w.len() - 1], &a[a.len() - 1], acc0);
     }
-    let mut out = [0f32; DOT_ROWS];
-    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
-    out
+    lanes(_mm256_add_ps(acc0, acc1))
 }
 
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`TILE_ROWS`] activation rows
@@ -315,12 +309,7 @@ pub(super) fn gemm_interleaved_q4_0_q8_0(
             acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc[n]);
         }
     }
-    let mut out = [[0f32; DOT_ROWS]; TILE_ROWS];
-    for (out, acc) in out.iter_mut().zip(acc) {
-        // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
-        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-    }
-    out
+    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
 }
 
 /// One block of 8 Q4_0 rows against activation block `y`, fused into `acc` (row r in lane r):

@@ -174,40 +174,20 @@ macro_rules! safe_dot_rows {
     };
 }
 
-fn dot_interleaved_q4_0(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
-    let (w, a) = (cast_slice(w), cast_slice(a));
-    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
-    unsafe { legacy::dot_interleaved_q4_0_q8_0(w, a) }
-}
+/// As `safe_dot`, for the two kernels of an interleaved layout: a group's dot with one
+/// activation row, and with [`TILE_ROWS`].
+macro_rules! safe_interleaved {
+    ($dot:ident, $gemm:ident, $dot_kernel:path, $gemm_kernel:path) => {
+        fn $dot(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
+            // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
+            unsafe { $dot_kernel(cast_slice(w), cast_slice(a)) }
+        }
 
-fn gemm_interleaved_q4_0(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-    let (w, a) = (cast_slice(w), a.map(cast_slice));
-    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
-    unsafe { legacy::gemm_interleaved_q4_0_q8_0(w, a) }
-}
-
-fn dot_interleaved_q4_k(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
-    let (w, a) = (cast_slice(w), cast_slice(a));
-    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
-    unsafe { k_quants::dot_interleaved_q4_k_q8_k(w, a) }
-}
-
-fn gemm_interleaved_q4_k(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-    let (w, a) = (cast_slice(w), a.map(cast_slice));
-    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
-    unsafe { k_quants::gemm_interleaved_q4_k_q8_k(w, a) }
-}
-
-fn dot_interleaved_q6_k(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
-    let (w, a) = (cast_slice(w), cast_slice(a));
-    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
-    unsafe { k_quants::dot_interleaved_q6_k_q8_k(w, a) }
-}
-
-fn gemm_interleaved_q6_k(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-    let (w, a) = (cast_slice(w), a.map(cast_slice));
-    // SAFETY: reachable only through `Avx2::interleaved`, as for the dots above.
-    unsafe { k_quants::gemm_interleaved_q6_k_q8_k(w, a) }
+        fn $gemm(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+            // SAFETY: as for the dot beside it.
+            unsafe { $gemm_kernel(cast_slice(w), a.map(cast_slice)) }
+        }
+    };
 }
 
 macro_rules! safe_quantize {
@@ -240,6 +220,24 @@ safe_dot_rows!(
     legacy::dot_rows_q5_0_q8_0,
     BlockQ5_0,
     BlockQ8_0
+);
+safe_interleaved!(
+    dot_interleaved_q4_0,
+    gemm_interleaved_q4_0,
+    legacy::dot_interleaved_q4_0_q8_0,
+    legacy::gemm_interleaved_q4_0_q8_0
+);
+safe_interleaved!(
+    dot_interleaved_q4_k,
+    gemm_interleaved_q4_k,
+    k_quants::dot_interleaved_q4_k_q8_k,
+    k_quants::gemm_interleaved_q4_k_q8_k
+);
+safe_interleaved!(
+    dot_interleaved_q6_k,
+    gemm_interleaved_q6_k,
+    k_quants::dot_interleaved_q6_k_q8_k,
+    k_quants::gemm_interleaved_q6_k_q8_k
 );
 safe_dot_tile!(
     dot_tile_q4_k,
@@ -330,6 +328,16 @@ fn hsum_f32(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
+}
+
+/// The 8 lanes as an array.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lanes(v: __m256) -> [f32; 8] {
+    let mut out = [0f32; 8];
+    // SAFETY: `out` holds 8 floats; `storeu` needs no alignment.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+    out
 }
 
 /// Sum of the 8 lanes, exact.
