@@ -91,7 +91,7 @@ impl CpuWeight {
     /// kernels asked for it.
     fn interleaved(&self, how: &quant::Interleaving) -> Option<&[u8]> {
         let group_rows = quant::DOT_ROWS;
-        if !self.interleave || !self.n_rows().is_multiple_of(group_rows) {
+        if !self.interleave || self.n_rows() == 0 || !self.n_rows().is_multiple_of(group_rows) {
             return None;
         }
         let copy = self.interleaved.get_or_init(|| {
