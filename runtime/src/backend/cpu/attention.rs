@@ -327,8 +327,7 @@ fn attend_batched<T: KvElement>(
                 }
                 let seen = visible(r0 + i);
                 let p = &mut scores[..seen];
-                p.iter_mut().for_each(|s| *s *= scale);
-                softmax_in_place(p);
+                (ops.softmax)(p, scale);
                 (ops.weighted_sum)(p, &v[..seen * head_dim], out);
             }
         });

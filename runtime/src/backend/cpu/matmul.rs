@@ -4,7 +4,9 @@
 //! (Q8_0, Q8_1, Q8_K, F16, ...), then each worker takes a run of weight rows and dots every row
 //! of it with every activation row, so each weight row is streamed from memory once per call
 //! however many tokens are in the batch. The kernel for a weight type is chosen here, per call,
-//! by [`kernel_for`]: scalar or SIMD, from the CPU path detected at run time.
+//! by [`kernel_for`]: scalar or SIMD, from the CPU path detected at run time. Where the path
+//! has kernels for an interleaved layout of the type (`RowKernels::interleaved`), the weight's
+//! interleaved copy is used instead of the mapped rows, 8 rows at a time.
 
 use std::ops::Range;
 
@@ -91,8 +93,8 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                 && INTERLEAVED_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
         )
     };
-    // Rows of activations the widened GEMM or the tile kernel take; the rest are dotted one
-    // by one.
+    // Rows of activations the widened GEMM, the interleaved GEMM or the tile kernel take; the
+    // rest are dotted one by one (8 interleaved rows at a time where the weights are).
     let tiled_rows = if packed.is_some() {
         rows
     } else if kernel.dot_tile.is_some() || interleaved_gemm.is_some() {

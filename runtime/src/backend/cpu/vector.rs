@@ -26,6 +26,8 @@ pub(super) struct VectorOps {
     pub decode_head: DecodeHeadFn<f32>,
     /// [`VectorOps::decode_head`] over an f16 cache.
     pub decode_head_f16: DecodeHeadFn<f16>,
+    /// `p = softmax(scale · p)` in place (the max subtracted first).
+    pub softmax: fn(&mut [f32], f32),
 }
 
 /// `(q, keys, values, stride, n, scale, scores scratch (n long), out)`: keys and values of
@@ -53,6 +55,7 @@ fn portable() -> VectorOps {
         weighted_sum: weighted_sum_portable,
         decode_head: decode_head_portable::<f32>,
         decode_head_f16: decode_head_portable::<f16>,
+        softmax: softmax_portable,
     }
 }
 
@@ -64,6 +67,7 @@ fn avx2() -> Option<VectorOps> {
         weighted_sum: x86::weighted_sum,
         decode_head: x86::decode_head::<f32>,
         decode_head_f16: x86::decode_head::<f16>,
+        softmax: x86::softmax,
     })
 }
 
@@ -96,6 +100,11 @@ fn scores_portable(q: [&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, o
             axpy_portable(&mut out[..n], qd, &kt[d * n_kv..][..n]);
         }
     }
+}
+
+fn softmax_portable(p: &mut [f32], scale: f32) {
+    p.iter_mut().for_each(|s| *s *= scale);
+    super::attention::softmax_in_place(p);
 }
 
 fn weighted_sum_portable(p: &[f32], v: &[f32], out: &mut [f32]) {
@@ -394,7 +403,7 @@ mod x86 {
             }
             *s = hsum(_mm256_add_ps(acc0, acc1)) * scale;
         }
-        crate::backend::cpu::attention::softmax_in_place(scores);
+        softmax_avx2(scores, 1.0);
         let mut d0 = 0;
         while d0 < d {
             let lanes = (d - d0).min(64);
@@ -413,6 +422,97 @@ mod x86 {
             }
             d0 += lanes;
         }
+    }
+
+    pub(super) fn softmax(p: &mut [f32], scale: f32) {
+        debug_check();
+        // SAFETY: as for `dot`.
+        unsafe { softmax_avx2(p, scale) }
+    }
+
+    /// The portable softmax's steps, 8 lanes at a time, with [`exp`] in place of libm's.
+    #[target_feature(enable = "avx2,fma")]
+    fn softmax_avx2(p: &mut [f32], scale: f32) {
+        let (body, tail) = p.split_at_mut(p.len() / 8 * 8);
+        let vs = _mm256_set1_ps(scale);
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in body.chunks_exact_mut(8) {
+            // SAFETY: `c` is 8 floats; unaligned loads and stores.
+            let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, vs);
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), v) };
+            vmax = _mm256_max_ps(vmax, v);
+        }
+        let m = _mm_max_ps(
+            _mm256_castps256_ps128(vmax),
+            _mm256_extractf128_ps::<1>(vmax),
+        );
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+        let mut max = _mm_cvtss_f32(m);
+        for v in tail.iter_mut() {
+            *v *= scale;
+            max = max.max(*v);
+        }
+        let vmax = _mm256_set1_ps(max);
+        let mut vsum = _mm256_setzero_ps();
+        for c in body.chunks_exact_mut(8) {
+            // SAFETY: as above.
+            let v = exp(_mm256_sub_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, vmax));
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), v) };
+            vsum = _mm256_add_ps(vsum, v);
+        }
+        let mut sum = hsum(vsum);
+        for v in tail.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        let vinv = _mm256_set1_ps(inv);
+        for c in body.chunks_exact_mut(8) {
+            // SAFETY: as above.
+            let v = _mm256_mul_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, vinv);
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), v) };
+        }
+        tail.iter_mut().for_each(|v| *v *= inv);
+    }
+
+    /// `e^x` for `x <= 0` (softmax's arguments), within 2 ulp of libm's `expf` above
+    /// 2^-125 and 0 below -87: Cephes' `expf` (x = n·ln 2 + r, |r| <= ln 2 / 2, a degree-6
+    /// polynomial for e^r, 2^n through the exponent bits).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn exp(x: __m256) -> __m256 {
+        let lowest = _mm256_set1_ps(-87.0);
+        let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x, lowest);
+        let x = _mm256_max_ps(x, lowest);
+        let n = _mm256_floor_ps(_mm256_fmadd_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+            _mm256_set1_ps(0.5),
+        ));
+        // r = x - n·ln 2, with ln 2 split in two so that n·C1 is exact.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut y = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            5.000_000_1e-1,
+        ] {
+            y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(
+            y,
+            _mm256_mul_ps(r, r),
+            _mm256_add_ps(r, _mm256_set1_ps(1.0)),
+        );
+        let pow2n = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(pow2n)), keep)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -492,6 +592,46 @@ mod tests {
                     assert!(
                         (out[i] as f64 - want16[i]).abs() <= 1e-5,
                         "f16 d={d} n={n} i={i}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every path's softmax against f64, element by element: within 1e-6 of each probability
+    /// plus 1e-6 of the largest (the polynomial `exp` of AVX2 is within a few ulp; the rest is
+    /// the sum's rounding). Scores span the full range of softmax's arguments, including ones
+    /// more than 87 below the max, whose probability underflows.
+    #[test]
+    fn softmax_matches_f64_on_every_available_path() {
+        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
+        for (n, spread) in [
+            (1, 1.0),
+            (7, 3.0),
+            (8, 3.0),
+            (37, 20.0),
+            (577, 60.0),
+            (64, 2000.0),
+        ] {
+            let scores: Vec<f32> = data(n, 9).iter().map(|v| v * spread).collect();
+            let scale = 0.125f32;
+            let max = scores
+                .iter()
+                .map(|&s| (s * scale) as f64)
+                .fold(f64::MIN, f64::max);
+            let exps: Vec<f64> = scores
+                .iter()
+                .map(|&s| ((s * scale) as f64 - max).exp())
+                .collect();
+            let total: f64 = exps.iter().sum();
+            for ops in &paths {
+                let mut p = scores.clone();
+                (ops.softmax)(&mut p, scale);
+                for (j, (&got, &e)) in p.iter().zip(&exps).enumerate() {
+                    let want = e / total;
+                    assert!(
+                        (got as f64 - want).abs() <= 1e-6 * want + 1e-6 / total,
+                        "n={n} spread={spread} j{j}: {got} vs {want}"
                     );
                 }
             }
