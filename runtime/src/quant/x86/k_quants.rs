@@ -375,7 +375,7 @@ fn q4_k_x8_scales(x: &BlockQ4Kx8, j: usize) -> __m256i {
 fn q4_k_x8_min_sums(x: &BlockQ4Kx8, y: &BlockQ8K) -> __m256i {
     // Sub-block sums B_j = bsums[2j] + bsums[2j + 1] (|B_j| <= 32·127, an i16): dword p of
     // `sums` is the pair (B_2p, B_2p+1).
-    let b = load_16_i16(&y.bsums);
+    let b = load_32(cast_ref::<_, [u8; 32]>(&y.bsums));
     let sums = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
     let mut acc = _mm256_setzero_si256();
     for (p, mins) in x.mins.iter().enumerate() {
@@ -389,14 +389,6 @@ fn q4_k_x8_min_sums(x: &BlockQ4Kx8, y: &BlockQ8K) -> __m256i {
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(m, pair));
     }
     acc
-}
-
-/// 16 i16 as one register.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_16_i16(v: &[i16; 16]) -> __m256i {
-    // SAFETY: the array is 32 bytes long; `loadu` has no alignment requirement.
-    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
 }
 
 /// Dword `e` (elements 4e..4e + 4) of a Q8_K block's quants, in every lane.
