@@ -38,7 +38,7 @@ pub use q4_0::{BlockQ4_0, BlockQ4_0x8};
 pub use q4_1::BlockQ4_1;
 pub use q5_0::BlockQ5_0;
 pub use q5_1::BlockQ5_1;
-pub use q8_0::BlockQ8_0;
+pub use q8_0::{BlockQ8_0, BlockQ8_0x8};
 pub use q8_1::BlockQ8_1;
 
 /// A ggml block format: `BLOCK_SIZE` elements stored in one `Self`.

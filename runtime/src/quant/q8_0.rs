@@ -7,6 +7,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
+use super::dispatch::InterleavedBlock;
 use super::{abs_max, assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
 
 const QK: usize = 32;
@@ -77,6 +78,49 @@ impl VecDot for BlockQ8_0 {
     }
 }
 
+/// Rows interleaved into one [`BlockQ8_0x8`].
+const INTERLEAVE_ROWS: usize = 8;
+
+/// Block `i` of [`INTERLEAVE_ROWS`] consecutive Q8_0 rows, laid out as `BlockQ4_0x8` lays out
+/// Q4_0: each 4-byte run of the 8 rows' quants side by side, so that one 256-bit load holds
+/// 4 elements of every row. The same size as the 8 blocks it holds; not a ggml format.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ8_0x8 {
+    /// Row `r`'s scale.
+    pub d: [f16; INTERLEAVE_ROWS],
+    /// `qs[32t + 4r..][..4]` is row `r`'s `qs[4t..4t + 4]`, for `t` in 0..8.
+    pub qs: [i8; INTERLEAVE_ROWS * QK],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ8_0x8>() == INTERLEAVE_ROWS * 34);
+
+impl InterleavedBlock for BlockQ8_0x8 {
+    type Row = BlockQ8_0;
+
+    fn from_rows(rows: [&BlockQ8_0; INTERLEAVE_ROWS]) -> Self {
+        let mut out = BlockQ8_0x8::zeroed();
+        for (r, block) in rows.iter().enumerate() {
+            out.d[r] = block.d;
+            for (t, run) in block.qs.chunks_exact(4).enumerate() {
+                out.qs[32 * t + 4 * r..][..4].copy_from_slice(run);
+            }
+        }
+        out
+    }
+
+    fn row(&self, r: usize) -> BlockQ8_0 {
+        let mut block = BlockQ8_0 {
+            d: self.d[r],
+            qs: [0; QK],
+        };
+        for (t, run) in block.qs.chunks_exact_mut(4).enumerate() {
+            run.copy_from_slice(&self.qs[32 * t + 4 * r..][..4]);
+        }
+        block
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,5 +135,19 @@ mod tests {
         let mut block = [BlockQ8_0::zeroed()];
         BlockQ8_0::quantize_row(&x, &mut block);
         assert_eq!(&block[0].qs[..3], &[127, 3, -3]);
+    }
+
+    #[test]
+    fn interleaving_places_each_run_of_four_beside_the_other_rows() {
+        let rows: [BlockQ8_0; INTERLEAVE_ROWS] = std::array::from_fn(|r| BlockQ8_0 {
+            d: f16::from_f32(r as f32),
+            qs: std::array::from_fn(|j| (16 * r + j) as i8),
+        });
+        let x = BlockQ8_0x8::from_rows(std::array::from_fn(|r| &rows[r]));
+        // Row 2's elements 12..16 (run 3) sit at 32·3 + 4·2.
+        assert_eq!(&x.qs[104..108], &[44, 45, 46, 47]);
+        for (r, row) in rows.iter().enumerate() {
+            assert_eq!(x.row(r), *row);
+        }
     }
 }

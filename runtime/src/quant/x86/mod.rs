@@ -26,7 +26,7 @@ use super::dispatch::{
 };
 use super::{
     BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-    BlockQ6K, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ6K, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, GgmlType,
 };
 
 mod activations;
@@ -86,13 +86,18 @@ impl Avx2 {
     }
 
     /// How this path multiplies interleaved weights of type `ty`, if it has a kernel for them
-    /// (Q4_0: the row kernel without its transpose).
+    /// (Q4_0: the row kernel without its transpose; Q8_0: the same shape, signed).
     pub(crate) fn interleaved(self, ty: GgmlType) -> Option<Interleaving> {
         match ty {
             GgmlType::Q4_0 => Some(Interleaving {
                 dot: dot_interleaved_q4_0,
                 gemm: gemm_interleaved_q4_0,
                 ..interleaving::<BlockQ4_0x8>()
+            }),
+            GgmlType::Q8_0 => Some(Interleaving {
+                dot: dot_interleaved_q8_0,
+                gemm: gemm_interleaved_q8_0,
+                ..interleaving::<BlockQ8_0x8>()
             }),
             GgmlType::Q4K => Some(Interleaving {
                 dot: dot_interleaved_q4_k,
@@ -226,6 +231,12 @@ safe_interleaved!(
     gemm_interleaved_q4_0,
     legacy::dot_interleaved_q4_0_q8_0,
     legacy::gemm_interleaved_q4_0_q8_0
+);
+safe_interleaved!(
+    dot_interleaved_q8_0,
+    gemm_interleaved_q8_0,
+    legacy::dot_interleaved_q8_0_q8_0,
+    legacy::gemm_interleaved_q8_0_q8_0
 );
 safe_interleaved!(
     dot_interleaved_q4_k,
