@@ -164,6 +164,8 @@ pub(super) fn gemm(
 pub(super) struct Scratch {
     row: Vec<f32>,
     weights: Vec<WeightColumn>,
+    /// The caller's output block, `[n_block, rows]`.
+    pub(super) out: Vec<f32>,
 }
 
 fn check_micro(w: &[WeightColumn], panel: &[PanelColumn], c: &[f32], ldc: usize) {

@@ -14,7 +14,8 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use rayon::prelude::*;
 
 use super::gemm::{self, PackedActs, MICRO_W_ROWS};
-use super::{chunk_len, par_chunks, CpuTensor, CpuWeight};
+use super::columns::par_column_blocks;
+use super::{chunk_len, CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
@@ -28,6 +29,9 @@ const INTERLEAVED_BLOCK_ROWS: usize = 8 * DOT_ROWS;
 /// The fewest activation rows that are widened (where the type widens at all): below it, the
 /// cost of widening a weight block is not shared by enough rows.
 const WIDEN_MIN_ROWS: usize = 4;
+/// Activation rows per pass when a widened block's outputs are transposed into place: 16
+/// rows of each of the block's columns are read as one 64-byte run.
+const TRANSPOSE_ROWS: usize = 16;
 
 /// How to multiply by weights of one type: the activation format, its quantizer, and the dot.
 pub(super) type Kernel = RowKernels;
@@ -109,46 +113,57 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     } else {
         WEIGHT_BLOCK_ROWS
     };
-    // Output transposed, [n_out, rows]: a worker's run of weight rows is one contiguous slice.
-    let mut out_t = vec![0f32; n_out * rows];
-    // Whole groups of DOT_ROWS rows per chunk, for the interleaved weights.
-    let chunk = chunk_len(n_out).next_multiple_of(DOT_ROWS) * rows;
-    par_chunks(&mut out_t, chunk, |start, out| {
-        let first = start / rows;
+    // The output in its final layout, [rows, n_out]: each worker writes its run of columns
+    // (weight rows) of every row, whole groups of DOT_ROWS for the interleaved weights.
+    let mut out = vec![0f32; rows * n_out];
+    let width = chunk_len(n_out).next_multiple_of(DOT_ROWS);
+    par_column_blocks(&mut out, rows, n_out, width, |first, mut cols| {
         let mut scratch = gemm::Scratch::default();
         // A block of weight rows (37 KB of 4096-wide Q4_K) stays in L2 while every tile of
         // activation rows (19 KB of Q8_K) passes over it from L1: the weights are read from
         // memory once per call, the activations from L3 once per block.
-        for (b, out_block) in out.chunks_mut(block_rows * rows).enumerate() {
-            let block_first = first + b * block_rows;
-            let n_block = out_block.len() / rows;
+        for b0 in (0..cols.width()).step_by(block_rows) {
+            let block_first = first + b0;
+            let n_block = block_rows.min(cols.width() - b0);
             if let Some(acts) = &packed {
-                let widen = |j: usize, cols: Range<usize>, dst: &mut [f32]| {
+                let widen = |j: usize, range: Range<usize>, dst: &mut [f32]| {
                     let ty = w.ggml_type();
-                    let offset = ty.row_bytes(cols.start as u64).expect("whole blocks") as usize;
-                    let len = ty.row_bytes(cols.len() as u64).expect("whole blocks") as usize;
+                    let offset = ty.row_bytes(range.start as u64).expect("whole blocks") as usize;
+                    let len = ty.row_bytes(range.len() as u64).expect("whole blocks") as usize;
                     let src = &w_row(block_first + j)[offset..][..len];
                     quant::dequantize_row(ty, src, dst).expect("type checked at load")
                 };
-                gemm::gemm(micro, n_block, acts, widen, &mut scratch, out_block);
+                // The micro-kernel's tiles come out weight row major, [n_block, rows].
+                let mut tile = std::mem::take(&mut scratch.out);
+                tile.resize(n_block * rows, 0.0);
+                gemm::gemm(micro, n_block, acts, widen, &mut scratch, &mut tile);
+                for r0 in (0..rows).step_by(TRANSPOSE_ROWS) {
+                    let n_r = TRANSPOSE_ROWS.min(rows - r0);
+                    for (j, column) in tile.chunks_exact(rows).enumerate() {
+                        for (i, &v) in column[r0..r0 + n_r].iter().enumerate() {
+                            cols.row(r0 + i)[b0 + j] = v;
+                        }
+                    }
+                }
+                scratch.out = tile;
             } else if let Some(gemm) = interleaved_gemm {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
-                    for (g, out_group) in out_block.chunks_exact_mut(DOT_ROWS * rows).enumerate() {
-                        let sums = gemm(group(block_first + g * DOT_ROWS), acts);
-                        for (i, out_j) in out_group.chunks_exact_mut(rows).enumerate() {
-                            for (n, sums) in sums.iter().enumerate() {
-                                out_j[r + n] = sums[i];
-                            }
+                    for g in (0..n_block).step_by(DOT_ROWS) {
+                        let sums = gemm(group(block_first + g), acts);
+                        for (n, sums) in sums.iter().enumerate() {
+                            cols.row(r + n)[b0 + g..][..DOT_ROWS].copy_from_slice(sums);
                         }
                     }
                 }
             } else if let Some(dot_tile) = kernel.dot_tile {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
-                    for (j, out_j) in out_block.chunks_exact_mut(rows).enumerate() {
-                        out_j[r..r + TILE_ROWS]
-                            .copy_from_slice(&dot_tile(w_row(block_first + j), acts));
+                    for j in 0..n_block {
+                        let sums = dot_tile(w_row(block_first + j), acts);
+                        for (n, &sum) in sums.iter().enumerate() {
+                            cols.row(r + n)[b0 + j] = sum;
+                        }
                     }
                 }
             }
@@ -156,51 +171,27 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             // a time where the path has a kernel for it, else one by one.
             for r in tiled_rows..rows {
                 let a = act_row(r);
+                let out_row = &mut cols.row(r)[b0..b0 + n_block];
                 let mut j = 0;
                 if let Some((how, _)) = interleaved {
-                    // Blocks and chunks are whole groups (see `chunk`).
-                    for (g, out_group) in out_block.chunks_exact_mut(DOT_ROWS * rows).enumerate() {
-                        let sums = (how.dot)(group(block_first + g * DOT_ROWS), a);
-                        for (i, sum) in sums.into_iter().enumerate() {
-                            out_group[i * rows + r] = sum;
-                        }
+                    // Blocks and column runs are whole groups (see `width`).
+                    for (g, out) in out_row.chunks_exact_mut(DOT_ROWS).enumerate() {
+                        out.copy_from_slice(&(how.dot)(group(block_first + g * DOT_ROWS), a));
                     }
                     continue;
                 }
                 if let Some(dot_rows) = kernel.dot_rows {
                     while j + DOT_ROWS <= n_block {
                         let sums = dot_rows(std::array::from_fn(|i| w_row(block_first + j + i)), a);
-                        for (i, sum) in sums.into_iter().enumerate() {
-                            out_block[(j + i) * rows + r] = sum;
-                        }
+                        out_row[j..j + DOT_ROWS].copy_from_slice(&sums);
                         j += DOT_ROWS;
                     }
                 }
-                for j in j..n_block {
-                    out_block[j * rows + r] = (kernel.dot)(w_row(block_first + j), a);
+                for (j, out) in out_row.iter_mut().enumerate().skip(j) {
+                    *out = (kernel.dot)(w_row(block_first + j), a);
                 }
             }
         }
     });
-
-    if rows == 1 {
-        return CpuTensor::new(out_t, 1, n_out);
-    }
-    // Back to [rows, n_out], a block of output rows per task: each reads a short contiguous
-    // run of every column of `out_t` (the scattered single-thread loop this replaces was 6% of
-    // the vision tower).
-    const TRANSPOSE_ROWS: usize = 16;
-    let mut out = vec![0f32; rows * n_out];
-    out.par_chunks_mut(TRANSPOSE_ROWS * n_out)
-        .enumerate()
-        .for_each(|(b, block)| {
-            let r0 = b * TRANSPOSE_ROWS;
-            let n_rows = block.len() / n_out;
-            for (j, col) in out_t.chunks_exact(rows).enumerate() {
-                for (i, &v) in col[r0..r0 + n_rows].iter().enumerate() {
-                    block[i * n_out + j] = v;
-                }
-            }
-        });
     CpuTensor::new(out, rows, n_out)
 }

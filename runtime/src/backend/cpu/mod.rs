@@ -1,7 +1,7 @@
 //! The CPU backend: eager, f32 activations, weights borrowed from the memory map.
 //!
-//! Scalar kernels for now; the SIMD kernels and a persistent thread pool slot in behind
-//! [`matmul`] and [`attention`] without touching the models.
+//! The kernels are the process's CPU path's (`quant::cpu_path`: scalar, AVX2, AVX-512 or
+//! NEON, chosen at run time); the work of each op is spread over the backend's own rayon pool.
 
 use std::sync::{Arc, OnceLock};
 
@@ -12,6 +12,7 @@ use crate::gguf::GgufFile;
 use crate::quant::{self, GgmlType};
 
 mod attention;
+mod columns;
 mod gemm;
 mod matmul;
 mod vector;
@@ -535,11 +536,4 @@ impl Backend for CpuBackend {
 /// Splits `0..n` into about `4 × threads` chunks, so uneven work still balances.
 fn chunk_len(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads() * 4).max(1)
-}
-
-/// Runs `f` over `out` in parallel chunks of `chunk` elements, passing each chunk's start.
-fn par_chunks(out: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    out.par_chunks_mut(chunk)
-        .enumerate()
-        .for_each(|(i, c)| f(i * chunk, c));
 }

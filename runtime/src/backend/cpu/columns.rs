@@ -1,0 +1,111 @@
+//! A row-major matrix written in parallel by blocks of whole columns.
+//!
+//! A matmul's workers each take a run of weight rows, that is a run of output columns, and
+//! write those columns of every activation row. With the output in its final `[rows, cols]`
+//! layout, a worker's part is not one contiguous slice, so `par_chunks_mut` cannot hand it
+//! out; [`par_column_blocks`] does, with the one `unsafe` step it takes: slices of rows of
+//! disjoint column ranges never overlap.
+
+use std::marker::PhantomData;
+
+use rayon::prelude::*;
+
+/// The columns `first..first + width` of a row-major `[rows, stride]` matrix, borrowed
+/// exclusively: [`ColumnBlock::row`] gives one row's part of it at a time.
+pub(super) struct ColumnBlock<'a> {
+    /// Element `(0, first)` of the matrix.
+    start: *mut f32,
+    stride: usize,
+    width: usize,
+    rows: usize,
+    _matrix: PhantomData<&'a mut [f32]>,
+}
+
+impl ColumnBlock<'_> {
+    /// How many columns the block has.
+    pub(super) fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Row `r`'s part of the block: `width` elements.
+    pub(super) fn row(&mut self, r: usize) -> &mut [f32] {
+        assert!(r < self.rows, "row {r} of a {}-row matrix", self.rows);
+        // SAFETY: `start + r·stride .. + width` lies inside the matrix (`r < rows` and the
+        // block's columns end at or before `stride`, checked in `par_column_blocks`). No other
+        // block's slices overlap it (their column ranges are disjoint from this one's), and
+        // `&mut self` keeps two slices of this block from being alive at once.
+        unsafe { std::slice::from_raw_parts_mut(self.start.add(r * self.stride), self.width) }
+    }
+}
+
+/// The matrix's base pointer, shared by the tasks of [`par_column_blocks`].
+struct Base(*mut f32);
+
+// SAFETY: the tasks only derive `ColumnBlock`s of disjoint columns from it (see `row`).
+unsafe impl Sync for Base {}
+
+impl Base {
+    /// A method, so that closures capture the whole `Base` (which is `Sync`), not its field.
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Runs `f(first column, block)` in parallel over `data`, a row-major `[rows, cols]` matrix,
+/// cut into blocks of `width` columns (the last may be narrower).
+pub(super) fn par_column_blocks(
+    data: &mut [f32],
+    rows: usize,
+    cols: usize,
+    width: usize,
+    f: impl Fn(usize, ColumnBlock<'_>) + Sync + Send,
+) {
+    assert_eq!(data.len(), rows * cols, "matrix shape");
+    assert!(width > 0, "empty column blocks");
+    let base = Base(data.as_mut_ptr());
+    (0..cols.div_ceil(width)).into_par_iter().for_each(|b| {
+        let first = b * width;
+        let block = ColumnBlock {
+            // In bounds, or one past the end when `rows` is 0 (then `row` is never valid).
+            start: base.get().wrapping_add(first),
+            stride: cols,
+            width: width.min(cols - first),
+            rows,
+            _matrix: PhantomData,
+        };
+        f(first, block);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_element_is_written_once_by_the_block_of_its_column() {
+        for (rows, cols, width) in [(5, 17, 4), (1, 8, 8), (3, 7, 10), (0, 6, 2), (4, 0, 3)] {
+            let mut data = vec![0f32; rows * cols];
+            par_column_blocks(&mut data, rows, cols, width, |first, mut block| {
+                assert!(block.width() <= width && first + block.width() <= cols);
+                for r in 0..rows {
+                    for (c, v) in block.row(r).iter_mut().enumerate() {
+                        *v += (r * 1000 + first + c) as f32;
+                    }
+                }
+            });
+            let expected: Vec<f32> = (0..rows)
+                .flat_map(|r| (0..cols).map(move |c| (r * 1000 + c) as f32))
+                .collect();
+            assert_eq!(data, expected, "{rows}×{cols} in blocks of {width}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "row 2 of a 2-row matrix")]
+    fn rows_past_the_end_are_refused() {
+        let mut data = vec![0f32; 6];
+        par_column_blocks(&mut data, 2, 3, 3, |_, mut block| {
+            block.row(2);
+        });
+    }
+}
