@@ -473,10 +473,10 @@ impl Backend for CpuBackend {
             (up.rows, up.cols),
             "silu_mul shapes"
         );
+        let swish = vector::vector_ops().swish;
         self.map_rows(gate, |r, row| {
-            for (g, &u) in row.iter_mut().zip(up.row(r)) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            swish(row, 1.0);
+            row.iter_mut().zip(up.row(r)).for_each(|(g, &u)| *g *= u);
         })
     }
 
@@ -494,7 +494,8 @@ impl Backend for CpuBackend {
     }
 
     fn quick_gelu(&self, x: &CpuTensor) -> CpuTensor {
-        self.map(x, |v| v / (1.0 + (-1.702 * v).exp()))
+        let swish = vector::vector_ops().swish;
+        self.map_rows(x, |_, row| swish(row, 1.702))
     }
 
     fn softmax(&self, x: &CpuTensor) -> CpuTensor {

@@ -28,6 +28,9 @@ pub(super) struct VectorOps {
     pub decode_head_f16: DecodeHeadFn<f16>,
     /// `p = softmax(scale · p)` in place (the max subtracted first).
     pub softmax: fn(&mut [f32], f32),
+    /// `x = x · sigmoid(β·x)` in place ("swish"): SiLU with β = 1, CLIP's quick GELU with
+    /// β = 1.702.
+    pub swish: fn(&mut [f32], f32),
 }
 
 /// `(q, keys, values, stride, n, scale, scores scratch (n long), out)`: keys and values of
@@ -56,6 +59,7 @@ fn portable() -> VectorOps {
         decode_head: decode_head_portable::<f32>,
         decode_head_f16: decode_head_portable::<f16>,
         softmax: softmax_portable,
+        swish: swish_portable,
     }
 }
 
@@ -68,6 +72,7 @@ fn avx2() -> Option<VectorOps> {
         decode_head: x86::decode_head::<f32>,
         decode_head_f16: x86::decode_head::<f16>,
         softmax: x86::softmax,
+        swish: x86::swish,
     })
 }
 
@@ -105,6 +110,10 @@ fn scores_portable(q: [&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, o
 fn softmax_portable(p: &mut [f32], scale: f32) {
     p.iter_mut().for_each(|s| *s *= scale);
     super::attention::softmax_in_place(p);
+}
+
+fn swish_portable(x: &mut [f32], beta: f32) {
+    x.iter_mut().for_each(|v| *v /= 1.0 + (-beta * *v).exp());
 }
 
 fn weighted_sum_portable(p: &[f32], v: &[f32], out: &mut [f32]) {
@@ -430,6 +439,35 @@ mod x86 {
         unsafe { softmax_avx2(p, scale) }
     }
 
+    pub(super) fn swish(x: &mut [f32], beta: f32) {
+        debug_check();
+        // SAFETY: as for `dot`.
+        unsafe { swish_avx2(x, beta) }
+    }
+
+    /// `x · sigmoid(β·x)` 8 lanes at a time, with [`exp`] (of `-|β·x|` only, its domain):
+    /// `sigmoid(z)` is `1 / (1 + t)` for `z >= 0` and `t / (1 + t)` below, `t = e^-|z|`.
+    /// NaN stays NaN and ±∞ give what the portable formula gives (∞ and NaN).
+    #[target_feature(enable = "avx2,fma")]
+    fn swish_avx2(x: &mut [f32], beta: f32) {
+        let (body, tail) = x.split_at_mut(x.len() / 8 * 8);
+        let (vbeta, one, sign) = (
+            _mm256_set1_ps(beta),
+            _mm256_set1_ps(1.0),
+            _mm256_set1_ps(-0.0),
+        );
+        for c in body.chunks_exact_mut(8) {
+            // SAFETY: `c` is 8 floats; unaligned loads and stores.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            let z = _mm256_mul_ps(v, vbeta);
+            let t = exp(_mm256_or_ps(z, sign));
+            let positive = _mm256_cmp_ps::<_CMP_GE_OQ>(z, _mm256_setzero_ps());
+            let sigmoid = _mm256_div_ps(_mm256_blendv_ps(t, one, positive), _mm256_add_ps(one, t));
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(v, sigmoid)) };
+        }
+        super::swish_portable(tail, beta);
+    }
+
     /// The portable softmax's steps, 8 lanes at a time, with [`exp`] in place of libm's.
     #[target_feature(enable = "avx2,fma")]
     fn softmax_avx2(p: &mut [f32], scale: f32) {
@@ -634,6 +672,37 @@ mod tests {
                         "n={n} spread={spread} j{j}: {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Every path's swish against f64 from the same f32 `β·x` (whose rounding `e^` would
+    /// magnify by `|β·x|` in any f32 code): within 4e-7 relative (a few ulp) plus 1e-35
+    /// absolute (the far negative side, where the result underflows), over the range where the
+    /// sigmoid saturates on both sides, and its special values.
+    #[test]
+    fn swish_matches_f64_on_every_available_path() {
+        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
+        let mut x: Vec<f32> = data(1003, 11).iter().map(|v| v * 120.0).collect();
+        x.extend([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 51.3, -51.3]);
+        for beta in [1.0f32, 1.702] {
+            let want: Vec<f64> = x
+                .iter()
+                .map(|&v| v as f64 / (1.0 + (-((beta * v) as f64)).exp()))
+                .collect();
+            for ops in &paths {
+                let mut got = x.clone();
+                (ops.swish)(&mut got, beta);
+                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g as f64 - w).abs() <= 4e-7 * w.abs() + 1e-35,
+                        "β={beta} x={}: {g} vs {w} (element {i})",
+                        x[i]
+                    );
+                }
+                let mut special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, 0.0, 0.0, 0.0, 0.0];
+                (ops.swish)(&mut special, beta);
+                assert!(special[0].is_nan() && special[1] == f32::INFINITY && special[2].is_nan());
             }
         }
     }
