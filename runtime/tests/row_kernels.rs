@@ -18,6 +18,7 @@
 use bytemuck::cast_slice_mut;
 use half::f16;
 use llava_runtime::quant::{
+    ActBlockSum,
     self, row_kernels, CpuPath, GgmlType, Interleaving, DOT_ROWS, TILE_ROWS,
 };
 
@@ -135,8 +136,17 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                 kinds.push((
                     "interleaved gemm",
                     Box::new(move |w: [&[u8]; DOT_ROWS], a: &[u8]| {
-                        let sums =
-                            (how.gemm)(bytemuck::cast_slice(&interleaved(&how, w)), [a; TILE_ROWS]);
+                        let act_type = kernels.act_type;
+                        let mut act_sums =
+                            vec![ActBlockSum::default(); a.len() / act_type.type_size()];
+                        quant::act_block_sums(act_type, a, &mut act_sums)
+                            .expect("interleaved kernels take Q8_0 or Q8_K");
+                        let group = interleaved(&how, w);
+                        let sums = (how.gemm)(
+                            bytemuck::cast_slice(&group),
+                            [a; TILE_ROWS],
+                            [&act_sums; TILE_ROWS],
+                        );
                         assert!(sums
                             .iter()
                             .all(|s| s.map(f32::to_bits) == sums[0].map(f32::to_bits)));

@@ -29,7 +29,7 @@ use half::{bf16, f16};
 
 use super::{
     BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8_0, GgmlType, VecDot,
+    BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, GgmlType, VecDot,
 };
 
 /// The environment variable that forces a [`CpuPath`].
@@ -258,8 +258,43 @@ pub const DOT_ROWS: usize = 8;
 pub type DotRowsFn = fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS];
 
 /// An [`Interleaving`]'s batch kernel: a group of [`DOT_ROWS`] interleaved weight rows against
-/// [`TILE_ROWS`] activation rows.
-pub type InterleavedGemmFn = fn(&[u8], [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS];
+/// [`TILE_ROWS`] activation rows, with each row's [`ActBlockSum`]s.
+pub type InterleavedGemmFn =
+    fn(&[u8], [&[u8]; TILE_ROWS], [&[ActBlockSum]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS];
+
+/// An activation block's scale as f32 and the sum of its quants: what a batch kernel would
+/// otherwise work out again for every group of weight rows it passes the block to (Q4_0's
+/// `-8` offset costs `8·sum`), so a matmul computes it once per call ([`act_block_sums`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ActBlockSum {
+    pub d: f32,
+    pub sum: i32,
+}
+
+/// The [`ActBlockSum`] of every block of a quantized activation row of type `ty`, into `out`
+/// (one per block); `None` for a type without block sums (only Q8_0 and Q8_K have them).
+pub fn act_block_sums(ty: GgmlType, row: &[u8], out: &mut [ActBlockSum]) -> Option<()> {
+    match ty {
+        GgmlType::Q8_0 => {
+            let blocks: &[BlockQ8_0] = cast_slice(row);
+            assert_eq!(blocks.len(), out.len(), "one sum per block");
+            for (out, b) in out.iter_mut().zip(blocks) {
+                let sum = b.qs.iter().map(|&q| i32::from(q)).sum();
+                *out = ActBlockSum { d: b.d.to_f32(), sum };
+            }
+        }
+        GgmlType::Q8K => {
+            let blocks: &[BlockQ8K] = cast_slice(row);
+            assert_eq!(blocks.len(), out.len(), "one sum per block");
+            for (out, b) in out.iter_mut().zip(blocks) {
+                let sum = b.bsums.iter().map(|&s| i32::from(s)).sum();
+                *out = ActBlockSum { d: b.d, sum };
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
 
 /// Weights a path multiplies faster once [`DOT_ROWS`] rows at a time are interleaved block by
 /// block (on x86, Q4_0 as `BlockQ4_0x8` and Q4_K as `BlockQ4Kx8`): how to build the
@@ -277,7 +312,7 @@ pub struct Interleaving {
     /// the order of the float additions.
     pub dot: fn(&[u8], &[u8]) -> [f32; DOT_ROWS],
     /// The same against [`TILE_ROWS`] activation rows at once (batches): `out[n][r]` is row
-    /// `r`'s dot with activation row `n`.
+    /// `r`'s dot with activation row `n`, given each activation row's [`act_block_sums`].
     pub gemm: InterleavedGemmFn,
 }
 
@@ -320,6 +355,7 @@ pub fn interleaving<X: InterleavedBlock>() -> Interleaving {
     fn gemm<X: InterleavedBlock>(
         group: &[u8],
         a: [&[u8]; TILE_ROWS],
+        _sums: [&[ActBlockSum]; TILE_ROWS],
     ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
         a.map(|a| dot::<X>(group, a))
     }

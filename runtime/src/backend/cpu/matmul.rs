@@ -82,6 +82,19 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     // micro-kernel once per call.
     // Interleaved weights have an integer GEMM of their own instead.
     let interleaved_gemm = interleaved.map(|(how, _)| how.gemm);
+    // The batch kernel's activation block sums, once per call (not per group of weight rows).
+    let n_blocks = k / kernel.act_type.block_size();
+    let mut block_sums = vec![quant::ActBlockSum::default(); x.rows * n_blocks];
+    if interleaved_gemm.is_some() && rows >= TILE_ROWS {
+        block_sums
+            .par_chunks_mut(n_blocks.max(1))
+            .enumerate()
+            .for_each(|(r, out)| {
+                quant::act_block_sums(kernel.act_type, act_row(r), out)
+                    .expect("interleaved kernels take Q8_0 or Q8_K activations");
+            });
+    }
+    let act_sums = |r: usize| &block_sums[r * n_blocks..][..n_blocks];
     let widen = kernel.widen_batches && rows >= WIDEN_MIN_ROWS && interleaved_gemm.is_none();
     let packed = widen.then(|| {
         PackedActs::pack(rows, k, |r, dst| {
@@ -149,8 +162,9 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             } else if let Some(gemm) = interleaved_gemm {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
+                    let act_sums = std::array::from_fn(|i| act_sums(r + i));
                     for g in (0..n_block).step_by(DOT_ROWS) {
-                        let sums = gemm(group(block_first + g), acts);
+                        let sums = gemm(group(block_first + g), acts, act_sums);
                         for (n, sums) in sums.iter().enumerate() {
                             cols.row(r + n)[b0 + g..][..DOT_ROWS].copy_from_slice(sums);
                         }

@@ -11,6 +11,7 @@ use std::arch::x86_64::*;
 use bytemuck::cast_ref;
 
 use super::{f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead, TILE_ROWS};
+use crate::quant::dispatch::ActBlockSum;
 use crate::quant::{
     assert_dot_len, BlockQ4K, BlockQ4Kx8, BlockQ5K, BlockQ6K, BlockQ6Kx8, BlockQ8K,
 };
@@ -462,6 +463,7 @@ fn q4_k_x8_factors(x: &BlockQ4Kx8, y: &BlockQ8K) -> (__m256, __m256) {
 pub(super) fn gemm_interleaved_q4_k_q8_k(
     w: &[BlockQ4Kx8],
     a: [&[BlockQ8K]; TILE_ROWS],
+    _sums: [&[ActBlockSum]; TILE_ROWS],
 ) -> [[f32; 8]; TILE_ROWS] {
     const { assert!(TILE_ROWS == 4) };
     a.iter()
@@ -625,6 +627,7 @@ fn q6_k_x8_factor(x: &BlockQ6Kx8, y: &BlockQ8K) -> __m256 {
 pub(super) fn gemm_interleaved_q6_k_q8_k(
     w: &[BlockQ6Kx8],
     a: [&[BlockQ8K]; TILE_ROWS],
+    _sums: [&[ActBlockSum]; TILE_ROWS],
 ) -> [[f32; 8]; TILE_ROWS] {
     const { assert!(TILE_ROWS == 4) };
     a.iter()

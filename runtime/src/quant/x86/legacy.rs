@@ -12,7 +12,7 @@ use std::arch::x86_64::*;
 use half::f16;
 
 use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead};
-use crate::quant::dispatch::{DOT_ROWS, TILE_ROWS};
+use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS};
 use crate::quant::{
     assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x8,
     BlockQ8_1,
@@ -254,18 +254,18 @@ pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [
 /// (prefill, the vision tower): `out[n][r]` is row `r`'s dot with activation row `n`.
 ///
 /// Each block's nibbles are unpacked once for the 4 activation rows; each row's integer sums
-/// are [`q4_0_rows_step`]'s. The 4 rows' `8·Σa` come from one joint horizontal sum.
+/// are [`q4_0_rows_step`]'s, with `8·Σa` and the activation scale taken from `sums` (the
+/// matmul's [`ActBlockSum`]s) instead of being worked out again for every group of rows.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn gemm_interleaved_q4_0_q8_0(
     w: &[BlockQ4_0x8],
     a: [&[BlockQ8_0]; TILE_ROWS],
+    sums: [&[ActBlockSum]; TILE_ROWS],
 ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
     const { assert!(DOT_ROWS == 8 && TILE_ROWS == 4) };
-    a.iter()
-        .for_each(|a| assert_eq!(w.len(), a.len(), "dot of rows of different lengths"));
+    check_tile(w.len(), a, sums);
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
-    let eights = _mm256_set1_epi8(8);
     let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
     for (i, x) in w.iter().enumerate() {
         let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
@@ -276,41 +276,42 @@ pub(super) fn gemm_interleaved_q4_0_q8_0(
             let lo = _mm256_and_si256(p, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
             for (pairs, y) in pairs.iter_mut().zip(ys) {
-                let q = &y.qs;
-                let dword = |e: usize| {
-                    i32::from_le_bytes([
-                        q[4 * e] as u8,
-                        q[4 * e + 1] as u8,
-                        q[4 * e + 2] as u8,
-                        q[4 * e + 3] as u8,
-                    ])
-                };
-                let (a_lo, a_hi) = (_mm256_set1_epi32(dword(t)), _mm256_set1_epi32(dword(4 + t)));
+                let (a_lo, a_hi) = (run(&y.qs, t), run(&y.qs, 4 + t));
                 *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
                 *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
             }
         }
-        // 8·Σa of activation row n in lanes n and n + 4: the 4 rows' lane sums, reduced
-        // together.
-        let b =
-            |n: usize| _mm256_madd_epi16(_mm256_maddubs_epi16(eights, load_32(&ys[n].qs)), ones);
-        let h = _mm256_hadd_epi32(_mm256_hadd_epi32(b(0), b(1)), _mm256_hadd_epi32(b(2), b(3)));
-        let bias = _mm256_add_epi32(h, _mm256_permute2x128_si256::<0x01>(h, h));
-        let bias = [
-            _mm256_shuffle_epi32::<0x00>(bias),
-            _mm256_shuffle_epi32::<0x55>(bias),
-            _mm256_shuffle_epi32::<0xaa>(bias),
-            _mm256_shuffle_epi32::<0xff>(bias),
-        ];
         // SAFETY: `d` is 16 bytes; an unaligned load.
         let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
         for n in 0..TILE_ROWS {
-            let sums = _mm256_sub_epi32(_mm256_madd_epi16(pairs[n], ones), bias[n]);
-            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(f16_to_f32(ys[n].d)));
-            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc[n]);
+            let s = sums[n][i];
+            let total = _mm256_sub_epi32(
+                _mm256_madd_epi16(pairs[n], ones),
+                _mm256_set1_epi32(8 * s.sum),
+            );
+            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(s.d));
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scales, acc[n]);
         }
     }
     [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
+}
+
+/// Activation quants `4e..4e + 4` in every dword.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn run(qs: &[i8; 32], e: usize) -> __m256i {
+    let q = &qs[4 * e..4 * e + 4];
+    _mm256_set1_epi32(i32::from_le_bytes([
+        q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
+    ]))
+}
+
+/// The lengths a batch kernel of interleaved blocks relies on.
+fn check_tile<A>(blocks: usize, a: [&[A]; TILE_ROWS], sums: [&[ActBlockSum]; TILE_ROWS]) {
+    for (a, sums) in a.iter().zip(sums) {
+        assert_eq!(a.len(), blocks, "dot of rows of different lengths");
+        assert_eq!(sums.len(), blocks, "one block sum per activation block");
+    }
 }
 
 /// Q8_0 · Q8_0 for the 8 rows of interleaved blocks (decode): per 4-byte run, one load holds
@@ -357,32 +358,30 @@ pub(super) fn dot_interleaved_q8_0_q8_0(w: &[BlockQ8_0x8], a: &[BlockQ8_0]) -> [
 pub(super) fn gemm_interleaved_q8_0_q8_0(
     w: &[BlockQ8_0x8],
     a: [&[BlockQ8_0]; TILE_ROWS],
+    sums: [&[ActBlockSum]; TILE_ROWS],
 ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
     const { assert!(DOT_ROWS == 8 && TILE_ROWS == 4) };
-    a.iter()
-        .for_each(|a| assert_eq!(w.len(), a.len(), "dot of rows of different lengths"));
+    check_tile(w.len(), a, sums);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
     for (i, x) in w.iter().enumerate() {
         let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
-        let mut sums = [_mm256_setzero_si256(); TILE_ROWS];
+        let mut totals = [_mm256_setzero_si256(); TILE_ROWS];
         for t in 0..8 {
             // SAFETY: `qs` is 256 bytes and `t < 8`; an unaligned 32-byte load.
             let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
             let magnitude = _mm256_sign_epi8(p, p);
-            for (sums, y) in sums.iter_mut().zip(ys) {
-                let q = &y.qs[4 * t..];
-                let run = i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
-                let signed = _mm256_sign_epi8(_mm256_set1_epi32(run), p);
+            for (total, y) in totals.iter_mut().zip(ys) {
+                let signed = _mm256_sign_epi8(run(&y.qs, t), p);
                 let pairs = _mm256_maddubs_epi16(magnitude, signed);
-                *sums = _mm256_add_epi32(*sums, _mm256_madd_epi16(pairs, ones));
+                *total = _mm256_add_epi32(*total, _mm256_madd_epi16(pairs, ones));
             }
         }
         // SAFETY: `d` is 16 bytes; an unaligned load.
         let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
         for n in 0..TILE_ROWS {
-            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(f16_to_f32(ys[n].d)));
-            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[n]), scales, acc[n]);
+            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(sums[n][i].d));
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totals[n]), scales, acc[n]);
         }
     }
     [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]

@@ -22,7 +22,7 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
 use super::dispatch::{
-    interleaving, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
+    interleaving, ActBlockSum, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
 };
 use super::{
     BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
@@ -188,9 +188,13 @@ macro_rules! safe_interleaved {
             unsafe { $dot_kernel(cast_slice(w), cast_slice(a)) }
         }
 
-        fn $gemm(w: &[u8], a: [&[u8]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+        fn $gemm(
+            w: &[u8],
+            a: [&[u8]; TILE_ROWS],
+            sums: [&[ActBlockSum]; TILE_ROWS],
+        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
             // SAFETY: as for the dot beside it.
-            unsafe { $gemm_kernel(cast_slice(w), a.map(cast_slice)) }
+            unsafe { $gemm_kernel(cast_slice(w), a.map(cast_slice), sums) }
         }
     };
 }
