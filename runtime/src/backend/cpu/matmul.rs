@@ -29,9 +29,6 @@ const INTERLEAVED_BLOCK_ROWS: usize = 8 * DOT_ROWS;
 /// The fewest activation rows that are widened (where the type widens at all): below it, the
 /// cost of widening a weight block is not shared by enough rows.
 const WIDEN_MIN_ROWS: usize = 4;
-/// Activation rows per pass when a widened block's outputs are transposed into place: 16
-/// rows of each of the block's columns are read as one 64-byte run.
-const TRANSPOSE_ROWS: usize = 16;
 
 /// How to multiply by weights of one type: the activation format, its quantizer, and the dot.
 pub(super) type Kernel = RowKernels;
@@ -150,12 +147,12 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                 let mut tile = std::mem::take(&mut scratch.out);
                 tile.resize(n_block * rows, 0.0);
                 gemm::gemm(micro, n_block, acts, widen, &mut scratch, &mut tile);
-                for r0 in (0..rows).step_by(TRANSPOSE_ROWS) {
-                    let n_r = TRANSPOSE_ROWS.min(rows - r0);
-                    for (j, column) in tile.chunks_exact(rows).enumerate() {
-                        for (i, &v) in column[r0..r0 + n_r].iter().enumerate() {
-                            cols.row(r0 + i)[b0 + j] = v;
-                        }
+                // Row by row: each row's reads (one value of each of the block's columns) are
+                // on the lines the previous row read, so all but one row in 16 read from L1.
+                for r in 0..rows {
+                    let out = &mut cols.row(r)[b0..b0 + n_block];
+                    for (o, column) in out.iter_mut().zip(tile.chunks_exact(rows)) {
+                        *o = column[r];
                     }
                 }
                 scratch.out = tile;
