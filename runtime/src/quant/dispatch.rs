@@ -297,7 +297,7 @@ pub fn act_block_sums(ty: GgmlType, row: &[u8], out: &mut [ActBlockSum]) -> Opti
 }
 
 /// Weights a path multiplies faster once [`DOT_ROWS`] rows at a time are interleaved block by
-/// block (on x86, Q4_0 as `BlockQ4_0x8` and Q4_K as `BlockQ4Kx8`): how to build the
+/// block (on x86, Q4_0, Q8_0, Q4_K and Q6_K as `BlockQ4_0x8`, `BlockQ8_0x8`, ...): how to build the
 /// interleaved copy, read a row back, and dot a group of rows. Group `g` holds rows
 /// `8g..8g + 8` and starts at `g · group_bytes(row bytes)`.
 #[derive(Clone, Copy)]
@@ -316,8 +316,8 @@ pub struct Interleaving {
     pub gemm: InterleavedGemmFn,
 }
 
-/// A block of [`DOT_ROWS`] interleaved rows of format `Row` (`BlockQ4_0x8`, `BlockQ4Kx8`,
-/// `BlockQ6Kx8`).
+/// A block of [`DOT_ROWS`] interleaved rows of format `Row` (`BlockQ4_0x8`, `BlockQ8_0x8`,
+/// `BlockQ4Kx8`, `BlockQ6Kx8`).
 pub trait InterleavedBlock: bytemuck::Pod {
     type Row: VecDot;
     /// Block `i` of each of the rows, interleaved.

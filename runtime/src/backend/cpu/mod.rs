@@ -53,8 +53,8 @@ pub struct CpuWeight {
     /// Whether matmul may replace the mapped data with an interleaved copy (see
     /// [`CpuWeight::interleaved`]).
     interleave: bool,
-    /// That copy, once made; shared by clones.
-    interleaved: Arc<OnceLock<Box<[u32]>>>,
+    /// That copy, once made (`None` if its memory could not be mapped); shared by clones.
+    interleaved: Arc<OnceLock<Option<memmap2::MmapMut>>>,
 }
 
 impl CpuWeight {
@@ -90,6 +90,11 @@ impl CpuWeight {
     /// rather than doubling it (DESIGN.md, decision 3; Q4_K's copy is 2.8% larger, its scales
     /// unpacked). Every interleaving of a type lays it out the same way, whichever path's
     /// kernels asked for it.
+    ///
+    /// The copy is an anonymous mapping of its own, not a heap allocation: a 7B model's
+    /// 25 MB tensors from malloc filled glibc's 64 MB arena heaps two at a time, beside the
+    /// activations, and the freed space around them stayed resident. If the mapping cannot
+    /// be made, the weight keeps its mapped layout.
     fn interleaved(&self, how: &quant::Interleaving) -> Option<&[u8]> {
         let group_rows = quant::DOT_ROWS;
         if !self.interleave || self.n_rows() == 0 || !self.n_rows().is_multiple_of(group_rows) {
@@ -102,8 +107,12 @@ impl CpuWeight {
             // Whole blocks with 2-byte fields: the u32 words keep the copy aligned for them.
             assert!(group_bytes.is_multiple_of(4), "groups of whole words");
             let n_groups = self.n_rows() / group_rows;
-            let mut copy = vec![0u32; n_groups * group_bytes / 4].into_boxed_slice();
-            let copy_bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut copy);
+            // Page-aligned, so aligned for every block struct.
+            let mut copy = memmap2::MmapOptions::new()
+                .len(n_groups * group_bytes)
+                .map_anon()
+                .ok()?;
+            let copy_bytes: &mut [u8] = &mut copy;
             // A few MB at a time, each part's mapped pages released as soon as it is copied:
             // resident memory never holds much of the tensor twice (the 107 MB output matrix
             // of TinyLlama raised the peak by its size when released at the end).
@@ -124,9 +133,9 @@ impl CpuWeight {
                     self.file
                         .release_tensor_pages(self.index, start..start + src.len());
                 });
-            copy
+            Some(copy)
         });
-        Some(bytemuck::cast_slice(copy))
+        copy.as_deref()
     }
 
     /// An F32 tensor as a slice (norm weights, biases).
