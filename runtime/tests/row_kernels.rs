@@ -18,8 +18,7 @@
 use bytemuck::cast_slice_mut;
 use half::f16;
 use llava_runtime::quant::{
-    ActBlockSum,
-    self, row_kernels, CpuPath, GgmlType, Interleaving, DOT_ROWS, TILE_ROWS,
+    self, row_kernels, ActBlockSum, CpuPath, GgmlType, Interleaving, DOT_ROWS, TILE_ROWS,
 };
 
 /// Elements of a quantized row, as f32.

@@ -280,7 +280,10 @@ pub fn act_block_sums(ty: GgmlType, row: &[u8], out: &mut [ActBlockSum]) -> Opti
             assert_eq!(blocks.len(), out.len(), "one sum per block");
             for (out, b) in out.iter_mut().zip(blocks) {
                 let sum = b.qs.iter().map(|&q| i32::from(q)).sum();
-                *out = ActBlockSum { d: b.d.to_f32(), sum };
+                *out = ActBlockSum {
+                    d: b.d.to_f32(),
+                    sum,
+                };
             }
         }
         GgmlType::Q8K => {

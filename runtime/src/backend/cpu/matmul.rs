@@ -13,8 +13,8 @@ use std::ops::Range;
 use bytemuck::{cast_slice, cast_slice_mut};
 use rayon::prelude::*;
 
-use super::gemm::{self, PackedActs, MICRO_W_ROWS};
 use super::columns::par_column_blocks;
+use super::gemm::{self, PackedActs, MICRO_W_ROWS};
 use super::{chunk_len, CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
 

@@ -14,8 +14,8 @@ use half::f16;
 use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead};
 use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS};
 use crate::quant::{
-    assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_0x8,
-    BlockQ8_1,
+    assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0,
+    BlockQ8_0x8, BlockQ8_1,
 };
 
 /// The 32 nibbles of a Q4_0/Q4_1/Q5_0/Q5_1 block as bytes 0..=15, in element order: byte `j`

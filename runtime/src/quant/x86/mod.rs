@@ -22,7 +22,8 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
 use super::dispatch::{
-    interleaving, ActBlockSum, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
+    interleaving, ActBlockSum, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS,
+    TILE_ROWS,
 };
 use super::{
     BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
