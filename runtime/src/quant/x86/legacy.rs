@@ -222,9 +222,24 @@ pub(super) fn dot_rows_q4_0_q8_0(w: [&[BlockQ4_0]; DOT_ROWS], a: &[BlockQ8_0]) -
     lanes(acc)
 }
 
+/// `step` folded over the blocks of `w` and `a` into two accumulators that alternate between
+/// blocks (one FMA chain would wait out its latency on every block), summed lane by lane.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn two_chains<X, Y>(w: &[X], a: &[Y], step: impl Fn(&X, &Y, __m256) -> __m256) -> [f32; 8] {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
+        acc0 = step(&x[0], &y[0], acc0);
+        acc1 = step(&x[1], &y[1], acc1);
+    }
+    if let (Some(x), Some(y), 1) = (w.last(), a.last(), w.len() % 2) {
+        acc0 = step(x, y, acc0);
+    }
+    lanes(_mm256_add_ps(acc0, acc1))
+}
+
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks: [`dot_rows_q4_0_q8_0`] reading the
 /// registers its transpose builds straight from memory, one contiguous stream for all the rows.
-/// Two accumulators alternate between blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
     const { assert!(DOT_ROWS == 8) };
@@ -238,16 +253,7 @@ pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [
         let d = unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) };
         q4_0_rows_step(packed, d, y, acc)
     };
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut pairs = w.chunks_exact(2).zip(a.chunks_exact(2));
-    for (x, y) in &mut pairs {
-        acc0 = step(&x[0], &y[0], acc0);
-        acc1 = step(&x[1], &y[1], acc1);
-    }
-    if w.len() % 2 == 1 {
-        acc0 = step(&w[w.len() - 1], &a[a.len() - 1], acc0);
-    }
-    lanes(_mm256_add_ps(acc0, acc1))
+    two_chains(w, a, step)
 }
 
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`TILE_ROWS`] activation rows
@@ -316,7 +322,7 @@ fn check_tile<A>(blocks: usize, a: [&[A]; TILE_ROWS], sums: [&[ActBlockSum]; TIL
 
 /// Q8_0 · Q8_0 for the 8 rows of interleaved blocks (decode): per 4-byte run, one load holds
 /// the run of every row, and one broadcast of the matching activation run serves all 8 rows
-/// through [`dot_i8_i8`]. Two accumulators alternate between blocks.
+/// through [`dot_i8_i8`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) fn dot_interleaved_q8_0_q8_0(w: &[BlockQ8_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
     const { assert!(DOT_ROWS == 8) };
@@ -335,16 +341,7 @@ pub(super) fn dot_interleaved_q8_0_q8_0(w: &[BlockQ8_0x8], a: &[BlockQ8_0]) -> [
         let scales = _mm256_mul_ps(d, _mm256_set1_ps(f16_to_f32(y.d)));
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc)
     };
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut pairs = w.chunks_exact(2).zip(a.chunks_exact(2));
-    for (x, y) in &mut pairs {
-        acc0 = step(&x[0], &y[0], acc0);
-        acc1 = step(&x[1], &y[1], acc1);
-    }
-    if w.len() % 2 == 1 {
-        acc0 = step(&w[w.len() - 1], &a[a.len() - 1], acc0);
-    }
-    lanes(_mm256_add_ps(acc0, acc1))
+    two_chains(w, a, step)
 }
 
 /// Q8_0 · Q8_0 for the 8 rows of interleaved blocks against [`TILE_ROWS`] activation rows
