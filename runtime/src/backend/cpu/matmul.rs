@@ -81,8 +81,9 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let interleaved_gemm = interleaved.map(|(how, _)| how.gemm);
     // The batch kernel's activation block sums, once per call (not per group of weight rows).
     let n_blocks = k / kernel.act_type.block_size();
-    let mut block_sums = vec![quant::ActBlockSum::default(); x.rows * n_blocks];
+    let mut block_sums = Vec::new();
     if interleaved_gemm.is_some() && rows >= TILE_ROWS {
+        block_sums = vec![quant::ActBlockSum::default(); rows * n_blocks];
         block_sums
             .par_chunks_mut(n_blocks.max(1))
             .enumerate()
