@@ -300,7 +300,7 @@ pub fn act_block_sums(ty: GgmlType, row: &[u8], out: &mut [ActBlockSum]) -> Opti
 }
 
 /// Weights a path multiplies faster once [`DOT_ROWS`] rows at a time are interleaved block by
-/// block (on x86, Q4_0, Q8_0, Q4_K and Q6_K as `BlockQ4_0x8`, `BlockQ8_0x8`, ...): how to build the
+/// block (on x86: Q4_0, Q8_0, Q4_K and Q6_K, see [`InterleavedBlock`]): how to build the
 /// interleaved copy, read a row back, and dot a group of rows. Group `g` holds rows
 /// `8g..8g + 8` and starts at `g · group_bytes(row bytes)`.
 #[derive(Clone, Copy)]

@@ -104,10 +104,10 @@ impl CpuWeight {
             let data = self.data();
             let row_bytes = data.len() / self.n_rows();
             let group_bytes = (how.group_bytes)(row_bytes);
-            // Whole blocks with 2-byte fields: the u32 words keep the copy aligned for them.
+            // The mapping is page-aligned; groups of whole words keep every group after the
+            // first aligned for the blocks' 2-byte fields too.
             assert!(group_bytes.is_multiple_of(4), "groups of whole words");
             let n_groups = self.n_rows() / group_rows;
-            // Page-aligned, so aligned for every block struct.
             let mut copy = memmap2::MmapOptions::new()
                 .len(n_groups * group_bytes)
                 .map_anon()
