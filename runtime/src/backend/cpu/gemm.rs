@@ -18,6 +18,8 @@
 
 use std::ops::Range;
 
+use bytemuck::{Pod, Zeroable};
+
 use crate::quant;
 
 /// Activation rows per packed panel: two 8-lane AVX2 vectors.
@@ -30,7 +32,7 @@ pub(super) const MICRO_W_ROWS: usize = 6;
 pub(super) const K_CHUNK: usize = 256;
 
 /// One column of a panel: the values of its [`PANEL_ROWS`] rows, on one cache line.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Pod, Zeroable)]
 #[repr(C, align(64))]
 pub(super) struct PanelColumn(pub [f32; PANEL_ROWS]);
 
@@ -188,6 +190,22 @@ pub(super) struct Scratch {
     pub(super) out: Vec<f32>,
 }
 
+/// Every micro-kernel this CPU can run, for tests.
+#[cfg(test)]
+pub(super) fn micro_kernels() -> Vec<MicroKernelFn> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    let mut kernels: Vec<MicroKernelFn> = vec![micro_kernel_portable];
+    #[cfg(target_arch = "x86_64")]
+    if quant::CpuPath::Avx2.is_available() {
+        kernels.push(x86::micro_kernel);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if quant::CpuPath::Avx512.is_available() {
+        kernels.push(x86::micro_kernel_avx512);
+    }
+    kernels
+}
+
 fn check_micro(w: &[WeightColumn], panel: &[PanelColumn], c: &[f32], ldc: usize) {
     assert_eq!(
         w.len(),
@@ -329,20 +347,6 @@ mod tests {
     use super::super::vector::test_data as data;
     use super::*;
 
-    fn kernels() -> Vec<MicroKernelFn> {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut kernels: Vec<MicroKernelFn> = vec![micro_kernel_portable];
-        #[cfg(target_arch = "x86_64")]
-        if quant::CpuPath::Avx2.is_available() {
-            kernels.push(x86::micro_kernel);
-        }
-        #[cfg(target_arch = "x86_64")]
-        if quant::CpuPath::Avx512.is_available() {
-            kernels.push(x86::micro_kernel_avx512);
-        }
-        kernels
-    }
-
     /// Every shape class: partial panels and weight groups, one and several column chunks
     /// (with a short last one), against f64 sums.
     #[test]
@@ -357,7 +361,7 @@ mod tests {
             let a = data(rows * k, 3);
             let w = data(n_block * k, 4);
             let acts = PackedActs::pack(rows, k, |r, dst| dst.copy_from_slice(&a[r * k..][..k]));
-            for micro in kernels() {
+            for micro in micro_kernels() {
                 let mut out = vec![f32::NAN; n_block * rows];
                 let widen = |j: usize, cols: Range<usize>, dst: &mut [f32]| {
                     dst.copy_from_slice(&w[j * k..][cols])

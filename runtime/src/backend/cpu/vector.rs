@@ -7,27 +7,23 @@
 
 use half::f16;
 
+use super::gemm::{PanelColumn, PANEL_ROWS};
 use crate::quant::{self, CpuPath};
 
 /// The primitives of one CPU path.
 #[derive(Clone, Copy)]
 pub(super) struct VectorOps {
-    /// Attention scores of [`SCORE_ROWS`] query rows against the first `n` keys of a
-    /// transposed key matrix: `out[r·n + j] = Σ_d q[r][d] · kt[d·n_kv + j]`, with `kt`
-    /// `[head_dim, n_kv]` (`head_dim` = the query length). Keys along the lanes: no
-    /// horizontal sums, and each key vector loaded serves all the rows.
-    pub scores: ScoresFn,
-    /// `out = Σ_j p[j] · v[j]` for value rows `v` `[p.len(), out.len()]`: the output stays in
-    /// registers while the values stream by.
-    pub weighted_sum: fn(&[f32], &[f32], &mut [f32]),
     /// Decode attention of one query head over `n` cached positions whose keys and values
     /// for this head start every `stride` elements: scores, softmax and weighted sum in one
     /// call, `out` = the head's output (`q.len()` wide). See [`DecodeHeadFn`].
     pub decode_head: DecodeHeadFn<f32>,
     /// [`VectorOps::decode_head`] over an f16 cache.
     pub decode_head_f16: DecodeHeadFn<f16>,
-    /// `p = softmax(scale · p)` in place (the max subtracted first).
-    pub softmax: fn(&mut [f32], f32),
+    /// A softmax down each lane of a panel of scores (`p[j].0[i]`: key `j`, query row `i`),
+    /// left unnormalized: `p[j][i] = e^(scale·(p[j][i] − max_j p[j][i]))`. Returns each
+    /// lane's `1 / Σ_j p[j][i]`. Masked scores are −∞ and come out 0; every lane needs one
+    /// finite score.
+    pub panel_softmax: fn(&mut [PanelColumn], f32) -> [f32; PANEL_ROWS],
     /// `x = x · sigmoid(β·x)` in place ("swish"): SiLU with β = 1, CLIP's quick GELU with
     /// β = 1.702.
     pub swish: fn(&mut [f32], f32),
@@ -36,12 +32,6 @@ pub(super) struct VectorOps {
 /// `(q, keys, values, stride, n, scale, scores scratch (n long), out)`: keys and values of
 /// position `j` at `[j·stride..][..q.len()]`.
 pub(super) type DecodeHeadFn<T> = fn(&[f32], &[T], &[T], usize, usize, f32, &mut [f32], &mut [f32]);
-
-/// Query rows [`VectorOps::scores`] takes at once.
-pub(super) const SCORE_ROWS: usize = 4;
-
-/// `(query rows, transposed keys, n_kv, n, out)`: see [`VectorOps::scores`].
-pub(super) type ScoresFn = fn([&[f32]; SCORE_ROWS], &[f32], usize, usize, &mut [f32]);
 
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
@@ -52,13 +42,17 @@ pub(super) fn vector_ops() -> VectorOps {
     }
 }
 
+/// The primitives of every path this CPU can run, for tests.
+#[cfg(test)]
+pub(super) fn all_vector_ops() -> Vec<VectorOps> {
+    std::iter::once(portable()).chain(avx2()).collect()
+}
+
 fn portable() -> VectorOps {
     VectorOps {
-        scores: scores_portable,
-        weighted_sum: weighted_sum_portable,
         decode_head: decode_head_portable::<f32>,
         decode_head_f16: decode_head_portable::<f16>,
-        softmax: softmax_portable,
+        panel_softmax: panel_softmax_portable,
         swish: swish_portable,
     }
 }
@@ -67,11 +61,9 @@ fn portable() -> VectorOps {
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> Option<VectorOps> {
     CpuPath::Avx2.is_available().then_some(VectorOps {
-        scores: x86::scores,
-        weighted_sum: x86::weighted_sum,
         decode_head: x86::decode_head::<f32>,
         decode_head_f16: x86::decode_head::<f16>,
-        softmax: x86::softmax,
+        panel_softmax: x86::panel_softmax,
         swish: x86::swish,
     })
 }
@@ -81,66 +73,59 @@ fn avx2() -> Option<VectorOps> {
     None
 }
 
-fn axpy_portable(y: &mut [f32], a: f32, x: &[f32]) {
-    assert_eq!(y.len(), x.len(), "axpy of different lengths");
-    y.iter_mut().zip(x).for_each(|(y, x)| *y += a * x);
-}
-
-fn check_scores(q: &[&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, out: &[f32]) {
-    let head_dim = q[0].len();
-    assert!(
-        q.iter().all(|q| q.len() == head_dim),
-        "query rows of one length"
-    );
-    assert_eq!(kt.len(), head_dim * n_kv, "transposed keys");
-    assert!(n <= n_kv, "more scores than keys");
-    assert_eq!(out.len(), SCORE_ROWS * n, "score rows");
-}
-
-fn scores_portable(q: [&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, out: &mut [f32]) {
-    check_scores(&q, kt, n_kv, n, out);
-    out.fill(0.0);
-    for (q, out) in q.iter().zip(out.chunks_exact_mut(n.max(1))) {
-        for (d, &qd) in q.iter().enumerate() {
-            axpy_portable(&mut out[..n], qd, &kt[d * n_kv..][..n]);
-        }
-    }
-}
-
+/// `p = softmax(scale · p)` in place (the max subtracted first), as the decode heads do it.
+#[cfg(test)]
 fn softmax_portable(p: &mut [f32], scale: f32) {
     p.iter_mut().for_each(|s| *s *= scale);
     super::attention::softmax_in_place(p);
+}
+
+fn panel_softmax_portable(p: &mut [PanelColumn], scale: f32) -> [f32; PANEL_ROWS] {
+    let mut max = [f32::NEG_INFINITY; PANEL_ROWS];
+    for column in p.iter() {
+        for (max, &s) in max.iter_mut().zip(&column.0) {
+            *max = max.max(s);
+        }
+    }
+    let mut sum = [0f32; PANEL_ROWS];
+    for column in p.iter_mut() {
+        for ((s, &max), sum) in column.0.iter_mut().zip(&max).zip(&mut sum) {
+            *s = ((*s - max) * scale).exp();
+            *sum += *s;
+        }
+    }
+    sum.map(|sum| 1.0 / sum)
 }
 
 fn swish_portable(x: &mut [f32], beta: f32) {
     x.iter_mut().for_each(|v| *v /= 1.0 + (-beta * *v).exp());
 }
 
-fn weighted_sum_portable(p: &[f32], v: &[f32], out: &mut [f32]) {
-    assert_eq!(v.len(), p.len() * out.len(), "value rows");
-    out.fill(0.0);
-    if out.is_empty() {
-        return;
-    }
-    for (&p, v) in p.iter().zip(v.chunks_exact(out.len())) {
-        axpy_portable(out, p, v);
-    }
-}
-
 /// A cache element, widened to f32.
 pub(super) trait CacheValue: Copy + Send + Sync + 'static {
     fn widen(self) -> f32;
+    /// `dst = src` widened, element by element (`half`'s SIMD conversion for f16).
+    fn widen_slice(src: &[Self], dst: &mut [f32]);
 }
 
 impl CacheValue for f32 {
     fn widen(self) -> f32 {
         self
     }
+
+    fn widen_slice(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
 }
 
 impl CacheValue for f16 {
     fn widen(self) -> f32 {
         self.to_f32()
+    }
+
+    fn widen_slice(src: &[f16], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
     }
 }
 
@@ -197,7 +182,7 @@ mod x86 {
 
     use half::f16;
 
-    use super::SCORE_ROWS;
+    use super::{PanelColumn, PANEL_ROWS};
     use crate::quant::CpuPath;
 
     /// Whether the AVX2 versions may run: `vector_ops` hands them out only on the AVX2 path,
@@ -205,123 +190,6 @@ mod x86 {
     /// builds.
     fn debug_check() {
         debug_assert!(CpuPath::Avx2.is_available());
-    }
-
-    pub(super) fn scores(
-        q: [&[f32]; SCORE_ROWS],
-        kt: &[f32],
-        n_kv: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
-        debug_check();
-        super::check_scores(&q, kt, n_kv, n, out);
-        // SAFETY: as for `dot`; the lengths are checked above.
-        unsafe { scores_avx2(q, kt, n_kv, n, out) }
-    }
-
-    pub(super) fn weighted_sum(p: &[f32], v: &[f32], out: &mut [f32]) {
-        debug_check();
-        assert_eq!(v.len(), p.len() * out.len(), "value rows");
-        // SAFETY: as for `dot`.
-        unsafe { weighted_sum_avx2(p, v, out) }
-    }
-
-    /// Keys per step of `scores_avx2`: 2 registers × 4 rows = 8 accumulators, 8 FMAs for 2
-    /// loads of keys and 4 broadcasts of query values.
-    const SCORE_KEYS: usize = 16;
-
-    #[target_feature(enable = "avx2,fma")]
-    fn scores_avx2(q: [&[f32]; SCORE_ROWS], kt: &[f32], n_kv: usize, n: usize, out: &mut [f32]) {
-        let head_dim = q[0].len();
-        let full = n / SCORE_KEYS * SCORE_KEYS;
-        for j in (0..full).step_by(SCORE_KEYS) {
-            let mut acc = [[_mm256_setzero_ps(); 2]; SCORE_ROWS];
-            for d in 0..head_dim {
-                let k = &kt[d * n_kv + j..][..SCORE_KEYS];
-                // SAFETY: `k` is 16 floats; `loadu` needs no alignment.
-                let (k0, k1) = unsafe {
-                    (
-                        _mm256_loadu_ps(k.as_ptr()),
-                        _mm256_loadu_ps(k.as_ptr().add(8)),
-                    )
-                };
-                for (acc, q) in acc.iter_mut().zip(&q) {
-                    let qd = _mm256_set1_ps(q[d]);
-                    acc[0] = _mm256_fmadd_ps(qd, k0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(qd, k1, acc[1]);
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                let o = &mut out[r * n + j..][..SCORE_KEYS];
-                // SAFETY: `o` is 16 floats; `storeu` needs no alignment.
-                unsafe {
-                    _mm256_storeu_ps(o.as_mut_ptr(), acc[0]);
-                    _mm256_storeu_ps(o.as_mut_ptr().add(8), acc[1]);
-                }
-            }
-        }
-        for (r, q) in q.iter().enumerate() {
-            for j in full..n {
-                out[r * n + j] = q
-                    .iter()
-                    .enumerate()
-                    .map(|(d, &qd)| qd * kt[d * n_kv + j])
-                    .sum();
-            }
-        }
-    }
-
-    /// Output lanes per pass of `weighted_sum_avx2`: 8 accumulators of 8 (64 dims, CLIP's
-    /// head size; LLaMA's 128 takes two passes over the same values, from L1/L2).
-    const SUM_LANES: usize = 64;
-
-    #[target_feature(enable = "avx2,fma")]
-    fn weighted_sum_avx2(p: &[f32], v: &[f32], out: &mut [f32]) {
-        let head_dim = out.len();
-        let mut d0 = 0;
-        while d0 + SUM_LANES <= head_dim {
-            weighted_sum_lanes::<8>(p, v, head_dim, d0, &mut out[d0..d0 + SUM_LANES]);
-            d0 += SUM_LANES;
-        }
-        while d0 + 8 <= head_dim {
-            weighted_sum_lanes::<1>(p, v, head_dim, d0, &mut out[d0..d0 + 8]);
-            d0 += 8;
-        }
-        for (d, o) in out.iter_mut().enumerate().skip(d0) {
-            *o = p
-                .iter()
-                .enumerate()
-                .map(|(j, &p)| p * v[j * head_dim + d])
-                .sum();
-        }
-    }
-
-    /// Dims `d0..d0 + 8·B` of the weighted sum, in `B` registers.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    fn weighted_sum_lanes<const B: usize>(
-        p: &[f32],
-        v: &[f32],
-        head_dim: usize,
-        d0: usize,
-        out: &mut [f32],
-    ) {
-        assert_eq!(out.len(), 8 * B);
-        let mut acc = [_mm256_setzero_ps(); B];
-        for (j, &pj) in p.iter().enumerate() {
-            let row = &v[j * head_dim + d0..][..8 * B];
-            let pb = _mm256_set1_ps(pj);
-            for (b, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: `row` holds 8·B floats; `loadu` needs no alignment.
-                let x = unsafe { _mm256_loadu_ps(row.as_ptr().add(8 * b)) };
-                *acc = _mm256_fmadd_ps(pb, x, *acc);
-            }
-        }
-        for (b, acc) in acc.iter().enumerate() {
-            // SAFETY: `out` holds 8·B floats.
-            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * b), *acc) };
-        }
     }
 
     /// Loading 8 cache values as f32.
@@ -433,10 +301,17 @@ mod x86 {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn softmax(p: &mut [f32], scale: f32) {
         debug_check();
         // SAFETY: as for `dot`.
         unsafe { softmax_avx2(p, scale) }
+    }
+
+    pub(super) fn panel_softmax(p: &mut [PanelColumn], scale: f32) -> [f32; PANEL_ROWS] {
+        debug_check();
+        // SAFETY: as for `dot`.
+        unsafe { panel_softmax_avx2(p, scale) }
     }
 
     pub(super) fn swish(x: &mut [f32], beta: f32) {
@@ -466,6 +341,41 @@ mod x86 {
             unsafe { _mm256_storeu_ps(c.as_mut_ptr(), _mm256_mul_ps(v, sigmoid)) };
         }
         super::swish_portable(tail, beta);
+    }
+
+    /// The portable panel softmax's steps, a panel column (16 lanes) as two vectors, with
+    /// [`exp`] in place of libm's: no horizontal step anywhere.
+    #[target_feature(enable = "avx2,fma")]
+    fn panel_softmax_avx2(p: &mut [PanelColumn], scale: f32) -> [f32; PANEL_ROWS] {
+        const { assert!(PANEL_ROWS == 16) };
+        let mut max = [_mm256_set1_ps(f32::NEG_INFINITY); 2];
+        for column in p.iter() {
+            for (h, max) in max.iter_mut().enumerate() {
+                // SAFETY: a panel column is 16 floats; `loadu` needs no alignment.
+                let s = unsafe { _mm256_loadu_ps(column.0.as_ptr().add(8 * h)) };
+                *max = _mm256_max_ps(*max, s);
+            }
+        }
+        let vs = _mm256_set1_ps(scale);
+        let mut sum = [_mm256_setzero_ps(); 2];
+        for column in p.iter_mut() {
+            for (h, (sum, &max)) in sum.iter_mut().zip(&max).enumerate() {
+                // SAFETY: as above.
+                unsafe {
+                    let at = column.0.as_mut_ptr().add(8 * h);
+                    let e = exp(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(at), max), vs));
+                    _mm256_storeu_ps(at, e);
+                    *sum = _mm256_add_ps(*sum, e);
+                }
+            }
+        }
+        let mut inv = [0f32; PANEL_ROWS];
+        for (h, &sum) in sum.iter().enumerate() {
+            let one = _mm256_set1_ps(1.0);
+            // SAFETY: `inv` holds 16 floats.
+            unsafe { _mm256_storeu_ps(inv.as_mut_ptr().add(8 * h), _mm256_div_ps(one, sum)) };
+        }
+        inv
     }
 
     /// The portable softmax's steps, 8 lanes at a time, with [`exp`] in place of libm's.
@@ -584,7 +494,7 @@ mod tests {
 
     #[test]
     fn decode_head_matches_f64_attention_on_every_available_path() {
-        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
+        let paths = all_vector_ops();
         for (d, stride, n) in [
             (128, 4096, 37),
             (64, 192, 5),
@@ -642,7 +552,12 @@ mod tests {
     /// more than 87 below the max, whose probability underflows.
     #[test]
     fn softmax_matches_f64_on_every_available_path() {
-        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut paths: Vec<fn(&mut [f32], f32)> = vec![softmax_portable];
+        #[cfg(target_arch = "x86_64")]
+        if CpuPath::Avx2.is_available() {
+            paths.push(x86::softmax);
+        }
         for (n, spread) in [
             (1, 1.0),
             (7, 3.0),
@@ -662,9 +577,9 @@ mod tests {
                 .map(|&s| ((s * scale) as f64 - max).exp())
                 .collect();
             let total: f64 = exps.iter().sum();
-            for ops in &paths {
+            for softmax in &paths {
                 let mut p = scores.clone();
-                (ops.softmax)(&mut p, scale);
+                softmax(&mut p, scale);
                 for (j, (&got, &e)) in p.iter().zip(&exps).enumerate() {
                     let want = e / total;
                     assert!(
@@ -682,7 +597,7 @@ mod tests {
     /// sigmoid saturates on both sides, and its special values.
     #[test]
     fn swish_matches_f64_on_every_available_path() {
-        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
+        let paths = all_vector_ops();
         let mut x: Vec<f32> = data(1003, 11).iter().map(|v| v * 120.0).collect();
         x.extend([0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 51.3, -51.3]);
         for beta in [1.0f32, 1.702] {
@@ -709,48 +624,46 @@ mod tests {
         }
     }
 
-    /// The batched attention primitives of every path against f64 sums.
+    /// Every path's panel softmax against f64, lane by lane, within the bound of the row
+    /// softmax test: scores over the full range of softmax's arguments, −∞ (masked) scores
+    /// that must come out 0, lanes of one key, and columns past the masked ones.
     #[test]
-    fn scores_and_weighted_sums_match_f64_on_every_available_path() {
-        let paths: Vec<VectorOps> = std::iter::once(portable()).chain(avx2()).collect();
-        for (head_dim, n_kv, n) in [
-            (16, 5, 5),
-            (64, 40, 33),
-            (128, 37, 16),
-            (72, 20, 0),
-            (3, 17, 17),
-        ] {
-            let q_data = data(SCORE_ROWS * head_dim, 3);
-            let q: [&[f32]; SCORE_ROWS] =
-                std::array::from_fn(|r| &q_data[r * head_dim..(r + 1) * head_dim]);
-            let kt = data(head_dim * n_kv, 4);
-            let p = data(n, 5);
-            let v = data(n * head_dim, 6);
-            for ops in &paths {
-                let mut out = vec![f32::NAN; SCORE_ROWS * n];
-                (ops.scores)(q, &kt, n_kv, n, &mut out);
-                for r in 0..SCORE_ROWS {
-                    for j in 0..n {
-                        let terms = (0..head_dim).map(|d| q[r][d] as f64 * kt[d * n_kv + j] as f64);
-                        let exact: f64 = terms.clone().sum();
-                        let norm: f64 = terms.map(f64::abs).sum();
-                        let got = out[r * n + j] as f64;
-                        assert!(
-                            (got - exact).abs() <= 1e-6 * norm,
-                            "{head_dim} {n}: r{r} j{j}"
-                        );
+    fn panel_softmax_matches_f64_on_every_available_path() {
+        let paths = all_vector_ops();
+        for (n, spread) in [(1, 1.0), (7, 3.0), (37, 20.0), (577, 60.0), (64, 2000.0)] {
+            let values = data(n * PANEL_ROWS, 21);
+            let mut scores: Vec<PanelColumn> = values
+                .chunks_exact(PANEL_ROWS)
+                .map(|c| PanelColumn(std::array::from_fn(|i| c[i] * spread)))
+                .collect();
+            // Lane i sees keys 0..n - i (at least one).
+            for (j, column) in scores.iter_mut().enumerate() {
+                for (i, s) in column.0.iter_mut().enumerate() {
+                    if j + i >= n && j > 0 {
+                        *s = f32::NEG_INFINITY;
                     }
                 }
-                let mut sum = vec![f32::NAN; head_dim];
-                (ops.weighted_sum)(&p, &v, &mut sum);
-                for (d, &got) in sum.iter().enumerate() {
-                    let terms = (0..n).map(|j| p[j] as f64 * v[j * head_dim + d] as f64);
-                    let exact: f64 = terms.clone().sum();
-                    let norm: f64 = terms.map(f64::abs).sum();
-                    assert!(
-                        (got as f64 - exact).abs() <= 1e-6 * norm,
-                        "{head_dim} {n}: d{d}"
-                    );
+            }
+            let scale = 0.125f32;
+            for ops in &paths {
+                let mut p = scores.clone();
+                let inv = (ops.panel_softmax)(&mut p, scale);
+                for (i, &inv) in inv.iter().enumerate() {
+                    let lane: Vec<f64> = scores.iter().map(|c| (c.0[i] * scale) as f64).collect();
+                    let max = lane.iter().cloned().fold(f64::MIN, f64::max);
+                    let exps: Vec<f64> = lane.iter().map(|&s| (s - max).exp()).collect();
+                    let total: f64 = exps.iter().sum();
+                    for (j, &e) in exps.iter().enumerate() {
+                        let got = (p[j].0[i] * inv) as f64;
+                        let want = e / total;
+                        assert!(
+                            (got - want).abs() <= 1e-6 * want + 1e-6 / total,
+                            "n={n} spread={spread} lane {i} key {j}: {got} vs {want}"
+                        );
+                        if lane[j] == f64::NEG_INFINITY {
+                            assert_eq!(p[j].0[i], 0.0, "masked score, lane {i} key {j}");
+                        }
+                    }
                 }
             }
         }
