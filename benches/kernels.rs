@@ -93,15 +93,26 @@ fn tensor_name(ty: GgmlType, (k, n): (usize, usize), copy: usize) -> String {
 
 /// One GGUF file holding the copies of a weight of every type and shape.
 fn weights_file(dir: &Path) -> Arc<GgufFile> {
+    let weights = TYPES.iter().flat_map(|&ty| {
+        SHAPES
+            .iter()
+            .map(move |&shape| (ty, shape, copies(ty, shape)))
+    });
+    write_weights(dir, weights)
+}
+
+/// A GGUF file holding `copies` copies of a `(k, n)` weight of each type listed.
+fn write_weights(
+    dir: &Path,
+    weights: impl Iterator<Item = (GgmlType, (usize, usize), usize)>,
+) -> Arc<GgufFile> {
     let path = dir.join("kernels.gguf");
     let mut w = GgufWriter::new();
-    for ty in TYPES {
-        for shape in SHAPES {
-            let dims = [shape.0 as u64, shape.1 as u64];
-            for copy in 0..copies(ty, shape) {
-                w.add_tensor(&tensor_name(ty, shape, copy), ty, &dims)
-                    .unwrap();
-            }
+    for (ty, shape, copies) in weights {
+        let dims = [shape.0 as u64, shape.1 as u64];
+        for copy in 0..copies {
+            w.add_tensor(&tensor_name(ty, shape, copy), ty, &dims)
+                .unwrap();
         }
     }
     let mut rows: Option<(GgmlType, usize, Vec<Vec<u8>>)> = None;
@@ -202,6 +213,44 @@ fn gemm(c: &mut Criterion) {
             quant::set_cpu_path(path).unwrap();
             let id = BenchmarkId::new(format!("{ty}/{}x{}x{GEMM_ROWS}", shape.0, shape.1), path);
             group.bench_function(id, |b| b.iter(|| backend.matmul(black_box(&x), &w)));
+        }
+    }
+    group.finish();
+}
+
+/// `gemm/clip/<type>/<k>x<n>x577/<path>`: the vision tower's matmuls (CLIP ViT-L/14-336: 577
+/// rows, width 1024, MLP 4096) with the mmproj types, F16 and Q8_0. One copy of each weight:
+/// in the tower too, each is read from memory once per matmul and then from cache.
+fn gemm_clip(c: &mut Criterion) {
+    const ROWS: usize = 577;
+    const CLIP_TYPES: [GgmlType; 2] = [GgmlType::F16, GgmlType::Q8_0];
+    const CLIP_SHAPES: [(usize, usize); 2] = [(1024, 4096), (4096, 1024)];
+    let dir = tempfile::tempdir().unwrap();
+    let weights = CLIP_TYPES
+        .iter()
+        .flat_map(|&ty| CLIP_SHAPES.iter().map(move |&shape| (ty, shape, 1)));
+    let file = write_weights(dir.path(), weights);
+    let backend = CpuBackend::new(bench_threads());
+    let mut group = c.benchmark_group("gemm/clip");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(3));
+    for ty in CLIP_TYPES {
+        for shape in CLIP_SHAPES {
+            let w = backend
+                .load_weight(&file, &tensor_name(ty, shape, 0))
+                .unwrap();
+            let x: Vec<f32> = (0..ROWS)
+                .flat_map(|r| random_row(100 + r as u64, shape.0))
+                .collect();
+            let x = backend.upload(x, ROWS, shape.0);
+            group.throughput(Throughput::Elements((shape.0 * shape.1 * ROWS) as u64));
+            for path in paths().into_iter().filter(|&p| p != CpuPath::Scalar) {
+                quant::set_cpu_path(path).unwrap();
+                let id = BenchmarkId::new(format!("{ty}/{}x{}x{ROWS}", shape.0, shape.1), path);
+                group.bench_function(id, |b| b.iter(|| backend.matmul(black_box(&x), &w)));
+            }
         }
     }
     group.finish();
@@ -356,5 +405,13 @@ fn dot_and_quantize(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, dot_and_quantize, memory, gemv, gemm, attention);
+criterion_group!(
+    benches,
+    dot_and_quantize,
+    memory,
+    gemv,
+    gemm,
+    gemm_clip,
+    attention
+);
 criterion_main!(benches);
