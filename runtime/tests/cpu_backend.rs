@@ -408,10 +408,12 @@ fn full_attention_sees_every_row() {
     assert_close(&got, &want, 1e-5, "attention");
 }
 
+/// Norms, bias and residual adds (the row-wise ops) against their definitions: 3 rows (done on
+/// the calling thread) and 700 (over 2^15 elements: done on the pool's workers).
 #[test]
-fn norms_match_their_definitions() {
+fn norms_and_adds_match_their_definitions() {
     let dir = tempfile::tempdir().unwrap();
-    let (rows, dim) = (3, 48);
+    let dim = 48;
     let (g, beta) = (random(dim, 7), random(dim, 8));
     let file = gguf(
         dir.path(),
@@ -420,31 +422,44 @@ fn norms_match_their_definitions() {
             ("beta", GgmlType::F32, vec![dim as u64], beta.clone()),
         ],
     );
-    let b = CpuBackend::new(1);
-    let (gw, bw) = (
-        b.load_weight(&file, "g").unwrap(),
-        b.load_weight(&file, "beta").unwrap(),
-    );
-    let data: Vec<f32> = random(rows * dim, 9)
-        .iter()
-        .map(|v| v * 3.0 + 0.5)
-        .collect();
-    let x = b.upload(data.clone(), rows, dim);
-    let rms = b.download(&b.rms_norm(&x, &gw, 1e-5));
-    let ln = b.download(&b.layer_norm(&x, &gw, &bw, 1e-5));
-    let (mut want_rms, mut want_ln) = (Vec::new(), Vec::new());
-    for row in data.chunks(dim) {
-        let row: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-        let ms = row.iter().map(|v| v * v).sum::<f64>() / dim as f64;
-        let mean = row.iter().sum::<f64>() / dim as f64;
-        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
-        for (i, v) in row.iter().enumerate() {
-            want_rms.push(v / (ms + 1e-5).sqrt() * g[i] as f64);
-            want_ln.push((v - mean) / (var + 1e-5).sqrt() * g[i] as f64 + beta[i] as f64);
+    for (rows, threads) in [(3, 1), (700, 2)] {
+        let b = CpuBackend::new(threads);
+        let (gw, bw) = (
+            b.load_weight(&file, "g").unwrap(),
+            b.load_weight(&file, "beta").unwrap(),
+        );
+        let data: Vec<f32> = random(rows * dim, 9)
+            .iter()
+            .map(|v| v * 3.0 + 0.5)
+            .collect();
+        let x = b.upload(data.clone(), rows, dim);
+        let rms = b.download(&b.rms_norm(&x, &gw, 1e-5));
+        let ln = b.download(&b.layer_norm(&x, &gw, &bw, 1e-5));
+        let (mut want_rms, mut want_ln) = (Vec::new(), Vec::new());
+        for row in data.chunks(dim) {
+            let row: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / dim as f64;
+            let mean = row.iter().sum::<f64>() / dim as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / dim as f64;
+            for (i, v) in row.iter().enumerate() {
+                want_rms.push(v / (ms + 1e-5).sqrt() * g[i] as f64);
+                want_ln.push((v - mean) / (var + 1e-5).sqrt() * g[i] as f64 + beta[i] as f64);
+            }
         }
+        assert_close(&rms, &want_rms, 1e-5, &format!("rms_norm, {rows} rows"));
+        assert_close(&ln, &want_ln, 1e-5, &format!("layer_norm, {rows} rows"));
+        // Exact: one f32 addition per element.
+        let other = random(rows * dim, 10);
+        let sum = b.download(&b.add(&x, &b.upload(other.clone(), rows, dim)));
+        let want: Vec<f32> = data.iter().zip(&other).map(|(a, b)| a + b).collect();
+        assert_eq!(sum, want, "add, {rows} rows");
+        let biased = b.download(&b.add_bias(&x, &bw));
+        let want: Vec<f32> = data
+            .chunks(dim)
+            .flat_map(|row| row.iter().zip(&beta).map(|(v, b)| v + b))
+            .collect();
+        assert_eq!(biased, want, "add_bias, {rows} rows");
     }
-    assert_close(&rms, &want_rms, 1e-5, "rms_norm");
-    assert_close(&ln, &want_ln, 1e-5, "layer_norm");
 }
 
 #[test]
