@@ -233,7 +233,7 @@ impl<B: Backend> Clip<B> {
         let cls = backend.get_rows(&self.class_embd, &[0]);
         let x = backend.concat_rows(&[&cls, &embedded]);
         let positions: Vec<u32> = (0..=side * side).map(|i| i as u32).collect();
-        let x = backend.add(&x, &backend.get_rows(&self.position_embd, &positions));
+        let x = backend.add(x, &backend.get_rows(&self.position_embd, &positions));
         let mut x = backend.layer_norm(&x, &self.pre_ln.0, &self.pre_ln.1, c.layer_norm_eps);
 
         let heads = Heads {
@@ -242,7 +242,7 @@ impl<B: Backend> Clip<B> {
             head_dim: c.hidden_size / c.n_heads,
         };
         let linear = |x: &B::Tensor, w: &(B::Weight, B::Weight)| {
-            backend.add_bias(&backend.matmul(x, &w.0), &w.1)
+            backend.add_bias(backend.matmul(x, &w.0), &w.1)
         };
         for b in &self.blocks {
             let n = backend.layer_norm(&x, &b.ln1.0, &b.ln1.1, c.layer_norm_eps);
@@ -252,15 +252,15 @@ impl<B: Backend> Clip<B> {
                 &linear(&n, &b.v),
                 heads,
             );
-            x = backend.add(&x, &linear(&a, &b.out));
+            x = backend.add(x, &linear(&a, &b.out));
             let n = backend.layer_norm(&x, &b.ln2.0, &b.ln2.1, c.layer_norm_eps);
             let hdn = linear(&n, &b.fc1);
             let hdn = if c.use_gelu {
-                backend.gelu(&hdn)
+                backend.gelu(hdn)
             } else {
-                backend.quick_gelu(&hdn)
+                backend.quick_gelu(hdn)
             };
-            x = backend.add(&x, &linear(&hdn, &b.fc2));
+            x = backend.add(x, &linear(&hdn, &b.fc2));
         }
         // Drop CLS: LLaVA uses the patch rows only.
         backend.slice_rows(&x, 1, side * side)

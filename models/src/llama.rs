@@ -259,11 +259,11 @@ impl<B: Backend> Llama<B> {
             let k = backend.rope(&backend.matmul(&n, &l.wk), &positions, c.n_kv_heads, c.rope);
             let v = backend.matmul(&n, &l.wv);
             let a = backend.attention_cached(&q, &k, &v, cache, i, start, c.heads());
-            x = backend.add(&x, &backend.matmul(&a, &l.wo));
+            x = backend.add(x, &backend.matmul(&a, &l.wo));
 
             let n = backend.rms_norm(&x, &l.ffn_norm, c.rms_eps);
-            let g = backend.silu_mul(&backend.matmul(&n, &l.w_gate), &backend.matmul(&n, &l.w_up));
-            x = backend.add(&x, &backend.matmul(&g, &l.w_down));
+            let g = backend.silu_mul(backend.matmul(&n, &l.w_gate), &backend.matmul(&n, &l.w_up));
+            x = backend.add(x, &backend.matmul(&g, &l.w_down));
         }
         if last_only && rows > 1 {
             x = backend.slice_rows(&x, rows - 1, 1);

@@ -66,11 +66,11 @@ impl<B: Backend> Projector<B> {
 
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> B::Tensor {
         let linear = |x: &B::Tensor, w: &(B::Weight, B::Weight)| {
-            backend.add_bias(&backend.matmul(x, &w.0), &w.1)
+            backend.add_bias(backend.matmul(x, &w.0), &w.1)
         };
         match self {
             Projector::Linear { w0, .. } => linear(x, w0),
-            Projector::Mlp2xGelu { w0, w2, .. } => linear(&backend.gelu(&linear(x, w0)), w2),
+            Projector::Mlp2xGelu { w0, w2, .. } => linear(&backend.gelu(linear(x, w0)), w2),
         }
     }
 }

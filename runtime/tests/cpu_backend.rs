@@ -450,10 +450,10 @@ fn norms_and_adds_match_their_definitions() {
         assert_close(&ln, &want_ln, 1e-5, &format!("layer_norm, {rows} rows"));
         // Exact: one f32 addition per element.
         let other = random(rows * dim, 10);
-        let sum = b.download(&b.add(&x, &b.upload(other.clone(), rows, dim)));
+        let sum = b.download(&b.add(x.clone(), &b.upload(other.clone(), rows, dim)));
         let want: Vec<f32> = data.iter().zip(&other).map(|(a, b)| a + b).collect();
         assert_eq!(sum, want, "add, {rows} rows");
-        let biased = b.download(&b.add_bias(&x, &bw));
+        let biased = b.download(&b.add_bias(x.clone(), &bw));
         let want: Vec<f32> = data
             .chunks(dim)
             .flat_map(|row| row.iter().zip(&beta).map(|(v, b)| v + b))
@@ -478,7 +478,7 @@ fn activations_match_published_values() {
         0.9772498680518208,
     ];
     let gelu: Vec<f64> = xs.iter().zip(phi).map(|(&x, p)| x as f64 * p).collect();
-    assert_close(&b.download(&b.gelu(&x)), &gelu, 1e-6, "gelu");
+    assert_close(&b.download(&b.gelu(x.clone())), &gelu, 1e-6, "gelu");
     let tanh: Vec<f64> = xs
         .iter()
         .map(|&x| {
@@ -487,18 +487,33 @@ fn activations_match_published_values() {
                 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
         })
         .collect();
-    assert_close(&b.download(&b.gelu_tanh(&x)), &tanh, 1e-6, "gelu_tanh");
+    assert_close(
+        &b.download(&b.gelu_tanh(x.clone())),
+        &tanh,
+        1e-6,
+        "gelu_tanh",
+    );
     let quick: Vec<f64> = xs
         .iter()
         .map(|&x| x as f64 / (1.0 + (-1.702 * x as f64).exp()))
         .collect();
-    assert_close(&b.download(&b.quick_gelu(&x)), &quick, 1e-6, "quick_gelu");
+    assert_close(
+        &b.download(&b.quick_gelu(x.clone())),
+        &quick,
+        1e-6,
+        "quick_gelu",
+    );
     let up = b.upload(vec![2.0; xs.len()], 1, xs.len());
     let silu: Vec<f64> = xs
         .iter()
         .map(|&x| 2.0 * x as f64 / (1.0 + (-x as f64).exp()))
         .collect();
-    assert_close(&b.download(&b.silu_mul(&x, &up)), &silu, 1e-6, "silu_mul");
+    assert_close(
+        &b.download(&b.silu_mul(x.clone(), &up)),
+        &silu,
+        1e-6,
+        "silu_mul",
+    );
     let soft = b.download(&b.softmax(&x));
     let e: Vec<f64> = xs.iter().map(|&x| (x as f64).exp()).collect();
     let s: f64 = e.iter().sum();

@@ -109,10 +109,12 @@ pub trait Backend: Sync {
     fn get_rows(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;
     /// `x · wᵀ`: `x` is `[rows, in]`, `w` is `[in, out]` in ggml order; the result `[rows, out]`.
     fn matmul(&self, x: &Self::Tensor, w: &Self::Weight) -> Self::Tensor;
-    /// `a + b`, elementwise, same shapes.
-    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
-    /// Adds a bias vector `[cols]` to every row.
-    fn add_bias(&self, x: &Self::Tensor, bias: &Self::Weight) -> Self::Tensor;
+    /// `a + b`, elementwise, same shapes. `a` is consumed: a backend may write the result over
+    /// it (the elementwise ops below take their first operand the same way, since it is
+    /// almost always dead after the op: no copy, and one tensor less alive at once).
+    fn add(&self, a: Self::Tensor, b: &Self::Tensor) -> Self::Tensor;
+    /// Adds a bias vector `[cols]` to every row (consuming `x`).
+    fn add_bias(&self, x: Self::Tensor, bias: &Self::Weight) -> Self::Tensor;
     /// Root-mean-square norm of each row, times `weight`.
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Weight, eps: f32) -> Self::Tensor;
     /// Layer norm of each row, times `weight`, plus `bias`.
@@ -126,14 +128,14 @@ pub trait Backend: Sync {
     /// Rotates each head of each row; row `r` is at position `positions[r]`.
     fn rope(&self, x: &Self::Tensor, positions: &[u32], n_heads: usize, rope: Rope)
         -> Self::Tensor;
-    /// `silu(gate) · up`.
-    fn silu_mul(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
-    /// GELU, exact (erf) form, as PyTorch's `nn.GELU()`.
-    fn gelu(&self, x: &Self::Tensor) -> Self::Tensor;
-    /// GELU, tanh approximation.
-    fn gelu_tanh(&self, x: &Self::Tensor) -> Self::Tensor;
-    /// `x · sigmoid(1.702 x)`, CLIP's activation.
-    fn quick_gelu(&self, x: &Self::Tensor) -> Self::Tensor;
+    /// `silu(gate) · up` (consuming `gate`).
+    fn silu_mul(&self, gate: Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
+    /// GELU, exact (erf) form, as PyTorch's `nn.GELU()` (consuming `x`).
+    fn gelu(&self, x: Self::Tensor) -> Self::Tensor;
+    /// GELU, tanh approximation (consuming `x`).
+    fn gelu_tanh(&self, x: Self::Tensor) -> Self::Tensor;
+    /// `x · sigmoid(1.702 x)`, CLIP's activation (consuming `x`).
+    fn quick_gelu(&self, x: Self::Tensor) -> Self::Tensor;
     /// Softmax of each row.
     fn softmax(&self, x: &Self::Tensor) -> Self::Tensor;
 

@@ -221,21 +221,31 @@ impl CpuBackend {
     /// the tensor is big enough to pay for the fork (a prefill or the vision tower; the GELU
     /// of CLIP-L's 577 × 4096 activations took 1–2 s on one thread), else on this one.
     fn map_rows(&self, x: &CpuTensor, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> CpuTensor {
+        self.map_rows_in_place(x.clone(), f)
+    }
+
+    /// [`Self::map_rows`] over `x` itself, for the ops that consume their input.
+    fn map_rows_in_place(
+        &self,
+        x: CpuTensor,
+        f: impl Fn(usize, &mut [f32]) + Sync + Send,
+    ) -> CpuTensor {
         /// Below this, a decode step's rows: the fork costs more than it saves.
         const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
-        let mut out = x.clone();
-        if x.cols == 0 {
+        let mut out = x;
+        if out.cols == 0 {
             return out;
         }
-        if x.data.len() < PARALLEL_MIN_ELEMENTS {
+        let cols = out.cols;
+        if out.data.len() < PARALLEL_MIN_ELEMENTS {
             out.data
-                .chunks_exact_mut(x.cols)
+                .chunks_exact_mut(cols)
                 .enumerate()
                 .for_each(|(r, row)| f(r, row));
         } else {
             self.pool.install(|| {
                 out.data
-                    .par_chunks_mut(x.cols)
+                    .par_chunks_mut(cols)
                     .enumerate()
                     .for_each(|(r, row)| f(r, row))
             });
@@ -243,9 +253,9 @@ impl CpuBackend {
         out
     }
 
-    /// `f` applied to every element, as [`Self::map_rows`].
-    fn map(&self, x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync + Send) -> CpuTensor {
-        self.map_rows(x, |_, row| row.iter_mut().for_each(|v| *v = f(*v)))
+    /// `f` applied to every element of `x`, as [`Self::map_rows_in_place`].
+    fn map_in_place(&self, x: CpuTensor, f: impl Fn(f32) -> f32 + Sync + Send) -> CpuTensor {
+        self.map_rows_in_place(x, |_, row| row.iter_mut().for_each(|v| *v = f(*v)))
     }
 }
 
@@ -399,21 +409,21 @@ impl Backend for CpuBackend {
         self.pool.install(|| matmul::matmul(x, w))
     }
 
-    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> CpuTensor {
+    fn add(&self, a: CpuTensor, b: &CpuTensor) -> CpuTensor {
         assert_eq!(
             (a.rows, a.cols),
             (b.rows, b.cols),
             "add of different shapes"
         );
-        self.map_rows(a, |r, row| {
+        self.map_rows_in_place(a, |r, row| {
             row.iter_mut().zip(b.row(r)).for_each(|(x, y)| *x += y)
         })
     }
 
-    fn add_bias(&self, x: &CpuTensor, bias: &CpuWeight) -> CpuTensor {
+    fn add_bias(&self, x: CpuTensor, bias: &CpuWeight) -> CpuTensor {
         let b = bias.f32s();
         assert_eq!(b.len(), x.cols, "bias length");
-        self.map_rows(x, |_, row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b))
+        self.map_rows_in_place(x, |_, row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b))
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuWeight, eps: f32) -> CpuTensor {
@@ -476,35 +486,35 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn silu_mul(&self, gate: &CpuTensor, up: &CpuTensor) -> CpuTensor {
+    fn silu_mul(&self, gate: CpuTensor, up: &CpuTensor) -> CpuTensor {
         assert_eq!(
             (gate.rows, gate.cols),
             (up.rows, up.cols),
             "silu_mul shapes"
         );
         let swish = vector::vector_ops().swish;
-        self.map_rows(gate, |r, row| {
+        self.map_rows_in_place(gate, |r, row| {
             swish(row, 1.0);
             row.iter_mut().zip(up.row(r)).for_each(|(g, &u)| *g *= u);
         })
     }
 
-    fn gelu(&self, x: &CpuTensor) -> CpuTensor {
-        self.map(x, |v| {
+    fn gelu(&self, x: CpuTensor) -> CpuTensor {
+        self.map_in_place(x, |v| {
             0.5 * v * (1.0 + libm::erff(v * std::f32::consts::FRAC_1_SQRT_2))
         })
     }
 
-    fn gelu_tanh(&self, x: &CpuTensor) -> CpuTensor {
+    fn gelu_tanh(&self, x: CpuTensor) -> CpuTensor {
         const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-        self.map(x, |v| {
+        self.map_in_place(x, |v| {
             0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)).tanh())
         })
     }
 
-    fn quick_gelu(&self, x: &CpuTensor) -> CpuTensor {
+    fn quick_gelu(&self, x: CpuTensor) -> CpuTensor {
         let swish = vector::vector_ops().swish;
-        self.map_rows(x, |_, row| swish(row, 1.702))
+        self.map_rows_in_place(x, |_, row| swish(row, 1.702))
     }
 
     fn softmax(&self, x: &CpuTensor) -> CpuTensor {
