@@ -359,13 +359,135 @@ mod tests {
     }
 }
 
-/// The 8 rows' scales of sub-block `j` of interleaved Q4_K, each in both i16 halves of its
-/// row's dword: `pmaddwd` with a row's i16 pair sums then scales and adds them in one step.
+/// The scales and mins of an interleaved Q4_K super-block's 8 rows, unpacked to bytes, in
+/// registers. The decode dot reads them from there: stored and reloaded, they cost it 5–15%
+/// (the 8-byte loads come right after the 32-byte stores and cannot take their data from
+/// them). The batch kernel stores them ([`Q4KScaleBytes`]): it has no registers to spare.
+struct Q4KScales {
+    /// Byte `8j + r` of `scales[j / 4]`, `j % 4` counted: sub-block `j`'s scale in row `r`.
+    scales: [__m256i; 2],
+    /// Byte `2r + h` of 128-bit lane `p % 2` of `mins[p / 2]`: sub-block `2p + h`'s min in row
+    /// `r` (pairs, for `pmaddwd`).
+    mins: [__m256i; 2],
+}
+
+/// Unpacks the 6-bit scales and mins of all 8 rows at once, as `scale_min_k4` does for one:
+/// with `q` a row's 12 bytes, sub-block `j < 4` has scale `q[j] & 63` and min `q[j+4] & 63`;
+/// `j >= 4` takes its low 4 bits from `q[j+4]` (scale: low nibble, min: high nibble) and its
+/// top 2 from the top of `q[j-4]` (scale) or `q[j]` (min). Bytes `0..4`, `4..8` and `8..12` of
+/// the 8 rows are one 32-byte load each, so each step here serves 32 fields.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4_k_x8_scales(x: &BlockQ4Kx8, j: usize) -> __m256i {
-    // SAFETY: `scales[j]` is 8 bytes; an unaligned 8-byte load.
-    let s = _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64(x.scales[j].as_ptr().cast()) });
+fn q4_k_x8_unpack(x: &BlockQ4Kx8) -> Q4KScales {
+    let bytes = cast_ref::<[[u8; 8]; 12], [[u8; 32]; 3]>(&x.scales);
+    let (a, b, c) = (load_32(&bytes[0]), load_32(&bytes[1]), load_32(&bytes[2]));
+    let (six_bits, low_nibble) = (_mm256_set1_epi8(0x3f), _mm256_set1_epi8(0x0f));
+    // Bits 7..6 of each byte moved to bits 5..4 (a 16-bit shift; the bits it carries across
+    // bytes are masked off).
+    let top_two = |v: __m256i| _mm256_and_si256(_mm256_srli_epi16::<2>(v), _mm256_set1_epi8(0x30));
+    let scales_lo = _mm256_and_si256(a, six_bits);
+    let mins_lo = _mm256_and_si256(b, six_bits);
+    let scales_hi = _mm256_or_si256(_mm256_and_si256(c, low_nibble), top_two(a));
+    let mins_hi = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi16::<4>(c), low_nibble),
+        top_two(b),
+    );
+    // Each 128-bit lane holds sub-blocks (2p, 2p + 1): interleaved, they are the row pairs.
+    let pairs = |m: __m256i| _mm256_unpacklo_epi8(m, _mm256_srli_si256::<8>(m));
+    Q4KScales {
+        scales: [scales_lo, scales_hi],
+        mins: [pairs(mins_lo), pairs(mins_hi)],
+    }
+}
+
+/// [`Q4KScales`] in memory, for the batch kernel.
+#[repr(C)]
+struct Q4KScaleBytes {
+    /// `scales[j][r]`: sub-block `j`'s scale in row `r`.
+    scales: [[u8; 8]; 8],
+    /// `mins[p][2r + h]`: sub-block `2p + h`'s min in row `r`.
+    mins: [[u8; 16]; 4],
+}
+
+impl Q4KScales {
+    /// The scales of sub-block `j`, row `r` in byte `r`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn of(&self, j: usize) -> __m128i {
+        let lane = lane_128(self.scales[j / 4], j / 2 % 2);
+        if j.is_multiple_of(2) {
+            lane
+        } else {
+            _mm_unpackhi_epi64(lane, lane)
+        }
+    }
+
+    /// The min pairs of sub-blocks `(2p, 2p + 1)`, for `p` in `0..4`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn min_pairs(&self) -> [__m128i; 4] {
+        let [m0, m1] = self.mins;
+        [
+            lane_128(m0, 0),
+            lane_128(m0, 1),
+            lane_128(m1, 0),
+            lane_128(m1, 1),
+        ]
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn to_bytes(&self) -> Q4KScaleBytes {
+        let mut out = Q4KScaleBytes {
+            scales: [[0; 8]; 8],
+            mins: [[0; 16]; 4],
+        };
+        let scales: &mut [[u8; 32]; 2] = bytemuck::cast_mut(&mut out.scales);
+        let mins: &mut [[u8; 32]; 2] = bytemuck::cast_mut(&mut out.mins);
+        let all = self.scales.iter().chain(&self.mins);
+        for (dst, &v) in scales.iter_mut().chain(mins.iter_mut()).zip(all) {
+            // SAFETY: `dst` is 32 bytes; `storeu` needs no alignment.
+            unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), v) };
+        }
+        out
+    }
+}
+
+impl Q4KScaleBytes {
+    /// [`Q4KScales::of`], from memory.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn of(&self, j: usize) -> __m128i {
+        // SAFETY: `scales[j]` is 8 bytes; an unaligned 8-byte load.
+        unsafe { _mm_loadl_epi64(self.scales[j].as_ptr().cast()) }
+    }
+
+    /// [`Q4KScales::min_pairs`], from memory.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn min_pairs(&self) -> [__m128i; 4] {
+        self.mins.each_ref().map(|m| load_16(m))
+    }
+}
+
+/// 128-bit lane `i` (0 or 1) of `v`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn lane_128(v: __m256i, i: usize) -> __m128i {
+    if i == 0 {
+        _mm256_castsi256_si128(v)
+    } else {
+        _mm256_extracti128_si256::<1>(v)
+    }
+}
+
+/// The 8 rows' scales of a sub-block (`bytes`, row `r` in byte `r`), each in both i16 halves
+/// of its row's dword: `pmaddwd` with a row's i16 pair sums then scales and adds them in one
+/// step.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn q4_k_x8_scales(bytes: __m128i) -> __m256i {
+    let s = _mm256_cvtepu8_epi32(bytes);
     _mm256_or_si256(s, _mm256_slli_epi32::<16>(s))
 }
 
@@ -373,14 +495,14 @@ fn q4_k_x8_scales(x: &BlockQ4Kx8, j: usize) -> __m256i {
 /// `pmaddwd` of the min pairs with the pairs of sub-block sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4_k_x8_min_sums(x: &BlockQ4Kx8, y: &BlockQ8K) -> __m256i {
+fn q4_k_x8_min_sums(min_pairs: [__m128i; 4], y: &BlockQ8K) -> __m256i {
     // Sub-block sums B_j = bsums[2j] + bsums[2j + 1] (|B_j| <= 32·127, an i16): dword p of
     // `sums` is the pair (B_2p, B_2p+1).
     let b = load_32(cast_ref::<_, [u8; 32]>(&y.bsums));
     let sums = _mm_hadd_epi16(_mm256_castsi256_si128(b), _mm256_extracti128_si256::<1>(b));
     let mut acc = _mm256_setzero_si256();
-    for (p, mins) in x.mins.iter().enumerate() {
-        let m = _mm256_cvtepu8_epi16(load_16(mins));
+    for (p, &pair_mins) in min_pairs.iter().enumerate() {
+        let m = _mm256_cvtepu8_epi16(pair_mins);
         let pair = _mm256_set1_epi32(match p {
             0 => _mm_extract_epi32::<0>(sums),
             1 => _mm_extract_epi32::<1>(sums),
@@ -416,6 +538,7 @@ pub(super) fn dot_interleaved_q4_k_q8_k(w: &[BlockQ4Kx8], a: &[BlockQ8K]) -> [f3
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
         prefetch_ahead(x);
+        let unpacked = q4_k_x8_unpack(x);
         let mut sumi = _mm256_setzero_si256();
         for (g, qs) in x.qs.iter().enumerate() {
             let (mut lo_pairs, mut hi_pairs) = (_mm256_setzero_si256(), _mm256_setzero_si256());
@@ -427,13 +550,14 @@ pub(super) fn dot_interleaved_q4_k_q8_k(w: &[BlockQ4Kx8], a: &[BlockQ8K]) -> [f3
                 lo_pairs = _mm256_add_epi16(lo_pairs, _mm256_maddubs_epi16(lo, a_lo));
                 hi_pairs = _mm256_add_epi16(hi_pairs, _mm256_maddubs_epi16(hi, a_hi));
             }
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(lo_pairs, q4_k_x8_scales(x, 2 * g)));
-            sumi = _mm256_add_epi32(
-                sumi,
-                _mm256_madd_epi16(hi_pairs, q4_k_x8_scales(x, 2 * g + 1)),
+            let (lo_scales, hi_scales) = (
+                q4_k_x8_scales(unpacked.of(2 * g)),
+                q4_k_x8_scales(unpacked.of(2 * g + 1)),
             );
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(lo_pairs, lo_scales));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(hi_pairs, hi_scales));
         }
-        let mins = q4_k_x8_min_sums(x, y);
+        let mins = q4_k_x8_min_sums(unpacked.min_pairs(), y);
         let (d, dmin) = q4_k_x8_factors(x, y);
         acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), d, acc);
         acc = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc);
@@ -472,6 +596,7 @@ pub(super) fn gemm_interleaved_q4_k_q8_k(
     let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
     for (i, x) in w.iter().enumerate() {
         let ys: [&BlockQ8K; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+        let unpacked = q4_k_x8_unpack(x).to_bytes();
         let mut sumi = [_mm256_setzero_si256(); TILE_ROWS];
         for j in 0..8 {
             let (g, high) = (j / 2, j % 2 == 1);
@@ -488,13 +613,13 @@ pub(super) fn gemm_interleaved_q4_k_q8_k(
                     *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(v, a));
                 }
             }
-            let scales = q4_k_x8_scales(x, j);
+            let scales = q4_k_x8_scales(unpacked.of(j));
             for (sumi, pairs) in sumi.iter_mut().zip(pairs) {
                 *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(pairs, scales));
             }
         }
         for n in 0..TILE_ROWS {
-            let mins = q4_k_x8_min_sums(x, ys[n]);
+            let mins = q4_k_x8_min_sums(unpacked.min_pairs(), ys[n]);
             let (d, dmin) = q4_k_x8_factors(x, ys[n]);
             acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[n]), d, acc[n]);
             acc[n] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc[n]);
