@@ -1,6 +1,7 @@
-//! The f32 vector primitives of attention and of widened matmuls, chosen once per call from
+//! The f32 vector primitives of attention and of the activations, chosen once per call from
 //! the process's CPU path (`quant::cpu_path`), like the matmul kernels: decode attention of one
-//! head over the cache, and batched attention scores and weighted sums.
+//! head over the cache, the softmax of batched attention (down the lanes of a panel of scores;
+//! its two GEMMs are `gemm.rs`'s), and swish.
 //!
 //! The portable versions are plain loops (LLVM vectorizes the lane-parallel ones with SSE2 or
 //! NEON); the AVX2 versions use FMA and F16C, and each says what it was measured against.
