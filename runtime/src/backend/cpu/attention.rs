@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use half::{f16, slice::HalfFloatSliceExt};
 
 use super::gemm::{
-    self, MicroKernelFn, PanelColumn, WeightColumn, K_CHUNK, MICRO_W_ROWS, PANEL_ROWS,
+    self, GroupColumn, MicroKernelFn, PanelColumn, TileOut, GROUP_ROWS, K_CHUNK, PANEL_ROWS,
 };
 use super::vector::{vector_ops, CacheValue, VectorOps};
 use super::CpuTensor;
@@ -273,7 +273,7 @@ pub(super) fn attend<T: KvElement>(
 /// the f32 micro-kernel of `gemm.rs`, with a softmax between them that needs no transpose.
 /// Work units are (head, panel of [`PANEL_ROWS`] query rows), so the causal triangle's uneven
 /// panels spread over the threads. Per unit:
-/// - scores `S = K·Qᵀ`: the keys are the broadcast operand, [`MICRO_W_ROWS`] at a time (laid
+/// - scores `S = K·Qᵀ`: the keys are the broadcast operand, [`GROUP_ROWS`] at a time (laid
 ///   out once per KV head), the panel's query rows the lanes; `S` comes out key-major, one
 ///   [`PanelColumn`] per key;
 /// - a softmax down each lane ([`VectorOps::panel_softmax`]), left unnormalized, after the
@@ -306,25 +306,26 @@ fn attend_batched<T: KvElement>(
     let rows = q.rows;
     let visible = |r: usize| causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
 
-    // Per KV head, both as groups of MICRO_W_ROWS weight rows, zero-padded (see `KvPanels`).
-    let key_groups = n_kv.div_ceil(MICRO_W_ROWS);
-    let dim_groups = head_dim.div_ceil(MICRO_W_ROWS);
+    // Per KV head, both as groups of GROUP_ROWS rows (the broadcast operand), zero-padded
+    // (see `KvPanels`).
+    let key_groups = n_kv.div_ceil(GROUP_ROWS);
+    let dim_groups = head_dim.div_ceil(GROUP_ROWS);
     let kv: Vec<KvPanels> = (0..n_kv_heads)
         .into_par_iter()
         .map(|g| {
-            let mut keys_by_group = vec![[0f32; MICRO_W_ROWS]; key_groups * head_dim];
-            let mut values_by_dim = vec![[0f32; MICRO_W_ROWS]; dim_groups * n_kv];
+            let mut keys_by_group = vec![[0f32; GROUP_ROWS]; key_groups * head_dim];
+            let mut values_by_dim = vec![[0f32; GROUP_ROWS]; dim_groups * n_kv];
             let (mut key, mut value) = (vec![0f32; head_dim], vec![0f32; head_dim]);
             for j in 0..n_kv {
                 let at = j * kv_dim + g * head_dim;
                 T::widen_slice(&keys[at..at + head_dim], &mut key);
                 T::widen_slice(&values[at..at + head_dim], &mut value);
-                let group = &mut keys_by_group[j / MICRO_W_ROWS * head_dim..][..head_dim];
+                let group = &mut keys_by_group[j / GROUP_ROWS * head_dim..][..head_dim];
                 for (column, &k) in group.iter_mut().zip(&key) {
-                    column[j % MICRO_W_ROWS] = k;
+                    column[j % GROUP_ROWS] = k;
                 }
                 for (d, &v) in value.iter().enumerate() {
-                    values_by_dim[d / MICRO_W_ROWS * n_kv + j][d % MICRO_W_ROWS] = v;
+                    values_by_dim[d / GROUP_ROWS * n_kv + j][d % GROUP_ROWS] = v;
                 }
             }
             KvPanels {
@@ -362,13 +363,14 @@ fn attend_batched<T: KvElement>(
             let n = visible(r0 + n_r - 1);
             let scores = &mut scratch.scores;
             scores.clear();
-            scores.resize(
-                n.div_ceil(MICRO_W_ROWS) * MICRO_W_ROWS,
-                PanelColumn::default(),
-            );
-            for (g, tile) in scores.chunks_exact_mut(MICRO_W_ROWS).enumerate() {
+            scores.resize(n.div_ceil(GROUP_ROWS) * GROUP_ROWS, PanelColumn::default());
+            for (g, tile) in scores.chunks_exact_mut(GROUP_ROWS).enumerate() {
                 let keys = &keys_by_group[g * head_dim..][..head_dim];
-                micro(keys, queries, bytemuck::cast_slice_mut(tile), PANEL_ROWS);
+                micro(
+                    keys,
+                    queries,
+                    TileOut::in_slice(bytemuck::cast_slice_mut(tile), PANEL_ROWS),
+                );
             }
             let p = &mut scores[..n];
             if causal_start.is_some() {
@@ -383,12 +385,16 @@ fn attend_batched<T: KvElement>(
             // dimensions passes over it.
             let sums = &mut scratch.sums;
             sums.clear();
-            sums.resize(dim_groups * MICRO_W_ROWS * PANEL_ROWS, 0.0);
+            sums.resize(dim_groups * GROUP_ROWS * PANEL_ROWS, 0.0);
             for j0 in (0..n).step_by(K_CHUNK) {
                 let len = K_CHUNK.min(n - j0);
-                for (g, tile) in sums.chunks_exact_mut(MICRO_W_ROWS * PANEL_ROWS).enumerate() {
+                for (g, tile) in sums.chunks_exact_mut(GROUP_ROWS * PANEL_ROWS).enumerate() {
                     let values = &values_by_dim[g * n_kv + j0..][..len];
-                    micro(values, &p[j0..j0 + len], tile, PANEL_ROWS);
+                    micro(
+                        values,
+                        &p[j0..j0 + len],
+                        TileOut::in_slice(tile, PANEL_ROWS),
+                    );
                 }
             }
             for (i, out) in out.chunks_exact_mut(head_dim).take(n_r).enumerate() {
@@ -411,12 +417,12 @@ fn attend_batched<T: KvElement>(
 }
 
 /// One KV head's keys and values laid out for [`attend_batched`]'s micro-kernel calls, as
-/// groups of [`MICRO_W_ROWS`] "weight rows" (zero-padded at the end):
-/// - `keys_by_group[g·head_dim + d][s]` = dimension `d` of key `g·MICRO_W_ROWS + s`;
-/// - `values_by_dim[g·n_kv + j][s]` = dimension `g·MICRO_W_ROWS + s` of value `j`.
+/// groups of [`GROUP_ROWS`] rows, the broadcast operand (zero-padded at the end):
+/// - `keys_by_group[g·head_dim + d][s]` = dimension `d` of key `g·GROUP_ROWS + s`;
+/// - `values_by_dim[g·n_kv + j][s]` = dimension `g·GROUP_ROWS + s` of value `j`.
 struct KvPanels {
-    keys_by_group: Vec<WeightColumn>,
-    values_by_dim: Vec<WeightColumn>,
+    keys_by_group: Vec<GroupColumn>,
+    values_by_dim: Vec<GroupColumn>,
 }
 
 /// A worker's buffers for [`attend_batched`], kept across its units.

@@ -10,6 +10,8 @@ use std::marker::PhantomData;
 
 use rayon::prelude::*;
 
+use super::gemm::{TileOut, GROUP_ROWS, PANEL_ROWS};
+
 /// The columns `first..first + width` of a row-major `[rows, stride]` matrix, borrowed
 /// exclusively: [`ColumnBlock::row`] gives one row's part of it at a time.
 pub(super) struct ColumnBlock<'a> {
@@ -35,6 +37,21 @@ impl ColumnBlock<'_> {
         // block's slices overlap it (their column ranges are disjoint from this one's), and
         // `&mut self` keeps two slices of this block from being alive at once.
         unsafe { std::slice::from_raw_parts_mut(self.start.add(r * self.stride), self.width) }
+    }
+
+    /// The micro-kernel tile at rows `r0..r0 + GROUP_ROWS`, columns `c0..c0 + PANEL_ROWS` of
+    /// the block.
+    pub(super) fn tile(&mut self, r0: usize, c0: usize) -> TileOut<'_> {
+        assert!(
+            r0 + GROUP_ROWS <= self.rows && c0 + PANEL_ROWS <= self.width,
+            "tile ({r0}, {c0}) of a {}×{} block",
+            self.rows,
+            self.width
+        );
+        // SAFETY: each of the tile's rows is `PANEL_ROWS` floats inside this block's columns
+        // of a row of the matrix (checked above; see `row`), which no other block touches, and
+        // `&mut self` keeps the block from handing out anything else while the tile lives.
+        unsafe { TileOut::from_raw(self.start.add(r0 * self.stride + c0), self.stride) }
     }
 }
 
@@ -106,6 +123,15 @@ mod tests {
         let mut data = vec![0f32; 6];
         par_column_blocks(&mut data, 2, 3, 3, |_, mut block| {
             block.row(2);
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "tile (0, 1) of a 6×16 block")]
+    fn tiles_past_the_block_are_refused() {
+        let mut data = vec![0f32; 6 * 32];
+        par_column_blocks(&mut data, 6, 32, 16, |_, mut block| {
+            block.tile(0, 1);
         });
     }
 }

@@ -1,34 +1,40 @@
-//! The f32 GEMM of widened batches (prefill, the vision tower): a block of weight rows widened
-//! to f32 times every activation row, `out[j][r] = Σ_k w[j][k] · a[r][k]`.
+//! The f32 GEMM of widened batches (prefill, the vision tower): every activation row times a
+//! block of weight rows widened to f32, `out[r][j] = Σ_k a[r][k] · w[j][k]`.
 //!
-//! The activations are packed once per matmul into panels of [`PANEL_ROWS`] rows stored
-//! k-major (the panel's 16 values of one column are one 64-byte line). The micro-kernel holds
-//! a [`MICRO_W_ROWS`] × [`PANEL_ROWS`] tile of outputs in registers; per column it loads the
-//! panel's 16 values as two vectors, broadcasts one value of each of the 6 weight rows, and
-//! does 12 FMAs (AVX2). The outputs come out in `out`'s own layout (weight row major, activation rows
-//! along it), so there is no horizontal sum anywhere, and the columns are walked in chunks of
-//! [`K_CHUNK`] so that the chunk of the weight block and one panel's chunk stay in L1 while
-//! every panel passes over the weights.
+//! The micro-kernel holds a [`GROUP_ROWS`] × [`PANEL_ROWS`] tile of outputs in registers; per
+//! column it loads one [`PanelColumn`] (16 values, one 64-byte line) as two vectors, broadcasts
+//! the [`GROUP_ROWS`] values of one [`GroupColumn`], and does 12 FMAs (AVX2). In the matmul the
+//! activations are the broadcast operand, packed once per matmul into groups of 6 rows stored
+//! column-major, and the weights are the lanes: a block of weight rows is widened, one
+//! [`K_CHUNK`] of columns at a time, into panels of 16 rows. So a tile is 6 activation rows ×
+//! 16 output columns, added straight into the output in its final `[rows, n_out]` layout: no
+//! horizontal sum, no transpose, no intermediate buffer. Attention uses the same micro-kernel
+//! with keys and values as the broadcast operand (`attention.rs`).
 //!
-//! It replaced a 3 × 4 micro-kernel that dotted weight rows with activation rows (8 partial
-//! sums per register, summed horizontally at the end): that one read 7 vectors from L2 for
-//! 12 FMAs and ran at about 60% of the FMA rate. On AVX-512 CPUs the same tile takes one
-//! register per panel column (benches/README.md: 7B Q4_0 pp256 1.5×, CLIP-L encode 1.2–1.45×
-//! against the AVX2 kernel on the same Xeon).
+//! History: a 3 × 4 kernel dotting weight rows with activation rows (8 partial sums per
+//! register, summed horizontally) read 7 vectors from L2 for 12 FMAs and ran at about 60% of
+//! the FMA rate. Its successor had the roles of this one swapped (activations in 16-row
+//! panels, weights broadcast): its tiles came out weight-row major and were transposed into
+//! the output, and 577 CLIP rows took 37 panels of 16 (2.6% padding) where they take 97
+//! groups of 6 here (0.9%). On AVX-512 CPUs the same tile takes one register per panel column
+//! (benches/README.md: 7B Q4_0 pp256 1.5×, CLIP-L encode 1.2–1.45× against the AVX2 kernel on
+//! the same Xeon).
 
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use bytemuck::{Pod, Zeroable};
 
+use super::columns::ColumnBlock;
 use crate::quant;
 
-/// Activation rows per packed panel: two 8-lane AVX2 vectors.
+/// Rows of a panel (the micro-kernel's lanes): two 8-lane AVX2 vectors.
 pub(super) const PANEL_ROWS: usize = 16;
-/// Weight rows the micro-kernel broadcasts from: 6 × 2 accumulators, 2 panel vectors and one
-/// broadcast fill 15 of the 16 AVX2 registers.
-pub(super) const MICRO_W_ROWS: usize = 6;
-/// Columns per pass over the panels (see [`gemm`]). A multiple of every block size (K-quants:
-/// 256), so a chunk of a quantized row is whole blocks.
+/// Rows of a group (the micro-kernel's broadcast operand): 6 × 2 accumulators, 2 panel vectors
+/// and one broadcast fill 15 of the 16 AVX2 registers.
+pub(super) const GROUP_ROWS: usize = 6;
+/// Columns per pass over the activations (see [`gemm`]). A multiple of every block size
+/// (K-quants: 256), so a chunk of a quantized row is whole blocks.
 pub(super) const K_CHUNK: usize = 256;
 
 /// One column of a panel: the values of its [`PANEL_ROWS`] rows, on one cache line.
@@ -36,28 +42,69 @@ pub(super) const K_CHUNK: usize = 256;
 #[repr(C, align(64))]
 pub(super) struct PanelColumn(pub [f32; PANEL_ROWS]);
 
-/// `c[j·ldc + i] += Σ_kk w[kk][j] · panel[kk][i]` for `j < MICRO_W_ROWS`, `i < PANEL_ROWS`,
-/// with `w` as long as `panel`.
-pub(super) type MicroKernelFn = fn(&[WeightColumn], &[PanelColumn], &mut [f32], usize);
+/// One column of a group of [`GROUP_ROWS`] rows: what the micro-kernel broadcasts at one step.
+pub(super) type GroupColumn = [f32; GROUP_ROWS];
 
-/// One column of a group of [`MICRO_W_ROWS`] weight rows: what the micro-kernel broadcasts
-/// at one step.
-pub(super) type WeightColumn = [f32; MICRO_W_ROWS];
+/// `out.row(j)[i] += Σ_kk group[kk][j] · panel[kk][i]` for `j < GROUP_ROWS`, `i < PANEL_ROWS`,
+/// with `group` as long as `panel`.
+pub(super) type MicroKernelFn = fn(&[GroupColumn], &[PanelColumn], TileOut<'_>);
 
-/// Activation rows packed into panels (the last one padded with zeros).
+/// Where a micro-kernel adds its tile: [`GROUP_ROWS`] rows of [`PANEL_ROWS`] floats, `ldc`
+/// floats apart. It borrows them exclusively, as a `&mut` would, without the floats between
+/// the rows: in a matmul those belong to columns that other workers write.
+pub(super) struct TileOut<'a> {
+    first: *mut f32,
+    ldc: usize,
+    _floats: PhantomData<&'a mut f32>,
+}
+
+impl<'a> TileOut<'a> {
+    /// The tile whose first row starts at `c[0]`.
+    pub(super) fn in_slice(c: &'a mut [f32], ldc: usize) -> TileOut<'a> {
+        assert!(
+            ldc >= PANEL_ROWS && c.len() >= (GROUP_ROWS - 1) * ldc + PANEL_ROWS,
+            "micro-kernel output tile out of bounds"
+        );
+        // SAFETY: the floats of every row lie inside `c` (checked above), which is borrowed
+        // exclusively for `'a`.
+        unsafe { TileOut::from_raw(c.as_mut_ptr(), ldc) }
+    }
+
+    /// # Safety
+    /// For each `j < GROUP_ROWS`, the [`PANEL_ROWS`] floats at `first + j·ldc` must be valid,
+    /// and neither read nor written through any other pointer, for `'a`.
+    pub(super) unsafe fn from_raw(first: *mut f32, ldc: usize) -> TileOut<'a> {
+        TileOut {
+            first,
+            ldc,
+            _floats: PhantomData,
+        }
+    }
+
+    /// Row `j`'s floats.
+    #[inline(always)]
+    pub(super) fn row(&mut self, j: usize) -> &mut [f32; PANEL_ROWS] {
+        assert!(j < GROUP_ROWS, "tile row {j}");
+        // SAFETY: row `j` is valid and exclusively ours (the constructors' contract), and
+        // `&mut self` keeps two rows from being borrowed at once.
+        unsafe { &mut *self.first.add(j * self.ldc).cast::<[f32; PANEL_ROWS]>() }
+    }
+}
+
+/// Activation rows packed into groups of [`GROUP_ROWS`] (the last one padded with zeros),
+/// each group column-major.
 pub(super) struct PackedActs {
-    columns: Vec<PanelColumn>,
+    columns: Vec<GroupColumn>,
     rows: usize,
     k: usize,
 }
 
 impl PackedActs {
     /// Packs `rows` rows of `k` values; `row(r, dst)` writes row `r` into `dst` (`k` long).
-    /// Panels are filled in parallel: each panel's rows are written out whole, then moved into
-    /// place (one cache line written per column, the 16 rows read along from L1/L2), rather
-    /// than each row scattered over `k` lines in turn.
+    /// Groups are filled in parallel: each group's rows are written out whole, then moved into
+    /// place 8 columns at a time, rather than each row scattered over `k` columns in turn.
     ///
-    /// The panels are written straight into uninitialized memory: zeroing them first (and
+    /// The groups are written straight into uninitialized memory: zeroing them first (and
     /// faulting in their pages) on one thread took 7 ms of a 50 ms CLIP MLP matmul.
     pub(super) fn pack(
         rows: usize,
@@ -65,36 +112,36 @@ impl PackedActs {
         row: impl Fn(usize, &mut [f32]) + Sync + Send,
     ) -> PackedActs {
         use rayon::prelude::*;
-        let n = rows.div_ceil(PANEL_ROWS) * k;
+        let n = rows.div_ceil(GROUP_ROWS) * k;
         let mut columns = Vec::with_capacity(n);
         columns.spare_capacity_mut()[..n]
             .par_chunks_mut(k.max(1))
             .enumerate()
-            .for_each_init(Vec::new, |scratch, (p, panel)| {
-                let n_rows = PANEL_ROWS.min(rows - p * PANEL_ROWS);
-                scratch.resize(PANEL_ROWS * k, 0.0);
+            .for_each_init(Vec::new, |scratch, (g, group)| {
+                let n_rows = GROUP_ROWS.min(rows - g * GROUP_ROWS);
+                scratch.resize(GROUP_ROWS * k, 0.0);
                 for (i, dst) in scratch.chunks_exact_mut(k).enumerate() {
                     if i < n_rows {
-                        row(p * PANEL_ROWS + i, dst);
+                        row(g * GROUP_ROWS + i, dst);
                     } else {
                         dst.fill(0.0);
                     }
                 }
-                // 8 columns at a time: the 16 rows' runs of 8 in a block on the stack, then
-                // out as 8 columns (about 3x faster than one column at a time, whose 16
-                // bounds-checked loads per column were 5% of a CLIP encode).
+                // 8 columns at a time: the rows' runs of 8 in a block on the stack, then out
+                // as 8 columns (about 3x faster than one column at a time, whose bounds-checked
+                // strided loads were 5% of a CLIP encode).
                 let whole = k / 8 * 8;
-                for (c0, columns) in (0..whole).step_by(8).zip(panel.chunks_exact_mut(8)) {
-                    let mut block = [[0f32; 8]; PANEL_ROWS];
+                for (c0, columns) in (0..whole).step_by(8).zip(group.chunks_exact_mut(8)) {
+                    let mut block = [[0f32; 8]; GROUP_ROWS];
                     for (i, run) in block.iter_mut().enumerate() {
                         run.copy_from_slice(&scratch[i * k + c0..][..8]);
                     }
                     for (c, column) in columns.iter_mut().enumerate() {
-                        column.write(PanelColumn(std::array::from_fn(|i| block[i][c])));
+                        column.write(std::array::from_fn(|i| block[i][c]));
                     }
                 }
-                for (c, column) in panel.iter_mut().enumerate().skip(whole) {
-                    column.write(PanelColumn(std::array::from_fn(|i| scratch[i * k + c])));
+                for (c, column) in group.iter_mut().enumerate().skip(whole) {
+                    column.write(std::array::from_fn(|i| scratch[i * k + c]));
                 }
             });
         // SAFETY: the loop above wrote all `n` elements: the chunks of `k` cover `0..n`, and
@@ -103,8 +150,8 @@ impl PackedActs {
         PackedActs { columns, rows, k }
     }
 
-    fn panel(&self, p: usize) -> &[PanelColumn] {
-        &self.columns[p * self.k..][..self.k]
+    fn group(&self, g: usize) -> &[GroupColumn] {
+        &self.columns[g * self.k..][..self.k]
     }
 }
 
@@ -123,64 +170,62 @@ pub(super) fn micro_kernel() -> MicroKernelFn {
     }
 }
 
-/// `out` (`[n_block, acts.rows()]`) = a block of `n_block` weight rows times every packed
-/// activation row. `widen(j, cols, dst)` writes columns `cols` of the block's row `j`, as f32,
-/// into `dst`; the block is widened one [`K_CHUNK`] of columns at a time into `scratch`, each
-/// group of [`MICRO_W_ROWS`] rows column-major, so that the micro-kernel reads one stream.
+/// Adds every packed activation row times a block of `n_block` weight rows to columns
+/// `b0..b0 + n_block` of `out` (`[acts.rows, _]`). `widen(rows, cols, panel, buf)` writes
+/// columns `cols` of the block's rows `rows` (at most [`PANEL_ROWS`] of them) into `panel`,
+/// `panel[c].0[i] = w[rows.start + i][cols.start + c]` (see [`widen_rows`] and
+/// [`f16_widener`]; `buf` is theirs to use); lanes past the rows may hold anything, their
+/// outputs are dropped.
 ///
-/// Loop order (BLIS's, with the weights as the broadcast operand): per chunk of columns, the
-/// widened weights (96 KB for 96 rows) stay in L2 and each panel's chunk (16 KB) in L1 while
-/// all of the block's weight groups stream past it; the panels come from L3 once per chunk.
+/// Loop order (BLIS's, with the activations as the broadcast operand): per chunk of columns,
+/// the block's widened panels (96 KB for 96 rows) stay in L2 while each group's chunk (6 KB)
+/// passes over all of them from L1; the groups come from L3 once per chunk.
 pub(super) fn gemm(
     micro: MicroKernelFn,
     n_block: usize,
     acts: &PackedActs,
-    widen: impl Fn(usize, Range<usize>, &mut [f32]),
+    widen: impl Fn(Range<usize>, Range<usize>, &mut [PanelColumn], &mut Vec<f32>),
     scratch: &mut Scratch,
-    out: &mut [f32],
+    out: &mut ColumnBlock<'_>,
+    b0: usize,
 ) {
     let (rows, k) = (acts.rows, acts.k);
-    assert_eq!(out.len(), n_block * rows, "output block shape");
-    out.fill(0.0);
-    let n_groups = n_block.div_ceil(MICRO_W_ROWS);
-    let mut tile = [0f32; MICRO_W_ROWS * PANEL_ROWS];
+    assert!(b0 + n_block <= out.width(), "output block out of bounds");
+    let n_panels = n_block.div_ceil(PANEL_ROWS);
     for k0 in (0..k).step_by(K_CHUNK) {
         let kc = K_CHUNK.min(k - k0);
-        scratch.row.resize(kc, 0.0);
-        scratch.weights.resize(n_groups * kc, [0.0; MICRO_W_ROWS]);
-        for j in 0..n_block {
-            widen(j, k0..k0 + kc, &mut scratch.row);
-            // A short last group repeats its last row; those outputs are not kept.
-            let last = if j + 1 == n_block {
-                n_groups * MICRO_W_ROWS
-            } else {
-                j + 1
-            };
-            for slot in j..last {
-                let group = &mut scratch.weights[slot / MICRO_W_ROWS * kc..][..kc];
-                for (column, &v) in group.iter_mut().zip(&scratch.row) {
-                    column[slot % MICRO_W_ROWS] = v;
-                }
-            }
+        scratch.panels.resize(n_panels * kc, PanelColumn::default());
+        for (p, panel) in scratch.panels.chunks_exact_mut(kc).enumerate() {
+            let j0 = p * PANEL_ROWS;
+            widen(
+                j0..n_block.min(j0 + PANEL_ROWS),
+                k0..k0 + kc,
+                panel,
+                &mut scratch.row,
+            );
         }
-        for p in 0..rows.div_ceil(PANEL_ROWS) {
-            let panel = &acts.panel(p)[k0..k0 + kc];
-            let r0 = p * PANEL_ROWS;
-            let n_r = PANEL_ROWS.min(rows - r0);
-            for (g, w) in scratch.weights.chunks_exact(kc).enumerate() {
-                let j0 = g * MICRO_W_ROWS;
-                let n_j = MICRO_W_ROWS.min(n_block - j0);
-                if n_r == PANEL_ROWS && n_j == MICRO_W_ROWS {
-                    micro(w, panel, &mut out[j0 * rows + r0..], rows);
+        for g in 0..rows.div_ceil(GROUP_ROWS) {
+            let group = &acts.group(g)[k0..k0 + kc];
+            let r0 = g * GROUP_ROWS;
+            let n_r = GROUP_ROWS.min(rows - r0);
+            for (p, panel) in scratch.panels.chunks_exact(kc).enumerate() {
+                let c0 = b0 + p * PANEL_ROWS;
+                let n_c = PANEL_ROWS.min(n_block - p * PANEL_ROWS);
+                if n_r == GROUP_ROWS && n_c == PANEL_ROWS {
+                    micro(group, panel, out.tile(r0, c0));
                 } else {
-                    for j in 0..n_j {
-                        tile[j * PANEL_ROWS..][..n_r]
-                            .copy_from_slice(&out[(j0 + j) * rows + r0..][..n_r]);
+                    // An edge: through a whole tile of our own.
+                    let mut tile = [[0f32; PANEL_ROWS]; GROUP_ROWS];
+                    for (j, t) in tile.iter_mut().enumerate().take(n_r) {
+                        t[..n_c].copy_from_slice(&out.row(r0 + j)[c0..][..n_c]);
                     }
-                    micro(w, panel, &mut tile, PANEL_ROWS);
-                    for j in 0..n_j {
-                        out[(j0 + j) * rows + r0..][..n_r]
-                            .copy_from_slice(&tile[j * PANEL_ROWS..][..n_r]);
+                    micro(
+                        group,
+                        panel,
+                        TileOut::in_slice(tile.as_flattened_mut(), PANEL_ROWS),
+                    );
+                    for (j, t) in tile.iter().enumerate().take(n_r) {
+                        out.row(r0 + j)[c0..][..n_c].copy_from_slice(&t[..n_c]);
                     }
                 }
             }
@@ -192,9 +237,65 @@ pub(super) fn gemm(
 #[derive(Default)]
 pub(super) struct Scratch {
     row: Vec<f32>,
-    weights: Vec<WeightColumn>,
-    /// The caller's output block, `[n_block, rows]`.
-    pub(super) out: Vec<f32>,
+    panels: Vec<PanelColumn>,
+}
+
+/// A `widen` for [`gemm`] from any row format: `row(j, cols, dst)` writes columns `cols` of
+/// row `j` as f32 into `dst`, one row after the other, each scattered into its lane.
+pub(super) fn widen_rows(
+    rows: Range<usize>,
+    cols: Range<usize>,
+    panel: &mut [PanelColumn],
+    buf: &mut Vec<f32>,
+    row: impl Fn(usize, Range<usize>, &mut [f32]),
+) {
+    buf.resize(cols.len(), 0.0);
+    for (i, j) in rows.enumerate() {
+        row(j, cols.clone(), buf);
+        for (column, &v) in panel.iter_mut().zip(buf.iter()) {
+            column.0[i] = v;
+        }
+    }
+}
+
+/// Widens up to [`PANEL_ROWS`] rows of F16 (little-endian bytes, each `2·panel.len()` long)
+/// into a panel; lanes past the rows are set to 0.
+pub(super) type F16WidenFn = fn(&[&[u8]], &mut [PanelColumn]);
+
+/// The F16 widener of the process's CPU path: F16C conversions and 8 × 8 transposes where the
+/// CPU has them (no scatter of single floats), else one value at a time.
+pub(super) fn f16_widener() -> F16WidenFn {
+    match quant::cpu_path() {
+        #[cfg(target_arch = "x86_64")]
+        quant::CpuPath::Avx2 | quant::CpuPath::Avx512 | quant::CpuPath::Avx512Vnni
+            if quant::CpuPath::Avx2.is_available() =>
+        {
+            x86::widen_f16
+        }
+        _ => widen_f16_portable,
+    }
+}
+
+fn check_f16_rows(rows: &[&[u8]], panel: &[PanelColumn]) {
+    assert!(
+        rows.len() <= PANEL_ROWS,
+        "{} rows for one panel",
+        rows.len()
+    );
+    for row in rows {
+        assert_eq!(row.len(), 2 * panel.len(), "F16 row of the wrong length");
+    }
+}
+
+fn widen_f16_portable(rows: &[&[u8]], panel: &mut [PanelColumn]) {
+    check_f16_rows(rows, panel);
+    for (c, column) in panel.iter_mut().enumerate() {
+        column.0 = std::array::from_fn(|i| {
+            rows.get(i).map_or(0.0, |row| {
+                half::f16::from_le_bytes([row[2 * c], row[2 * c + 1]]).to_f32()
+            })
+        });
+    }
 }
 
 /// Every micro-kernel this CPU can run, for tests.
@@ -213,30 +314,26 @@ pub(super) fn micro_kernels() -> Vec<MicroKernelFn> {
     kernels
 }
 
-fn check_micro(w: &[WeightColumn], panel: &[PanelColumn], c: &[f32], ldc: usize) {
+fn check_micro(group: &[GroupColumn], panel: &[PanelColumn]) {
     assert_eq!(
-        w.len(),
+        group.len(),
         panel.len(),
         "micro-kernel operands of different lengths"
     );
-    assert!(
-        ldc >= PANEL_ROWS && c.len() >= (MICRO_W_ROWS - 1) * ldc + PANEL_ROWS,
-        "micro-kernel output tile out of bounds"
-    );
 }
 
-fn micro_kernel_portable(w: &[WeightColumn], panel: &[PanelColumn], c: &mut [f32], ldc: usize) {
-    check_micro(w, panel, c, ldc);
-    let mut acc = [[0f32; PANEL_ROWS]; MICRO_W_ROWS];
-    for (w, column) in w.iter().zip(panel) {
-        for (acc, &b) in acc.iter_mut().zip(w) {
+fn micro_kernel_portable(group: &[GroupColumn], panel: &[PanelColumn], mut out: TileOut<'_>) {
+    check_micro(group, panel);
+    let mut acc = [[0f32; PANEL_ROWS]; GROUP_ROWS];
+    for (b, column) in group.iter().zip(panel) {
+        for (acc, &b) in acc.iter_mut().zip(b) {
             for (acc, &a) in acc.iter_mut().zip(&column.0) {
                 *acc += b * a;
             }
         }
     }
     for (j, acc) in acc.iter().enumerate() {
-        for (c, acc) in c[j * ldc..][..PANEL_ROWS].iter_mut().zip(acc) {
+        for (c, acc) in out.row(j).iter_mut().zip(acc) {
             *c += acc;
         }
     }
@@ -246,31 +343,29 @@ fn micro_kernel_portable(w: &[WeightColumn], panel: &[PanelColumn], c: &mut [f32
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{check_micro, PanelColumn, WeightColumn, MICRO_W_ROWS, PANEL_ROWS};
+    use super::{
+        check_f16_rows, check_micro, widen_f16_portable, GroupColumn, PanelColumn, TileOut,
+        GROUP_ROWS, PANEL_ROWS,
+    };
     use crate::quant::CpuPath;
 
-    pub(super) fn micro_kernel(
-        w: &[WeightColumn],
-        panel: &[PanelColumn],
-        c: &mut [f32],
-        ldc: usize,
-    ) {
+    pub(super) fn micro_kernel(group: &[GroupColumn], panel: &[PanelColumn], out: TileOut<'_>) {
         debug_assert!(CpuPath::Avx2.is_available());
-        check_micro(w, panel, c, ldc);
+        check_micro(group, panel);
         // SAFETY: `micro_kernel` hands this out only on the AVX2 path, which exists only where
         // the CPU reported AVX2, FMA and F16C; the lengths are checked above.
-        unsafe { micro_kernel_avx2(w, panel, c, ldc) }
+        unsafe { micro_kernel_avx2(group, panel, out) }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn micro_kernel_avx2(w: &[WeightColumn], panel: &[PanelColumn], c: &mut [f32], ldc: usize) {
-        let mut acc = [[_mm256_setzero_ps(); 2]; MICRO_W_ROWS];
-        for (w, column) in w.iter().zip(panel) {
+    fn micro_kernel_avx2(group: &[GroupColumn], panel: &[PanelColumn], mut out: TileOut<'_>) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; GROUP_ROWS];
+        for (b, column) in group.iter().zip(panel) {
             // SAFETY: a panel column is 16 floats; `loadu` needs no alignment.
             unsafe {
                 let a0 = _mm256_loadu_ps(column.0.as_ptr());
                 let a1 = _mm256_loadu_ps(column.0.as_ptr().add(8));
-                for (acc, b) in acc.iter_mut().zip(w) {
+                for (acc, b) in acc.iter_mut().zip(b) {
                     let b = _mm256_broadcast_ss(b);
                     acc[0] = _mm256_fmadd_ps(b, a0, acc[0]);
                     acc[1] = _mm256_fmadd_ps(b, a1, acc[1]);
@@ -278,11 +373,11 @@ mod x86 {
             }
         }
         for (j, acc) in acc.iter().enumerate() {
+            let row = out.row(j);
             for (h, &acc) in acc.iter().enumerate() {
-                // SAFETY: `c` holds `(MICRO_W_ROWS - 1)·ldc + PANEL_ROWS` floats (checked by
-                // the caller), so row `j`'s 16 outputs are in bounds.
+                // SAFETY: a tile row is 16 floats, so `h·8..h·8 + 8` is in bounds.
                 unsafe {
-                    let p = c.as_mut_ptr().add(j * ldc + h * 8);
+                    let p = row.as_mut_ptr().add(h * 8);
                     _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), acc));
                 }
             }
@@ -291,16 +386,15 @@ mod x86 {
     }
 
     pub(super) fn micro_kernel_avx512(
-        w: &[WeightColumn],
+        group: &[GroupColumn],
         panel: &[PanelColumn],
-        c: &mut [f32],
-        ldc: usize,
+        out: TileOut<'_>,
     ) {
         debug_assert!(CpuPath::Avx512.is_available());
-        check_micro(w, panel, c, ldc);
+        check_micro(group, panel);
         // SAFETY: `micro_kernel` hands this out only on the AVX-512 paths, which exist only
         // where the CPU reported AVX-512 F (and AVX2, FMA); the lengths are checked above.
-        unsafe { micro_kernel_avx512_impl(w, panel, c, ldc) }
+        unsafe { micro_kernel_avx512_impl(group, panel, out) }
     }
 
     /// The same tile with 512-bit registers: a panel column is one register, so a column
@@ -308,16 +402,15 @@ mod x86 {
     /// accumulators, for 12 FMA chains as in the AVX2 kernel.
     #[target_feature(enable = "avx512f,avx2,fma")]
     fn micro_kernel_avx512_impl(
-        w: &[WeightColumn],
+        group: &[GroupColumn],
         panel: &[PanelColumn],
-        c: &mut [f32],
-        ldc: usize,
+        mut out: TileOut<'_>,
     ) {
-        let mut even = [_mm512_setzero_ps(); MICRO_W_ROWS];
-        let mut odd = [_mm512_setzero_ps(); MICRO_W_ROWS];
-        let (w_pairs, p_pairs) = (w.chunks_exact(2), panel.chunks_exact(2));
-        let (w_rest, p_rest) = (w_pairs.remainder(), p_pairs.remainder());
-        for (w, p) in w_pairs.zip(p_pairs) {
+        let mut even = [_mm512_setzero_ps(); GROUP_ROWS];
+        let mut odd = [_mm512_setzero_ps(); GROUP_ROWS];
+        let (g_pairs, p_pairs) = (group.chunks_exact(2), panel.chunks_exact(2));
+        let (g_rest, p_rest) = (g_pairs.remainder(), p_pairs.remainder());
+        for (b, p) in g_pairs.zip(p_pairs) {
             // SAFETY: a panel column is 16 floats; `loadu` needs no alignment.
             let (a0, a1) = unsafe {
                 (
@@ -325,68 +418,148 @@ mod x86 {
                     _mm512_loadu_ps(p[1].0.as_ptr()),
                 )
             };
-            for j in 0..MICRO_W_ROWS {
-                even[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[0][j]), a0, even[j]);
-                odd[j] = _mm512_fmadd_ps(_mm512_set1_ps(w[1][j]), a1, odd[j]);
+            for j in 0..GROUP_ROWS {
+                even[j] = _mm512_fmadd_ps(_mm512_set1_ps(b[0][j]), a0, even[j]);
+                odd[j] = _mm512_fmadd_ps(_mm512_set1_ps(b[1][j]), a1, odd[j]);
             }
         }
-        if let (Some(w), Some(p)) = (w_rest.first(), p_rest.first()) {
+        if let (Some(b), Some(p)) = (g_rest.first(), p_rest.first()) {
             // SAFETY: as above.
             let a = unsafe { _mm512_loadu_ps(p.0.as_ptr()) };
-            for (even, &b) in even.iter_mut().zip(w) {
+            for (even, &b) in even.iter_mut().zip(b) {
                 *even = _mm512_fmadd_ps(_mm512_set1_ps(b), a, *even);
             }
         }
-        for j in 0..MICRO_W_ROWS {
-            // SAFETY: `c` holds `(MICRO_W_ROWS - 1)·ldc + PANEL_ROWS` floats (checked by the
-            // caller), so row `j`'s 16 outputs are in bounds.
+        for j in 0..GROUP_ROWS {
+            let p = out.row(j).as_mut_ptr();
+            // SAFETY: a tile row is 16 floats.
             unsafe {
-                let p = c.as_mut_ptr().add(j * ldc);
                 let sum = _mm512_add_ps(even[j], odd[j]);
                 _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), sum));
             }
         }
     }
+
+    pub(super) fn widen_f16(rows: &[&[u8]], panel: &mut [PanelColumn]) {
+        debug_assert!(CpuPath::Avx2.is_available());
+        check_f16_rows(rows, panel);
+        // SAFETY: `f16_widener` hands this out only on the AVX2 and AVX-512 paths, which exist
+        // only where the CPU reported AVX2 and F16C; the lengths are checked above.
+        unsafe { widen_f16_avx2(rows, panel) }
+    }
+
+    /// 8 columns at a time: per half of the panel, 8 rows' runs of 8 values converted (one
+    /// `vcvtph2ps` each) and transposed in registers, then stored as the 8 columns' halves.
+    #[target_feature(enable = "avx2,f16c")]
+    fn widen_f16_avx2(rows: &[&[u8]], panel: &mut [PanelColumn]) {
+        let whole = panel.len() / 8 * 8;
+        for c0 in (0..whole).step_by(8) {
+            for half in 0..2 {
+                let mut v = [_mm256_setzero_ps(); 8];
+                for (v, row) in v.iter_mut().zip(rows.iter().skip(half * 8)) {
+                    // SAFETY: the row holds `2·panel.len()` bytes (checked by the caller) and
+                    // `c0 + 8 <= whole <= panel.len()`, so its 16 bytes at `2·c0` are in bounds.
+                    *v = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(row[2 * c0..].as_ptr().cast())) };
+                }
+                for (c, v) in transpose8(v).into_iter().enumerate() {
+                    // SAFETY: a panel column is 16 floats; this half is `half·8..half·8 + 8`.
+                    unsafe { _mm256_storeu_ps(panel[c0 + c].0.as_mut_ptr().add(half * 8), v) };
+                }
+            }
+        }
+        if whole < panel.len() {
+            let mut tails = [&[][..]; PANEL_ROWS];
+            for (tail, row) in tails.iter_mut().zip(rows) {
+                *tail = &row[2 * whole..];
+            }
+            widen_f16_portable(&tails[..rows.len()], &mut panel[whole..]);
+        }
+    }
+
+    /// `out[c][i] = v[i][c]` for an 8 × 8 block.
+    #[target_feature(enable = "avx2")]
+    fn transpose8(v: [__m256; 8]) -> [__m256; 8] {
+        // Pairs of rows interleaved: (0,1) (2,3) (4,5) (6,7), low and high halves of each lane.
+        let t: [__m256; 8] = [
+            _mm256_unpacklo_ps(v[0], v[1]),
+            _mm256_unpackhi_ps(v[0], v[1]),
+            _mm256_unpacklo_ps(v[2], v[3]),
+            _mm256_unpackhi_ps(v[2], v[3]),
+            _mm256_unpacklo_ps(v[4], v[5]),
+            _mm256_unpackhi_ps(v[4], v[5]),
+            _mm256_unpacklo_ps(v[6], v[7]),
+            _mm256_unpackhi_ps(v[6], v[7]),
+        ];
+        // Columns (c, c + 4) of rows 0–3 and of rows 4–7, one per 128-bit lane.
+        let s: [__m256; 8] = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        [
+            _mm256_permute2f128_ps::<0x20>(s[0], s[4]),
+            _mm256_permute2f128_ps::<0x20>(s[1], s[5]),
+            _mm256_permute2f128_ps::<0x20>(s[2], s[6]),
+            _mm256_permute2f128_ps::<0x20>(s[3], s[7]),
+            _mm256_permute2f128_ps::<0x31>(s[0], s[4]),
+            _mm256_permute2f128_ps::<0x31>(s[1], s[5]),
+            _mm256_permute2f128_ps::<0x31>(s[2], s[6]),
+            _mm256_permute2f128_ps::<0x31>(s[3], s[7]),
+        ]
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::columns::par_column_blocks;
     use super::super::vector::test_data as data;
     use super::*;
 
-    /// Every shape class: partial panels and weight groups, one and several column chunks
-    /// (with a short last one), against f64 sums.
+    /// Every shape class: partial groups and panels, one and several column chunks (with a
+    /// short last one), a block that starts inside the output's columns, against f64 sums
+    /// added to what the output held; the columns outside the block are left alone.
     #[test]
     fn gemm_matches_f64_on_every_available_path() {
-        for (rows, n_block, k) in [
-            (1, 1, 1),
-            (16, 6, 128),
-            (21, 13, 300),
-            (40, 24, 513),
-            (5, 7, 64),
+        for (rows, n_block, k, b0, cols) in [
+            (1, 1, 1, 0, 1),
+            (6, 16, 128, 0, 16),
+            (21, 13, 300, 3, 20),
+            (40, 40, 513, 16, 64),
+            (5, 7, 64, 1, 9),
         ] {
             let a = data(rows * k, 3);
             let w = data(n_block * k, 4);
+            let init = data(rows * cols, 5);
             let acts = PackedActs::pack(rows, k, |r, dst| dst.copy_from_slice(&a[r * k..][..k]));
             for micro in micro_kernels() {
-                let mut out = vec![f32::NAN; n_block * rows];
-                let widen = |j: usize, cols: Range<usize>, dst: &mut [f32]| {
-                    dst.copy_from_slice(&w[j * k..][cols])
-                };
-                gemm(
-                    micro,
-                    n_block,
-                    &acts,
-                    widen,
-                    &mut Scratch::default(),
-                    &mut out,
-                );
-                for j in 0..n_block {
-                    for r in 0..rows {
+                let mut out = init.clone();
+                par_column_blocks(&mut out, rows, cols, cols, |_, mut block| {
+                    let widen =
+                        |rows: Range<usize>, cols: Range<usize>, panel: &mut _, buf: &mut _| {
+                            widen_rows(rows, cols, panel, buf, |j, cols, dst| {
+                                dst.copy_from_slice(&w[j * k..][cols])
+                            })
+                        };
+                    let mut scratch = Scratch::default();
+                    gemm(micro, n_block, &acts, widen, &mut scratch, &mut block, b0);
+                });
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let got = out[r * cols + c] as f64;
+                        let was = init[r * cols + c] as f64;
+                        if !(b0..b0 + n_block).contains(&c) {
+                            assert_eq!(got, was, "rows={rows} n={n_block} k={k} a{r} column {c}");
+                            continue;
+                        }
+                        let j = c - b0;
                         let terms = (0..k).map(|i| w[j * k + i] as f64 * a[r * k + i] as f64);
-                        let exact: f64 = terms.clone().sum();
-                        let norm: f64 = terms.map(f64::abs).sum();
-                        let got = out[j * rows + r] as f64;
+                        let exact: f64 = was + terms.clone().sum::<f64>();
+                        let norm: f64 = was.abs() + terms.map(f64::abs).sum::<f64>();
                         assert!(
                             (got - exact).abs() <= 1e-6 * norm,
                             "rows={rows} n={n_block} k={k} w{j} a{r}: {got} vs {exact}"
@@ -397,27 +570,78 @@ mod tests {
         }
     }
 
-    /// The last panel's rows past the end are zeros, also when the worker's scratch held a
-    /// full panel before it (one thread and 41 panels: rayon hands one scratch several).
+    /// The last group's rows past the end are zeros, also when the worker's scratch held a
+    /// full group before it (one thread and 41 groups: rayon hands one scratch several).
     #[test]
-    fn packing_pads_the_last_panel_with_zeros() {
+    fn packing_pads_the_last_group_with_zeros() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
             .build()
             .unwrap();
-        for (rows, k) in [(3, 2), (19, 9), (16 * 40 + 3, 9)] {
+        for (rows, k) in [(3, 2), (19, 9), (GROUP_ROWS * 40 + 3, 17)] {
             let acts =
                 pool.install(|| PackedActs::pack(rows, k, |r, dst| dst.fill(r as f32 + 1.0)));
-            assert_eq!(acts.columns.len(), rows.div_ceil(PANEL_ROWS) * k);
-            for (p, panel) in acts.columns.chunks_exact(k).enumerate() {
-                for column in panel {
-                    for (i, &v) in column.0.iter().enumerate() {
-                        let r = p * PANEL_ROWS + i;
+            assert_eq!(acts.columns.len(), rows.div_ceil(GROUP_ROWS) * k);
+            for (g, group) in acts.columns.chunks_exact(k).enumerate() {
+                for column in group {
+                    for (i, &v) in column.iter().enumerate() {
+                        let r = g * GROUP_ROWS + i;
                         let want = if r < rows { r as f32 + 1.0 } else { 0.0 };
-                        assert_eq!(v, want, "rows={rows} k={k} panel {p} row {i}");
+                        assert_eq!(v, want, "rows={rows} k={k} group {g} row {i}");
                     }
                 }
             }
         }
+    }
+
+    /// The CPU path's F16 widener against `half`'s conversion of each value: every row count
+    /// of a panel, lengths with and without a tail past the last 8 columns, and the special
+    /// values (infinities, NaN, subnormals, -0) compared bit for bit. Lanes past the rows are 0.
+    #[test]
+    fn f16_widening_matches_half() {
+        let specials = [
+            0x7c00u16, 0xfc00, 0x7e00, 0x0001, 0x03ff, 0x8000, 0x3c00, 0xc000,
+        ];
+        for n_rows in 0..=PANEL_ROWS {
+            for len in [1, 7, 8, 9, 24, 37] {
+                let rows: Vec<Vec<u8>> = (0..n_rows)
+                    .map(|i| {
+                        (0..len)
+                            .flat_map(|c| {
+                                let bits = if (i + c) % 5 == 0 {
+                                    specials[(i * 3 + c) % specials.len()]
+                                } else {
+                                    half::f16::from_f32(((i * 31 + c * 7) % 97) as f32 - 48.5)
+                                        .to_bits()
+                                };
+                                bits.to_le_bytes()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let rows: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+                let mut panel = vec![PanelColumn([f32::NAN; PANEL_ROWS]); len];
+                f16_widener()(&rows, &mut panel);
+                for (c, column) in panel.iter().enumerate() {
+                    for (i, &v) in column.0.iter().enumerate() {
+                        let want = rows.get(i).map_or(0.0, |row| {
+                            half::f16::from_le_bytes([row[2 * c], row[2 * c + 1]]).to_f32()
+                        });
+                        assert_eq!(
+                            v.to_bits(),
+                            want.to_bits(),
+                            "{n_rows} rows of {len}: row {i} column {c}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "micro-kernel output tile out of bounds")]
+    fn a_tile_past_its_slice_is_refused() {
+        let mut c = vec![0f32; (GROUP_ROWS - 1) * 20 + PANEL_ROWS - 1];
+        TileOut::in_slice(&mut c, 20);
     }
 }

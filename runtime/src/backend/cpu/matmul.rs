@@ -14,15 +14,16 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use rayon::prelude::*;
 
 use super::columns::par_column_blocks;
-use super::gemm::{self, PackedActs, MICRO_W_ROWS};
+use super::gemm::{self, PackedActs, PanelColumn, PANEL_ROWS};
 use super::{chunk_len, CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
 /// with the tile kernels.
 const WEIGHT_BLOCK_ROWS: usize = 16;
-/// The same for widened batches: 16 groups of the f32 micro-kernel (see `gemm::gemm`).
-const WIDE_BLOCK_ROWS: usize = 16 * MICRO_W_ROWS;
+/// The same for widened batches: 6 panels of the f32 micro-kernel, 96 KB of widened weights
+/// per column chunk (see `gemm::gemm`).
+const WIDE_BLOCK_ROWS: usize = 6 * PANEL_ROWS;
 /// The same for the integer GEMM of interleaved weights: 8 groups, 147 KB of 4096-wide Q4_0
 /// in L2, while each tile of 4 activation rows (17 KB of Q8_0) passes over them from L1.
 const INTERLEAVED_BLOCK_ROWS: usize = 8 * DOT_ROWS;
@@ -101,6 +102,7 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         })
     });
     let micro = gemm::micro_kernel();
+    let widen_f16 = (w.ggml_type() == GgmlType::F16).then(gemm::f16_widener);
     const {
         assert!(
             WIDE_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
@@ -125,9 +127,14 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         WEIGHT_BLOCK_ROWS
     };
     // The output in its final layout, [rows, n_out]: each worker writes its run of columns
-    // (weight rows) of every row, whole groups of DOT_ROWS for the interleaved weights.
+    // (weight rows) of every row, whole groups of DOT_ROWS for the interleaved weights, whole
+    // panels for the widened ones.
     let mut out = vec![0f32; rows * n_out];
-    let width = chunk_len(n_out).next_multiple_of(DOT_ROWS);
+    let width = chunk_len(n_out).next_multiple_of(if packed.is_some() {
+        PANEL_ROWS
+    } else {
+        DOT_ROWS
+    });
     par_column_blocks(&mut out, rows, n_out, width, |first, mut cols| {
         let mut scratch = gemm::Scratch::default();
         // A block of weight rows (37 KB of 4096-wide Q4_K) stays in L2 while every tile of
@@ -137,26 +144,28 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             let block_first = first + b0;
             let n_block = block_rows.min(cols.width() - b0);
             if let Some(acts) = &packed {
-                let widen = |j: usize, range: Range<usize>, dst: &mut [f32]| {
-                    let ty = w.ggml_type();
+                let ty = w.ggml_type();
+                let widen = |rows: Range<usize>,
+                             range: Range<usize>,
+                             panel: &mut [PanelColumn],
+                             buf: &mut Vec<f32>| {
                     let offset = ty.row_bytes(range.start as u64).expect("whole blocks") as usize;
                     let len = ty.row_bytes(range.len() as u64).expect("whole blocks") as usize;
-                    let src = &w_row(block_first + j)[offset..][..len];
-                    quant::dequantize_row(ty, src, dst).expect("type checked at load")
-                };
-                // The micro-kernel's tiles come out weight row major, [n_block, rows].
-                let mut tile = std::mem::take(&mut scratch.out);
-                tile.resize(n_block * rows, 0.0);
-                gemm::gemm(micro, n_block, acts, widen, &mut scratch, &mut tile);
-                // Row by row: each row's reads (one value of each of the block's columns) are
-                // on the lines the previous row read, so all but one row in 16 read from L1.
-                for r in 0..rows {
-                    let out = &mut cols.row(r)[b0..b0 + n_block];
-                    for (o, column) in out.iter_mut().zip(tile.chunks_exact(rows)) {
-                        *o = column[r];
+                    let src = |j: usize| &w_row(block_first + j)[offset..][..len];
+                    if let Some(widen_f16) = widen_f16 {
+                        let mut srcs = [&[][..]; PANEL_ROWS];
+                        for (s, j) in srcs.iter_mut().zip(rows.clone()) {
+                            *s = src(j);
+                        }
+                        widen_f16(&srcs[..rows.len()], panel);
+                    } else {
+                        gemm::widen_rows(rows, range, panel, buf, |j, _, dst| {
+                            quant::dequantize_row(ty, src(j), dst).expect("type checked at load")
+                        });
                     }
-                }
-                scratch.out = tile;
+                };
+                // Tiles go straight into `out`, which starts at zero.
+                gemm::gemm(micro, n_block, acts, widen, &mut scratch, &mut cols, b0);
             } else if let Some(gemm) = interleaved_gemm {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
