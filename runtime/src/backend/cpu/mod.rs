@@ -431,7 +431,7 @@ impl Backend for CpuBackend {
         assert_eq!(g.len(), x.cols, "norm weight length");
         self.map_rows(x, |_, row| {
             // ggml sums the squares in double precision.
-            let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+            let sum = sum_f64(row, |v| f64::from(v * v));
             let mean = (sum / row.len() as f64) as f32;
             let scale = 1.0 / (mean + eps).sqrt();
             row.iter_mut().zip(g).for_each(|(v, g)| *v = *v * scale * g);
@@ -449,12 +449,8 @@ impl Backend for CpuBackend {
         assert_eq!((g.len(), b.len()), (x.cols, x.cols), "norm weight length");
         self.map_rows(x, |_, row| {
             let n = row.len() as f64;
-            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = row
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / n;
+            let mean = sum_f64(row, f64::from) / n;
+            let var = sum_f64(row, |v| (f64::from(v) - mean).powi(2)) / n;
             let scale = 1.0 / (var + f64::from(eps)).sqrt();
             for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
                 *v = ((f64::from(*v) - mean) * scale) as f32 * g + b;
@@ -554,6 +550,21 @@ impl Backend for CpuBackend {
 }
 
 /// Splits `0..n` into about `4 × threads` chunks, so uneven work still balances.
+/// `Σ f(v)` over `row` in double precision, as 8 interleaved partial sums: the compiler
+/// keeps them in vector registers, where one running sum is a chain of dependent adds (the
+/// norms' sums were 1–1.4% of a CLIP encode that way).
+fn sum_f64(row: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut partial = [0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let rest: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for chunk in chunks {
+        for (p, &v) in partial.iter_mut().zip(chunk) {
+            *p += f(v);
+        }
+    }
+    partial.iter().sum::<f64>() + rest
+}
+
 fn chunk_len(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads() * 4).max(1)
 }
