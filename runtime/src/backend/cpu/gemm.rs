@@ -240,18 +240,18 @@ pub(super) struct Scratch {
     panels: Vec<PanelColumn>,
 }
 
-/// A `widen` for [`gemm`] from any row format: `row(j, cols, dst)` writes columns `cols` of
-/// row `j` as f32 into `dst`, one row after the other, each scattered into its lane.
+/// A `widen` for [`gemm`] from any row format: `row(j, dst)` writes the chunk's columns of
+/// row `j` as f32 into `dst` (`panel.len()` long), one row after the other, each scattered
+/// into its lane.
 pub(super) fn widen_rows(
     rows: Range<usize>,
-    cols: Range<usize>,
     panel: &mut [PanelColumn],
     buf: &mut Vec<f32>,
-    row: impl Fn(usize, Range<usize>, &mut [f32]),
+    row: impl Fn(usize, &mut [f32]),
 ) {
-    buf.resize(cols.len(), 0.0);
+    buf.resize(panel.len(), 0.0);
     for (i, j) in rows.enumerate() {
-        row(j, cols.clone(), buf);
+        row(j, buf);
         for (column, &v) in panel.iter_mut().zip(buf.iter()) {
             column.0[i] = v;
         }
@@ -541,8 +541,8 @@ mod tests {
                 par_column_blocks(&mut out, rows, cols, cols, |_, mut block| {
                     let widen =
                         |rows: Range<usize>, cols: Range<usize>, panel: &mut _, buf: &mut _| {
-                            widen_rows(rows, cols, panel, buf, |j, cols, dst| {
-                                dst.copy_from_slice(&w[j * k..][cols])
+                            widen_rows(rows, panel, buf, |j, dst| {
+                                dst.copy_from_slice(&w[j * k..][cols.clone()])
                             })
                         };
                     let mut scratch = Scratch::default();

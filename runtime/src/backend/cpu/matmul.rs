@@ -159,7 +159,7 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                         }
                         widen_f16(&srcs[..rows.len()], panel);
                     } else {
-                        gemm::widen_rows(rows, range, panel, buf, |j, _, dst| {
+                        gemm::widen_rows(rows, panel, buf, |j, dst| {
                             quant::dequantize_row(ty, src(j), dst).expect("type checked at load")
                         });
                     }
