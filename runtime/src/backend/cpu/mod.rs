@@ -549,7 +549,6 @@ impl Backend for CpuBackend {
     }
 }
 
-/// Splits `0..n` into about `4 × threads` chunks, so uneven work still balances.
 /// `Σ f(v)` over `row` in double precision, as 8 interleaved partial sums: the compiler
 /// keeps them in vector registers, where one running sum is a chain of dependent adds (the
 /// norms' sums were 1–1.4% of a CLIP encode that way).
@@ -565,6 +564,7 @@ fn sum_f64(row: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     partial.iter().sum::<f64>() + rest
 }
 
+/// Splits `0..n` into about `4 × threads` chunks, so uneven work still balances.
 fn chunk_len(n: usize) -> usize {
     n.div_ceil(rayon::current_num_threads() * 4).max(1)
 }
