@@ -268,9 +268,7 @@ impl<B: Backend> Clip<B> {
 
     /// Image embeddings of one view for the LLM: `[patches, text width]`.
     pub fn encode(&self, backend: &B, pixels: &[f32]) -> B::Tensor {
-        backend.run(|| {
-            self.projector
-                .forward(backend, &self.encode_features(backend, pixels))
-        })
+        self.projector
+            .forward(backend, &self.encode_features(backend, pixels))
     }
 }

@@ -238,17 +238,6 @@ impl<B: Backend> Llama<B> {
         cache: &mut B::KvCache,
         last_only: bool,
     ) -> B::Tensor {
-        backend.run(|| self.forward_layers(backend, x, start, cache, last_only))
-    }
-
-    fn forward_layers(
-        &self,
-        backend: &B,
-        x: B::Tensor,
-        start: usize,
-        cache: &mut B::KvCache,
-        last_only: bool,
-    ) -> B::Tensor {
         let c = &self.config;
         let (rows, _) = backend.shape(&x);
         let positions: Vec<u32> = (start..start + rows).map(|p| p as u32).collect();

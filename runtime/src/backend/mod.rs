@@ -74,15 +74,6 @@ pub trait Backend: Sync {
     /// Keys and values of earlier positions, for every layer.
     type KvCache: Send;
 
-    /// Runs `f`, a whole forward pass of many ops, where the backend's ops run best: the CPU
-    /// backend runs it on one of its worker threads, so that each op's parallel work starts
-    /// from a worker instead of waking the pool from outside and sleeping until it is done
-    /// (rayon's hand-off cost ~14% of a TinyLlama decode step in the scheduler, perf,
-    /// 2026-11-27).
-    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        f()
-    }
-
     /// Loads a tensor of `file`, checking that it exists and that its type can be computed with.
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight, BackendError>;
     /// Loads a tensor of any rank as a matrix with rows of `row_len` elements: its leading

@@ -5,13 +5,12 @@
 //! the machines we target, so there is no split over the keys yet. Batches (prefill, the
 //! vision tower) are two GEMMs per head through `gemm.rs`'s micro-kernel (`attend_batched`).
 
-use rayon::prelude::*;
-
 use half::{f16, slice::HalfFloatSliceExt};
 
 use super::gemm::{
     self, GroupColumn, MicroKernelFn, PanelColumn, TileOut, GROUP_ROWS, K_CHUNK, PANEL_ROWS,
 };
+use super::pool::Pool;
 use super::vector::{vector_ops, CacheValue, VectorOps};
 use super::CpuTensor;
 use crate::backend::Heads;
@@ -196,6 +195,7 @@ impl KvElement for f16 {
 
 /// [`attend`] over keys and values of either element type.
 pub(super) fn attend_cached(
+    pool: &Pool,
     q: &CpuTensor,
     keys: KvSlice<'_>,
     values: KvSlice<'_>,
@@ -203,8 +203,8 @@ pub(super) fn attend_cached(
     start: usize,
 ) -> CpuTensor {
     match (keys, values) {
-        (KvSlice::F32(k), KvSlice::F32(v)) => attend(q, k, v, heads, Some(start)),
-        (KvSlice::F16(k), KvSlice::F16(v)) => attend(q, k, v, heads, Some(start)),
+        (KvSlice::F32(k), KvSlice::F32(v)) => attend(pool, q, k, v, heads, Some(start)),
+        (KvSlice::F16(k), KvSlice::F16(v)) => attend(pool, q, k, v, heads, Some(start)),
         _ => unreachable!("keys and values are stored alike"),
     }
 }
@@ -216,6 +216,7 @@ const BATCH_MIN_ROWS: usize = 4;
 /// With `causal_start = Some(s)`, row `r` is at position `s + r` and sees positions `0..=s + r`;
 /// with `None` every row sees every position.
 pub(super) fn attend<T: KvElement>(
+    pool: &Pool,
     q: &CpuTensor,
     keys: &[T],
     values: &[T],
@@ -236,36 +237,34 @@ pub(super) fn attend<T: KvElement>(
     let ops = vector_ops();
     if q.rows >= BATCH_MIN_ROWS {
         return attend_batched(
+            pool,
             q,
             keys,
             values,
             heads,
             causal_start,
-            &ops,
-            gemm::micro_kernel(),
+            (&ops, gemm::micro_kernel()),
         );
     }
 
     let mut out = vec![0f32; q.rows * q.cols];
-    out.par_chunks_mut(head_dim)
-        .enumerate()
-        .for_each(|(unit, out)| {
-            let (r, h) = (unit / n_heads, unit % n_heads);
-            let kv_off = (h / group) * head_dim;
-            let qh = &q.row(r)[h * head_dim..][..head_dim];
-            let visible = causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
-            let mut scores = vec![0f32; visible];
-            T::decode_head(
-                &ops,
-                qh,
-                &keys[kv_off..],
-                &values[kv_off..],
-                kv_dim,
-                scale,
-                &mut scores,
-                out,
-            );
-        });
+    pool.for_each_chunk(&mut out, head_dim, |unit, out| {
+        let (r, h) = (unit / n_heads, unit % n_heads);
+        let kv_off = (h / group) * head_dim;
+        let qh = &q.row(r)[h * head_dim..][..head_dim];
+        let visible = causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
+        let mut scores = vec![0f32; visible];
+        T::decode_head(
+            &ops,
+            qh,
+            &keys[kv_off..],
+            &values[kv_off..],
+            kv_dim,
+            scale,
+            &mut scores,
+            out,
+        );
+    });
     CpuTensor::new(out, q.rows, q.cols)
 }
 
@@ -286,13 +285,13 @@ pub(super) fn attend<T: KvElement>(
 /// summed the values row by row (axpy per key): that one ran at about 38% of the FMA peak
 /// (`attention/clip/577` 20–23 ms).
 fn attend_batched<T: KvElement>(
+    pool: &Pool,
     q: &CpuTensor,
     keys: &[T],
     values: &[T],
     heads: Heads,
     causal_start: Option<usize>,
-    ops: &VectorOps,
-    micro: MicroKernelFn,
+    (ops, micro): (&VectorOps, MicroKernelFn),
 ) -> CpuTensor {
     let Heads {
         n_heads,
@@ -310,38 +309,37 @@ fn attend_batched<T: KvElement>(
     // (see `KvPanels`).
     let key_groups = n_kv.div_ceil(GROUP_ROWS);
     let dim_groups = head_dim.div_ceil(GROUP_ROWS);
-    let kv: Vec<KvPanels> = (0..n_kv_heads)
-        .into_par_iter()
-        .map(|g| {
-            let mut keys_by_group = vec![[0f32; GROUP_ROWS]; key_groups * head_dim];
-            let mut values_by_dim = vec![[0f32; GROUP_ROWS]; dim_groups * n_kv];
-            let (mut key, mut value) = (vec![0f32; head_dim], vec![0f32; head_dim]);
-            for j in 0..n_kv {
-                let at = j * kv_dim + g * head_dim;
-                T::widen_slice(&keys[at..at + head_dim], &mut key);
-                T::widen_slice(&values[at..at + head_dim], &mut value);
-                let group = &mut keys_by_group[j / GROUP_ROWS * head_dim..][..head_dim];
-                for (column, &k) in group.iter_mut().zip(&key) {
-                    column[j % GROUP_ROWS] = k;
-                }
-                for (d, &v) in value.iter().enumerate() {
-                    values_by_dim[d / GROUP_ROWS * n_kv + j][d % GROUP_ROWS] = v;
-                }
+    let mut kv: Vec<KvPanels> = (0..n_kv_heads).map(|_| KvPanels::default()).collect();
+    pool.for_each_chunk(&mut kv, 1, |g, panels| {
+        let mut keys_by_group = vec![[0f32; GROUP_ROWS]; key_groups * head_dim];
+        let mut values_by_dim = vec![[0f32; GROUP_ROWS]; dim_groups * n_kv];
+        let (mut key, mut value) = (vec![0f32; head_dim], vec![0f32; head_dim]);
+        for j in 0..n_kv {
+            let at = j * kv_dim + g * head_dim;
+            T::widen_slice(&keys[at..at + head_dim], &mut key);
+            T::widen_slice(&values[at..at + head_dim], &mut value);
+            let group = &mut keys_by_group[j / GROUP_ROWS * head_dim..][..head_dim];
+            for (column, &k) in group.iter_mut().zip(&key) {
+                column[j % GROUP_ROWS] = k;
             }
-            KvPanels {
-                keys_by_group,
-                values_by_dim,
+            for (d, &v) in value.iter().enumerate() {
+                values_by_dim[d / GROUP_ROWS * n_kv + j][d % GROUP_ROWS] = v;
             }
-        })
-        .collect();
+        }
+        panels[0] = KvPanels {
+            keys_by_group,
+            values_by_dim,
+        };
+    });
 
     // Output by head, each unit's PANEL_ROWS rows together (the last panel padded).
     let panels = rows.div_ceil(PANEL_ROWS);
     let mut by_head = vec![0f32; n_heads * panels * PANEL_ROWS * head_dim];
-    by_head
-        .par_chunks_mut(PANEL_ROWS * head_dim)
-        .enumerate()
-        .for_each_init(UnitScratch::default, |scratch, (unit, out)| {
+    pool.for_each_chunk_init(
+        &mut by_head,
+        PANEL_ROWS * head_dim,
+        UnitScratch::default,
+        |scratch, unit, out| {
             let (h, r0) = (unit / panels, unit % panels * PANEL_ROWS);
             let n_r = PANEL_ROWS.min(rows - r0);
             let KvPanels {
@@ -402,7 +400,8 @@ fn attend_batched<T: KvElement>(
                     *o = sums[d * PANEL_ROWS + i] * inv_sums[i];
                 }
             }
-        });
+        },
+    );
 
     let mut out = vec![0f32; rows * q.cols];
     for (h, head) in by_head
@@ -420,6 +419,7 @@ fn attend_batched<T: KvElement>(
 /// groups of [`GROUP_ROWS`] rows, the broadcast operand (zero-padded at the end):
 /// - `keys_by_group[g·head_dim + d][s]` = dimension `d` of key `g·GROUP_ROWS + s`;
 /// - `values_by_dim[g·n_kv + j][s]` = dimension `g·GROUP_ROWS + s` of value `j`.
+#[derive(Default)]
 struct KvPanels {
     keys_by_group: Vec<GroupColumn>,
     values_by_dim: Vec<GroupColumn>,
@@ -505,6 +505,7 @@ mod tests {
             (5, 5, Some(0), 3, 1, 8),
             (21, 300, None, 2, 1, 12),
         ];
+        let pool = Pool::new(3);
         for (rows, n_kv, causal_start, n_heads, n_kv_heads, head_dim) in cases {
             let heads = Heads {
                 n_heads,
@@ -529,8 +530,10 @@ mod tests {
             let want16 = attention_f64(&q.data, &wide16(&k16), &wide16(&v16), heads, visible);
             for ops in all_vector_ops() {
                 for micro in gemm::micro_kernels() {
-                    let got32 = attend_batched(&q, &k, &v, heads, causal_start, &ops, micro);
-                    let got16 = attend_batched(&q, &k16, &v16, heads, causal_start, &ops, micro);
+                    let got32 =
+                        attend_batched(&pool, &q, &k, &v, heads, causal_start, (&ops, micro));
+                    let got16 =
+                        attend_batched(&pool, &q, &k16, &v16, heads, causal_start, (&ops, micro));
                     for (got, want, what) in [(got32, &want32, "f32"), (got16, &want16, "f16")] {
                         for (i, (&g, &w)) in got.data.iter().zip(want).enumerate() {
                             assert!(

@@ -2,15 +2,14 @@
 //!
 //! A matmul's workers each take a run of weight rows, that is a run of output columns, and
 //! write those columns of every activation row. With the output in its final `[rows, cols]`
-//! layout, a worker's part is not one contiguous slice, so `par_chunks_mut` cannot hand it
-//! out; [`par_column_blocks`] does, with the one `unsafe` step it takes: slices of rows of
+//! layout, a worker's part is not one contiguous slice, so `Pool::for_each_chunk` cannot hand
+//! it out; [`par_column_blocks`] does, with the one `unsafe` step it takes: slices of rows of
 //! disjoint column ranges never overlap.
 
 use std::marker::PhantomData;
 
-use rayon::prelude::*;
-
 use super::gemm::{TileOut, GROUP_ROWS, PANEL_ROWS};
+use super::pool::Pool;
 
 /// The columns `first..first + width` of a row-major `[rows, stride]` matrix, borrowed
 /// exclusively: [`ColumnBlock::row`] gives one row's part of it at a time.
@@ -68,9 +67,10 @@ impl Base {
     }
 }
 
-/// Runs `f(first column, block)` in parallel over `data`, a row-major `[rows, cols]` matrix,
-/// cut into blocks of `width` columns (the last may be narrower).
+/// Runs `f(first column, block)` in parallel on `pool` over `data`, a row-major `[rows, cols]`
+/// matrix, cut into blocks of `width` columns (the last may be narrower).
 pub(super) fn par_column_blocks(
+    pool: &Pool,
     data: &mut [f32],
     rows: usize,
     cols: usize,
@@ -80,7 +80,7 @@ pub(super) fn par_column_blocks(
     assert_eq!(data.len(), rows * cols, "matrix shape");
     assert!(width > 0, "empty column blocks");
     let base = Base(data.as_mut_ptr());
-    (0..cols.div_ceil(width)).into_par_iter().for_each(|b| {
+    pool.for_each(cols.div_ceil(width), |b| {
         let first = b * width;
         let block = ColumnBlock {
             // In bounds, or one past the end when `rows` is 0 (then `row` is never valid).
@@ -100,9 +100,10 @@ mod tests {
 
     #[test]
     fn every_element_is_written_once_by_the_block_of_its_column() {
+        let pool = Pool::new(3);
         for (rows, cols, width) in [(5, 17, 4), (1, 8, 8), (3, 7, 10), (0, 6, 2), (4, 0, 3)] {
             let mut data = vec![0f32; rows * cols];
-            par_column_blocks(&mut data, rows, cols, width, |first, mut block| {
+            par_column_blocks(&pool, &mut data, rows, cols, width, |first, mut block| {
                 assert!(block.width() <= width && first + block.width() <= cols);
                 for r in 0..rows {
                     for (c, v) in block.row(r).iter_mut().enumerate() {
@@ -121,7 +122,7 @@ mod tests {
     #[should_panic(expected = "row 2 of a 2-row matrix")]
     fn rows_past_the_end_are_refused() {
         let mut data = vec![0f32; 6];
-        par_column_blocks(&mut data, 2, 3, 3, |_, mut block| {
+        par_column_blocks(&Pool::new(2), &mut data, 2, 3, 3, |_, mut block| {
             block.row(2);
         });
     }
@@ -130,7 +131,7 @@ mod tests {
     #[should_panic(expected = "tile (0, 1) of a 6×16 block")]
     fn tiles_past_the_block_are_refused() {
         let mut data = vec![0f32; 6 * 32];
-        par_column_blocks(&mut data, 6, 32, 16, |_, mut block| {
+        par_column_blocks(&Pool::new(2), &mut data, 6, 32, 16, |_, mut block| {
             block.tile(0, 1);
         });
     }

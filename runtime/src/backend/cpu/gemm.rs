@@ -26,6 +26,7 @@ use std::ops::Range;
 use bytemuck::{Pod, Zeroable};
 
 use super::columns::ColumnBlock;
+use super::pool::Pool;
 use crate::quant;
 
 /// Rows of a panel (the micro-kernel's lanes): two 8-lane AVX2 vectors.
@@ -107,17 +108,18 @@ impl PackedActs {
     /// The groups are written straight into uninitialized memory: zeroing them first (and
     /// faulting in their pages) on one thread took 7 ms of a 50 ms CLIP MLP matmul.
     pub(super) fn pack(
+        pool: &Pool,
         rows: usize,
         k: usize,
-        row: impl Fn(usize, &mut [f32]) + Sync + Send,
+        row: impl Fn(usize, &mut [f32]) + Sync,
     ) -> PackedActs {
-        use rayon::prelude::*;
         let n = rows.div_ceil(GROUP_ROWS) * k;
         let mut columns = Vec::with_capacity(n);
-        columns.spare_capacity_mut()[..n]
-            .par_chunks_mut(k.max(1))
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (g, group)| {
+        pool.for_each_chunk_init(
+            &mut columns.spare_capacity_mut()[..n],
+            k.max(1),
+            Vec::new,
+            |scratch, g, group| {
                 let n_rows = GROUP_ROWS.min(rows - g * GROUP_ROWS);
                 scratch.resize(GROUP_ROWS * k, 0.0);
                 for (i, dst) in scratch.chunks_exact_mut(k).enumerate() {
@@ -143,7 +145,8 @@ impl PackedActs {
                 for (c, column) in group.iter_mut().enumerate().skip(whole) {
                     column.write(std::array::from_fn(|i| scratch[i * k + c]));
                 }
-            });
+            },
+        );
         // SAFETY: the loop above wrote all `n` elements: the chunks of `k` cover `0..n`, and
         // each chunk's columns `0..whole` and `whole..k` are written.
         unsafe { columns.set_len(n) };
@@ -532,13 +535,16 @@ mod tests {
             (40, 40, 513, 16, 64),
             (5, 7, 64, 1, 9),
         ] {
+            let pool = Pool::new(2);
             let a = data(rows * k, 3);
             let w = data(n_block * k, 4);
             let init = data(rows * cols, 5);
-            let acts = PackedActs::pack(rows, k, |r, dst| dst.copy_from_slice(&a[r * k..][..k]));
+            let acts = PackedActs::pack(&pool, rows, k, |r, dst| {
+                dst.copy_from_slice(&a[r * k..][..k])
+            });
             for micro in micro_kernels() {
                 let mut out = init.clone();
-                par_column_blocks(&mut out, rows, cols, cols, |_, mut block| {
+                par_column_blocks(&pool, &mut out, rows, cols, cols, |_, mut block| {
                     let widen =
                         |rows: Range<usize>, cols: Range<usize>, panel: &mut _, buf: &mut _| {
                             widen_rows(rows, panel, buf, |j, dst| {
@@ -571,16 +577,12 @@ mod tests {
     }
 
     /// The last group's rows past the end are zeros, also when the worker's scratch held a
-    /// full group before it (one thread and 41 groups: rayon hands one scratch several).
+    /// full group before it (one thread and 41 groups: the pool hands one scratch several).
     #[test]
     fn packing_pads_the_last_group_with_zeros() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = Pool::new(1);
         for (rows, k) in [(3, 2), (19, 9), (GROUP_ROWS * 40 + 3, 17)] {
-            let acts =
-                pool.install(|| PackedActs::pack(rows, k, |r, dst| dst.fill(r as f32 + 1.0)));
+            let acts = PackedActs::pack(&pool, rows, k, |r, dst| dst.fill(r as f32 + 1.0));
             assert_eq!(acts.columns.len(), rows.div_ceil(GROUP_ROWS) * k);
             for (g, group) in acts.columns.chunks_exact(k).enumerate() {
                 for column in group {

@@ -10,13 +10,12 @@
 
 use std::ops::Range;
 
-use bytemuck::{cast_slice, cast_slice_mut};
-use rayon::prelude::*;
-
 use super::columns::par_column_blocks;
 use super::gemm::{self, PackedActs, PanelColumn, PANEL_ROWS};
+use super::pool::Pool;
 use super::{chunk_len, CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
+use bytemuck::{cast_slice, cast_slice_mut};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
 /// with the tile kernels.
@@ -41,7 +40,7 @@ pub(super) fn kernel_for(ty: GgmlType) -> Option<Kernel> {
     quant::row_kernels(ty, quant::cpu_path())
 }
 
-pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
+pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let k = w.row_len();
     let n_out = w.n_rows();
     assert_eq!(
@@ -60,9 +59,9 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     // Each activation row starts on a 4-byte boundary, as its block structs require.
     let a_stride_words = a_row_bytes.div_ceil(4);
     let mut act = vec![0u32; x.rows * a_stride_words];
-    act.par_chunks_mut(a_stride_words)
-        .zip(x.data.par_chunks(k))
-        .for_each(|(dst, src)| (kernel.quantize)(src, &mut cast_slice_mut(dst)[..a_row_bytes]));
+    pool.for_each_chunk(&mut act, a_stride_words, |r, dst| {
+        (kernel.quantize)(x.row(r), &mut cast_slice_mut(dst)[..a_row_bytes])
+    });
     let act_bytes: &[u8] = cast_slice(&act);
     let act_row = |r: usize| &act_bytes[r * a_stride_words * 4..][..a_row_bytes];
     // Interleaved weights (`CpuWeight::interleaved`) where the path has kernels for them: row
@@ -70,7 +69,7 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let interleaved = kernel
         .interleaved
         .as_ref()
-        .and_then(|how| Some((how, w.interleaved(how)?)));
+        .and_then(|how| Some((how, w.interleaved(how, pool)?)));
     let weights = interleaved.map_or_else(|| w.data(), |(_, data)| data);
     let group_bytes = interleaved.map_or(0, |(how, _)| (how.group_bytes)(w_row_bytes));
     let group = |j: usize| &weights[j / DOT_ROWS * group_bytes..][..group_bytes];
@@ -85,18 +84,15 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let mut block_sums = Vec::new();
     if interleaved_gemm.is_some() && rows >= TILE_ROWS {
         block_sums = vec![quant::ActBlockSum::default(); rows * n_blocks];
-        block_sums
-            .par_chunks_mut(n_blocks.max(1))
-            .enumerate()
-            .for_each(|(r, out)| {
-                quant::act_block_sums(kernel.act_type, act_row(r), out)
-                    .expect("interleaved kernels take Q8_0 or Q8_K activations");
-            });
+        pool.for_each_chunk(&mut block_sums, n_blocks.max(1), |r, out| {
+            quant::act_block_sums(kernel.act_type, act_row(r), out)
+                .expect("interleaved kernels take Q8_0 or Q8_K activations");
+        });
     }
     let act_sums = |r: usize| &block_sums[r * n_blocks..][..n_blocks];
     let widen = kernel.widen_batches && rows >= WIDEN_MIN_ROWS && interleaved_gemm.is_none();
     let packed = widen.then(|| {
-        PackedActs::pack(rows, k, |r, dst| {
+        PackedActs::pack(pool, rows, k, |r, dst| {
             quant::dequantize_row(kernel.act_type, act_row(r), dst)
                 .expect("quantized by the same kernel table")
         })
@@ -130,12 +126,12 @@ pub(super) fn matmul(x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     // (weight rows) of every row, whole groups of DOT_ROWS for the interleaved weights, whole
     // panels for the widened ones.
     let mut out = vec![0f32; rows * n_out];
-    let width = chunk_len(n_out).next_multiple_of(if packed.is_some() {
+    let width = chunk_len(n_out, pool.threads()).next_multiple_of(if packed.is_some() {
         PANEL_ROWS
     } else {
         DOT_ROWS
     });
-    par_column_blocks(&mut out, rows, n_out, width, |first, mut cols| {
+    par_column_blocks(pool, &mut out, rows, n_out, width, |first, mut cols| {
         let mut scratch = gemm::Scratch::default();
         // A block of weight rows (37 KB of 4096-wide Q4_K) stays in L2 while every tile of
         // activation rows (19 KB of Q8_K) passes over it from L1: the weights are read from

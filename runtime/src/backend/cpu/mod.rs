@@ -1,20 +1,21 @@
 //! The CPU backend: eager, f32 activations, weights borrowed from the memory map.
 //!
 //! The kernels are the process's CPU path's (`quant::cpu_path`: scalar, AVX2, AVX-512 or
-//! NEON, chosen at run time); the work of each op is spread over the backend's own rayon pool.
+//! NEON, chosen at run time); the work of each op is spread over the backend's own thread pool
+//! (`pool.rs`).
 
 use std::sync::{Arc, OnceLock};
-
-use rayon::prelude::*;
 
 use super::{Backend, BackendError, Heads, Rope};
 use crate::gguf::GgufFile;
 use crate::quant::{self, GgmlType};
+use pool::Pool;
 
 mod attention;
 mod columns;
 mod gemm;
 mod matmul;
+mod pool;
 mod vector;
 
 pub use attention::{CpuKvCache, KvType};
@@ -85,7 +86,7 @@ impl CpuWeight {
 
     /// The data with every group of [`quant::DOT_ROWS`] rows interleaved by `how`, if this
     /// weight may be interleaved and its rows come in whole groups; made by the first call, in
-    /// parallel on the current pool. The mapped pages are then released (`GgufFile::
+    /// parallel on `pool`. The mapped pages are then released (`GgufFile::
     /// release_tensor_pages`), so the copy replaces the mapped tensor in resident memory
     /// rather than doubling it (DESIGN.md, decision 3; Q4_K's copy is 2.8% larger, its scales
     /// unpacked). Every interleaving of a type lays it out the same way, whichever path's
@@ -95,7 +96,7 @@ impl CpuWeight {
     /// 25 MB tensors from malloc filled glibc's 64 MB arena heaps two at a time, beside the
     /// activations, and the freed space around them stayed resident. If the mapping cannot
     /// be made, the weight keeps its mapped layout.
-    fn interleaved(&self, how: &quant::Interleaving) -> Option<&[u8]> {
+    fn interleaved(&self, how: &quant::Interleaving, pool: &Pool) -> Option<&[u8]> {
         let group_rows = quant::DOT_ROWS;
         if !self.interleave || self.n_rows() == 0 || !self.n_rows().is_multiple_of(group_rows) {
             return None;
@@ -117,22 +118,20 @@ impl CpuWeight {
             // resident memory never holds much of the tensor twice (the 107 MB output matrix
             // of TinyLlama raised the peak by its size when released at the end).
             let part_groups = (4 << 20) / (group_rows * row_bytes) + 1;
-            copy_bytes
-                .par_chunks_mut(part_groups * group_bytes)
-                .zip(data.par_chunks(part_groups * group_rows * row_bytes))
-                .enumerate()
-                .for_each(|(p, (dst, src))| {
-                    for (dst, src) in dst
-                        .chunks_exact_mut(group_bytes)
-                        .zip(src.chunks_exact(group_rows * row_bytes))
-                    {
-                        let rows = std::array::from_fn(|r| &src[r * row_bytes..][..row_bytes]);
-                        (how.interleave)(rows, dst)
-                    }
-                    let start = p * part_groups * group_rows * row_bytes;
-                    self.file
-                        .release_tensor_pages(self.index, start..start + src.len());
-                });
+            let src_part = part_groups * group_rows * row_bytes;
+            pool.for_each_chunk(copy_bytes, part_groups * group_bytes, |p, dst| {
+                let start = p * src_part;
+                let src = &data[start..(start + src_part).min(data.len())];
+                for (dst, src) in dst
+                    .chunks_exact_mut(group_bytes)
+                    .zip(src.chunks_exact(group_rows * row_bytes))
+                {
+                    let rows = std::array::from_fn(|r| &src[r * row_bytes..][..row_bytes]);
+                    (how.interleave)(rows, dst)
+                }
+                self.file
+                    .release_tensor_pages(self.index, start..start + src.len());
+            });
             Some(copy)
         });
         copy.as_deref()
@@ -167,7 +166,7 @@ pub const INTERLEAVE_ENV: &str = "LLAVA_INTERLEAVE";
 
 /// The CPU backend, with its own pool of worker threads.
 pub struct CpuBackend {
-    pool: rayon::ThreadPool,
+    pool: Pool,
     kv_type: KvType,
     interleave: bool,
 }
@@ -180,13 +179,8 @@ impl CpuBackend {
         } else {
             threads
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("llava-cpu-{i}"))
-            .build()
-            .expect("the OS can start worker threads");
         CpuBackend {
-            pool,
+            pool: Pool::new(threads),
             kv_type: KvType::default(),
             interleave: std::env::var(INTERLEAVE_ENV).map_or(true, |v| v.trim() != "0"),
         }
@@ -209,7 +203,7 @@ impl CpuBackend {
     }
 
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.pool.threads()
     }
 
     /// How new KV caches store keys and values.
@@ -218,8 +212,8 @@ impl CpuBackend {
     }
 
     /// A copy of `x` with `f(row index, row)` applied to each row: on the pool's threads when
-    /// the tensor is big enough to pay for the fork (a prefill or the vision tower; the GELU
-    /// of CLIP-L's 577 × 4096 activations took 1–2 s on one thread), else on this one.
+    /// the tensor is big enough to pay for the hand-off (a prefill or the vision tower; the
+    /// GELU of CLIP-L's 577 × 4096 activations took 1–2 s on one thread), else on this one.
     fn map_rows(&self, x: &CpuTensor, f: impl Fn(usize, &mut [f32]) + Sync + Send) -> CpuTensor {
         self.map_rows_in_place(x.clone(), f)
     }
@@ -230,7 +224,7 @@ impl CpuBackend {
         x: CpuTensor,
         f: impl Fn(usize, &mut [f32]) + Sync + Send,
     ) -> CpuTensor {
-        /// Below this, a decode step's rows: the fork costs more than it saves.
+        /// Below this, a decode step's rows: the hand-off costs more than it saves.
         const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
         let mut out = x;
         if out.cols == 0 {
@@ -243,12 +237,7 @@ impl CpuBackend {
                 .enumerate()
                 .for_each(|(r, row)| f(r, row));
         } else {
-            self.pool.install(|| {
-                out.data
-                    .par_chunks_mut(cols)
-                    .enumerate()
-                    .for_each(|(r, row)| f(r, row))
-            });
+            self.pool.for_each_chunk(&mut out.data, cols, f);
         }
         out
     }
@@ -302,10 +291,6 @@ impl Backend for CpuBackend {
     type Tensor = CpuTensor;
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
-
-    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
 
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight, BackendError> {
         let index = file
@@ -406,7 +391,7 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
-        self.pool.install(|| matmul::matmul(x, w))
+        matmul::matmul(&self.pool, x, w)
     }
 
     fn add(&self, a: CpuTensor, b: &CpuTensor) -> CpuTensor {
@@ -539,13 +524,11 @@ impl Backend for CpuBackend {
     ) -> CpuTensor {
         cache.store(layer, start, k, v);
         let (keys, values) = cache.layer(layer, start + q.rows);
-        self.pool
-            .install(|| attention::attend_cached(q, keys, values, heads, start))
+        attention::attend_cached(&self.pool, q, keys, values, heads, start)
     }
 
     fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: Heads) -> CpuTensor {
-        self.pool
-            .install(|| attention::attend(q, &k.data, &v.data, heads, None))
+        attention::attend(&self.pool, q, &k.data, &v.data, heads, None)
     }
 }
 
@@ -565,6 +548,6 @@ fn sum_f64(row: &[f32], f: impl Fn(f32) -> f64) -> f64 {
 }
 
 /// Splits `0..n` into about `4 × threads` chunks, so uneven work still balances.
-fn chunk_len(n: usize) -> usize {
-    n.div_ceil(rayon::current_num_threads() * 4).max(1)
+fn chunk_len(n: usize, threads: usize) -> usize {
+    n.div_ceil(threads * 4).max(1)
 }
