@@ -2,7 +2,7 @@
 # llava-edge against llama.cpp on the same files with the same flags, one run of each, one after
 # the other: `llava bench`, then benches/peer-llamacpp's `llamacpp-bench`, then their ratios.
 #
-#   benches/compare.sh -m LLM.gguf [--mmproj MMPROJ.gguf [--image IMG] [--ttft]] [-t N] [-p 512] [-n 128] [-r 3] [--kv-type f16|f32]
+#   benches/compare.sh -m LLM.gguf [--mmproj MMPROJ.gguf [--image IMG] [--ttft]] [-t N] [-p 512] [-n 128] [-d 0] [-r 3] [--kv-type f16|f32]
 #
 # Build both first (see benches/README.md). Without -t, llava's default (one thread per physical
 # core) is used and passed on, so both always run with the same count. The two JSON reports are
@@ -45,13 +45,14 @@ jq -rn --slurpfile a "$out/llava-edge.json" --slurpfile b "$out/llama.cpp.json" 
     def ratio(x; y): if x == null or y == null or y == 0 then "n/a"
       else x / y | (if . < 0.1 then (. * 10000 | round / 10000) else (. * 100 | round / 100) end) | tostring end;
     def u(unit): if . == null then "n/a" else "\(f) \(unit)" end;
+    def d: if ($a.depth // 0) > 0 then " @ d\($a.depth)" else "" end;
     def row(name; x; y; unit): "| \(name) | \(x | u(unit)) | \(y | u(unit)) | \(ratio(x; y)) |";
   "\($a.model.path) (\($a.model.bytes / 1e6 | round) MB), \($a.threads) threads, \($a.kv_type) KV cache; llava-edge \($a.kernels) kernels, llama.cpp \($b.kernels)",
   "",
   "| test | llava-edge | llama.cpp | llava-edge ÷ llama.cpp |",
   "|---|---:|---:|---:|",
-  (if $a.pp then row("pp\($a.pp.tokens)"; $a.pp.tokens_per_second.median; $b.pp.tokens_per_second.median; "tokens/s") else empty end),
-  (if $a.tg then row("tg\($a.tg.tokens)"; $a.tg.tokens_per_second.median; $b.tg.tokens_per_second.median; "tokens/s") else empty end),
+  (if $a.pp then row("pp\($a.pp.tokens)\(d)"; $a.pp.tokens_per_second.median; $b.pp.tokens_per_second.median; "tokens/s") else empty end),
+  (if $a.tg then row("tg\($a.tg.tokens)\(d)"; $a.tg.tokens_per_second.median; $b.tg.tokens_per_second.median; "tokens/s") else empty end),
   (if $a.encode then
      row("image encode \($a.encode.width)x\($a.encode.height) (\($a.encode.image_tokens) / \($b.encode.image_tokens) tokens)";
          $a.encode.ms.median; $b.encode.ms.median; "ms")

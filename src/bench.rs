@@ -47,6 +47,11 @@ pub struct Args {
     /// Decode steps of the generation test (0: skip it).
     #[arg(short = 'n', long, default_value_t = 128)]
     n_gen: usize,
+    /// Positions already in the KV cache when the prefill and generation tests start (as
+    /// llama-bench's -d): filled once, untimed, then each test runs at positions d.. (a
+    /// conversation's later turns; an image alone is 576 positions in LLaVA-1.5).
+    #[arg(short = 'd', long, default_value_t = 0)]
+    depth: usize,
     /// Measured repetitions of each test, after one warm-up.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -87,11 +92,8 @@ pub fn run(args: &Args) -> Result<()> {
         None => None,
     };
 
-    let mut llm = load_llm(
-        &args.model,
-        args.threads,
-        args.n_prompt.max(args.n_gen).max(1),
-    )?;
+    let n_ctx = args.depth + args.n_prompt.max(args.n_gen).max(1);
+    let mut llm = load_llm(&args.model, args.threads, n_ctx)?;
     llm.backend.set_kv_type(args.kv_type);
     let clip = match &args.mmproj {
         Some(p) => {
@@ -109,19 +111,34 @@ pub fn run(args: &Args) -> Result<()> {
         ms(llm.load_time)
     );
 
+    // The first `depth` positions of a cache, filled once: the tests write only after them.
+    let depth_ids = bench_tokens(&llm, args.depth);
+    let filled_cache = |len: usize| {
+        let mut cache = llm.model.new_cache(&llm.backend, args.depth + len);
+        if args.depth > 0 {
+            prefill(&llm, &mut cache, &depth_ids, 0);
+        }
+        cache
+    };
+    let at_depth = |name: String| match args.depth {
+        0 => name,
+        d => format!("{name} @ d{d}"),
+    };
     let pp = (args.n_prompt > 0).then(|| {
         let ids = bench_tokens(&llm, args.n_prompt);
-        let name = format!("pp{}", args.n_prompt);
-        let mut cache = llm.model.new_cache(&llm.backend, ids.len());
-        let samples = repeat(&name, args.repetitions, || prefill(&llm, &mut cache, &ids));
+        let name = at_depth(format!("pp{}", args.n_prompt));
+        let mut cache = filled_cache(ids.len());
+        let samples = repeat(&name, args.repetitions, || {
+            prefill(&llm, &mut cache, &ids, args.depth)
+        });
         token_test(args.n_prompt, &samples)
     });
     let tg = (args.n_gen > 0).then(|| {
         let ids = bench_tokens(&llm, args.n_gen);
-        let name = format!("tg{}", args.n_gen);
-        let mut cache = llm.model.new_cache(&llm.backend, ids.len());
+        let name = at_depth(format!("tg{}", args.n_gen));
+        let mut cache = filled_cache(ids.len());
         let samples = repeat(&name, args.repetitions, || {
-            decode_steps(&llm, &mut cache, &ids)
+            decode_steps(&llm, &mut cache, &ids, args.depth)
         });
         token_test(args.n_gen, &samples)
     });
@@ -173,6 +190,7 @@ pub fn run(args: &Args) -> Result<()> {
         "kv_type": args.kv_type.name(),
         "load_ms": ms(llm.load_time),
         "repetitions": args.repetitions,
+        "depth": args.depth,
         "pp": pp,
         "tg": tg,
         "encode": encode,
@@ -245,25 +263,29 @@ fn repeat(name: &str, repetitions: usize, mut f: impl FnMut() -> Duration) -> Ve
         .collect()
 }
 
-/// One prefill of `ids` at positions `0..`; only the last row's logits are computed, as
-/// llama.cpp does for a prompt. Starting at position 0 empties `cache` (attention reads only
-/// the positions before the ones written), so one cache serves every run, as llama-bench
-/// clears and reuses its own: the warm-up pays the first touch of its pages.
-fn prefill(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32]) -> Duration {
+/// One prefill of `ids` at positions `start..`; only the last row's logits are computed, as
+/// llama.cpp does for a prompt. Writing at `start` drops whatever `cache` held from there on
+/// (attention reads only the positions before the ones written), so one cache serves every
+/// run, as llama-bench clears and reuses its own: the warm-up pays the first touch of its
+/// pages.
+fn prefill(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32], start: usize) -> Duration {
     let (b, m) = (&llm.backend, &llm.model);
     let t0 = Instant::now();
-    let x = m.embed(b, ids);
-    b.download(&m.forward(b, x, 0, cache, true));
+    if !ids.is_empty() {
+        let x = m.embed(b, ids);
+        b.download(&m.forward(b, x, start, cache, true));
+    }
     t0.elapsed()
 }
 
-/// One decode step per id, at positions `0..ids.len()` (the cache is reused as in [`prefill`]).
-fn decode_steps(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32]) -> Duration {
+/// One decode step per id, at positions `start..start + ids.len()` (the cache is reused as in
+/// [`prefill`]).
+fn decode_steps(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32], start: usize) -> Duration {
     let (b, m) = (&llm.backend, &llm.model);
     let t0 = Instant::now();
-    for (pos, &id) in ids.iter().enumerate() {
+    for (i, &id) in ids.iter().enumerate() {
         let x = m.embed(b, &[id]);
-        b.download(&m.forward(b, x, pos, cache, true));
+        b.download(&m.forward(b, x, start + i, cache, true));
     }
     t0.elapsed()
 }
@@ -421,11 +443,15 @@ fn table(r: &Value) -> String {
             f("max")
         )
     };
+    let depth = match r["depth"].as_u64() {
+        Some(d) if d > 0 => format!(" @ d{d}"),
+        _ => String::new(),
+    };
     for key in ["pp", "tg"] {
         let t = &r[key];
         if !t.is_null() {
             out += &row(
-                format!("{key}{}", t["tokens"]),
+                format!("{key}{}{depth}", t["tokens"]),
                 &t["tokens_per_second"],
                 "tokens/s",
             );

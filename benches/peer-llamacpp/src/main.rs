@@ -63,6 +63,10 @@ struct Args {
     /// Decode steps of the generation test (0: skip it).
     #[arg(short = 'n', long, default_value_t = 128)]
     n_gen: usize,
+    /// Positions in the KV cache before each prefill and generation run (as llama-bench's
+    /// -d): filled untimed, then the run goes on at positions d..
+    #[arg(short = 'd', long, default_value_t = 0)]
+    depth: usize,
     /// Measured repetitions of each test, after one warm-up.
     #[arg(short = 'r', long, default_value_t = 3)]
     repetitions: usize,
@@ -142,7 +146,7 @@ fn run(args: &Args) -> Result<()> {
         "f32" => KvCacheType::F32,
         _ => KvCacheType::F16,
     };
-    let n_ctx = u32::try_from(args.n_prompt + args.n_gen).context("-p + -n")?;
+    let n_ctx = u32::try_from(args.depth + args.n_prompt + args.n_gen).context("-d + -p + -n")?;
     let ctx_params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx.max(1)))
         .with_n_threads(n_threads)
@@ -153,12 +157,20 @@ fn run(args: &Args) -> Result<()> {
         .new_context(&backend, ctx_params)
         .context("llama.cpp cannot make a context")?;
 
+    let depth_ids = drawn_tokens(&model, args.depth);
+    let at_depth = |name: String| match args.depth {
+        0 => name,
+        d => format!("{name} @ d{d}"),
+    };
     let pp = match args.n_prompt {
         0 => None,
         p => {
             let ids = drawn_tokens(&model, p);
-            let name = format!("pp{p}");
-            let samples = repeat(&name, args.repetitions, || prefill(&mut ctx, &ids))?;
+            let name = at_depth(format!("pp{p}"));
+            let samples = repeat(&name, args.repetitions, || {
+                fill(&mut ctx, &depth_ids)?;
+                prefill(&mut ctx, &ids, args.depth)
+            })?;
             Some(token_test(p, &samples))
         }
     };
@@ -166,8 +178,11 @@ fn run(args: &Args) -> Result<()> {
         0 => None,
         n => {
             let ids = drawn_tokens(&model, n);
-            let name = format!("tg{n}");
-            let samples = repeat(&name, args.repetitions, || decode_steps(&mut ctx, &ids))?;
+            let name = at_depth(format!("tg{n}"));
+            let samples = repeat(&name, args.repetitions, || {
+                fill(&mut ctx, &depth_ids)?;
+                decode_steps(&mut ctx, &ids, args.depth)
+            })?;
             Some(token_test(n, &samples))
         }
     };
@@ -197,6 +212,7 @@ fn run(args: &Args) -> Result<()> {
         "kv_type": args.kv_type,
         "load_ms": ms(load_time),
         "repetitions": args.repetitions,
+        "depth": args.depth,
         "pp": pp,
         "tg": tg,
         "encode": encode,
@@ -229,18 +245,25 @@ fn repeat(
         .collect()
 }
 
-/// llama-bench's `test_prompt`: the KV cache cleared (not timed), the prompt in batches of
-/// `n_batch`, logits for the last token only.
-fn prefill(ctx: &mut LlamaContext, ids: &[LlamaToken]) -> Result<Duration> {
+/// The KV cache cleared, then `ids` prefilled at positions `0..` (not timed; llama-bench's
+/// depth).
+fn fill(ctx: &mut LlamaContext, ids: &[LlamaToken]) -> Result<()> {
     ctx.clear_kv_cache();
+    prefill(ctx, ids, 0)?;
+    Ok(())
+}
+
+/// llama-bench's `test_prompt`: the prompt at positions `start..` in batches of `n_batch`,
+/// logits for the last token only.
+fn prefill(ctx: &mut LlamaContext, ids: &[LlamaToken], start: usize) -> Result<Duration> {
     let n_batch = ctx.n_batch() as usize;
-    let mut batch = LlamaBatch::new(n_batch.min(ids.len()), 1);
+    let mut batch = LlamaBatch::new(n_batch.min(ids.len()).max(1), 1);
     let t0 = Instant::now();
     for (c, chunk) in ids.chunks(n_batch).enumerate() {
         batch.clear();
         for (i, &id) in chunk.iter().enumerate() {
-            let pos = c * n_batch + i;
-            batch.add(id, pos as i32, &[0], pos + 1 == ids.len())?;
+            let n = c * n_batch + i;
+            batch.add(id, (start + n) as i32, &[0], n + 1 == ids.len())?;
         }
         ctx.decode(&mut batch)?;
     }
@@ -248,14 +271,13 @@ fn prefill(ctx: &mut LlamaContext, ids: &[LlamaToken]) -> Result<Duration> {
     Ok(t0.elapsed())
 }
 
-/// llama-bench's `test_gen`: one token per decode at positions `0..`.
-fn decode_steps(ctx: &mut LlamaContext, ids: &[LlamaToken]) -> Result<Duration> {
-    ctx.clear_kv_cache();
+/// llama-bench's `test_gen`: one token per decode at positions `start..`.
+fn decode_steps(ctx: &mut LlamaContext, ids: &[LlamaToken], start: usize) -> Result<Duration> {
     let mut batch = LlamaBatch::new(1, 1);
     let t0 = Instant::now();
-    for (pos, &id) in ids.iter().enumerate() {
+    for (i, &id) in ids.iter().enumerate() {
         batch.clear();
-        batch.add(id, pos as i32, &[0], true)?;
+        batch.add(id, (start + i) as i32, &[0], true)?;
         ctx.decode(&mut batch)?;
         ctx.synchronize();
     }

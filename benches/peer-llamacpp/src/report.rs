@@ -113,11 +113,15 @@ pub fn table(r: &Value) -> String {
             f("max")
         )
     };
+    let depth = match r["depth"].as_u64() {
+        Some(d) if d > 0 => format!(" @ d{d}"),
+        _ => String::new(),
+    };
     for key in ["pp", "tg"] {
         let t = &r[key];
         if !t.is_null() {
             out += &row(
-                format!("{key}{}", t["tokens"]),
+                format!("{key}{}{depth}", t["tokens"]),
                 &t["tokens_per_second"],
                 "tokens/s",
             );
