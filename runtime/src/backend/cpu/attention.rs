@@ -48,8 +48,9 @@ impl std::str::FromStr for KvType {
     }
 }
 
-/// One layer's keys or values, `[n_ctx, kv_dim]`, in the cache's element type. Held as plain
-/// integers for f16 so that the zeroed allocation comes from the allocator's zeroed pages.
+/// One layer's keys or values, `[n_kv_heads, n_ctx, head_dim]`, in the cache's element type.
+/// Held as plain integers for f16 so that the zeroed allocation comes from the allocator's
+/// zeroed pages.
 enum Store {
     F32(Vec<f32>),
     F16(Vec<u16>),
@@ -76,41 +77,83 @@ impl Store {
             }
         }
     }
+}
 
-    fn prefix(&self, n: usize) -> KvSlice<'_> {
-        match self {
-            Store::F32(v) => KvSlice::F32(&v[..n]),
-            Store::F16(v) => KvSlice::F16(bytemuck::cast_slice(&v[..n])),
-        }
+/// Keys and values of `n_kv` positions, and where each KV head's are: key `j` of KV head `g`
+/// starts at `keys[g·head_stride + j·pos_stride]`, and its value at the same place in `values`.
+pub(super) struct Kv<'a, T> {
+    pub keys: &'a [T],
+    pub values: &'a [T],
+    pub n_kv: usize,
+    pub head_stride: usize,
+    pub pos_stride: usize,
+}
+
+impl<T> Clone for Kv<'_, T> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
 
-/// Keys or values as attention reads them.
-#[derive(Clone, Copy)]
-pub(super) enum KvSlice<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
+impl<T> Copy for Kv<'_, T> {}
+
+impl<'a, T> Kv<'a, T> {
+    /// Rows of `[n_kv, n_kv_heads·head_dim]` matrices (keys and values computed in the same
+    /// pass, as in the vision tower).
+    pub fn rows(keys: &'a [T], values: &'a [T], heads: Heads) -> Self {
+        let kv_dim = heads.n_kv_heads * heads.head_dim;
+        assert_eq!(keys.len(), values.len(), "as many keys as values");
+        Kv {
+            keys,
+            values,
+            n_kv: keys.len() / kv_dim.max(1),
+            head_stride: heads.head_dim,
+            pos_stride: kv_dim,
+        }
+    }
+
+    /// Where key or value `j` of KV head `g` starts.
+    fn at(&self, g: usize, j: usize) -> usize {
+        g * self.head_stride + j * self.pos_stride
+    }
 }
 
-/// Keys and values of every layer, `[n_ctx, n_kv_heads · head_dim]` each, preallocated.
+/// A layer of the cache as attention reads it.
+pub(super) enum CachedKv<'a> {
+    F32(Kv<'a, f32>),
+    F16(Kv<'a, f16>),
+}
+
+/// Keys and values of every layer, preallocated, each KV head's positions one after another
+/// (`[n_kv_heads, n_ctx, head_dim]`): a decode step reads each head's keys and values as one
+/// stream. Stored position-major (`[n_ctx, n_kv_heads·head_dim]`), consecutive keys of a head
+/// were `n_kv_heads·head_dim` values apart (8 KB in a 7B's f16 cache), each in another page.
 pub struct CpuKvCache {
     n_ctx: usize,
-    kv_dim: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
     kv_type: KvType,
     keys: Vec<Store>,
     values: Vec<Store>,
 }
 
 impl CpuKvCache {
-    pub(super) fn new(n_layers: usize, n_ctx: usize, kv_dim: usize, kv_type: KvType) -> Self {
+    pub(super) fn new(
+        n_layers: usize,
+        n_ctx: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        kv_type: KvType,
+    ) -> Self {
         let zeroed = || {
             (0..n_layers)
-                .map(|_| Store::zeroed(kv_type, n_ctx * kv_dim))
+                .map(|_| Store::zeroed(kv_type, n_kv_heads * n_ctx * head_dim))
                 .collect()
         };
         CpuKvCache {
             n_ctx,
-            kv_dim,
+            n_kv_heads,
+            head_dim,
             kv_type,
             keys: zeroed(),
             values: zeroed(),
@@ -129,21 +172,49 @@ impl CpuKvCache {
 
     /// Writes rows of `k` and `v` at positions `start..`.
     pub(super) fn store(&mut self, layer: usize, start: usize, k: &CpuTensor, v: &CpuTensor) {
-        assert_eq!((k.cols, v.cols), (self.kv_dim, self.kv_dim), "KV width");
+        let (d, kv_dim) = (self.head_dim, self.n_kv_heads * self.head_dim);
+        assert_eq!((k.cols, v.cols), (kv_dim, kv_dim), "KV width");
+        assert_eq!(k.rows, v.rows, "as many keys as values");
         assert!(
             start + k.rows <= self.n_ctx,
             "KV cache of {} positions overflows at {}",
             self.n_ctx,
             start + k.rows
         );
-        self.keys[layer].write(start * self.kv_dim, &k.data);
-        self.values[layer].write(start * self.kv_dim, &v.data);
+        for g in 0..self.n_kv_heads {
+            for r in 0..k.rows {
+                let at = (g * self.n_ctx + start + r) * d;
+                self.keys[layer].write(at, &k.row(r)[g * d..][..d]);
+                self.values[layer].write(at, &v.row(r)[g * d..][..d]);
+            }
+        }
     }
 
     /// Keys and values of positions `0..len` of `layer`.
-    pub(super) fn layer(&self, layer: usize, len: usize) -> (KvSlice<'_>, KvSlice<'_>) {
-        let n = len * self.kv_dim;
-        (self.keys[layer].prefix(n), self.values[layer].prefix(n))
+    pub(super) fn layer(&self, layer: usize, len: usize) -> CachedKv<'_> {
+        assert!(
+            len <= self.n_ctx,
+            "{len} positions of a {}-position cache",
+            self.n_ctx
+        );
+        let (head_stride, pos_stride) = (self.n_ctx * self.head_dim, self.head_dim);
+        match (&self.keys[layer], &self.values[layer]) {
+            (Store::F32(keys), Store::F32(values)) => CachedKv::F32(Kv {
+                keys,
+                values,
+                n_kv: len,
+                head_stride,
+                pos_stride,
+            }),
+            (Store::F16(keys), Store::F16(values)) => CachedKv::F16(Kv {
+                keys: bytemuck::cast_slice(keys),
+                values: bytemuck::cast_slice(values),
+                n_kv: len,
+                head_stride,
+                pos_stride,
+            }),
+            _ => unreachable!("keys and values are stored alike"),
+        }
     }
 }
 
@@ -197,29 +268,26 @@ impl KvElement for f16 {
 pub(super) fn attend_cached(
     pool: &Pool,
     q: &CpuTensor,
-    keys: KvSlice<'_>,
-    values: KvSlice<'_>,
+    kv: CachedKv<'_>,
     heads: Heads,
     start: usize,
 ) -> CpuTensor {
-    match (keys, values) {
-        (KvSlice::F32(k), KvSlice::F32(v)) => attend(pool, q, k, v, heads, Some(start)),
-        (KvSlice::F16(k), KvSlice::F16(v)) => attend(pool, q, k, v, heads, Some(start)),
-        _ => unreachable!("keys and values are stored alike"),
+    match kv {
+        CachedKv::F32(kv) => attend(pool, q, kv, heads, Some(start)),
+        CachedKv::F16(kv) => attend(pool, q, kv, heads, Some(start)),
     }
 }
 
 /// The fewest query rows [`attend_batched`] takes; fewer are decoded one by one.
 const BATCH_MIN_ROWS: usize = 4;
 
-/// Attention of `q` `[rows, n_heads·head_dim]` over `keys`/`values` `[n_kv, n_kv_heads·head_dim]`.
-/// With `causal_start = Some(s)`, row `r` is at position `s + r` and sees positions `0..=s + r`;
+/// Attention of `q` `[rows, n_heads·head_dim]` over `kv`'s `n_kv` positions. With
+/// `causal_start = Some(s)`, row `r` is at position `s + r` and sees positions `0..=s + r`;
 /// with `None` every row sees every position.
 pub(super) fn attend<T: KvElement>(
     pool: &Pool,
     q: &CpuTensor,
-    keys: &[T],
-    values: &[T],
+    kv: Kv<'_, T>,
     heads: Heads,
     causal_start: Option<usize>,
 ) -> CpuTensor {
@@ -230,8 +298,7 @@ pub(super) fn attend<T: KvElement>(
     } = heads;
     assert_eq!(q.cols, n_heads * head_dim, "query width");
     assert!(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "head grouping");
-    let kv_dim = n_kv_heads * head_dim;
-    let n_kv = keys.len() / kv_dim;
+    let n_kv = kv.n_kv;
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let ops = vector_ops();
@@ -239,8 +306,7 @@ pub(super) fn attend<T: KvElement>(
         return attend_batched(
             pool,
             q,
-            keys,
-            values,
+            kv,
             heads,
             causal_start,
             (&ops, gemm::micro_kernel()),
@@ -250,16 +316,16 @@ pub(super) fn attend<T: KvElement>(
     let mut out = vec![0f32; q.rows * q.cols];
     pool.for_each_chunk(&mut out, head_dim, |unit, out| {
         let (r, h) = (unit / n_heads, unit % n_heads);
-        let kv_off = (h / group) * head_dim;
+        let at = kv.at(h / group, 0);
         let qh = &q.row(r)[h * head_dim..][..head_dim];
         let visible = causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
         let mut scores = vec![0f32; visible];
         T::decode_head(
             &ops,
             qh,
-            &keys[kv_off..],
-            &values[kv_off..],
-            kv_dim,
+            &kv.keys[at..],
+            &kv.values[at..],
+            kv.pos_stride,
             scale,
             &mut scores,
             out,
@@ -287,8 +353,7 @@ pub(super) fn attend<T: KvElement>(
 fn attend_batched<T: KvElement>(
     pool: &Pool,
     q: &CpuTensor,
-    keys: &[T],
-    values: &[T],
+    kv: Kv<'_, T>,
     heads: Heads,
     causal_start: Option<usize>,
     (ops, micro): (&VectorOps, MicroKernelFn),
@@ -298,8 +363,7 @@ fn attend_batched<T: KvElement>(
         n_kv_heads,
         head_dim,
     } = heads;
-    let kv_dim = n_kv_heads * head_dim;
-    let n_kv = keys.len() / kv_dim;
+    let n_kv = kv.n_kv;
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let rows = q.rows;
@@ -309,15 +373,15 @@ fn attend_batched<T: KvElement>(
     // (see `KvPanels`).
     let key_groups = n_kv.div_ceil(GROUP_ROWS);
     let dim_groups = head_dim.div_ceil(GROUP_ROWS);
-    let mut kv: Vec<KvPanels> = (0..n_kv_heads).map(|_| KvPanels::default()).collect();
-    pool.for_each_chunk(&mut kv, 1, |g, panels| {
+    let mut laid_out: Vec<KvPanels> = (0..n_kv_heads).map(|_| KvPanels::default()).collect();
+    pool.for_each_chunk(&mut laid_out, 1, |g, panels| {
         let mut keys_by_group = vec![[0f32; GROUP_ROWS]; key_groups * head_dim];
         let mut values_by_dim = vec![[0f32; GROUP_ROWS]; dim_groups * n_kv];
         let (mut key, mut value) = (vec![0f32; head_dim], vec![0f32; head_dim]);
         for j in 0..n_kv {
-            let at = j * kv_dim + g * head_dim;
-            T::widen_slice(&keys[at..at + head_dim], &mut key);
-            T::widen_slice(&values[at..at + head_dim], &mut value);
+            let at = kv.at(g, j);
+            T::widen_slice(&kv.keys[at..at + head_dim], &mut key);
+            T::widen_slice(&kv.values[at..at + head_dim], &mut value);
             let group = &mut keys_by_group[j / GROUP_ROWS * head_dim..][..head_dim];
             for (column, &k) in group.iter_mut().zip(&key) {
                 column[j % GROUP_ROWS] = k;
@@ -345,7 +409,7 @@ fn attend_batched<T: KvElement>(
             let KvPanels {
                 keys_by_group,
                 values_by_dim,
-            } = &kv[h / group];
+            } = &laid_out[h / group];
             // The panel's query rows, head `h`'s part, one column per dimension (rows past
             // the end stay 0; their output is dropped).
             let queries = &mut scratch.queries;
@@ -530,10 +594,10 @@ mod tests {
             let want16 = attention_f64(&q.data, &wide16(&k16), &wide16(&v16), heads, visible);
             for ops in all_vector_ops() {
                 for micro in gemm::micro_kernels() {
-                    let got32 =
-                        attend_batched(&pool, &q, &k, &v, heads, causal_start, (&ops, micro));
-                    let got16 =
-                        attend_batched(&pool, &q, &k16, &v16, heads, causal_start, (&ops, micro));
+                    let kv32 = Kv::rows(&k, &v, heads);
+                    let kv16 = Kv::rows(&k16, &v16, heads);
+                    let got32 = attend_batched(&pool, &q, kv32, heads, causal_start, (&ops, micro));
+                    let got16 = attend_batched(&pool, &q, kv16, heads, causal_start, (&ops, micro));
                     for (got, want, what) in [(got32, &want32, "f32"), (got16, &want16, "f16")] {
                         for (i, (&g, &w)) in got.data.iter().zip(want).enumerate() {
                             assert!(

@@ -509,7 +509,7 @@ impl Backend for CpuBackend {
         n_kv_heads: usize,
         head_dim: usize,
     ) -> CpuKvCache {
-        CpuKvCache::new(n_layers, n_ctx, n_kv_heads * head_dim, self.kv_type)
+        CpuKvCache::new(n_layers, n_ctx, n_kv_heads, head_dim, self.kv_type)
     }
 
     fn attention_cached(
@@ -523,12 +523,13 @@ impl Backend for CpuBackend {
         heads: Heads,
     ) -> CpuTensor {
         cache.store(layer, start, k, v);
-        let (keys, values) = cache.layer(layer, start + q.rows);
-        attention::attend_cached(&self.pool, q, keys, values, heads, start)
+        let kv = cache.layer(layer, start + q.rows);
+        attention::attend_cached(&self.pool, q, kv, heads, start)
     }
 
     fn attention(&self, q: &CpuTensor, k: &CpuTensor, v: &CpuTensor, heads: Heads) -> CpuTensor {
-        attention::attend(&self.pool, q, &k.data, &v.data, heads, None)
+        let kv = attention::Kv::rows(&k.data, &v.data, heads);
+        attention::attend(&self.pool, q, kv, heads, None)
     }
 }
 
