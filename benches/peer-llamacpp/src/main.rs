@@ -167,8 +167,9 @@ fn run(args: &Args) -> Result<()> {
         p => {
             let ids = drawn_tokens(&model, p);
             let name = at_depth(format!("pp{p}"));
+            fill(&mut ctx, &depth_ids)?;
             let samples = repeat(&name, args.repetitions, || {
-                fill(&mut ctx, &depth_ids)?;
+                truncate(&mut ctx, args.depth)?;
                 prefill(&mut ctx, &ids, args.depth)
             })?;
             Some(token_test(p, &samples))
@@ -179,8 +180,9 @@ fn run(args: &Args) -> Result<()> {
         n => {
             let ids = drawn_tokens(&model, n);
             let name = at_depth(format!("tg{n}"));
+            fill(&mut ctx, &depth_ids)?;
             let samples = repeat(&name, args.repetitions, || {
-                fill(&mut ctx, &depth_ids)?;
+                truncate(&mut ctx, args.depth)?;
                 decode_steps(&mut ctx, &ids, args.depth)
             })?;
             Some(token_test(n, &samples))
@@ -245,11 +247,21 @@ fn repeat(
         .collect()
 }
 
-/// The KV cache cleared, then `ids` prefilled at positions `0..` (not timed; llama-bench's
-/// depth).
+/// The KV cache cleared, then `ids` prefilled at positions `0..` (llama-bench's depth; once
+/// per test, not timed).
 fn fill(ctx: &mut LlamaContext, ids: &[LlamaToken]) -> Result<()> {
     ctx.clear_kv_cache();
     prefill(ctx, ids, 0)?;
+    Ok(())
+}
+
+/// The KV cache's positions from `len` on dropped (before each run, not timed).
+fn truncate(ctx: &mut LlamaContext, len: usize) -> Result<()> {
+    let removed = ctx.clear_kv_cache_seq(Some(0), Some(u32::try_from(len)?), None)?;
+    anyhow::ensure!(
+        removed,
+        "llama.cpp cannot drop positions {len}.. of its KV cache"
+    );
     Ok(())
 }
 
