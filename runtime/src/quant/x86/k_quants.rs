@@ -10,7 +10,10 @@ use std::arch::x86_64::*;
 
 use bytemuck::cast_ref;
 
-use super::{f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead, TILE_ROWS};
+use super::{
+    f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead, prefetch_ahead_by,
+    PREFETCH_BYTES_Q6_K, TILE_ROWS,
+};
 use crate::quant::dispatch::ActBlockSum;
 use crate::quant::{
     assert_dot_len, BlockQ4K, BlockQ4Kx8, BlockQ5K, BlockQ6K, BlockQ6Kx8, BlockQ8K,
@@ -712,7 +715,7 @@ pub(super) fn dot_interleaved_q6_k_q8_k(w: &[BlockQ6Kx8], a: &[BlockQ8K]) -> [f3
     assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
-        prefetch_ahead(x);
+        prefetch_ahead_by::<PREFETCH_BYTES_Q6_K, _>(x);
         let mut sumi = _mm256_setzero_si256();
         for c in 0..8 {
             let (sc_lo, sc_hi, _) = q6_k_x8_scales(x, c);

@@ -291,10 +291,16 @@ fn load_32<T: bytemuck::Pod>(bytes: &[T; 32]) -> __m256i {
 }
 
 /// How far ahead of a block a streaming kernel asks for the weights it will read
-/// ([`prefetch_ahead`]): about 14 Q4_0x8 or Q4_K blocks. Measured on the interleaved Q4_0
-/// kernel (gemv/q4_0 4096×11008, 2 threads): none 14.6 GiB/s, 512 bytes 15.4, 1024 17–20,
-/// 2048 19–21, 4096 20.5.
+/// ([`prefetch_ahead`]): about 14 Q4_0x8 blocks, or 1.7 of Q4_K. Measured on the interleaved
+/// Q4_0 kernel (gemv/q4_0 4096×11008, 2 threads): none 14.6 GiB/s, 512 bytes 15.4, 1024 17–20,
+/// 2048 19–21, 4096 20.5; later, alternating 2048 and 4096 three times: Q4_0 25.8–28.6 against
+/// 20.9–22.0 GiB/s, Q4_K the same either way (2026-11-27).
 const PREFETCH_BYTES: usize = 2048;
+
+/// [`PREFETCH_BYTES`] for the interleaved Q6_K kernel, whose blocks are the largest (1,680
+/// bytes for 8 rows) and the slowest to compute per byte: gemv/q6_k 4096×11008, 2048 and 4096
+/// alternating three times: 17.7 / 23.5 / 23.7 against 20.2 / 26.5 / 25.6 GiB/s.
+const PREFETCH_BYTES_Q6_K: usize = 4096;
 
 /// Asks for the cache lines of the `T` that lies [`PREFETCH_BYTES`] after `x` in its stream.
 /// The hardware prefetcher alone keeps about 70% of the memory bandwidth busy for a kernel this
@@ -303,9 +309,14 @@ const PREFETCH_BYTES: usize = 2048;
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn prefetch_ahead<T>(x: &T) {
-    let ahead = (x as *const T)
-        .wrapping_byte_add(PREFETCH_BYTES)
-        .cast::<i8>();
+    prefetch_ahead_by::<PREFETCH_BYTES, T>(x)
+}
+
+/// [`prefetch_ahead`] at a distance of `BYTES`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn prefetch_ahead_by<const BYTES: usize, T>(x: &T) {
+    let ahead = (x as *const T).wrapping_byte_add(BYTES).cast::<i8>();
     for line in (0..std::mem::size_of::<T>()).step_by(64) {
         // A hint: `prefetcht0` cannot fault, even past the end of the stream.
         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line));
