@@ -10,12 +10,13 @@
 
 use std::ops::Range;
 
+use bytemuck::{cast_slice, cast_slice_mut};
+
 use super::columns::par_column_blocks;
 use super::gemm::{self, PackedActs, PanelColumn, PANEL_ROWS};
 use super::pool::Pool;
 use super::{chunk_len, CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
-use bytemuck::{cast_slice, cast_slice_mut};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
 /// with the tile kernels.
