@@ -271,10 +271,8 @@ fn repeat(name: &str, repetitions: usize, mut f: impl FnMut() -> Duration) -> Ve
 fn prefill(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32], start: usize) -> Duration {
     let (b, m) = (&llm.backend, &llm.model);
     let t0 = Instant::now();
-    if !ids.is_empty() {
-        let x = m.embed(b, ids);
-        b.download(&m.forward(b, x, start, cache, true));
-    }
+    let x = m.embed(b, ids);
+    b.download(&m.forward(b, x, start, cache, true));
     t0.elapsed()
 }
 

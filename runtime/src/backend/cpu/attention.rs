@@ -82,11 +82,11 @@ impl Store {
 /// Keys and values of `n_kv` positions, and where each KV head's are: key `j` of KV head `g`
 /// starts at `keys[g·head_stride + j·pos_stride]`, and its value at the same place in `values`.
 pub(super) struct Kv<'a, T> {
-    pub keys: &'a [T],
-    pub values: &'a [T],
-    pub n_kv: usize,
-    pub head_stride: usize,
-    pub pos_stride: usize,
+    keys: &'a [T],
+    values: &'a [T],
+    n_kv: usize,
+    head_stride: usize,
+    pos_stride: usize,
 }
 
 impl<T> Clone for Kv<'_, T> {
