@@ -12,10 +12,10 @@ use std::ops::Range;
 
 use bytemuck::{cast_slice, cast_slice_mut};
 
-use super::columns::par_column_blocks;
+use super::columns::{guided_runs, zeroed_by_column_runs};
 use super::gemm::{self, PackedActs, PanelColumn, PANEL_ROWS};
 use super::pool::Pool;
-use super::{chunk_len, CpuTensor, CpuWeight};
+use super::{CpuTensor, CpuWeight};
 use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
@@ -123,16 +123,11 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     } else {
         WEIGHT_BLOCK_ROWS
     };
-    // The output in its final layout, [rows, n_out]: each worker writes its run of columns
-    // (weight rows) of every row, whole groups of DOT_ROWS for the interleaved weights, whole
-    // panels for the widened ones.
-    let mut out = vec![0f32; rows * n_out];
-    let width = chunk_len(n_out, pool.threads()).next_multiple_of(if packed.is_some() {
-        PANEL_ROWS
-    } else {
-        DOT_ROWS
-    });
-    par_column_blocks(pool, &mut out, rows, n_out, width, |first, mut cols| {
+    // The output in its final layout, [rows, n_out]: each task writes a run of columns
+    // (weight rows) of every row, whole blocks (so whole groups of DOT_ROWS for the interleaved
+    // weights, whole panels for the widened ones) except at the end of the weight.
+    let runs = guided_runs(n_out, block_rows, pool.threads());
+    let out = zeroed_by_column_runs(pool, rows, n_out, &runs, |first, mut cols| {
         let mut scratch = gemm::Scratch::default();
         // A block of weight rows (37 KB of 4096-wide Q4_K) stays in L2 while every tile of
         // activation rows (19 KB of Q8_K) passes over it from L1: the weights are read from

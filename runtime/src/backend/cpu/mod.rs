@@ -547,8 +547,3 @@ fn sum_f64(row: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     }
     partial.iter().sum::<f64>() + rest
 }
-
-/// Splits `0..n` into about `4 × threads` chunks, so uneven work still balances.
-fn chunk_len(n: usize, threads: usize) -> usize {
-    n.div_ceil(threads * 4).max(1)
-}
