@@ -8,7 +8,8 @@
 //!   prefill and the vision tower use it (K-quant tiles, or the widened f32 micro-kernel for the
 //!   other types). Throughput is multiply-adds.
 //! - `attention/decode|prefill512/<ctx>/<kv>` and `attention/clip/577`: cached causal attention
-//!   of LLaMA-7B's heads at 512, 2048 and 4096 positions (f16 and f32 cache), and CLIP-L's.
+//!   of LLaMA-7B's heads at 512, 2048 and 4096 positions (f16 and f32 cache), and CLIP-L's;
+//!   `attention/decode-gqa/4096/f16`, Mistral-7B's grouped heads.
 //! - `memory/read`: the machine's read bandwidth, the ceiling of decode: threads summing
 //!   disjoint parts of a 256 MiB buffer (8× the L3 of the development machine). Throughput is
 //!   bytes read.
@@ -259,7 +260,8 @@ fn gemm_clip(c: &mut Criterion) {
 /// `attention/<case>/<ctx>/<kv>`: LLaMA-7B attention (32 heads of 128, MHA) at a context of
 /// `ctx` positions, with an f16 or f32 cache: `decode` is one new row over the whole context,
 /// `prefill512` the last 512 rows of it arriving at once (the causal triangle's bottom). Plus
-/// `clip`: CLIP-L's full attention, 577 rows, 16 heads of 64. Throughput is in query rows.
+/// `decode-gqa/4096/f16`: Mistral-7B's grouped heads (32 over 8 KV heads), and `clip`:
+/// CLIP-L's full attention, 577 rows, 16 heads of 64. Throughput is in query rows.
 fn attention(c: &mut Criterion) {
     let heads = Heads {
         n_heads: 32,
@@ -295,7 +297,27 @@ fn attention(c: &mut Criterion) {
             }
         }
     }
+    // Grouped-query heads (LLaVA-1.6-Mistral: 32 query heads over 8 KV heads of 128), one
+    // decode row at 4,096 positions, f16 cache.
+    let mistral = Heads {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 128,
+    };
+    let (q_dim, kv_dim) = (32 * 128, 8 * 128);
     let backend = CpuBackend::new(bench_threads());
+    let mut cache = backend.new_kv_cache(1, 4096, mistral.n_kv_heads, mistral.head_dim);
+    for start in (0..4096).step_by(512) {
+        let q = backend.upload(random_row(start as u64, 512 * q_dim), 512, q_dim);
+        let kv = backend.upload(random_row(start as u64 + 1, 512 * kv_dim), 512, kv_dim);
+        backend.attention_cached(&q, &kv, &kv, &mut cache, 0, start, mistral);
+    }
+    let q = backend.upload(random_row(1, q_dim), 1, q_dim);
+    let kv = backend.upload(random_row(2, kv_dim), 1, kv_dim);
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode-gqa/4096/f16", |b| {
+        b.iter(|| backend.attention_cached(black_box(&q), &kv, &kv, &mut cache, 0, 4095, mistral))
+    });
     let clip = Heads {
         n_heads: 16,
         n_kv_heads: 16,

@@ -1,8 +1,9 @@
 //! Scaled dot-product attention and the KV cache, in f32.
 //!
-//! Decode: one work unit per (row, head) computes all its scores, a softmax and the weighted
-//! sum of values (`VectorOps::decode_head`); 32 units (the heads) are enough for the cores of
-//! the machines we target, so there is no split over the keys yet. Batches (prefill, the
+//! Decode: one work unit per (row, run of query heads of one KV head) computes all their
+//! scores, softmaxes and weighted sums of values (`VectorOps::decode_heads`), reading each key
+//! and value once for the run (`heads_per_task`); 32 query heads are enough units for the
+//! cores of the machines we target, so there is no split over the keys yet. Batches (prefill, the
 //! vision tower) are two GEMMs per head through `gemm.rs`'s micro-kernel (`attend_batched`).
 
 use half::{f16, slice::HalfFloatSliceExt};
@@ -220,11 +221,13 @@ impl CpuKvCache {
 
 /// An element type attention can read keys and values in.
 pub(super) trait KvElement: CacheValue {
-    /// [`VectorOps::decode_head`] for this element type; `scores` is `visible` long.
+    /// [`VectorOps::decode_heads`] for this element type: `qs` holds whole heads of `d`
+    /// values; `scores` is `qs.len() / d` heads × `visible` long.
     #[allow(clippy::too_many_arguments)]
-    fn decode_head(
+    fn decode_heads(
         ops: &VectorOps,
-        q: &[f32],
+        qs: &[f32],
+        d: usize,
         keys: &[Self],
         values: &[Self],
         stride: usize,
@@ -235,9 +238,10 @@ pub(super) trait KvElement: CacheValue {
 }
 
 impl KvElement for f32 {
-    fn decode_head(
+    fn decode_heads(
         ops: &VectorOps,
-        q: &[f32],
+        qs: &[f32],
+        d: usize,
         keys: &[f32],
         values: &[f32],
         stride: usize,
@@ -245,14 +249,16 @@ impl KvElement for f32 {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        (ops.decode_head)(q, keys, values, stride, scores.len(), scale, scores, out)
+        let n = scores.len() / (qs.len() / d).max(1);
+        (ops.decode_heads)(qs, d, keys, values, stride, n, scale, scores, out)
     }
 }
 
 impl KvElement for f16 {
-    fn decode_head(
+    fn decode_heads(
         ops: &VectorOps,
-        q: &[f32],
+        qs: &[f32],
+        d: usize,
         keys: &[f16],
         values: &[f16],
         stride: usize,
@@ -260,8 +266,22 @@ impl KvElement for f16 {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        (ops.decode_head_f16)(q, keys, values, stride, scores.len(), scale, scores, out)
+        let n = scores.len() / (qs.len() / d).max(1);
+        (ops.decode_heads_f16)(qs, d, keys, values, stride, n, scale, scores, out)
     }
+}
+
+/// How many query heads of a group one decode task takes: the most (a divisor of `group`)
+/// that still leaves at least 4 tasks per thread over `rows` rows of `n_heads` heads, so
+/// that each key and value is read once per task while every thread has work. Grouped-query
+/// models (LLaVA-1.6-Mistral: 4 query heads per KV head) on a few cores share them; with
+/// many cores, or one query head per KV head, a task is one head.
+fn heads_per_task(n_heads: usize, group: usize, rows: usize, threads: usize) -> usize {
+    (1..=group)
+        .rev()
+        .filter(|&g| group.is_multiple_of(g))
+        .find(|&g| n_heads / g * rows >= 4 * threads)
+        .unwrap_or(1)
 }
 
 /// [`attend`] over keys and values of either element type.
@@ -313,16 +333,21 @@ pub(super) fn attend<T: KvElement>(
         );
     }
 
+    // One task per (row, run of `per_task` heads of one group): the run's heads are
+    // consecutive in the row, and so are their outputs.
+    let per_task = heads_per_task(n_heads, group, q.rows, pool.threads());
     let mut out = vec![0f32; q.rows * q.cols];
-    pool.for_each_chunk(&mut out, head_dim, |unit, out| {
-        let (r, h) = (unit / n_heads, unit % n_heads);
-        let at = kv.at(h / group, 0);
-        let qh = &q.row(r)[h * head_dim..][..head_dim];
+    pool.for_each_chunk(&mut out, per_task * head_dim, |unit, out| {
+        let tasks_per_row = n_heads / per_task;
+        let (r, h0) = (unit / tasks_per_row, unit % tasks_per_row * per_task);
+        let at = kv.at(h0 / group, 0);
+        let qs = &q.row(r)[h0 * head_dim..][..per_task * head_dim];
         let visible = causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
-        let mut scores = vec![0f32; visible];
-        T::decode_head(
+        let mut scores = vec![0f32; per_task * visible];
+        T::decode_heads(
             &ops,
-            qh,
+            qs,
+            head_dim,
             &kv.keys[at..],
             &kv.values[at..],
             kv.pos_stride,
@@ -560,6 +585,23 @@ mod tests {
     /// past one chunk of the second GEMM (`K_CHUNK`) and not a multiple of the key groups,
     /// head sizes not a multiple of the dimension groups, grouped heads, causal rows after
     /// cached positions, and full attention.
+    #[test]
+    fn decode_tasks_share_a_kv_head_while_every_thread_has_four() {
+        // LLaVA-1.6-Mistral (32 query heads, 8 KV heads): 4 per task on 2 threads, 2 on 4,
+        // one on 8 or more.
+        assert_eq!(heads_per_task(32, 4, 1, 2), 4);
+        assert_eq!(heads_per_task(32, 4, 1, 4), 2);
+        assert_eq!(heads_per_task(32, 4, 1, 8), 1);
+        assert_eq!(heads_per_task(32, 4, 1, 16), 1);
+        // TinyLlama (32 and 4): 4 of the group of 8 on 2 threads; 2 rows double the tasks.
+        assert_eq!(heads_per_task(32, 8, 1, 2), 4);
+        assert_eq!(heads_per_task(32, 8, 2, 2), 8);
+        // One query head per KV head (LLaVA-1.5's Vicuna): always one.
+        assert_eq!(heads_per_task(32, 1, 1, 1), 1);
+        // A group that is not a power of two: divisors only.
+        assert_eq!(heads_per_task(12, 6, 1, 1), 3);
+    }
+
     #[test]
     fn batched_attention_matches_f64_on_every_available_path() {
         let cases = [

@@ -14,12 +14,13 @@ use crate::quant::{self, CpuPath};
 /// The primitives of one CPU path.
 #[derive(Clone, Copy)]
 pub(super) struct VectorOps {
-    /// Decode attention of one query head over `n` cached positions whose keys and values
-    /// for this head start every `stride` elements: scores, softmax and weighted sum in one
-    /// call, `out` = the head's output (`q.len()` wide). See [`DecodeHeadFn`].
-    pub decode_head: DecodeHeadFn<f32>,
-    /// [`VectorOps::decode_head`] over an f16 cache.
-    pub decode_head_f16: DecodeHeadFn<f16>,
+    /// Decode attention of a group of query heads that read the same KV head, over `n` cached
+    /// positions whose keys and values start every `stride` elements: scores, softmax and
+    /// weighted sum in one call, each key and value loaded (and widened) once for the whole
+    /// group. See [`DecodeHeadsFn`].
+    pub decode_heads: DecodeHeadsFn<f32>,
+    /// [`VectorOps::decode_heads`] over an f16 cache.
+    pub decode_heads_f16: DecodeHeadsFn<f16>,
     /// A softmax down each lane of a panel of scores (`p[j].0[i]`: key `j`, query row `i`),
     /// left unnormalized: `p[j][i] = e^(scale·(p[j][i] − max_j p[j][i]))`. Returns each
     /// lane's `1 / Σ_j p[j][i]`. Masked scores are −∞ and come out 0; every lane needs one
@@ -30,9 +31,11 @@ pub(super) struct VectorOps {
     pub swish: fn(&mut [f32], f32),
 }
 
-/// `(q, keys, values, stride, n, scale, scores scratch (n long), out)`: keys and values of
-/// position `j` at `[j·stride..][..q.len()]`.
-pub(super) type DecodeHeadFn<T> = fn(&[f32], &[T], &[T], usize, usize, f32, &mut [f32], &mut [f32]);
+/// `(qs, d, keys, values, stride, n, scale, scores, out)`: `qs` holds the group's `g` query
+/// heads of `d` values one after the other, and `out` their outputs the same way; the keys
+/// and values of position `j` are at `[j·stride..][..d]`; `scores` is scratch, `g·n` long.
+pub(super) type DecodeHeadsFn<T> =
+    fn(&[f32], usize, &[T], &[T], usize, usize, f32, &mut [f32], &mut [f32]);
 
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
@@ -51,8 +54,8 @@ pub(super) fn all_vector_ops() -> Vec<VectorOps> {
 
 fn portable() -> VectorOps {
     VectorOps {
-        decode_head: decode_head_portable::<f32>,
-        decode_head_f16: decode_head_portable::<f16>,
+        decode_heads: decode_heads_portable::<f32>,
+        decode_heads_f16: decode_heads_portable::<f16>,
         panel_softmax: panel_softmax_portable,
         swish: swish_portable,
     }
@@ -62,8 +65,8 @@ fn portable() -> VectorOps {
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> Option<VectorOps> {
     CpuPath::Avx2.is_available().then_some(VectorOps {
-        decode_head: x86::decode_head::<f32>,
-        decode_head_f16: x86::decode_head::<f16>,
+        decode_heads: x86::decode_heads::<f32>,
+        decode_heads_f16: x86::decode_heads::<f16>,
         panel_softmax: x86::panel_softmax,
         swish: x86::swish,
     })
@@ -130,29 +133,38 @@ impl CacheValue for f16 {
     }
 }
 
-fn check_decode_head<T>(
-    q: &[f32],
+/// Checks the shapes of a [`DecodeHeadsFn`] call; returns the number of heads.
+#[allow(clippy::too_many_arguments)]
+fn check_decode_heads<T>(
+    qs: &[f32],
+    d: usize,
     keys: &[T],
     values: &[T],
     stride: usize,
     n: usize,
     scores: &[f32],
     out: &[f32],
-) {
-    let d = q.len();
+) -> usize {
+    assert!(
+        d > 0 && qs.len().is_multiple_of(d),
+        "query heads of {d} values"
+    );
+    let g = qs.len() / d;
     assert!(d <= stride || n <= 1, "head wider than the stride");
     let need = if n == 0 { 0 } else { (n - 1) * stride + d };
     assert!(
         keys.len() >= need && values.len() >= need,
         "cache shorter than n positions"
     );
-    assert_eq!(scores.len(), n, "scores scratch");
-    assert_eq!(out.len(), d, "output width");
+    assert_eq!(scores.len(), g * n, "scores scratch");
+    assert_eq!(out.len(), qs.len(), "output width");
+    g
 }
 
 #[allow(clippy::too_many_arguments)]
-fn decode_head_portable<T: CacheValue>(
-    q: &[f32],
+fn decode_heads_portable<T: CacheValue>(
+    qs: &[f32],
+    d: usize,
     keys: &[T],
     values: &[T],
     stride: usize,
@@ -161,19 +173,24 @@ fn decode_head_portable<T: CacheValue>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    check_decode_head(q, keys, values, stride, n, scores, out);
-    let d = q.len();
-    for (j, s) in scores.iter_mut().enumerate() {
-        let k = &keys[j * stride..][..d];
-        *s = q.iter().zip(k).map(|(&a, &b)| a * b.widen()).sum::<f32>() * scale;
-    }
-    super::attention::softmax_in_place(scores);
-    out.fill(0.0);
-    for (j, &p) in scores.iter().enumerate() {
-        let v = &values[j * stride..][..d];
-        out.iter_mut()
-            .zip(v)
-            .for_each(|(o, &v)| *o += p * v.widen());
+    check_decode_heads(qs, d, keys, values, stride, n, scores, out);
+    for ((q, scores), out) in qs
+        .chunks_exact(d)
+        .zip(scores.chunks_exact_mut(n.max(1)))
+        .zip(out.chunks_exact_mut(d))
+    {
+        for (j, s) in scores.iter_mut().enumerate().take(n) {
+            let k = &keys[j * stride..][..d];
+            *s = q.iter().zip(k).map(|(&a, &b)| a * b.widen()).sum::<f32>() * scale;
+        }
+        super::attention::softmax_in_place(&mut scores[..n]);
+        out.fill(0.0);
+        for (j, &p) in scores.iter().enumerate().take(n) {
+            let v = &values[j * stride..][..d];
+            out.iter_mut()
+                .zip(v)
+                .for_each(|(o, &v)| *o += p * v.widen());
+        }
     }
 }
 
@@ -217,8 +234,9 @@ mod x86 {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn decode_head<T: Load8>(
-        q: &[f32],
+    pub(super) fn decode_heads<T: Load8>(
+        qs: &[f32],
+        d: usize,
         keys: &[T],
         values: &[T],
         stride: usize,
@@ -228,77 +246,150 @@ mod x86 {
         out: &mut [f32],
     ) {
         debug_check();
-        super::check_decode_head(q, keys, values, stride, n, scores, out);
-        if !q.len().is_multiple_of(8) {
-            return super::decode_head_portable(q, keys, values, stride, n, scale, scores, out);
+        super::check_decode_heads(qs, d, keys, values, stride, n, scores, out);
+        if !d.is_multiple_of(8) || n == 0 {
+            return super::decode_heads_portable(
+                qs, d, keys, values, stride, n, scale, scores, out,
+            );
         }
-        // SAFETY: as for `dot`; the lengths are checked above and `q.len()` is whole vectors.
-        unsafe { decode_head_avx2(q, keys, values, stride, scale, scores, out) }
+        // SAFETY: as for `dot`; the lengths are checked above and `d` is whole vectors.
+        unsafe { decode_heads_avx2(qs, d, keys, values, stride, n, scale, scores, out) }
     }
 
-    /// One query head over the cache, all in one function: the per-key dot keeps its two FMA
-    /// chains and one horizontal sum, and the weighted sum keeps 64 output lanes in registers
-    /// while the values stream by. Calling a dot and an axpy per key through function pointers
-    /// (each with its checks, the axpy loading and storing the output row) ran at ≈ 4 GB/s of
-    /// cache (criterion `attention/decode/2048`, 2026-11-27).
+    /// The group's heads 4 at a time (`M` of them): per key, each 8-value chunk is loaded
+    /// (and widened) once and multiplied into `M` accumulators; per value, each 16-value chunk
+    /// once into `M × 2` accumulators. A head of its own (`M = 1`) loads each key and value
+    /// once per head, and with an f16 cache the conversions, not the multiply-adds, then
+    /// bound the speed (criterion `attention/decode`: the same time for 4 KV heads as for 32
+    /// under 32 query heads of 64).
+    ///
+    /// History: a single-head kernel that called a dot and an axpy per key through function
+    /// pointers (each with its checks, the axpy loading and storing the output row) ran at
+    /// ≈ 4 GB/s of cache (criterion `attention/decode/2048`, 2026-11-27).
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn decode_head_avx2<T: Load8>(
-        q: &[f32],
+    fn decode_heads_avx2<T: Load8>(
+        qs: &[f32],
+        d: usize,
         keys: &[T],
         values: &[T],
         stride: usize,
+        n: usize,
         scale: f32,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let d = q.len();
-        for (j, s) in scores.iter_mut().enumerate() {
-            let k = &keys[j * stride..][..d];
-            let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let g = qs.len() / d;
+        let mut h0 = 0;
+        while h0 < g {
+            let m = (g - h0).min(4);
+            let qs = &qs[h0 * d..][..m * d];
+            let scores = &mut scores[h0 * n..][..m * n];
+            let out = &mut out[h0 * d..][..m * d];
+            // `W` output vectors per head and pass over the values: 8 accumulators in all
+            // (6 for 3 heads), enough independent FMA chains to hide their latency.
+            match m {
+                1 => heads_avx2::<T, 1, 8>(qs, d, keys, values, stride, n, scale, scores, out),
+                2 => heads_avx2::<T, 2, 4>(qs, d, keys, values, stride, n, scale, scores, out),
+                3 => heads_avx2::<T, 3, 2>(qs, d, keys, values, stride, n, scale, scores, out),
+                _ => heads_avx2::<T, 4, 2>(qs, d, keys, values, stride, n, scale, scores, out),
+            }
+            h0 += m;
+        }
+    }
+
+    /// `M` heads of [`decode_heads_avx2`] (`qs`, `out` `M·d` long, `scores` `M·n`), the
+    /// weighted sums `8·W` output values per head at a time (then 8 for a rest).
+    // Index loops: several arrays of registers are stepped in lockstep, and constant indices
+    // keep them in registers (an iterator over one with a computed index into another spilled).
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn heads_avx2<T: Load8, const M: usize, const W: usize>(
+        qs: &[f32],
+        d: usize,
+        keys: &[T],
+        values: &[T],
+        stride: usize,
+        n: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        assert!(qs.len() == M * d && out.len() == M * d && scores.len() == M * n);
+        assert!(d.is_multiple_of(8) && n > 0);
+        assert!((n - 1) * stride + d <= keys.len().min(values.len()));
+        for j in 0..n {
+            // Two accumulators per head (even and odd vectors), as two FMA chains.
+            let (mut even, mut odd) = ([_mm256_setzero_ps(); M], [_mm256_setzero_ps(); M]);
+            let k = keys[j * stride..][..d].as_ptr();
             let mut i = 0;
-            // SAFETY: `i + 8 <= d` for every load (d is whole vectors), within `q` and `k`.
+            // SAFETY (both loops): `i + 16 <= d`, resp. `i + 8 <= d`: within key `j` (checked
+            // above) and within every query head.
             unsafe {
                 while i + 16 <= d {
-                    acc0 = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(q.as_ptr().add(i)),
-                        T::load8(k.as_ptr().add(i)),
-                        acc0,
-                    );
-                    acc1 = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(q.as_ptr().add(i + 8)),
-                        T::load8(k.as_ptr().add(i + 8)),
-                        acc1,
-                    );
+                    let (k0, k1) = (T::load8(k.add(i)), T::load8(k.add(i + 8)));
+                    for h in 0..M {
+                        let q = qs.as_ptr().add(h * d + i);
+                        even[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q), k0, even[h]);
+                        odd[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(8)), k1, odd[h]);
+                    }
                     i += 16;
                 }
                 if i < d {
-                    acc0 = _mm256_fmadd_ps(
-                        _mm256_loadu_ps(q.as_ptr().add(i)),
-                        T::load8(k.as_ptr().add(i)),
-                        acc0,
-                    );
+                    let k0 = T::load8(k.add(i));
+                    for h in 0..M {
+                        let q = qs.as_ptr().add(h * d + i);
+                        even[h] = _mm256_fmadd_ps(_mm256_loadu_ps(q), k0, even[h]);
+                    }
                 }
             }
-            *s = hsum(_mm256_add_ps(acc0, acc1)) * scale;
+            for h in 0..M {
+                scores[h * n + j] = hsum(_mm256_add_ps(even[h], odd[h])) * scale;
+            }
         }
-        softmax_avx2(scores, 1.0);
+        for scores in scores.chunks_exact_mut(n) {
+            softmax_avx2(scores, 1.0);
+        }
+        // The weighted sums: passes over the values for `8·W` outputs of every head, then
+        // one for each 8 left.
         let mut d0 = 0;
-        while d0 < d {
-            let lanes = (d - d0).min(64);
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (j, &p) in scores.iter().enumerate() {
-                let v = &values[j * stride + d0..][..lanes];
-                let pb = _mm256_set1_ps(p);
-                for (b, acc) in acc.iter_mut().enumerate().take(lanes / 8) {
-                    // SAFETY: `8·b + 8 <= lanes = v.len()`.
-                    *acc = _mm256_fmadd_ps(pb, unsafe { T::load8(v.as_ptr().add(8 * b)) }, *acc);
+        while d0 + 8 * W <= d {
+            let mut acc = [[_mm256_setzero_ps(); W]; M];
+            for j in 0..n {
+                let v = values[j * stride + d0..][..8 * W].as_ptr();
+                // SAFETY: `8·b + 8 <= 8·W`, the slice taken above.
+                let vs: [__m256; W] = std::array::from_fn(|b| unsafe { T::load8(v.add(8 * b)) });
+                for h in 0..M {
+                    let p = _mm256_set1_ps(scores[h * n + j]);
+                    for b in 0..W {
+                        acc[h][b] = _mm256_fmadd_ps(p, vs[b], acc[h][b]);
+                    }
                 }
             }
-            for (b, acc) in acc.iter().enumerate().take(lanes / 8) {
-                // SAFETY: `d0 + 8·b + 8 <= d = out.len()`.
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(d0 + 8 * b), *acc) };
+            for h in 0..M {
+                let o = &mut out[h * d + d0..][..8 * W];
+                for b in 0..W {
+                    // SAFETY: `8·b + 8 <= o.len()`.
+                    unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * b), acc[h][b]) };
+                }
             }
-            d0 += lanes;
+            d0 += 8 * W;
+        }
+        while d0 < d {
+            let mut acc = [_mm256_setzero_ps(); M];
+            for j in 0..n {
+                // SAFETY: `d0 + 8 <= d`: within value `j`.
+                let v = unsafe { T::load8(values[j * stride + d0..][..8].as_ptr()) };
+                for h in 0..M {
+                    acc[h] = _mm256_fmadd_ps(_mm256_set1_ps(scores[h * n + j]), v, acc[h]);
+                }
+            }
+            for h in 0..M {
+                // SAFETY: `d0 + 8 <= d`: within head `h`'s output.
+                unsafe { _mm256_storeu_ps(out[h * d + d0..][..8].as_mut_ptr(), acc[h]) };
+            }
+            d0 += 8;
         }
     }
 
@@ -493,23 +584,26 @@ mod tests {
     use super::test_data as data;
     use super::*;
 
+    /// Groups of 1–8 query heads over one KV head, against f64 attention head by head: head
+    /// widths of whole vectors (one, and 16-lane chunks plus an 8-lane rest) and not (the
+    /// portable fallback), strides wider than a head, one position and many.
     #[test]
-    fn decode_head_matches_f64_attention_on_every_available_path() {
+    fn decode_heads_match_f64_attention_on_every_available_path() {
         let paths = all_vector_ops();
         for (d, stride, n) in [
             (128, 4096, 37),
             (64, 192, 5),
             (16, 16, 1),
             (8, 24, 300),
+            (24, 24, 7),
             (12, 40, 9),
         ] {
-            let q = data(d, 11);
             let k = data((n - 1) * stride + d, 12);
             let v = data((n - 1) * stride + d, 13);
             let scale = 1.0 / (d as f32).sqrt();
             let rounded = |x: &[f32]| -> Vec<f16> { x.iter().map(|&v| f16::from_f32(v)).collect() };
             let (k16, v16) = (rounded(&k), rounded(&v));
-            let want = |k: &[f64], v: &[f64]| -> Vec<f64> {
+            let want = |q: &[f32], k: &[f64], v: &[f64]| -> Vec<f64> {
                 let s: Vec<f64> = (0..n)
                     .map(|j| {
                         (0..d).map(|i| q[i] as f64 * k[j * stride + i]).sum::<f64>() * scale as f64
@@ -524,24 +618,45 @@ mod tests {
             };
             let wide = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };
             let wide16 = |x: &[f16]| -> Vec<f64> { x.iter().map(|v| v.to_f64()).collect() };
-            let want32 = want(&wide(&k), &wide(&v));
-            let want16 = want(&wide16(&k16), &wide16(&v16));
-            for ops in &paths {
-                let (mut scores, mut out) = (vec![0f32; n], vec![f32::NAN; d]);
-                (ops.decode_head)(&q, &k, &v, stride, n, scale, &mut scores, &mut out);
-                for i in 0..d {
-                    assert!(
-                        (out[i] as f64 - want32[i]).abs() <= 1e-5,
-                        "f32 d={d} n={n} i={i}"
+            let (k64, v64, k16_64, v16_64) = (wide(&k), wide(&v), wide16(&k16), wide16(&v16));
+            for g in [1, 2, 3, 4, 5, 8] {
+                let qs = data(g * d, 11 + g as u32);
+                let heads: Vec<&[f32]> = qs.chunks_exact(d).collect();
+                let want32: Vec<f64> = heads.iter().flat_map(|q| want(q, &k64, &v64)).collect();
+                let want16: Vec<f64> = heads
+                    .iter()
+                    .flat_map(|q| want(q, &k16_64, &v16_64))
+                    .collect();
+                for ops in &paths {
+                    let mut scores = vec![0f32; g * n];
+                    let mut out = vec![f32::NAN; g * d];
+                    (ops.decode_heads)(&qs, d, &k, &v, stride, n, scale, &mut scores, &mut out);
+                    for (i, (&got, &want)) in out.iter().zip(&want32).enumerate() {
+                        let at = (i / d, i % d);
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-5,
+                            "f32 d={d} n={n} g={g} {at:?}"
+                        );
+                    }
+                    let mut out = vec![f32::NAN; g * d];
+                    (ops.decode_heads_f16)(
+                        &qs,
+                        d,
+                        &k16,
+                        &v16,
+                        stride,
+                        n,
+                        scale,
+                        &mut scores,
+                        &mut out,
                     );
-                }
-                let (mut scores, mut out) = (vec![0f32; n], vec![f32::NAN; d]);
-                (ops.decode_head_f16)(&q, &k16, &v16, stride, n, scale, &mut scores, &mut out);
-                for i in 0..d {
-                    assert!(
-                        (out[i] as f64 - want16[i]).abs() <= 1e-5,
-                        "f16 d={d} n={n} i={i}"
-                    );
+                    for (i, (&got, &want)) in out.iter().zip(&want16).enumerate() {
+                        let at = (i / d, i % d);
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-5,
+                            "f16 d={d} n={n} g={g} {at:?}"
+                        );
+                    }
                 }
             }
         }
