@@ -257,11 +257,11 @@ mod x86 {
     }
 
     /// The group's heads 4 at a time (`M` of them): per key, each 8-value chunk is loaded
-    /// (and widened) once and multiplied into `M` accumulators; per value, each 16-value chunk
-    /// once into `M × 2` accumulators. A head of its own (`M = 1`) loads each key and value
-    /// once per head, and with an f16 cache the conversions, not the multiply-adds, then
-    /// bound the speed (criterion `attention/decode`: the same time for 4 KV heads as for 32
-    /// under 32 query heads of 64).
+    /// (and widened) once and multiplied into `2·M` accumulators; per value, `8·W` values at a
+    /// time into `M·W` accumulators (`W` = 8, 4, 2, 2 for 1–4 heads). Each head loading every
+    /// key and value on its own, the conversions of an f16 cache rather than the multiply-adds
+    /// bounded the speed (criterion `attention/decode`: the same time for 4 KV heads as for 32
+    /// under 32 query heads of 64; 1.47× faster shared, benches/README.md).
     ///
     /// History: a single-head kernel that called a dot and an axpy per key through function
     /// pointers (each with its checks, the axpy loading and storing the output row) ran at
