@@ -3,8 +3,9 @@
 //! Decode: one work unit per (row, run of query heads of one KV head) computes all their
 //! scores, softmaxes and weighted sums of values (`VectorOps::decode_heads`), reading each key
 //! and value once for the run (`heads_per_task`); 32 query heads are enough units for the
-//! cores of the machines we target, so there is no split over the keys yet. Batches (prefill, the
-//! vision tower) are two GEMMs per head through `gemm.rs`'s micro-kernel (`attend_batched`).
+//! cores of the machines we target, so there is no split over the keys yet. Batches
+//! (prefill, the vision tower) are two GEMMs per head through `gemm.rs`'s micro-kernel
+//! (`attend_batched`).
 
 use half::{f16, slice::HalfFloatSliceExt};
 
@@ -580,11 +581,6 @@ mod tests {
         out
     }
 
-    /// The batched path with every pair of vector primitives and micro-kernel this CPU has,
-    /// against f64, over f32 and f16 keys and values: whole and partial panels, key counts
-    /// past one chunk of the second GEMM (`K_CHUNK`) and not a multiple of the key groups,
-    /// head sizes not a multiple of the dimension groups, grouped heads, causal rows after
-    /// cached positions, and full attention.
     #[test]
     fn decode_tasks_share_a_kv_head_while_every_thread_has_four() {
         // LLaVA-1.6-Mistral (32 query heads, 8 KV heads): 4 per task on 2 threads, 2 on 4,
@@ -602,6 +598,11 @@ mod tests {
         assert_eq!(heads_per_task(12, 6, 1, 1), 3);
     }
 
+    /// The batched path with every pair of vector primitives and micro-kernel this CPU has,
+    /// against f64, over f32 and f16 keys and values: whole and partial panels, key counts
+    /// past one chunk of the second GEMM (`K_CHUNK`) and not a multiple of the key groups,
+    /// head sizes not a multiple of the dimension groups, grouped heads, causal rows after
+    /// cached positions, and full attention.
     #[test]
     fn batched_attention_matches_f64_on_every_available_path() {
         let cases = [
