@@ -187,7 +187,8 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                 let out_row = &mut cols.row(r)[b0..b0 + n_block];
                 let mut j = 0;
                 if let Some((how, _)) = interleaved {
-                    // Blocks and column runs are whole groups (see `width`).
+                    // Blocks and column runs are whole groups: runs are whole blocks but at
+                    // the weight's end, and an interleaved weight has whole groups.
                     for (g, out) in out_row.chunks_exact_mut(DOT_ROWS).enumerate() {
                         out.copy_from_slice(&(how.dot)(group(block_first + g * DOT_ROWS), a));
                     }
