@@ -313,20 +313,15 @@ fn assert_dequantize_matches<B: BlockFormat>(ggml_dequantize: GgmlDequantize) {
     }
 }
 
-/// ggml's `tests/test-quantize-fns.cpp` bounds |dot - reference| / n by MAX_DOT_PRODUCT_ERROR
-/// (0.02), or MAX_DOT_PRODUCT_ERROR_LOWBIT (0.04) for Q2_K and the IQ types.
-fn ggml_dot_tolerance(ty: GgmlType) -> f32 {
-    if ty == GgmlType::Q2K {
-        0.04
-    } else {
-        0.02
-    }
-}
-
-/// ggml's tolerance is loose enough to hide a dropped term, so the difference is also bounded
-/// relative to Σ|w·a|, the scale of the float rounding: both sides sum the same exact integer
-/// block sums, only in a different order. The largest ratio seen is 5.5e-6 (Q2_K, whose
-/// scale and min terms partly cancel); 1e-4 leaves room without letting a real error through.
+/// ggml's `tests/test-quantize-fns.cpp` bounds |dot - reference| / n by an absolute 0.02
+/// (0.04 for Q2_K), which only fits rows of unit scale: on the "beyond f16 range" row two
+/// correct sums of ±2.6e7 differ by 2 (one f32 ulp there) and the bound fails or passes with
+/// the summation order, that is with the instruction set (it failed on AVX-512 machines). And
+/// it is loose enough to hide a dropped term. So the difference is bounded relative to
+/// Σ|w·a|, the scale of the float rounding: both sides sum the same exact integer block sums,
+/// only in a different order. The largest ratio seen is 5.5e-6 (Q2_K, whose scale and min
+/// terms partly cancel); 1e-4 leaves room without letting a real error through (a dropped
+/// 32-element block of a 256-element row moves the sum by about 2e-2 of Σ|w·a|).
 const MAX_DOT_DIFF_PER_MAGNITUDE: f64 = 1e-4;
 
 /// Σ|w·a| over the dequantized rows, in f64.
@@ -369,7 +364,6 @@ fn assert_dot_matches<W: VecDot>() {
             continue;
         }
         let diff = (ours - theirs).abs();
-        assert!(diff / n as f32 <= ggml_dot_tolerance(W::TYPE), "{what}");
         let magnitude = dot_magnitude(&weights, &activations);
         let rel_diff = if magnitude > 0.0 {
             f64::from(diff) / magnitude

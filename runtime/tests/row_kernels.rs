@@ -18,7 +18,8 @@
 use bytemuck::cast_slice_mut;
 use half::f16;
 use llava_runtime::quant::{
-    self, row_kernels, ActBlockSum, CpuPath, GgmlType, Interleaving, DOT_ROWS, TILE_ROWS,
+    self, report_skipped_paths, row_kernels, ActBlockSum, CpuPath, GgmlType, Interleaving,
+    DOT_ROWS, TILE_ROWS,
 };
 
 /// Elements of a quantized row, as f32.
@@ -198,7 +199,8 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
             }
         }
     }
+    report_skipped_paths("row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding");
     if tested == 0 {
-        eprintln!("skipped: no path here has row kernels");
+        eprintln!("no path here has row kernels");
     }
 }

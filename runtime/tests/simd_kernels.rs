@@ -26,8 +26,8 @@
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 use llava_runtime::quant::{
-    self, row_kernels, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, CpuPath, GgmlType, RowKernels,
+    self, report_skipped_paths, row_kernels, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
+    BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, CpuPath, GgmlType, RowKernels,
 };
 
 /// The weight types with a SIMD dot product (on every SIMD path).
@@ -51,19 +51,13 @@ const QUANTIZER_OWNERS: [GgmlType; 4] = [
     GgmlType::F16,  // F16
 ];
 
-/// The SIMD paths this CPU can run (with a note where there is none).
-fn simd_paths() -> Vec<CpuPath> {
-    let paths: Vec<CpuPath> = CpuPath::ALL
+/// The SIMD paths this CPU can run; each one it cannot is reported as skipped by `test`.
+fn simd_paths(test: &str) -> Vec<CpuPath> {
+    report_skipped_paths(test);
+    CpuPath::ALL
         .into_iter()
         .filter(|&path| path != CpuPath::Scalar && path.is_available())
-        .collect();
-    if paths.is_empty() {
-        eprintln!("skipped: this CPU has no SIMD path, only the scalar path runs");
-    } else {
-        let names: Vec<&str> = paths.iter().map(|p| p.name()).collect();
-        eprintln!("SIMD paths tested: {}", names.join(", "));
-    }
-    paths
+        .collect()
 }
 
 /// The path whose activation quantizers `path` uses: the AVX-512 paths have none of their
@@ -247,7 +241,7 @@ fn quantizer_inputs(n: usize, rng: &mut Rng) -> Vec<(&'static str, Vec<f32>)> {
 
 #[test]
 fn simd_activation_quantizers_write_the_reference_bytes() {
-    for path in simd_paths() {
+    for path in simd_paths("simd_activation_quantizers_write_the_reference_bytes") {
         let mut rng = Rng(1);
         for owner in QUANTIZER_OWNERS {
             let (scalar, simd) = kernels(owner, path);
@@ -272,7 +266,7 @@ fn simd_activation_quantizers_write_the_reference_bytes() {
 
 #[test]
 fn simd_f16_quantizer_matches_half_for_every_f16_and_its_neighbours() {
-    for path in simd_paths() {
+    for path in simd_paths("simd_f16_quantizer_matches_half_for_every_f16_and_its_neighbours") {
         f16_quantizer_matches_half(path);
     }
 }
@@ -490,7 +484,7 @@ fn assert_close(ty: GgmlType, what: &str, simd: f32, scalar: f32, magnitude: f64
 
 #[test]
 fn simd_dots_match_the_reference_within_float_rounding() {
-    for path in simd_paths() {
+    for path in simd_paths("simd_dots_match_the_reference_within_float_rounding") {
         dots_match_the_reference_within_float_rounding(path);
     }
 }
@@ -566,7 +560,7 @@ fn raw_activations(act: GgmlType, n: usize, range: i32, rng: &mut Rng) -> Row {
 
 #[test]
 fn simd_dots_sum_integers_exactly() {
-    for path in simd_paths() {
+    for path in simd_paths("simd_dots_sum_integers_exactly") {
         dots_sum_integers_exactly(path);
     }
 }

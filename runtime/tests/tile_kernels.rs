@@ -101,16 +101,21 @@ fn tile_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
             tested += tiles_match_the_scalar_dot(path);
         }
     }
+    quant::report_skipped_paths(
+        "tile_kernels_match_the_scalar_dot_of_each_row_within_float_rounding",
+    );
     if tested == 0 {
-        eprintln!("skipped: no SIMD path here has tile kernels");
+        eprintln!("no SIMD path here has tile kernels");
     }
 }
 
 #[test]
 fn the_x86_paths_have_tile_kernels_for_the_k_quants_from_their_own_dot_path() {
+    quant::report_skipped_paths(
+        "the_x86_paths_have_tile_kernels_for_the_k_quants_from_their_own_dot_path",
+    );
     for path in [CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Vnni] {
         if !path.is_available() {
-            eprintln!("skipped: no {path} here");
             continue;
         }
         for ty in TILE_TYPES {

@@ -27,8 +27,8 @@ mod q8_1;
 mod x86;
 
 pub use dispatch::{
-    act_block_sums, cpu_path, row_kernels, set_cpu_path, ActBlockSum, CpuPath, InterleavedBlock,
-    Interleaving, RowKernels, DOT_ROWS, TILE_ROWS,
+    act_block_sums, cpu_path, report_skipped_paths, row_kernels, set_cpu_path, ActBlockSum,
+    CpuPath, InterleavedBlock, Interleaving, RowKernels, DOT_ROWS, TILE_ROWS,
 };
 pub use ggml_type::GgmlType;
 pub use k_quants::{

@@ -301,9 +301,10 @@ fn widen_f16_portable(rows: &[&[u8]], panel: &mut [PanelColumn]) {
     }
 }
 
-/// Every micro-kernel this CPU can run, for tests.
+/// Every micro-kernel this CPU can run, for tests (the paths it cannot are reported).
 #[cfg(test)]
 pub(super) fn micro_kernels() -> Vec<MicroKernelFn> {
+    quant::report_skipped_paths("gemm micro-kernels");
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut kernels: Vec<MicroKernelFn> = vec![micro_kernel_portable];
     #[cfg(target_arch = "x86_64")]

@@ -670,6 +670,7 @@ mod tests {
     fn softmax_matches_f64_on_every_available_path() {
         #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut paths: Vec<fn(&mut [f32], f32)> = vec![softmax_portable];
+        crate::quant::report_skipped_paths("softmax_matches_f64_on_every_available_path");
         #[cfg(target_arch = "x86_64")]
         if CpuPath::Avx2.is_available() {
             paths.push(x86::softmax);
