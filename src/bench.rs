@@ -22,7 +22,7 @@ use llava_runtime::backend::{Backend, CpuBackend, KvType};
 use llava_runtime::tokenizer::{TokenType, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::load::{load_images, load_llm, load_mmproj, LoadedLlm};
+use crate::load::{check_image_work, load_images, load_llm, load_mmproj, LlmOptions, LoadedLlm};
 
 type KvCache = <CpuBackend as Backend>::KvCache;
 
@@ -38,22 +38,22 @@ pub struct Args {
     /// largest grid pinpoint, so the most views).
     #[arg(long)]
     image: Option<PathBuf>,
-    /// Worker threads (default: one per physical core).
-    #[arg(short, long, default_value_t = 0)]
+    /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
+    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
     /// Prompt tokens of the prefill test (0: skip it).
-    #[arg(short = 'p', long, default_value_t = 512)]
+    #[arg(short = 'p', long, default_value_t = 512, value_parser = crate::limits::context)]
     n_prompt: usize,
     /// Decode steps of the generation test (0: skip it).
-    #[arg(short = 'n', long, default_value_t = 128)]
+    #[arg(short = 'n', long, default_value_t = 128, value_parser = crate::limits::context)]
     n_gen: usize,
     /// Positions already in the KV cache when the prefill and generation tests start (as
     /// llama-bench's -d): filled once, untimed, then each test runs at positions d.. (a
     /// conversation's later turns; an image alone is 576 positions in LLaVA-1.5).
-    #[arg(short = 'd', long, default_value_t = 0)]
+    #[arg(short = 'd', long, default_value_t = 0, value_parser = crate::limits::context)]
     depth: usize,
     /// Measured repetitions of each test, after one warm-up.
-    #[arg(short = 'r', long, default_value_t = 3)]
+    #[arg(short = 'r', long, default_value_t = 3, value_parser = crate::limits::repetitions)]
     repetitions: usize,
     /// How the KV cache stores keys and values: f16 (as llama.cpp's default) or f32.
     #[arg(long, default_value = "f16")]
@@ -74,9 +74,6 @@ pub const TTFT_PROMPT: &str = "USER: <image>\nWhat is in this picture? Describe 
 their colors and where they are in one short sentence. ASSISTANT:";
 
 pub fn run(args: &Args) -> Result<()> {
-    if args.repetitions == 0 {
-        bail!("-r must be at least 1");
-    }
     if args.image.is_some() && args.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
@@ -93,19 +90,35 @@ pub fn run(args: &Args) -> Result<()> {
     };
 
     let n_ctx = args.depth + args.n_prompt.max(args.n_gen).max(1);
-    let mut llm = load_llm(&args.model, args.threads, n_ctx)?;
-    llm.backend.set_kv_type(args.kv_type);
+    // As llama-bench: any context the memory holds, the model's trained one or not.
+    let llm = load_llm(
+        &args.model,
+        &LlmOptions {
+            threads: args.threads,
+            ctx: n_ctx,
+            beyond_trained_ctx: true,
+            kv_type: args.kv_type,
+        },
+    )?;
     let clip = match &args.mmproj {
         Some(p) => {
             let t0 = Instant::now();
             let clip = load_mmproj(p, &llm)?;
+            if let (Some(img), Some(path)) = (&given_image, &args.image) {
+                check_image_work(
+                    &clip,
+                    std::slice::from_ref(img),
+                    std::slice::from_ref(path),
+                    DEFAULT_MAX_PIXELS,
+                )?;
+            }
             Some((clip, t0.elapsed()))
         }
         None => None,
     };
     let threads = llm.backend.threads();
     let kernels = llava_runtime::quant::cpu_path().name();
-    eprintln!(
+    diag!(
         "llava bench: {} loaded in {:.0} ms, {threads} threads, {kernels} kernels",
         args.model.display(),
         ms(llm.load_time)
@@ -252,12 +265,12 @@ fn ttft_test(
 
 /// Runs `f` once unmeasured, then `repetitions` times, with a progress line per run.
 fn repeat(name: &str, repetitions: usize, mut f: impl FnMut() -> Duration) -> Vec<Duration> {
-    eprintln!("{name}: warm-up");
+    diag!("{name}: warm-up");
     f();
     (1..=repetitions)
         .map(|i| {
             let d = f();
-            eprintln!("{name}: run {i}/{repetitions}: {:.1} ms", ms(d));
+            diag!("{name}: run {i}/{repetitions}: {:.1} ms", ms(d));
             d
         })
         .collect()

@@ -2,11 +2,14 @@
 //! `<name>-<quant>.gguf` (the LLM) and, for LLaVA checkpoints, `mmproj-<name>-<vquant>.gguf`
 //! (the CLIP tower and projector).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use llava_convert::{convert_llama_with, convert_mmproj_with, Preset};
+use llava_convert::{check_mmproj, convert_llama_with, convert_mmproj_with, Preset};
 
+use crate::output::{
+    check_outputs, commit, create_parent, remove_partial_files_on_signals, stage, Output,
+};
 use crate::progress::CliMonitor;
 
 #[derive(clap::Args)]
@@ -64,49 +67,55 @@ pub fn run(args: &Args) -> Result<()> {
                 .join(format!("mmproj-{name}-{}.gguf", args.vision_quant))
         })
     });
-    // Refuse before any work, so nothing is half done.
-    for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
-        if path.exists() && !args.force {
-            bail!(
-                "{}: already exists (use --force to replace it)",
-                path.display()
-            );
-        }
-    }
     if args.vision_tower.is_some() && !kind.is_llava() {
         bail!(
             "--vision-tower given, but {} is not a LLaVA checkpoint",
             args.dir.display()
         );
     }
-
-    for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                anyhow::anyhow!("{}: cannot create the directory: {e}", dir.display())
-            })?;
-        }
+    // Refuse before any work, so nothing is half done.
+    let mut outputs = vec![Output {
+        flag: "-o",
+        path: &llm_out,
+    }];
+    if let Some(path) = &mmproj_out {
+        outputs.push(Output {
+            flag: "--mmproj-out",
+            path,
+        });
     }
+    let inputs: Vec<&Path> = std::iter::once(args.dir.as_path())
+        .chain(args.vision_tower.as_deref())
+        .collect();
+    check_outputs(&outputs, &inputs, args.force)?;
+    // The vision side is checked before the LLM's minutes of work.
+    if mmproj_out.is_some() {
+        check_mmproj(&args.dir, args.vision_tower.as_deref(), args.vision_quant)?;
+    }
+    for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
+        create_parent(path)?;
+    }
+    remove_partial_files_on_signals();
 
+    // Both files are written under temporary names and replace the old ones together, once
+    // both are complete: a failure keeps the previous pair.
+    let llm_staged = stage(&llm_out)?;
     let mut monitor = CliMonitor::new(&llm_out, args.verbose);
-    let s = convert_llama_with(&args.dir, &llm_out, args.quant, &mut monitor)?;
+    let s = convert_llama_with(&args.dir, llm_staged.temp_path(), args.quant, &mut monitor)?;
     monitor.finish(&s);
+    let mut staged = vec![llm_staged];
     if let Some(out) = &mmproj_out {
+        let mmproj_staged = stage(out)?;
         let mut monitor = CliMonitor::new(out, args.verbose);
-        match convert_mmproj_with(
+        let s = convert_mmproj_with(
             &args.dir,
             args.vision_tower.as_deref(),
-            out,
+            mmproj_staged.temp_path(),
             args.vision_quant,
             &mut monitor,
-        ) {
-            Ok(s) => monitor.finish(&s),
-            Err(e) => {
-                // One command, both files or neither.
-                let _ = std::fs::remove_file(&llm_out);
-                return Err(e.into());
-            }
-        }
+        )?;
+        monitor.finish(&s);
+        staged.push(mmproj_staged);
     }
-    Ok(())
+    commit(staged)
 }

@@ -1,14 +1,21 @@
 //! `llava logits`: one forward pass over a prompt exactly as given (no chat template), writing
-//! the logits of every position as a float32 NPY array `[tokens, vocab]` — the interface for
-//! evaluation scripts and parity checks.
+//! the logits of every position as a float32 NPY array `[positions, vocab]` — the interface
+//! for evaluation scripts and parity checks. With images, the image positions are rows too;
+//! `--ids-out` says which rows are which token (-1: an image position).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use llava_runtime::backend::{Backend, KvType};
+use llava_runtime::staging::StagedFile;
 
-use crate::load::{build_prompt, load_images, load_llm, load_mmproj, prompt_text};
+use crate::load::{
+    build_prompt, check_image_work, load_images, load_llm, load_mmproj, prompt_text, LlmOptions,
+};
+use crate::output::{
+    check_outputs, commit, create_parent, remove_partial_files_on_signals, stage, Output,
+};
 use llava_models::image::DEFAULT_MAX_PIXELS;
 use llava_models::template::with_image_markers;
 
@@ -23,12 +30,17 @@ pub struct Args {
     /// Read the prompt from this file, byte for byte.
     #[arg(long)]
     prompt_file: Option<PathBuf>,
-    /// Where to write the logits (NPY, float32, [tokens, vocab]).
+    /// Where to write the logits (NPY, float32, [positions, vocab]: every position of the
+    /// prompt, image positions included); `-` for stdout.
     #[arg(long)]
     out: PathBuf,
-    /// Also write the prompt's text token ids, space-separated, to this file.
+    /// Also write the id of each position's token, space-separated, to this file (`-` for
+    /// stdout): one per row of the NPY, -1 where the row is an image position.
     #[arg(long)]
     ids_out: Option<PathBuf>,
+    /// Replace output files that already exist.
+    #[arg(long)]
+    force: bool,
     /// Do not add BOS.
     #[arg(long)]
     no_bos: bool,
@@ -39,8 +51,11 @@ pub struct Args {
     /// the text when the prompt has none).
     #[arg(long)]
     image: Vec<PathBuf>,
-    /// Worker threads (default: one per physical core).
-    #[arg(short, long, default_value_t = 0)]
+    /// Refuse images with more pixels than this, in the file and in the preprocessing.
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
+    max_image_pixels: u64,
+    /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
+    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
     /// How the KV cache stores keys and values: f16 (half the memory, as `llava run`) or f32
     /// (exact).
@@ -49,76 +64,134 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
+    // The outputs first: nothing is computed for a write that would be refused.
+    let to_stdout = |p: &Path| p.as_os_str() == "-";
+    let mut files = vec![];
+    if !to_stdout(&args.out) {
+        files.push(Output {
+            flag: "--out",
+            path: &args.out,
+        });
+    }
+    match &args.ids_out {
+        Some(p) if to_stdout(p) && to_stdout(&args.out) => {
+            bail!("--out and --ids-out cannot both be stdout")
+        }
+        Some(p) if !to_stdout(p) => files.push(Output {
+            flag: "--ids-out",
+            path: p,
+        }),
+        _ => {}
+    }
+    let inputs: Vec<&Path> = [Some(args.model.as_path()), args.mmproj.as_deref()]
+        .into_iter()
+        .flatten()
+        .chain(args.prompt_file.as_deref())
+        .chain(args.image.iter().map(PathBuf::as_path))
+        .collect();
+    check_outputs(&files, &inputs, args.force)?;
+    for f in &files {
+        create_parent(f.path)?;
+    }
+    remove_partial_files_on_signals();
+
     let text = prompt_text(args.prompt.as_deref(), args.prompt_file.as_deref())?;
-    let images = load_images(&args.image, DEFAULT_MAX_PIXELS)?;
-    let mut llm = load_llm(&args.model, args.threads, 0)?;
-    llm.backend.set_kv_type(args.kv_type);
+    if !args.image.is_empty() && args.mmproj.is_none() {
+        bail!("--image needs --mmproj (the vision tower and projector file)");
+    }
+    let images = load_images(&args.image, args.max_image_pixels)?;
+    let llm = load_llm(
+        &args.model,
+        &LlmOptions {
+            threads: args.threads,
+            ctx: 0,
+            beyond_trained_ctx: false,
+            kv_type: args.kv_type,
+        },
+    )?;
     let clip = args
         .mmproj
         .as_deref()
         .map(|p| load_mmproj(p, &llm))
         .transpose()?;
     let (b, m) = (&llm.backend, &llm.model);
-    let (embeddings, ids, n_positions) = if clip.is_none() {
-        // Text only: the prompt's tokens exactly (BOS unless --no-bos).
-        if !images.is_empty() {
-            bail!("--image needs --mmproj (the vision tower and projector file)");
+    let (embeddings, position_ids, n_positions) = match &clip {
+        None => {
+            // Text only: the prompt's tokens exactly (BOS unless --no-bos).
+            let ids = llm.tokenizer.encode(&text, !args.no_bos, true);
+            if ids.is_empty() {
+                bail!("the prompt has no tokens");
+            }
+            let n = ids.len();
+            (m.embed(b, &ids), ids.into_iter().map(Some).collect(), n)
         }
-        let ids = llm.tokenizer.encode(&text, !args.no_bos, true);
-        if ids.is_empty() {
-            bail!("the prompt has no tokens");
+        Some(clip) => {
+            if args.no_bos {
+                bail!("--no-bos applies to text-only prompts; with --mmproj BOS starts the prompt as in LLaVA");
+            }
+            check_image_work(clip, &images, &args.image, args.max_image_pixels)?;
+            let prompt = build_prompt(
+                &llm,
+                Some(clip),
+                &images,
+                &with_image_markers(&text, images.len()),
+            )?;
+            (prompt.embeddings, prompt.position_ids, prompt.n_positions)
         }
-        let n = ids.len();
-        (m.embed(b, &ids), ids, n)
-    } else {
-        if args.no_bos {
-            bail!("--no-bos applies to text-only prompts; with --mmproj BOS starts the prompt as in LLaVA");
-        }
-        let prompt = build_prompt(
-            &llm,
-            clip.as_ref(),
-            &images,
-            &with_image_markers(&text, images.len()),
-        )?;
-        (prompt.embeddings, prompt.text_ids, prompt.n_positions)
     };
     let mut cache = m.new_cache(b, n_positions);
     let logits = m.forward(b, embeddings, 0, &mut cache, false);
     let values = b.download(&logits);
+    // One row per position, image rows included: the header says what the data holds.
+    let shape = [n_positions, m.config.n_vocab];
+    assert_eq!(
+        values.len(),
+        shape[0] * shape[1],
+        "a row of logits per position"
+    );
 
-    write_atomically(&args.out, |w| {
-        write_npy_f32(w, &[ids.len(), m.config.n_vocab], &values)
-    })?;
-    if let Some(path) = &args.ids_out {
-        let line: Vec<String> = ids.iter().map(u32::to_string).collect();
-        write_atomically(path, |w| writeln!(w, "{}", line.join(" ")))?;
+    let ids_line = position_ids
+        .iter()
+        .map(|id| id.map_or("-1".to_owned(), |id| id.to_string()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut staged = Vec::new();
+    if to_stdout(&args.out) {
+        write_stdout(|w| write_npy_f32(w, &shape, &values))?;
+    } else {
+        staged.push(write_staged(&args.out, |w| {
+            write_npy_f32(w, &shape, &values)
+        })?);
     }
-    Ok(())
+    match &args.ids_out {
+        Some(p) if to_stdout(p) => write_stdout(|w| writeln!(w, "{ids_line}"))?,
+        Some(p) => staged.push(write_staged(p, |w| writeln!(w, "{ids_line}"))?),
+        None => {}
+    }
+    commit(staged)
 }
 
-/// Writes `path` through a temporary file in the same directory, renamed into place when
-/// complete, so a failure never leaves a partial file.
-fn write_atomically(
+/// Writes `path`'s new contents to a staged temporary file beside it, for [`commit`].
+fn write_staged(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+) -> Result<StagedFile> {
     let ctx = || format!("cannot write {}", path.display());
-    let mut builder = tempfile::Builder::new();
-    // The usual permissions (0666 less the umask), not a temporary file's 0600.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let mut tmp = builder.tempfile_in(dir).with_context(ctx)?;
-    {
-        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
-        write(&mut w).with_context(ctx)?;
-        w.flush().with_context(ctx)?;
-    }
-    tmp.persist(path).map_err(|e| e.error).with_context(ctx)?;
-    Ok(())
+    let staged = stage(path)?;
+    let mut w = std::io::BufWriter::new(staged.file());
+    write(&mut w).with_context(ctx)?;
+    w.flush().with_context(ctx)?;
+    drop(w);
+    staged.file().sync_all().with_context(ctx)?;
+    Ok(staged)
+}
+
+/// Writes to stdout, errors included (a closed pipe too: the data is the output).
+fn write_stdout(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    write(&mut out)
+        .and_then(|_| out.flush())
+        .context("cannot write to stdout")
 }
 
 /// NPY format version 1.0: magic, header length, a Python dict literal padded with spaces to

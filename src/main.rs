@@ -4,11 +4,23 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `eprintln!` that cannot fail: diagnostics are best effort. `eprintln!` panics when stderr
+/// is closed or full (`2>/dev/full`, `2>&1 | head -n 1`), which would kill a conversion
+/// halfway for a progress line nobody reads.
+macro_rules! diag {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod convert;
 mod inspect;
+mod limits;
 mod load;
 mod logits;
+mod output;
 mod progress;
 mod quantize;
 mod run;
@@ -71,7 +83,10 @@ fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Logits(args) => logits::run(&args),
@@ -86,8 +101,28 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, joined by ": ".
-            eprintln!("llava: error: {e:#}");
+            diag!("llava: error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command line clap refused. A flag's value out of its range is one line, as every other
+/// error of llava (`llava: error: invalid value '0' for '--repetitions <N>': ...`); the rest
+/// (help, version, missing arguments with their usage) as clap prints them. Exit status 2,
+/// as usage errors conventionally have.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            diag!("llava: {first}");
+            ExitCode::from(2)
+        }
+        _ => {
+            let _ = e.print();
+            ExitCode::from(e.exit_code().clamp(0, 255) as u8)
         }
     }
 }

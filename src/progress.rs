@@ -48,7 +48,7 @@ impl CliMonitor {
     fn line(&self, text: &str) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+            None => diag!("{text}"),
         }
     }
 
@@ -58,7 +58,7 @@ impl CliMonitor {
             bar.finish_and_clear();
         }
         let secs = self.started.elapsed().as_secs_f64();
-        eprintln!(
+        diag!(
             "{}, {:.0} MB/s read",
             summary_line(&self.path, s, secs),
             self.source_done as f64 / 1e6 / secs.max(1e-9)
@@ -121,7 +121,7 @@ impl Monitor for CliMonitor {
             let secs = self.started.elapsed().as_secs_f64();
             let rate = self.source_done as f64 / secs.max(1e-9);
             let eta = self.source_total.saturating_sub(self.source_done) as f64 / rate.max(1.0);
-            eprintln!(
+            diag!(
                 "{}: {}/{} tensors, {:.0}/{:.0} MiB read, ETA {:.0} s",
                 self.path.display(),
                 self.tensors_done,

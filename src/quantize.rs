@@ -3,9 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use llava_convert::{requantize_with, Preset};
 
+use crate::output::{check_outputs, create_parent, remove_partial_files_on_signals, Output};
 use crate::progress::CliMonitor;
 
 #[derive(clap::Args)]
@@ -27,12 +28,13 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    if args.output.exists() && !args.force {
-        bail!(
-            "{}: already exists (use --force to replace it)",
-            args.output.display()
-        );
-    }
+    let output = Output {
+        flag: "OUTPUT",
+        path: &args.output,
+    };
+    check_outputs(&[output], &[&args.input], args.force)?;
+    create_parent(&args.output)?;
+    remove_partial_files_on_signals();
     let mut monitor = CliMonitor::new(&args.output, args.verbose);
     let s = requantize_with(&args.input, &args.output, args.quant, &mut monitor)?;
     monitor.finish(&s);

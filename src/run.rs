@@ -5,6 +5,7 @@
 //! it the prompt is used as given (`--template` applies one).
 
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -12,7 +13,9 @@ use llava_models::{generate, StopReason};
 use llava_runtime::backend::KvType;
 use llava_runtime::sample::{Sampler, SamplerConfig};
 
-use crate::load::{build_prompt, load_images, load_llm, load_mmproj, prompt_text};
+use crate::load::{
+    build_prompt, check_image_work, load_images, load_llm, load_mmproj, prompt_text, LlmOptions,
+};
 use llava_models::image::DEFAULT_MAX_PIXELS;
 use llava_models::template::{with_image_markers, Template};
 
@@ -27,18 +30,22 @@ pub struct Args {
     /// Read the prompt from this file, byte for byte.
     #[arg(long)]
     file: Option<PathBuf>,
-    /// Most tokens to generate.
+    /// Most tokens to generate (generation also stops when the context is full).
     #[arg(short = 'n', long, default_value_t = 256)]
     max_tokens: usize,
     /// Stop when this text appears (not printed); may be repeated.
     #[arg(long)]
     stop: Vec<String>,
-    /// Worker threads (default: one per physical core).
-    #[arg(short, long, default_value_t = 0)]
+    /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
+    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
-    /// Context size in tokens (default: the model's, at most 4096).
-    #[arg(short, long, default_value_t = 0)]
+    /// Context size in tokens (default: the model's, at most 4096; at most the model's
+    /// trained context unless --ctx-beyond-training, and what memory holds).
+    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::context)]
     ctx: usize,
+    /// Allow --ctx above the context the model was trained for.
+    #[arg(long)]
+    ctx_beyond_training: bool,
     /// Print load time, image-encode time and prompt / generation speed to stderr.
     #[arg(short, long)]
     verbose: bool,
@@ -52,8 +59,9 @@ pub struct Args {
     /// file with --mmproj, raw without).
     #[arg(long)]
     template: Option<Template>,
-    /// Refuse images with more pixels than this (checked before decoding).
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    /// Refuse images with more pixels than this, in the file (checked before decoding) and in
+    /// the preprocessing (LLaVA-1.5 pads to a square first).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
     max_image_pixels: u64,
     /// How the KV cache stores keys and values: f16 (half the memory) or f32 (exact).
     #[arg(long, default_value = "f16")]
@@ -65,30 +73,32 @@ pub struct Args {
 #[derive(clap::Args)]
 pub struct SamplingArgs {
     /// Temperature; 0 picks the most likely token every time.
-    #[arg(long = "temp", default_value_t = 0.8)]
+    #[arg(long = "temp", default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f32,
     /// Keep the K most likely tokens (0: all).
     #[arg(long, default_value_t = 40)]
     top_k: usize,
     /// Keep the most likely tokens up to this total probability (1: all).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     top_p: f32,
     /// Drop tokens less likely than this times the most likely one (0: none).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     min_p: f32,
     /// Penalise recently seen tokens (1: off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repeat_penalty: f32,
-    /// How many recent tokens the penalties look at.
-    #[arg(long, default_value_t = 64)]
+    /// How many recent tokens the penalties look at (at most the context).
+    #[arg(long, default_value_t = 64, value_parser = crate::limits::context)]
     repeat_last_n: usize,
-    #[arg(long, default_value_t = 0.0)]
+    /// Subtract this times a token's count in the recent tokens from its logit.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     frequency_penalty: f32,
-    #[arg(long, default_value_t = 0.0)]
+    /// Subtract this from the logit of every token in the recent tokens.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     presence_penalty: f32,
-    /// Random seed, for reproducible runs (default: a new one each run).
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Random seed, for reproducible runs (default, or -1: a new one each run).
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::limits::seed)]
+    seed: Option<crate::limits::Seed>,
 }
 
 impl SamplingArgs {
@@ -106,7 +116,15 @@ impl SamplingArgs {
         if !(s.repeat_penalty > 0.0 && s.repeat_penalty.is_finite()) {
             bail!("--repeat-penalty must be above 0, got {}", s.repeat_penalty);
         }
-        let seed = self.seed.unwrap_or_else(|| {
+        for (flag, v) in [
+            ("--frequency-penalty", s.frequency_penalty),
+            ("--presence-penalty", s.presence_penalty),
+        ] {
+            if !v.is_finite() {
+                bail!("{flag} must be a finite number, got {v}");
+            }
+        }
+        let seed = self.seed.and_then(|s| s.0).unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
@@ -126,20 +144,32 @@ impl SamplingArgs {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let sampler_config = args.sampling.config()?;
+    let mut sampler_config = args.sampling.config()?;
     let question = prompt_text(args.prompt.as_deref(), args.file.as_deref())?;
-    // Bad images fail before minutes of model loading.
-    let images = load_images(&args.image, args.max_image_pixels)?;
-    if !images.is_empty() && args.mmproj.is_none() {
+    if !args.image.is_empty() && args.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
-    let mut llm = load_llm(&args.model, args.threads, args.ctx)?;
-    llm.backend.set_kv_type(args.kv_type);
+    // Bad images fail before minutes of model loading.
+    let images = load_images(&args.image, args.max_image_pixels)?;
+    let llm = load_llm(
+        &args.model,
+        &LlmOptions {
+            threads: args.threads,
+            ctx: args.ctx,
+            beyond_trained_ctx: args.ctx_beyond_training,
+            kv_type: args.kv_type,
+        },
+    )?;
+    // A window longer than the context sees the same tokens as the context.
+    sampler_config.penalty_last_n = sampler_config.penalty_last_n.min(llm.n_ctx);
     let clip = args
         .mmproj
         .as_deref()
         .map(|p| load_mmproj(p, &llm))
         .transpose()?;
+    if let Some(clip) = &clip {
+        check_image_work(clip, &images, &args.image, args.max_image_pixels)?;
+    }
     let template = match (args.template, &clip) {
         (Some(t), _) => t,
         (None, Some(_)) => Template::from_chat_template(llm.chat_template.as_deref()),
@@ -150,7 +180,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut stop = args.stop.clone();
     stop.extend(template.stop_strings().iter().map(|s| s.to_string()));
     if args.verbose {
-        eprintln!(
+        diag!(
             "loaded {} in {:.0} ms: {} layers, {} threads, {} kernels, context {} ({} KV cache), template {template}, seed {}",
             args.model.display(),
             llm.load_time.as_secs_f64() * 1e3,
@@ -162,7 +192,7 @@ pub fn run(args: &Args) -> Result<()> {
             sampler_config.seed
         );
         if prompt.n_images > 0 {
-            eprintln!(
+            diag!(
                 "image encode: {} image(s), {} tokens in {:.0} ms",
                 prompt.n_images,
                 prompt.image_tokens,
@@ -175,7 +205,9 @@ pub fn run(args: &Args) -> Result<()> {
     let mut cache = m.new_cache(b, llm.n_ctx);
     let mut sampler = Sampler::new(sampler_config);
     let mut stdout = std::io::stdout().lock();
-    let mut broken_pipe = false;
+    // The answer is the output: a write error ends the run with an error, except a closed
+    // pipe (`llava run ... | head -c1`), which stops generating quietly.
+    let mut write_error: Option<std::io::Error> = None;
     let stats = generate(
         b,
         m,
@@ -187,23 +219,29 @@ pub fn run(args: &Args) -> Result<()> {
         &mut sampler,
         args.max_tokens,
         &stop,
-        |piece| {
-            // `llava run ... | head` ends quietly.
-            if !broken_pipe
-                && stdout
-                    .write_all(piece.as_bytes())
-                    .and_then(|_| stdout.flush())
-                    .is_err()
-            {
-                broken_pipe = true;
+        |piece| match stdout
+            .write_all(piece.as_bytes())
+            .and_then(|_| stdout.flush())
+        {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                write_error = Some(e);
+                ControlFlow::Break(())
             }
         },
     );
-    if !broken_pipe {
-        let _ = writeln!(stdout);
+    if write_error.is_none() {
+        if let Err(e) = writeln!(stdout).and_then(|_| stdout.flush()) {
+            write_error = Some(e);
+        }
+    }
+    match write_error {
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Some(e) => bail!("cannot write the answer to stdout: {e}"),
+        None => {}
     }
     if args.verbose {
-        eprintln!(
+        diag!(
             "prompt: {} tokens in {:.0} ms ({:.2} tokens/s); generation: {} tokens in {:.0} ms ({:.2} tokens/s); stopped: {}",
             stats.prompt_tokens,
             stats.prompt_time.as_secs_f64() * 1e3,
@@ -216,6 +254,7 @@ pub fn run(args: &Args) -> Result<()> {
                 StopReason::StopString => "stop string",
                 StopReason::MaxTokens => "max tokens",
                 StopReason::ContextFull => "context full",
+                StopReason::Cancelled => "output closed",
             }
         );
     }

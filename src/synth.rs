@@ -5,9 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use llava_convert::{synth_llm, synth_mmproj, Preset, SynthModel};
 
+use crate::output::{
+    check_outputs, commit, create_parent, remove_partial_files_on_signals, stage, Output,
+};
 use crate::progress::summary_line;
 
 #[derive(clap::Args)]
@@ -66,32 +69,39 @@ pub fn run(args: &Args) -> Result<()> {
         })
     });
     // Refuse before any work, so nothing is half done.
-    for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
-        if path.exists() && !args.force {
-            bail!(
-                "{}: already exists (use --force to replace it)",
-                path.display()
-            );
-        }
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow!("{}: cannot create the directory: {e}", dir.display()))?;
-        }
+    let mut outputs = vec![Output {
+        flag: "-o",
+        path: &llm_out,
+    }];
+    if let Some(path) = &mmproj_out {
+        outputs.push(Output {
+            flag: "--mmproj-out",
+            path,
+        });
     }
+    check_outputs(&outputs, &[], args.force)?;
+    for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
+        create_parent(path)?;
+    }
+    remove_partial_files_on_signals();
 
+    // Both files replace the old ones together, once both are complete.
     let t0 = Instant::now();
-    let s = synth_llm(model, args.quant, &llm_out, args.seed)?;
-    eprintln!("{}", summary_line(&llm_out, &s, t0.elapsed().as_secs_f64()));
+    let llm_staged = stage(&llm_out)?;
+    let s = synth_llm(model, args.quant, llm_staged.temp_path(), args.seed)?;
+    diag!("{}", summary_line(&llm_out, &s, t0.elapsed().as_secs_f64()));
+    let mut staged = vec![llm_staged];
     if let Some(out) = &mmproj_out {
         let t0 = Instant::now();
-        match synth_mmproj(model, args.vision_quant, out, args.seed) {
-            Ok(s) => eprintln!("{}", summary_line(out, &s, t0.elapsed().as_secs_f64())),
-            Err(e) => {
-                // One command, both files or neither.
-                let _ = std::fs::remove_file(&llm_out);
-                return Err(e.into());
-            }
-        }
+        let mmproj_staged = stage(out)?;
+        let s = synth_mmproj(
+            model,
+            args.vision_quant,
+            mmproj_staged.temp_path(),
+            args.seed,
+        )?;
+        diag!("{}", summary_line(out, &s, t0.elapsed().as_secs_f64()));
+        staged.push(mmproj_staged);
     }
-    Ok(())
+    commit(staged)
 }

@@ -31,6 +31,20 @@ pub fn run(args: &Args) -> Result<()> {
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let text = prompt_text(args.text.as_deref(), args.file.as_deref())?;
     let ids = tokenizer.encode(&text, !args.no_bos, !args.no_parse_special);
-    let line: Vec<String> = ids.iter().map(u32::to_string).collect();
-    crate::write_stdout(&format!("{}\n", line.join(" ")))
+    drop(text);
+    // Written as they are formatted: no string per id held (megabytes of text are millions
+    // of ids).
+    let mut line = String::with_capacity(ids.len().min(1 << 16) * 6);
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            line.push(' ');
+        }
+        line.push_str(&id.to_string());
+        if line.len() >= 1 << 16 {
+            crate::write_stdout(&line)?;
+            line.clear();
+        }
+    }
+    line.push('\n');
+    crate::write_stdout(&line)
 }

@@ -143,19 +143,21 @@ fn bench_bad_input_gives_one_line_naming_the_problem() {
     let not_gguf = not_gguf.to_str().unwrap();
     let image = fixture("images/odd.png");
     let image = image.to_str().unwrap();
-    let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["-m", missing], "missing.gguf"),
-        (vec!["-m", not_gguf], "not.gguf"),
-        (vec!["-m", &llm, "--mmproj", missing], "missing.gguf"),
-        (vec!["-m", &llm, "--image", image], "--mmproj"),
-        (vec!["-m", &llm, "-r", "0"], "-r"),
+    // Exit status 1 for what the files hold, 2 for a flag's value out of its range.
+    let cases: Vec<(Vec<&str>, &str, i32)> = vec![
+        (vec!["-m", missing], "missing.gguf", 1),
+        (vec!["-m", not_gguf], "not.gguf", 1),
+        (vec!["-m", &llm, "--mmproj", missing], "missing.gguf", 1),
+        (vec!["-m", &llm, "--image", image], "--mmproj", 1),
+        (vec!["-m", &llm, "-r", "0"], "--repetitions", 2),
+        (vec!["-m", &llm, "-d", "18446744073709551615"], "--depth", 2),
     ];
-    for (extra, expect) in cases {
+    for (extra, expect, code) in cases {
         let mut args = vec!["bench", "-p", "2", "-n", "1"];
         args.extend(extra);
         let o = llava(&args);
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(expect), "want {expect:?}: {err}");
     }

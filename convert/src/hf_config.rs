@@ -14,10 +14,13 @@ pub struct JsonFile {
 
 impl JsonFile {
     pub fn open(path: &Path) -> Result<JsonFile, ConvertError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConvertError::Io {
+        let io = |error| ConvertError::Io {
             path: path.to_owned(),
             error,
-        })?;
+        };
+        // A FIFO would block, a device read forever.
+        llava_runtime::files::regular_file(path).map_err(io)?;
+        let text = std::fs::read_to_string(path).map_err(io)?;
         let json = serde_json::from_str(&text).map_err(|e| ConvertError::Input {
             path: path.to_owned(),
             reason: format!("invalid JSON: {e}"),

@@ -150,13 +150,19 @@ pub fn convert_llama_with(
     let src = Source::open(dir)?;
     let text_config = src.text_config();
     let hp = LlamaHparams::from_config(&text_config)?;
+    // The tensors first: their shapes check the config (the vocabulary is then bounded by
+    // the embedding rows the checkpoint really has).
+    let plan = plan_tensors(&hp, &src, preset)?;
     let tokenizer_config = JsonFile::open_optional(&dir.join("tokenizer_config.json"))?;
     // tokenizer.json when present (it has the added tokens, e.g. llava-hf's <image>); else
     // SentencePiece's tokenizer.model, as the original LLaVA and Vicuna repositories ship.
     let vocab_meta = match JsonFile::open_optional(&dir.join("tokenizer.json"))? {
-        Some(tokenizer) => {
-            vocab::spm_metadata(&tokenizer, &text_config, tokenizer_config.as_ref())?
-        }
+        Some(tokenizer) => vocab::spm_metadata(
+            &tokenizer,
+            &text_config,
+            tokenizer_config.as_ref(),
+            hp.vocab_size,
+        )?,
         None => {
             let path = dir.join("tokenizer.model");
             if !path.exists() {
@@ -166,11 +172,9 @@ pub fn convert_llama_with(
                 });
             }
             let model = crate::spm_model::SpmModel::open(&path)?;
-            vocab::spm_metadata_from_model(&model, &text_config, tokenizer_config.as_ref())?
+            vocab::spm_metadata_from_model(&model, &path, tokenizer_config.as_ref(), hp.vocab_size)?
         }
     };
-    let plan = plan_tensors(&hp, &src, preset)?;
-
     let mut w = GgufWriter::new();
     let name = dir
         .canonicalize()

@@ -78,6 +78,28 @@ pub fn convert_mmproj_with(
     preset: Preset,
     monitor: &mut dyn Monitor,
 ) -> Result<ConvertSummary, ConvertError> {
+    mmproj(dir, vision_tower, Some(out), preset, monitor)
+}
+
+/// Every check `convert_mmproj` makes before it writes (configs, preprocessor, every tensor's
+/// presence and shape), without writing: so a command that also converts the LLM can refuse a
+/// broken vision side before spending minutes on the LLM.
+pub fn check_mmproj(
+    dir: &Path,
+    vision_tower: Option<&Path>,
+    preset: Preset,
+) -> Result<(), ConvertError> {
+    mmproj(dir, vision_tower, None, preset, &mut Silent).map(|_| ())
+}
+
+/// The conversion; with `out` = `None` it stops once everything is checked.
+fn mmproj(
+    dir: &Path,
+    vision_tower: Option<&Path>,
+    out: Option<&Path>,
+    preset: Preset,
+    monitor: &mut dyn Monitor,
+) -> Result<ConvertSummary, ConvertError> {
     let src = Source::open(dir)?;
     if !src.kind.is_llava() {
         return Err(ConvertError::Config {
@@ -132,6 +154,23 @@ pub fn convert_mmproj_with(
         _ => src.config.get("mm_vision_select_layer"),
     };
     let n_used = blocks_used(feature_layer, vp.n_layers, &src.config.path)?;
+    // The count sizes the tensor plan: the blocks must be there before it is trusted.
+    let present = (0..n_used)
+        .take_while(|i| {
+            let name = tower.name(&format!("encoder.layers.{i}.mlp.fc1.weight"));
+            tower.ckpt.contains(&name)
+        })
+        .count();
+    if present < n_used {
+        return Err(config_error(
+            &vision_config.path,
+            "num_hidden_layers",
+            format!(
+                "{} blocks ({n_used} of them used), but the tower has {present}",
+                vp.n_layers
+            ),
+        ));
+    }
     let strategy = src
         .config
         .str_opt("vision_feature_select_strategy")?
@@ -166,6 +205,15 @@ pub fn convert_mmproj_with(
         .ok()
         .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_default();
+    let pinpoints = if src.kind.is_next() {
+        Some(pinpoints(
+            &src.config,
+            matches!(src.kind, ModelKind::LlavaHf { .. }),
+            vp.image_size,
+        )?)
+    } else {
+        None
+    };
     let layout = ClipLayout {
         name,
         vision: vp,
@@ -173,14 +221,7 @@ pub fn convert_mmproj_with(
         text_hidden: text.hidden_size,
         mean,
         std,
-        pinpoints: if src.kind.is_next() {
-            Some(pinpoints(
-                &src.config,
-                matches!(src.kind, ModelKind::LlavaHf { .. }),
-            )?)
-        } else {
-            None
-        },
+        pinpoints,
     };
     let mut w = GgufWriter::new();
     for (k, v) in layout.metadata(preset) {
@@ -216,6 +257,13 @@ pub fn convert_mmproj_with(
     for (gguf, _, _, shape, ty) in &plan {
         w.add_tensor(gguf, *ty, shape)?;
     }
+    let Some(out) = out else {
+        return Ok(ConvertSummary {
+            tensors: plan.len(),
+            parameters: 0,
+            bytes: 0,
+        });
+    };
     let mut summary = ConvertSummary {
         tensors: plan.len(),
         parameters: 0,
@@ -332,8 +380,17 @@ fn normalisation(pre: Option<&JsonFile>) -> Result<([f32; 3], [f32; 3]), Convert
     ))
 }
 
-/// `image_grid_pinpoints` as llama.cpp stores them: one flat list of sizes.
-fn pinpoints(config: &JsonFile, height_first: bool) -> Result<Vec<i32>, ConvertError> {
+/// Most pinpoints, and the largest side in views, an mmproj may have (the runtime's limits).
+const MAX_PINPOINTS: usize = 64;
+const MAX_TILES_PER_SIDE: i64 = 8;
+
+/// `image_grid_pinpoints` as llama.cpp stores them: one flat list of sizes, each a multiple
+/// of the tower's `image_size`.
+fn pinpoints(
+    config: &JsonFile,
+    height_first: bool,
+    image_size: usize,
+) -> Result<Vec<i32>, ConvertError> {
     let key = "image_grid_pinpoints";
     let v = config
         .get(key)
@@ -350,6 +407,27 @@ fn pinpoints(config: &JsonFile, height_first: bool) -> Result<Vec<i32>, ConvertE
     });
     let pairs =
         pairs.ok_or_else(|| config_error(&config.path, key, "expected a list of pairs".into()))?;
+    // The runtime's bounds (llava_models' MAX_PINPOINTS, MAX_TILES_PER_SIDE): a file the
+    // runtime would refuse is not written.
+    let max = image_size as i64 * MAX_TILES_PER_SIDE;
+    if pairs.is_empty() || pairs.len() > MAX_PINPOINTS {
+        return Err(config_error(
+            &config.path,
+            key,
+            format!("{} pairs (1 to {MAX_PINPOINTS})", pairs.len()),
+        ));
+    }
+    if let Some(&x) = pairs
+        .iter()
+        .flatten()
+        .find(|&&x| x <= 0 || i64::from(x) > max || i64::from(x) % image_size as i64 != 0)
+    {
+        return Err(config_error(
+            &config.path,
+            key,
+            format!("{x} is not a multiple of the image size {image_size} between it and {max}"),
+        ));
+    }
     // The GGUF list holds (width, height) pairs, as the original LLaVA and llama.cpp read
     // them; transformers' configs hold (height, width). The set is symmetric, but the order
     // decides full ties in the grid choice, so each source keeps its own meaning.

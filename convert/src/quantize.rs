@@ -13,6 +13,10 @@ pub(crate) fn quantize_tensor(
     data: &[f32],
     row_len: usize,
 ) -> Result<Vec<u8>, ConvertError> {
+    if row_len == 0 || data.is_empty() {
+        // A tensor with a zero dimension (legal in GGUF) has no bytes.
+        return Ok(Vec::new());
+    }
     let row_bytes = ty.row_bytes(row_len as u64).expect("planned whole blocks") as usize;
     let n_rows = data.len() / row_len;
     let mut bytes = vec![0u8; n_rows * row_bytes];

@@ -52,6 +52,7 @@ impl Checkpoint {
         let mut maps = Vec::new();
         let mut tensors = BTreeMap::new();
         for (file, path) in paths.iter().enumerate() {
+            llava_runtime::files::regular_file(path).map_err(|e| io(path, e))?;
             let f = File::open(path).map_err(|e| io(path, e))?;
             // SAFETY: read-only map of a checkpoint nobody rewrites while we convert it.
             let map = unsafe { Mmap::map(&f) }.map_err(|e| io(path, e))?;

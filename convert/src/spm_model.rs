@@ -32,10 +32,12 @@ pub struct SpmModel {
 
 impl SpmModel {
     pub fn open(path: &Path) -> Result<SpmModel, ConvertError> {
-        let bytes = std::fs::read(path).map_err(|error| ConvertError::Io {
+        let io = |error| ConvertError::Io {
             path: path.to_owned(),
             error,
-        })?;
+        };
+        llava_runtime::files::regular_file(path).map_err(io)?;
+        let bytes = std::fs::read(path).map_err(io)?;
         Self::parse(&bytes).map_err(|reason| ConvertError::Input {
             path: path.to_owned(),
             reason: format!("not a SentencePiece model: {reason}"),

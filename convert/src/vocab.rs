@@ -20,11 +20,14 @@ const CONTROL: i32 = 3;
 const USER_DEFINED: i32 = 4;
 const BYTE: i32 = 6;
 
-/// The `tokenizer.*` metadata for a LLaMA-family model.
+/// The `tokenizer.*` metadata for a LLaMA-family model whose embedding matrix has `n_vocab`
+/// rows (checked against the checkpoint): every token id must be below it, and rows without a
+/// token get a `[PAD<id>]` one, as llama.cpp's converter writes them.
 pub fn spm_metadata(
     tokenizer: &JsonFile,
     config: &JsonFile,
     tokenizer_config: Option<&JsonFile>,
+    n_vocab: usize,
 ) -> Result<Vec<(&'static str, MetaValue)>, ConvertError> {
     let bad = |reason: String| ConvertError::Input {
         path: tokenizer.path.clone(),
@@ -51,12 +54,25 @@ pub fn spm_metadata(
         .get("vocab")
         .and_then(Value::as_object)
         .ok_or_else(|| bad("model.vocab is not an object".into()))?;
+    if vocab.is_empty() {
+        return Err(bad(
+            "model.vocab is empty: the tokenizer has no tokens".into()
+        ));
+    }
+    // Ids index the embedding rows; a larger one would size the token table by itself.
+    let checked_id = |text: &str, id: Option<u64>| {
+        id.filter(|&i| i < n_vocab as u64)
+            .map(|i| i as u32)
+            .ok_or_else(|| {
+                bad(format!(
+                    "token {text:?} has id {}, but the model has {n_vocab} embedding rows",
+                    id.map_or("none".to_owned(), |i| i.to_string())
+                ))
+            })
+    };
     let unk = model.get("unk_token").and_then(Value::as_str);
     for (text, id) in vocab {
-        let id = id
-            .as_u64()
-            .and_then(|i| u32::try_from(i).ok())
-            .ok_or_else(|| bad(format!("token \"{text}\" has no valid id")))?;
+        let id = checked_id(text, id.as_u64())?;
         let ty = if Some(text.as_str()) == unk {
             UNKNOWN
         } else if is_byte_token(text) {
@@ -78,18 +94,15 @@ pub fn spm_metadata(
         ) else {
             return Err(bad("an added token lacks an id or content".into()));
         };
+        let id = checked_id(text, Some(id))?;
         let special = added.get("special").and_then(Value::as_bool) == Some(true);
-        let ty = match by_id.get(&(id as u32)) {
+        let ty = match by_id.get(&id) {
             Some((_, UNKNOWN)) => UNKNOWN,
             _ if special => CONTROL,
             _ => USER_DEFINED,
         };
-        by_id.insert(id as u32, (text.to_owned(), ty));
+        by_id.insert(id, (text.to_owned(), ty));
     }
-    let n_vocab = config
-        .usize_opt("vocab_size")?
-        .unwrap_or(0)
-        .max(by_id.keys().max().map_or(0, |&m| m as usize + 1));
 
     // Score = -(rank of the merge that creates the token).
     let mut merge_rank: HashMap<String, usize> = HashMap::new();
@@ -132,14 +145,19 @@ pub fn spm_metadata(
     }
 
     let id_of = |text: &str| tokens.iter().position(|t| t == text).map(|i| i as u32);
-    let bos = config
-        .usize_opt("bos_token_id")?
-        .map(|i| i as u32)
-        .or_else(|| id_of("<s>"));
-    let eos = config
-        .usize_opt("eos_token_id")?
-        .map(|i| i as u32)
-        .or_else(|| id_of("</s>"));
+    let special_id = |key: &str| -> Result<Option<u32>, ConvertError> {
+        match config.usize_opt(key)? {
+            Some(i) if i < n_vocab => Ok(Some(i as u32)),
+            Some(i) => Err(ConvertError::Config {
+                path: config.path.clone(),
+                key: key.to_owned(),
+                reason: format!("{i} is not below the {n_vocab} tokens"),
+            }),
+            None => Ok(None),
+        }
+    };
+    let bos = special_id("bos_token_id")?.or_else(|| id_of("<s>"));
+    let eos = special_id("eos_token_id")?.or_else(|| id_of("</s>"));
     let add_bos = match tokenizer_config
         .map(|c| c.bool_opt("add_bos_token"))
         .transpose()?
@@ -223,16 +241,23 @@ fn adds_space_prefix(tokenizer: &JsonFile) -> bool {
 
 /// The `tokenizer.*` metadata from a SentencePiece `tokenizer.model` (checkpoints without a
 /// tokenizer.json, such as the original LLaVA and Vicuna repositories): its own pieces,
-/// scores and types, as llama.cpp's converter copies them.
+/// scores and types, as llama.cpp's converter copies them, padded to the `n_vocab` embedding
+/// rows of the model.
 pub fn spm_metadata_from_model(
     model: &crate::spm_model::SpmModel,
-    config: &JsonFile,
+    path: &std::path::Path,
     tokenizer_config: Option<&JsonFile>,
+    n_vocab: usize,
 ) -> Result<Vec<(&'static str, MetaValue)>, ConvertError> {
-    let n_vocab = config
-        .usize_opt("vocab_size")?
-        .unwrap_or(0)
-        .max(model.pieces.len());
+    if model.pieces.is_empty() || model.pieces.len() > n_vocab {
+        return Err(ConvertError::Input {
+            path: path.to_owned(),
+            reason: format!(
+                "{} pieces, but the model has {n_vocab} embedding rows",
+                model.pieces.len()
+            ),
+        });
+    }
     let mut tokens = Vec::with_capacity(n_vocab);
     let mut scores = Vec::with_capacity(n_vocab);
     let mut types = Vec::with_capacity(n_vocab);

@@ -11,6 +11,14 @@ use llava_runtime::gguf::{GgufFile, KEY_ARCHITECTURE};
 use crate::error::ModelError;
 use crate::projector::Projector;
 
+/// Most `image_grid_pinpoints` an mmproj may list (LLaVA-1.6 lists 5, llama.cpp's largest
+/// tables a few dozen).
+pub const MAX_PINPOINTS: usize = 64;
+
+/// Largest pinpoint side, in views of `image_size`: LLaVA-1.6 goes up to 3 (1008 = 3 × 336),
+/// LLaVA-OneVision to 6. An image is encoded as up to 8 × 8 views plus the overview.
+pub const MAX_TILES_PER_SIDE: usize = 8;
+
 /// Hyper-parameters of the tower and its preprocessing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipConfig {
@@ -82,33 +90,57 @@ impl ClipConfig {
             ));
         }
         let (image_size, patch_size) = (u("clip.vision.image_size")?, u("clip.vision.patch_size")?);
-        if patch_size == 0 || image_size % patch_size != 0 {
+        if patch_size == 0 || image_size == 0 || image_size % patch_size != 0 {
             return Err(bad(
                 "clip.vision.patch_size",
                 format!("{patch_size} does not divide the image size {image_size}"),
             ));
         }
-        let grid_pinpoints = match f.optional("clip.vision.image_grid_pinpoints", |f, k| {
-            Ok(f.get_array_of::<i32>(k)?.collect::<Vec<_>>())
-        })? {
+        let key = "clip.vision.image_grid_pinpoints";
+        let grid_pinpoints = match f.optional(key, |f, k| Ok(f.get_array_of::<i32>(k)?.count()))? {
             None => Vec::new(),
-            Some(flat) if flat.len() % 2 == 0 && flat.iter().all(|&x| x > 0) => {
-                flat.chunks(2).map(|p| (p[0] as u32, p[1] as u32)).collect()
-            }
-            Some(_) => {
+            Some(n) if n % 2 != 0 || n / 2 > MAX_PINPOINTS => {
                 return Err(bad(
-                    "clip.vision.image_grid_pinpoints",
-                    "expected pairs of positive sizes".into(),
+                    key,
+                    format!("{n} values: expected pairs, at most {MAX_PINPOINTS} of them"),
                 ))
             }
+            Some(_) => {
+                let flat: Vec<i32> = f.get_array_of::<i32>(key)?.collect();
+                // Each pinpoint is cut into image_size tiles, each encoded on its own: the
+                // sizes bound the work of every image.
+                let max = (image_size * MAX_TILES_PER_SIDE) as i64;
+                let fits = |x: i32| {
+                    x > 0 && i64::from(x) <= max && (x as usize).is_multiple_of(image_size)
+                };
+                if let Some(&x) = flat.iter().find(|&&x| !fits(x)) {
+                    return Err(bad(
+                        key,
+                        format!(
+                            "{x} is not a multiple of the image size {image_size} between it \
+                             and {max} ({MAX_TILES_PER_SIDE} tiles)"
+                        ),
+                    ));
+                }
+                flat.chunks(2).map(|p| (p[0] as u32, p[1] as u32)).collect()
+            }
         };
+        let n_blocks = u("clip.vision.block_count")?;
+        // The count sizes the block list: check it against the tensors the file holds.
+        let last = format!("v.blk.{}.attn_q.weight", n_blocks.max(1) - 1);
+        if n_blocks == 0 || f.tensor(&last).is_none() {
+            return Err(bad(
+                "clip.vision.block_count",
+                format!("{n_blocks}, but the file has no tensor {last}"),
+            ));
+        }
         Ok(ClipConfig {
             image_size,
             patch_size,
             hidden_size,
             ffn_size: u("clip.vision.feed_forward_length")?,
             n_heads,
-            n_blocks: u("clip.vision.block_count")?,
+            n_blocks,
             layer_norm_eps: f.get_f32("clip.vision.attention.layer_norm_epsilon")?,
             image_mean: triple("clip.vision.image_mean")?,
             image_std: triple("clip.vision.image_std")?,
@@ -165,7 +197,7 @@ impl<B: Backend> Clip<B> {
         let class_embd = load("v.class_embd", &[h])?;
         let position_embd = load("v.position_embd.weight", &[h, n_pos])?;
         let pre_ln = pair("v.pre_ln", &[h], h)?;
-        let mut blocks = Vec::with_capacity(c.n_blocks);
+        let mut blocks = Vec::new();
         for i in 0..c.n_blocks {
             let b = |n: &str| format!("v.blk.{i}.{n}");
             // fc1 maps width → ffn: ggml shape [width, ffn]. llama.cpp's legacy converter
@@ -198,6 +230,14 @@ impl<B: Backend> Clip<B> {
             .find(|n| file.tensor(n).is_some())
             .map(|n| load(n, &[text]))
             .transpose()?;
+        if !c.grid_pinpoints.is_empty() && image_newline.is_none() {
+            // Without it the anyres layout cannot be built; running the 1.5 path instead
+            // would answer from the wrong features.
+            return Err(ModelError::MissingTensor {
+                path: file.path().to_owned(),
+                name: "v.image_newline (LLaVA-1.6 grid pinpoints need it)".into(),
+            });
+        }
         Ok(Clip {
             config: c,
             patch_embd,

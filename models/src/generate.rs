@@ -1,6 +1,8 @@
 //! The text generation loop: prefill the prompt in one batch, then decode token by token,
 //! streaming text that is never cut inside a UTF-8 sequence or inside a possible stop string.
 
+use std::cell::Cell;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use llava_runtime::backend::Backend;
@@ -20,6 +22,8 @@ pub enum StopReason {
     MaxTokens,
     /// The KV cache is full.
     ContextFull,
+    /// `emit` asked to stop (its reader went away).
+    Cancelled,
 }
 
 /// Timings and counts of one generation.
@@ -43,8 +47,9 @@ impl GenerationStats {
 }
 
 /// Runs `prompt` (embedding rows at positions `0..`) and generates up to `max_tokens` tokens,
-/// calling `emit` with each piece of text as it becomes final. `prompt_ids` are the prompt's
-/// tokens where known, for the sampler's repetition penalties.
+/// calling `emit` with each piece of text as it becomes final; `emit` returning
+/// `ControlFlow::Break` stops generation (nothing more is computed or emitted). `prompt_ids`
+/// are the prompt's tokens where known, for the sampler's repetition penalties.
 #[allow(clippy::too_many_arguments)]
 pub fn generate<B: Backend>(
     backend: &B,
@@ -57,8 +62,14 @@ pub fn generate<B: Backend>(
     sampler: &mut Sampler,
     max_tokens: usize,
     stop: &[String],
-    mut emit: impl FnMut(&str),
+    mut emit: impl FnMut(&str) -> ControlFlow<()>,
 ) -> GenerationStats {
+    let cancelled = Cell::new(false);
+    let mut emit = |text: &str| {
+        if !cancelled.get() && emit(text).is_break() {
+            cancelled.set(true);
+        }
+    };
     let (n_prompt, _) = backend.shape(&prompt);
     assert!(
         n_prompt > 0 && n_prompt <= n_ctx,
@@ -90,6 +101,9 @@ pub fn generate<B: Backend>(
         if text.push(piece, &mut emit) {
             break StopReason::StopString;
         }
+        if cancelled.get() {
+            break StopReason::Cancelled;
+        }
         let pos = n_prompt + generated - 1;
         if pos >= n_ctx {
             break StopReason::ContextFull;
@@ -97,7 +111,7 @@ pub fn generate<B: Backend>(
         let x = model.embed(backend, &[token]);
         logits = backend.download(&model.forward(backend, x, pos, cache, true));
     };
-    if stop_reason != StopReason::StopString {
+    if !matches!(stop_reason, StopReason::StopString | StopReason::Cancelled) {
         let rest = decoder.finish().to_owned();
         if !text.push(&rest, &mut emit) {
             text.flush(&mut emit);

@@ -134,6 +134,28 @@ pub fn encode_image<B: Backend>(backend: &B, clip: &Clip<B>, image: &RgbImage) -
     backend.upload(rows, layout.tokens(), dim)
 }
 
+/// LLM positions `image` takes: the anyres layout's tokens, or one view's patches for a
+/// LLaVA-1.5 tower. Known before encoding, so a prompt that cannot fit is refused first.
+pub fn image_tokens<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> usize {
+    match anyres_layout(clip, image) {
+        Some(layout) => layout.tokens(),
+        None => clip.config.n_patches(),
+    }
+}
+
+/// The most pixels one picture made while preprocessing `image` holds: LLaVA-1.5 pads to a
+/// square of the longer side (a 1 × 100000 strip becomes 10^10 pixels); anyres fits the image
+/// into its pinpoint. Callers bound the work with it before [`encode_image`], as the decoder
+/// bounds the image itself.
+pub fn preprocessed_pixels<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> u64 {
+    let (w, h) = (u64::from(image.width), u64::from(image.height));
+    let canvas = match anyres_layout(clip, image) {
+        Some(layout) => u64::from(layout.target.0) * u64::from(layout.target.1),
+        None => w.max(h).pow(2),
+    };
+    canvas.max(w * h)
+}
+
 /// The anyres layout of `image`, or `None` for a LLaVA-1.5 tower. The number of positions an
 /// image takes in the prompt is `layout.tokens()`: the same function cuts the views.
 pub fn anyres_layout<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> Option<AnyresLayout> {

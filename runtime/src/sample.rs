@@ -69,7 +69,8 @@ impl Sampler {
     pub fn new(config: SamplerConfig) -> Self {
         Sampler {
             rng: SplitMix64(config.seed),
-            recent: VecDeque::with_capacity(config.penalty_last_n),
+            // The window fills as tokens come; its length is a setting, not an allocation.
+            recent: VecDeque::with_capacity(config.penalty_last_n.min(1024)),
             candidates: Vec::new(),
             config,
         }

@@ -27,7 +27,7 @@ use ggml_sys_bleedingedge as ggml;
 use half::{bf16, f16};
 use llava_runtime::quant::{
     BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType, VecDot,
+    BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, VecDot,
 };
 
 // ggml-quants.h of b2757: present in the static library, absent from the crate's bindings.

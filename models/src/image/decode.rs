@@ -49,6 +49,11 @@ pub fn load_image(path: &Path, max_pixels: u64) -> Result<RgbImage, ImageError> 
         path: path.to_owned(),
         reason: e.to_string(),
     };
+    // A FIFO would block the open; a device would read forever.
+    llava_runtime::files::regular_file(path).map_err(|error| ImageError::Io {
+        path: path.to_owned(),
+        error,
+    })?;
     let reader = ImageReader::open(path)
         .map_err(|error| ImageError::Io {
             path: path.to_owned(),

@@ -118,6 +118,8 @@ impl GgufFile {
             path: path.to_owned(),
             kind,
         };
+        // A FIFO would block the open and a directory fails to map with "No such device".
+        crate::files::regular_file(path).map_err(|e| err(Kind::Io(e)))?;
         let file = File::open(path).map_err(|e| err(Kind::Io(e)))?;
         let len = file.metadata().map_err(|e| err(Kind::Io(e)))?.len();
         let bytes = if len == 0 {

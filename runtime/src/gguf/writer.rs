@@ -3,17 +3,18 @@
 //! Metadata and tensor declarations are collected first (they are small); then
 //! [`GgufWriter::write`] emits the header and asks the caller for each tensor's bytes in turn, so
 //! a converter holds at most one tensor in memory. The file is written under a temporary name in
-//! the destination directory and renamed into place only once complete: an error, a panic or a
-//! killed process never leaves a file at the final path.
+//! the destination directory and renamed into place only once complete ([`crate::staging`]): an
+//! error, a panic or a killed process never leaves a file at the final path.
 
 use std::collections::HashSet;
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::error::GgufWriteError;
 use super::value::{MetaArray, MetaValue};
 use super::{DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC, MAX_DIMS, MAX_NAME_BYTES};
 use crate::quant::GgmlType;
+use crate::staging::StagedFile;
 
 /// The version this writer produces.
 pub const WRITE_VERSION: u32 = 3;
@@ -152,24 +153,9 @@ impl GgufWriter {
             path: path.to_owned(),
             error,
         };
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let file_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         // Dropped (and deleted) on every early return below.
-        let prefix = format!(".{file_name}.");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".partial");
-        // Temporary files are private (0600) by default; the finished file should get the
-        // usual permissions, 0666 less the umask, like any file the user creates.
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-        let tmp = builder.tempfile_in(&dir).map_err(io_err)?;
-        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let tmp = StagedFile::create(path).map_err(io_err)?;
+        let mut out = BufWriter::with_capacity(1 << 20, tmp.file());
 
         let alignment = self.alignment();
         let header = self.header(alignment);
@@ -182,10 +168,13 @@ impl GgufWriter {
                 written: 0,
                 error: None,
             };
-            data(i, decl, &mut counter)?;
+            let result = data(i, decl, &mut counter);
+            // The file's own write error first: the callback only saw a stand-in, and its
+            // error would say "write failed" without the reason (a full disk).
             if let Some(e) = counter.error.take() {
                 return Err(io_err(e).into());
             }
+            result?;
             if counter.written != decl.n_bytes {
                 return Err(GgufWriteError::SizeMismatch {
                     tensor: decl.name.clone(),
@@ -202,8 +191,8 @@ impl GgufWriter {
 
         out.flush().map_err(io_err)?;
         drop(out);
-        tmp.as_file().sync_all().map_err(io_err)?;
-        tmp.persist(path).map_err(|e| io_err(e.error))?;
+        tmp.file().sync_all().map_err(io_err)?;
+        tmp.commit().map_err(io_err)?;
         Ok(())
     }
 

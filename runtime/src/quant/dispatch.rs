@@ -20,6 +20,7 @@
 //! only in the float summation order of the dot products.
 
 use std::fmt;
+use std::io::Write;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
@@ -118,7 +119,6 @@ impl CpuPath {
 /// run on an AVX2-only machine reads like one that covered AVX-512.
 #[doc(hidden)]
 pub fn report_skipped_paths(test: &str) {
-    use std::io::Write;
     let native: &[CpuPath] = if cfg!(target_arch = "x86_64") {
         &[CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Vnni]
     } else if cfg!(target_arch = "aarch64") {
@@ -198,14 +198,19 @@ fn path_from_env() -> CpuPath {
     match value.parse::<CpuPath>() {
         Ok(path) if path.is_available() => path,
         Ok(path) => {
-            eprintln!(
+            // Best effort: a closed stderr must not panic the process.
+            let _ = writeln!(
+                std::io::stderr(),
                 "warning: {CPU_PATH_ENV}={value}: {}; using {best}",
                 CpuPathUnavailable(path)
             );
             best
         }
         Err(e) => {
-            eprintln!("warning: {CPU_PATH_ENV}={value}: {e}; using {best}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: {CPU_PATH_ENV}={value}: {e}; using {best}"
+            );
             best
         }
     }

@@ -363,8 +363,8 @@ mod tests {
 
     #[test]
     fn both_levels_sum_the_same_products_as_the_integers_do() {
+        crate::quant::report_skipped_paths("both_levels_sum_the_same_products_as_the_integers_do");
         let Some(_) = Avx512::detect() else {
-            eprintln!("skipped: this CPU has no AVX-512F/BW/VL");
             return;
         };
         let (x, y) = extremes();
@@ -400,15 +400,13 @@ mod tests {
             // SAFETY: the CPU has AVX-512 VNNI (detected above).
             let got = unsafe { run_vnni(&x_small, &x, &y) };
             assert_eq!(got, want, "vnni");
-        } else {
-            eprintln!("vpdpbusd not checked: this CPU has no AVX-512 VNNI");
         }
     }
 
     #[test]
     fn quarters_fill_each_128_bit_lane_with_its_value() {
         if Avx512::detect().is_none() {
-            eprintln!("skipped: this CPU has no AVX-512F/BW/VL");
+            crate::quant::report_skipped_paths("quarters_fill_each_128_bit_lane_with_its_value");
             return;
         }
         #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
