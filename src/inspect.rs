@@ -2,8 +2,10 @@
 //! stays unread in the map), and long arrays are cut to their first few elements, so a file of
 //! many gigabytes is summarised at once.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -35,15 +37,14 @@ pub fn run(args: &Args) -> Result<()> {
     } else {
         args.array_items
     };
-    let out = if args.json {
-        let mut s =
-            serde_json::to_string_pretty(&to_json(&file, limit)).context("cannot encode JSON")?;
-        s.push('\n');
-        s
-    } else {
-        to_text(&file, limit)
-    };
-    crate::write_stdout(&out)
+    if args.json {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        return match write_json(&file, limit, &mut out).and_then(|_| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.context("cannot write to stdout"),
+        };
+    }
+    crate::write_stdout(&to_text(&file, limit))
 }
 
 struct TypeTotals {
@@ -79,7 +80,7 @@ fn to_text(file: &GgufFile, limit: usize) -> String {
     let tensor_bytes: u64 = by_type.values().map(|t| t.bytes).sum();
     let str_or = |key, default: &str| {
         file.get_str(key)
-            .map(str::to_owned)
+            .map(|v| printable(v).into_owned())
             .unwrap_or_else(|_| default.to_owned())
     };
 
@@ -124,8 +125,13 @@ fn to_text(file: &GgufFile, limit: usize) -> String {
     }
 
     let _ = writeln!(s, "\nmetadata ({} keys)", file.metadata_len());
-    let key_width = file.metadata().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let key_width = file
+        .metadata()
+        .map(|(k, _)| printable(k).len())
+        .max()
+        .unwrap_or(0);
     for (key, value) in file.metadata() {
+        let key = printable(key);
         let _ = writeln!(
             s,
             "  {key:<key_width$}  {:<16} {}",
@@ -139,7 +145,7 @@ fn to_text(file: &GgufFile, limit: usize) -> String {
         let name_width = file
             .tensor_infos()
             .iter()
-            .map(|t| t.name().len())
+            .map(|t| printable(t.name()).len())
             .max()
             .unwrap_or(0)
             .max(4);
@@ -158,7 +164,7 @@ fn to_text(file: &GgufFile, limit: usize) -> String {
             let _ = writeln!(
                 s,
                 "  {:<name_width$}  {:<7} {:<shape_width$} {:>10}",
-                t.name(),
+                printable(t.name()),
                 t.ggml_type().name(),
                 shape,
                 human_bytes(t.n_bytes())
@@ -166,6 +172,26 @@ fn to_text(file: &GgufFile, limit: usize) -> String {
         }
     }
     s
+}
+
+/// `s` with its control characters escaped (`\u{1b}`), so a hostile file cannot clear the
+/// screen or retitle the terminal through a key or tensor name it holds.
+fn printable(s: &str) -> Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        Cow::Owned(
+            s.chars()
+                .map(|c| {
+                    if c.is_control() {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 fn type_label(v: &Value<'_>) -> String {
@@ -281,34 +307,10 @@ fn json_value(v: &Value<'_>, limit: usize) -> serde_json::Value {
     }
 }
 
-fn to_json(file: &GgufFile, limit: usize) -> serde_json::Value {
+/// Writes the JSON report entry by entry: a file of a million metadata keys is not built as
+/// one `serde_json::Value` first (that took 1.8 GB for a 24 MB file).
+fn write_json(file: &GgufFile, limit: usize, w: &mut dyn std::io::Write) -> std::io::Result<()> {
     let by_type = totals_by_type(file);
-    let metadata: Vec<_> = file
-        .metadata()
-        .map(|(key, v)| {
-            let mut m = json!({ "key": key, "type": v.value_type().name(), "value": json_value(&v, limit) });
-            if let Value::Array(a) = v {
-                m["elem_type"] = json!(a.elem_type().name());
-                m["len"] = json!(a.len());
-                m["truncated"] = json!(a.len() > limit);
-            }
-            m
-        })
-        .collect();
-    let tensors: Vec<_> = file
-        .tensor_infos()
-        .iter()
-        .map(|t| {
-            json!({
-                "name": t.name(),
-                "type": t.ggml_type().name(),
-                "shape": t.shape(),
-                "elements": t.n_elements(),
-                "bytes": t.n_bytes(),
-                "offset": file.data_offset() + t.offset(),
-            })
-        })
-        .collect();
     let types: serde_json::Map<_, _> = by_type
         .iter()
         .map(|(ty, t)| {
@@ -318,7 +320,7 @@ fn to_json(file: &GgufFile, limit: usize) -> serde_json::Value {
             )
         })
         .collect();
-    json!({
+    let head = json!({
         "file": file.path(),
         "file_size": file.file_size(),
         "version": file.version(),
@@ -329,7 +331,34 @@ fn to_json(file: &GgufFile, limit: usize) -> serde_json::Value {
         "parameters": by_type.values().map(|t| t.elements).sum::<u64>(),
         "tensor_bytes": by_type.values().map(|t| t.bytes).sum::<u64>(),
         "by_type": types,
-        "metadata": metadata,
-        "tensors": tensors,
-    })
+    });
+    // The head without its closing "\n}", then the two long lists, one entry per line.
+    let head = serde_json::to_string_pretty(&head)?;
+    w.write_all(head.trim_end_matches('}').trim_end().as_bytes())?;
+    w.write_all(b",\n  \"metadata\": [")?;
+    for (i, (key, v)) in file.metadata().enumerate() {
+        let mut m =
+            json!({ "key": key, "type": v.value_type().name(), "value": json_value(&v, limit) });
+        if let Value::Array(a) = v {
+            m["elem_type"] = json!(a.elem_type().name());
+            m["len"] = json!(a.len());
+            m["truncated"] = json!(a.len() > limit);
+        }
+        w.write_all(if i == 0 { b"\n    " } else { b",\n    " })?;
+        serde_json::to_writer(&mut *w, &m)?;
+    }
+    w.write_all(b"\n  ],\n  \"tensors\": [")?;
+    for (i, t) in file.tensor_infos().iter().enumerate() {
+        let m = json!({
+            "name": t.name(),
+            "type": t.ggml_type().name(),
+            "shape": t.shape(),
+            "elements": t.n_elements(),
+            "bytes": t.n_bytes(),
+            "offset": file.data_offset() + t.offset(),
+        });
+        w.write_all(if i == 0 { b"\n    " } else { b",\n    " })?;
+        serde_json::to_writer(&mut *w, &m)?;
+    }
+    w.write_all(b"\n  ]\n}\n")
 }

@@ -12,7 +12,7 @@ const MAX_CONTEXT: usize = 1 << 24;
 
 fn parse_usize(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
-        .map_err(|_| format!("\"{s}\" is not a whole number of 0 or more"))
+        .map_err(|_| format!("{s:?} is not a whole number of 0 or more"))
 }
 
 /// `-t/--threads`: 0 (one per physical core) to 4096.
@@ -51,7 +51,7 @@ pub fn max_pixels(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(0) => Err("0 would refuse every image; give at least 1".into()),
         Ok(n) => Ok(n),
-        Err(_) => Err(format!("\"{s}\" is not a whole number of pixels")),
+        Err(_) => Err(format!("{s:?} is not a whole number of pixels")),
     }
 }
 
@@ -66,7 +66,7 @@ pub fn seed(s: &str) -> Result<Seed, String> {
     }
     s.parse::<u64>().map(|n| Seed(Some(n))).map_err(|_| {
         format!(
-            "\"{s}\" is not a seed (0 to {}, or -1 for a random one)",
+            "{s:?} is not a seed (0 to {}, or -1 for a random one)",
             u64::MAX
         )
     })

@@ -230,7 +230,7 @@ pub fn load_mmproj(path: &Path, llm: &LoadedLlm) -> Result<Clip<CpuBackend>> {
     let file = Arc::new(GgufFile::open(path)?);
     if let Ok(arch @ "llama") = file.get_str(KEY_ARCHITECTURE) {
         bail!(
-            "{}: is an LLM file (architecture \"{arch}\"), not a vision tower: pass it as -m, and the mmproj as --mmproj",
+            "{}: is an LLM file (architecture {arch:?}), not a vision tower: pass it as -m, and the mmproj as --mmproj",
             path.display()
         );
     }

@@ -235,10 +235,8 @@ pub fn run(args: &Args) -> Result<()> {
             write_error = Some(e);
         }
     }
-    match write_error {
-        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-        Some(e) => bail!("cannot write the answer to stdout: {e}"),
-        None => {}
+    if let Some(e) = write_error.filter(|e| e.kind() != std::io::ErrorKind::BrokenPipe) {
+        bail!("cannot write the answer to stdout: {e}");
     }
     if args.verbose {
         diag!(

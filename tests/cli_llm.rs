@@ -86,26 +86,6 @@ fn converted(model: &str, dir: &Path) -> PathBuf {
     out
 }
 
-/// Reads an NPY file of float32 written by `llava logits`: (shape, values).
-fn read_npy(path: &Path) -> (String, Vec<f32>) {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    let shape = header
-        .split("'shape': ")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap();
-    let values = bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (format!("{shape})"), values)
-}
-
 #[test]
 fn logits_writes_transformers_logits_as_npy() {
     let dir = tempfile::tempdir().unwrap();
@@ -132,8 +112,8 @@ fn logits_writes_transformers_logits_as_npy() {
         std::fs::read_to_string(&ids).unwrap().trim(),
         want_ids.join(" ")
     );
-    let (shape, values) = read_npy(&npy);
-    assert_eq!(shape, format!("({}, 512)", r.input_ids.len()));
+    let (shape, values) = read_npy_shaped(&npy);
+    assert_eq!(shape, [r.input_ids.len(), 512]);
     let diff = values
         .iter()
         .zip(&r.logits)

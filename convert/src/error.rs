@@ -14,21 +14,21 @@ pub enum ConvertError {
     },
     #[error("{}: {reason}", path.display())]
     Input { path: PathBuf, reason: String },
-    #[error("{}: key \"{key}\": {reason}", path.display())]
+    #[error("{}: key {key:?}: {reason}", path.display())]
     Config {
         path: PathBuf,
         key: String,
         reason: String,
     },
-    #[error("checkpoint tensor \"{name}\" is missing")]
+    #[error("checkpoint tensor {name:?} is missing")]
     MissingTensor { name: String },
-    #[error("checkpoint tensor \"{name}\" has shape {shape:?}, expected {expected:?}")]
+    #[error("checkpoint tensor {name:?} has shape {shape:?}, expected {expected:?}")]
     WrongShape {
         name: String,
         shape: Vec<usize>,
         expected: Vec<usize>,
     },
-    #[error("quantizing \"{tensor}\": {error}")]
+    #[error("quantizing {tensor:?}: {error}")]
     Quant { tensor: String, error: QuantError },
     #[error(transparent)]
     Read(#[from] GgufError),

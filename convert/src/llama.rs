@@ -85,7 +85,7 @@ impl LlamaHparams {
                     "default" => None,
                     "linear" => v.get("factor").and_then(|f| f.as_f64()),
                     other => {
-                        return Err(bad(k, format!("RoPE scaling \"{other}\" is not supported")))
+                        return Err(bad(k, format!("RoPE scaling {other:?} is not supported")))
                     }
                 }
             }

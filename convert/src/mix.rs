@@ -111,7 +111,7 @@ impl FromStr for Preset {
             .find(|p| p.name() == lower)
             .ok_or_else(|| {
                 let names: Vec<&str> = Preset::ALL.iter().map(|p| p.name()).collect();
-                format!("unknown quantization \"{s}\" (one of {})", names.join(", "))
+                format!("unknown quantization {s:?} (one of {})", names.join(", "))
             })
     }
 }

@@ -180,7 +180,7 @@ fn mmproj(
         return Err(config_error(
             &src.config.path,
             "vision_feature_select_strategy",
-            format!("\"{strategy}\" (keeping the CLS row) is not supported"),
+            format!("{strategy:?} (keeping the CLS row) is not supported"),
         ));
     }
 
@@ -350,7 +350,7 @@ fn projector_names(src: &Source) -> Result<(String, String), ConvertError> {
         path: src.dir.clone(),
         reason: format!(
             "no mlp2x_gelu projector (multi_modal_projector.linear_1 or model.mm_projector.0); \
-             projector type \"{projector}\" is not supported"
+             projector type {projector:?} is not supported"
         ),
     })
 }

@@ -69,7 +69,7 @@ pub fn requantize_with(
             return Err(ConvertError::Config {
                 path: input.to_owned(),
                 key: KEY_ARCHITECTURE.to_owned(),
-                reason: format!("\"{other}\" is not supported (llama, clip)"),
+                reason: format!("{other:?} is not supported (llama, clip)"),
             })
         }
     };
@@ -95,7 +95,7 @@ pub fn requantize_with(
             return Err(ConvertError::Input {
                 path: input.to_owned(),
                 reason: format!(
-                    "tensor \"{}\" is of type {}, which llava-edge cannot dequantize",
+                    "tensor {:?} is of type {}, which llava-edge cannot dequantize",
                     t.name(),
                     t.ggml_type()
                 ),
@@ -157,7 +157,7 @@ fn convert_one(
     let data = dequantize_tensor(t.ggml_type(), source, row_len, t.n_elements() as usize).map_err(
         |error| ConvertError::Input {
             path: input.to_owned(),
-            reason: format!("tensor \"{}\": {error}", t.name()),
+            reason: format!("tensor {:?}: {error}", t.name()),
         },
     )?;
     let bytes = quantize_tensor(&decl.name, decl.ty, &data, row_len)?;

@@ -74,11 +74,11 @@ impl Checkpoint {
                 };
                 if entry.end > map.len() {
                     return Err(bad(format!(
-                        "tensor \"{name}\" extends past the end of the file"
+                        "tensor {name:?} extends past the end of the file"
                     )));
                 }
                 if tensors.insert(name.clone(), entry).is_some() {
-                    return Err(bad(format!("tensor \"{name}\" appears twice")));
+                    return Err(bad(format!("tensor {name:?} appears twice")));
                 }
             }
             maps.push(map);
@@ -116,7 +116,7 @@ impl Checkpoint {
         let n: usize = e.shape.iter().product();
         let bad = |reason: String| ConvertError::Input {
             path: self.paths[e.file].clone(),
-            reason: format!("tensor \"{name}\": {reason}"),
+            reason: format!("tensor {name:?}: {reason}"),
         };
         let width = match e.dtype {
             Dtype::F32 => 4,

@@ -52,7 +52,15 @@ pub struct Source {
 impl Source {
     pub fn open(dir: &Path) -> Result<Source, ConvertError> {
         let config = JsonFile::open(&dir.join("config.json"))?;
-        let model_type = config.str_opt("model_type")?.unwrap_or("");
+        let Some(model_type) = config.str_opt("model_type")? else {
+            return Err(ConvertError::Config {
+                path: config.path.clone(),
+                key: "model_type".into(),
+                reason: "missing: this is not a Hugging Face model config (one of llama, \
+                         mistral, llava, llava_next, llava_llama, llava_mistral is expected)"
+                    .into(),
+            });
+        };
         let anyres = config.str_opt("image_aspect_ratio")? == Some("anyres")
             || config
                 .str_opt("mm_patch_merge_type")?
@@ -67,7 +75,7 @@ impl Source {
                     path: config.path.clone(),
                     key: "model_type".into(),
                     reason: format!(
-                        "\"{other}\" is not supported (llama, mistral, llava, llava_next, \
+                        "{other:?} is not supported (llama, mistral, llava, llava_next, \
                          llava_llama, llava_mistral)"
                     ),
                 })

@@ -57,7 +57,7 @@ impl ClipConfig {
         if arch != "clip" {
             return Err(bad(
                 KEY_ARCHITECTURE,
-                format!("\"{arch}\": an mmproj file has architecture \"clip\""),
+                format!("{arch:?}: an mmproj file has architecture \"clip\""),
             ));
         }
         if f.optional("clip.has_vision_encoder", GgufFile::get_bool)? == Some(false) {
@@ -72,7 +72,7 @@ impl ClipConfig {
         if let Some(p) = projector.as_deref().filter(|p| *p != "mlp") {
             return Err(bad(
                 "clip.projector_type",
-                format!("\"{p}\" is not supported (LLaVA's \"mlp\")"),
+                format!("{p:?} is not supported (LLaVA's \"mlp\")"),
             ));
         }
         let u = |k: &str| -> Result<usize, ModelError> { Ok(f.get_u32(k)? as usize) };

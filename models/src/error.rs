@@ -11,7 +11,7 @@ pub enum ModelError {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Backend(#[from] BackendError),
-    #[error("{}: architecture \"{arch}\" is not supported (expected llama)", path.display())]
+    #[error("{}: architecture {arch:?} is not supported (expected llama)", path.display())]
     UnknownArchitecture { path: PathBuf, arch: String },
     #[error("{}: {key}: {reason}", path.display())]
     BadConfig {
@@ -19,9 +19,9 @@ pub enum ModelError {
         key: String,
         reason: String,
     },
-    #[error("{}: tensor \"{name}\" is missing", path.display())]
+    #[error("{}: tensor {name:?} is missing", path.display())]
     MissingTensor { path: PathBuf, name: String },
-    #[error("{}: tensor \"{name}\" has shape {shape:?}, expected {expected:?}", path.display())]
+    #[error("{}: tensor {name:?} has shape {shape:?}, expected {expected:?}", path.display())]
     WrongShape {
         path: PathBuf,
         name: String,

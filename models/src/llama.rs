@@ -141,7 +141,7 @@ fn rope_freq_scale(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<f32,
             return Err(ModelError::BadConfig {
                 path: file.path().to_owned(),
                 key: key("rope.scaling.type"),
-                reason: format!("\"{other}\" RoPE scaling is not supported"),
+                reason: format!("{other:?} RoPE scaling is not supported"),
             })
         }
     };

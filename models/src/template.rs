@@ -94,7 +94,7 @@ impl FromStr for Template {
             .find(|t| t.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = Template::ALL.iter().map(|t| t.name()).collect();
-                format!("unknown template \"{s}\" (one of {})", names.join(", "))
+                format!("unknown template {s:?} (one of {})", names.join(", "))
             })
     }
 }

@@ -17,18 +17,10 @@ fn path(name: &str) -> PathBuf {
     Path::new(IMAGES).join(name)
 }
 
-/// A float32 NPY file's values.
-fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..6], b"\x93NUMPY");
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'<f4'"), "{header}");
-    bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+#[path = "../../tests/common/npy.rs"]
+#[allow(dead_code)]
+mod npy;
+use npy::read_npy;
 
 #[test]
 fn bicubic_resize_matches_pillow_byte_for_byte() {

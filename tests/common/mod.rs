@@ -12,9 +12,17 @@ pub fn fixture(p: &str) -> PathBuf {
     Path::new(FIXTURES).join(p)
 }
 
-/// Runs the `llava` binary built for these tests.
+/// The `llava` binary under test: the one built for these tests, or `LLAVA_BIN` (to run the
+/// same tests against another build, e.g. to see a regression test fail before its fix).
+pub fn llava_bin() -> PathBuf {
+    std::env::var_os("LLAVA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_llava")))
+}
+
+/// Runs the `llava` binary under test.
 pub fn llava(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llava"))
+    Command::new(llava_bin())
         .args(args)
         .output()
         .expect("run llava")
@@ -28,15 +36,6 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The values of a float32 NPY file (version 1.0, little-endian).
-pub fn read_npy(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "{}", path.display());
-    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'<f4'"), "{header}");
-    bytes[10 + header_len..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
-}
+mod npy;
+#[allow(unused_imports)]
+pub use npy::{parse_npy, read_npy, read_npy_shaped};

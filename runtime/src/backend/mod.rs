@@ -18,25 +18,25 @@ pub use cpu::{CpuBackend, KvType};
 /// A weight could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("{}: tensor \"{name}\" is missing", path.display())]
+    #[error("{}: tensor {name:?} is missing", path.display())]
     MissingTensor {
         path: std::path::PathBuf,
         name: String,
     },
-    #[error("{}: tensor \"{name}\" has type {ty}, which llava-edge cannot compute with", path.display())]
+    #[error("{}: tensor {name:?} has type {ty}, which llava-edge cannot compute with", path.display())]
     UnsupportedType {
         path: std::path::PathBuf,
         name: String,
         ty: GgmlType,
     },
-    #[error("{}: tensor \"{name}\" of shape {shape:?} cannot be used as rows of {row_len}", path.display())]
+    #[error("{}: tensor {name:?} of shape {shape:?} cannot be used as rows of {row_len}", path.display())]
     BadReshape {
         path: std::path::PathBuf,
         name: String,
         shape: Vec<u64>,
         row_len: usize,
     },
-    #[error("{}: tensor \"{name}\" has shape {shape:?}, expected {expected:?}", path.display())]
+    #[error("{}: tensor {name:?} has shape {shape:?}, expected {expected:?}", path.display())]
     WrongShape {
         path: std::path::PathBuf,
         name: String,

@@ -43,51 +43,51 @@ pub enum GgufErrorKind {
     InvalidUtf8 { field: String },
     #[error("{field}: empty key")]
     EmptyKey { field: String },
-    #[error("duplicate metadata key \"{0}\"")]
+    #[error("duplicate metadata key {0:?}")]
     DuplicateKey(String),
-    #[error("metadata \"{key}\": unknown value type id {id}")]
+    #[error("metadata {key:?}: unknown value type id {id}")]
     UnknownValueType { key: String, id: u32 },
-    #[error("metadata \"{key}\": arrays of arrays are not supported (llama.cpp rejects them too)")]
+    #[error("metadata {key:?}: arrays of arrays are not supported (llama.cpp rejects them too)")]
     NestedArray { key: String },
     #[error("general.alignment: {0}")]
     BadAlignment(String),
     #[error("{field}: tensor name of {len} bytes is too long (ggml allows at most 63)")]
     TensorNameTooLong { field: String, len: u64 },
-    #[error("tensor \"{tensor}\": {n_dims} dimensions, ggml allows at most 4")]
+    #[error("tensor {tensor:?}: {n_dims} dimensions, ggml allows at most 4")]
     TooManyDims { tensor: String, n_dims: u32 },
-    #[error("tensor \"{tensor}\": unknown ggml type id {id}")]
+    #[error("tensor {tensor:?}: unknown ggml type id {id}")]
     UnknownTensorType { tensor: String, id: u32 },
-    #[error("tensor \"{tensor}\": shape {shape:?} has too many elements")]
+    #[error("tensor {tensor:?}: shape {shape:?} has too many elements")]
     ShapeOverflow { tensor: String, shape: Vec<u64> },
-    #[error("tensor \"{tensor}\": ne[0] = {ne0} is not a multiple of the {ty} block size {block}")]
+    #[error("tensor {tensor:?}: ne[0] = {ne0} is not a multiple of the {ty} block size {block}")]
     RowNotWholeBlocks {
         tensor: String,
         ne0: u64,
         ty: &'static str,
         block: usize,
     },
-    #[error("duplicate tensor \"{0}\"")]
+    #[error("duplicate tensor {0:?}")]
     DuplicateTensor(String),
     #[error(
-        "tensor \"{tensor}\": data offset {offset} is not a multiple of the alignment {alignment}"
+        "tensor {tensor:?}: data offset {offset} is not a multiple of the alignment {alignment}"
     )]
     MisalignedTensor {
         tensor: String,
         offset: u64,
         alignment: u64,
     },
-    #[error("tensor \"{tensor}\": data [{start}, {end}) extends past the end of the file ({file_len} bytes)")]
+    #[error("tensor {tensor:?}: data [{start}, {end}) extends past the end of the file ({file_len} bytes)")]
     TensorOutOfBounds {
         tensor: String,
         start: u64,
         end: u64,
         file_len: u64,
     },
-    #[error("tensors \"{first}\" and \"{second}\" overlap in the data section")]
+    #[error("tensors {first:?} and {second:?} overlap in the data section")]
     OverlappingTensors { first: String, second: String },
-    #[error("metadata key \"{0}\" is missing")]
+    #[error("metadata key {0:?} is missing")]
     MissingKey(String),
-    #[error("metadata \"{key}\": expected {expected}, found {found}")]
+    #[error("metadata {key:?}: expected {expected}, found {found}")]
     WrongType {
         key: String,
         expected: String,
@@ -113,15 +113,15 @@ pub enum GgufWriteError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("duplicate metadata key \"{0}\"")]
+    #[error("duplicate metadata key {0:?}")]
     DuplicateKey(String),
-    #[error("duplicate tensor \"{0}\"")]
+    #[error("duplicate tensor {0:?}")]
     DuplicateTensor(String),
-    #[error("invalid metadata \"{key}\": {reason}")]
+    #[error("invalid metadata {key:?}: {reason}")]
     InvalidMetadata { key: String, reason: String },
-    #[error("invalid tensor \"{tensor}\": {reason}")]
+    #[error("invalid tensor {tensor:?}: {reason}")]
     InvalidTensor { tensor: String, reason: String },
-    #[error("tensor \"{tensor}\": the data callback wrote {written} bytes, expected {expected}")]
+    #[error("tensor {tensor:?}: the data callback wrote {written} bytes, expected {expected}")]
     SizeMismatch {
         tensor: String,
         written: u64,

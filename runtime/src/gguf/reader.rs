@@ -636,7 +636,7 @@ impl<'a> Cursor<'a> {
                 field: format!("metadata[{i}]"),
             });
         }
-        let field = || format!("metadata \"{key}\"");
+        let field = || format!("metadata {key:?}");
         let type_id = self.u32(|| format!("{} type", field()))?;
         let ty = ValueType::from_id(type_id).ok_or_else(|| Kind::UnknownValueType {
             key: key.to_string(),
@@ -708,7 +708,7 @@ impl<'a> Cursor<'a> {
         let name = std::str::from_utf8(&self.bytes[name_range])
             .expect("validated")
             .to_owned();
-        let n_dims = self.u32(|| format!("tensor \"{name}\" n_dims"))?;
+        let n_dims = self.u32(|| format!("tensor {name:?} n_dims"))?;
         if n_dims > MAX_DIMS {
             return Err(Kind::TooManyDims {
                 tensor: name,
@@ -717,10 +717,10 @@ impl<'a> Cursor<'a> {
         }
         let mut shape = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
-            shape.push(self.u64(|| format!("tensor \"{name}\" ne[{d}]"))?);
+            shape.push(self.u64(|| format!("tensor {name:?} ne[{d}]"))?);
         }
-        let type_id = self.u32(|| format!("tensor \"{name}\" type"))?;
-        let offset = self.u64(|| format!("tensor \"{name}\" offset"))?;
+        let type_id = self.u32(|| format!("tensor {name:?} type"))?;
+        let offset = self.u64(|| format!("tensor {name:?} offset"))?;
         let ty = GgmlType::from_id(type_id).ok_or_else(|| Kind::UnknownTensorType {
             tensor: name.clone(),
             id: type_id,

@@ -21,10 +21,10 @@ pub enum TokenizerError {
 /// What is wrong with the vocabulary metadata.
 #[derive(Debug, thiserror::Error)]
 pub enum VocabError {
-    #[error("tokenizer.ggml.model = \"{0}\" is not supported (only \"llama\" and \"gpt2\")")]
+    #[error("tokenizer.ggml.model = {0:?} is not supported (only \"llama\" and \"gpt2\")")]
     UnknownModel(String),
     #[error(
-        "tokenizer.ggml.pre = \"{0}\" is not a supported pre-tokenizer \
+        "tokenizer.ggml.pre = {0:?} is not a supported pre-tokenizer \
          (\"default\", \"gpt2\", \"gpt-2\", \"llama-bpe\", \"llama3\", \"llama-v3\")"
     )]
     UnknownPreTokenizer(String),
@@ -40,7 +40,7 @@ pub enum VocabError {
     },
     #[error("tokenizer.ggml.token_type[{index}] = {value} is not a token type (0..=6)")]
     BadTokenType { index: usize, value: i32 },
-    #[error("token {id} \"{text}\" has type byte but is not of the form <0xXX>")]
+    #[error("token {id} {text:?} has type byte but is not of the form <0xXX>")]
     BadByteToken { id: u32, text: String },
     #[error("tokenizer.ggml.merges[{index}] = {entry:?} is not two pieces separated by a space")]
     BadMerge { index: usize, entry: String },
