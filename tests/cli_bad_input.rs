@@ -500,3 +500,31 @@ fn common_mistakes_get_messages_that_say_what_to_do() {
     );
     assert_error(&o, 1, "\"model_type\": missing", "no model_type");
 }
+
+/// 3.10: a prompt whose image tokens cannot fit the context is refused before any image is
+/// encoded, with the count of image tokens.
+#[test]
+fn a_prompt_too_long_for_the_context_is_refused_before_encoding() {
+    let (_dir, llm, mmproj) = pair("llava-tiny-hf");
+    let o = llava_within(
+        &[
+            "run",
+            "-m",
+            s(&llm),
+            "--mmproj",
+            s(&mmproj),
+            "--image",
+            s(&fixture("images/odd.png")),
+            "-c",
+            "12",
+            "hi",
+        ],
+        LIMIT,
+    );
+    assert_error(
+        &o,
+        1,
+        "(16 of them image tokens) but the context holds 12",
+        "ctx",
+    );
+}
