@@ -99,10 +99,11 @@ pub fn run(args: &Args) -> Result<()> {
 
     // Both files are written under temporary names and replace the old ones together, once
     // both are complete: a failure keeps the previous pair.
+    // The summary lines come after the commit: "wrote" means the file is in place.
     let llm_staged = stage(&llm_out)?;
     let mut monitor = CliMonitor::new(&llm_out, args.verbose);
     let s = convert_llama_with(&args.dir, llm_staged.temp_path(), args.quant, &mut monitor)?;
-    monitor.finish(&s);
+    let mut lines = vec![monitor.finish(&s)];
     let mut staged = vec![llm_staged];
     if let Some(out) = &mmproj_out {
         let mmproj_staged = stage(out)?;
@@ -114,8 +115,12 @@ pub fn run(args: &Args) -> Result<()> {
             args.vision_quant,
             &mut monitor,
         )?;
-        monitor.finish(&s);
+        lines.push(monitor.finish(&s));
         staged.push(mmproj_staged);
     }
-    commit(staged)
+    commit(staged)?;
+    for line in lines {
+        diag!("{line}");
+    }
+    Ok(())
 }

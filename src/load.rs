@@ -11,7 +11,6 @@ use llava_models::llava::{
 };
 use llava_models::{Clip, Llama, LlamaConfig};
 use llava_runtime::backend::{Backend, CpuBackend, KvType};
-use llava_runtime::files::regular_file;
 use llava_runtime::gguf::{GgufFile, KEY_ARCHITECTURE};
 use llava_runtime::tokenizer::Tokenizer;
 
@@ -116,7 +115,7 @@ fn check_kv_memory(config: &LlamaConfig, n_ctx: usize, kv_type: KvType) -> Resul
     if let Some(available) = available_memory() {
         if bytes > u128::from(available) {
             bail!(
-                "--ctx {n_ctx}: the KV cache would take {:.1} GiB ({} KV), but {:.1} GiB of memory is available",
+                "a context of {n_ctx} positions needs a KV cache of {:.1} GiB ({} KV), but {:.1} GiB of memory is available",
                 bytes as f64 / (1u64 << 30) as f64,
                 kv_type.name(),
                 available as f64 / (1u64 << 30) as f64
@@ -152,18 +151,28 @@ pub fn prompt_text(inline: Option<&str>, file: Option<&Path>) -> Result<String> 
     }
 }
 
-/// The bytes of the regular file `path`, refused beyond `max` bytes (checked while reading,
-/// so a file that grows is bounded too).
+/// The bytes of `path` (`-`: stdin), refused beyond `max` bytes: checked while reading, so a
+/// pipe, `/dev/zero` or a file that grows is bounded too. Pipes are welcome (`--file <(cmd)`,
+/// `--file -`); a directory is not.
 pub fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     use std::io::Read;
     let err = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
-    regular_file(path).map_err(err)?;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .map_err(err)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(err)?;
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin()
+            .lock()
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        if std::fs::metadata(path).map_err(err)?.is_dir() {
+            bail!("{}: is a directory, not a file", path.display());
+        }
+        std::fs::File::open(path)
+            .map_err(err)?
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+    };
+    read.map_err(err)?;
     if bytes.len() as u64 > max {
         bail!(
             "{}: larger than {} MiB, more text than any context holds",

@@ -27,7 +27,7 @@ pub struct Args {
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]
     prompt: Option<String>,
-    /// Read the prompt from this file, byte for byte.
+    /// Read the prompt from this file, byte for byte (`-`: stdin; at most 16 MiB).
     #[arg(long)]
     prompt_file: Option<PathBuf>,
     /// Where to write the logits (NPY, float32, [positions, vocab]: every position of the
@@ -57,6 +57,13 @@ pub struct Args {
     /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
     #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
+    /// Most positions the prompt may take (default: the model's context, at most 4096; at
+    /// most the trained context unless --ctx-beyond-training, and what memory holds).
+    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::context)]
+    ctx: usize,
+    /// Allow --ctx above the context the model was trained for.
+    #[arg(long)]
+    ctx_beyond_training: bool,
     /// How the KV cache stores keys and values: f16 (half the memory, as `llava run`) or f32
     /// (exact).
     #[arg(long, default_value = "f16")]
@@ -104,8 +111,8 @@ pub fn run(args: &Args) -> Result<()> {
         &args.model,
         &LlmOptions {
             threads: args.threads,
-            ctx: 0,
-            beyond_trained_ctx: false,
+            ctx: args.ctx,
+            beyond_trained_ctx: args.ctx_beyond_training,
             kv_type: args.kv_type,
         },
     )?;
@@ -121,6 +128,14 @@ pub fn run(args: &Args) -> Result<()> {
             let ids = llm.tokenizer.encode(&text, !args.no_bos, true);
             if ids.is_empty() {
                 bail!("the prompt has no tokens");
+            }
+            // The context bounds the cache and the logits (a row of n_vocab per position).
+            if ids.len() > llm.n_ctx {
+                bail!(
+                    "the prompt takes {} positions but the context holds {} (raise --ctx)",
+                    ids.len(),
+                    llm.n_ctx
+                );
             }
             let n = ids.len();
             (m.embed(b, &ids), ids.into_iter().map(Some).collect(), n)

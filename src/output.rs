@@ -100,12 +100,17 @@ pub fn commit(files: Vec<StagedFile>) -> Result<()> {
 
 /// On SIGINT, SIGTERM or SIGHUP: removes every staged (partial) output, then ends the process
 /// as the signal would have. The final paths are never touched before a commit, so what is
-/// left is the user's old files, untouched, and no hidden `.partial` files.
+/// left is the user's old files, untouched, and no hidden `.partial` files. A signal the
+/// process was started with ignored (`nohup`, a background job's SIGINT) stays ignored.
 pub fn remove_partial_files_on_signals() {
     #[cfg(unix)]
     {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        let handled: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
+            .into_iter()
+            .filter(|&s| !is_ignored(s))
+            .collect();
+        let Ok(mut signals) = signal_hook::iterator::Signals::new(&handled) else {
             return;
         };
         std::thread::spawn(move || {
@@ -113,9 +118,23 @@ pub fn remove_partial_files_on_signals() {
                 staging::remove_staged_files();
                 // Back to the default action, raised again: the parent sees the signal.
                 let _ = signal_hook::low_level::emulate_default_handler(signal);
+                // Only if that failed.
                 std::process::exit(128 + signal);
             }
         });
+    }
+}
+
+/// Whether `signal`'s disposition is "ignore" (inherited from the parent: `nohup` sets it for
+/// SIGHUP, shells for a background job's SIGINT).
+#[cfg(unix)]
+fn is_ignored(signal: i32) -> bool {
+    // SAFETY: with a null new action, sigaction only reads the current one into `old`, a
+    // zeroed (valid) sigaction.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
     }
 }
 

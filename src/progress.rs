@@ -52,17 +52,18 @@ impl CliMonitor {
         }
     }
 
-    /// Clears the bar and prints the summary line, with the source read rate.
-    pub fn finish(self, s: &ConvertSummary) {
+    /// Clears the bar and returns the summary line, with the source read rate, to print once
+    /// the file is in place.
+    pub fn finish(self, s: &ConvertSummary) -> String {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
         let secs = self.started.elapsed().as_secs_f64();
-        diag!(
+        format!(
             "{}, {:.0} MB/s read",
             summary_line(&self.path, s, secs),
             self.source_done as f64 / 1e6 / secs.max(1e-9)
-        );
+        )
     }
 }
 

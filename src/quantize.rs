@@ -37,6 +37,6 @@ pub fn run(args: &Args) -> Result<()> {
     remove_partial_files_on_signals();
     let mut monitor = CliMonitor::new(&args.output, args.verbose);
     let s = requantize_with(&args.input, &args.output, args.quant, &mut monitor)?;
-    monitor.finish(&s);
+    diag!("{}", monitor.finish(&s));
     Ok(())
 }

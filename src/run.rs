@@ -4,7 +4,8 @@
 //! template, or `--template`) with an `<image>` marker per image unless it has its own; without
 //! it the prompt is used as given (`--template` applies one).
 
-use std::io::Write;
+use std::borrow::Cow;
+use std::io::{IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
@@ -27,7 +28,7 @@ pub struct Args {
     /// The prompt.
     #[arg(conflicts_with = "file")]
     prompt: Option<String>,
-    /// Read the prompt from this file, byte for byte.
+    /// Read the prompt from this file, byte for byte (`-`: stdin; at most 16 MiB).
     #[arg(long)]
     file: Option<PathBuf>,
     /// Most tokens to generate (generation also stops when the context is full).
@@ -208,6 +209,7 @@ pub fn run(args: &Args) -> Result<()> {
     // The answer is the output: a write error ends the run with an error, except a closed
     // pipe (`llava run ... | head -c1`), which stops generating quietly.
     let mut write_error: Option<std::io::Error> = None;
+    let to_terminal = stdout.is_terminal();
     let stats = generate(
         b,
         m,
@@ -220,7 +222,7 @@ pub fn run(args: &Args) -> Result<()> {
         args.max_tokens,
         &stop,
         |piece| match stdout
-            .write_all(piece.as_bytes())
+            .write_all(on_terminal(piece, to_terminal).as_bytes())
             .and_then(|_| stdout.flush())
         {
             Ok(()) => ControlFlow::Continue(()),
@@ -257,4 +259,39 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The answer as a terminal may show it: a hostile vocabulary's pieces could hold escape
+/// sequences (clear the screen, retitle the window), so on a terminal control characters
+/// other than newline, tab and carriage return are written escaped. Piped output is exact.
+fn on_terminal(piece: &str, to_terminal: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !matches!(c, '\n' | '\t' | '\r');
+    if !to_terminal || !piece.chars().any(unsafe_char) {
+        return Cow::Borrowed(piece);
+    }
+    Cow::Owned(
+        piece
+            .chars()
+            .map(|c| {
+                if unsafe_char(c) {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_are_escaped_on_a_terminal_only() {
+        let evil = "a\u{1b}]0;x\u{7}b\nc\td";
+        assert_eq!(on_terminal(evil, true), "a\\u{1b}]0;x\\u{7}b\nc\td");
+        assert_eq!(on_terminal(evil, false), evil);
+        assert!(matches!(on_terminal("plain\n", true), Cow::Borrowed(_)));
+    }
 }

@@ -85,11 +85,12 @@ pub fn run(args: &Args) -> Result<()> {
     }
     remove_partial_files_on_signals();
 
-    // Both files replace the old ones together, once both are complete.
+    // Both files replace the old ones together, once both are complete; the summary lines
+    // come after, so "wrote" means the file is in place.
     let t0 = Instant::now();
     let llm_staged = stage(&llm_out)?;
     let s = synth_llm(model, args.quant, llm_staged.temp_path(), args.seed)?;
-    diag!("{}", summary_line(&llm_out, &s, t0.elapsed().as_secs_f64()));
+    let mut lines = vec![summary_line(&llm_out, &s, t0.elapsed().as_secs_f64())];
     let mut staged = vec![llm_staged];
     if let Some(out) = &mmproj_out {
         let t0 = Instant::now();
@@ -100,8 +101,12 @@ pub fn run(args: &Args) -> Result<()> {
             mmproj_staged.temp_path(),
             args.seed,
         )?;
-        diag!("{}", summary_line(out, &s, t0.elapsed().as_secs_f64()));
+        lines.push(summary_line(out, &s, t0.elapsed().as_secs_f64()));
         staged.push(mmproj_staged);
     }
-    commit(staged)
+    commit(staged)?;
+    for line in lines {
+        diag!("{line}");
+    }
+    Ok(())
 }

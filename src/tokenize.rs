@@ -19,7 +19,7 @@ pub struct Args {
     /// Treat special-token text such as "</s>" as plain text.
     #[arg(long)]
     no_parse_special: bool,
-    /// Read the text from this file, byte for byte.
+    /// Read the text from this file, byte for byte (`-`: stdin; at most 16 MiB).
     #[arg(long, conflicts_with = "text")]
     file: Option<PathBuf>,
     /// The text.

@@ -233,7 +233,8 @@ fn convert_never_writes_over_its_own_checkpoint() {
 }
 
 /// 2.4: a failed `convert --force` keeps the previous pair; both files are replaced only once
-/// both new ones are complete.
+/// both new ones are complete. The failure comes after the new LLM is written: a vision
+/// tensor whose dtype (I16) passes every check but cannot be converted.
 #[test]
 fn a_failed_forced_convert_keeps_the_previous_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,9 +256,21 @@ fn a_failed_forced_convert_keeps_the_previous_files() {
     let o = convert("f32");
     assert!(o.status.success(), "{}", stderr(&o));
     let (llm_before, mmproj_before) = (contents(&llm).unwrap(), contents(&mmproj).unwrap());
-    std::fs::write(ckpt.join("preprocessor_config.json"), b"{ not json").unwrap();
+
+    // The header names each tensor, then its dtype: F16 -> I16, same width, same offsets.
+    let weights = ckpt.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let name = header
+        .find("\"vision_tower.encoder.layers.1.mlp.fc2.weight\"")
+        .unwrap();
+    let dtype = name + header[name..].find("\"F16\"").unwrap();
+    bytes[8 + dtype + 1] = b'I';
+    std::fs::write(&weights, bytes).unwrap();
+
     let o = convert("q8_0");
-    assert_refused(&o, "preprocessor_config.json", "broken preprocessor");
+    assert_refused(&o, "dtype I16 is not supported", "a vision tensor of I16");
     assert_eq!(contents(&llm).unwrap(), llm_before, "the LLM was replaced");
     assert_eq!(contents(&mmproj).unwrap(), mmproj_before);
     assert_eq!(partial_files(dir.path()), Vec::<String>::new());
@@ -283,9 +296,7 @@ fn two_outputs_on_one_path_are_refused() {
     let o = llava(&[
         "synth",
         "--preset",
-        "llava-1.5-7b",
-        "-q",
-        "q4_0",
+        "tiny",
         "-o",
         s(&same),
         "--mmproj-out",
@@ -340,6 +351,47 @@ fn signals_during_a_write_leave_no_partial_files() {
         assert_eq!(partial_files(dir.path()), Vec::<String>::new(), "SIG{name}");
         assert!(!out.exists(), "SIG{name}");
     }
+}
+
+/// 2.6: a signal the process was started with ignored (`nohup`) stays ignored: the write
+/// finishes.
+#[test]
+fn an_ignored_hangup_does_not_stop_a_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("kept.gguf");
+    let mut child = Command::new("nohup")
+        .arg(llava_bin())
+        .args([
+            "synth",
+            "--preset",
+            "tinyllama-1.1b",
+            "-q",
+            "q8_0",
+            "-o",
+            s(&out),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partial_files(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "no partial file appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "synth ended before the signal"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Command::new("kill")
+        .args(["-HUP".to_owned(), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(out.exists());
+    assert_eq!(partial_files(dir.path()), Vec::<String>::new());
 }
 
 /// 2.7: `run`'s answer is its output: a full stdout is an error; a closed pipe stops the

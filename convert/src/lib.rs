@@ -26,7 +26,9 @@ pub use clip::VisionHparams;
 pub use error::ConvertError;
 pub use llama::{convert_llama, convert_llama_with, ConvertSummary, LlamaHparams};
 pub use mix::{use_more_bits, Preset};
-pub use mmproj::{check_mmproj, convert_mmproj, convert_mmproj_with};
+pub use mmproj::{
+    check_mmproj, convert_mmproj, convert_mmproj_with, MAX_PINPOINTS, MAX_TILES_PER_SIDE,
+};
 pub use progress::{Monitor, Silent, TensorDone};
 pub use requantize::{requantize, requantize_with};
 pub use source::ModelKind;

@@ -380,9 +380,10 @@ fn normalisation(pre: Option<&JsonFile>) -> Result<([f32; 3], [f32; 3]), Convert
     ))
 }
 
-/// Most pinpoints, and the largest side in views, an mmproj may have (the runtime's limits).
-const MAX_PINPOINTS: usize = 64;
-const MAX_TILES_PER_SIDE: i64 = 8;
+/// Most pinpoints, and the largest side in views, an mmproj may have: the runtime's limits
+/// (`llava_models::clip`, which this crate does not depend on; a test keeps them equal).
+pub const MAX_PINPOINTS: usize = 64;
+pub const MAX_TILES_PER_SIDE: usize = 8;
 
 /// `image_grid_pinpoints` as llama.cpp stores them: one flat list of sizes, each a multiple
 /// of the tower's `image_size`.
@@ -409,7 +410,7 @@ fn pinpoints(
         pairs.ok_or_else(|| config_error(&config.path, key, "expected a list of pairs".into()))?;
     // The runtime's bounds (llava_models' MAX_PINPOINTS, MAX_TILES_PER_SIDE): a file the
     // runtime would refuse is not written.
-    let max = image_size as i64 * MAX_TILES_PER_SIDE;
+    let max = (image_size * MAX_TILES_PER_SIDE) as i64;
     if pairs.is_empty() || pairs.len() > MAX_PINPOINTS {
         return Err(config_error(
             &config.path,

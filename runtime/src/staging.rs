@@ -87,27 +87,42 @@ impl StagedFile {
 
 impl Drop for StagedFile {
     fn drop(&mut self) {
-        // The NamedTempFile removes the file itself; only the list is ours.
-        if let Some(tmp) = &self.tmp {
-            let tmp = tmp.path();
-            staged().retain(|p| p != tmp);
+        if let Some(tmp) = self.tmp.take() {
+            // Delisted and deleted under the lock: a signal handler never sees a file gone
+            // from the list but still on disk.
+            let mut list = staged();
+            let path = tmp.path().to_owned();
+            list.retain(|p| *p != path);
+            drop(tmp);
         }
     }
 }
 
-/// Renames every file into place under one lock, so a signal handler cannot run between two
-/// renames: the outputs of one command (an LLM and its mmproj) are replaced together. On an
-/// error the files not yet renamed are removed.
+/// Renames every file into place, one after the other under one lock, so a signal handler
+/// cannot run between two renames: the outputs of one command (an LLM and its mmproj) are
+/// replaced together. A rename failing (all files are complete by then, so not for lack of
+/// space) stops there: the files before it are in place, the rest are removed.
 pub fn commit_all(files: Vec<StagedFile>) -> io::Result<()> {
     let mut list = staged();
+    let mut result = Ok(());
+    let mut not_committed = Vec::new();
     for mut file in files {
+        if result.is_err() {
+            not_committed.push(file);
+            continue;
+        }
         let named = file.tmp.take().expect("a StagedFile is committed once");
         let tmp = named.path().to_owned();
         list.retain(|p| *p != tmp);
         // On an error the NamedTempFile in the error removes the file when dropped.
-        named.persist(&file.path).map_err(|e| e.error)?;
+        if let Err(e) = named.persist(&file.path) {
+            result = Err(e.error);
+        }
     }
-    Ok(())
+    // Their Drop takes the lock: release it first.
+    drop(list);
+    drop(not_committed);
+    result
 }
 
 /// Removes every staged file and keeps the list locked until the process ends: for a handler
@@ -168,6 +183,27 @@ mod tests {
         assert!(!tmp.exists());
         assert!(!is_staged(&tmp));
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    }
+
+    #[test]
+    fn a_failed_commit_removes_what_it_did_not_rename_and_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty directory cannot be replaced by a rename.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("x"), b"x").unwrap();
+        let other = dir.path().join("other");
+        let files = vec![
+            StagedFile::create(&blocked).unwrap(),
+            StagedFile::create(&other).unwrap(),
+        ];
+        let temps: Vec<PathBuf> = files.iter().map(|f| f.temp_path().to_owned()).collect();
+        assert!(commit_all(files).is_err());
+        assert!(!other.exists());
+        for t in &temps {
+            assert!(!t.exists(), "{}", t.display());
+            assert!(!is_staged(t));
+        }
     }
 
     #[test]

@@ -434,7 +434,7 @@ fn q4_0_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q4_0_q8_0_dot_matches_ggml_within_its_tolerance() {
+fn q4_0_q8_0_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ4_0>();
 }
 
@@ -449,7 +449,7 @@ fn q4_1_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q4_1_q8_1_dot_matches_ggml_within_its_tolerance() {
+fn q4_1_q8_1_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ4_1>();
 }
 
@@ -464,7 +464,7 @@ fn q5_0_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q5_0_q8_0_dot_matches_ggml_within_its_tolerance() {
+fn q5_0_q8_0_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ5_0>();
 }
 
@@ -479,7 +479,7 @@ fn q5_1_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q5_1_q8_1_dot_matches_ggml_within_its_tolerance() {
+fn q5_1_q8_1_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ5_1>();
 }
 
@@ -494,7 +494,7 @@ fn q8_0_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q8_0_q8_0_dot_matches_ggml_within_its_tolerance() {
+fn q8_0_q8_0_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ8_0>();
 }
 
@@ -539,7 +539,7 @@ fn q2_k_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q2_k_q8_k_dot_matches_ggml_within_its_tolerance() {
+fn q2_k_q8_k_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ2K>();
 }
 
@@ -554,7 +554,7 @@ fn q3_k_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q3_k_q8_k_dot_matches_ggml_within_its_tolerance() {
+fn q3_k_q8_k_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ3K>();
 }
 
@@ -569,7 +569,7 @@ fn q4_k_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q4_k_q8_k_dot_matches_ggml_within_its_tolerance() {
+fn q4_k_q8_k_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ4K>();
 }
 
@@ -584,7 +584,7 @@ fn q5_k_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q5_k_q8_k_dot_matches_ggml_within_its_tolerance() {
+fn q5_k_q8_k_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ5K>();
 }
 
@@ -599,7 +599,7 @@ fn q6_k_dequantize_matches_ggml_bit_for_bit() {
 }
 
 #[test]
-fn q6_k_q8_k_dot_matches_ggml_within_its_tolerance() {
+fn q6_k_q8_k_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<BlockQ6K>();
 }
 
@@ -660,7 +660,7 @@ fn f32_quantize_and_dequantize_keep_every_bit() {
 }
 
 #[test]
-fn f32_dot_matches_ggml_within_its_tolerance() {
+fn f32_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<f32>();
 }
 
@@ -694,7 +694,7 @@ fn f16_dequantize_matches_ggml_for_every_f16_value() {
 }
 
 #[test]
-fn f16_dot_matches_ggml_within_its_tolerance() {
+fn f16_dot_matches_ggml_within_float_rounding() {
     assert_dot_matches::<f16>();
 }
 

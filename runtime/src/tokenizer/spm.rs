@@ -78,6 +78,9 @@ impl Spm {
         while let Some(bigram) = queue.pop() {
             let (left, right) = (bigram.left as usize, bigram.right as usize);
             let (left_len, right_len) = (symbols[left].len, symbols[right].len);
+            // Entries go stale when either side has since been merged. A side that merged
+            // grew (or emptied, when absorbed), so comparing the summed length suffices —
+            // llama.cpp uses the same test.
             if left_len == 0 || right_len == 0 || left_len + right_len != bigram.size {
                 continue;
             }
@@ -98,6 +101,9 @@ impl Spm {
             let sym = &symbols[at as usize];
             let start = sym.start as usize;
             let piece = &text[start..start + sym.len as usize];
+            // Every merged symbol is a token (only token-forming pairs are queued), so only
+            // single characters can miss; llama.cpp's `rev_merge` re-segmentation never
+            // applies and is left out.
             match vocab.id(piece) {
                 Some(id) => out.push(id),
                 None => out.extend(piece.bytes().filter_map(|b| self.byte_tokens[b as usize])),
@@ -107,9 +113,11 @@ impl Spm {
     }
 }
 
-/// The end of the symbol list, either way.
+/// The end of the symbol list, either way (an index no text of at most 2 GiB reaches).
 const NONE: u32 = u32::MAX;
 
+/// A run of the text, `text[start..start + len]`; `len == 0` once merged into its left
+/// neighbour. Symbols form a doubly linked list in text order (`NONE` at the ends).
 struct Symbol {
     start: u32,
     len: u32,
