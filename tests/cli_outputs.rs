@@ -314,19 +314,32 @@ fn signals_during_a_write_leave_no_partial_files() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("big.gguf");
         // A 1.1B model in F32: seconds of writing in a test build.
-        let mut child = Command::new(llava_bin())
-            .args([
-                "synth",
-                "--preset",
-                "tinyllama-1.1b",
-                "-q",
-                "f32",
-                "-o",
-                s(&out),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = Command::new(llava_bin());
+        cmd.args([
+            "synth",
+            "--preset",
+            "tinyllama-1.1b",
+            "-q",
+            "f32",
+            "-o",
+            s(&out),
+        ])
+        .stderr(Stdio::null());
+        // The default dispositions, whatever this test inherited: a background shell starts
+        // its jobs with SIGINT ignored, and llava keeps an ignored signal ignored.
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: signal() is async-signal-safe and changes only the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                        libc::signal(s, libc::SIG_DFL);
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while partial_files(dir.path()).is_empty() {
             assert!(Instant::now() < deadline, "no partial file appeared");
