@@ -12,6 +12,8 @@ use std::path::Path;
 use image::{ImageFormat, RgbImage};
 use llava_convert::{convert_llama, convert_mmproj, Preset};
 use llava_fuzz_targets::input::frame;
+use llava_runtime::gguf::{GgufWriteError, GgufWriter, MetaArray};
+use llava_runtime::quant::GgmlType;
 use serde_json::{json, Value};
 
 const FUZZ_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -94,6 +96,15 @@ fn main() {
             write("mmproj_load", name, &mmproj);
             write("gguf_reader", &format!("mmproj-{name}"), &mmproj);
         }
+    }
+
+    // ---- byte-level BPE vocabularies, which no converter input makes ----
+    let work_dir = work.path().to_owned();
+    for pre in ["llama-bpe", "gpt-2"] {
+        let name = format!("bpe-{pre}");
+        let bytes = bpe_llm(&work_dir.join(&name), pre);
+        write("llm_load", &name, &bytes);
+        write("gguf_reader", &name, &bytes);
     }
 
     // ---- the SentencePiece model ----
@@ -377,7 +388,120 @@ fn tokenizer_json() -> Value {
     })
 }
 
+/// A one-block LLaMA (width 32, F16) with a GPT-2-style byte-level BPE vocabulary: the 256
+/// byte characters, five merges, three special tokens.
+fn bpe_llm(path: &Path, pre: &str) -> Vec<u8> {
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| gpt2_char(b).to_string()).collect();
+    let merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"];
+    tokens.extend(merges.iter().map(|m| m.replace(' ', "")));
+    let first_special = tokens.len();
+    tokens.extend(["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"].map(String::from));
+    let n_vocab = tokens.len();
+    let types: Vec<i32> = (0..n_vocab)
+        .map(|i| if i < first_special { 1 } else { 3 })
+        .collect();
+
+    let mut w = GgufWriter::new();
+    let fail = |e: GgufWriteError| panic!("{e}");
+    w.add("general.architecture", "llama").unwrap_or_else(fail);
+    let h = TEXT_HIDDEN as u32;
+    for (key, value) in [
+        ("llama.embedding_length", h),
+        ("llama.block_count", 1),
+        ("llama.attention.head_count", 2),
+        ("llama.attention.head_count_kv", 1),
+        ("llama.feed_forward_length", TEXT_FFN as u32),
+        ("llama.context_length", 64),
+        ("tokenizer.ggml.bos_token_id", first_special as u32),
+        ("tokenizer.ggml.eos_token_id", first_special as u32 + 1),
+    ] {
+        w.add(key, value).unwrap_or_else(fail);
+    }
+    w.add("llama.attention.layer_norm_rms_epsilon", 1e-5f32)
+        .unwrap_or_else(fail);
+    w.add("tokenizer.ggml.model", "gpt2").unwrap_or_else(fail);
+    w.add("tokenizer.ggml.pre", pre).unwrap_or_else(fail);
+    w.add("tokenizer.ggml.tokens", MetaArray::String(tokens))
+        .unwrap_or_else(fail);
+    w.add("tokenizer.ggml.token_type", MetaArray::I32(types))
+        .unwrap_or_else(fail);
+    let merges = merges.iter().map(|m| m.to_string()).collect();
+    w.add("tokenizer.ggml.merges", MetaArray::String(merges))
+        .unwrap_or_else(fail);
+
+    let (hd, ff, kv) = (TEXT_HIDDEN as u64, TEXT_FFN as u64, TEXT_HIDDEN as u64 / 2);
+    let mut shapes = vec![("token_embd.weight".to_owned(), vec![hd, n_vocab as u64])];
+    for (name, shape) in [
+        ("attn_norm", vec![hd]),
+        ("attn_q", vec![hd, hd]),
+        ("attn_k", vec![hd, kv]),
+        ("attn_v", vec![hd, kv]),
+        ("attn_output", vec![hd, hd]),
+        ("ffn_norm", vec![hd]),
+        ("ffn_gate", vec![hd, ff]),
+        ("ffn_up", vec![hd, ff]),
+        ("ffn_down", vec![ff, hd]),
+    ] {
+        shapes.push((format!("blk.0.{name}.weight"), shape));
+    }
+    shapes.push(("output_norm.weight".to_owned(), vec![hd]));
+    for (name, shape) in &shapes {
+        // Norms F32, as converters write them; matrices F16.
+        let ty = if shape.len() == 1 {
+            GgmlType::F32
+        } else {
+            GgmlType::F16
+        };
+        w.add_tensor(name, ty, shape).unwrap_or_else(fail);
+    }
+    w.write(path, |i, decl, out| -> Result<(), GgufWriteError> {
+        let n = shapes[i].1.iter().product::<u64>() as usize;
+        let values = small_values(n, i as u64);
+        let bytes: Vec<u8> = if decl.n_bytes() == 4 * n as u64 {
+            values
+                .iter()
+                .flat_map(|v| (1.0 + v).to_le_bytes())
+                .collect()
+        } else {
+            values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect()
+        };
+        out.write_all(&bytes).map_err(|error| GgufWriteError::Io {
+            path: path.to_owned(),
+            error,
+        })
+    })
+    .unwrap_or_else(fail);
+    std::fs::read(path).expect("written")
+}
+
+/// GPT-2's `bytes_to_unicode`: printable Latin-1 stands for itself, the other bytes map in
+/// order to U+0100 upwards.
+fn gpt2_char(b: u8) -> char {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    if printable(b) {
+        return char::from(b);
+    }
+    let n = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(0x100 + n).expect("below U+0200")
+}
+
 // ---- file formats ----
+
+/// `n` deterministic values in ±0.1 (xorshift), like the fixtures' initialisation.
+fn small_values(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = 0x2545_F491_4F6C_DD1D ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+        })
+        .collect()
+}
 
 fn json_bytes(v: &Value) -> Vec<u8> {
     serde_json::to_vec(v).expect("serialises")
@@ -387,15 +511,10 @@ fn json_bytes(v: &Value) -> Vec<u8> {
 fn safetensors(tensors: &[(String, Vec<usize>)]) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut data = Vec::new();
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    for (name, shape) in tensors {
+    for (i, (name, shape)) in tensors.iter().enumerate() {
         let start = data.len();
-        for _ in 0..shape.iter().product::<usize>() {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let v = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            data.extend(half::f16::from_f32(v * 0.2).to_le_bytes());
+        for v in small_values(shape.iter().product(), i as u64) {
+            data.extend(half::f16::from_f32(v).to_le_bytes());
         }
         header.insert(
             name.clone(),
