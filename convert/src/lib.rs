@@ -32,4 +32,5 @@ pub use mmproj::{
 pub use progress::{Monitor, Silent, TensorDone};
 pub use requantize::{requantize, requantize_with};
 pub use source::ModelKind;
+pub use spm_model::{Piece, SpmModel};
 pub use synth::{synth_llm, synth_mmproj, SynthModel};

@@ -38,7 +38,12 @@ impl SpmModel {
         };
         llava_runtime::files::regular_file(path).map_err(io)?;
         let bytes = std::fs::read(path).map_err(io)?;
-        Self::parse(&bytes).map_err(|reason| ConvertError::Input {
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// Parses a model held in memory; `path` is only used in error messages.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<SpmModel, ConvertError> {
+        Self::parse(bytes).map_err(|reason| ConvertError::Input {
             path: path.to_owned(),
             reason: format!("not a SentencePiece model: {reason}"),
         })

@@ -88,6 +88,13 @@ impl LlamaConfig {
                 format!("{n_rot}, but llama rotates the whole head of {head_dim}"),
             ));
         }
+        // RoPE rotates pairs of dimensions; an odd head loaded, then failed the first forward.
+        if !n_rot.is_multiple_of(2) {
+            return Err(bad(
+                "rope.dimension_count",
+                format!("{n_rot} is odd, but RoPE rotates pairs of dimensions"),
+            ));
+        }
         let base = file
             .optional(&key("rope.freq_base"), GgufFile::get_f32)?
             .unwrap_or(10_000.0);

@@ -462,6 +462,51 @@ fn norms_and_adds_match_their_definitions() {
     }
 }
 
+/// Norm weights and biases stored as F16 (llama.cpp writes them F32, but a file may not) are
+/// widened, not refused mid-forward: the fuzzers found the F32-only read panicking.
+#[test]
+fn norms_and_biases_stored_as_f16_are_widened() {
+    let dir = tempfile::tempdir().unwrap();
+    let dim = 48;
+    let (g, beta) = (random(dim, 11), random(dim, 12));
+    let file = gguf(
+        dir.path(),
+        &[
+            ("g", GgmlType::F16, vec![dim as u64], g.clone()),
+            ("beta", GgmlType::F16, vec![dim as u64], beta.clone()),
+            ("g32", GgmlType::F32, vec![dim as u64], dequantized_f16(&g)),
+            (
+                "beta32",
+                GgmlType::F32,
+                vec![dim as u64],
+                dequantized_f16(&beta),
+            ),
+        ],
+    );
+    let b = CpuBackend::new(1);
+    let w = |name: &str| b.load_weight(&file, name).unwrap();
+    let x = b.upload(random(2 * dim, 13), 2, dim);
+    assert_eq!(
+        b.download(&b.rms_norm(&x, &w("g"), 1e-5)),
+        b.download(&b.rms_norm(&x, &w("g32"), 1e-5))
+    );
+    assert_eq!(
+        b.download(&b.layer_norm(&x, &w("g"), &w("beta"), 1e-5)),
+        b.download(&b.layer_norm(&x, &w("g32"), &w("beta32"), 1e-5))
+    );
+    assert_eq!(
+        b.download(&b.add_bias(x.clone(), &w("beta"))),
+        b.download(&b.add_bias(x, &w("beta32")))
+    );
+}
+
+fn dequantized_f16(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
+}
+
 #[test]
 fn activations_match_published_values() {
     let b = CpuBackend::new(1);

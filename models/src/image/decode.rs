@@ -2,6 +2,7 @@
 //! sees them: EXIF orientation applied, grayscale/palette/16-bit/CMYK converted, alpha dropped
 //! (not composited). Sizes are checked from the header before any pixel is decoded.
 
+use std::io::{BufRead, Cursor, Seek};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageReader, Limits};
@@ -41,6 +42,34 @@ pub enum ImageError {
 /// Opens and decodes an image file to 8-bit RGB, refusing images of more than `max_pixels`
 /// before decoding them.
 pub fn load_image(path: &Path, max_pixels: u64) -> Result<RgbImage, ImageError> {
+    let io = |error| ImageError::Io {
+        path: path.to_owned(),
+        error,
+    };
+    // A FIFO would block the open; a device would read forever.
+    llava_runtime::files::regular_file(path).map_err(io)?;
+    let reader = ImageReader::open(path).map_err(io)?;
+    decode(reader, path, max_pixels)
+}
+
+/// [`load_image`] of a file's bytes held in memory; `path` is only used in error messages.
+pub fn decode_image(
+    path: impl AsRef<Path>,
+    bytes: &[u8],
+    max_pixels: u64,
+) -> Result<RgbImage, ImageError> {
+    decode(
+        ImageReader::new(Cursor::new(bytes)),
+        path.as_ref(),
+        max_pixels,
+    )
+}
+
+fn decode<R: BufRead + Seek>(
+    reader: ImageReader<R>,
+    path: &Path,
+    max_pixels: u64,
+) -> Result<RgbImage, ImageError> {
     let format_error = |reason: String| ImageError::Format {
         path: path.to_owned(),
         reason,
@@ -49,16 +78,7 @@ pub fn load_image(path: &Path, max_pixels: u64) -> Result<RgbImage, ImageError> 
         path: path.to_owned(),
         reason: e.to_string(),
     };
-    // A FIFO would block the open; a device would read forever.
-    llava_runtime::files::regular_file(path).map_err(|error| ImageError::Io {
-        path: path.to_owned(),
-        error,
-    })?;
-    let reader = ImageReader::open(path)
-        .map_err(|error| ImageError::Io {
-            path: path.to_owned(),
-            error,
-        })?
+    let reader = reader
         .with_guessed_format()
         .map_err(|error| ImageError::Io {
             path: path.to_owned(),

@@ -4,7 +4,7 @@
 mod decode;
 mod resize;
 
-pub use decode::{load_image, ImageError, DEFAULT_MAX_PIXELS};
+pub use decode::{decode_image, load_image, ImageError, DEFAULT_MAX_PIXELS};
 pub use resize::resize_bicubic;
 
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.

@@ -4,6 +4,7 @@
 //! NEON, chosen at run time); the work of each op is spread over the backend's own thread pool
 //! (`pool.rs`).
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use super::{Backend, BackendError, Heads, Rope};
@@ -137,10 +138,20 @@ impl CpuWeight {
         copy.as_deref()
     }
 
-    /// An F32 tensor as a slice (norm weights, biases).
-    fn f32s(&self) -> &[f32] {
-        assert_eq!(self.ty, GgmlType::F32, "{} tensor used as f32", self.ty);
-        bytemuck::cast_slice(self.data())
+    /// A vector weight (norm weights, biases) as f32: borrowed from the map when it is stored
+    /// as F32, as converters write them; else dequantized (a file may hold them as F16).
+    fn f32s(&self) -> Cow<'_, [f32]> {
+        if self.ty == GgmlType::F32 {
+            // Aligned: checked at load.
+            return Cow::Borrowed(bytemuck::cast_slice(self.data()));
+        }
+        let mut out = vec![0f32; self.row_len() * self.n_rows()];
+        if self.row_len() > 0 {
+            for (r, row) in out.chunks_exact_mut(self.row_len()).enumerate() {
+                self.dequantize_row_into(r, row);
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// Row `r`, dequantized into `out`.
@@ -408,7 +419,9 @@ impl Backend for CpuBackend {
     fn add_bias(&self, x: CpuTensor, bias: &CpuWeight) -> CpuTensor {
         let b = bias.f32s();
         assert_eq!(b.len(), x.cols, "bias length");
-        self.map_rows_in_place(x, |_, row| row.iter_mut().zip(b).for_each(|(v, b)| *v += b))
+        self.map_rows_in_place(x, |_, row| {
+            row.iter_mut().zip(&*b).for_each(|(v, b)| *v += b)
+        })
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuWeight, eps: f32) -> CpuTensor {
@@ -419,7 +432,9 @@ impl Backend for CpuBackend {
             let sum = sum_f64(row, |v| f64::from(v * v));
             let mean = (sum / row.len() as f64) as f32;
             let scale = 1.0 / (mean + eps).sqrt();
-            row.iter_mut().zip(g).for_each(|(v, g)| *v = *v * scale * g);
+            row.iter_mut()
+                .zip(&*g)
+                .for_each(|(v, g)| *v = *v * scale * g);
         })
     }
 
@@ -437,7 +452,7 @@ impl Backend for CpuBackend {
             let mean = sum_f64(row, f64::from) / n;
             let var = sum_f64(row, |v| (f64::from(v) - mean).powi(2)) / n;
             let scale = 1.0 / (var + f64::from(eps)).sqrt();
-            for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
+            for ((v, g), b) in row.iter_mut().zip(&*g).zip(&*b) {
                 *v = ((f64::from(*v) - mean) * scale) as f32 * g + b;
             }
         })
