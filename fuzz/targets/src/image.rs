@@ -1,6 +1,7 @@
 //! `image_preprocess`: image files decoded as `llava run --image` decodes them (the default
-//! pixel limit), then preprocessed as LLaVA-1.5 (pad to square, CLIP resize and crop) or
-//! LLaVA-1.6 (anyres views, each through the CLIP processor, and the features assembled).
+//! pixel limit, which also bounds the preprocessing's work), then preprocessed as LLaVA-1.5
+//! (pad to square, CLIP resize and crop) or LLaVA-1.6 (anyres views, each through the CLIP
+//! processor, and the features assembled).
 //!
 //! Input: one control byte (bit 0: anyres; bit 1: LLaVA's 336-pixel tower, else the tiny
 //! fixture's 56-pixel one), then the image file.
@@ -38,13 +39,26 @@ pub fn image_preprocess(data: &[u8]) {
     assert_eq!(img.data.len(), img.width as usize * img.height as usize * 3);
     let (size, patch, pinpoints) = if control & 2 != 0 { LLAVA_16 } else { TINY };
     let pixels_per_view = 3 * size as usize * size as usize;
-    if control & 1 == 0 {
+    let side = (size / patch) as usize;
+    let anyres = control & 1 != 0;
+    let layout = AnyresLayout::new((img.width, img.height), &pinpoints, size, side);
+    // The CLI refuses an image whose preprocessing makes more pixels than the decoder's limit
+    // (src/load.rs `check_image_work`, with `llava::preprocessed_pixels`, whose arithmetic
+    // this is: it needs a loaded tower).
+    let (w, h) = (u64::from(img.width), u64::from(img.height));
+    let canvas = if anyres {
+        u64::from(layout.target.0) * u64::from(layout.target.1)
+    } else {
+        w.max(h).pow(2)
+    };
+    if canvas.max(w * h) > DEFAULT_MAX_PIXELS {
+        return;
+    }
+    if !anyres {
         let pixels = llava15_preprocess(&img, size, MEAN, STD);
         assert_eq!(pixels.len(), pixels_per_view);
         return;
     }
-    let side = (size / patch) as usize;
-    let layout = AnyresLayout::new((img.width, img.height), &pinpoints, size, side);
     let views = anyres_views(&img, &layout, size);
     assert_eq!(views.len(), 1 + layout.n_tiles());
     for view in &views {
