@@ -33,7 +33,9 @@ pub fn gguf_reader(data: &[u8]) {
         let ty = t.ggml_type();
         let row_len = t.shape().first().copied().unwrap_or(1);
         let n_rows = t.n_elements() / row_len;
-        let row_bytes = ty.row_bytes(row_len).expect("whole blocks, checked at open");
+        let row_bytes = ty
+            .row_bytes(row_len)
+            .expect("whole blocks, checked at open");
         assert_eq!(row_bytes * n_rows, t.n_bytes(), "{:?}", t.info);
         // Every element takes some of the input's bytes, so this is bounded by its length.
         if is_supported(ty) {
