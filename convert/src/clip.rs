@@ -36,6 +36,38 @@ impl VisionHparams {
     /// From a CLIP vision config object; keys left out take transformers' `CLIPVisionConfig`
     /// defaults.
     pub(crate) fn from_config(c: &JsonFile) -> Result<Self, ConvertError> {
+        let vp = Self::read(c)?;
+        let bad = |key: &str, reason: String| ConvertError::Config {
+            path: c.path.clone(),
+            key: key.to_owned(),
+            reason,
+        };
+        // The sizes are divided and squared before the tensor shapes can check them.
+        if vp.image_size == 0 || vp.image_size > 1 << 16 {
+            return Err(bad("image_size", format!("{} (1 to 65536)", vp.image_size)));
+        }
+        if vp.patch_size == 0 || !vp.image_size.is_multiple_of(vp.patch_size) {
+            return Err(bad(
+                "patch_size",
+                format!(
+                    "{} does not divide the image size {}",
+                    vp.patch_size, vp.image_size
+                ),
+            ));
+        }
+        if vp.n_heads == 0 || !vp.hidden_size.is_multiple_of(vp.n_heads) {
+            return Err(bad(
+                "num_attention_heads",
+                format!(
+                    "{} heads do not divide the width {}",
+                    vp.n_heads, vp.hidden_size
+                ),
+            ));
+        }
+        Ok(vp)
+    }
+
+    fn read(c: &JsonFile) -> Result<Self, ConvertError> {
         Ok(VisionHparams {
             hidden_size: c.usize_opt("hidden_size")?.unwrap_or(768),
             ffn_size: c.usize_opt("intermediate_size")?.unwrap_or(3072),
