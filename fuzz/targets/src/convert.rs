@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use llava_convert::{convert_llama, convert_mmproj, Preset};
+use llava_convert::{check_mmproj, convert_llama, convert_mmproj, Preset};
 
 use crate::input::Input;
 use crate::model::{llm_load, mmproj_load};
@@ -50,7 +50,13 @@ pub fn convert_inputs(data: &[u8]) {
     }
     let mmproj = out.join("mmproj.gguf");
     let tower = has_tower.then_some(tower.as_path());
+    // `llava convert` runs the checks first, so that a broken vision side fails before the
+    // LLM is written: whatever converts must pass them.
+    let checked = check_mmproj(&src, tower, vision_preset);
     if convert_mmproj(&src, tower, &mmproj, vision_preset).is_ok() {
+        if let Err(e) = checked {
+            panic!("converted, but check_mmproj refused it: {e}");
+        }
         mmproj_load(&read_converted(&mmproj));
     }
 }
