@@ -275,10 +275,11 @@ fn attention(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
     for kv_type in [KvType::F16, KvType::F32] {
-        let mut backend = CpuBackend::new(bench_threads());
-        backend.set_kv_type(kv_type);
+        let backend = CpuBackend::new(bench_threads());
         for ctx in [512, 2048, 4096] {
-            let mut cache = backend.new_kv_cache(1, ctx, heads.n_kv_heads, heads.head_dim);
+            let mut cache = backend
+                .new_kv_cache(1, ctx, heads.n_kv_heads, heads.head_dim, kv_type)
+                .unwrap();
             // Fill the cache once, in 512-row steps (the values do not change the speed).
             for start in (0..ctx).step_by(512) {
                 let t = backend.upload(random_row(start as u64, 512 * dim), 512, dim);
@@ -306,7 +307,9 @@ fn attention(c: &mut Criterion) {
     };
     let (q_dim, kv_dim) = (32 * 128, 8 * 128);
     let backend = CpuBackend::new(bench_threads());
-    let mut cache = backend.new_kv_cache(1, 4096, mistral.n_kv_heads, mistral.head_dim);
+    let mut cache = backend
+        .new_kv_cache(1, 4096, mistral.n_kv_heads, mistral.head_dim, KvType::F16)
+        .unwrap();
     for start in (0..4096).step_by(512) {
         let q = backend.upload(random_row(start as u64, 512 * q_dim), 512, q_dim);
         let kv = backend.upload(random_row(start as u64 + 1, 512 * kv_dim), 512, kv_dim);

@@ -16,17 +16,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use llava_models::image::{RgbImage, DEFAULT_MAX_PIXELS};
-use llava_models::llava::{anyres_layout, embed_pieces, encode_image, tokenize_pieces, Piece};
-use llava_models::Clip;
-use llava_runtime::backend::{Backend, CpuBackend, KvType};
+use llava_models::llava::anyres_layout;
+use llava_models::{Clip, LoadOptions, Pipeline};
+use llava_runtime::backend::{Backend, KvType};
 use llava_runtime::tokenizer::{TokenType, Tokenizer};
 use serde_json::{json, Value};
 
-use crate::load::{check_image_work, load_images, load_llm, load_mmproj, LlmOptions, LoadedLlm};
+use crate::load::{check_images, load_images, load_pipeline, Chosen, Stages};
 
-type KvCache = <CpuBackend as Backend>::KvCache;
+type KvCache = <Chosen as Backend>::KvCache;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava bench -m model.Q4_0.gguf -p 512 -n 128 -t 2
+  llava bench -m llm.gguf --mmproj mmproj.gguf --ttft --json > report.json")]
 pub struct Args {
     /// The LLM GGUF file.
     #[arg(short, long)]
@@ -91,95 +94,97 @@ pub fn run(args: &Args) -> Result<()> {
 
     let n_ctx = args.depth + args.n_prompt.max(args.n_gen).max(1);
     // As llama-bench: any context the memory holds, the model's trained one or not.
-    let llm = load_llm(
+    let pipeline = load_pipeline(
         &args.model,
-        &LlmOptions {
-            threads: args.threads,
-            ctx: n_ctx,
+        args.mmproj.as_deref(),
+        args.threads,
+        &LoadOptions {
+            n_ctx,
             beyond_trained_ctx: true,
             kv_type: args.kv_type,
+            max_image_pixels: DEFAULT_MAX_PIXELS,
         },
+        &Stages::new(false),
     )?;
-    let clip = match &args.mmproj {
-        Some(p) => {
-            let t0 = Instant::now();
-            let clip = load_mmproj(p, &llm)?;
-            if let (Some(img), Some(path)) = (&given_image, &args.image) {
-                check_image_work(
-                    &clip,
-                    std::slice::from_ref(img),
-                    std::slice::from_ref(path),
-                    DEFAULT_MAX_PIXELS,
-                )?;
-            }
-            Some((clip, t0.elapsed()))
-        }
-        None => None,
-    };
-    let threads = llm.backend.threads();
+    if let (Some(img), Some(path)) = (&given_image, &args.image) {
+        check_images(
+            &pipeline,
+            std::slice::from_ref(img),
+            std::slice::from_ref(path),
+        )?;
+    }
+    let (load_time, vision_load_time) = pipeline.load_times();
+    let backend = crate::load::describe(pipeline.backend());
+    let threads = pipeline.backend().threads();
     let kernels = llava_runtime::quant::cpu_path().name();
     diag!(
-        "llava bench: {} loaded in {:.0} ms, {threads} threads, {kernels} kernels",
+        "llava bench: {} loaded in {:.0} ms, {backend}",
         args.model.display(),
-        ms(llm.load_time)
+        ms(load_time)
     );
+    let p = &pipeline;
 
     // The first `depth` positions of a cache, filled once: the tests write only after them.
-    let depth_ids = bench_tokens(&llm, args.depth);
-    let filled_cache = |len: usize| {
-        let mut cache = llm.model.new_cache(&llm.backend, args.depth + len);
+    let depth_ids = bench_tokens(p, args.depth);
+    let filled_cache = |len: usize| -> Result<KvCache> {
+        let mut cache = p
+            .llm()
+            .new_cache(p.backend(), args.depth + len, args.kv_type)?;
         if args.depth > 0 {
-            prefill(&llm, &mut cache, &depth_ids, 0);
+            prefill(p, &mut cache, &depth_ids, 0)?;
         }
-        cache
+        Ok(cache)
     };
     let at_depth = |name: String| match args.depth {
         0 => name,
         d => format!("{name} @ d{d}"),
     };
-    let pp = (args.n_prompt > 0).then(|| {
-        let ids = bench_tokens(&llm, args.n_prompt);
-        let name = at_depth(format!("pp{}", args.n_prompt));
-        let mut cache = filled_cache(ids.len());
-        let samples = repeat(&name, args.repetitions, || {
-            prefill(&llm, &mut cache, &ids, args.depth)
-        });
-        token_test(args.n_prompt, &samples)
-    });
-    let tg = (args.n_gen > 0).then(|| {
-        let ids = bench_tokens(&llm, args.n_gen);
-        let name = at_depth(format!("tg{}", args.n_gen));
-        let mut cache = filled_cache(ids.len());
-        let samples = repeat(&name, args.repetitions, || {
-            decode_steps(&llm, &mut cache, &ids, args.depth)
-        });
-        token_test(args.n_gen, &samples)
-    });
-    let image = clip.as_ref().map(|(clip, _)| match &given_image {
+    let pp = match args.n_prompt {
+        0 => None,
+        n => {
+            let ids = bench_tokens(p, n);
+            let name = at_depth(format!("pp{n}"));
+            let mut cache = filled_cache(ids.len())?;
+            let samples = repeat(&name, args.repetitions, || {
+                prefill(p, &mut cache, &ids, args.depth)
+            })?;
+            Some(token_test(n, &samples))
+        }
+    };
+    let tg = match args.n_gen {
+        0 => None,
+        n => {
+            let ids = bench_tokens(p, n);
+            let name = at_depth(format!("tg{n}"));
+            let mut cache = filled_cache(ids.len())?;
+            let samples = repeat(&name, args.repetitions, || {
+                decode_steps(p, &mut cache, &ids, args.depth)
+            })?;
+            Some(token_test(n, &samples))
+        }
+    };
+    let image = p.vision().map(|clip| match &given_image {
         Some(img) => (img.clone(), path_string(args.image.as_deref())),
         None => synthetic_image(clip),
     });
-    let ttft = match (&clip, &image) {
-        (Some((clip, _)), Some((image, _))) if args.ttft => {
-            Some(ttft_test(&llm, clip, image, args.repetitions)?)
-        }
+    let ttft = match &image {
+        Some((image, _)) if args.ttft => Some(ttft_test(p, image, args.repetitions)?),
         _ => None,
     };
-    let encode = match &clip {
-        Some((clip, load_time)) => {
-            let (image, label) = image.clone().expect("made with the clip");
-            let b = &llm.backend;
-            let views = anyres_layout(clip, &image).map_or(1, |l| l.n_tiles() + 1);
+    let encode = match (p.vision(), &image) {
+        (Some(clip), Some((image, label))) => {
+            let b = p.backend();
+            let views = anyres_layout(clip, image).map_or(1, |l| l.n_tiles() + 1);
             let mut image_tokens = 0;
             let name = format!("image {}x{}", image.width, image.height);
             let samples = repeat(&name, args.repetitions, || {
                 let t0 = Instant::now();
-                let embeddings = encode_image(b, clip, &image);
-                b.download(&embeddings);
+                let embeddings = p.encode_image(image)?;
+                b.download(&embeddings)?;
                 let elapsed = t0.elapsed();
                 image_tokens = b.shape(&embeddings).0;
-                elapsed
-            });
+                Ok(elapsed)
+            })?;
             Some(json!({
                 "image": label,
                 "width": image.width,
@@ -188,10 +193,10 @@ pub fn run(args: &Args) -> Result<()> {
                 "image_tokens": image_tokens,
                 "ms": spread(&samples.iter().map(|&d| ms(d)).collect::<Vec<_>>()),
                 "samples_ms": samples.iter().map(|&d| ms(d)).collect::<Vec<_>>(),
-                "mmproj_load_ms": ms(*load_time),
+                "mmproj_load_ms": ms(vision_load_time),
             }))
         }
-        None => None,
+        _ => None,
     };
 
     let report = json!({
@@ -201,7 +206,7 @@ pub fn run(args: &Args) -> Result<()> {
         "threads": threads,
         "kernels": kernels,
         "kv_type": args.kv_type.name(),
-        "load_ms": ms(llm.load_time),
+        "load_ms": ms(load_time),
         "repetitions": args.repetitions,
         "depth": args.depth,
         "pp": pp,
@@ -220,43 +225,29 @@ pub fn run(args: &Args) -> Result<()> {
 
 /// Time to first token of [`TTFT_PROMPT`] about `image`, the LLM and tower loaded: encode,
 /// tokenize and splice, prefill (last row's logits only), greedy pick of the first token.
-fn ttft_test(
-    llm: &LoadedLlm,
-    clip: &Clip<CpuBackend>,
-    image: &RgbImage,
-    repetitions: usize,
-) -> Result<Value> {
-    let (b, m) = (&llm.backend, &llm.model);
-    let pieces = tokenize_pieces(&llm.tokenizer, TTFT_PROMPT, 1)?;
-    let text_tokens: usize = pieces
-        .iter()
-        .map(|p| match p {
-            Piece::Text(ids) => ids.len(),
-            Piece::Image(_) => 0,
-        })
-        .sum();
-    let mut cache = None;
-    let mut positions = 0;
+fn ttft_test(p: &Pipeline<Chosen>, image: &RgbImage, repetitions: usize) -> Result<Value> {
+    // A cache of the prompt's size, as llama.cpp's peer makes.
+    let text = p.tokenizer().encode(TTFT_PROMPT, true, true).len();
+    let mut session = p.session_of(text + p.image_positions(image)?)?;
+    let mut stats = None;
     let mut first = 0;
     let samples = repeat("image question, first token", repetitions, || {
+        session.clear();
         let t0 = Instant::now();
-        let encoded = encode_image(b, clip, image);
-        let pieces = tokenize_pieces(&llm.tokenizer, TTFT_PROMPT, 1).expect("tokenized above");
-        let prompt = embed_pieces(b, m, &pieces, &[encoded]);
-        positions = prompt.n_positions;
-        let cache = cache.get_or_insert_with(|| m.new_cache(b, prompt.n_positions));
-        let logits = b.download(&m.forward(b, prompt.embeddings, 0, cache, true));
+        stats = Some(session.append(TTFT_PROMPT, std::slice::from_ref(image))?);
+        let logits = session.last_logits().unwrap_or_default();
         first = logits
             .iter()
             .enumerate()
             .max_by(|x, y| x.1.total_cmp(y.1))
             .map_or(0, |(i, _)| i);
-        t0.elapsed()
-    });
+        Ok(t0.elapsed())
+    })?;
+    let stats = stats.unwrap_or_default();
     let times: Vec<f64> = samples.iter().map(|&d| ms(d)).collect();
     Ok(json!({
-        "positions": positions,
-        "text_tokens": text_tokens,
+        "positions": stats.positions,
+        "text_tokens": stats.positions - stats.image_positions,
         "first_token": first,
         "ms": spread(&times),
         "samples_ms": times,
@@ -264,14 +255,18 @@ fn ttft_test(
 }
 
 /// Runs `f` once unmeasured, then `repetitions` times, with a progress line per run.
-fn repeat(name: &str, repetitions: usize, mut f: impl FnMut() -> Duration) -> Vec<Duration> {
+fn repeat(
+    name: &str,
+    repetitions: usize,
+    mut f: impl FnMut() -> Result<Duration>,
+) -> Result<Vec<Duration>> {
     diag!("{name}: warm-up");
-    f();
+    f()?;
     (1..=repetitions)
         .map(|i| {
-            let d = f();
+            let d = f()?;
             diag!("{name}: run {i}/{repetitions}: {:.1} ms", ms(d));
-            d
+            Ok(d)
         })
         .collect()
 }
@@ -281,32 +276,42 @@ fn repeat(name: &str, repetitions: usize, mut f: impl FnMut() -> Duration) -> Ve
 /// (attention reads only the positions before the ones written), so one cache serves every
 /// run, as llama-bench clears and reuses its own: the warm-up pays the first touch of its
 /// pages.
-fn prefill(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32], start: usize) -> Duration {
-    let (b, m) = (&llm.backend, &llm.model);
+fn prefill(
+    p: &Pipeline<Chosen>,
+    cache: &mut KvCache,
+    ids: &[u32],
+    start: usize,
+) -> Result<Duration> {
+    let (b, m) = (p.backend(), p.llm());
     let t0 = Instant::now();
     let x = m.embed(b, ids);
-    b.download(&m.forward(b, x, start, cache, true));
-    t0.elapsed()
+    b.download(&m.forward(b, x, start, cache, true))?;
+    Ok(t0.elapsed())
 }
 
 /// One decode step per id, at positions `start..start + ids.len()` (the cache is reused as in
 /// [`prefill`]).
-fn decode_steps(llm: &LoadedLlm, cache: &mut KvCache, ids: &[u32], start: usize) -> Duration {
-    let (b, m) = (&llm.backend, &llm.model);
+fn decode_steps(
+    p: &Pipeline<Chosen>,
+    cache: &mut KvCache,
+    ids: &[u32],
+    start: usize,
+) -> Result<Duration> {
+    let (b, m) = (p.backend(), p.llm());
     let t0 = Instant::now();
     for (i, &id) in ids.iter().enumerate() {
         let x = m.embed(b, &[id]);
-        b.download(&m.forward(b, x, start + i, cache, true));
+        b.download(&m.forward(b, x, start + i, cache, true))?;
     }
-    t0.elapsed()
+    Ok(t0.elapsed())
 }
 
 /// `count` token ids: BOS first when the model adds one (as llama-bench), then ids drawn from
 /// the normal and byte tokens of the vocabulary by a fixed xorshift64*. benches/peer-llamacpp
 /// draws with the same generator, so both runtimes see the same ids.
-fn bench_tokens(llm: &LoadedLlm, count: usize) -> Vec<u32> {
-    let tok: &Tokenizer = &llm.tokenizer;
-    let n_vocab = tok.vocab_size().min(llm.model.config.n_vocab) as u32;
+fn bench_tokens(p: &Pipeline<Chosen>, count: usize) -> Vec<u32> {
+    let tok: &Tokenizer = p.tokenizer();
+    let n_vocab = tok.vocab_size().min(p.llm().config.n_vocab) as u32;
     let candidates: Vec<u32> = (0..n_vocab)
         .filter(|&id| {
             matches!(
@@ -337,12 +342,12 @@ fn bench_tokens(llm: &LoadedLlm, count: usize) -> Vec<u32> {
 /// An image of the tower's own size (LLaVA-1.5: one view, no resizing), or for LLaVA-1.6 of
 /// its largest grid pinpoint (the most tiles; 672x672 for the released models: overview + 2x2).
 /// A smooth pattern, not a flat fill, though the cost does not depend on the pixels.
-fn synthetic_image(clip: &Clip<CpuBackend>) -> (RgbImage, String) {
+fn synthetic_image(clip: &Clip<Chosen>) -> (RgbImage, String) {
     let c = &clip.config;
     let side = c.image_size as u32;
-    let ((width, height), what) = match (clip.image_newline.is_some(), largest(&c.grid_pinpoints)) {
-        (true, Some(p)) => (p, "largest pinpoint"),
-        _ => ((side, side), "tower size"),
+    let ((width, height), what) = match largest(&c.grid_pinpoints) {
+        Some(p) => (p, "largest pinpoint"),
+        None => ((side, side), "tower size"),
     };
     let mut img = RgbImage::new(width, height, [0; 3]);
     for (i, px) in img.data.chunks_exact_mut(3).enumerate() {

@@ -13,8 +13,12 @@ use crate::output::{
 use crate::progress::CliMonitor;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava convert ~/models/llava-1.5-7b-hf -q q4_k_m --outdir out/
+  llava convert ~/models/llava-v1.5-7b --vision-tower ~/models/clip-vit-large-patch14-336 -q q8_0")]
 pub struct Args {
-    /// The checkpoint directory: config.json, *.safetensors, tokenizer.json.
+    /// The checkpoint directory: config.json, *.safetensors, and tokenizer.json or
+    /// tokenizer.model.
     dir: PathBuf,
     /// LLM quantization: f32, f16, bf16, q8_0, q6_k, q5_k_m, q4_k_m, q4_0 (llama.cpp's mixes).
     #[arg(short, long, default_value = "q4_k_m")]

@@ -16,6 +16,9 @@ use llava_runtime::quant::GgmlType;
 use serde_json::json;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava inspect model.gguf
+  llava inspect mmproj.gguf --json | jq .metadata")]
 pub struct Args {
     /// The GGUF file.
     file: PathBuf,

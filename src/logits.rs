@@ -7,12 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use llava_runtime::backend::{Backend, KvType};
+use llava_models::LoadOptions;
+use llava_runtime::backend::KvType;
 use llava_runtime::staging::StagedFile;
 
-use crate::load::{
-    build_prompt, check_image_work, load_images, load_llm, load_mmproj, prompt_text, LlmOptions,
-};
+use crate::load::{check_images, load_images, load_pipeline, prompt_text, Stages};
 use crate::output::{
     check_outputs, commit, create_parent, remove_partial_files_on_signals, stage, Output,
 };
@@ -20,6 +19,10 @@ use llava_models::image::DEFAULT_MAX_PIXELS;
 use llava_models::template::with_image_markers;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava logits -m model.gguf --prompt \"The capital of France is\" --out logits.npy
+  llava logits -m llm.gguf --mmproj mmproj.gguf --image cat.png \\
+      --prompt \"USER: <image>\\nWhat is this? ASSISTANT:\" --out l.npy --ids-out ids.txt")]
 pub struct Args {
     /// The LLM GGUF file.
     #[arg(short, long)]
@@ -107,63 +110,36 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
     let images = load_images(&args.image, args.max_image_pixels)?;
-    let llm = load_llm(
+    if args.no_bos && args.mmproj.is_some() {
+        bail!("--no-bos applies to text-only prompts; with --mmproj BOS starts the prompt as in LLaVA");
+    }
+    let pipeline = load_pipeline(
         &args.model,
-        &LlmOptions {
-            threads: args.threads,
-            ctx: args.ctx,
+        args.mmproj.as_deref(),
+        args.threads,
+        &LoadOptions {
+            n_ctx: args.ctx,
             beyond_trained_ctx: args.ctx_beyond_training,
             kv_type: args.kv_type,
+            max_image_pixels: args.max_image_pixels,
         },
+        &Stages::new(false),
     )?;
-    let clip = args
-        .mmproj
-        .as_deref()
-        .map(|p| load_mmproj(p, &llm))
-        .transpose()?;
-    let (b, m) = (&llm.backend, &llm.model);
-    let (embeddings, position_ids, n_positions) = match &clip {
-        None => {
-            // Text only: the prompt's tokens exactly (BOS unless --no-bos).
-            let ids = llm.tokenizer.encode(&text, !args.no_bos, true);
-            if ids.is_empty() {
-                bail!("the prompt has no tokens");
-            }
-            // The context bounds the cache and the logits (a row of n_vocab per position).
-            if ids.len() > llm.n_ctx {
-                bail!(
-                    "the prompt takes {} positions but the context holds {} (raise --ctx)",
-                    ids.len(),
-                    llm.n_ctx
-                );
-            }
-            let n = ids.len();
-            (m.embed(b, &ids), ids.into_iter().map(Some).collect(), n)
-        }
-        Some(clip) => {
-            if args.no_bos {
-                bail!("--no-bos applies to text-only prompts; with --mmproj BOS starts the prompt as in LLaVA");
-            }
-            check_image_work(clip, &images, &args.image, args.max_image_pixels)?;
-            let prompt = build_prompt(
-                &llm,
-                Some(clip),
-                &images,
-                &with_image_markers(&text, images.len()),
-            )?;
-            (prompt.embeddings, prompt.position_ids, prompt.n_positions)
-        }
+    check_images(&pipeline, &images, &args.image)?;
+    let mut session = pipeline.session()?;
+    let (prefill, values) = if args.mmproj.is_none() {
+        // Text only: the prompt's tokens exactly (BOS unless --no-bos).
+        let ids = pipeline.tokenizer().encode(&text, !args.no_bos, true);
+        session.evaluate_tokens(&ids)?
+    } else {
+        session.evaluate(&with_image_markers(&text, images.len()), &images)?
     };
-    let mut cache = m.new_cache(b, n_positions);
-    let logits = m.forward(b, embeddings, 0, &mut cache, false);
-    let values = b.download(&logits);
+    let position_ids = session.tokens();
     // One row per position, image rows included: the header says what the data holds.
-    let shape = [n_positions, m.config.n_vocab];
-    assert_eq!(
-        values.len(),
-        shape[0] * shape[1],
-        "a row of logits per position"
-    );
+    let shape = [prefill.positions, pipeline.llm().config.n_vocab];
+    if values.len() != shape[0] * shape[1] || position_ids.len() != shape[0] {
+        bail!("internal error: {} logits for {shape:?}", values.len());
+    }
 
     let ids_line = position_ids
         .iter()

@@ -18,6 +18,7 @@ mod bench;
 mod convert;
 mod inspect;
 mod limits;
+mod llamacpp_flags;
 mod load;
 mod logits;
 mod output;
@@ -83,7 +84,14 @@ fn keep_freed_memory() {}
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = match Cli::try_parse() {
+    let args = match llamacpp_flags::translate(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(message) => {
+            diag!("llava: error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };

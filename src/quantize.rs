@@ -10,6 +10,9 @@ use crate::output::{check_outputs, create_parent, remove_partial_files_on_signal
 use crate::progress::CliMonitor;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava quantize model-f16.gguf model-q4_k_m.gguf -q q4_k_m
+  llava quantize mmproj-f16.gguf mmproj-q8_0.gguf -q q8_0")]
 pub struct Args {
     /// The GGUF file to requantize (architecture llama or clip).
     input: PathBuf,

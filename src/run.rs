@@ -1,8 +1,8 @@
 //! `llava run`: answer a prompt, about images when given, streamed to stdout.
 //!
-//! With `--mmproj`, the question is put in the model's chat template (from the GGUF chat
-//! template, or `--template`) with an `<image>` marker per image unless it has its own; without
-//! it the prompt is used as given (`--template` applies one).
+//! The prompt is put in the model's chat template (from the GGUF's `tokenizer.chat_template`,
+//! or `--template`), with an `<image>` marker per image unless it has its own; `--template raw`
+//! runs the text as given.
 
 use std::borrow::Cow;
 use std::io::{IsTerminal, Write};
@@ -10,29 +10,35 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use llava_models::{generate, StopReason};
-use llava_runtime::backend::KvType;
-use llava_runtime::sample::{Sampler, SamplerConfig};
-
-use crate::load::{
-    build_prompt, check_image_work, load_images, load_llm, load_mmproj, prompt_text, LlmOptions,
-};
 use llava_models::image::DEFAULT_MAX_PIXELS;
-use llava_models::template::{with_image_markers, Template};
+use llava_models::template::Template;
+use llava_models::{GenerateOptions, LoadOptions};
+use llava_runtime::backend::KvType;
+use llava_runtime::sample::SamplerConfig;
+
+use crate::load::{check_images, describe, load_images, load_pipeline, prompt_text, Stages};
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava run -m llava-v1.5-7b.Q4_K_M.gguf --mmproj mmproj-llava-v1.5-7b.gguf \\
+      --image photo.jpg \"What is in this picture?\"
+  llava run -m model.gguf --template raw --temp 0 -n 32 \"Once upon a time\"
+  echo \"Why is the sky blue?\" | llava run -m model.gguf --system \"Answer in one sentence.\"")]
 pub struct Args {
     /// The LLM GGUF file.
     #[arg(short, long)]
     model: PathBuf,
-    /// The prompt.
-    #[arg(conflicts_with = "file")]
+    /// The prompt (or -p; without either, --file or a piped stdin).
+    #[arg(conflicts_with_all = ["file", "prompt_flag"])]
     prompt: Option<String>,
+    /// The prompt, as llama.cpp's -p.
+    #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
+    prompt_flag: Option<String>,
     /// Read the prompt from this file, byte for byte (`-`: stdin; at most 16 MiB).
-    #[arg(long)]
+    #[arg(short = 'f', long)]
     file: Option<PathBuf>,
     /// Most tokens to generate (generation also stops when the context is full).
-    #[arg(short = 'n', long, default_value_t = 256)]
+    #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 256)]
     max_tokens: usize,
     /// Stop when this text appears (not printed); may be repeated.
     #[arg(long)]
@@ -42,12 +48,13 @@ pub struct Args {
     threads: usize,
     /// Context size in tokens (default: the model's, at most 4096; at most the model's
     /// trained context unless --ctx-beyond-training, and what memory holds).
-    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::context)]
+    #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
     ctx: usize,
     /// Allow --ctx above the context the model was trained for.
     #[arg(long)]
     ctx_beyond_training: bool,
-    /// Print load time, image-encode time and prompt / generation speed to stderr.
+    /// Report each stage as it starts (load, image encode, prefill) and the timings, on
+    /// stderr.
     #[arg(short, long)]
     verbose: bool,
     /// The vision tower and projector GGUF ("mmproj") of this LLM.
@@ -56,10 +63,13 @@ pub struct Args {
     /// An image to ask about; repeat for several, in the order of the prompt's <image> markers.
     #[arg(long)]
     image: Vec<PathBuf>,
-    /// Chat template: llava_v1, vicuna_v1, mistral_instruct, chatml, raw (default: from the
-    /// file with --mmproj, raw without).
+    /// Chat template: llava_v1, vicuna_v1, mistral_instruct, chatml, or raw for the text as
+    /// given (default: the model file's).
     #[arg(long)]
     template: Option<Template>,
+    /// System prompt, for templates that have one (llava_v1, vicuna_v1, chatml).
+    #[arg(long, visible_alias = "system-prompt")]
+    system: Option<String>,
     /// Refuse images with more pixels than this, in the file (checked before decoding) and in
     /// the preprocessing (LLaVA-1.5 pads to a square first).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
@@ -145,83 +155,76 @@ impl SamplingArgs {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let mut sampler_config = args.sampling.config()?;
-    let question = prompt_text(args.prompt.as_deref(), args.file.as_deref())?;
+    let sampler = args.sampling.config()?;
+    let inline = args.prompt.as_deref().or(args.prompt_flag.as_deref());
+    let question = prompt_text(inline, args.file.as_deref())?;
     if !args.image.is_empty() && args.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
     // Bad images fail before minutes of model loading.
     let images = load_images(&args.image, args.max_image_pixels)?;
-    let llm = load_llm(
+    let stages = Stages::new(args.verbose);
+    let pipeline = load_pipeline(
         &args.model,
-        &LlmOptions {
-            threads: args.threads,
-            ctx: args.ctx,
+        args.mmproj.as_deref(),
+        args.threads,
+        &LoadOptions {
+            n_ctx: args.ctx,
             beyond_trained_ctx: args.ctx_beyond_training,
             kv_type: args.kv_type,
+            max_image_pixels: args.max_image_pixels,
         },
+        &stages,
     )?;
-    // A window longer than the context sees the same tokens as the context.
-    sampler_config.penalty_last_n = sampler_config.penalty_last_n.min(llm.n_ctx);
-    let clip = args
-        .mmproj
-        .as_deref()
-        .map(|p| load_mmproj(p, &llm))
-        .transpose()?;
-    if let Some(clip) = &clip {
-        check_image_work(clip, &images, &args.image, args.max_image_pixels)?;
+    check_images(&pipeline, &images, &args.image)?;
+    let mut session = pipeline.session()?;
+    if let Some(t) = args.template {
+        session.set_template(t)?;
     }
-    let template = match (args.template, &clip) {
-        (Some(t), _) => t,
-        (None, Some(_)) => Template::from_chat_template(llm.chat_template.as_deref()),
-        (None, None) => Template::Raw,
-    };
-    let text = template.render(&with_image_markers(&question, images.len()));
-    let prompt = build_prompt(&llm, clip.as_ref(), &images, &text)?;
-    let mut stop = args.stop.clone();
-    stop.extend(template.stop_strings().iter().map(|s| s.to_string()));
+    if let Some(system) = &args.system {
+        session.set_system(system)?;
+    }
     if args.verbose {
+        let (llm_time, vision_time) = pipeline.load_times();
         diag!(
-            "loaded {} in {:.0} ms: {} layers, {} threads, {} kernels, context {} ({} KV cache), template {template}, seed {}",
+            "loaded {} in {:.0} ms{}: {} layers, {}, context {} ({} KV cache), template {}, seed {}",
             args.model.display(),
-            llm.load_time.as_secs_f64() * 1e3,
-            llm.model.config.n_layers,
-            llm.backend.threads(),
-            llava_runtime::quant::cpu_path().name(),
-            llm.n_ctx,
-            llm.backend.kv_type().name(),
-            sampler_config.seed
+            llm_time.as_secs_f64() * 1e3,
+            match args.mmproj {
+                Some(_) => format!(" (vision tower {:.0} ms)", vision_time.as_secs_f64() * 1e3),
+                None => String::new(),
+            },
+            pipeline.llm().config.n_layers,
+            describe(pipeline.backend()),
+            pipeline.n_ctx(),
+            pipeline.kv_type().name(),
+            session.template(),
+            sampler.seed
         );
-        if prompt.n_images > 0 {
-            diag!(
-                "image encode: {} image(s), {} tokens in {:.0} ms",
-                prompt.n_images,
-                prompt.image_tokens,
-                prompt.encode_time.as_secs_f64() * 1e3
-            );
-        }
     }
+    session.on_stage(|stage| stages.stage(stage));
+    let options = GenerateOptions {
+        sampler: SamplerConfig {
+            // A window longer than the context sees the same tokens as the context.
+            penalty_last_n: sampler.penalty_last_n.min(pipeline.n_ctx()),
+            ..sampler
+        },
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+    };
 
-    let (b, m) = (&llm.backend, &llm.model);
-    let mut cache = m.new_cache(b, llm.n_ctx);
-    let mut sampler = Sampler::new(sampler_config);
     let mut stdout = std::io::stdout().lock();
     // The answer is the output: a write error ends the run with an error, except a closed
     // pipe (`llava run ... | head -c1`), which stops generating quietly.
     let mut write_error: Option<std::io::Error> = None;
     let to_terminal = stdout.is_terminal();
-    let stats = generate(
-        b,
-        m,
-        &llm.tokenizer,
-        &mut cache,
-        llm.n_ctx,
-        prompt.embeddings,
-        &prompt.text_ids,
-        &mut sampler,
-        args.max_tokens,
-        &stop,
-        |piece| match stdout
+    let mut first = true;
+    let stats = session.ask(&question, &images, &options, |piece| {
+        if first {
+            first = false;
+            stages.done();
+        }
+        match stdout
             .write_all(on_terminal(piece, to_terminal).as_bytes())
             .and_then(|_| stdout.flush())
         {
@@ -230,8 +233,9 @@ pub fn run(args: &Args) -> Result<()> {
                 write_error = Some(e);
                 ControlFlow::Break(())
             }
-        },
-    );
+        }
+    })?;
+    stages.done();
     if write_error.is_none() {
         if let Err(e) = writeln!(stdout).and_then(|_| stdout.flush()) {
             write_error = Some(e);
@@ -241,20 +245,26 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("cannot write the answer to stdout: {e}");
     }
     if args.verbose {
+        let (p, g) = (&stats.prefill, &stats.generation);
+        if p.images > 0 {
+            diag!(
+                "image encode: {} image(s), {} tokens in {:.0} ms",
+                p.images,
+                p.image_positions,
+                p.encode_time.as_secs_f64() * 1e3
+            );
+        }
         diag!(
             "prompt: {} tokens in {:.0} ms ({:.2} tokens/s); generation: {} tokens in {:.0} ms ({:.2} tokens/s); stopped: {}",
-            stats.prompt_tokens,
-            stats.prompt_time.as_secs_f64() * 1e3,
-            stats.prompt_tokens_per_second(),
-            stats.generated_tokens,
-            stats.generation_time.as_secs_f64() * 1e3,
-            stats.generation_tokens_per_second(),
-            match stats.stop_reason {
-                StopReason::EndOfText => "end of text",
-                StopReason::StopString => "stop string",
-                StopReason::MaxTokens => "max tokens",
-                StopReason::ContextFull => "context full",
-                StopReason::Cancelled => "output closed",
+            p.positions,
+            p.prefill_time.as_secs_f64() * 1e3,
+            p.positions_per_second(),
+            g.generated_tokens,
+            g.generation_time.as_secs_f64() * 1e3,
+            g.tokens_per_second(),
+            match g.stop_reason {
+                llava_models::StopReason::Cancelled => "output closed",
+                r => r.describe(),
             }
         );
     }

@@ -14,6 +14,9 @@ use crate::output::{
 use crate::progress::summary_line;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava synth --preset tinyllama-1.1b -q q4_0 --outdir /tmp/synth
+  llava synth --preset llava-1.5-7b -q q4_k_m --vision-quant f16 --outdir /tmp/synth")]
 pub struct Args {
     /// Model shape: tiny, tinyllama-1.1b, llava-1.5-7b, llava-1.6-mistral-7b.
     #[arg(long)]

@@ -9,6 +9,9 @@ use llava_runtime::tokenizer::Tokenizer;
 use crate::load::prompt_text;
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  llava tokenize -m model.gguf \"Hello world\"
+  llava tokenize -m model.gguf --no-bos --file text.txt")]
 pub struct Args {
     /// A GGUF file with tokenizer metadata (any LLM file; vocabulary-only files work too).
     #[arg(short, long)]

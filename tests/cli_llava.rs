@@ -80,6 +80,20 @@ fn run_answers_about_an_image_and_reports_timings() {
     assert!(err.contains("image encode: 2 image(s), 32 tokens"), "{err}");
     assert!(err.contains("template llava_v1"), "{err}");
     assert!(err.contains("tokens/s"), "{err}");
+    // Each stage is reported as it starts, in order, before the figures at the end.
+    let at = |what: &str| {
+        err.find(what)
+            .unwrap_or_else(|| panic!("{what:?} missing: {err}"))
+    };
+    let order = [
+        at(&format!("llava: loading {llm}")),
+        at(&format!("llava: loading {mmproj}")),
+        at("llava: encoding image 1/2"),
+        at("llava: encoding image 2/2"),
+        at("llava: reading the prompt ("),
+        at("image encode: 2 image(s)"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{err}");
 }
 
 #[test]

@@ -54,7 +54,10 @@ struct Reference {
     prompt: String,
     input_ids: Vec<u32>,
     logits: Vec<f32>,
-    greedy_text: String,
+    /// The same text as it continues the prompt: with that space where the first generated
+    /// token has one (its piece in the fixture's tokenizer.json starts with `▁`), as
+    /// llama.cpp prints it (" brown dog…" after "A small").
+    continuation: String,
 }
 
 fn reference(model: &str) -> Reference {
@@ -76,7 +79,27 @@ fn reference(model: &str) -> Reference {
             .flat_map(|row| row.as_array().unwrap().iter())
             .map(|v| v.as_f64().unwrap() as f32)
             .collect(),
-        greedy_text: j["greedy_text"].as_str().unwrap().to_owned(),
+        // transformers' `decode` of the generated ids is a sequence's text, so without the
+        // SentencePiece space of its first token.
+        continuation: {
+            let first = j["greedy_continuation"][0].as_u64().unwrap();
+            let tok: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(Path::new(FIXTURES).join(model).join("tokenizer.json"))
+                    .unwrap(),
+            )
+            .unwrap();
+            let vocab = tok["model"]["vocab"].as_object().unwrap();
+            let (piece, _) = vocab
+                .iter()
+                .find(|(_, id)| id.as_u64() == Some(first))
+                .unwrap();
+            let space = if piece.starts_with('\u{2581}') {
+                " "
+            } else {
+                ""
+            };
+            format!("{space}{}", j["greedy_text"].as_str().unwrap())
+        },
     }
 }
 
@@ -137,10 +160,16 @@ fn run_greedy_prints_transformers_continuation() {
             "-n",
             "20",
             "--verbose",
+            "--template",
+            "raw",
             &r.prompt,
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert_eq!(stdout(&o), format!("{}\n", r.greedy_text), "{name}");
+        assert!(
+            r.continuation.starts_with(' '),
+            "{name}: the fixture's case"
+        );
+        assert_eq!(stdout(&o), format!("{}\n", r.continuation), "{name}");
         let err = stderr(&o);
         assert!(
             err.contains("tokens/s") && err.contains("max tokens"),
@@ -162,10 +191,12 @@ fn run_stops_at_a_stop_string_without_printing_it() {
         "0",
         "--stop",
         "wooden",
+        "--template",
+        "raw",
         &r.prompt,
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let cut = &r.greedy_text[..r.greedy_text.find("wooden").unwrap()];
+    let cut = &r.continuation[..r.continuation.find("wooden").unwrap()];
     assert_eq!(stdout(&o), format!("{cut}\n"));
 }
 
@@ -365,10 +396,13 @@ fn convert_then_run_answers_like_transformers() {
         "0",
         "-n",
         "20",
+        "-p",
         &r.prompt,
+        "--template",
+        "raw",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(stdout(&o), format!("{}\n", r.greedy_text));
+    assert_eq!(stdout(&o), format!("{}\n", r.continuation));
 }
 
 #[test]
@@ -391,4 +425,160 @@ fn convert_refuses_bad_input_without_leaving_a_file() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The prompt length `run --verbose` reports ("prompt: N tokens").
+fn prompt_tokens(stderr: &str) -> usize {
+    let at = stderr.find("prompt: ").expect("a prompt line") + "prompt: ".len();
+    stderr[at..].split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn run_applies_the_chat_template_by_default_raw_on_request_and_a_system_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = reference("llama-gqa");
+    let model = converted("llama-gqa", dir.path());
+    let m = model.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-m", m, "--temp", "0", "-n", "1", "-v"];
+        args.extend_from_slice(extra);
+        args.push(&r.prompt);
+        llava(&args)
+    };
+    let raw = run(&["--template", "raw"]);
+    assert!(raw.status.success(), "{}", stderr(&raw));
+    // Raw: exactly the reference's tokens (BOS + the prompt).
+    assert_eq!(prompt_tokens(&stderr(&raw)), r.input_ids.len());
+    let default = run(&[]);
+    assert!(default.status.success(), "{}", stderr(&default));
+    let err = stderr(&default);
+    // The file has no chat template: LLaVA-1.5's, with its system prompt of 30-odd words.
+    assert!(err.contains("template llava_v1"), "{err}");
+    let templated = prompt_tokens(&err);
+    assert!(templated > r.input_ids.len() + 20, "{templated}");
+    let system = run(&["--system", "Be brief."]);
+    assert!(system.status.success(), "{}", stderr(&system));
+    let with_system = prompt_tokens(&stderr(&system));
+    assert!(
+        with_system < templated && with_system > r.input_ids.len(),
+        "{with_system}"
+    );
+    // llama.cpp's spelling of the same flag.
+    let sys = run(&["-sys", "Be brief."]);
+    assert_eq!(prompt_tokens(&stderr(&sys)), with_system);
+    let mistral = run(&["--template", "mistral_instruct", "--system", "Be brief."]);
+    assert_eq!(mistral.status.code(), Some(1));
+    assert!(
+        stderr(&mistral).contains("mistral_instruct template has no system prompt"),
+        "{}",
+        stderr(&mistral)
+    );
+}
+
+#[test]
+fn an_image_marker_without_images_is_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = converted("llama-gqa", dir.path());
+    let m = model.to_str().unwrap();
+    let o = llava(&[
+        "run",
+        "-m",
+        m,
+        "--template",
+        "raw",
+        "-n",
+        "1",
+        "-v",
+        "1 <image> 2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Its tokens, as `tokenize` gives them (BOS included).
+    let t = llava(&["tokenize", "-m", m, "1 <image> 2"]);
+    let n = stdout(&t).split_whitespace().count();
+    assert!(n > 3, "{}", stdout(&t));
+    assert_eq!(prompt_tokens(&stderr(&o)), n);
+    let npy = dir.path().join("l.npy");
+    let o = llava(&[
+        "logits",
+        "-m",
+        m,
+        "--prompt",
+        "<image>",
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn llama_cpp_spellings_work_or_say_what_to_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = reference("llama-gqa");
+    let model = converted("llama-gqa", dir.path());
+    let m = model.to_str().unwrap();
+    let base = ["run", "-m", m, "--temp", "0", "--template", "raw"];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        llava(&args)
+    };
+    // Same meaning: --n-predict, --ctx-size, -p, -f.
+    let o = with(&["--n-predict", "20", "--ctx-size", "64", "-p", &r.prompt]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{}\n", r.continuation));
+    let file = dir.path().join("prompt.txt");
+    std::fs::write(&file, &r.prompt).unwrap();
+    let o = with(&["-n", "20", "-f", file.to_str().unwrap()]);
+    assert_eq!(
+        stdout(&o),
+        format!("{}\n", r.continuation),
+        "{}",
+        stderr(&o)
+    );
+    // A piped stdin is the prompt (echo's line break dropped).
+    let mut args = base.to_vec();
+    args.extend_from_slice(&["-n", "20"]);
+    let o = llava_stdin(&args, &format!("{}\n", r.prompt));
+    assert_eq!(
+        stdout(&o),
+        format!("{}\n", r.continuation),
+        "{}",
+        stderr(&o)
+    );
+    // No equivalent: refused, with what to do, before anything is loaded (exit 2, usage).
+    for (flag, advice) in [
+        (&["-ngl", "99"][..], "-ngl is llama.cpp's flag"),
+        (&["-hf", "org/model"][..], "pass -m MODEL and --mmproj"),
+        (&["-cnv"][..], "answers one prompt"),
+        (&["-ctk", "q8_0"][..], "--kv-type"),
+    ] {
+        let o = with(flag);
+        assert_eq!(o.status.code(), Some(2), "{flag:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(advice), "{flag:?}: {}", stderr(&o));
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn every_subcommand_help_has_examples() {
+    for cmd in [
+        "run", "logits", "tokenize", "convert", "quantize", "inspect", "synth", "bench",
+    ] {
+        let o = llava(&[cmd, "--help"]);
+        assert!(o.status.success(), "{cmd}");
+        let help = stdout(&o);
+        assert!(
+            help.contains("Examples:\n  llava {cmd}".replace("{cmd}", cmd).as_str()),
+            "{cmd}: {help}"
+        );
+    }
+    let o = llava(&["run", "--help"]);
+    let help = stdout(&o);
+    for flag in ["--frequency-penalty", "--presence-penalty"] {
+        let line = help.lines().find(|l| l.contains(flag)).unwrap();
+        let at = help.find(line).unwrap();
+        // The flag's line or the next one says what it does.
+        let text = &help[at..at + line.len() + 100];
+        assert!(text.contains("Subtract"), "{flag}: {text}");
+    }
 }

@@ -65,11 +65,14 @@ fn llm_of_every_scheme_matches_transformers() {
         let out = dir.path().join("llm.gguf");
         convert_llama(&fixture(scheme), &out, Preset::F32).unwrap();
         let file = Arc::new(GgufFile::open(&out).unwrap());
-        let mut b = CpuBackend::new(2);
-        b.set_kv_type(KvType::F32);
+        let b = CpuBackend::new(2);
         let m = Llama::load(&b, &file).unwrap();
-        let mut cache = m.new_cache(&b, r.input_ids.len() + r.greedy.len());
-        let logits = b.download(&m.forward(&b, m.embed(&b, &r.input_ids), 0, &mut cache, false));
+        let mut cache = m
+            .new_cache(&b, r.input_ids.len() + r.greedy.len(), KvType::F32)
+            .unwrap();
+        let logits = b
+            .download(&m.forward(&b, m.embed(&b, &r.input_ids), 0, &mut cache, false))
+            .unwrap();
         let n_vocab = m.config.n_vocab;
         // The original layout keeps Vicuna's vocabulary (no <image>, no padding): its logits
         // are the first columns of the llava-hf model's.
@@ -85,7 +88,9 @@ fn llm_of_every_scheme_matches_transformers() {
         let mut next = argmax(&logits[(r.input_ids.len() - 1) * n_vocab..]);
         let mut got = vec![next];
         for pos in r.input_ids.len()..r.input_ids.len() + r.greedy.len() - 1 {
-            let l = b.download(&m.forward(&b, m.embed(&b, &[next]), pos, &mut cache, true));
+            let l = b
+                .download(&m.forward(&b, m.embed(&b, &[next]), pos, &mut cache, true))
+                .unwrap();
             next = argmax(&l);
             got.push(next);
         }

@@ -62,6 +62,7 @@ fn convert(model: &str, preset: Preset) -> (tempfile::TempDir, PathBuf) {
 struct Loaded {
     backend: CpuBackend,
     model: Llama<CpuBackend>,
+    kv_type: KvType,
 }
 
 /// The model with the exact cache: most tests here check the model's arithmetic (the f16
@@ -71,21 +72,25 @@ fn load(path: &Path) -> Loaded {
 }
 
 fn load_with_cache(path: &Path, kv_type: KvType) -> Loaded {
-    let mut backend = CpuBackend::new(2);
-    backend.set_kv_type(kv_type);
+    let backend = CpuBackend::new(2);
     let file = Arc::new(GgufFile::open(path).unwrap());
     let model = Llama::load(&backend, &file).unwrap();
-    Loaded { backend, model }
+    Loaded {
+        backend,
+        model,
+        kv_type,
+    }
 }
 
 /// Logits of every prompt position, `[positions][vocab]`, from one batched prefill.
 fn prompt_logits(m: &Loaded, ids: &[u32]) -> Vec<Vec<f32>> {
-    let mut cache = m.model.new_cache(&m.backend, ids.len());
+    let mut cache = m.model.new_cache(&m.backend, ids.len(), m.kv_type).unwrap();
     let x = m.model.embed(&m.backend, ids);
     let logits = m.model.forward(&m.backend, x, 0, &mut cache, false);
     let n_vocab = m.model.config.n_vocab;
     m.backend
         .download(&logits)
+        .unwrap()
         .chunks(n_vocab)
         .map(<[f32]>::to_vec)
         .collect()
@@ -103,11 +108,15 @@ fn argmax(row: &[f32]) -> u32 {
 
 /// Prefill, then `n` greedy steps one token at a time.
 fn greedy(m: &Loaded, ids: &[u32], n: usize) -> Vec<u32> {
-    let mut cache = m.model.new_cache(&m.backend, ids.len() + n);
+    let mut cache = m
+        .model
+        .new_cache(&m.backend, ids.len() + n, m.kv_type)
+        .unwrap();
     let x = m.model.embed(&m.backend, ids);
     let mut logits = m
         .backend
-        .download(&m.model.forward(&m.backend, x, 0, &mut cache, true));
+        .download(&m.model.forward(&m.backend, x, 0, &mut cache, true))
+        .unwrap();
     let mut out = Vec::new();
     for step in 0..n {
         let next = argmax(&logits);
@@ -116,7 +125,8 @@ fn greedy(m: &Loaded, ids: &[u32], n: usize) -> Vec<u32> {
         let pos = ids.len() + step;
         logits = m
             .backend
-            .download(&m.model.forward(&m.backend, x, pos, &mut cache, true));
+            .download(&m.model.forward(&m.backend, x, pos, &mut cache, true))
+            .unwrap();
     }
     out
 }

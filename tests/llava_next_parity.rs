@@ -23,13 +23,12 @@ fn anyres_token_counts_and_logits_match_transformers() {
     let src = fixture("llava-next-tiny-hf");
     convert_llama(&src, &llm_path, Preset::F32).unwrap();
     convert_mmproj(&src, None, &mmproj_path, Preset::F32).unwrap();
-    let mut b = CpuBackend::new(2);
-    b.set_kv_type(KvType::F32);
+    let b = CpuBackend::new(2);
     let llm_file = Arc::new(GgufFile::open(&llm_path).unwrap());
     let llm = Llama::load(&b, &llm_file).unwrap();
     let tok = Tokenizer::from_gguf(&llm_file).unwrap();
     let clip = Clip::load(&b, &Arc::new(GgufFile::open(&mmproj_path).unwrap())).unwrap();
-    assert!(clip.image_newline.is_some());
+    assert!(clip.image_newline().is_some());
 
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(src.join("image-reference/reference.json")).unwrap(),
@@ -44,7 +43,7 @@ fn anyres_token_counts_and_logits_match_transformers() {
 
         let features = encode_image(&b, &clip, &image);
         assert_eq!(b.shape(&features).0, want_tokens, "{name}");
-        let pieces = tokenize_pieces(&tok, prompt, 1).unwrap();
+        let pieces = tokenize_pieces(&tok, prompt, 1, true).unwrap();
         let ids: Vec<u64> = pieces
             .iter()
             .flat_map(|p| match p {
@@ -61,8 +60,10 @@ fn anyres_token_counts_and_logits_match_transformers() {
         assert_eq!(ids, want_ids, "{name}");
 
         let p = embed_pieces(&b, &llm, &pieces, std::slice::from_ref(&features));
-        let mut cache = llm.new_cache(&b, p.n_positions);
-        let logits = b.download(&llm.forward(&b, p.embeddings, 0, &mut cache, false));
+        let mut cache = llm.new_cache(&b, p.n_positions, KvType::F32).unwrap();
+        let logits = b
+            .download(&llm.forward(&b, p.embeddings, 0, &mut cache, false))
+            .unwrap();
         let want = read_npy(&src.join(format!("image-reference/{name}-logits.npy")));
         assert_eq!(logits.len(), want.len(), "{name}");
         let diff = logits

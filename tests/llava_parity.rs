@@ -49,8 +49,7 @@ struct Run {
 }
 
 fn run(c: &Converted) -> Run {
-    let mut b = CpuBackend::new(2);
-    b.set_kv_type(KvType::F32);
+    let b = CpuBackend::new(2);
     let llm_file = Arc::new(GgufFile::open(&c.llm).unwrap());
     let llm = Llama::load(&b, &llm_file).unwrap();
     let tok = Tokenizer::from_gguf(&llm_file).unwrap();
@@ -62,7 +61,7 @@ fn run(c: &Converted) -> Run {
     let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
     let features = encode_image(&b, &clip, &image);
 
-    let pieces = tokenize_pieces(&tok, reference["prompt"].as_str().unwrap(), 1).unwrap();
+    let pieces = tokenize_pieces(&tok, reference["prompt"].as_str().unwrap(), 1, true).unwrap();
     let n_image = clip.config.n_patches();
     let ids: Vec<u32> = pieces
         .iter()
@@ -79,11 +78,11 @@ fn run(c: &Converted) -> Run {
         .collect();
 
     let prompt = embed_pieces(&b, &llm, &pieces, std::slice::from_ref(&features));
-    let mut cache = llm.new_cache(&b, prompt.n_positions);
+    let mut cache = llm.new_cache(&b, prompt.n_positions, KvType::F32).unwrap();
     let logits = llm.forward(&b, prompt.embeddings, 0, &mut cache, false);
     Run {
-        features: b.download(&features),
-        logits: b.download(&logits),
+        features: b.download(&features).unwrap(),
+        logits: b.download(&logits).unwrap(),
         ids_match: ids == want_ids,
     }
 }
@@ -167,8 +166,8 @@ fn legacy_llama_cpp_mmproj_names_give_the_same_features() {
     let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
     let ours = Clip::load(&b, &Arc::new(GgufFile::open(&c.mmproj).unwrap())).unwrap();
     let theirs = Clip::load(&b, &Arc::new(f)).unwrap();
-    let a = b.download(&encode_image(&b, &ours, &image));
-    let z = b.download(&encode_image(&b, &theirs, &image));
+    let a = b.download(&encode_image(&b, &ours, &image)).unwrap();
+    let z = b.download(&encode_image(&b, &theirs, &image)).unwrap();
     assert_eq!(a, z);
 }
 
@@ -177,9 +176,9 @@ fn markers_and_images_must_agree() {
     let c = convert(Preset::Q8_0, Preset::F16);
     let f = GgufFile::open(&c.llm).unwrap();
     let tok = Tokenizer::from_gguf(&f).unwrap();
-    assert!(tokenize_pieces(&tok, "<image> a <image>", 1).is_err());
-    assert!(tokenize_pieces(&tok, "no marker", 1).is_err());
-    let pieces = tokenize_pieces(&tok, "<image>\nq", 1).unwrap();
+    assert!(tokenize_pieces(&tok, "<image> a <image>", 1, true).is_err());
+    assert!(tokenize_pieces(&tok, "no marker", 1, true).is_err());
+    let pieces = tokenize_pieces(&tok, "<image>\nq", 1, true).unwrap();
     // BOS comes first even when the prompt starts with the image.
     assert!(matches!(&pieces[0], Piece::Text(ids) if ids == &[1]));
     assert_eq!(pieces[1], Piece::Image(0));

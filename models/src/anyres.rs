@@ -126,36 +126,29 @@ pub fn anyres_views(img: &RgbImage, layout: &AnyresLayout, tile: u32) -> Vec<Rgb
     views
 }
 
-/// Arranges per-view features into LLM rows: the overview's `side²` rows, then the tiles'
-/// patches as one grid, unpadded, each row followed by `newline`. `views` holds `1 + tiles`
-/// blocks of `side²` rows of `dim` values; the result has `layout.tokens()` rows.
-pub fn assemble(
-    views: &[f32],
-    layout: &AnyresLayout,
-    side: usize,
-    dim: usize,
-    newline: &[f32],
-) -> Vec<f32> {
-    let per_view = side * side * dim;
-    assert_eq!(
-        views.len(),
-        (1 + layout.n_tiles()) * per_view,
-        "one block per view"
-    );
-    let mut out = Vec::with_capacity(layout.tokens() * dim);
-    out.extend_from_slice(&views[..per_view]);
-    let gw = layout.grid.0;
-    for r in layout.row0..layout.row0 + layout.rows {
-        let (ty, py) = (r / side, r % side);
-        for c in layout.col0..layout.col0 + layout.cols {
-            let (tx, px) = (c / side, c % side);
-            let view = 1 + ty * gw + tx;
-            let at = view * per_view + (py * side + px) * dim;
-            out.extend_from_slice(&views[at..at + dim]);
+impl AnyresLayout {
+    /// Where each LLM row of the image comes from, as indices into the rows of the views'
+    /// features stacked one view after another (`1 + tiles` blocks of `side²` rows, overview
+    /// first) followed by one newline row: the overview's rows, then the tiles' patches as one
+    /// grid, unpadded, each grid row followed by the newline. `layout.tokens()` indices, for
+    /// [`Backend::gather_rows`](llava_runtime::backend::Backend::gather_rows).
+    pub fn row_indices(&self, side: usize) -> Vec<u32> {
+        let per_view = side * side;
+        let newline = ((1 + self.n_tiles()) * per_view) as u32;
+        let mut rows = Vec::with_capacity(self.tokens());
+        rows.extend(0..per_view as u32);
+        let gw = self.grid.0;
+        for r in self.row0..self.row0 + self.rows {
+            let (ty, py) = (r / side, r % side);
+            for c in self.col0..self.col0 + self.cols {
+                let (tx, px) = (c / side, c % side);
+                let view = 1 + ty * gw + tx;
+                rows.push((view * per_view + py * side + px) as u32);
+            }
+            rows.push(newline);
         }
-        out.extend_from_slice(newline);
+        rows
     }
-    out
 }
 
 #[cfg(test)]
@@ -199,13 +192,10 @@ mod tests {
         // the full 2×4 grid; values say where they came from.
         let layout = AnyresLayout::new((200, 100), &[(4, 2)], 2, 2);
         assert_eq!((layout.grid, layout.rows, layout.cols), ((2, 1), 2, 4));
-        let views: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        let out = assemble(&views, &layout, 2, 1, &[-1.0]);
-        // Overview 0..4, then row 0: tile 1 (4, 5), tile 2 (8, 9), newline; row 1: 6, 7, 10, 11.
-        assert_eq!(
-            out,
-            [0., 1., 2., 3., 4., 5., 8., 9., -1., 6., 7., 10., 11., -1.]
-        );
+        // Views' rows 0..12, the newline row 12. Overview 0..4, then grid row 0: tile 1
+        // (4, 5), tile 2 (8, 9), newline; grid row 1: 6, 7, 10, 11, newline.
+        let out = layout.row_indices(2);
+        assert_eq!(out, [0, 1, 2, 3, 4, 5, 8, 9, 12, 6, 7, 10, 11, 12]);
         assert_eq!(out.len(), layout.tokens());
         // A 1:4 image on a 1:2 grid of 4×2 patches: 1 column of content, but the padding to
         // remove on each side, (2 − 1) // 2, is 0, so both columns stay.

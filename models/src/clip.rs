@@ -171,9 +171,11 @@ pub struct Clip<B: Backend> {
     position_embd: B::Weight,
     pre_ln: (B::Weight, B::Weight),
     blocks: Vec<Block<B>>,
+    /// The projector from the tower's features to the LLM's embeddings.
     pub projector: Projector<B>,
-    /// LLaVA-1.6's `image_newline`, `[text hidden]`.
-    pub image_newline: Option<B::Weight>,
+    /// LLaVA-1.6's `image_newline`, `[text hidden]`: present whenever the config has grid
+    /// pinpoints (checked at load).
+    image_newline: Option<B::Weight>,
 }
 
 impl<B: Backend> Clip<B> {
@@ -248,6 +250,11 @@ impl<B: Backend> Clip<B> {
             projector,
             image_newline,
         })
+    }
+
+    /// LLaVA-1.6's `image_newline` row, `[text hidden]`; `None` for a LLaVA-1.5 tower.
+    pub fn image_newline(&self) -> Option<&B::Weight> {
+        self.image_newline.as_ref()
     }
 
     /// Patch features of one preprocessed view (`3 × image_size × image_size`, CHW), before the

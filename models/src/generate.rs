@@ -1,15 +1,8 @@
-//! The text generation loop: prefill the prompt in one batch, then decode token by token,
-//! streaming text that is never cut inside a UTF-8 sequence or inside a possible stop string.
+//! What generation reports, and the stop-string filter of the generation loop
+//! ([`Session::generate`](crate::Session::generate)): text is streamed never cut inside a
+//! UTF-8 sequence or inside a possible stop string.
 
-use std::cell::Cell;
-use std::ops::ControlFlow;
-use std::time::{Duration, Instant};
-
-use llava_runtime::backend::Backend;
-use llava_runtime::sample::Sampler;
-use llava_runtime::tokenizer::Tokenizer;
-
-use crate::llama::Llama;
+use std::time::Duration;
 
 /// Why generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,118 +15,71 @@ pub enum StopReason {
     MaxTokens,
     /// The KV cache is full.
     ContextFull,
-    /// `emit` asked to stop (its reader went away).
+    /// The callback asked to stop (its reader went away, or the user interrupted).
     Cancelled,
 }
 
-/// Timings and counts of one generation.
+impl StopReason {
+    /// A few words for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::EndOfText => "end of text",
+            StopReason::StopString => "stop string",
+            StopReason::MaxTokens => "max tokens",
+            StopReason::ContextFull => "context full",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Counts and timings of one prompt's prefill.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PrefillStats {
+    /// Positions the prompt took, image positions included.
+    pub positions: usize,
+    /// Images encoded.
+    pub images: usize,
+    /// Positions the images took.
+    pub image_positions: usize,
+    /// Time spent encoding the images (tower and projector).
+    pub encode_time: Duration,
+    /// Time spent in the LLM over the prompt's positions.
+    pub prefill_time: Duration,
+}
+
+impl PrefillStats {
+    /// Prompt positions per second of LLM time.
+    pub fn positions_per_second(&self) -> f64 {
+        self.positions as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Counts and timings of one generation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerationStats {
-    pub prompt_tokens: usize,
-    pub prompt_time: Duration,
+    /// Tokens sampled, the last one (an end-of-text token, say) included.
     pub generated_tokens: usize,
+    /// Time from the first sample to the end.
     pub generation_time: Duration,
+    /// Why it ended.
     pub stop_reason: StopReason,
 }
 
 impl GenerationStats {
-    pub fn prompt_tokens_per_second(&self) -> f64 {
-        self.prompt_tokens as f64 / self.prompt_time.as_secs_f64().max(1e-9)
-    }
-
-    pub fn generation_tokens_per_second(&self) -> f64 {
+    /// Generated tokens per second.
+    pub fn tokens_per_second(&self) -> f64 {
         self.generated_tokens as f64 / self.generation_time.as_secs_f64().max(1e-9)
     }
 }
 
-/// Runs `prompt` (embedding rows at positions `0..`) and generates up to `max_tokens` tokens,
-/// calling `emit` with each piece of text as it becomes final; `emit` returning
-/// `ControlFlow::Break` stops generation (nothing more is computed or emitted). `prompt_ids`
-/// are the prompt's tokens where known, for the sampler's repetition penalties.
-#[allow(clippy::too_many_arguments)]
-pub fn generate<B: Backend>(
-    backend: &B,
-    model: &Llama<B>,
-    tokenizer: &Tokenizer,
-    cache: &mut B::KvCache,
-    n_ctx: usize,
-    prompt: B::Tensor,
-    prompt_ids: &[u32],
-    sampler: &mut Sampler,
-    max_tokens: usize,
-    stop: &[String],
-    mut emit: impl FnMut(&str) -> ControlFlow<()>,
-) -> GenerationStats {
-    let cancelled = Cell::new(false);
-    let mut emit = |text: &str| {
-        if !cancelled.get() && emit(text).is_break() {
-            cancelled.set(true);
-        }
-    };
-    let (n_prompt, _) = backend.shape(&prompt);
-    assert!(
-        n_prompt > 0 && n_prompt <= n_ctx,
-        "the caller checks the prompt fits"
-    );
-    for &t in prompt_ids {
-        sampler.accept(t);
-    }
-    let t0 = Instant::now();
-    let mut logits = backend.download(&model.forward(backend, prompt, 0, cache, true));
-    let prompt_time = t0.elapsed();
-
-    let t1 = Instant::now();
-    let mut decoder = tokenizer.stream_decoder().strip_leading_space(true);
-    let mut text = StopFilter::new(stop);
-    let mut generated = 0;
-    let stop_reason = loop {
-        if generated == max_tokens {
-            break StopReason::MaxTokens;
-        }
-        let token = sampler.sample(&logits);
-        sampler.accept(token);
-        generated += 1;
-        if tokenizer.is_eog(token) {
-            break StopReason::EndOfText;
-        }
-        // An id the model produced is in its vocabulary; decode errors cannot happen here.
-        let piece = decoder.push(token).unwrap_or("");
-        if text.push(piece, &mut emit) {
-            break StopReason::StopString;
-        }
-        if cancelled.get() {
-            break StopReason::Cancelled;
-        }
-        let pos = n_prompt + generated - 1;
-        if pos >= n_ctx {
-            break StopReason::ContextFull;
-        }
-        let x = model.embed(backend, &[token]);
-        logits = backend.download(&model.forward(backend, x, pos, cache, true));
-    };
-    if !matches!(stop_reason, StopReason::StopString | StopReason::Cancelled) {
-        let rest = decoder.finish().to_owned();
-        if !text.push(&rest, &mut emit) {
-            text.flush(&mut emit);
-        }
-    }
-    GenerationStats {
-        prompt_tokens: n_prompt,
-        prompt_time,
-        generated_tokens: generated,
-        generation_time: t1.elapsed(),
-        stop_reason,
-    }
-}
-
 /// Holds back the end of the output while it could still turn into a stop string.
-struct StopFilter<'s> {
+pub(crate) struct StopFilter<'s> {
     stop: &'s [String],
     pending: String,
 }
 
 impl<'s> StopFilter<'s> {
-    fn new(stop: &'s [String]) -> Self {
+    pub(crate) fn new(stop: &'s [String]) -> Self {
         StopFilter {
             stop,
             pending: String::new(),
@@ -142,7 +88,7 @@ impl<'s> StopFilter<'s> {
 
     /// Adds text; emits what is final. Returns true when a stop string was found (the text
     /// before it has been emitted).
-    fn push(&mut self, piece: &str, emit: &mut impl FnMut(&str)) -> bool {
+    pub(crate) fn push(&mut self, piece: &str, emit: &mut impl FnMut(&str)) -> bool {
         self.pending.push_str(piece);
         let first_stop = self
             .stop
@@ -170,7 +116,7 @@ impl<'s> StopFilter<'s> {
         false
     }
 
-    fn flush(&mut self, emit: &mut impl FnMut(&str)) {
+    pub(crate) fn flush(&mut self, emit: &mut impl FnMut(&str)) {
         emit(&self.pending);
         self.pending.clear();
     }

@@ -1,6 +1,12 @@
 //! llava-models: the networks (LLaMA decoder, CLIP vision tower, projector) and the LLaVA
 //! pipeline, written once against the runtime's [`Backend`](llava_runtime::backend::Backend)
-//! trait. See DESIGN.md for the planned files.
+//! trait.
+//!
+//! Start at [`Pipeline`]: it loads an LLM and its vision tower ("mmproj") with every check
+//! that they work together, and its [`Session`]s answer questions about images, turn after
+//! turn. The modules below are the parts it is made of, for front ends that need them alone
+//! (benchmarks, parity tests).
+#![warn(missing_docs)]
 
 pub mod anyres;
 pub mod clip;
@@ -9,10 +15,14 @@ pub mod generate;
 pub mod image;
 pub mod llama;
 pub mod llava;
+mod pipeline;
 pub mod projector;
 pub mod template;
 
 pub use clip::{Clip, ClipConfig};
 pub use error::ModelError;
-pub use generate::{generate, GenerationStats, StopReason};
+pub use generate::{GenerationStats, PrefillStats, StopReason};
 pub use llama::{Llama, LlamaConfig};
+pub use pipeline::{
+    Error, GenerateOptions, LoadOptions, Pipeline, Session, Stage, TurnStats, DEFAULT_CTX_CAP,
+};

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use llava_runtime::backend::{Backend, Heads, Rope};
+use llava_runtime::backend::{Backend, Heads, KvType, Rope};
 use llava_runtime::gguf::{GgufFile, KEY_ARCHITECTURE};
 
 use crate::error::ModelError;
@@ -223,10 +223,26 @@ impl<B: Backend> Llama<B> {
         })
     }
 
-    /// A KV cache for `n_ctx` positions.
-    pub fn new_cache(&self, backend: &B, n_ctx: usize) -> B::KvCache {
+    /// A KV cache for `n_ctx` positions, storing `kv_type`.
+    pub fn new_cache(
+        &self,
+        backend: &B,
+        n_ctx: usize,
+        kv_type: KvType,
+    ) -> Result<B::KvCache, ModelError> {
         let c = &self.config;
-        backend.new_kv_cache(c.n_layers, n_ctx, c.n_kv_heads, c.head_dim)
+        Ok(backend.new_kv_cache(c.n_layers, n_ctx, c.n_kv_heads, c.head_dim, kv_type)?)
+    }
+
+    /// Bytes of a KV cache of `n_ctx` positions storing `kv_type` (keys and values of every
+    /// layer), for checking it fits before it is made.
+    pub fn cache_bytes(&self, n_ctx: usize, kv_type: KvType) -> u128 {
+        let c = &self.config;
+        let elem = match kv_type {
+            KvType::F32 => 4u128,
+            KvType::F16 => 2,
+        };
+        2 * c.n_layers as u128 * n_ctx as u128 * c.n_kv_heads as u128 * c.head_dim as u128 * elem
     }
 
     /// Embedding rows of `tokens`, `[tokens, hidden]`. Ids must be below `n_vocab`.
@@ -247,12 +263,11 @@ impl<B: Backend> Llama<B> {
     ) -> B::Tensor {
         let c = &self.config;
         let (rows, _) = backend.shape(&x);
-        let positions: Vec<u32> = (start..start + rows).map(|p| p as u32).collect();
         let mut x = x;
         for (i, l) in self.layers.iter().enumerate() {
             let n = backend.rms_norm(&x, &l.attn_norm, c.rms_eps);
-            let q = backend.rope(&backend.matmul(&n, &l.wq), &positions, c.n_heads, c.rope);
-            let k = backend.rope(&backend.matmul(&n, &l.wk), &positions, c.n_kv_heads, c.rope);
+            let q = backend.rope(&backend.matmul(&n, &l.wq), start, c.n_heads, c.rope);
+            let k = backend.rope(&backend.matmul(&n, &l.wk), start, c.n_kv_heads, c.rope);
             let v = backend.matmul(&n, &l.wv);
             let a = backend.attention_cached(&q, &k, &v, cache, i, start, c.heads());
             x = backend.add(x, &backend.matmul(&a, &l.wo));

@@ -8,26 +8,57 @@
 use llava_runtime::backend::Backend;
 use llava_runtime::tokenizer::Tokenizer;
 
-use crate::anyres::{anyres_views, assemble, AnyresLayout};
+use crate::anyres::{anyres_views, AnyresLayout};
 use crate::clip::Clip;
 use crate::image::{clip_preprocess, llava15_preprocess, RgbImage};
 use crate::llama::Llama;
 use crate::template::IMAGE_MARKER;
 
-/// A prompt and its images disagree.
+/// A prompt cannot be run as given.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PromptError {
+    /// The prompt's `<image>` markers and the images given disagree.
     #[error("the prompt has {markers} <image> marker(s) but {images} image(s) were given")]
-    MarkerCount { markers: usize, images: usize },
-    #[error("the prompt with its images is {tokens} positions long; the context holds {n_ctx} (raise --ctx)")]
-    TooLong { tokens: usize, n_ctx: usize },
+    MarkerCount {
+        /// Markers in the prompt.
+        markers: usize,
+        /// Images given.
+        images: usize,
+    },
+    /// The prompt does not fit in what is left of the context.
+    #[error("the prompt takes {positions} positions ({image_positions} of them image tokens) but {} (raise --ctx)", context_room(*room, *n_ctx))]
+    TooLong {
+        /// Positions the new prompt takes.
+        positions: usize,
+        /// Of those, the images' positions.
+        image_positions: usize,
+        /// Positions left in the context.
+        room: usize,
+        /// The whole context.
+        n_ctx: usize,
+    },
+    /// The prompt has no tokens at all.
+    #[error("the prompt has no tokens")]
+    Empty,
+}
+
+/// "the context holds 4096", or, part-way through a conversation, what is left of it.
+fn context_room(room: usize, n_ctx: usize) -> String {
+    if room == n_ctx {
+        format!("the context holds {n_ctx}")
+    } else {
+        format!("only {room} of the context's {n_ctx} are left")
+    }
 }
 
 /// The embeddings of a whole prompt, ready for the LLM, and the ids of its text tokens (for
 /// the sampler's penalties).
 pub struct PromptEmbeddings<T> {
+    /// `[positions, hidden]`.
     pub embeddings: T,
+    /// The text tokens, in order, without the images' positions.
     pub text_ids: Vec<u32>,
+    /// Rows of `embeddings`.
     pub n_positions: usize,
 }
 
@@ -40,14 +71,20 @@ pub enum Piece {
     Image(usize),
 }
 
-/// Splits `prompt` at its `<image>` markers and tokenizes the text pieces: BOS (when the
-/// tokenizer adds one) before the first piece only, special-token text recognised.
+/// Splits `prompt` at its `<image>` markers and tokenizes the text pieces: BOS (when `bos`
+/// and the tokenizer adds one) before the first piece only, special-token text recognised.
+/// Without images, `<image>` is text like any other.
 pub fn tokenize_pieces(
     tokenizer: &Tokenizer,
     prompt: &str,
     n_images: usize,
+    bos: bool,
 ) -> Result<Vec<Piece>, PromptError> {
-    let texts: Vec<&str> = prompt.split(IMAGE_MARKER).collect();
+    let texts: Vec<&str> = if n_images == 0 {
+        vec![prompt]
+    } else {
+        prompt.split(IMAGE_MARKER).collect()
+    };
     let markers = texts.len() - 1;
     if markers != n_images {
         return Err(PromptError::MarkerCount {
@@ -58,7 +95,7 @@ pub fn tokenize_pieces(
     let mut pieces = Vec::with_capacity(texts.len() * 2);
     for (i, text) in texts.iter().enumerate() {
         let mut ids = tokenizer.encode(text, false, true);
-        if i == 0 && tokenizer.add_bos() {
+        if i == 0 && bos && tokenizer.add_bos() {
             if let Some(bos) = tokenizer.bos() {
                 ids.insert(0, bos);
             }
@@ -112,26 +149,27 @@ pub fn embed_pieces<B: Backend>(
 }
 
 /// The embeddings of one image: LLaVA-1.5's single padded view, or for a LLaVA-1.6 tower (one
-/// with grid pinpoints) the anyres overview + tiles, unpadded, with `image_newline` per row.
+/// with grid pinpoints) the anyres overview + tiles, unpadded, with `image_newline` per row:
+/// the views' features and the newline are stacked and gathered into the layout's order on
+/// the backend, so a GPU keeps them where they are.
 pub fn encode_image<B: Backend>(backend: &B, clip: &Clip<B>, image: &RgbImage) -> B::Tensor {
     let c = &clip.config;
     let size = c.image_size as u32;
-    let (Some(layout), Some(newline)) = (anyres_layout(clip, image), &clip.image_newline) else {
+    let (Some(layout), Some(newline)) = (anyres_layout(clip, image), clip.image_newline()) else {
         let pixels = llava15_preprocess(image, size, c.image_mean, c.image_std);
         return clip.encode(backend, &pixels);
     };
-    let side = c.patches_per_side();
-    let mut features = Vec::new();
-    let mut dim = 0;
-    for view in anyres_views(image, &layout, size) {
-        let pixels = clip_preprocess(&view, size, c.image_mean, c.image_std);
-        let f = clip.encode(backend, &pixels);
-        dim = backend.shape(&f).1;
-        features.extend(backend.download(&f));
-    }
-    let newline = backend.download(&backend.get_rows(newline, &[0]));
-    let rows = assemble(&features, &layout, side, dim, &newline);
-    backend.upload(rows, layout.tokens(), dim)
+    let mut parts: Vec<B::Tensor> = anyres_views(image, &layout, size)
+        .iter()
+        .map(|view| {
+            let pixels = clip_preprocess(view, size, c.image_mean, c.image_std);
+            clip.encode(backend, &pixels)
+        })
+        .collect();
+    parts.push(backend.get_rows(newline, &[0]));
+    let stacked = backend.concat_rows(&parts.iter().collect::<Vec<_>>());
+    drop(parts);
+    backend.gather_rows(&stacked, &layout.row_indices(c.patches_per_side()))
 }
 
 /// LLM positions `image` takes: the anyres layout's tokens, or one view's patches for a
@@ -160,7 +198,8 @@ pub fn preprocessed_pixels<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> u64 
 /// image takes in the prompt is `layout.tokens()`: the same function cuts the views.
 pub fn anyres_layout<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> Option<AnyresLayout> {
     let c = &clip.config;
-    (!c.grid_pinpoints.is_empty() && clip.image_newline.is_some()).then(|| {
+    // `Clip::load` refuses pinpoints without `image_newline`.
+    (!c.grid_pinpoints.is_empty()).then(|| {
         AnyresLayout::new(
             (image.width, image.height),
             &c.grid_pinpoints,

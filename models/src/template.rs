@@ -50,8 +50,23 @@ impl Template {
         }
     }
 
-    /// The prompt for one user turn, ending where the assistant's answer starts.
+    /// Whether the template has a system prompt (`--system` replaces its default).
+    pub fn has_system(self) -> bool {
+        matches!(
+            self,
+            Template::LlavaV1 | Template::VicunaV1 | Template::Chatml
+        )
+    }
+
+    /// The prompt for the first user turn, ending where the assistant's answer starts, with
+    /// the template's default system prompt.
     pub fn render(self, user: &str) -> String {
+        self.render_with_system(user, None)
+    }
+
+    /// [`Template::render`] with `system` in place of the default system prompt, where the
+    /// template has one ([`Template::has_system`]; others ignore it).
+    pub fn render_with_system(self, user: &str, system: Option<&str>) -> String {
         const LLAVA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence \
             assistant. The assistant gives helpful, detailed, and polite answers to the human's \
             questions.";
@@ -59,13 +74,37 @@ impl Template {
             assistant. The assistant gives helpful, detailed, and polite answers to the user's \
             questions.";
         match self {
-            Template::LlavaV1 => format!("{LLAVA_SYSTEM} USER: {user} ASSISTANT:"),
-            Template::VicunaV1 => format!("{VICUNA_SYSTEM} USER: {user} ASSISTANT:"),
+            Template::LlavaV1 => format!("{} USER: {user} ASSISTANT:", system.unwrap_or(LLAVA_SYSTEM)),
+            Template::VicunaV1 => format!("{} USER: {user} ASSISTANT:", system.unwrap_or(VICUNA_SYSTEM)),
             Template::MistralInstruct => format!("[INST] {user} [/INST]"),
             Template::Chatml => format!(
-                "<|im_start|>system\nAnswer the questions.<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+                "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
+                system.unwrap_or("Answer the questions.")
             ),
             Template::Raw => user.to_owned(),
+        }
+    }
+
+    /// A later user turn, to follow an answer and its [`Template::end_of_turn`]: LLaVA's
+    /// conversation format (`… ASSISTANT: answer</s>USER: next ASSISTANT:`).
+    pub fn render_followup(self, user: &str) -> String {
+        match self {
+            Template::LlavaV1 | Template::VicunaV1 => format!("USER: {user} ASSISTANT:"),
+            Template::MistralInstruct => format!("[INST] {user} [/INST]"),
+            Template::Chatml => {
+                format!("\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+            }
+            Template::Raw => user.to_owned(),
+        }
+    }
+
+    /// The text that closes an assistant's answer in the conversation (its end-of-text token),
+    /// put after an answer that stopped for another reason before the next turn.
+    pub fn end_of_turn(self) -> &'static str {
+        match self {
+            Template::LlavaV1 | Template::VicunaV1 | Template::MistralInstruct => "</s>",
+            Template::Chatml => "<|im_end|>",
+            Template::Raw => "",
         }
     }
 
@@ -125,6 +164,34 @@ mod tests {
         assert_eq!(
             Template::MistralInstruct.render(&q),
             "[INST] <image>\nWhat is in this picture? [/INST]"
+        );
+    }
+
+    #[test]
+    fn system_prompts_replace_the_default_and_followups_continue_the_conversation() {
+        assert_eq!(
+            Template::VicunaV1.render_with_system("q", Some("Be brief.")),
+            "Be brief. USER: q ASSISTANT:"
+        );
+        assert_eq!(
+            Template::Chatml.render_with_system("q", Some("S")),
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert!(!Template::MistralInstruct.has_system() && !Template::Raw.has_system());
+        // LLaVA's conv_llava_v1 with two turns: sep " ", sep2 "</s>".
+        let two_turns = format!(
+            "{} a{}{}",
+            Template::LlavaV1.render("q1"),
+            Template::LlavaV1.end_of_turn(),
+            Template::LlavaV1.render_followup("q2")
+        );
+        assert!(two_turns.ends_with("USER: q1 ASSISTANT: a</s>USER: q2 ASSISTANT:"));
+        assert_eq!(
+            format!(
+                "[INST] q1 [/INST] a</s>{}",
+                Template::MistralInstruct.render_followup("q2")
+            ),
+            "[INST] q1 [/INST] a</s>[INST] q2 [/INST]"
         );
     }
 

@@ -100,7 +100,7 @@ fn matmul_equals_the_reference_dot(k: usize, n_out: usize, rows: usize) {
         let x = b.upload(x_data.clone(), rows, k);
         for (name, ty, _, _) in &tensors {
             let w = b.load_weight(&file, name).unwrap();
-            let y = b.download(&b.matmul(&x, &w));
+            let y = b.download(&b.matmul(&x, &w)).unwrap();
             assert_eq!(y.len(), rows * n_out);
 
             // Reference 1, exact: the activation row quantized to the paired format by the
@@ -233,11 +233,34 @@ fn get_rows_returns_dequantized_embedding_rows() {
     );
     let b = CpuBackend::new(2);
     let w = b.load_weight(&file, "emb").unwrap();
-    let rows = b.download(&b.get_rows(&w, &[7, 0, 7]));
+    let rows = b.download(&b.get_rows(&w, &[7, 0, 7])).unwrap();
     let all = dequantized(&file, "emb");
     assert_eq!(&rows[..dim], &all[7 * dim..8 * dim]);
     assert_eq!(&rows[dim..2 * dim], &all[..dim]);
     assert_eq!(&rows[2 * dim..], &all[7 * dim..8 * dim]);
+}
+
+#[test]
+fn gather_slice_and_concat_move_whole_rows() {
+    let b = CpuBackend::new(1);
+    let (rows, cols) = (5, 3);
+    let data: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+    let x = b.upload(data.clone(), rows, cols);
+    let row = |r: usize| data[r * cols..(r + 1) * cols].to_vec();
+    // Any order, repeats allowed, as LLaVA-1.6's layout repeats its newline row.
+    let order = [4u32, 0, 4, 2];
+    let gathered = b.gather_rows(&x, &order);
+    assert_eq!(b.shape(&gathered), (4, cols));
+    let want: Vec<f32> = order.iter().flat_map(|&r| row(r as usize)).collect();
+    assert_eq!(b.download(&gathered).unwrap(), want);
+    assert_eq!(b.shape(&b.gather_rows(&x, &[])), (0, cols));
+    let sliced = b.slice_rows(&x, 1, 2);
+    assert_eq!(b.download(&sliced).unwrap(), [row(1), row(2)].concat());
+    let joined = b.concat_rows(&[&sliced, &gathered]);
+    assert_eq!(
+        b.download(&joined).unwrap(),
+        [row(1), row(2), want].concat()
+    );
 }
 
 #[test]
@@ -249,26 +272,30 @@ fn rope_is_a_rotation_of_adjacent_pairs_by_position_times_frequency() {
         base: 10_000.0,
         freq_scale: 0.5,
     };
-    let positions = [0u32, 1, 17, 300];
-    let data = random(positions.len() * n_heads * head_dim, 1);
-    let x = b.upload(data.clone(), positions.len(), n_heads * head_dim);
-    let y = b.download(&b.rope(&x, &positions, n_heads, rope));
-    for (r, &pos) in positions.iter().enumerate() {
-        for h in 0..n_heads {
-            for i in 0..head_dim / 2 {
-                let at = r * n_heads * head_dim + h * head_dim + 2 * i;
-                // (x0 + i·x1) · e^{iθ}, θ = pos · scale · base^(-2i/d), in f64.
-                let theta = pos as f64 * 0.5 * 10_000f64.powf(-((2 * i) as f64) / head_dim as f64);
-                let (x0, x1) = (data[at] as f64, data[at + 1] as f64);
-                let want = (
-                    x0 * theta.cos() - x1 * theta.sin(),
-                    x0 * theta.sin() + x1 * theta.cos(),
-                );
-                assert!((y[at] as f64 - want.0).abs() < 2e-5, "pos {pos} pair {i}");
-                assert!(
-                    (y[at + 1] as f64 - want.1).abs() < 2e-5,
-                    "pos {pos} pair {i}"
-                );
+    // Rows at positions start, start + 1, ...: a prompt's, or a decode step's one row.
+    for (start, rows) in [(0, 3), (17, 4), (300, 1)] {
+        let data = random(rows * n_heads * head_dim, start as u64 + 1);
+        let x = b.upload(data.clone(), rows, n_heads * head_dim);
+        let y = b.download(&b.rope(&x, start, n_heads, rope)).unwrap();
+        for r in 0..rows {
+            let pos = start + r;
+            for h in 0..n_heads {
+                for i in 0..head_dim / 2 {
+                    let at = r * n_heads * head_dim + h * head_dim + 2 * i;
+                    // (x0 + i·x1) · e^{iθ}, θ = pos · scale · base^(-2i/d), in f64.
+                    let theta =
+                        pos as f64 * 0.5 * 10_000f64.powf(-((2 * i) as f64) / head_dim as f64);
+                    let (x0, x1) = (data[at] as f64, data[at + 1] as f64);
+                    let want = (
+                        x0 * theta.cos() - x1 * theta.sin(),
+                        x0 * theta.sin() + x1 * theta.cos(),
+                    );
+                    assert!((y[at] as f64 - want.0).abs() < 2e-5, "pos {pos} pair {i}");
+                    assert!(
+                        (y[at + 1] as f64 - want.1).abs() < 2e-5,
+                        "pos {pos} pair {i}"
+                    );
+                }
             }
         }
     }
@@ -350,8 +377,7 @@ fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
             KvType::F32 => &want_f32,
             KvType::F16 => &want_f16,
         };
-        let mut b = CpuBackend::new(threads);
-        b.set_kv_type(kv_type);
+        let b = CpuBackend::new(threads);
         // Prefills and single-row steps in any order give what one pass over all 13 rows
         // would: batches of 4 or more rows take the batched path (whole blocks and a
         // partial one, at position 0 and after cached rows), single rows the decode path.
@@ -359,7 +385,9 @@ fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
             &[(0, 6), (6, 1), (7, 1), (8, 5)][..],
             &[(0, 1), (1, 4), (5, 8)][..],
         ] {
-            let mut cache = b.new_kv_cache(2, 16, heads.n_kv_heads, heads.head_dim);
+            let mut cache = b
+                .new_kv_cache(2, 16, heads.n_kv_heads, heads.head_dim, kv_type)
+                .unwrap();
             let mut got = Vec::new();
             for &(start, len) in schedule {
                 let t = |d: &[f32], w: usize| {
@@ -374,7 +402,7 @@ fn cached_causal_attention_with_grouped_heads_matches_naive_attention() {
                     start,
                     heads,
                 );
-                got.extend(b.download(&out));
+                got.extend(b.download(&out).unwrap());
             }
             assert_close(
                 &got,
@@ -404,7 +432,9 @@ fn full_attention_sees_every_row() {
     let want = naive_attention(&q, &k, &v, heads, |_| n);
     let b = CpuBackend::new(2);
     let up = |d: &Vec<f32>| b.upload(d.clone(), n, dim);
-    let got = b.download(&b.attention(&up(&q), &up(&k), &up(&v), heads));
+    let got = b
+        .download(&b.attention(&up(&q), &up(&k), &up(&v), heads))
+        .unwrap();
     assert_close(&got, &want, 1e-5, "attention");
 }
 
@@ -433,8 +463,8 @@ fn norms_and_adds_match_their_definitions() {
             .map(|v| v * 3.0 + 0.5)
             .collect();
         let x = b.upload(data.clone(), rows, dim);
-        let rms = b.download(&b.rms_norm(&x, &gw, 1e-5));
-        let ln = b.download(&b.layer_norm(&x, &gw, &bw, 1e-5));
+        let rms = b.download(&b.rms_norm(&x, &gw, 1e-5)).unwrap();
+        let ln = b.download(&b.layer_norm(&x, &gw, &bw, 1e-5)).unwrap();
         let (mut want_rms, mut want_ln) = (Vec::new(), Vec::new());
         for row in data.chunks(dim) {
             let row: Vec<f64> = row.iter().map(|&v| v as f64).collect();
@@ -450,10 +480,12 @@ fn norms_and_adds_match_their_definitions() {
         assert_close(&ln, &want_ln, 1e-5, &format!("layer_norm, {rows} rows"));
         // Exact: one f32 addition per element.
         let other = random(rows * dim, 10);
-        let sum = b.download(&b.add(x.clone(), &b.upload(other.clone(), rows, dim)));
+        let sum = b
+            .download(&b.add(x.clone(), &b.upload(other.clone(), rows, dim)))
+            .unwrap();
         let want: Vec<f32> = data.iter().zip(&other).map(|(a, b)| a + b).collect();
         assert_eq!(sum, want, "add, {rows} rows");
-        let biased = b.download(&b.add_bias(x.clone(), &bw));
+        let biased = b.download(&b.add_bias(x.clone(), &bw)).unwrap();
         let want: Vec<f32> = data
             .chunks(dim)
             .flat_map(|row| row.iter().zip(&beta).map(|(v, b)| v + b))
@@ -487,16 +519,18 @@ fn norms_and_biases_stored_as_f16_are_widened() {
     let w = |name: &str| b.load_weight(&file, name).unwrap();
     let x = b.upload(random(2 * dim, 13), 2, dim);
     assert_eq!(
-        b.download(&b.rms_norm(&x, &w("g"), 1e-5)),
-        b.download(&b.rms_norm(&x, &w("g32"), 1e-5))
+        b.download(&b.rms_norm(&x, &w("g"), 1e-5)).unwrap(),
+        b.download(&b.rms_norm(&x, &w("g32"), 1e-5)).unwrap()
     );
     assert_eq!(
-        b.download(&b.layer_norm(&x, &w("g"), &w("beta"), 1e-5)),
+        b.download(&b.layer_norm(&x, &w("g"), &w("beta"), 1e-5))
+            .unwrap(),
         b.download(&b.layer_norm(&x, &w("g32"), &w("beta32"), 1e-5))
+            .unwrap()
     );
     assert_eq!(
-        b.download(&b.add_bias(x.clone(), &w("beta"))),
-        b.download(&b.add_bias(x, &w("beta32")))
+        b.download(&b.add_bias(x.clone(), &w("beta"))).unwrap(),
+        b.download(&b.add_bias(x, &w("beta32"))).unwrap()
     );
 }
 
@@ -523,27 +557,18 @@ fn activations_match_published_values() {
         0.9772498680518208,
     ];
     let gelu: Vec<f64> = xs.iter().zip(phi).map(|(&x, p)| x as f64 * p).collect();
-    assert_close(&b.download(&b.gelu(x.clone())), &gelu, 1e-6, "gelu");
-    let tanh: Vec<f64> = xs
-        .iter()
-        .map(|&x| {
-            let x = x as f64;
-            0.5 * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh())
-        })
-        .collect();
     assert_close(
-        &b.download(&b.gelu_tanh(x.clone())),
-        &tanh,
+        &b.download(&b.gelu(x.clone())).unwrap(),
+        &gelu,
         1e-6,
-        "gelu_tanh",
+        "gelu",
     );
     let quick: Vec<f64> = xs
         .iter()
         .map(|&x| x as f64 / (1.0 + (-1.702 * x as f64).exp()))
         .collect();
     assert_close(
-        &b.download(&b.quick_gelu(x.clone())),
+        &b.download(&b.quick_gelu(x.clone())).unwrap(),
         &quick,
         1e-6,
         "quick_gelu",
@@ -554,16 +579,11 @@ fn activations_match_published_values() {
         .map(|&x| 2.0 * x as f64 / (1.0 + (-x as f64).exp()))
         .collect();
     assert_close(
-        &b.download(&b.silu_mul(x.clone(), &up)),
+        &b.download(&b.silu_mul(x.clone(), &up)).unwrap(),
         &silu,
         1e-6,
         "silu_mul",
     );
-    let soft = b.download(&b.softmax(&x));
-    let e: Vec<f64> = xs.iter().map(|&x| (x as f64).exp()).collect();
-    let s: f64 = e.iter().sum();
-    let want: Vec<f64> = e.iter().map(|v| v / s).collect();
-    assert_close(&soft, &want, 1e-7, "softmax");
 }
 
 #[test]

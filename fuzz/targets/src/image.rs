@@ -6,7 +6,7 @@
 //! Input: one control byte (bit 0: anyres; bit 1: LLaVA's 336-pixel tower, else the tiny
 //! fixture's 56-pixel one), then the image file.
 
-use llava_models::anyres::{anyres_views, assemble, AnyresLayout};
+use llava_models::anyres::{anyres_views, AnyresLayout};
 use llava_models::image::{clip_preprocess, decode_image, llava15_preprocess, DEFAULT_MAX_PIXELS};
 
 use crate::input::Input;
@@ -68,12 +68,10 @@ pub fn image_preprocess(data: &[u8]) {
             pixels_per_view
         );
     }
-    // One feature per patch, numbered, through the assembler: every row it keeps is a patch
-    // of some view or a newline.
-    let features: Vec<f32> = (0..views.len() * side * side).map(|i| i as f32).collect();
-    let rows = assemble(&features, &layout, side, 1, &[-1.0]);
+    // Every row the layout keeps is a patch of some view or the newline after them.
+    let rows = layout.row_indices(side);
     assert_eq!(rows.len(), layout.tokens());
     assert!(rows
         .iter()
-        .all(|&r| r == -1.0 || (r as usize) < features.len()));
+        .all(|&r| (r as usize) <= views.len() * side * side));
 }

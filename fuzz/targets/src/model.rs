@@ -8,7 +8,7 @@ use llava_models::anyres::AnyresLayout;
 use llava_models::image::RgbImage;
 use llava_models::llava::{anyres_layout, encode_image};
 use llava_models::{Clip, Llama};
-use llava_runtime::backend::Backend;
+use llava_runtime::backend::{Backend, KvType};
 use llava_runtime::gguf::GgufFile;
 use llava_runtime::tokenizer::Tokenizer;
 
@@ -54,7 +54,9 @@ pub fn llm_load(data: &[u8]) {
         ids.push(0);
     }
     let n_ctx = ids.len() + 1;
-    let mut cache = model.new_cache(b, n_ctx);
+    let mut cache = model
+        .new_cache(b, n_ctx, KvType::F16)
+        .expect("a CPU cache of a few positions");
     let logits = model.forward(b, model.embed(b, &ids), 0, &mut cache, true);
     assert_eq!(b.shape(&logits), (1, c.n_vocab));
     let logits = model.forward(b, model.embed(b, &[0]), ids.len(), &mut cache, false);
@@ -71,9 +73,8 @@ pub fn mmproj_load(data: &[u8]) {
         return;
     };
     let c = &clip.config;
-    if !c.grid_pinpoints.is_empty() && clip.image_newline.is_none() {
-        return;
-    }
+    // `Clip::load` refuses pinpoints without `image_newline`.
+    assert!(c.grid_pinpoints.is_empty() || clip.image_newline().is_some());
     // The layouts of the image sizes the anyres tests use, and of degenerate ones (sizes
     // only: `anyres_layout` would need the pixels).
     if !c.grid_pinpoints.is_empty() {

@@ -33,7 +33,7 @@ pub fn prompt_splice(data: &[u8]) {
     let prompt = template.render(&with_image_markers(&question, n_images));
 
     let tokenizer = fixtures::tokenizer(vocab);
-    let pieces = match tokenize_pieces(tokenizer, &prompt, n_images) {
+    let pieces = match tokenize_pieces(tokenizer, &prompt, n_images, true) {
         Ok(pieces) => pieces,
         Err(PromptError::MarkerCount { markers, images }) => {
             // Markers are only added to a question without any, so only the question's own

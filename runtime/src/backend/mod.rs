@@ -13,9 +13,9 @@ use crate::quant::GgmlType;
 
 pub mod cpu;
 
-pub use cpu::{CpuBackend, KvType};
+pub use cpu::CpuBackend;
 
-/// A weight could not be loaded.
+/// A weight could not be loaded, or the device failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("{}: tensor {name:?} is missing", path.display())]
@@ -36,13 +36,46 @@ pub enum BackendError {
         shape: Vec<u64>,
         row_len: usize,
     },
-    #[error("{}: tensor {name:?} has shape {shape:?}, expected {expected:?}", path.display())]
-    WrongShape {
-        path: std::path::PathBuf,
-        name: String,
-        shape: Vec<u64>,
-        expected: Vec<u64>,
+    /// The device could not do what was asked: out of memory, lost, or an internal error. A
+    /// backend that records ops and runs them later reports it where results are read.
+    #[error("{backend}: {message}")]
+    Device {
+        backend: &'static str,
+        message: String,
     },
+}
+
+/// How the KV cache stores keys and values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// Exact: what the model computed.
+    F32,
+    /// Half the memory and half the bytes read per decode step, as llama.cpp's default cache
+    /// (keys and values rounded to nearest-even f16; their magnitudes are far inside its range).
+    #[default]
+    F16,
+}
+
+impl KvType {
+    /// The name `--kv-type` accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            _ => Err(format!("unknown KV cache type {s:?} (known: f16, f32)")),
+        }
+    }
 }
 
 /// Head layout of an attention call.
@@ -66,13 +99,22 @@ pub struct Rope {
 
 /// Tensor operations. Every method is a pure function of its inputs except the KV cache, which
 /// `attention_cached` updates.
-pub trait Backend: Sync {
+///
+/// The ops return tensors, not results: a backend may record them and run them later (a GPU
+/// command encoder), so the failures of the device (out of memory, a lost device) surface where
+/// results are read back, [`Backend::download`], or where memory is set aside for a long time,
+/// [`Backend::new_kv_cache`]. Shape mismatches between the ops' operands are the caller's bugs
+/// and may panic. A backend is used from one thread at a time; nothing here needs `Sync`.
+pub trait Backend {
     /// A 2-D f32 activation matrix.
-    type Tensor: Send + Sync;
+    type Tensor;
     /// A GGUF tensor, ready to compute with.
-    type Weight: Send + Sync;
+    type Weight;
     /// Keys and values of earlier positions, for every layer.
-    type KvCache: Send;
+    type KvCache;
+
+    /// The backend's name in messages and reports ("cpu", "wgpu").
+    fn name(&self) -> &'static str;
 
     /// Loads a tensor of `file`, checking that it exists and that its type can be computed with.
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<Self::Weight, BackendError>;
@@ -86,8 +128,11 @@ pub trait Backend: Sync {
         row_len: usize,
     ) -> Result<Self::Weight, BackendError>;
 
+    /// A tensor of `rows × cols` values, row-major.
     fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
-    fn download(&self, t: &Self::Tensor) -> Vec<f32>;
+    /// The values of `t`, row-major: the point where the work recorded so far must finish, so
+    /// where a device's failure is reported.
+    fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>, BackendError>;
     /// `(rows, cols)`.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
 
@@ -95,6 +140,9 @@ pub trait Backend: Sync {
     fn slice_rows(&self, x: &Self::Tensor, start: usize, len: usize) -> Self::Tensor;
     /// The rows of `parts`, one after another (all with the same number of columns).
     fn concat_rows(&self, parts: &[&Self::Tensor]) -> Self::Tensor;
+    /// Rows `rows` of `x`, in that order (a row may be taken several times): LLaVA-1.6 lays
+    /// out an image's views and newlines this way (`AnyresLayout::row_indices`).
+    fn gather_rows(&self, x: &Self::Tensor, rows: &[u32]) -> Self::Tensor;
 
     /// Rows `ids` of an embedding table `[dim, n_rows]`, as f32.
     fn get_rows(&self, table: &Self::Weight, ids: &[u32]) -> Self::Tensor;
@@ -116,28 +164,26 @@ pub trait Backend: Sync {
         bias: &Self::Weight,
         eps: f32,
     ) -> Self::Tensor;
-    /// Rotates each head of each row; row `r` is at position `positions[r]`.
-    fn rope(&self, x: &Self::Tensor, positions: &[u32], n_heads: usize, rope: Rope)
-        -> Self::Tensor;
+    /// Rotates each head of each row; row `r` is at position `start + r` (a prompt's or a
+    /// decode step's rows are always consecutive positions).
+    fn rope(&self, x: &Self::Tensor, start: usize, n_heads: usize, rope: Rope) -> Self::Tensor;
     /// `silu(gate) · up` (consuming `gate`).
     fn silu_mul(&self, gate: Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     /// GELU, exact (erf) form, as PyTorch's `nn.GELU()` (consuming `x`).
     fn gelu(&self, x: Self::Tensor) -> Self::Tensor;
-    /// GELU, tanh approximation (consuming `x`).
-    fn gelu_tanh(&self, x: Self::Tensor) -> Self::Tensor;
     /// `x · sigmoid(1.702 x)`, CLIP's activation (consuming `x`).
     fn quick_gelu(&self, x: Self::Tensor) -> Self::Tensor;
-    /// Softmax of each row.
-    fn softmax(&self, x: &Self::Tensor) -> Self::Tensor;
 
-    /// A cache for `n_layers` layers of `n_ctx` positions.
+    /// A cache for `n_layers` layers of `n_ctx` positions, storing `kv_type`. Fails when the
+    /// device cannot hold it.
     fn new_kv_cache(
         &self,
         n_layers: usize,
         n_ctx: usize,
         n_kv_heads: usize,
         head_dim: usize,
-    ) -> Self::KvCache;
+        kv_type: KvType,
+    ) -> Result<Self::KvCache, BackendError>;
     /// Causal attention of `q` (rows at positions `start..start + rows`) over the cached
     /// positions `0..start` and the new `k`, `v`, which are stored in `layer` of the cache.
     /// Scale `1/sqrt(head_dim)`. `q` is `[rows, n_heads·head_dim]`, `k`/`v`

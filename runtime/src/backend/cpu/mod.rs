@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
-use super::{Backend, BackendError, Heads, Rope};
+use super::{Backend, BackendError, Heads, KvType, Rope};
 use crate::gguf::GgufFile;
 use crate::quant::{self, GgmlType};
 use pool::Pool;
@@ -15,11 +15,12 @@ use pool::Pool;
 mod attention;
 mod columns;
 mod gemm;
+mod kv_cache;
 mod matmul;
 mod pool;
 mod vector;
 
-pub use attention::{CpuKvCache, KvType};
+pub use kv_cache::CpuKvCache;
 
 /// A row-major `[rows, cols]` f32 matrix.
 #[derive(Clone, Debug, PartialEq)]
@@ -171,19 +172,25 @@ impl std::fmt::Debug for CpuWeight {
     }
 }
 
-/// Set to `0`, the environment variable that turns weight interleaving off by default (see
-/// [`CpuBackend::set_interleave`]).
+/// Set to `0`, the environment variable that turns weight interleaving off (see
+/// [`CpuBackend::new`]).
 pub const INTERLEAVE_ENV: &str = "LLAVA_INTERLEAVE";
 
 /// The CPU backend, with its own pool of worker threads.
 pub struct CpuBackend {
     pool: Pool,
-    kv_type: KvType,
     interleave: bool,
 }
 
 impl CpuBackend {
     /// `threads` = 0 uses one thread per physical core.
+    ///
+    /// Weights may be interleaved for faster kernels unless `LLAVA_INTERLEAVE=0`: where the
+    /// CPU path has kernels for an interleaved layout of a type (Q4_0 on x86), the first matmul
+    /// with such a weight copies it into that layout and releases the mapped pages. Resident
+    /// memory stays about the same, but the copy is anonymous memory, which the OS cannot
+    /// evict and re-read from the file as it can mapped pages: turn it off to run a model
+    /// larger than the free memory.
     pub fn new(threads: usize) -> Self {
         let threads = if threads == 0 {
             default_threads()
@@ -192,34 +199,12 @@ impl CpuBackend {
         };
         CpuBackend {
             pool: Pool::new(threads),
-            kv_type: KvType::default(),
             interleave: std::env::var(INTERLEAVE_ENV).map_or(true, |v| v.trim() != "0"),
         }
     }
 
-    /// Whether weights loaded from now on may be interleaved for faster kernels (default on,
-    /// unless `LLAVA_INTERLEAVE=0`):
-    /// where the CPU path has kernels for an interleaved layout of a type (Q4_0 on x86), the
-    /// first matmul with such a weight copies it into that layout and releases the mapped
-    /// pages. Resident memory stays about the same, but the copy is anonymous memory, which
-    /// the OS cannot evict and re-read from the file as it can mapped pages: turn it off to run
-    /// a model larger than the free memory.
-    pub fn set_interleave(&mut self, interleave: bool) {
-        self.interleave = interleave;
-    }
-
-    /// Makes the KV caches created from now on store `kv_type` (default f16).
-    pub fn set_kv_type(&mut self, kv_type: KvType) {
-        self.kv_type = kv_type;
-    }
-
     pub fn threads(&self) -> usize {
         self.pool.threads()
-    }
-
-    /// How new KV caches store keys and values.
-    pub fn kv_type(&self) -> KvType {
-        self.kv_type
     }
 
     /// A copy of `x` with `f(row index, row)` applied to each row: on the pool's threads when
@@ -303,6 +288,10 @@ impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type KvCache = CpuKvCache;
 
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight, BackendError> {
         let index = file
             .tensor_index(name)
@@ -361,8 +350,8 @@ impl Backend for CpuBackend {
         CpuTensor::new(data, rows, cols)
     }
 
-    fn download(&self, t: &CpuTensor) -> Vec<f32> {
-        t.data.clone()
+    fn download(&self, t: &CpuTensor) -> Result<Vec<f32>, BackendError> {
+        Ok(t.data.clone())
     }
 
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
@@ -386,6 +375,15 @@ impl Backend for CpuBackend {
         );
         let data = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
         CpuTensor::new(data, parts.iter().map(|p| p.rows).sum(), cols)
+    }
+
+    fn gather_rows(&self, x: &CpuTensor, rows: &[u32]) -> CpuTensor {
+        let mut data = Vec::with_capacity(rows.len() * x.cols);
+        for &r in rows {
+            assert!((r as usize) < x.rows, "row {r} of a {}-row tensor", x.rows);
+            data.extend_from_slice(x.row(r as usize));
+        }
+        CpuTensor::new(data, rows.len(), x.cols)
     }
 
     fn get_rows(&self, table: &CpuWeight, ids: &[u32]) -> CpuTensor {
@@ -458,8 +456,7 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn rope(&self, x: &CpuTensor, positions: &[u32], n_heads: usize, rope: Rope) -> CpuTensor {
-        assert_eq!(positions.len(), x.rows, "one position per row");
+    fn rope(&self, x: &CpuTensor, start: usize, n_heads: usize, rope: Rope) -> CpuTensor {
         let head_dim = x.cols / n_heads;
         assert!(
             rope.n_rot <= head_dim && rope.n_rot.is_multiple_of(2),
@@ -470,7 +467,7 @@ impl Backend for CpuBackend {
             .map(|i| 1.0 / rope.base.powf((2 * i) as f32 / rope.n_rot as f32))
             .collect();
         self.map_rows(x, |r, row| {
-            let p = positions[r] as f32 * rope.freq_scale;
+            let p = (start + r) as f32 * rope.freq_scale;
             for head in row.chunks_exact_mut(head_dim) {
                 for (i, &f) in inv_freq.iter().enumerate() {
                     let (sin, cos) = (p * f).sin_cos();
@@ -501,20 +498,9 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn gelu_tanh(&self, x: CpuTensor) -> CpuTensor {
-        const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-        self.map_in_place(x, |v| {
-            0.5 * v * (1.0 + (SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)).tanh())
-        })
-    }
-
     fn quick_gelu(&self, x: CpuTensor) -> CpuTensor {
         let swish = vector::vector_ops().swish;
         self.map_rows_in_place(x, |_, row| swish(row, 1.702))
-    }
-
-    fn softmax(&self, x: &CpuTensor) -> CpuTensor {
-        self.map_rows(x, |_, row| attention::softmax_in_place(row))
     }
 
     fn new_kv_cache(
@@ -523,8 +509,11 @@ impl Backend for CpuBackend {
         n_ctx: usize,
         n_kv_heads: usize,
         head_dim: usize,
-    ) -> CpuKvCache {
-        CpuKvCache::new(n_layers, n_ctx, n_kv_heads, head_dim, self.kv_type)
+        kv_type: KvType,
+    ) -> Result<CpuKvCache, BackendError> {
+        Ok(CpuKvCache::new(
+            n_layers, n_ctx, n_kv_heads, head_dim, kv_type,
+        ))
     }
 
     fn attention_cached(

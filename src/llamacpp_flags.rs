@@ -1,0 +1,130 @@
+//! llama.cpp's spellings of flags. Users arrive with llama.cpp's command lines in their
+//! fingers: its multi-letter single-dash flags (`-ngl 99`, `-sys`) would otherwise be read by
+//! clap as bundles of short flags (`-n gl`: "invalid value 'gl' for '--max-tokens'"). Those
+//! that mean the same as a llava flag are rewritten to it; the rest are refused with the
+//! llava way to get what they do. Spellings that are already llava flags (`-p`, `-f`, `-t`,
+//! `--ctx-size`, `--n-predict`, `--temp`, `--top-k`, ...) are clap aliases, not handled here.
+
+use std::ffi::OsString;
+
+/// llama.cpp flags with the same meaning as a llava flag.
+const SAME: &[(&str, &str)] = &[("-sys", "--system")];
+
+/// llama.cpp flags llava has no equivalent for, with what to do instead.
+const REFUSED: &[(&[&str], &str)] = &[
+    (
+        &["-ngl", "--n-gpu-layers", "--gpu-layers"],
+        "llava runs every layer on the CPU (the GPU backend is not built yet): drop it",
+    ),
+    (
+        &["-hf", "--hf-repo", "-hff", "--hf-file", "-hft", "--hf-token"],
+        "llava does not download models yet: download the GGUF files and pass -m MODEL and --mmproj MMPROJ",
+    ),
+    (
+        &["-cnv", "--conversation", "-i", "--interactive"],
+        "llava run answers one prompt (give it with -p, --file or on stdin); multi-turn chat is not built yet",
+    ),
+    (
+        &["-ctk", "--cache-type-k", "-ctv", "--cache-type-v"],
+        "use --kv-type f16|f32 (keys and values are stored alike)",
+    ),
+    (
+        &["-b", "--batch-size", "-ub", "--ubatch-size"],
+        "llava runs the whole prompt as one batch: drop it",
+    ),
+    (
+        &["-fa", "--flash-attn"],
+        "llava's attention never materialises the full score matrix: drop it",
+    ),
+];
+
+/// The command line with llama.cpp's spellings rewritten, or a message for one llava cannot
+/// take. `--` ends the flags: what follows is left as it is.
+pub fn translate(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut rest = args.into_iter();
+    for arg in rest.by_ref() {
+        let Some(text) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if text == "--" {
+            out.push(arg);
+            break;
+        }
+        // `--flag=value` is refused or rewritten as `--flag value` would be.
+        let (flag, value) = match text.split_once('=') {
+            Some((f, v)) if f.starts_with('-') => (f, Some(v)),
+            _ => (text, None),
+        };
+        if let Some((_, llava)) = SAME.iter().find(|(cpp, _)| *cpp == flag) {
+            out.push(OsString::from(match value {
+                Some(v) => format!("{llava}={v}"),
+                None => llava.to_string(),
+            }));
+            continue;
+        }
+        if let Some((_, advice)) = REFUSED.iter().find(|(names, _)| names.contains(&flag)) {
+            return Err(format!("{flag} is llama.cpp's flag: {advice}"));
+        }
+        out.push(arg);
+    }
+    out.extend(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(args: &[&str]) -> Result<Vec<String>, String> {
+        translate(args.iter().map(OsString::from).collect())
+            .map(|v| v.into_iter().map(|a| a.into_string().unwrap()).collect())
+    }
+
+    #[test]
+    fn same_meaning_flags_are_rewritten() {
+        assert_eq!(
+            t(&["llava", "run", "-sys", "Be brief.", "q"]).unwrap(),
+            ["llava", "run", "--system", "Be brief.", "q"]
+        );
+        assert_eq!(
+            t(&["llava", "run", "-sys=S"]).unwrap(),
+            ["llava", "run", "--system=S"]
+        );
+    }
+
+    #[test]
+    fn flags_without_an_equivalent_are_refused_with_advice() {
+        let e = t(&["llava", "run", "-m", "m.gguf", "-ngl", "99", "q"]).unwrap_err();
+        assert!(
+            e.contains("-ngl is llama.cpp's flag") && e.contains("CPU"),
+            "{e}"
+        );
+        let e = t(&["llava", "run", "-hf", "org/repo"]).unwrap_err();
+        assert!(e.contains("-m MODEL and --mmproj"), "{e}");
+        assert!(t(&["llava", "run", "-cnv"])
+            .unwrap_err()
+            .contains("one prompt"));
+        assert!(t(&["llava", "run", "-ctk", "q8_0"])
+            .unwrap_err()
+            .contains("--kv-type"));
+        assert!(t(&["llava", "run", "--flash-attn=on"])
+            .unwrap_err()
+            .contains("drop it"));
+    }
+
+    #[test]
+    fn prompts_and_values_are_left_alone() {
+        // After `--`, and as the value of a flag in `--flag=value`, nothing is rewritten; a
+        // prompt that happens to read "-ngl" after `--` is text.
+        assert_eq!(
+            t(&["llava", "run", "--", "-ngl"]).unwrap(),
+            ["llava", "run", "--", "-ngl"]
+        );
+        assert_eq!(
+            t(&["llava", "run", "--stop=-ngl", "-t", "2"]).unwrap(),
+            ["llava", "run", "--stop=-ngl", "-t", "2"]
+        );
+    }
+}
