@@ -78,16 +78,7 @@ pub fn run(args: &Args) -> Result<()> {
         );
     }
     // Refuse before any work, so nothing is half done.
-    let mut outputs = vec![Output {
-        flag: "-o",
-        path: &llm_out,
-    }];
-    if let Some(path) = &mmproj_out {
-        outputs.push(Output {
-            flag: "--mmproj-out",
-            path,
-        });
-    }
+    let outputs = Output::llm_and_mmproj(&llm_out, mmproj_out.as_deref());
     let inputs: Vec<&Path> = std::iter::once(args.dir.as_path())
         .chain(args.vision_tower.as_deref())
         .collect();

@@ -15,6 +15,19 @@ pub struct Output<'a> {
     pub path: &'a Path,
 }
 
+impl<'a> Output<'a> {
+    /// The outputs of a model writer (`convert`, `synth`): the LLM (`-o`) and, when there is
+    /// one, the mmproj (`--mmproj-out`).
+    pub fn llm_and_mmproj(llm: &'a Path, mmproj: Option<&'a Path>) -> Vec<Output<'a>> {
+        let llm = Output { flag: "-o", path: llm };
+        let mmproj = mmproj.map(|path| Output {
+            flag: "--mmproj-out",
+            path,
+        });
+        std::iter::once(llm).chain(mmproj).collect()
+    }
+}
+
 /// Refuses, before anything is read or written, outputs that would destroy a file or each
 /// other. `inputs` are the files and directories the command reads: an output may not be one
 /// of them nor a file directly inside an input directory (a checkpoint's shards), even with

@@ -72,16 +72,7 @@ pub fn run(args: &Args) -> Result<()> {
         })
     });
     // Refuse before any work, so nothing is half done.
-    let mut outputs = vec![Output {
-        flag: "-o",
-        path: &llm_out,
-    }];
-    if let Some(path) = &mmproj_out {
-        outputs.push(Output {
-            flag: "--mmproj-out",
-            path,
-        });
-    }
+    let outputs = Output::llm_and_mmproj(&llm_out, mmproj_out.as_deref());
     check_outputs(&outputs, &[], args.force)?;
     for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
         create_parent(path)?;

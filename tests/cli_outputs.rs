@@ -16,18 +16,6 @@ mod common;
 use common::*;
 
 /// A copy of a fixture checkpoint, to break or to write into.
-fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
-    let to = dir.join(name);
-    std::fs::create_dir_all(&to).unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
-    to
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -306,6 +294,19 @@ fn two_outputs_on_one_path_are_refused() {
     assert!(!same.exists());
 }
 
+/// Waits (up to a minute) until `child` has a partial file in `dir`, failing if it ends first.
+fn wait_for_a_partial_file(child: &mut std::process::Child, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while partial_files(dir).is_empty() {
+        assert!(Instant::now() < deadline, "no partial file appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the writer ended before the signal"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// 2.6: SIGINT, SIGTERM or SIGHUP during a write remove the partial files; the final path is
 /// never created and the process ends by the signal.
 #[test]
@@ -340,15 +341,7 @@ fn signals_during_a_write_leave_no_partial_files() {
             }
         }
         let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while partial_files(dir.path()).is_empty() {
-            assert!(Instant::now() < deadline, "no partial file appeared");
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "synth ended before the signal"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_a_partial_file(&mut child, dir.path());
         std::thread::sleep(Duration::from_millis(200));
         let sent = Command::new("kill")
             .args([format!("-{name}"), child.id().to_string()])
@@ -387,15 +380,7 @@ fn an_ignored_hangup_does_not_stop_a_write() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while partial_files(dir.path()).is_empty() {
-        assert!(Instant::now() < deadline, "no partial file appeared");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "synth ended before the signal"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_a_partial_file(&mut child, dir.path());
     let sent = Command::new("kill")
         .args(["-HUP".to_owned(), child.id().to_string()])
         .status()

@@ -19,14 +19,22 @@ pub(crate) const CLIP_STD: [f32; 3] = [0.26862954, 0.26130258, 0.27577711];
 /// CLIP vision tower hyper-parameters.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VisionHparams {
+    /// Width of the tower's activations (`hidden_size`).
     pub hidden_size: usize,
+    /// Width of the feed-forward layer inside each block (`intermediate_size`).
     pub ffn_size: usize,
+    /// Number of attention heads (`num_attention_heads`); divides `hidden_size`.
     pub n_heads: usize,
     /// Blocks in the checkpoint.
     pub n_layers: usize,
+    /// Side of the square input image, in pixels (`image_size`).
     pub image_size: usize,
+    /// Side of one square patch, in pixels (`patch_size`); divides `image_size`.
     pub patch_size: usize,
+    /// Epsilon of every layer norm (`layer_norm_eps`).
     pub layer_norm_eps: f64,
+    /// Width of CLIP's image-text embedding (`projection_dim`); recorded in the mmproj, unused by
+    /// LLaVA, which takes features from inside the tower.
     pub projection_dim: usize,
     /// `hidden_act == "gelu"`; CLIP's own is quick_gelu.
     pub use_gelu: bool,

@@ -4,6 +4,7 @@
 //! LLaVA vision towers and projectors as mmproj files (`convert_mmproj`), requantization of
 //! existing GGUF files (`requantize`), and random-weight models of real shapes for benchmarks
 //! (`synth_llm`).
+#![warn(missing_docs)]
 
 mod clip;
 mod error;

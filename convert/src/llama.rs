@@ -19,16 +19,25 @@ use crate::vocab;
 /// LLaMA hyper-parameters from `config.json`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaHparams {
+    /// Number of tokens in the vocabulary (`vocab_size`).
     pub vocab_size: usize,
+    /// Width of the residual stream (`hidden_size`).
     pub hidden_size: usize,
+    /// Number of decoder layers (`num_hidden_layers`).
     pub n_layers: usize,
+    /// Number of query heads (`num_attention_heads`); divides `hidden_size`.
     pub n_heads: usize,
+    /// Number of key/value heads (`num_key_value_heads`, else `n_heads`); divides `n_heads`.
     pub n_kv_heads: usize,
+    /// Width of the feed-forward layer (`intermediate_size`).
     pub ffn_size: usize,
+    /// Epsilon of every RMSNorm (`rms_norm_eps`).
     pub rms_eps: f64,
+    /// RoPE frequency base (`rope_theta`).
     pub rope_theta: f64,
     /// Linear RoPE scaling factor, if any.
     pub rope_linear_factor: Option<f64>,
+    /// The context length the model was trained with (`max_position_embeddings`).
     pub n_ctx_train: usize,
 }
 
@@ -125,8 +134,12 @@ struct Planned {
 /// What was written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvertSummary {
+    /// Tensors in the output file.
     pub tensors: usize,
+    /// Elements in the written tensors (0 when nothing was written).
     pub parameters: u64,
+    /// Bytes of tensor data written, excluding the header and padding (0 when nothing was
+    /// written).
     pub bytes: u64,
 }
 

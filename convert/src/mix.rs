@@ -9,17 +9,28 @@ use llava_runtime::quant::GgmlType;
 /// A whole-file quantization preset, as `llama-quantize` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
+    /// Every matrix in f32.
     F32,
+    /// Every matrix in f16.
     F16,
+    /// Every matrix in bf16.
     BF16,
+    /// Every matrix in Q8_0.
     Q8_0,
+    /// Every matrix in Q6_K.
     Q6K,
+    /// Q5_K, with Q6_K for `output.weight` and for `attn_v`/`ffn_down` in the layers
+    /// [`use_more_bits`] picks.
     Q5KM,
+    /// Q4_K, with Q6_K for `output.weight` and for `attn_v`/`ffn_down` in the layers
+    /// [`use_more_bits`] picks.
     Q4KM,
+    /// Q4_0, with Q6_K for `output.weight`.
     Q4_0,
 }
 
 impl Preset {
+    /// Every preset, in the order error messages list them.
     pub const ALL: [Preset; 8] = [
         Preset::F32,
         Preset::F16,
@@ -31,6 +42,8 @@ impl Preset {
         Preset::Q4_0,
     ];
 
+    /// The name `llama-quantize` and `--quant` use (`q4_k_m`, `f16`, ...); [`FromStr`] parses it
+    /// back, ignoring case.
     pub fn name(self) -> &'static str {
         match self {
             Preset::F32 => "f32",

@@ -383,6 +383,7 @@ fn normalisation(pre: Option<&JsonFile>) -> Result<([f32; 3], [f32; 3]), Convert
 /// Most pinpoints, and the largest side in views, an mmproj may have: the runtime's limits
 /// (`llava_models::clip`, which this crate does not depend on; a test keeps them equal).
 pub const MAX_PINPOINTS: usize = 64;
+/// See [`MAX_PINPOINTS`].
 pub const MAX_TILES_PER_SIDE: usize = 8;
 
 /// `image_grid_pinpoints` as llama.cpp stores them: one flat list of sizes, each a multiple

@@ -11,7 +11,9 @@ use crate::quantize::rmse;
 /// One tensor, written.
 #[derive(Clone, Debug)]
 pub struct TensorDone<'a> {
+    /// The GGUF tensor's name.
     pub name: &'a str,
+    /// The type it was written in.
     pub ty: GgmlType,
     /// ggml order.
     pub shape: &'a [u64],

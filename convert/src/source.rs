@@ -14,22 +14,32 @@ use crate::error::ConvertError;
 use crate::hf_config::JsonFile;
 use crate::safetensors::Checkpoint;
 
+/// The kind of checkpoint, from `config.json`'s `model_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModelKind {
     /// LlamaForCausalLM, MistralForCausalLM.
     Llama,
     /// llava-hf `LlavaForConditionalGeneration` (`next = false`) or
     /// `LlavaNextForConditionalGeneration`.
-    LlavaHf { next: bool },
+    LlavaHf {
+        /// Whether it is LLaVA-1.6 (NeXT), with anyres tiles.
+        next: bool,
+    },
     /// The original LLaVA repositories (`LlavaLlamaForCausalLM`, `LlavaMistralForCausalLM`).
-    LlavaOriginal { next: bool },
+    LlavaOriginal {
+        /// Whether it is LLaVA-1.6 (NeXT): `image_aspect_ratio = "anyres"` or an `unpad` patch
+        /// merge type.
+        next: bool,
+    },
 }
 
 impl ModelKind {
+    /// Whether the checkpoint holds a LLaVA model (LLM, tower and projector), not a plain LLM.
     pub fn is_llava(self) -> bool {
         self != ModelKind::Llama
     }
 
+    /// Whether the checkpoint is LLaVA-1.6 (NeXT).
     pub fn is_next(self) -> bool {
         matches!(
             self,
@@ -40,16 +50,25 @@ impl ModelKind {
 
 /// An opened checkpoint directory.
 pub struct Source {
+    /// The checkpoint directory.
     pub dir: PathBuf,
+    /// Its `config.json`.
     pub config: JsonFile,
+    /// The kind, from `model_type`.
     pub kind: ModelKind,
+    /// Every tensor of the directory's safetensors files.
     pub ckpt: Checkpoint,
     /// Prefix of the LLM's `embed_tokens`, `layers.N`, `norm`.
     pub llm_prefix: &'static str,
+    /// Name of the output projection (`lm_head.weight` under this kind's prefix); absent from
+    /// checkpoints with tied embeddings.
     pub lm_head: &'static str,
 }
 
 impl Source {
+    /// Opens the checkpoint in `dir`: reads `config.json`, maps its safetensors files and finds the
+    /// LLM's naming scheme. Fails if the model type is unsupported or the LLM's token embeddings
+    /// cannot be found.
     pub fn open(dir: &Path) -> Result<Source, ConvertError> {
         let config = JsonFile::open(&dir.join("config.json"))?;
         let Some(model_type) = config.str_opt("model_type")? else {

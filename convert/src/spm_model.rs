@@ -15,22 +15,32 @@ use crate::error::ConvertError;
 /// One vocabulary entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Piece {
+    /// The piece's text, with `▁` for space.
     pub text: String,
+    /// Its SentencePiece score.
     pub score: f32,
+    /// Its type, as llama.cpp's token types number them (1 normal, 2 unknown, 3 control, ...).
     pub kind: i32,
 }
 
 /// What llama.cpp's `tokenizer.ggml.*` keys need from a SentencePiece model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpmModel {
+    /// The vocabulary, in id order.
     pub pieces: Vec<Piece>,
+    /// The unknown token's id; `None` if the model disables it.
     pub unk_id: Option<u32>,
+    /// The beginning-of-sequence token's id; `None` if the model disables it.
     pub bos_id: Option<u32>,
+    /// The end-of-sequence token's id; `None` if the model disables it.
     pub eos_id: Option<u32>,
+    /// Whether SentencePiece puts a space before the text it encodes.
     pub add_dummy_prefix: bool,
 }
 
 impl SpmModel {
+    /// Reads and parses a `tokenizer.model` file. Fails if it cannot be read or is not a
+    /// SentencePiece model.
     pub fn open(path: &Path) -> Result<SpmModel, ConvertError> {
         let io = |error| ConvertError::Io {
             path: path.to_owned(),

@@ -34,6 +34,7 @@ pub enum SynthModel {
 }
 
 impl SynthModel {
+    /// Every model, in the order `--help` lists them.
     pub const ALL: [SynthModel; 4] = [
         SynthModel::Tiny,
         SynthModel::TinyLlama1B,
@@ -41,6 +42,7 @@ impl SynthModel {
         SynthModel::Llava16Mistral7B,
     ];
 
+    /// The name `llava synth` accepts (`tiny`, `llava-1.5-7b`, ...).
     pub fn name(self) -> &'static str {
         match self {
             SynthModel::Tiny => "tiny",
@@ -50,6 +52,7 @@ impl SynthModel {
         }
     }
 
+    /// The model called `name`, if any.
     pub fn from_name(name: &str) -> Option<SynthModel> {
         Self::ALL.into_iter().find(|m| m.name() == name)
     }

@@ -17,8 +17,11 @@ pub struct AnyresLayout {
     /// Patch rows and columns kept after unpadding: rows `row0..row0 + rows`, columns
     /// `col0..col0 + cols`.
     pub rows: usize,
+    /// Patch columns kept after unpadding.
     pub cols: usize,
+    /// First patch row of the full grid that is kept.
     pub row0: usize,
+    /// First patch column of the full grid that is kept.
     pub col0: usize,
     /// Patches of one view (the overview), e.g. 576.
     pub base_tokens: usize,
@@ -49,6 +52,7 @@ impl AnyresLayout {
         self.base_tokens + self.rows * (self.cols + 1)
     }
 
+    /// Number of high-resolution tiles: `grid.0 × grid.1`.
     pub fn n_tiles(&self) -> usize {
         self.grid.0 * self.grid.1
     }

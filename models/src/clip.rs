@@ -22,14 +22,23 @@ pub const MAX_TILES_PER_SIDE: usize = 8;
 /// Hyper-parameters of the tower and its preprocessing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipConfig {
+    /// Side of one square view, in pixels (e.g. 336).
     pub image_size: usize,
+    /// Side of one square patch, in pixels (e.g. 14); divides `image_size`.
     pub patch_size: usize,
+    /// Width of the tower's activations.
     pub hidden_size: usize,
+    /// Width of the feed-forward layer inside each block.
     pub ffn_size: usize,
+    /// Number of attention heads; divides `hidden_size`.
     pub n_heads: usize,
+    /// Number of transformer blocks stored in the file.
     pub n_blocks: usize,
+    /// Epsilon of every layer norm.
     pub layer_norm_eps: f32,
+    /// Per-channel (R, G, B) mean subtracted from pixels scaled to 0..1.
     pub image_mean: [f32; 3],
+    /// Per-channel (R, G, B) standard deviation the centred pixels are divided by.
     pub image_std: [f32; 3],
     /// Exact GELU instead of CLIP's quick_gelu.
     pub use_gelu: bool,
@@ -43,6 +52,7 @@ impl ClipConfig {
         self.image_size / self.patch_size
     }
 
+    /// Patches of one view: `patches_per_side()²` (576 for 336-pixel views of 14-pixel patches).
     pub fn n_patches(&self) -> usize {
         self.patches_per_side().pow(2)
     }
@@ -165,6 +175,7 @@ struct Block<B: Backend> {
 
 /// The vision tower and projector of an mmproj file.
 pub struct Clip<B: Backend> {
+    /// Hyper-parameters read from the file.
     pub config: ClipConfig,
     patch_embd: B::Weight,
     class_embd: B::Weight,
@@ -179,6 +190,9 @@ pub struct Clip<B: Backend> {
 }
 
 impl<B: Backend> Clip<B> {
+    /// Loads the tower and projector of an mmproj file. Fails if a key is missing or
+    /// inconsistent, if a tensor is missing or has the wrong shape, or if the backend cannot
+    /// load a weight.
     pub fn load(backend: &B, file: &Arc<GgufFile>) -> Result<Self, ModelError> {
         let c = ClipConfig::from_gguf(file)?;
         let (h, ff, p) = (c.hidden_size as u64, c.ffn_size as u64, c.patch_size as u64);

@@ -15,14 +15,25 @@ use crate::error::ModelError;
 /// Hyper-parameters read from the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    /// Number of tokens in the vocabulary: `token_embd.weight`'s second dimension.
     pub n_vocab: usize,
+    /// Width of the residual stream and of the token embeddings.
     pub hidden_size: usize,
+    /// Number of decoder layers.
     pub n_layers: usize,
+    /// Number of query heads; divides `hidden_size`.
     pub n_heads: usize,
+    /// Number of key/value heads (grouped-query attention); divides `n_heads`. Equal to `n_heads`
+    /// when the file does not say.
     pub n_kv_heads: usize,
+    /// Elements per head: `hidden_size / n_heads`.
     pub head_dim: usize,
+    /// Width of the SwiGLU feed-forward layer.
     pub ffn_size: usize,
+    /// Epsilon of every RMSNorm.
     pub rms_eps: f32,
+    /// Rotary embedding over the whole head, with the file's frequency base (10000 when absent)
+    /// and linear scaling.
     pub rope: Rope,
     /// The context length the model was trained with.
     pub n_ctx_train: usize,
@@ -31,6 +42,8 @@ pub struct LlamaConfig {
 const ARCH: &str = "llama";
 
 impl LlamaConfig {
+    /// Reads and checks the hyper-parameters of a `llama` GGUF file. Fails if the architecture is
+    /// not `llama`, a key is missing or inconsistent, or `token_embd.weight` is absent.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, ModelError> {
         let arch = file.get_str(KEY_ARCHITECTURE)?;
         if arch != ARCH {
@@ -172,6 +185,7 @@ struct Layer<B: Backend> {
 
 /// A loaded LLaMA model.
 pub struct Llama<B: Backend> {
+    /// Hyper-parameters read from the file.
     pub config: LlamaConfig,
     token_embd: B::Weight,
     output_norm: B::Weight,
@@ -181,6 +195,8 @@ pub struct Llama<B: Backend> {
 }
 
 impl<B: Backend> Llama<B> {
+    /// Loads every weight of a `llama` GGUF file. Fails as [`LlamaConfig::from_gguf`] does, or
+    /// if a tensor is missing or has the wrong shape, or if the backend cannot load a weight.
     pub fn load(backend: &B, file: &Arc<GgufFile>) -> Result<Self, ModelError> {
         let c = LlamaConfig::from_gguf(file)?;
         let (h, ff, v) = (c.hidden_size as u64, c.ffn_size as u64, c.n_vocab as u64);

@@ -8,14 +8,22 @@ use llava_runtime::gguf::GgufFile;
 
 use crate::error::ModelError;
 
+/// The projector of an mmproj file, by its layout in the file.
 pub enum Projector<B: Backend> {
+    /// LLaVA's `mlp2x_gelu`: `mm.0`, exact GELU, `mm.2`.
     Mlp2xGelu {
+        /// `mm.0`: weight `[in, out]` and bias `[out]` in ggml order.
         w0: (B::Weight, B::Weight),
+        /// `mm.2`: weight `[out, out]` and bias `[out]` in ggml order.
         w2: (B::Weight, B::Weight),
+        /// Width of the output embeddings.
         out: usize,
     },
+    /// A single linear layer, `mm.0`, for files without `mm.2`.
     Linear {
+        /// `mm.0`: weight `[in, out]` and bias `[out]` in ggml order.
         w0: (B::Weight, B::Weight),
+        /// Width of the output embeddings.
         out: usize,
     },
 }
@@ -64,6 +72,7 @@ impl<B: Backend> Projector<B> {
         }
     }
 
+    /// Projects `x`, one row of tower features per patch, to one LLM embedding per row.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> B::Tensor {
         let linear = |x: &B::Tensor, w: &(B::Weight, B::Weight)| {
             backend.add_bias(backend.matmul(x, &w.0), &w.1)

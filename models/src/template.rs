@@ -7,6 +7,7 @@ use std::str::FromStr;
 /// The marker the prompt builder replaces by image embeddings.
 pub const IMAGE_MARKER: &str = "<image>";
 
+/// A chat template: how a conversation is turned into the prompt text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Template {
     /// LLaVA-1.5's `conv_llava_v1`: the Vicuna system prompt with "human", `USER:`/`ASSISTANT:`.
@@ -22,6 +23,7 @@ pub enum Template {
 }
 
 impl Template {
+    /// Every template; [`FromStr`] accepts their [`name`](Template::name)s.
     pub const ALL: [Template; 5] = [
         Template::LlavaV1,
         Template::VicunaV1,
@@ -30,6 +32,7 @@ impl Template {
         Template::Raw,
     ];
 
+    /// The name [`FromStr`] parses back (`llava_v1`, `chatml`, ...), as `--template` takes it.
     pub fn name(self) -> &'static str {
         match self {
             Template::LlavaV1 => "llava_v1",

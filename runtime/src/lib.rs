@@ -7,6 +7,7 @@
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers from GGUF metadata.
 //! - [`sample`]: logits to a token (greedy, temperature, top-k/p, min-p, penalties, seed).
 //! - [`staging`]: output files written under a temporary name and renamed into place.
+#![warn(missing_docs)]
 
 pub mod backend;
 pub mod files;

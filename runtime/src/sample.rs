@@ -27,6 +27,7 @@ pub struct SamplerConfig {
     pub presence_penalty: f32,
     /// How many of the most recent tokens the penalties look at.
     pub penalty_last_n: usize,
+    /// Seed of the random draws: the same seed, settings and logits give the same tokens.
     pub seed: u64,
 }
 
@@ -66,6 +67,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler with `config`'s settings, no recent tokens and a random state seeded from
+    /// `config.seed`.
     pub fn new(config: SamplerConfig) -> Self {
         Sampler {
             rng: SplitMix64(config.seed),
@@ -76,6 +79,7 @@ impl Sampler {
         }
     }
 
+    /// The settings.
     pub fn config(&self) -> &SamplerConfig {
         &self.config
     }

@@ -20,6 +20,20 @@ pub fn llava_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_llava")))
 }
 
+/// A copy of fixture directory `name` (its files, not subdirectories) under `dir`, to edit or
+/// to write into.
+pub fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+    to
+}
+
 /// Runs the `llava` binary under test.
 pub fn llava(args: &[&str]) -> Output {
     Command::new(llava_bin())

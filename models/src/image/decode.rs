@@ -13,28 +13,53 @@ use super::RgbImage;
 /// memory (a 50 MP RGB image is 150 MB decoded).
 pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
 
+/// An image file could not be read or decoded, or its size is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// The file could not be opened or read.
     #[error("{}: {error}", path.display())]
     Io {
+        /// The file (or the name given to [`decode_image`]).
         path: PathBuf,
+        /// The underlying error.
         error: std::io::Error,
     },
+    /// The contents are not an image format the decoder knows.
     #[error("{}: not a supported image (JPEG, PNG, WebP, GIF, BMP): {reason}", path.display())]
-    Format { path: PathBuf, reason: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The format was recognised, but decoding its pixels failed.
     #[error("{}: cannot decode the image: {reason}", path.display())]
-    Decode { path: PathBuf, reason: String },
+    Decode {
+        /// The file.
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The header declares more pixels than the limit allows; nothing was decoded.
     #[error("{}: {width}×{height} is {} megapixels, above the limit of {} (raise --max-image-pixels)", path.display(), (*width as u64 * *height as u64) / 1_000_000, max / 1_000_000)]
     TooLarge {
+        /// The file.
         path: PathBuf,
+        /// Width in pixels, from the header.
         width: u32,
+        /// Height in pixels, from the header.
         height: u32,
+        /// The limit, in pixels.
         max: u64,
     },
+    /// The header declares a width or height of zero.
     #[error("{}: the image is empty ({width}×{height})", path.display())]
     Empty {
+        /// The file.
         path: PathBuf,
+        /// Width in pixels, from the header.
         width: u32,
+        /// Height in pixels, from the header.
         height: u32,
     },
 }

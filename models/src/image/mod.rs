@@ -10,12 +10,16 @@ pub use resize::resize_bicubic;
 /// An 8-bit RGB image, row-major, 3 bytes per pixel.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RgbImage {
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// The pixels, row after row, R, G, B bytes each: `width × height × 3` bytes.
     pub data: Vec<u8>,
 }
 
 impl RgbImage {
+    /// An image of `width × height` pixels, all of colour `fill` (R, G, B).
     pub fn new(width: u32, height: u32, fill: [u8; 3]) -> RgbImage {
         let data = fill
             .iter()

@@ -18,29 +18,46 @@ pub use cpu::CpuBackend;
 /// A weight could not be loaded, or the device failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
+    /// The file has no tensor of that name.
     #[error("{}: tensor {name:?} is missing", path.display())]
     MissingTensor {
+        /// The GGUF file.
         path: std::path::PathBuf,
+        /// The tensor asked for.
         name: String,
     },
+    /// The tensor's type has no kernels in this backend, or its data is not aligned for the
+    /// backend to read its blocks in place.
     #[error("{}: tensor {name:?} has type {ty}, which llava-edge cannot compute with", path.display())]
     UnsupportedType {
+        /// The GGUF file.
         path: std::path::PathBuf,
+        /// The tensor.
         name: String,
+        /// Its type.
         ty: GgmlType,
     },
+    /// A tensor cannot be viewed as a matrix with rows of `row_len` elements: `row_len` is zero,
+    /// not a whole number of the tensor's own rows (`ne[0]`), or does not divide its element
+    /// count.
     #[error("{}: tensor {name:?} of shape {shape:?} cannot be used as rows of {row_len}", path.display())]
     BadReshape {
+        /// The GGUF file.
         path: std::path::PathBuf,
+        /// The tensor.
         name: String,
+        /// Its shape, in ggml order.
         shape: Vec<u64>,
+        /// The row length asked for, in elements.
         row_len: usize,
     },
     /// The device could not do what was asked: out of memory, lost, or an internal error. A
     /// backend that records ops and runs them later reports it where results are read.
     #[error("{backend}: {message}")]
     Device {
+        /// The backend's name, e.g. `cpu`.
         backend: &'static str,
+        /// What the device reported.
         message: String,
     },
 }
@@ -81,9 +98,11 @@ impl std::str::FromStr for KvType {
 /// Head layout of an attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heads {
+    /// Number of query heads.
     pub n_heads: usize,
     /// Grouped-query attention: `n_heads / n_kv_heads` query heads share one K/V head.
     pub n_kv_heads: usize,
+    /// Elements per head, for queries, keys and values alike.
     pub head_dim: usize,
 }
 
@@ -91,7 +110,10 @@ pub struct Heads {
 /// `pos · freq_scale · base^(-2i/n_rot)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rope {
+    /// Number of leading dimensions of each head that rotate (at most `head_dim`, even); the rest
+    /// pass through unchanged.
     pub n_rot: usize,
+    /// The frequency base θ (`rope_theta`, e.g. 10000).
     pub base: f32,
     /// Linear scaling: positions are multiplied by this (1 / scaling factor).
     pub freq_scale: f32,

@@ -25,6 +25,9 @@ pub(crate) const MAX_NAME_BYTES: u64 = 64;
 
 /// Metadata keys read by the runtime itself.
 pub const KEY_ALIGNMENT: &str = "general.alignment";
+/// The model's architecture, e.g. `llama` or `clip`; prefixes its hyperparameter keys.
 pub const KEY_ARCHITECTURE: &str = "general.architecture";
+/// A human-readable model name.
 pub const KEY_NAME: &str = "general.name";
+/// The `llama_ftype` of the file: which quantization preset produced it (see [`file_type_name`]).
 pub const KEY_FILE_TYPE: &str = "general.file_type";

@@ -67,10 +67,12 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// The tensor's name, at most 63 bytes.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The tensor's element type.
     pub fn ggml_type(&self) -> GgmlType {
         self.ty
     }
@@ -80,11 +82,13 @@ impl TensorInfo {
         &self.shape
     }
 
+    /// Number of elements: the product of the shape.
     pub fn n_elements(&self) -> u64 {
         // Checked not to overflow when the file was opened.
         self.shape.iter().product()
     }
 
+    /// Size of the tensor's data in bytes.
     pub fn n_bytes(&self) -> u64 {
         self.n_bytes
     }
@@ -98,7 +102,9 @@ impl TensorInfo {
 /// A tensor's header record with its bytes, borrowed from the map.
 #[derive(Clone, Copy, Debug)]
 pub struct Tensor<'a> {
+    /// The header record.
     pub info: &'a TensorInfo,
+    /// The tensor's data, `n_bytes()` long, borrowed from the map.
     pub data: &'a [u8],
 }
 
@@ -156,14 +162,18 @@ impl GgufFile {
         }
     }
 
+    /// The path the file was opened from (or the name given to [`GgufFile::from_bytes`]).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The GGUF version of the file: 2 or 3.
     pub fn version(&self) -> u32 {
         self.version
     }
 
+    /// Alignment of the data section and of every tensor's data, in bytes: `general.alignment`, or
+    /// [`DEFAULT_ALIGNMENT`](super::DEFAULT_ALIGNMENT) when absent.
     pub fn alignment(&self) -> u64 {
         self.alignment
     }
@@ -173,6 +183,7 @@ impl GgufFile {
         self.data_offset
     }
 
+    /// Length of the file in bytes.
     pub fn file_size(&self) -> u64 {
         self.bytes.len() as u64
     }
@@ -189,10 +200,12 @@ impl GgufFile {
         self.kvs.iter().map(|kv| (&*kv.key, self.decode(kv)))
     }
 
+    /// Whether the metadata holds `key`.
     pub fn contains_key(&self, key: &str) -> bool {
         self.kv_index.contains_key(key)
     }
 
+    /// The value of `key`, or `None` if absent.
     pub fn get(&self, key: &str) -> Option<Value<'_>> {
         self.kv_index.get(key).map(|&i| self.decode(&self.kvs[i]))
     }
@@ -245,12 +258,14 @@ impl GgufFile {
             .ok_or_else(|| self.wrong_type(key, "an integer that fits in u32", &v))
     }
 
+    /// An unsigned integer of any width, or a signed one that is not negative.
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.required(key)?;
         v.as_u64()
             .ok_or_else(|| self.wrong_type(key, "a non-negative integer", &v))
     }
 
+    /// An integer of any width, if its value fits in i64.
     pub fn get_i64(&self, key: &str) -> Result<i64, GgufError> {
         let v = self.required(key)?;
         let n = match v {
@@ -271,6 +286,7 @@ impl GgufFile {
             .ok_or_else(|| self.wrong_type(key, "f32", &v))
     }
 
+    /// A bool value. Fails if the key is absent or holds another type.
     pub fn get_bool(&self, key: &str) -> Result<bool, GgufError> {
         match self.required(key)? {
             Value::Bool(b) => Ok(b),
@@ -278,6 +294,7 @@ impl GgufFile {
         }
     }
 
+    /// A string value, borrowed from the file. Fails if the key is absent or holds another type.
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         match self.required(key)? {
             Value::String(s) => Ok(s),
@@ -285,6 +302,7 @@ impl GgufFile {
         }
     }
 
+    /// An array value of any element type. Fails if the key is absent or holds another type.
     pub fn get_array(&self, key: &str) -> Result<ArrayView<'_>, GgufError> {
         match self.required(key)? {
             Value::Array(a) => Ok(a),
@@ -329,10 +347,12 @@ impl GgufFile {
 
     // ---- tensors ----
 
+    /// Number of tensors.
     pub fn tensor_count(&self) -> usize {
         self.tensors.len()
     }
 
+    /// Every tensor's header record, in file order.
     pub fn tensor_infos(&self) -> &[TensorInfo] {
         &self.tensors
     }
@@ -342,6 +362,7 @@ impl GgufFile {
         self.tensors.iter().map(|info| self.view(info))
     }
 
+    /// The tensor called `name` with its data, or `None` if the file has no such tensor.
     pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {
         self.tensor_index
             .get(name)

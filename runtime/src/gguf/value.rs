@@ -7,22 +7,36 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum ValueType {
+    /// Unsigned 8-bit integer.
     U8 = 0,
+    /// Signed 8-bit integer.
     I8 = 1,
+    /// Unsigned 16-bit integer.
     U16 = 2,
+    /// Signed 16-bit integer.
     I16 = 3,
+    /// Unsigned 32-bit integer.
     U32 = 4,
+    /// Signed 32-bit integer.
     I32 = 5,
+    /// 32-bit float.
     F32 = 6,
+    /// Boolean, one byte; any non-zero byte reads as true.
     Bool = 7,
+    /// UTF-8 string: a u64 byte length, then the bytes (no terminating NUL).
     String = 8,
+    /// Array: a u32 element type, a u64 count, then the elements. Elements are never arrays.
     Array = 9,
+    /// Unsigned 64-bit integer.
     U64 = 10,
+    /// Signed 64-bit integer.
     I64 = 11,
+    /// 64-bit float.
     F64 = 12,
 }
 
 impl ValueType {
+    /// The type with on-disk id `id`, or `None` for an unknown id.
     pub fn from_id(id: u32) -> Option<ValueType> {
         use ValueType::*;
         Some(match id {
@@ -43,6 +57,7 @@ impl ValueType {
         })
     }
 
+    /// The on-disk id.
     pub fn id(self) -> u32 {
         self as u32
     }
@@ -59,6 +74,7 @@ impl ValueType {
         }
     }
 
+    /// The lowercase name used in messages, e.g. `u32`, `string`.
     pub fn name(self) -> &'static str {
         use ValueType::*;
         match self {
@@ -88,22 +104,36 @@ impl fmt::Display for ValueType {
 /// A metadata value borrowed from the file. Strings and arrays point into the map.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value<'a> {
+    /// See [`ValueType::U8`].
     U8(u8),
+    /// See [`ValueType::I8`].
     I8(i8),
+    /// See [`ValueType::U16`].
     U16(u16),
+    /// See [`ValueType::I16`].
     I16(i16),
+    /// See [`ValueType::U32`].
     U32(u32),
+    /// See [`ValueType::I32`].
     I32(i32),
+    /// See [`ValueType::F32`].
     F32(f32),
+    /// See [`ValueType::Bool`].
     Bool(bool),
+    /// A string, borrowed from the file.
     String(&'a str),
+    /// An array, borrowed from the file.
     Array(ArrayView<'a>),
+    /// See [`ValueType::U64`].
     U64(u64),
+    /// See [`ValueType::I64`].
     I64(i64),
+    /// See [`ValueType::F64`].
     F64(f64),
 }
 
 impl<'a> Value<'a> {
+    /// The type of this value.
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::U8(_) => ValueType::U8,
@@ -216,14 +246,17 @@ impl<'a> ArrayView<'a> {
         }
     }
 
+    /// The type of every element.
     pub fn elem_type(&self) -> ValueType {
         self.elem_type
     }
 
+    /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -270,6 +303,7 @@ impl<'a> ArrayView<'a> {
         bytemuck::try_cast_slice(self.bytes).ok()
     }
 
+    /// The elements copied into a `Vec<T>`, if the element type is exactly `T`'s.
     pub fn to_vec<T: ArrayElement>(&self) -> Option<Vec<T>> {
         Some(self.values::<T>()?.collect())
     }
@@ -342,7 +376,9 @@ impl ExactSizeIterator for ArrayIter<'_> {}
 
 /// A numeric type that can be an array element.
 pub trait ArrayElement: bytemuck::Pod {
+    /// The metadata type whose elements are `Self`.
     const TYPE: ValueType;
+    /// Decodes one element from exactly `size_of::<Self>()` little-endian bytes.
     fn from_le_slice(b: &[u8]) -> Self;
 }
 
@@ -362,39 +398,65 @@ array_element!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I3
 /// An owned metadata value, as given to the writer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetaValue {
+    /// See [`ValueType::U8`].
     U8(u8),
+    /// See [`ValueType::I8`].
     I8(i8),
+    /// See [`ValueType::U16`].
     U16(u16),
+    /// See [`ValueType::I16`].
     I16(i16),
+    /// See [`ValueType::U32`].
     U32(u32),
+    /// See [`ValueType::I32`].
     I32(i32),
+    /// See [`ValueType::F32`].
     F32(f32),
+    /// See [`ValueType::Bool`].
     Bool(bool),
+    /// See [`ValueType::String`].
     String(String),
+    /// See [`ValueType::Array`].
     Array(MetaArray),
+    /// See [`ValueType::U64`].
     U64(u64),
+    /// See [`ValueType::I64`].
     I64(i64),
+    /// See [`ValueType::F64`].
     F64(f64),
 }
 
 /// An owned, homogeneous metadata array.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MetaArray {
+    /// An array of u8.
     U8(Vec<u8>),
+    /// An array of i8.
     I8(Vec<i8>),
+    /// An array of u16.
     U16(Vec<u16>),
+    /// An array of i16.
     I16(Vec<i16>),
+    /// An array of u32.
     U32(Vec<u32>),
+    /// An array of i32.
     I32(Vec<i32>),
+    /// An array of f32.
     F32(Vec<f32>),
+    /// An array of bools.
     Bool(Vec<bool>),
+    /// An array of strings.
     String(Vec<String>),
+    /// An array of u64.
     U64(Vec<u64>),
+    /// An array of i64.
     I64(Vec<i64>),
+    /// An array of f64.
     F64(Vec<f64>),
 }
 
 impl MetaValue {
+    /// The type of this value.
     pub fn value_type(&self) -> ValueType {
         match self {
             MetaValue::U8(_) => ValueType::U8,
@@ -415,6 +477,7 @@ impl MetaValue {
 }
 
 impl MetaArray {
+    /// The type of every element.
     pub fn elem_type(&self) -> ValueType {
         match self {
             MetaArray::U8(_) => ValueType::U8,
@@ -432,6 +495,7 @@ impl MetaArray {
         }
     }
 
+    /// Number of elements.
     pub fn len(&self) -> usize {
         match self {
             MetaArray::U8(v) => v.len(),
@@ -449,6 +513,7 @@ impl MetaArray {
         }
     }
 
+    /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -22,7 +22,9 @@ pub const WRITE_VERSION: u32 = 3;
 /// A tensor to be written: its header record. The bytes come later, from the data callback.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorDecl {
+    /// The tensor's name, at most 63 bytes.
     pub name: String,
+    /// The tensor's element type.
     pub ty: GgmlType,
     /// ggml order: `shape[0]` is the contiguous dimension.
     pub shape: Vec<u64>,
@@ -35,6 +37,7 @@ impl TensorDecl {
         self.n_bytes
     }
 
+    /// Number of elements: the product of the shape.
     pub fn n_elements(&self) -> u64 {
         self.shape.iter().product()
     }
@@ -50,6 +53,7 @@ pub struct GgufWriter {
 }
 
 impl GgufWriter {
+    /// An empty writer: no metadata, no tensors.
     pub fn new() -> Self {
         Self::default()
     }
@@ -123,6 +127,7 @@ impl GgufWriter {
         Ok(())
     }
 
+    /// The tensors declared so far, in declaration order.
     pub fn tensors(&self) -> &[TensorDecl] {
         &self.tensors
     }

@@ -64,6 +64,8 @@ pub enum CpuPath {
 }
 
 impl CpuPath {
+    /// Every path: the scalar one, then the x86-64 and the ARM ones, each from the least to the
+    /// most capable.
     pub const ALL: [CpuPath; 6] = [
         CpuPath::Scalar,
         CpuPath::Avx2,
@@ -292,7 +294,9 @@ pub type InterleavedGemmFn =
 /// `-8` offset costs `8·sum`), so a matmul computes it once per call ([`act_block_sums`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ActBlockSum {
+    /// The block's scale, as f32.
     pub d: f32,
+    /// The sum of the block's quants (all 32 of Q8_0, all 256 of Q8_K).
     pub sum: i32,
 }
 
@@ -347,6 +351,7 @@ pub struct Interleaving {
 /// A block of [`DOT_ROWS`] interleaved rows of format `Row` (`BlockQ4_0x8`, `BlockQ8_0x8`,
 /// `BlockQ4Kx8`, `BlockQ6Kx8`).
 pub trait InterleavedBlock: bytemuck::Pod {
+    /// The format of each of the rows.
     type Row: VecDot;
     /// Block `i` of each of the rows, interleaved.
     fn from_rows(rows: [&Self::Row; DOT_ROWS]) -> Self;

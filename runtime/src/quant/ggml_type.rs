@@ -11,37 +11,72 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u32)]
 pub enum GgmlType {
+    /// 32-bit IEEE float.
     F32 = 0,
+    /// 16-bit IEEE half float.
     F16 = 1,
+    /// 32 elements as 4-bit signed steps of one f16 scale; 4.5 bits per weight.
     Q4_0 = 2,
+    /// 32 elements as 4-bit steps of an f16 scale above an f16 minimum; 5 bits per weight.
     Q4_1 = 3,
+    /// 32 elements as 5-bit signed steps of one f16 scale; 5.5 bits per weight.
     Q5_0 = 6,
+    /// 32 elements as 5-bit steps of an f16 scale above an f16 minimum; 6 bits per weight.
     Q5_1 = 7,
+    /// 32 elements as signed bytes of one f16 scale; 8.5 bits per weight.
     Q8_0 = 8,
+    /// Q8_0 plus the block's scaled sum; 9 bits per weight. An activation format only.
     Q8_1 = 9,
+    /// 256-element super-blocks of 2-bit quants with 4-bit scales and mins; 2.625 bits per weight.
     Q2K = 10,
+    /// 256-element super-blocks of 3-bit quants with 6-bit scales; 3.4375 bits per weight.
     Q3K = 11,
+    /// 256-element super-blocks of 4-bit quants with 6-bit scales and mins; 4.5 bits per weight.
     Q4K = 12,
+    /// 256-element super-blocks of 5-bit quants with 6-bit scales and mins; 5.5 bits per weight.
     Q5K = 13,
+    /// 256-element super-blocks of 6-bit quants with 8-bit scales; 6.5625 bits per weight.
     Q6K = 14,
+    /// 256 signed bytes of one f32 scale, with per-16 sums; 9.125 bits per weight. An activation
+    /// format only.
     Q8K = 15,
+    /// ggml's IQ2_XXS (2.0625 bits per weight). Recognised, not computed.
     Iq2Xxs = 16,
+    /// ggml's IQ2_XS (2.3125 bits per weight). Recognised, not computed.
     Iq2Xs = 17,
+    /// ggml's IQ3_XXS (3.0625 bits per weight). Recognised, not computed.
     Iq3Xxs = 18,
+    /// ggml's IQ1_S (1.5625 bits per weight). Recognised, not computed.
     Iq1S = 19,
+    /// ggml's IQ4_NL: 32-element blocks on a non-linear 4-bit grid (4.5 bits per weight).
+    /// Recognised, not computed.
     Iq4Nl = 20,
+    /// ggml's IQ3_S (3.4375 bits per weight). Recognised, not computed.
     Iq3S = 21,
+    /// ggml's IQ2_S (2.5625 bits per weight). Recognised, not computed.
     Iq2S = 22,
+    /// ggml's IQ4_XS (4.25 bits per weight). Recognised, not computed.
     Iq4Xs = 23,
+    /// Signed 8-bit integer.
     I8 = 24,
+    /// Signed 16-bit integer.
     I16 = 25,
+    /// Signed 32-bit integer.
     I32 = 26,
+    /// Signed 64-bit integer.
     I64 = 27,
+    /// 64-bit IEEE float.
     F64 = 28,
+    /// ggml's IQ1_M (1.75 bits per weight). Recognised, not computed.
     Iq1M = 29,
+    /// bfloat16: the top 16 bits of an f32.
     BF16 = 30,
+    /// ggml's ternary TQ1_0 (1.6875 bits per weight). Recognised, not computed.
     Tq1_0 = 34,
+    /// ggml's ternary TQ2_0 (2.0625 bits per weight). Recognised, not computed.
     Tq2_0 = 35,
+    /// OCP microscaling FP4: 32 e2m1 values with one shared e8m0 scale (4.25 bits per weight).
+    /// Recognised, not computed.
     Mxfp4 = 39,
 }
 
@@ -87,6 +122,7 @@ impl GgmlType {
         Self::ALL.iter().copied().find(|t| t.id() == id)
     }
 
+    /// The on-disk id.
     pub const fn id(self) -> u32 {
         self as u32
     }

@@ -43,7 +43,10 @@ pub use q8_1::BlockQ8_1;
 
 /// A ggml block format: `BLOCK_SIZE` elements stored in one `Self`.
 pub trait BlockFormat: bytemuck::Pod + Send + Sync + 'static {
+    /// The ggml type this block stores.
     const TYPE: GgmlType;
+    /// Elements per block: 32 for the legacy formats, [`QK_K`] (256) for the k-quants, 1 for the
+    /// float types.
     const BLOCK_SIZE: usize = Self::TYPE.block_size();
 
     /// ggml's reference quantizer (no importance matrix). `src.len()` must equal
@@ -58,6 +61,7 @@ pub trait BlockFormat: bytemuck::Pod + Send + Sync + 'static {
 /// A weight format and the activation format ggml pairs it with for matmul
 /// (GGUF-AND-LLAVA.md §2.4): Q4_0·Q8_0, Q4_1·Q8_1, Q4_K·Q8_K, F16·F16, ...
 pub trait VecDot: BlockFormat {
+    /// The block format ggml quantizes activations to before a dot product with this weight format.
     type Activation: BlockFormat;
 
     /// Scalar reference dot product of one row of weights with one row of activations of the
@@ -68,25 +72,41 @@ pub trait VecDot: BlockFormat {
 /// Why a type-erased (byte-slice) quantization call was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
+    /// `ty` has no quantization kernels in llava-edge (see [`is_supported`]).
     #[error("ggml type {0} is not supported by llava-edge's quantization kernels")]
     UnsupportedType(GgmlType),
+    /// A row length that is not a multiple of the type's block size.
     #[error(
         "{ty}: a row of {n_elements} elements is not a whole number of {block_size}-element blocks"
     )]
     PartialBlock {
+        /// The type.
         ty: GgmlType,
+        /// Elements in the row.
         n_elements: usize,
+        /// Elements per block of `ty`.
         block_size: usize,
     },
+    /// The byte slice does not have the size the element count needs.
     #[error("{ty}: {n_elements} elements take {expected} bytes, but the byte slice has {actual}")]
     ByteLength {
+        /// The type.
         ty: GgmlType,
+        /// Elements the call was asked to convert.
         n_elements: usize,
+        /// Bytes `n_elements` of `ty` take.
         expected: usize,
+        /// Bytes the slice has.
         actual: usize,
     },
+    /// The byte slice does not start at an address the block struct can be read from in place.
     #[error("{ty}: the byte slice is not aligned to the {align}-byte alignment of its blocks")]
-    Misaligned { ty: GgmlType, align: usize },
+    Misaligned {
+        /// The type.
+        ty: GgmlType,
+        /// The alignment the block struct needs, in bytes.
+        align: usize,
+    },
 }
 
 /// Whether [`quantize_row`], [`dequantize_row`] and the typed [`BlockFormat`] impls cover `ty`.

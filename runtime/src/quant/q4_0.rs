@@ -19,7 +19,9 @@ const QK: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ4_0 {
+    /// The block's scale.
     pub d: f16,
+    /// The 32 quants, two per byte (layout above).
     pub qs: [u8; QK / 2],
 }
 

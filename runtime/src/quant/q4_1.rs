@@ -17,8 +17,11 @@ const QK: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ4_1 {
+    /// The block's scale: the size of one step.
     pub d: f16,
+    /// The block's minimum: the value of quant 0.
     pub m: f16,
+    /// The 32 quants, two per byte (layout above).
     pub qs: [u8; QK / 2],
 }
 

@@ -18,8 +18,12 @@ const QK: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ5_0 {
+    /// The block's scale.
     pub d: f16,
+    /// The fifth (high) bit of each of the 32 quants, element `i` in bit `i` of the little-endian
+    /// u32.
     pub qh: [u8; 4],
+    /// The low 4 bits of the 32 quants, two per byte.
     pub qs: [u8; QK / 2],
 }
 

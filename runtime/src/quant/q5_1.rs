@@ -16,9 +16,14 @@ const QK: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ5_1 {
+    /// The block's scale: the size of one step.
     pub d: f16,
+    /// The block's minimum: the value of quant 0.
     pub m: f16,
+    /// The fifth (high) bit of each of the 32 quants, element `i` in bit `i` of the little-endian
+    /// u32.
     pub qh: [u8; 4],
+    /// The low 4 bits of the 32 quants, two per byte.
     pub qs: [u8; QK / 2],
 }
 

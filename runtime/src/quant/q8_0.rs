@@ -16,7 +16,9 @@ const QK: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ8_0 {
+    /// The block's scale.
     pub d: f16,
+    /// The 32 quants.
     pub qs: [i8; QK],
 }
 

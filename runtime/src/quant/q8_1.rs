@@ -17,8 +17,11 @@ const QK: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ8_1 {
+    /// The block's scale.
     pub d: f16,
+    /// `d` times the sum of the 32 quants.
     pub s: f16,
+    /// The 32 quants.
     pub qs: [i8; QK],
 }
 

@@ -80,6 +80,8 @@ pub struct StreamDecoder<'t> {
 }
 
 impl<'t> StreamDecoder<'t> {
+    /// A decoder for the start of a sequence of `tokenizer`'s ids: control tokens render as nothing,
+    /// and the leading space is stripped when the tokenizer adds a space prefix.
     pub fn new(tokenizer: &'t Tokenizer) -> StreamDecoder<'t> {
         StreamDecoder {
             tokenizer,

@@ -33,18 +33,29 @@ use pretokenize::PreTokenizer;
 use spm::{Spm, ESCAPED_SPACE};
 use vocab::{LoadError, Vocab};
 
+/// Which tokenizer algorithm: `llama` (SentencePiece) or `gpt2` (byte-level BPE).
 pub const KEY_MODEL: &str = "tokenizer.ggml.model";
+/// Which BPE pre-tokenizer pattern; see [`PreTokenizerKind::from_name`].
 pub const KEY_PRE: &str = "tokenizer.ggml.pre";
+/// Beginning-of-sequence token id.
 pub const KEY_BOS_ID: &str = "tokenizer.ggml.bos_token_id";
+/// End-of-sequence token id.
 pub const KEY_EOS_ID: &str = "tokenizer.ggml.eos_token_id";
+/// The id of the unknown token, which SentencePiece emits for text it cannot spell.
 pub const KEY_UNK_ID: &str = "tokenizer.ggml.unknown_token_id";
+/// Padding token id.
 pub const KEY_PAD_ID: &str = "tokenizer.ggml.padding_token_id";
 /// llama.cpp's own spelling.
 pub const KEY_SEP_ID: &str = "tokenizer.ggml.seperator_token_id";
+/// End-of-turn token id (LLaMA-3 `<|eot_id|>`).
 pub const KEY_EOT_ID: &str = "tokenizer.ggml.eot_token_id";
+/// End-of-message token id (LLaMA-3.1 `<|eom_id|>`).
 pub const KEY_EOM_ID: &str = "tokenizer.ggml.eom_token_id";
+/// Whether encoding with special tokens starts with BOS.
 pub const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+/// Whether encoding with special tokens ends with EOS.
 pub const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
+/// Whether SentencePiece puts a space before the text it encodes.
 pub const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 
 /// Token texts that end generation whatever their metadata says (llama.cpp's `special_eog_ids`
@@ -59,6 +70,7 @@ const EOG_TEXTS: [&str; 7] = [
     "<EOT>",
 ];
 
+/// The tokenizer algorithm, from `tokenizer.ggml.model`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenizerKind {
     /// `tokenizer.ggml.model = "llama"`: SentencePiece with byte fallback.
@@ -76,15 +88,24 @@ enum Model {
 /// Special token ids; `None` where the file names none and the model type has no default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SpecialTokens {
+    /// Beginning of sequence. SentencePiece defaults to id 1.
     pub bos: Option<u32>,
+    /// End of sequence. SentencePiece defaults to id 2.
     pub eos: Option<u32>,
+    /// The unknown token. SentencePiece defaults to id 0.
     pub unk: Option<u32>,
+    /// Padding.
     pub pad: Option<u32>,
+    /// Separator.
     pub sep: Option<u32>,
+    /// End of turn.
     pub eot: Option<u32>,
+    /// End of message.
     pub eom: Option<u32>,
 }
 
+/// A SentencePiece or byte-level BPE tokenizer with llama.cpp's behaviour, built from a GGUF
+/// file's `tokenizer.*` metadata.
 pub struct Tokenizer {
     kind: TokenizerKind,
     model: Model,
@@ -115,6 +136,8 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
+    /// Builds the tokenizer of a GGUF file. Fails if a required key is missing or has the wrong
+    /// type, or if the vocabulary, merges or special-token ids are inconsistent.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         Self::load(gguf).map_err(|e| match e {
             LoadError::Gguf(e) => TokenizerError::Gguf(e),
@@ -312,6 +335,7 @@ impl Tokenizer {
         Some(self.pieces.get(id))
     }
 
+    /// Which algorithm this tokenizer runs.
     pub fn kind(&self) -> TokenizerKind {
         self.kind
     }
@@ -324,18 +348,22 @@ impl Tokenizer {
         }
     }
 
+    /// Number of tokens in the vocabulary; valid ids are `0..vocab_size()`.
     pub fn vocab_size(&self) -> usize {
         self.vocab.len()
     }
 
+    /// Every special token id.
     pub fn special_tokens(&self) -> &SpecialTokens {
         &self.special
     }
 
+    /// The beginning-of-sequence token id, if the vocabulary has one.
     pub fn bos(&self) -> Option<u32> {
         self.special.bos
     }
 
+    /// The end-of-sequence token id, if the vocabulary has one.
     pub fn eos(&self) -> Option<u32> {
         self.special.eos
     }
@@ -350,6 +378,7 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// Whether `encode(_, add_special = true, _)` ends with EOS.
     pub fn add_eos(&self) -> bool {
         self.add_eos
     }

@@ -22,9 +22,12 @@ const LLAMA3_PATTERN: &str = concat!(
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 );
 
+/// The regex that splits text into words before BPE merges them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PreTokenizerKind {
+    /// GPT-2's pattern, also used for `default`.
     Gpt2,
+    /// LLaMA-3's pattern (cl100k_base with digits in groups of at most three).
     Llama3,
 }
 

@@ -15,16 +15,22 @@ pub(crate) const KEY_TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
 pub enum TokenType {
     /// 0: never written by the converters; llama.cpp renders such tokens as nothing.
     Undefined,
+    /// 1: an ordinary token.
     Normal,
+    /// 2: the unknown token, which SentencePiece emits for text it cannot spell.
     Unknown,
+    /// 3: a control token such as `<s>` or `<|eot_id|>`.
     Control,
+    /// 4: a token added by the user; matched in text and rendered verbatim.
     UserDefined,
+    /// 5: a slot with no use; rendered as nothing.
     Unused,
     /// A SentencePiece byte-fallback token `<0xXX>`.
     Byte,
 }
 
 impl TokenType {
+    /// The type with `tokenizer.ggml.token_type` value `value`, or `None` outside 0..=6.
     pub fn from_gguf(value: i32) -> Option<TokenType> {
         Some(match value {
             0 => TokenType::Undefined,

@@ -9,16 +9,10 @@
 //! [`K_CHUNK`] of columns at a time, into panels of 16 rows. So a tile is 6 activation rows ×
 //! 16 output columns, added straight into the output in its final `[rows, n_out]` layout: no
 //! horizontal sum, no transpose, no intermediate buffer. Attention uses the same micro-kernel
-//! with keys and values as the broadcast operand (`attention.rs`).
-//!
-//! History: a 3 × 4 kernel dotting weight rows with activation rows (8 partial sums per
-//! register, summed horizontally) read 7 vectors from L2 for 12 FMAs and ran at about 60% of
-//! the FMA rate. Its successor had the roles of this one swapped (activations in 16-row
-//! panels, weights broadcast): its tiles came out weight-row major and were transposed into
-//! the output, and 577 CLIP rows took 37 panels of 16 (2.6% padding) where they take 97
-//! groups of 6 here (0.9%). On AVX-512 CPUs the same tile takes one register per panel column
-//! (benches/README.md: 7B Q4_0 pp256 1.5×, CLIP-L encode 1.2–1.45× against the AVX2 kernel on
-//! the same Xeon).
+//! with keys and values as the broadcast operand (`attention.rs`). Activations as the
+//! broadcast operand make 577 CLIP rows 97 groups of 6 (0.9% padding). On AVX-512 CPUs the
+//! same tile takes one register per panel column (benches/README.md: 7B Q4_0 pp256 1.5×,
+//! CLIP-L encode 1.2–1.45× against the AVX2 kernel on the same Xeon).
 
 use std::marker::PhantomData;
 use std::ops::Range;

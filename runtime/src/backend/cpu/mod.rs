@@ -25,12 +25,16 @@ pub use kv_cache::CpuKvCache;
 /// A row-major `[rows, cols]` f32 matrix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CpuTensor {
+    /// The elements, row after row: `rows × cols` of them.
     pub data: Vec<f32>,
+    /// Number of rows (tokens or patches).
     pub rows: usize,
+    /// Elements per row.
     pub cols: usize,
 }
 
 impl CpuTensor {
+    /// Wraps `data` as a `[rows, cols]` matrix. Panics if `data.len() != rows * cols`.
     pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Self {
         assert_eq!(
             data.len(),
@@ -40,6 +44,7 @@ impl CpuTensor {
         CpuTensor { data, rows, cols }
     }
 
+    /// Row `r`, `cols` elements. Panics if `r >= rows`.
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
     }
@@ -61,6 +66,7 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
+    /// The tensor's bytes as stored in the file, borrowed from the map.
     pub fn data(&self) -> &[u8] {
         self.file
             .tensor_at(self.index)
@@ -68,10 +74,13 @@ impl CpuWeight {
             .data
     }
 
+    /// The tensor's element type.
     pub fn ggml_type(&self) -> GgmlType {
         self.ty
     }
 
+    /// Dimensions in ggml order (`ne[0]` first). For a weight loaded with
+    /// [`Backend::load_matrix`], the `[row_len, rows]` it is viewed as.
     pub fn shape(&self) -> &[u64] {
         &self.shape
     }
@@ -203,6 +212,7 @@ impl CpuBackend {
         }
     }
 
+    /// Number of threads an op runs on: the calling thread and the pool's workers.
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }

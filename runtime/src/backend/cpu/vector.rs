@@ -262,10 +262,6 @@ mod x86 {
     /// key and value on its own, the conversions of an f16 cache rather than the multiply-adds
     /// bounded the speed (criterion `attention/decode`: the same time for 4 KV heads as for 32
     /// under 32 query heads of 64; 1.47× faster shared, benches/README.md).
-    ///
-    /// History: a single-head kernel that called a dot and an axpy per key through function
-    /// pointers (each with its checks, the axpy loading and storing the output row) ran at
-    /// ≈ 4 GB/s of cache (criterion `attention/decode/2048`, 2026-11-27).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
     fn decode_heads_avx2<T: Load8>(

@@ -16,9 +16,13 @@ use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ2K {
+    /// Per sub-block of 16: the 4-bit scale in the low nibble, the 4-bit min in the high nibble.
     pub scales: [u8; QK_K / 16],
+    /// The 256 2-bit quants, four per byte (layout above).
     pub qs: [u8; QK_K / 4],
+    /// Super-block scale: multiplies every sub-block scale.
     pub d: f16,
+    /// Super-block scale of the mins: multiplies every sub-block min.
     pub dmin: f16,
 }
 

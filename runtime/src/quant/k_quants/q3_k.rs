@@ -18,9 +18,13 @@ use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ3K {
+    /// The high (third) bit of each of the 256 quants (layout above).
     pub hmask: [u8; QK_K / 8],
+    /// The low 2 bits of each of the 256 quants, four per byte.
     pub qs: [u8; QK_K / 4],
+    /// The 16 packed 6-bit sub-block scales (layout above).
     pub scales: [u8; 12],
+    /// Super-block scale: multiplies every sub-block scale.
     pub d: f16,
 }
 

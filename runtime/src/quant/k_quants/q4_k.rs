@@ -15,9 +15,14 @@ use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ4K {
+    /// Super-block scale: multiplies every sub-block scale.
     pub d: f16,
+    /// Super-block scale of the mins: multiplies every sub-block min.
     pub dmin: f16,
+    /// The eight 6-bit sub-block scales and eight 6-bit mins, packed in 12 bytes (ggml
+    /// `get_scale_min_k4`).
     pub scales: [u8; 12],
+    /// The 256 4-bit quants, two per byte (layout above).
     pub qs: [u8; QK_K / 2],
 }
 

@@ -15,10 +15,15 @@ use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ5K {
+    /// Super-block scale: multiplies every sub-block scale.
     pub d: f16,
+    /// Super-block scale of the mins: multiplies every sub-block min.
     pub dmin: f16,
+    /// The eight 6-bit sub-block scales and eight 6-bit mins, packed as in Q4_K.
     pub scales: [u8; 12],
+    /// The fifth (high) bit of each of the 256 quants (layout above).
     pub qh: [u8; QK_K / 8],
+    /// The low 4 bits of each of the 256 quants, two per byte, as in Q4_K.
     pub qs: [u8; QK_K / 2],
 }
 

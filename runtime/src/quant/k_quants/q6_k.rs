@@ -23,9 +23,13 @@ use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ6K {
+    /// The low 4 bits of each of the 256 quants, two per byte (table above).
     pub ql: [u8; QK_K / 2],
+    /// The high 2 bits of each of the 256 quants, four per byte (table above).
     pub qh: [u8; QK_K / 4],
+    /// The signed 8-bit scale of each sub-block of 16.
     pub scales: [i8; QK_K / 16],
+    /// Super-block scale: multiplies every sub-block scale.
     pub d: f16,
 }
 

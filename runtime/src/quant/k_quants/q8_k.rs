@@ -12,8 +12,11 @@ use crate::quant::{assert_row_len, signed_abs_max, BlockFormat, GgmlType};
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 pub struct BlockQ8K {
+    /// The block's scale (f32, unlike the other formats' f16).
     pub d: f32,
+    /// The 256 quants.
     pub qs: [i8; QK_K],
+    /// The sum of each group of 16 quants.
     pub bsums: [i16; QK_K / 16],
 }
 
