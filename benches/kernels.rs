@@ -49,17 +49,8 @@ const SHAPES: [(usize, usize); 2] = [(4096, 4096), (4096, 11008)];
 
 /// Deterministic values in about [-1, 1] (splitmix64).
 fn random_row(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    let mut rng = llava_runtime::rng::SplitMix64(seed);
+    (0..n).map(|_| rng.next_signed()).collect()
 }
 
 /// Bytes aligned for every block struct.

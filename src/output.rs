@@ -19,7 +19,10 @@ impl<'a> Output<'a> {
     /// The outputs of a model writer (`convert`, `synth`): the LLM (`-o`) and, when there is
     /// one, the mmproj (`--mmproj-out`).
     pub fn llm_and_mmproj(llm: &'a Path, mmproj: Option<&'a Path>) -> Vec<Output<'a>> {
-        let llm = Output { flag: "-o", path: llm };
+        let llm = Output {
+            flag: "-o",
+            path: llm,
+        };
         let mmproj = mmproj.map(|path| Output {
             flag: "--mmproj-out",
             path,

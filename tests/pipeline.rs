@@ -135,7 +135,11 @@ fn misuse_is_a_typed_error_and_leaves_the_session_as_it_was() {
     assert_eq!(s.n_past(), 0);
     // Nothing to answer yet.
     let none = s.generate(&GenerateOptions::default(), |_| ControlFlow::Continue(()));
-    assert!(matches!(none, Err(Error::Usage(_))), "{:?}", none.map(|_| ()));
+    assert!(
+        matches!(none, Err(Error::Usage(_))),
+        "{:?}",
+        none.map(|_| ())
+    );
     // Images without a vision tower.
     let img = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
     let e = s.append("<image> what is this?", &[img]).unwrap_err();
@@ -187,7 +191,9 @@ fn the_callback_stops_generation_and_a_follow_up_closes_the_answer() {
     // template's end of turn, and the next question in the conversation format.
     let t = s.template();
     assert_eq!(t, Template::LlavaV1);
-    let second = s.ask("And then?", &[], &options, |_| ControlFlow::Continue(())).unwrap();
+    let second = s
+        .ask("And then?", &[], &options, |_| ControlFlow::Continue(()))
+        .unwrap();
     let followup = format!("{}{}", t.end_of_turn(), t.render_followup("And then?"));
     let want = 1 + p.tokenizer().encode(&followup, false, true).len();
     assert_eq!(second.prefill.positions, want);
@@ -213,12 +219,15 @@ fn an_image_question_in_parts_matches_transformers() {
     // The reference prompt, "USER: <image>\nWhat is in this picture? ASSISTANT:", cut
     // after the image: the second part continues at the positions after the image's.
     let mut s = p.session().unwrap();
-    let first = s.append("USER: <image>", std::slice::from_ref(&img)).unwrap();
+    let first = s
+        .append("USER: <image>", std::slice::from_ref(&img))
+        .unwrap();
     assert_eq!(first.image_positions, p.image_positions(&img).unwrap());
     let row = |pos: usize| &want[pos * n_vocab..(pos + 1) * n_vocab];
     let diff = max_diff(s.last_logits().unwrap(), row(s.n_past() - 1));
     assert!(diff <= 1e-3, "after the image: max |diff| {diff}");
-    s.append("\nWhat is in this picture? ASSISTANT:", &[]).unwrap();
+    s.append("\nWhat is in this picture? ASSISTANT:", &[])
+        .unwrap();
     assert_eq!(s.n_past() * n_vocab, want.len());
     let diff = max_diff(s.last_logits().unwrap(), row(s.n_past() - 1));
     assert!(diff <= 1e-3, "at the end: max |diff| {diff}");

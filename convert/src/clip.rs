@@ -2,7 +2,9 @@
 //! (GGUF-AND-LLAVA.md §4). Shared by the converter, `llava synth` and `llava quantize`, so a
 //! synthetic file has exactly the layout of a converted one.
 
+use llava_runtime::gguf::keys::clip;
 use llava_runtime::gguf::{MetaArray, MetaValue};
+use llava_runtime::gguf::{KEY_ARCHITECTURE, KEY_FILE_TYPE, KEY_NAME};
 use llava_runtime::quant::GgmlType;
 
 use crate::error::ConvertError;
@@ -150,45 +152,36 @@ impl ClipLayout {
         let vp = &self.vision;
         let u32v = |x: usize| MetaValue::U32(x as u32);
         let mut kv: Vec<(&str, MetaValue)> = vec![
-            ("general.architecture", "clip".into()),
-            ("general.name", self.name.as_str().into()),
+            (KEY_ARCHITECTURE, "clip".into()),
+            (KEY_NAME, self.name.as_str().into()),
             (
                 "general.description",
                 "LLaVA vision tower and projector (llava-edge)".into(),
             ),
-            ("general.file_type", MetaValue::U32(preset.file_type())),
-            ("clip.has_text_encoder", false.into()),
-            ("clip.has_vision_encoder", true.into()),
-            ("clip.has_llava_projector", true.into()),
-            ("clip.projector_type", "mlp".into()),
-            ("clip.use_gelu", vp.use_gelu.into()),
-            ("clip.vision.image_size", u32v(vp.image_size)),
-            ("clip.vision.patch_size", u32v(vp.patch_size)),
-            ("clip.vision.embedding_length", u32v(vp.hidden_size)),
-            ("clip.vision.feed_forward_length", u32v(vp.ffn_size)),
-            ("clip.vision.projection_dim", u32v(vp.projection_dim)),
-            ("clip.vision.attention.head_count", u32v(vp.n_heads)),
+            (KEY_FILE_TYPE, MetaValue::U32(preset.file_type())),
+            (clip::HAS_TEXT_ENCODER, false.into()),
+            (clip::HAS_VISION_ENCODER, true.into()),
+            (clip::HAS_LLAVA_PROJECTOR, true.into()),
+            (clip::PROJECTOR_TYPE, "mlp".into()),
+            (clip::USE_GELU, vp.use_gelu.into()),
+            (clip::IMAGE_SIZE, u32v(vp.image_size)),
+            (clip::PATCH_SIZE, u32v(vp.patch_size)),
+            (clip::EMBEDDING_LENGTH, u32v(vp.hidden_size)),
+            (clip::FEED_FORWARD_LENGTH, u32v(vp.ffn_size)),
+            (clip::PROJECTION_DIM, u32v(vp.projection_dim)),
+            (clip::HEAD_COUNT, u32v(vp.n_heads)),
             (
-                "clip.vision.attention.layer_norm_epsilon",
+                clip::LAYER_NORM_EPSILON,
                 MetaValue::F32(vp.layer_norm_eps as f32),
             ),
-            ("clip.vision.block_count", u32v(self.n_used)),
-            (
-                "clip.vision.image_mean",
-                MetaArray::F32(self.mean.to_vec()).into(),
-            ),
-            (
-                "clip.vision.image_std",
-                MetaArray::F32(self.std.to_vec()).into(),
-            ),
+            (clip::BLOCK_COUNT, u32v(self.n_used)),
+            (clip::IMAGE_MEAN, MetaArray::F32(self.mean.to_vec()).into()),
+            (clip::IMAGE_STD, MetaArray::F32(self.std.to_vec()).into()),
         ];
         if let Some(p) = &self.pinpoints {
-            kv.push((
-                "clip.vision.image_grid_pinpoints",
-                MetaArray::I32(p.clone()).into(),
-            ));
-            kv.push(("clip.vision.mm_patch_merge_type", "spatial_unpad".into()));
-            kv.push(("clip.vision.image_aspect_ratio", "anyres".into()));
+            kv.push((clip::IMAGE_GRID_PINPOINTS, MetaArray::I32(p.clone()).into()));
+            kv.push((clip::MM_PATCH_MERGE_TYPE, "spatial_unpad".into()));
+            kv.push((clip::IMAGE_ASPECT_RATIO, "anyres".into()));
         }
         kv
     }

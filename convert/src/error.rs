@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use llava_runtime::gguf::{GgufError, GgufWriteError};
 use llava_runtime::quant::QuantError;
 
-/// A conversion, requantization or synthesis failed. The output path holds no file.
+/// A conversion, requantization or synthesis failed. No partial output file is left behind.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     /// A file could not be read or written.

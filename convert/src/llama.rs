@@ -3,6 +3,8 @@
 //! Names, keys and the Q/K row permutation follow llama.cpp's `convert_hf_to_gguf.py`
 //! (GGUF-AND-LLAVA.md §3). One tensor is held in memory at a time.
 
+use llava_runtime::gguf::keys::llm;
+use llava_runtime::gguf::{KEY_ARCHITECTURE, KEY_FILE_TYPE, KEY_NAME};
 use std::path::Path;
 
 use llava_runtime::gguf::{GgufWriter, MetaValue};
@@ -136,10 +138,9 @@ struct Planned {
 pub struct ConvertSummary {
     /// Tensors in the output file.
     pub tensors: usize,
-    /// Elements in the written tensors (0 when nothing was written).
+    /// Elements in the written tensors.
     pub parameters: u64,
-    /// Bytes of tensor data written, excluding the header and padding (0 when nothing was
-    /// written).
+    /// Bytes of tensor data written, excluding the header and padding.
     pub bytes: u64,
 }
 
@@ -237,45 +238,42 @@ pub(crate) fn llama_metadata(
 ) -> Vec<(String, MetaValue)> {
     let a = "llama";
     let mut kv: Vec<(String, MetaValue)> = vec![
-        ("general.architecture".into(), a.into()),
-        ("general.name".into(), name.into()),
-        ("general.file_type".into(), preset.file_type().into()),
+        (KEY_ARCHITECTURE.into(), a.into()),
+        (KEY_NAME.into(), name.into()),
+        (KEY_FILE_TYPE.into(), preset.file_type().into()),
         ("general.quantization_version".into(), 2u32.into()),
         (
-            format!("{a}.context_length"),
+            llm::key(a, llm::CONTEXT_LENGTH),
             (hp.n_ctx_train as u32).into(),
         ),
         (
-            format!("{a}.embedding_length"),
+            llm::key(a, llm::EMBEDDING_LENGTH),
             (hp.hidden_size as u32).into(),
         ),
-        (format!("{a}.block_count"), (hp.n_layers as u32).into()),
+        (llm::key(a, llm::BLOCK_COUNT), (hp.n_layers as u32).into()),
         (
-            format!("{a}.feed_forward_length"),
+            llm::key(a, llm::FEED_FORWARD_LENGTH),
             (hp.ffn_size as u32).into(),
         ),
+        (llm::key(a, llm::HEAD_COUNT), (hp.n_heads as u32).into()),
         (
-            format!("{a}.attention.head_count"),
-            (hp.n_heads as u32).into(),
-        ),
-        (
-            format!("{a}.attention.head_count_kv"),
+            llm::key(a, llm::HEAD_COUNT_KV),
             (hp.n_kv_heads as u32).into(),
         ),
+        (llm::key(a, llm::RMS_EPSILON), (hp.rms_eps as f32).into()),
         (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            (hp.rms_eps as f32).into(),
+            llm::key(a, llm::ROPE_FREQ_BASE),
+            (hp.rope_theta as f32).into(),
         ),
-        (format!("{a}.rope.freq_base"), (hp.rope_theta as f32).into()),
         (
-            format!("{a}.rope.dimension_count"),
+            llm::key(a, llm::ROPE_DIMENSION_COUNT),
             ((hp.hidden_size / hp.n_heads) as u32).into(),
         ),
         (format!("{a}.vocab_size"), (hp.vocab_size as u32).into()),
     ];
     if let Some(f) = hp.rope_linear_factor {
-        kv.push((format!("{a}.rope.scaling.type"), "linear".into()));
-        kv.push((format!("{a}.rope.scaling.factor"), (f as f32).into()));
+        kv.push((llm::key(a, llm::ROPE_SCALING_TYPE), "linear".into()));
+        kv.push((llm::key(a, llm::ROPE_SCALING_FACTOR), (f as f32).into()));
     }
     kv
 }

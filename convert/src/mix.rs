@@ -42,8 +42,8 @@ impl Preset {
         Preset::Q4_0,
     ];
 
-    /// The name `llama-quantize` and `--quant` use (`q4_k_m`, `f16`, ...); [`FromStr`] parses it
-    /// back, ignoring case.
+    /// llama-quantize's name for the preset in lower case (`q4_k_m`, `f16`, ...), as `--quant`
+    /// takes it; [`FromStr`] parses it back, ignoring case.
     pub fn name(self) -> &'static str {
         match self {
             Preset::F32 => "f32",

@@ -99,11 +99,7 @@ pub(crate) fn derive_seed(seed: u64, stream: u64, index: u64) -> u64 {
 }
 
 pub(crate) fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    llava_runtime::rng::SplitMix64::step(state)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! `vision_tensor_type` for an mmproj), so requantizing an F32 file gives the bytes a direct
 //! conversion would. One tensor is dequantized to f32 at a time.
 
+use llava_runtime::gguf::keys::llm;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
@@ -22,9 +23,6 @@ use crate::mix::Preset;
 use crate::progress::{tensor_written, Monitor, Silent};
 use crate::quantize::{dequantize_tensor, quantize_tensor};
 use crate::ConvertSummary;
-
-/// The LLM's layer count, which the Q4_K_M/Q5_K_M mix needs.
-const KEY_LLAMA_BLOCK_COUNT: &str = "llama.block_count";
 
 /// Which per-tensor rules apply.
 enum Rules {
@@ -62,7 +60,7 @@ pub fn requantize_with(
     }
     let rules = match src.get_str(KEY_ARCHITECTURE)? {
         "llama" => Rules::Llm {
-            n_layers: src.get_u32(KEY_LLAMA_BLOCK_COUNT)? as usize,
+            n_layers: src.get_u32(&llm::key("llama", llm::BLOCK_COUNT))? as usize,
         },
         "clip" => Rules::Vision,
         other => {

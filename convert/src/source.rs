@@ -67,8 +67,8 @@ pub struct Source {
 
 impl Source {
     /// Opens the checkpoint in `dir`: reads `config.json`, maps its safetensors files and finds the
-    /// LLM's naming scheme. Fails if the model type is unsupported or the LLM's token embeddings
-    /// cannot be found.
+    /// LLM's naming scheme. Fails if a file cannot be read, the model type is unsupported, or the
+    /// LLM's token embeddings cannot be found.
     pub fn open(dir: &Path) -> Result<Source, ConvertError> {
         let config = JsonFile::open(&dir.join("config.json"))?;
         let Some(model_type) = config.str_opt("model_type")? else {

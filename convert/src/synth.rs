@@ -34,7 +34,7 @@ pub enum SynthModel {
 }
 
 impl SynthModel {
-    /// Every model, in the order `--help` lists them.
+    /// Every model, in the order `llava synth` lists them when `--preset` names none.
     pub const ALL: [SynthModel; 4] = [
         SynthModel::Tiny,
         SynthModel::TinyLlama1B,
@@ -42,7 +42,7 @@ impl SynthModel {
         SynthModel::Llava16Mistral7B,
     ];
 
-    /// The name `llava synth` accepts (`tiny`, `llava-1.5-7b`, ...).
+    /// The name `llava synth --preset` takes (`tiny`, `llava-1.5-7b`, ...).
     pub fn name(self) -> &'static str {
         match self {
             SynthModel::Tiny => "tiny",
@@ -300,6 +300,7 @@ fn byte_vocab(n_vocab: usize) -> Vec<(&'static str, MetaValue)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llava_runtime::gguf::keys::clip;
 
     #[test]
     fn shapes_match_the_published_parameter_counts() {
@@ -322,14 +323,11 @@ mod tests {
         let kv = layout.metadata(Preset::F16);
         let get = |k: &str| kv.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
         assert_eq!(
-            get("clip.vision.image_grid_pinpoints"),
+            get(clip::IMAGE_GRID_PINPOINTS),
             Some(MetaArray::I32(LLAVA_16_PINPOINTS.to_vec()).into())
         );
-        assert_eq!(
-            get("clip.vision.mm_patch_merge_type"),
-            Some("spatial_unpad".into())
-        );
-        assert_eq!(get("clip.vision.block_count"), Some(MetaValue::U32(23)));
+        assert_eq!(get(clip::MM_PATCH_MERGE_TYPE), Some("spatial_unpad".into()));
+        assert_eq!(get(clip::BLOCK_COUNT), Some(MetaValue::U32(23)));
         let t = layout.tensors();
         assert_eq!(t.len(), 378);
         let newline = t.iter().find(|t| t.gguf == "v.image_newline").unwrap();

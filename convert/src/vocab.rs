@@ -5,6 +5,7 @@
 //! makes that order the BPE merge order, which is also how SentencePiece's own BPE models score
 //! their pieces.
 
+use llava_runtime::gguf::keys;
 use std::collections::HashMap;
 
 use llava_runtime::gguf::{MetaArray, MetaValue};
@@ -190,7 +191,7 @@ pub fn spm_metadata(
     ));
     if let Some(template) = tokenizer_config.and_then(|c| c.str_opt("chat_template").ok().flatten())
     {
-        meta.push(("tokenizer.chat_template", template.into()));
+        meta.push((keys::CHAT_TEMPLATE, template.into()));
     }
     meta.push((
         "tokenizer.huggingface.json",
@@ -302,7 +303,7 @@ pub fn spm_metadata_from_model(
     ));
     if let Some(template) = tokenizer_config.and_then(|c| c.str_opt("chat_template").ok().flatten())
     {
-        meta.push(("tokenizer.chat_template", template.into()));
+        meta.push((keys::CHAT_TEMPLATE, template.into()));
     }
     Ok(meta)
 }

@@ -3,6 +3,7 @@
 //! pre-layernorm, every block stored in the file (the converter keeps only those LLaVA uses),
 //! no post-layernorm, then the CLS row dropped.
 
+use llava_runtime::gguf::keys::clip;
 use std::sync::Arc;
 
 use llava_runtime::backend::{Backend, Heads};
@@ -10,6 +11,7 @@ use llava_runtime::gguf::{GgufFile, KEY_ARCHITECTURE};
 
 use crate::error::ModelError;
 use crate::projector::Projector;
+use crate::weights::{self, LayerNorm, Linear};
 
 /// Most `image_grid_pinpoints` an mmproj may list (LLaVA-1.6 lists 5, llama.cpp's largest
 /// tables a few dozen).
@@ -70,18 +72,16 @@ impl ClipConfig {
                 format!("{arch:?}: an mmproj file has architecture \"clip\""),
             ));
         }
-        if f.optional("clip.has_vision_encoder", GgufFile::get_bool)? == Some(false) {
+        if f.optional(clip::HAS_VISION_ENCODER, GgufFile::get_bool)? == Some(false) {
             return Err(bad(
-                "clip.has_vision_encoder",
+                clip::HAS_VISION_ENCODER,
                 "the file has no vision tower".into(),
             ));
         }
-        let projector = f.optional("clip.projector_type", |f, k| {
-            f.get_str(k).map(str::to_owned)
-        })?;
+        let projector = f.optional(clip::PROJECTOR_TYPE, |f, k| f.get_str(k).map(str::to_owned))?;
         if let Some(p) = projector.as_deref().filter(|p| *p != "mlp") {
             return Err(bad(
-                "clip.projector_type",
+                clip::PROJECTOR_TYPE,
                 format!("{p:?} is not supported (LLaVA's \"mlp\")"),
             ));
         }
@@ -91,22 +91,22 @@ impl ClipConfig {
             v.try_into()
                 .map_err(|v: Vec<f32>| bad(k, format!("{} values, expected 3", v.len())))
         };
-        let hidden_size = u("clip.vision.embedding_length")?;
-        let n_heads = u("clip.vision.attention.head_count")?;
+        let hidden_size = u(clip::EMBEDDING_LENGTH)?;
+        let n_heads = u(clip::HEAD_COUNT)?;
         if n_heads == 0 || hidden_size % n_heads != 0 {
             return Err(bad(
-                "clip.vision.attention.head_count",
+                clip::HEAD_COUNT,
                 format!("{n_heads} heads do not divide the width {hidden_size}"),
             ));
         }
-        let (image_size, patch_size) = (u("clip.vision.image_size")?, u("clip.vision.patch_size")?);
+        let (image_size, patch_size) = (u(clip::IMAGE_SIZE)?, u(clip::PATCH_SIZE)?);
         if patch_size == 0 || image_size == 0 || image_size % patch_size != 0 {
             return Err(bad(
-                "clip.vision.patch_size",
+                clip::PATCH_SIZE,
                 format!("{patch_size} does not divide the image size {image_size}"),
             ));
         }
-        let key = "clip.vision.image_grid_pinpoints";
+        let key = clip::IMAGE_GRID_PINPOINTS;
         let grid_pinpoints = match f.optional(key, |f, k| Ok(f.get_array_of::<i32>(k)?.count()))? {
             None => Vec::new(),
             Some(n) if n % 2 != 0 || n / 2 > MAX_PINPOINTS => {
@@ -135,12 +135,12 @@ impl ClipConfig {
                 flat.chunks(2).map(|p| (p[0] as u32, p[1] as u32)).collect()
             }
         };
-        let n_blocks = u("clip.vision.block_count")?;
+        let n_blocks = u(clip::BLOCK_COUNT)?;
         // The count sizes the block list: check it against the tensors the file holds.
         let last = format!("v.blk.{}.attn_q.weight", n_blocks.max(1) - 1);
         if n_blocks == 0 || f.tensor(&last).is_none() {
             return Err(bad(
-                "clip.vision.block_count",
+                clip::BLOCK_COUNT,
                 format!("{n_blocks}, but the file has no tensor {last}"),
             ));
         }
@@ -148,14 +148,14 @@ impl ClipConfig {
             image_size,
             patch_size,
             hidden_size,
-            ffn_size: u("clip.vision.feed_forward_length")?,
+            ffn_size: u(clip::FEED_FORWARD_LENGTH)?,
             n_heads,
             n_blocks,
-            layer_norm_eps: f.get_f32("clip.vision.attention.layer_norm_epsilon")?,
-            image_mean: triple("clip.vision.image_mean")?,
-            image_std: triple("clip.vision.image_std")?,
+            layer_norm_eps: f.get_f32(clip::LAYER_NORM_EPSILON)?,
+            image_mean: triple(clip::IMAGE_MEAN)?,
+            image_std: triple(clip::IMAGE_STD)?,
             use_gelu: f
-                .optional("clip.use_gelu", GgufFile::get_bool)?
+                .optional(clip::USE_GELU, GgufFile::get_bool)?
                 .unwrap_or(false),
             grid_pinpoints,
         })
@@ -163,14 +163,14 @@ impl ClipConfig {
 }
 
 struct Block<B: Backend> {
-    ln1: (B::Weight, B::Weight),
-    q: (B::Weight, B::Weight),
-    k: (B::Weight, B::Weight),
-    v: (B::Weight, B::Weight),
-    out: (B::Weight, B::Weight),
-    ln2: (B::Weight, B::Weight),
-    fc1: (B::Weight, B::Weight),
-    fc2: (B::Weight, B::Weight),
+    ln1: LayerNorm<B>,
+    q: Linear<B>,
+    k: Linear<B>,
+    v: Linear<B>,
+    out: Linear<B>,
+    ln2: LayerNorm<B>,
+    fc1: Linear<B>,
+    fc2: Linear<B>,
 }
 
 /// The vision tower and projector of an mmproj file.
@@ -180,7 +180,7 @@ pub struct Clip<B: Backend> {
     patch_embd: B::Weight,
     class_embd: B::Weight,
     position_embd: B::Weight,
-    pre_ln: (B::Weight, B::Weight),
+    pre_ln: LayerNorm<B>,
     blocks: Vec<Block<B>>,
     /// The projector from the tower's features to the LLM's embeddings.
     pub projector: Projector<B>,
@@ -197,22 +197,12 @@ impl<B: Backend> Clip<B> {
         let c = ClipConfig::from_gguf(file)?;
         let (h, ff, p) = (c.hidden_size as u64, c.ffn_size as u64, c.patch_size as u64);
         let n_pos = c.n_patches() as u64 + 1;
-        let load = |name: &str, shape: &[u64]| -> Result<B::Weight, ModelError> {
-            crate::llama::check_shape(file, name, shape)?;
-            Ok(backend.load_weight(file, name)?)
-        };
-        let pair =
-            |base: &str, shape: &[u64], bias: u64| -> Result<(B::Weight, B::Weight), ModelError> {
-                Ok((
-                    load(&format!("{base}.weight"), shape)?,
-                    load(&format!("{base}.bias"), &[bias])?,
-                ))
-            };
-        crate::llama::check_shape(file, "v.patch_embd.weight", &[p, p, 3, h])?;
+        let load = |name: &str, shape: &[u64]| weights::load(backend, file, name, shape);
+        weights::check_shape(file, "v.patch_embd.weight", &[p, p, 3, h])?;
         let patch_embd = backend.load_matrix(file, "v.patch_embd.weight", (3 * p * p) as usize)?;
         let class_embd = load("v.class_embd", &[h])?;
         let position_embd = load("v.position_embd.weight", &[h, n_pos])?;
-        let pre_ln = pair("v.pre_ln", &[h], h)?;
+        let pre_ln = LayerNorm::load(backend, file, "v.pre_ln", h)?;
         let mut blocks = Vec::new();
         for i in 0..c.n_blocks {
             let b = |n: &str| format!("v.blk.{i}.{n}");
@@ -228,15 +218,17 @@ impl<B: Backend> Clip<B> {
             } else {
                 ("ffn_down", "ffn_up")
             };
+            let linear =
+                |name: &str, n_in, n_out| Linear::load(backend, file, &b(name), n_in, n_out);
             blocks.push(Block {
-                ln1: pair(&b("ln1"), &[h], h)?,
-                q: pair(&b("attn_q"), &[h, h], h)?,
-                k: pair(&b("attn_k"), &[h, h], h)?,
-                v: pair(&b("attn_v"), &[h, h], h)?,
-                out: pair(&b("attn_out"), &[h, h], h)?,
-                ln2: pair(&b("ln2"), &[h], h)?,
-                fc1: pair(&b(fc1_name), &[h, ff], ff)?,
-                fc2: pair(&b(fc2_name), &[ff, h], h)?,
+                ln1: LayerNorm::load(backend, file, &b("ln1"), h)?,
+                q: linear("attn_q", h, h)?,
+                k: linear("attn_k", h, h)?,
+                v: linear("attn_v", h, h)?,
+                out: linear("attn_out", h, h)?,
+                ln2: LayerNorm::load(backend, file, &b("ln2"), h)?,
+                fc1: linear(fc1_name, h, ff)?,
+                fc2: linear(fc2_name, ff, h)?,
             });
         }
         let projector = Projector::load(backend, file, c.hidden_size)?;
@@ -295,33 +287,30 @@ impl<B: Backend> Clip<B> {
         let x = backend.concat_rows(&[&cls, &embedded]);
         let positions: Vec<u32> = (0..=side * side).map(|i| i as u32).collect();
         let x = backend.add(x, &backend.get_rows(&self.position_embd, &positions));
-        let mut x = backend.layer_norm(&x, &self.pre_ln.0, &self.pre_ln.1, c.layer_norm_eps);
+        let mut x = self.pre_ln.forward(backend, &x, c.layer_norm_eps);
 
         let heads = Heads {
             n_heads: c.n_heads,
             n_kv_heads: c.n_heads,
             head_dim: c.hidden_size / c.n_heads,
         };
-        let linear = |x: &B::Tensor, w: &(B::Weight, B::Weight)| {
-            backend.add_bias(backend.matmul(x, &w.0), &w.1)
-        };
         for b in &self.blocks {
-            let n = backend.layer_norm(&x, &b.ln1.0, &b.ln1.1, c.layer_norm_eps);
+            let n = b.ln1.forward(backend, &x, c.layer_norm_eps);
             let a = backend.attention(
-                &linear(&n, &b.q),
-                &linear(&n, &b.k),
-                &linear(&n, &b.v),
+                &b.q.forward(backend, &n),
+                &b.k.forward(backend, &n),
+                &b.v.forward(backend, &n),
                 heads,
             );
-            x = backend.add(x, &linear(&a, &b.out));
-            let n = backend.layer_norm(&x, &b.ln2.0, &b.ln2.1, c.layer_norm_eps);
-            let hdn = linear(&n, &b.fc1);
+            x = backend.add(x, &b.out.forward(backend, &a));
+            let n = b.ln2.forward(backend, &x, c.layer_norm_eps);
+            let hdn = b.fc1.forward(backend, &n);
             let hdn = if c.use_gelu {
                 backend.gelu(hdn)
             } else {
                 backend.quick_gelu(hdn)
             };
-            x = backend.add(x, &linear(&hdn, &b.fc2));
+            x = backend.add(x, &b.fc2.forward(backend, &hdn));
         }
         // Drop CLS: LLaVA uses the patch rows only.
         backend.slice_rows(&x, 1, side * side)

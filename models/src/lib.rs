@@ -18,6 +18,7 @@ pub mod llava;
 mod pipeline;
 pub mod projector;
 pub mod template;
+pub mod weights;
 
 pub use clip::{Clip, ClipConfig};
 pub use error::ModelError;

@@ -5,12 +5,14 @@
 //! (GGUF-AND-LLAVA.md §3, §7). The Q/K rows in the file are already permuted for adjacent-pair
 //! (NORM) RoPE.
 
+use llava_runtime::gguf::keys::llm;
 use std::sync::Arc;
 
 use llava_runtime::backend::{Backend, Heads, KvType, Rope};
 use llava_runtime::gguf::{GgufFile, KEY_ARCHITECTURE};
 
 use crate::error::ModelError;
+use crate::weights;
 
 /// Hyper-parameters read from the file.
 #[derive(Clone, Debug, PartialEq)]
@@ -52,7 +54,7 @@ impl LlamaConfig {
                 arch: arch.to_owned(),
             });
         }
-        let key = |k: &str| format!("{ARCH}.{k}");
+        let key = |k: &str| llm::key(ARCH, k);
         let usize_of =
             |k: &str| -> Result<usize, ModelError> { Ok(file.get_u32(&key(k))? as usize) };
         let bad = |k: &str, reason: String| ModelError::BadConfig {
@@ -61,58 +63,58 @@ impl LlamaConfig {
             reason,
         };
 
-        let hidden_size = usize_of("embedding_length")?;
-        let n_layers = usize_of("block_count")?;
-        let n_heads = usize_of("attention.head_count")?;
-        let n_kv_heads = match file.optional(&key("attention.head_count_kv"), GgufFile::get_u32)? {
+        let hidden_size = usize_of(llm::EMBEDDING_LENGTH)?;
+        let n_layers = usize_of(llm::BLOCK_COUNT)?;
+        let n_heads = usize_of(llm::HEAD_COUNT)?;
+        let n_kv_heads = match file.optional(&key(llm::HEAD_COUNT_KV), GgufFile::get_u32)? {
             Some(n) => n as usize,
             None => n_heads,
         };
         if n_heads == 0 || hidden_size % n_heads != 0 {
             return Err(bad(
-                "attention.head_count",
+                llm::HEAD_COUNT,
                 format!("{n_heads} heads do not divide the hidden size {hidden_size}"),
             ));
         }
         if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(bad(
-                "attention.head_count_kv",
+                llm::HEAD_COUNT_KV,
                 format!("{n_kv_heads} KV heads do not divide {n_heads} query heads"),
             ));
         }
         let head_dim = hidden_size / n_heads;
-        let ffn_size = match file.get(&key("feed_forward_length")) {
+        let ffn_size = match file.get(&key(llm::FEED_FORWARD_LENGTH)) {
             Some(llava_runtime::gguf::Value::Array(_)) => {
                 return Err(bad(
-                    "feed_forward_length",
+                    llm::FEED_FORWARD_LENGTH,
                     "per-layer feed-forward sizes are not supported".into(),
                 ))
             }
-            _ => usize_of("feed_forward_length")?,
+            _ => usize_of(llm::FEED_FORWARD_LENGTH)?,
         };
-        let rms_eps = file.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
-        let n_rot = match file.optional(&key("rope.dimension_count"), GgufFile::get_u32)? {
+        let rms_eps = file.get_f32(&key(llm::RMS_EPSILON))?;
+        let n_rot = match file.optional(&key(llm::ROPE_DIMENSION_COUNT), GgufFile::get_u32)? {
             Some(n) => n as usize,
             None => head_dim,
         };
         if n_rot != head_dim {
             return Err(bad(
-                "rope.dimension_count",
+                llm::ROPE_DIMENSION_COUNT,
                 format!("{n_rot}, but llama rotates the whole head of {head_dim}"),
             ));
         }
         // RoPE rotates pairs of dimensions; an odd head loaded, then failed the first forward.
         if !n_rot.is_multiple_of(2) {
             return Err(bad(
-                "rope.dimension_count",
+                llm::ROPE_DIMENSION_COUNT,
                 format!("{n_rot} is odd, but RoPE rotates pairs of dimensions"),
             ));
         }
         let base = file
-            .optional(&key("rope.freq_base"), GgufFile::get_f32)?
+            .optional(&key(llm::ROPE_FREQ_BASE), GgufFile::get_f32)?
             .unwrap_or(10_000.0);
         let freq_scale = rope_freq_scale(file, &key)?;
-        let n_ctx_train = usize_of("context_length")?;
+        let n_ctx_train = usize_of(llm::CONTEXT_LENGTH)?;
         let n_vocab = file
             .tensor("token_embd.weight")
             .and_then(|t| t.shape().get(1).copied())
@@ -151,16 +153,16 @@ impl LlamaConfig {
 /// Linear RoPE scaling: `rope.scaling.type = "linear"` with `rope.scaling.factor`, or the older
 /// `rope.scale_linear`. Other scaling types are refused rather than silently ignored.
 fn rope_freq_scale(file: &GgufFile, key: &dyn Fn(&str) -> String) -> Result<f32, ModelError> {
-    let kind = file.optional(&key("rope.scaling.type"), |f, k| {
+    let kind = file.optional(&key(llm::ROPE_SCALING_TYPE), |f, k| {
         f.get_str(k).map(str::to_owned)
     })?;
     let factor = match kind.as_deref() {
-        None | Some("none") => file.optional(&key("rope.scale_linear"), GgufFile::get_f32)?,
-        Some("linear") => file.optional(&key("rope.scaling.factor"), GgufFile::get_f32)?,
+        None | Some("none") => file.optional(&key(llm::ROPE_SCALE_LINEAR), GgufFile::get_f32)?,
+        Some("linear") => file.optional(&key(llm::ROPE_SCALING_FACTOR), GgufFile::get_f32)?,
         Some(other) => {
             return Err(ModelError::BadConfig {
                 path: file.path().to_owned(),
-                key: key("rope.scaling.type"),
+                key: key(llm::ROPE_SCALING_TYPE),
                 reason: format!("{other:?} RoPE scaling is not supported"),
             })
         }
@@ -202,10 +204,7 @@ impl<B: Backend> Llama<B> {
         let (h, ff, v) = (c.hidden_size as u64, c.ffn_size as u64, c.n_vocab as u64);
         let q_dim = (c.n_heads * c.head_dim) as u64;
         let kv_dim = (c.n_kv_heads * c.head_dim) as u64;
-        let load = |name: &str, shape: &[u64]| -> Result<B::Weight, ModelError> {
-            check_shape(file, name, shape)?;
-            Ok(backend.load_weight(file, name)?)
-        };
+        let load = |name: &str, shape: &[u64]| weights::load(backend, file, name, shape);
 
         let token_embd = load("token_embd.weight", &[h, v])?;
         let output_norm = load("output_norm.weight", &[h])?;
@@ -298,20 +297,4 @@ impl<B: Backend> Llama<B> {
         let n = backend.rms_norm(&x, &self.output_norm, c.rms_eps);
         backend.matmul(&n, &self.output)
     }
-}
-
-pub(crate) fn check_shape(file: &GgufFile, name: &str, expected: &[u64]) -> Result<(), ModelError> {
-    let t = file.tensor(name).ok_or_else(|| ModelError::MissingTensor {
-        path: file.path().to_owned(),
-        name: name.to_owned(),
-    })?;
-    if t.shape() != expected {
-        return Err(ModelError::WrongShape {
-            path: file.path().to_owned(),
-            name: name.to_owned(),
-            shape: t.shape().to_vec(),
-            expected: expected.to_vec(),
-        });
-    }
-    Ok(())
 }

@@ -25,6 +25,7 @@
 //!
 //! Every failure is an [`Error`]; nothing a file or a caller gives panics.
 
+use llava_runtime::gguf::keys;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -215,9 +216,8 @@ impl<B: Backend> Pipeline<B> {
             n_ctx,
             options.kv_type,
         )?;
-        let chat_template = file.optional("tokenizer.chat_template", |f, k| {
-            f.get_str(k).map(str::to_owned)
-        })?;
+        let chat_template =
+            file.optional(keys::CHAT_TEMPLATE, |f, k| f.get_str(k).map(str::to_owned))?;
         Ok(Pipeline {
             backend,
             llm,

@@ -7,22 +7,23 @@ use llava_runtime::backend::Backend;
 use llava_runtime::gguf::GgufFile;
 
 use crate::error::ModelError;
+use crate::weights::Linear;
 
 /// The projector of an mmproj file, by its layout in the file.
 pub enum Projector<B: Backend> {
     /// LLaVA's `mlp2x_gelu`: `mm.0`, exact GELU, `mm.2`.
     Mlp2xGelu {
-        /// `mm.0`: weight `[in, out]` and bias `[out]` in ggml order.
-        w0: (B::Weight, B::Weight),
-        /// `mm.2`: weight `[out, out]` and bias `[out]` in ggml order.
-        w2: (B::Weight, B::Weight),
+        /// `mm.0`: `[in, out]`.
+        w0: Linear<B>,
+        /// `mm.2`: `[out, out]`.
+        w2: Linear<B>,
         /// Width of the output embeddings.
         out: usize,
     },
     /// A single linear layer, `mm.0`, for files without `mm.2`.
     Linear {
-        /// `mm.0`: weight `[in, out]` and bias `[out]` in ggml order.
-        w0: (B::Weight, B::Weight),
+        /// `mm.0`: `[in, out]`.
+        w0: Linear<B>,
         /// Width of the output embeddings.
         out: usize,
     },
@@ -31,33 +32,24 @@ pub enum Projector<B: Backend> {
 impl<B: Backend> Projector<B> {
     /// `mm.0` (and `mm.2` for the MLP) of an mmproj file; `in_size` is the tower's width.
     pub fn load(backend: &B, file: &Arc<GgufFile>, in_size: usize) -> Result<Self, ModelError> {
-        let shape_of = |name: &str| -> Result<Vec<u64>, ModelError> {
-            file.tensor(name)
-                .map(|t| t.shape().to_vec())
-                .ok_or_else(|| ModelError::MissingTensor {
-                    path: file.path().to_owned(),
-                    name: name.to_owned(),
-                })
-        };
-        let out = shape_of("mm.0.weight")?.get(1).copied().unwrap_or(0);
-        let load = |name: &str, shape: &[u64]| -> Result<B::Weight, ModelError> {
-            crate::llama::check_shape(file, name, shape)?;
-            Ok(backend.load_weight(file, name)?)
-        };
-        let w0 = (
-            load("mm.0.weight", &[in_size as u64, out])?,
-            load("mm.0.bias", &[out])?,
-        );
+        let out = file
+            .tensor("mm.0.weight")
+            .ok_or_else(|| ModelError::MissingTensor {
+                path: file.path().to_owned(),
+                name: "mm.0.weight".to_owned(),
+            })?
+            .shape()
+            .get(1)
+            .copied()
+            .unwrap_or(0);
+        let w0 = Linear::load(backend, file, "mm.0", in_size as u64, out)?;
         if file.tensor("mm.2.weight").is_none() {
             return Ok(Projector::Linear {
                 w0,
                 out: out as usize,
             });
         }
-        let w2 = (
-            load("mm.2.weight", &[out, out])?,
-            load("mm.2.bias", &[out])?,
-        );
+        let w2 = Linear::load(backend, file, "mm.2", out, out)?;
         Ok(Projector::Mlp2xGelu {
             w0,
             w2,
@@ -74,12 +66,11 @@ impl<B: Backend> Projector<B> {
 
     /// Projects `x`, one row of tower features per patch, to one LLM embedding per row.
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> B::Tensor {
-        let linear = |x: &B::Tensor, w: &(B::Weight, B::Weight)| {
-            backend.add_bias(backend.matmul(x, &w.0), &w.1)
-        };
         match self {
-            Projector::Linear { w0, .. } => linear(x, w0),
-            Projector::Mlp2xGelu { w0, w2, .. } => linear(&backend.gelu(linear(x, w0)), w2),
+            Projector::Linear { w0, .. } => w0.forward(backend, x),
+            Projector::Mlp2xGelu { w0, w2, .. } => {
+                w2.forward(backend, &backend.gelu(w0.forward(backend, x)))
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! - [`quant`]: ggml block formats with reference quantizers, dequantizers and dot products.
 //! - [`tokenizer`]: SentencePiece and byte-level BPE tokenizers from GGUF metadata.
 //! - [`sample`]: logits to a token (greedy, temperature, top-k/p, min-p, penalties, seed).
+//! - [`rng`]: SplitMix64, the one deterministic generator (sampling, random weights, tests).
 //! - [`staging`]: output files written under a temporary name and renamed into place.
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod backend;
 pub mod files;
 pub mod gguf;
 pub mod quant;
+pub mod rng;
 pub mod sample;
 pub mod staging;
 pub mod tokenizer;

@@ -5,6 +5,7 @@
 //! top-p, min-p, temperature, then a draw. The penalty arithmetic is llama.cpp's too, so the same
 //! settings mean the same thing in both tools.
 
+use crate::rng::SplitMix64;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 
@@ -212,25 +213,6 @@ fn softmax(cands: &mut [(u32, f32)], temperature: f32) {
     }
     for (_, v) in cands.iter_mut() {
         *v /= sum;
-    }
-}
-
-/// A small, fast generator whose output never changes between versions, so a seed reproduces a
-/// run on any machine (Steele, Lea & Flood, "Fast splittable pseudorandom number generators").
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [0, 1).
-    fn next_f32(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 

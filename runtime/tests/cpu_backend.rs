@@ -10,17 +10,8 @@ use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::quant::{self, GgmlType, DOT_ROWS, TILE_ROWS};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            (z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-        })
-        .collect()
+    let mut rng = llava_runtime::rng::SplitMix64(seed);
+    (0..n).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
 }
 
 /// Writes f32 tensors `(name, type, shape, values)` to a GGUF file, quantizing each.

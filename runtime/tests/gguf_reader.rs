@@ -487,11 +487,7 @@ fn missing_file_and_empty_file_are_errors() {
 
 /// splitmix64: a tiny deterministic generator, so failures reproduce.
 fn next_random(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    llava_runtime::rng::SplitMix64::step(state)
 }
 
 #[test]

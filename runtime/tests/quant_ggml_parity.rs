@@ -19,6 +19,7 @@
 //! x86-64 only, as the oracle is (runtime/Cargo.toml).
 #![cfg(target_arch = "x86_64")]
 
+use llava_runtime::rng::SplitMix64;
 use std::ffi::c_void;
 use std::sync::Once;
 
@@ -81,26 +82,20 @@ fn init_ggml() {
 // Test rows
 // ---------------------------------------------------------------------------------------------
 
-/// splitmix64 with Box–Muller: deterministic, dependency-free test data.
-struct Rng(u64);
+/// Deterministic, dependency-free test data: splitmix64 with Box–Muller.
+struct Rng(SplitMix64);
 
 impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1].
     fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+        self.0.next_f64_nonzero()
     }
 
     fn normal(&mut self) -> f32 {
-        let (u1, u2) = (self.uniform(), self.uniform());
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        self.0.next_normal()
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0.next_u64()
     }
 
     fn normals(&mut self, n: usize) -> Vec<f32> {
@@ -110,7 +105,7 @@ impl Rng {
 
 /// Named rows of `n` elements covering the shapes where quantizers go wrong.
 fn row_patterns(n: usize, seed: u64) -> Vec<(&'static str, Vec<f32>)> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64(seed));
     let mut rows = vec![
         ("normal", rng.normals(n)),
         ("zeros", vec![0.0; n]),
@@ -185,7 +180,7 @@ fn random_rows(block_size: usize) -> Vec<(String, Vec<f32>)> {
     let lengths = row_lengths(block_size);
     (0..N_RANDOM_ROWS)
         .map(|i| {
-            let mut rng = Rng(0xd1ce + i as u64);
+            let mut rng = Rng(SplitMix64(0xd1ce + i as u64));
             let n = lengths[i % lengths.len()];
             let scale = 10f32.powf(6.0 * rng.uniform() as f32 - 3.0);
             let offset = if i % 3 == 0 {
@@ -221,7 +216,7 @@ fn all_rows(block_size: usize) -> Vec<(String, Vec<f32>)> {
 /// Arbitrary block bytes, including NaN and infinite scales: dequantizers must agree on every
 /// bit pattern, not only the ones the quantizers produce.
 fn random_blocks<B: BlockFormat>(n_blocks: usize, seed: u64) -> Vec<B> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng(SplitMix64(seed));
     let mut blocks = vec![B::zeroed(); n_blocks];
     for byte in bytemuck::cast_slice_mut::<B, u8>(&mut blocks) {
         *byte = rng.next_u64() as u8;
@@ -345,7 +340,7 @@ fn assert_dot_matches<W: VecDot>() {
         let n = x.len();
         let mut weights = vec![W::zeroed(); n / W::BLOCK_SIZE];
         W::quantize_row(&x, &mut weights);
-        let a = Rng(0xac7 + i as u64).normals(n);
+        let a = Rng(SplitMix64(0xac7 + i as u64)).normals(n);
         let mut activations = vec![W::Activation::zeroed(); n / W::Activation::BLOCK_SIZE];
         W::Activation::quantize_row(&a, &mut activations);
 
@@ -736,7 +731,7 @@ fn bf16_dequantize_matches_half_except_that_signalling_nans_stay_signalling() {
 #[test]
 fn bf16_dot_matches_half_reference_bit_for_bit() {
     for (name, x) in all_rows(1) {
-        let a = Rng(0xb16).normals(x.len());
+        let a = Rng(SplitMix64(0xb16)).normals(x.len());
         let (mut w, mut act) = (vec![bf16::ZERO; x.len()], vec![bf16::ZERO; x.len()]);
         bf16::quantize_row(&x, &mut w);
         bf16::quantize_row(&a, &mut act);

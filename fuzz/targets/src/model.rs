@@ -2,6 +2,7 @@
 //! after loading (src/load.rs), then, for files small enough to run in a blink, one step of
 //! the model so that the shapes the loader accepted are known to compute.
 
+use llava_runtime::gguf::keys;
 use std::sync::Arc;
 
 use llava_models::anyres::AnyresLayout;
@@ -41,9 +42,7 @@ pub fn llm_load(data: &[u8]) {
     {
         return;
     }
-    let _ = file.optional("tokenizer.chat_template", |f, k| {
-        f.get_str(k).map(str::to_owned)
-    });
+    let _ = file.optional(keys::CHAT_TEMPLATE, |f, k| f.get_str(k).map(str::to_owned));
     if total_elements(&file) > MAX_RUN_ELEMENTS || c.n_vocab == 0 {
         return;
     }

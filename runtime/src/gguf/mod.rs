@@ -5,6 +5,7 @@
 
 mod error;
 mod file_type;
+pub mod keys;
 mod reader;
 mod value;
 mod writer;

@@ -87,7 +87,7 @@ impl VecDot for BlockQ4_0 {
 /// Rows interleaved into one [`BlockQ4_0x8`].
 pub const INTERLEAVE_ROWS: usize = 8;
 
-/// Block `i` of [`INTERLEAVE_ROWS`] consecutive Q4_0 rows, laid out so that a kernel
+/// Block `i` of `INTERLEAVE_ROWS` consecutive Q4_0 rows, laid out so that a kernel
 /// dotting all of them with one activation row reads one contiguous stream and finds each
 /// 4-byte run of the 8 rows' quants side by side, as one 256-bit register holds them.
 ///

@@ -83,7 +83,7 @@ impl VecDot for BlockQ8_0 {
 /// Rows interleaved into one [`BlockQ8_0x8`].
 const INTERLEAVE_ROWS: usize = 8;
 
-/// Block `i` of [`INTERLEAVE_ROWS`] consecutive Q8_0 rows, laid out as `BlockQ4_0x8` lays out
+/// Block `i` of `INTERLEAVE_ROWS` consecutive Q8_0 rows, laid out as `BlockQ4_0x8` lays out
 /// Q4_0: each 4-byte run of the 8 rows' quants side by side, so that one 256-bit load holds
 /// 4 elements of every row. The same size as the 8 blocks it holds; not a ggml format.
 #[repr(C)]

@@ -66,7 +66,7 @@ impl Pieces {
 /// of the text is removed from the first piece that renders anything, so decoding what
 /// `encode` produced gives back the input. llama.cpp's `detokenize` does this only when the
 /// first token is not BOS; here control tokens that render as nothing never count as first
-/// (rendered with [`StreamDecoder::render_special`], "<s>" is the first piece, as in llama.cpp).
+/// (rendered with [`StreamDecoder::render_special`], `<s>` is the first piece, as in llama.cpp).
 /// Use [`StreamDecoder::strip_leading_space`]`(false)` when decoding a continuation, e.g.
 /// generated tokens after a prompt, whose leading space is real.
 pub struct StreamDecoder<'t> {
@@ -80,8 +80,8 @@ pub struct StreamDecoder<'t> {
 }
 
 impl<'t> StreamDecoder<'t> {
-    /// A decoder for the start of a sequence of `tokenizer`'s ids: control tokens render as nothing,
-    /// and the leading space is stripped when the tokenizer adds a space prefix.
+    /// A decoder for the start of a sequence of `tokenizer`'s ids: control tokens render as
+    /// nothing, and the leading space is stripped when the tokenizer adds a space prefix.
     pub fn new(tokenizer: &'t Tokenizer) -> StreamDecoder<'t> {
         StreamDecoder {
             tokenizer,
@@ -92,7 +92,7 @@ impl<'t> StreamDecoder<'t> {
         }
     }
 
-    /// Render control and unknown tokens as their text (e.g. "</s>") instead of nothing.
+    /// Render control and unknown tokens as their text (e.g. `</s>`) instead of nothing.
     pub fn render_special(mut self, yes: bool) -> Self {
         self.render_special = yes;
         self

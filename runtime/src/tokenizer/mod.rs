@@ -2,10 +2,10 @@
 //! (llama-vocab.cpp): SentencePiece for `tokenizer.ggml.model = "llama"` (LLaMA-2, Vicuna,
 //! Mistral: the LLaVA LLMs) and byte-level BPE for `"gpt2"` (GPT-2, LLaMA-3).
 //!
-//! - [`vocab`]: token table, scores and types.
-//! - [`partition`]: special tokens typed in the text are cut out first.
-//! - [`spm`] / [`bpe`] (with [`pretokenize`]): the two merge algorithms.
-//! - [`decode`]: pieces and the streaming, UTF-8-safe detokenizer.
+//! - `vocab`: token table, scores and types.
+//! - `partition`: special tokens typed in the text are cut out first.
+//! - `spm` / `bpe` (with `pretokenize`): the two merge algorithms.
+//! - `decode`: pieces and the streaming, UTF-8-safe detokenizer.
 //!
 //! The metadata keys are in ../shared/reference/GGUF-AND-LLAVA.md §3. Parity with llama.cpp is
 //! proven on its vocabulary test vectors (runtime/tests/tokenizer_vocab.rs).
@@ -259,7 +259,7 @@ impl Tokenizer {
     /// Token ids for `text`.
     ///
     /// `add_special`: add BOS (and EOS) where the vocabulary asks for them. `parse_special`:
-    /// control tokens written in the text ("<s>", "<|eot_id|>") become those tokens; without
+    /// control tokens written in the text (`<s>`, `<|eot_id|>`) become those tokens; without
     /// it they are tokenized as plain text. llama.cpp's vocabulary tests use neither.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::new();

@@ -1,5 +1,5 @@
 //! Special tokens found in the input text are cut out before SentencePiece or BPE sees it
-//! (llama.cpp `tokenizer_st_partition`), so that "<s>" or "<|eot_id|>" typed in a prompt
+//! (llama.cpp `tokenizer_st_partition`), so that `<s>` or `<|eot_id|>` typed in a prompt
 //! becomes that one token instead of being spelled out.
 
 use std::ops::Range;

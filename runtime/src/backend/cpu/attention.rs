@@ -13,7 +13,7 @@ use super::gemm::{
     self, GroupColumn, MicroKernelFn, PanelColumn, TileOut, GROUP_ROWS, K_CHUNK, PANEL_ROWS,
 };
 use super::pool::Pool;
-use super::vector::{vector_ops, CacheValue, VectorOps};
+use super::vector::{vector_ops, CacheValue, DecodeHeads, VectorOps};
 use super::CpuTensor;
 use crate::backend::Heads;
 
@@ -64,17 +64,10 @@ pub(super) enum CachedKv<'a> {
 
 /// An element type attention can read keys and values in.
 pub(super) trait KvElement: CacheValue {
-    /// [`VectorOps::decode_heads`] for this element type: `qs` holds whole heads of `d`
-    /// values; `scores` is `qs.len() / d` heads × `visible` long.
-    #[allow(clippy::too_many_arguments)]
+    /// [`VectorOps::decode_heads`] for this element type.
     fn decode_heads(
         ops: &VectorOps,
-        qs: &[f32],
-        d: usize,
-        keys: &[Self],
-        values: &[Self],
-        stride: usize,
-        scale: f32,
+        call: &DecodeHeads<'_, Self>,
         scores: &mut [f32],
         out: &mut [f32],
     );
@@ -83,34 +76,22 @@ pub(super) trait KvElement: CacheValue {
 impl KvElement for f32 {
     fn decode_heads(
         ops: &VectorOps,
-        qs: &[f32],
-        d: usize,
-        keys: &[f32],
-        values: &[f32],
-        stride: usize,
-        scale: f32,
+        call: &DecodeHeads<'_, f32>,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let n = scores.len() / (qs.len() / d).max(1);
-        (ops.decode_heads)(qs, d, keys, values, stride, n, scale, scores, out)
+        (ops.decode_heads)(call, scores, out)
     }
 }
 
 impl KvElement for f16 {
     fn decode_heads(
         ops: &VectorOps,
-        qs: &[f32],
-        d: usize,
-        keys: &[f16],
-        values: &[f16],
-        stride: usize,
-        scale: f32,
+        call: &DecodeHeads<'_, f16>,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let n = scores.len() / (qs.len() / d).max(1);
-        (ops.decode_heads_f16)(qs, d, keys, values, stride, n, scale, scores, out)
+        (ops.decode_heads_f16)(call, scores, out)
     }
 }
 
@@ -187,17 +168,16 @@ pub(super) fn attend<T: KvElement>(
         let qs = &q.row(r)[h0 * head_dim..][..per_task * head_dim];
         let visible = causal_start.map_or(n_kv, |s| (s + r + 1).min(n_kv));
         let mut scores = vec![0f32; per_task * visible];
-        T::decode_heads(
-            &ops,
+        let call = DecodeHeads {
             qs,
-            head_dim,
-            &kv.keys[at..],
-            &kv.values[at..],
-            kv.pos_stride,
+            d: head_dim,
+            keys: &kv.keys[at..],
+            values: &kv.values[at..],
+            stride: kv.pos_stride,
+            n: visible,
             scale,
-            &mut scores,
-            out,
-        );
+        };
+        T::decode_heads(&ops, &call, &mut scores, out);
     });
     CpuTensor::new(out, q.rows, q.cols)
 }

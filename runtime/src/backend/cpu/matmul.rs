@@ -41,6 +41,77 @@ pub(super) fn kernel_for(ty: GgmlType) -> Option<Kernel> {
     quant::row_kernels(ty, quant::cpu_path())
 }
 
+/// How a matmul runs its batch: the kernel choice, made in one place from what the weight's
+/// kernels offer and how many activation rows there are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Strategy {
+    /// Every row through the packed f32 GEMM, the weights widened block by block.
+    Widened,
+    /// Whole tiles of [`TILE_ROWS`] rows through the integer GEMM of interleaved weights.
+    InterleavedGemm,
+    /// Whole tiles of [`TILE_ROWS`] rows through the tile kernel (K-quants).
+    Tiles,
+    /// Every row on its own (decode): the row kernels.
+    Rows,
+}
+
+/// What a weight type's kernels offer, as [`plan`] needs it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Offers {
+    /// The type can be widened to f32 for the packed GEMM.
+    pub widen: bool,
+    /// The weight is interleaved and the path has an integer GEMM for it.
+    pub interleaved_gemm: bool,
+    /// The path has a tile kernel for the type.
+    pub tile: bool,
+}
+
+/// A matmul's plan: the strategy, how many rows it takes (the rest go row by row), and how
+/// many weight rows a worker multiplies by all of them before moving on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Plan {
+    pub strategy: Strategy,
+    pub batch_rows: usize,
+    pub block_rows: usize,
+}
+
+/// The plan for `rows` activation rows: widened batches from [`WIDEN_MIN_ROWS`] rows (unless
+/// the weight has an interleaved GEMM, which wins), else whole tiles of [`TILE_ROWS`], else row
+/// by row. A pure function, so the choice is tested on its own.
+pub(super) fn plan(offers: Offers, rows: usize) -> Plan {
+    let tiles = rows / TILE_ROWS * TILE_ROWS;
+    let strategy = if offers.interleaved_gemm {
+        if tiles > 0 {
+            Strategy::InterleavedGemm
+        } else {
+            Strategy::Rows
+        }
+    } else if offers.widen && rows >= WIDEN_MIN_ROWS {
+        Strategy::Widened
+    } else if offers.tile && tiles > 0 {
+        Strategy::Tiles
+    } else {
+        Strategy::Rows
+    };
+    let batch_rows = match strategy {
+        Strategy::Widened => rows,
+        Strategy::InterleavedGemm | Strategy::Tiles => tiles,
+        Strategy::Rows => 0,
+    };
+    // Interleaved weights keep their block size for the rows of a decode too (column runs of
+    // whole groups either way).
+    let block_rows = match strategy {
+        Strategy::Widened => WIDE_BLOCK_ROWS,
+        _ if offers.interleaved_gemm => INTERLEAVED_BLOCK_ROWS,
+        _ => WEIGHT_BLOCK_ROWS,
+    };
+    Plan {
+        strategy,
+        batch_rows,
+        block_rows,
+    }
+}
+
 pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     let k = w.row_len();
     let n_out = w.n_rows();
@@ -80,10 +151,18 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
     // micro-kernel once per call.
     // Interleaved weights have an integer GEMM of their own instead.
     let interleaved_gemm = interleaved.map(|(how, _)| how.gemm);
+    let plan = plan(
+        Offers {
+            widen: kernel.widen_batches,
+            interleaved_gemm: interleaved_gemm.is_some(),
+            tile: kernel.dot_tile.is_some(),
+        },
+        rows,
+    );
     // The batch kernel's activation block sums, once per call (not per group of weight rows).
     let n_blocks = k / kernel.act_type.block_size();
     let mut block_sums = Vec::new();
-    if interleaved_gemm.is_some() && rows >= TILE_ROWS {
+    if plan.strategy == Strategy::InterleavedGemm {
         block_sums = vec![quant::ActBlockSum::default(); rows * n_blocks];
         pool.for_each_chunk(&mut block_sums, n_blocks.max(1), |r, out| {
             quant::act_block_sums(kernel.act_type, act_row(r), out)
@@ -91,8 +170,7 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         });
     }
     let act_sums = |r: usize| &block_sums[r * n_blocks..][..n_blocks];
-    let widen = kernel.widen_batches && rows >= WIDEN_MIN_ROWS && interleaved_gemm.is_none();
-    let packed = widen.then(|| {
+    let packed = (plan.strategy == Strategy::Widened).then(|| {
         PackedActs::pack(pool, rows, k, |r, dst| {
             quant::dequantize_row(kernel.act_type, act_row(r), dst)
                 .expect("quantized by the same kernel table")
@@ -107,22 +185,9 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                 && INTERLEAVED_BLOCK_ROWS.is_multiple_of(DOT_ROWS)
         )
     };
-    // Rows of activations the widened GEMM, the interleaved GEMM or the tile kernel take; the
-    // rest are dotted one by one (8 interleaved rows at a time where the weights are).
-    let tiled_rows = if packed.is_some() {
-        rows
-    } else if kernel.dot_tile.is_some() || interleaved_gemm.is_some() {
-        rows / TILE_ROWS * TILE_ROWS
-    } else {
-        0
-    };
-    let block_rows = if packed.is_some() {
-        WIDE_BLOCK_ROWS
-    } else if interleaved_gemm.is_some() {
-        INTERLEAVED_BLOCK_ROWS
-    } else {
-        WEIGHT_BLOCK_ROWS
-    };
+    // Rows of activations the batch kernel takes; the rest are dotted one by one (8
+    // interleaved rows at a time where the weights are).
+    let (tiled_rows, block_rows) = (plan.batch_rows, plan.block_rows);
     // The output in its final layout, [rows, n_out]: each task writes a run of columns
     // (weight rows) of every row, whole blocks (so whole groups of DOT_ROWS for the interleaved
     // weights, whole panels for the widened ones) except at the end of the weight.
@@ -135,7 +200,7 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         for b0 in (0..cols.width()).step_by(block_rows) {
             let block_first = first + b0;
             let n_block = block_rows.min(cols.width() - b0);
-            if let Some(acts) = &packed {
+            if let (Strategy::Widened, Some(acts)) = (plan.strategy, &packed) {
                 let ty = w.ggml_type();
                 let widen = |rows: Range<usize>,
                              range: Range<usize>,
@@ -158,7 +223,9 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                 };
                 // Tiles go straight into `out`, which starts at zero.
                 gemm::gemm(micro, n_block, acts, widen, &mut scratch, &mut cols, b0);
-            } else if let Some(gemm) = interleaved_gemm {
+            } else if let (Strategy::InterleavedGemm, Some(gemm)) =
+                (plan.strategy, interleaved_gemm)
+            {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
                     let act_sums = std::array::from_fn(|i| act_sums(r + i));
@@ -169,7 +236,7 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                         }
                     }
                 }
-            } else if let Some(dot_tile) = kernel.dot_tile {
+            } else if let (Strategy::Tiles, Some(dot_tile)) = (plan.strategy, kernel.dot_tile) {
                 for r in (0..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
                     for j in 0..n_block {
@@ -208,4 +275,44 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         }
     });
     CpuTensor::new(out, rows, n_out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offers(widen: bool, interleaved_gemm: bool, tile: bool) -> Offers {
+        Offers {
+            widen,
+            interleaved_gemm,
+            tile,
+        }
+    }
+
+    #[test]
+    fn the_batch_kernel_is_chosen_by_what_the_type_offers_and_the_rows() {
+        use Strategy::*;
+        let p = |o, rows| {
+            let p = plan(o, rows);
+            (p.strategy, p.batch_rows, p.block_rows)
+        };
+        // F16 (a CLIP tower): widened from 4 rows, all rows in the GEMM.
+        let f16 = offers(true, false, false);
+        assert_eq!(p(f16, 577), (Widened, 577, WIDE_BLOCK_ROWS));
+        assert_eq!(p(f16, 3), (Rows, 0, WEIGHT_BLOCK_ROWS));
+        // Interleaved Q4_0 on x86: the integer GEMM takes whole tiles, even where the type
+        // could widen; a decode row keeps the interleaved block size.
+        let q4_0 = offers(true, true, false);
+        assert_eq!(p(q4_0, 7), (InterleavedGemm, 4, INTERLEAVED_BLOCK_ROWS));
+        assert_eq!(p(q4_0, 1), (Rows, 0, INTERLEAVED_BLOCK_ROWS));
+        // K-quants with tile kernels: whole tiles, the rest row by row.
+        let q4_k = offers(false, false, true);
+        assert_eq!(p(q4_k, 10), (Tiles, 8, WEIGHT_BLOCK_ROWS));
+        assert_eq!(p(q4_k, 2), (Rows, 0, WEIGHT_BLOCK_ROWS));
+        // Nothing but row kernels.
+        assert_eq!(
+            p(offers(false, false, false), 512),
+            (Rows, 0, WEIGHT_BLOCK_ROWS)
+        );
+    }
 }

@@ -31,11 +31,29 @@ pub(super) struct VectorOps {
     pub swish: fn(&mut [f32], f32),
 }
 
-/// `(qs, d, keys, values, stride, n, scale, scores, out)`: `qs` holds the group's `g` query
-/// heads of `d` values one after the other, and `out` their outputs the same way; the keys
-/// and values of position `j` are at `[j·stride..][..d]`; `scores` is scratch, `g·n` long.
-pub(super) type DecodeHeadsFn<T> =
-    fn(&[f32], usize, &[T], &[T], usize, usize, f32, &mut [f32], &mut [f32]);
+/// One decode-attention call: a group of `g` query heads that read the same KV head, over `n`
+/// cached positions.
+#[derive(Clone, Copy)]
+pub(super) struct DecodeHeads<'a, T> {
+    /// The group's query heads, `d` values each, one after the other.
+    pub qs: &'a [f32],
+    /// Values per head.
+    pub d: usize,
+    /// The keys: position `j`'s at `[j·stride..][..d]`.
+    pub keys: &'a [T],
+    /// The values, laid out as the keys.
+    pub values: &'a [T],
+    /// Elements from one position's key to the next's.
+    pub stride: usize,
+    /// Positions to attend to.
+    pub n: usize,
+    /// The scores' scale (`1/sqrt(d)`).
+    pub scale: f32,
+}
+
+/// `(call, scores, out)`: `out` receives the heads' outputs as `call.qs` holds the heads;
+/// `scores` is scratch, `g·n` long.
+pub(super) type DecodeHeadsFn<T> = fn(&DecodeHeads<'_, T>, &mut [f32], &mut [f32]);
 
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
@@ -134,17 +152,16 @@ impl CacheValue for f16 {
 }
 
 /// Checks the shapes of a [`DecodeHeadsFn`] call; returns the number of heads.
-#[allow(clippy::too_many_arguments)]
-fn check_decode_heads<T>(
-    qs: &[f32],
-    d: usize,
-    keys: &[T],
-    values: &[T],
-    stride: usize,
-    n: usize,
-    scores: &[f32],
-    out: &[f32],
-) -> usize {
+fn check_decode_heads<T>(call: &DecodeHeads<'_, T>, scores: &[f32], out: &[f32]) -> usize {
+    let DecodeHeads {
+        qs,
+        d,
+        keys,
+        values,
+        stride,
+        n,
+        ..
+    } = *call;
     assert!(
         d > 0 && qs.len().is_multiple_of(d),
         "query heads of {d} values"
@@ -161,19 +178,21 @@ fn check_decode_heads<T>(
     g
 }
 
-#[allow(clippy::too_many_arguments)]
 fn decode_heads_portable<T: CacheValue>(
-    qs: &[f32],
-    d: usize,
-    keys: &[T],
-    values: &[T],
-    stride: usize,
-    n: usize,
-    scale: f32,
+    call: &DecodeHeads<'_, T>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    check_decode_heads(qs, d, keys, values, stride, n, scores, out);
+    check_decode_heads(call, scores, out);
+    let DecodeHeads {
+        qs,
+        d,
+        keys,
+        values,
+        stride,
+        n,
+        scale,
+    } = *call;
     for ((q, scores), out) in qs
         .chunks_exact(d)
         .zip(scores.chunks_exact_mut(n.max(1)))
@@ -200,7 +219,7 @@ mod x86 {
 
     use half::f16;
 
-    use super::{PanelColumn, PANEL_ROWS};
+    use super::{DecodeHeads, PanelColumn, PANEL_ROWS};
     use crate::quant::CpuPath;
 
     /// Whether the AVX2 versions may run: `vector_ops` hands them out only on the AVX2 path,
@@ -233,27 +252,18 @@ mod x86 {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn decode_heads<T: Load8>(
-        qs: &[f32],
-        d: usize,
-        keys: &[T],
-        values: &[T],
-        stride: usize,
-        n: usize,
-        scale: f32,
+        call: &DecodeHeads<'_, T>,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
         debug_check();
-        super::check_decode_heads(qs, d, keys, values, stride, n, scores, out);
-        if !d.is_multiple_of(8) || n == 0 {
-            return super::decode_heads_portable(
-                qs, d, keys, values, stride, n, scale, scores, out,
-            );
+        super::check_decode_heads(call, scores, out);
+        if !call.d.is_multiple_of(8) || call.n == 0 {
+            return super::decode_heads_portable(call, scores, out);
         }
         // SAFETY: as for `dot`; the lengths are checked above and `d` is whole vectors.
-        unsafe { decode_heads_avx2(qs, d, keys, values, stride, n, scale, scores, out) }
+        unsafe { decode_heads_avx2(call, scores, out) }
     }
 
     /// The group's heads 4 at a time (`M` of them): per key, each 8-value chunk is loaded
@@ -262,33 +272,26 @@ mod x86 {
     /// key and value on its own, the conversions of an f16 cache rather than the multiply-adds
     /// bounded the speed (criterion `attention/decode`: the same time for 4 KV heads as for 32
     /// under 32 query heads of 64; 1.47× faster shared, benches/README.md).
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    fn decode_heads_avx2<T: Load8>(
-        qs: &[f32],
-        d: usize,
-        keys: &[T],
-        values: &[T],
-        stride: usize,
-        n: usize,
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
+    fn decode_heads_avx2<T: Load8>(call: &DecodeHeads<'_, T>, scores: &mut [f32], out: &mut [f32]) {
+        let DecodeHeads { qs, d, n, .. } = *call;
         let g = qs.len() / d;
         let mut h0 = 0;
         while h0 < g {
             let m = (g - h0).min(4);
-            let qs = &qs[h0 * d..][..m * d];
+            let part = DecodeHeads {
+                qs: &qs[h0 * d..][..m * d],
+                ..*call
+            };
             let scores = &mut scores[h0 * n..][..m * n];
             let out = &mut out[h0 * d..][..m * d];
             // `W` output vectors per head and pass over the values: 8 accumulators in all
             // (6 for 3 heads), enough independent FMA chains to hide their latency.
             match m {
-                1 => heads_avx2::<T, 1, 8>(qs, d, keys, values, stride, n, scale, scores, out),
-                2 => heads_avx2::<T, 2, 4>(qs, d, keys, values, stride, n, scale, scores, out),
-                3 => heads_avx2::<T, 3, 2>(qs, d, keys, values, stride, n, scale, scores, out),
-                _ => heads_avx2::<T, 4, 2>(qs, d, keys, values, stride, n, scale, scores, out),
+                1 => heads_avx2::<T, 1, 8>(&part, scores, out),
+                2 => heads_avx2::<T, 2, 4>(&part, scores, out),
+                3 => heads_avx2::<T, 3, 2>(&part, scores, out),
+                _ => heads_avx2::<T, 4, 2>(&part, scores, out),
             }
             h0 += m;
         }
@@ -298,20 +301,23 @@ mod x86 {
     /// weighted sums `8·W` output values per head at a time (then 8 for a rest).
     // Index loops: several arrays of registers are stepped in lockstep, and constant indices
     // keep them in registers (an iterator over one with a computed index into another spilled).
-    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
     fn heads_avx2<T: Load8, const M: usize, const W: usize>(
-        qs: &[f32],
-        d: usize,
-        keys: &[T],
-        values: &[T],
-        stride: usize,
-        n: usize,
-        scale: f32,
+        call: &DecodeHeads<'_, T>,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
+        let DecodeHeads {
+            qs,
+            d,
+            keys,
+            values,
+            stride,
+            n,
+            scale,
+        } = *call;
         assert!(qs.len() == M * d && out.len() == M * d && scores.len() == M * n);
         assert!(d.is_multiple_of(8) && n > 0);
         assert!((n - 1) * stride + d <= keys.len().min(values.len()));
@@ -626,7 +632,16 @@ mod tests {
                 for ops in &paths {
                     let mut scores = vec![0f32; g * n];
                     let mut out = vec![f32::NAN; g * d];
-                    (ops.decode_heads)(&qs, d, &k, &v, stride, n, scale, &mut scores, &mut out);
+                    let call = DecodeHeads {
+                        qs: &qs,
+                        d,
+                        keys: &k[..],
+                        values: &v[..],
+                        stride,
+                        n,
+                        scale,
+                    };
+                    (ops.decode_heads)(&call, &mut scores, &mut out);
                     for (i, (&got, &want)) in out.iter().zip(&want32).enumerate() {
                         let at = (i / d, i % d);
                         assert!(
@@ -635,17 +650,16 @@ mod tests {
                         );
                     }
                     let mut out = vec![f32::NAN; g * d];
-                    (ops.decode_heads_f16)(
-                        &qs,
+                    let call16 = DecodeHeads {
+                        qs: &qs,
                         d,
-                        &k16,
-                        &v16,
+                        keys: &k16[..],
+                        values: &v16[..],
                         stride,
                         n,
                         scale,
-                        &mut scores,
-                        &mut out,
-                    );
+                    };
+                    (ops.decode_heads_f16)(&call16, &mut scores, &mut out);
                     for (i, (&got, &want)) in out.iter().zip(&want16).enumerate() {
                         let at = (i / d, i % d);
                         assert!(

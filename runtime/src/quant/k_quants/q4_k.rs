@@ -9,7 +9,7 @@ use super::{pack_scale_min_k4, scale_min_k4, BlockQ8K, LaneSums, QK_K};
 use crate::quant::dispatch::InterleavedBlock;
 use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
 
-/// - `scales`: eight 6-bit scales and mins, packed as [`scale_min_k4`] describes.
+/// - `scales`: eight 6-bit scales and mins, packed as `scale_min_k4` describes.
 /// - `qs`: four 32-byte groups; group `g` holds sub-block `2g` in its low nibbles and
 ///   sub-block `2g + 1` in its high nibbles. `x = d·scale·q - dmin·min`.
 #[repr(C)]
@@ -202,7 +202,7 @@ pub struct BlockQ4Kx8 {
     pub d: [f16; 8],
     /// Row `r`'s `dmin`.
     pub dmin: [f16; 8],
-    /// `scales[b][r]`: byte `b` of row `r`'s `scales` (packed as [`scale_min_k4`] reads).
+    /// `scales[b][r]`: byte `b` of row `r`'s `scales` (packed as `scale_min_k4` reads).
     pub scales: [[u8; 8]; 12],
     /// `qs[g][32t + 4r..][..4]` is row `r`'s `qs[32g + 4t..][..4]`.
     pub qs: [[u8; 256]; 4],
