@@ -14,7 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use llava_bench_report::{file_entry, ms, peak_rss_bytes, spread, table, token_test};
 use llava_models::image::{RgbImage, DEFAULT_MAX_PIXELS};
 use llava_models::llava::anyres_layout;
 use llava_models::{Clip, LoadOptions, Pipeline};
@@ -307,8 +308,8 @@ fn decode_steps(
 }
 
 /// `count` token ids: BOS first when the model adds one (as llama-bench), then ids drawn from
-/// the normal and byte tokens of the vocabulary by a fixed xorshift64*. benches/peer-llamacpp
-/// draws with the same generator, so both runtimes see the same ids.
+/// the normal and byte tokens of the vocabulary by the shared report's generator, which
+/// benches/peer-llamacpp draws with too: both runtimes see the same ids.
 fn bench_tokens(p: &Pipeline<Chosen>, count: usize) -> Vec<u32> {
     let tok: &Tokenizer = p.tokenizer();
     let n_vocab = tok.vocab_size().min(p.llm().config.n_vocab) as u32;
@@ -320,23 +321,8 @@ fn bench_tokens(p: &Pipeline<Chosen>, count: usize) -> Vec<u32> {
             )
         })
         .collect();
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut ids: Vec<u32> = (0..count)
-        .map(|_| {
-            if candidates.is_empty() {
-                return 0;
-            }
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33;
-            candidates[(r % candidates.len() as u64) as usize]
-        })
-        .collect();
-    if let (true, Some(bos), Some(first)) = (tok.add_bos(), tok.bos(), ids.first_mut()) {
-        *first = bos;
-    }
-    ids
+    let bos = tok.bos().filter(|_| tok.add_bos());
+    llava_bench_report::bench_tokens(&candidates, bos, count)
 }
 
 /// An image of the tower's own size (LLaVA-1.5: one view, no resizing), or for LLaVA-1.6 of
@@ -372,145 +358,13 @@ fn largest(pinpoints: &[(u32, u32)]) -> Option<(u32, u32)> {
     })
 }
 
-fn token_test(tokens: usize, samples: &[Duration]) -> Value {
-    let rates: Vec<f64> = samples
-        .iter()
-        .map(|d| tokens as f64 / d.as_secs_f64().max(1e-9))
-        .collect();
-    let times: Vec<f64> = samples.iter().map(|&d| ms(d)).collect();
-    json!({
-        "tokens": tokens,
-        "tokens_per_second": spread(&rates),
-        "ms": spread(&times),
-        "samples_ms": times,
-    })
-}
-
-/// Median (the mean of the middle two for an even count), min and max.
-fn spread(values: &[f64]) -> Value {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    json!({ "median": median, "min": v[0], "max": v[n - 1] })
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 fn path_string(p: Option<&Path>) -> String {
     p.map(|p| p.display().to_string()).unwrap_or_default()
-}
-
-fn file_entry(path: &Path) -> Result<Value> {
-    let bytes = std::fs::metadata(path)
-        .with_context(|| path.display().to_string())?
-        .len();
-    Ok(json!({ "path": path.display().to_string(), "bytes": bytes }))
-}
-
-/// The process's peak resident set (`VmHWM`), where /proc says it; `None` elsewhere.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
-/// The report as a Markdown table, with the setup on the lines above it. benches/peer-llamacpp
-/// (src/report.rs) keeps a copy of this and of the JSON fields, in step by hand.
-fn table(r: &Value) -> String {
-    let mb = |v: &Value| {
-        v.as_f64()
-            .map_or("n/a".into(), |b| format!("{:.1} MB", b / 1e6))
-    };
-    let mut out = format!(
-        "{}: {} ({}), {} threads, {} kernels, {} KV cache, loaded in {:.0} ms, peak RSS {}\n",
-        r["runtime"].as_str().unwrap_or(""),
-        r["model"]["path"].as_str().unwrap_or(""),
-        mb(&r["model"]["bytes"]),
-        r["threads"],
-        r["kernels"].as_str().unwrap_or(""),
-        r["kv_type"].as_str().unwrap_or(""),
-        r["load_ms"].as_f64().unwrap_or(0.0),
-        mb(&r["peak_rss_bytes"]),
-    );
-    if !r["mmproj"].is_null() {
-        out += &format!(
-            "mmproj: {} ({}), loaded in {:.0} ms; image: {}\n",
-            r["mmproj"]["path"].as_str().unwrap_or(""),
-            mb(&r["mmproj"]["bytes"]),
-            r["encode"]["mmproj_load_ms"].as_f64().unwrap_or(0.0),
-            r["encode"]["image"].as_str().unwrap_or(""),
-        );
-    }
-    out += "\n| test | median | min | max | unit |\n|---|---:|---:|---:|---|\n";
-    let row = |name: String, s: &Value, unit: &str| {
-        let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
-        format!(
-            "| {name} | {:.2} | {:.2} | {:.2} | {unit} |\n",
-            f("median"),
-            f("min"),
-            f("max")
-        )
-    };
-    let depth = match r["depth"].as_u64() {
-        Some(d) if d > 0 => format!(" @ d{d}"),
-        _ => String::new(),
-    };
-    for key in ["pp", "tg"] {
-        let t = &r[key];
-        if !t.is_null() {
-            out += &row(
-                format!("{key}{}{depth}", t["tokens"]),
-                &t["tokens_per_second"],
-                "tokens/s",
-            );
-        }
-    }
-    let e = &r["encode"];
-    if !e.is_null() {
-        let views = match e["views"].as_u64() {
-            Some(v) => format!("{v} view(s), "),
-            None => String::new(),
-        };
-        let name = format!(
-            "image encode, {}x{}, {views}{} tokens",
-            e["width"], e["height"], e["image_tokens"]
-        );
-        out += &row(name, &e["ms"], "ms");
-    }
-    let t = &r["ttft"];
-    if !t.is_null() {
-        let name = format!(
-            "image question to first token, {} positions ({} text)",
-            t["positions"], t["text_tokens"]
-        );
-        out += &row(name, &t["ms"], "ms");
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn spread_takes_the_middle_and_the_ends() {
-        assert_eq!(
-            spread(&[3.0, 1.0, 2.0]),
-            json!({"median": 2.0, "min": 1.0, "max": 3.0})
-        );
-        assert_eq!(
-            spread(&[4.0, 1.0, 2.0, 3.0]),
-            json!({"median": 2.5, "min": 1.0, "max": 4.0})
-        );
-    }
 
     #[test]
     fn largest_pinpoint_is_the_most_pixels_first_of_equals() {

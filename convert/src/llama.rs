@@ -7,6 +7,7 @@ use llava_runtime::gguf::keys::llm;
 use llava_runtime::gguf::{KEY_ARCHITECTURE, KEY_FILE_TYPE, KEY_NAME};
 use std::path::Path;
 
+use llava_runtime::gguf::TensorDecl;
 use llava_runtime::gguf::{GgufWriter, MetaValue};
 use llava_runtime::quant::GgmlType;
 
@@ -144,6 +145,34 @@ pub struct ConvertSummary {
     pub bytes: u64,
 }
 
+impl ConvertSummary {
+    /// Nothing written yet, of `tensors` tensors.
+    pub(crate) fn new(tensors: usize) -> Self {
+        ConvertSummary {
+            tensors,
+            parameters: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// The step every writer of the converter ends a tensor with: `bytes`, the data of `decl`,
+/// into `sink` (the output `out`, named in errors), counted in `summary`.
+pub(crate) fn write_tensor(
+    out: &Path,
+    decl: &TensorDecl,
+    bytes: &[u8],
+    sink: &mut dyn std::io::Write,
+    summary: &mut ConvertSummary,
+) -> Result<(), ConvertError> {
+    summary.parameters += decl.n_elements();
+    summary.bytes += bytes.len() as u64;
+    sink.write_all(bytes).map_err(|error| ConvertError::Io {
+        path: out.to_owned(),
+        error,
+    })
+}
+
 /// Writes the LLM of the checkpoint in `dir` (a LLaMA/Mistral model, or the language model of
 /// a LLaVA checkpoint) to `out`, with the types `preset` chooses per tensor.
 pub fn convert_llama(
@@ -205,11 +234,7 @@ pub fn convert_llama_with(
         w.add_tensor(&p.gguf_name, p.ty, &p.shape)?;
     }
 
-    let mut summary = ConvertSummary {
-        tensors: plan.len(),
-        parameters: 0,
-        bytes: 0,
-    };
+    let mut summary = ConvertSummary::new(plan.len());
     let source_bytes = |p: &Planned| src.ckpt.byte_len(&p.hf_name).unwrap_or(0);
     monitor.begin(plan.len(), plan.iter().map(source_bytes).sum());
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
@@ -219,12 +244,7 @@ pub fn convert_llama_with(
             data = permute_heads(&data, n_heads, p.shape[0] as usize);
         }
         let bytes = quantize_tensor(&p.gguf_name, p.ty, &data, p.shape[0] as usize)?;
-        summary.parameters += decl.n_elements();
-        summary.bytes += bytes.len() as u64;
-        sink.write_all(&bytes).map_err(|error| ConvertError::Io {
-            path: out.to_owned(),
-            error,
-        })?;
+        write_tensor(out, decl, &bytes, sink, &mut summary)?;
         tensor_written(monitor, decl, Some(&data), &bytes, source_bytes(p))
     })?;
     Ok(summary)

@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::clip::{vision_tensor_type, ClipLayout, Origin, VisionHparams, CLIP_MEAN, CLIP_STD};
 use crate::error::ConvertError;
 use crate::hf_config::JsonFile;
+use crate::llama::write_tensor;
 use crate::llama::LlamaHparams;
 use crate::mix::Preset;
 use crate::progress::{tensor_written, Monitor, Silent};
@@ -257,17 +258,9 @@ fn mmproj(
     for (gguf, _, _, shape, ty) in &plan {
         w.add_tensor(gguf, *ty, shape)?;
     }
+    let mut summary = ConvertSummary::new(plan.len());
     let Some(out) = out else {
-        return Ok(ConvertSummary {
-            tensors: plan.len(),
-            parameters: 0,
-            bytes: 0,
-        });
-    };
-    let mut summary = ConvertSummary {
-        tensors: plan.len(),
-        parameters: 0,
-        bytes: 0,
+        return Ok(summary);
     };
     let source_bytes = |ckpt: &Checkpoint, hf: &str| ckpt.byte_len(hf).unwrap_or(0);
     monitor.begin(
@@ -280,12 +273,7 @@ fn mmproj(
         let (gguf, ckpt, hf, shape, ty) = &plan[i];
         let data = ckpt.to_f32(hf)?;
         let bytes = quantize_tensor(gguf, *ty, &data, shape[0] as usize)?;
-        summary.parameters += decl.n_elements();
-        summary.bytes += bytes.len() as u64;
-        sink.write_all(&bytes).map_err(|error| ConvertError::Io {
-            path: out.to_owned(),
-            error,
-        })?;
+        write_tensor(out, decl, &bytes, sink, &mut summary)?;
         tensor_written(monitor, decl, Some(&data), &bytes, source_bytes(ckpt, hf))
     })?;
     Ok(summary)

@@ -6,8 +6,8 @@
 //! conversion would. One tensor is dequantized to f32 at a time.
 
 use llava_runtime::gguf::keys::llm;
+use std::borrow::Cow;
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use llava_runtime::gguf::{
@@ -18,6 +18,7 @@ use memmap2::Mmap;
 
 use crate::clip::vision_tensor_type;
 use crate::error::ConvertError;
+use crate::llama::write_tensor;
 use crate::mapped;
 use crate::mix::Preset;
 use crate::progress::{tensor_written, Monitor, Silent};
@@ -106,11 +107,7 @@ pub fn requantize_with(
         w.add_tensor(t.name(), ty, t.shape())?;
     }
 
-    let mut summary = ConvertSummary {
-        tensors: tensors.len(),
-        parameters: 0,
-        bytes: 0,
-    };
+    let mut summary = ConvertSummary::new(tensors.len());
     let map = map_again(input, &src)?;
     monitor.begin(tensors.len(), tensors.iter().map(|t| t.n_bytes()).sum());
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
@@ -121,35 +118,30 @@ pub fn requantize_with(
         let end = start + t.n_bytes() as usize;
         mapped::prefetch(&map, start, end);
         let source = &map[start..end];
-        summary.parameters += decl.n_elements();
-        summary.bytes += decl.n_bytes();
-        let result = convert_one(input, out, t, decl, source, sink, monitor);
+        let result = requantized(input, t, decl, source).and_then(|(bytes, data)| {
+            write_tensor(out, decl, &bytes, sink, &mut summary)?;
+            tensor_written(monitor, decl, data.as_deref(), &bytes, t.n_bytes())
+        });
         mapped::release(&map, start, end);
         result
     })?;
     Ok(summary)
 }
 
-/// Writes one tensor of `decl`'s type from `source`, the bytes of `t`.
-fn convert_one(
+/// A tensor's new bytes, and the values they were quantized from (`None` when the type is
+/// kept and the bytes are copied).
+type Requantized<'s> = (Cow<'s, [u8]>, Option<Vec<f32>>);
+
+/// The bytes of tensor `t` as `decl`'s type, from `source` (its bytes in the input).
+fn requantized<'s>(
     input: &Path,
-    out: &Path,
     t: &Tensor<'_>,
     decl: &TensorDecl,
-    source: &[u8],
-    sink: &mut dyn Write,
-    monitor: &mut dyn Monitor,
-) -> Result<(), ConvertError> {
-    let write = |bytes: &[u8], sink: &mut dyn std::io::Write| {
-        sink.write_all(bytes).map_err(|error| ConvertError::Io {
-            path: out.to_owned(),
-            error,
-        })
-    };
+    source: &'s [u8],
+) -> Result<Requantized<'s>, ConvertError> {
     if t.ggml_type() == decl.ty {
         // The same type: the bytes as they are (requantizing Q4_K to Q4_K would only lose).
-        write(source, sink)?;
-        return tensor_written(monitor, decl, None, source, t.n_bytes());
+        return Ok((Cow::Borrowed(source), None));
     }
     let row_len = decl.shape.first().copied().unwrap_or(1) as usize;
     let data = dequantize_tensor(t.ggml_type(), source, row_len, t.n_elements() as usize).map_err(
@@ -159,8 +151,7 @@ fn convert_one(
         },
     )?;
     let bytes = quantize_tensor(&decl.name, decl.ty, &data, row_len)?;
-    write(&bytes, sink)?;
-    tensor_written(monitor, decl, Some(&data), &bytes, t.n_bytes())
+    Ok((Cow::Owned(bytes), Some(data)))
 }
 
 /// The input mapped a second time, for its tensor data: `GgufFile` keeps its own map for the

@@ -14,6 +14,7 @@ use llava_runtime::quant::GgmlType;
 
 use crate::clip::{vision_tensor_type, ClipLayout, VisionHparams, CLIP_MEAN, CLIP_STD};
 use crate::error::ConvertError;
+use crate::llama::write_tensor;
 use crate::llama::{llama_metadata, LlamaHparams};
 use crate::mix::Preset;
 use crate::quantize::quantize_tensor;
@@ -193,11 +194,7 @@ fn write_random(
     seed: u64,
     stream: u64,
 ) -> Result<ConvertSummary, ConvertError> {
-    let mut summary = ConvertSummary {
-        tensors: w.tensors().len(),
-        parameters: 0,
-        bytes: 0,
-    };
+    let mut summary = ConvertSummary::new(w.tensors().len());
     let mut pools: HashMap<GgmlType, BlockPool> = HashMap::new();
     w.write(out, |i, decl, sink| -> Result<(), ConvertError> {
         let n = decl.n_elements() as usize;
@@ -219,12 +216,7 @@ fn write_random(
             };
             pool.fill(n, tensor_seed)
         };
-        summary.parameters += decl.n_elements();
-        summary.bytes += bytes.len() as u64;
-        sink.write_all(&bytes).map_err(|error| ConvertError::Io {
-            path: out.to_owned(),
-            error,
-        })
+        write_tensor(out, decl, &bytes, sink, &mut summary)
     })?;
     Ok(summary)
 }

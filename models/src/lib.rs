@@ -17,6 +17,7 @@ pub mod llama;
 pub mod llava;
 mod pipeline;
 pub mod projector;
+mod session;
 pub mod template;
 pub mod weights;
 
@@ -24,6 +25,5 @@ pub use clip::{Clip, ClipConfig};
 pub use error::ModelError;
 pub use generate::{GenerationStats, PrefillStats, StopReason};
 pub use llama::{Llama, LlamaConfig};
-pub use pipeline::{
-    Error, GenerateOptions, LoadOptions, Pipeline, Session, Stage, TurnStats, DEFAULT_CTX_CAP,
-};
+pub use pipeline::{Error, GenerateOptions, LoadOptions, Pipeline, DEFAULT_CTX_CAP};
+pub use session::{Session, Stage, TurnStats};

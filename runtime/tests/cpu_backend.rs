@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use llava_runtime::backend::reference::attention_f64;
 use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType, Rope};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::quant::{self, GgmlType, DOT_ROWS, TILE_ROWS};
@@ -292,8 +293,7 @@ fn rope_is_a_rotation_of_adjacent_pairs_by_position_times_frequency() {
     }
 }
 
-/// Naive attention in f64: query head h uses KV head h / (n_heads / n_kv_heads); row r sees
-/// keys `0..visible(r)`.
+/// [`attention_f64`] of f32 keys and values.
 fn naive_attention(
     q: &[f32],
     k: &[f32],
@@ -301,40 +301,8 @@ fn naive_attention(
     heads: Heads,
     visible: impl Fn(usize) -> usize,
 ) -> Vec<f64> {
-    let Heads {
-        n_heads,
-        n_kv_heads,
-        head_dim,
-    } = heads;
-    let rows = q.len() / (n_heads * head_dim);
-    let kv_dim = n_kv_heads * head_dim;
-    let mut out = vec![0f64; q.len()];
-    for r in 0..rows {
-        for h in 0..n_heads {
-            let kvh = h / (n_heads / n_kv_heads);
-            let qh = &q[(r * n_heads + h) * head_dim..][..head_dim];
-            let scores: Vec<f64> = (0..visible(r))
-                .map(|j| {
-                    let kh = &k[j * kv_dim + kvh * head_dim..][..head_dim];
-                    qh.iter()
-                        .zip(kh)
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum::<f64>()
-                        / (head_dim as f64).sqrt()
-                })
-                .collect();
-            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            for (j, p) in e.iter().enumerate() {
-                let vh = &v[j * kv_dim + kvh * head_dim..][..head_dim];
-                for d in 0..head_dim {
-                    out[(r * n_heads + h) * head_dim + d] += p / sum * vh[d] as f64;
-                }
-            }
-        }
-    }
-    out
+    let wide = |x: &[f32]| -> Vec<f64> { x.iter().map(|&x| x as f64).collect() };
+    attention_f64(q, &wide(k), &wide(v), heads, visible)
 }
 
 fn assert_close(got: &[f32], want: &[f64], tol: f64, what: &str) {

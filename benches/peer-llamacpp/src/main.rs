@@ -34,9 +34,8 @@ use llama_cpp_2::{send_logs_to_tracing, LogOptions};
 use serde_json::{json, Value};
 
 mod mmproj;
-mod report;
 
-use report::{bench_tokens, file_entry, ms, peak_rss_bytes, spread, table, token_test};
+use llava_bench_report::{bench_tokens, file_entry, ms, peak_rss_bytes, spread, table, token_test};
 
 /// The flags of `llava bench`.
 #[derive(Parser)]

@@ -12,6 +12,8 @@ use crate::gguf::GgufFile;
 use crate::quant::GgmlType;
 
 pub mod cpu;
+#[doc(hidden)]
+pub mod reference;
 
 pub use cpu::CpuBackend;
 

@@ -6,6 +6,7 @@
 mod error;
 mod file_type;
 pub mod keys;
+mod parse;
 mod reader;
 mod value;
 mod writer;

@@ -13,6 +13,7 @@
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod arm;
+mod cpu_path;
 pub mod dispatch;
 mod float;
 mod ggml_type;

@@ -361,47 +361,7 @@ pub(super) fn softmax_in_place(row: &mut [f32]) {
 mod tests {
     use super::super::vector::{all_vector_ops, test_data as data};
     use super::*;
-
-    /// Attention in f64: query head `h` reads KV head `h / (n_heads / n_kv_heads)`, row `r`
-    /// sees keys `0..visible(r)`.
-    fn attention_f64(
-        q: &[f32],
-        k: &[f64],
-        v: &[f64],
-        heads: Heads,
-        visible: impl Fn(usize) -> usize,
-    ) -> Vec<f64> {
-        let Heads {
-            n_heads,
-            n_kv_heads,
-            head_dim,
-        } = heads;
-        let kv_dim = n_kv_heads * head_dim;
-        let mut out = vec![0f64; q.len()];
-        for (r, row) in q.chunks_exact(n_heads * head_dim).enumerate() {
-            for h in 0..n_heads {
-                let kv = h / (n_heads / n_kv_heads) * head_dim;
-                let qh = &row[h * head_dim..][..head_dim];
-                let scores: Vec<f64> = (0..visible(r))
-                    .map(|j| {
-                        let kj = &k[j * kv_dim + kv..][..head_dim];
-                        let dot: f64 = qh.iter().zip(kj).map(|(&a, &b)| a as f64 * b).sum();
-                        dot / (head_dim as f64).sqrt()
-                    })
-                    .collect();
-                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
-                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let total: f64 = e.iter().sum();
-                let o = &mut out[(r * n_heads + h) * head_dim..][..head_dim];
-                for (j, e) in e.iter().enumerate() {
-                    for (o, &vj) in o.iter_mut().zip(&v[j * kv_dim + kv..][..head_dim]) {
-                        *o += e / total * vj;
-                    }
-                }
-            }
-        }
-        out
-    }
+    use crate::backend::reference::attention_f64;
 
     #[test]
     fn decode_tasks_share_a_kv_head_while_every_thread_has_four() {

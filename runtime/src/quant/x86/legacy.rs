@@ -6,16 +6,24 @@
 //! converted to f32 and scaled by `d_w·d_a` with an FMA into a lane accumulator. Two
 //! accumulators alternate between blocks: one FMA chain per block would cost its 4-cycle
 //! latency per 18-byte Q4_0 block, about the time the block takes to stream from memory.
+//!
+//! This file holds the kernels of the plain layouts: one weight row against one activation row,
+//! and [`DOT_ROWS`] weight rows against one. Those of the interleaved layouts (`BlockQ4_0x8`,
+//! `BlockQ8_0x8`) are in `legacy_interleaved.rs`, re-exported here.
 
 use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, lanes, load_16, load_32, prefetch_ahead};
-use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS};
+use super::{dot_i8_i8, dot_u8_i8, f16_to_f32, hsum_f32, lanes, load_16, load_32};
+use crate::quant::dispatch::DOT_ROWS;
 use crate::quant::{
-    assert_dot_len, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0,
-    BlockQ8_0x8, BlockQ8_1,
+    assert_dot_len, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+};
+
+pub(super) use super::legacy_interleaved::{
+    dot_interleaved_q4_0_q8_0, dot_interleaved_q8_0_q8_0, gemm_interleaved_q4_0_q8_0,
+    gemm_interleaved_q8_0_q8_0,
 };
 
 /// The 32 nibbles of a Q4_0/Q4_1/Q5_0/Q5_1 block as bytes 0..=15, in element order: byte `j`
@@ -171,7 +179,7 @@ pub(super) fn dot_q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
 
 /// 32 activation quants as 8 little-endian dwords, for broadcasting 4 at a time.
 #[inline]
-fn dwords(qs: &[i8; 32]) -> [i32; 8] {
+pub(super) fn dwords(qs: &[i8; 32]) -> [i32; 8] {
     let mut out = [0i32; 8];
     for (out, q) in out.iter_mut().zip(qs.chunks_exact(4)) {
         *out = i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
@@ -222,173 +230,16 @@ pub(super) fn dot_rows_q4_0_q8_0(w: [&[BlockQ4_0]; DOT_ROWS], a: &[BlockQ8_0]) -
     lanes(acc)
 }
 
-/// `step` folded over the blocks of `w` and `a` into two accumulators that alternate between
-/// blocks (one FMA chain would wait out its latency on every block), summed lane by lane.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn two_chains<X, Y>(w: &[X], a: &[Y], step: impl Fn(&X, &Y, __m256) -> __m256) -> [f32; 8] {
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
-        acc0 = step(&x[0], &y[0], acc0);
-        acc1 = step(&x[1], &y[1], acc1);
-    }
-    if let (Some(x), Some(y), 1) = (w.last(), a.last(), w.len() % 2) {
-        acc0 = step(x, y, acc0);
-    }
-    lanes(_mm256_add_ps(acc0, acc1))
-}
-
-/// Q4_0 · Q8_0 for the 8 rows of interleaved blocks: [`dot_rows_q4_0_q8_0`] reading the
-/// registers its transpose builds straight from memory, one contiguous stream for all the rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_interleaved_q4_0_q8_0(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
-    const { assert!(DOT_ROWS == 8) };
-    assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
-    let step = |x: &BlockQ4_0x8, y: &BlockQ8_0, acc: __m256| {
-        prefetch_ahead(x);
-        // SAFETY: `qs` is 128 bytes, four unaligned 32-byte loads; `d` is 16 bytes.
-        let packed = std::array::from_fn::<_, 4, _>(|t| unsafe {
-            _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast())
-        });
-        let d = unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) };
-        q4_0_rows_step(packed, d, y, acc)
-    };
-    two_chains(w, a, step)
-}
-
-/// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`TILE_ROWS`] activation rows
-/// (prefill, the vision tower): `out[n][r]` is row `r`'s dot with activation row `n`.
-///
-/// Each block's nibbles are unpacked once for the 4 activation rows; each row's integer sums
-/// are [`q4_0_rows_step`]'s, with `8·Σa` and the activation scale taken from `sums` (the
-/// matmul's [`ActBlockSum`]s) instead of being worked out again for every group of rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn gemm_interleaved_q4_0_q8_0(
-    w: &[BlockQ4_0x8],
-    a: [&[BlockQ8_0]; TILE_ROWS],
-    sums: [&[ActBlockSum]; TILE_ROWS],
-) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-    const { assert!(DOT_ROWS == 8 && TILE_ROWS == 4) };
-    check_tile(w.len(), a, sums);
-    let low = _mm256_set1_epi8(0x0f);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
-    for (i, x) in w.iter().enumerate() {
-        let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
-        let mut pairs = [_mm256_setzero_si256(); TILE_ROWS];
-        for t in 0..4 {
-            // SAFETY: `qs` is 128 bytes, `t < 4`; an unaligned 32-byte load.
-            let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
-            let lo = _mm256_and_si256(p, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
-            for (pairs, y) in pairs.iter_mut().zip(ys) {
-                let (a_lo, a_hi) = (run(&y.qs, t), run(&y.qs, 4 + t));
-                *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(lo, a_lo));
-                *pairs = _mm256_add_epi16(*pairs, _mm256_maddubs_epi16(hi, a_hi));
-            }
-        }
-        // SAFETY: `d` is 16 bytes; an unaligned load.
-        let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
-        for n in 0..TILE_ROWS {
-            let s = sums[n][i];
-            let total = _mm256_sub_epi32(
-                _mm256_madd_epi16(pairs[n], ones),
-                _mm256_set1_epi32(8 * s.sum),
-            );
-            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(s.d));
-            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scales, acc[n]);
-        }
-    }
-    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
-}
-
-/// Activation quants `4e..4e + 4` in every dword.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn run(qs: &[i8; 32], e: usize) -> __m256i {
-    let q = &qs[4 * e..4 * e + 4];
-    _mm256_set1_epi32(i32::from_le_bytes([
-        q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
-    ]))
-}
-
-/// The lengths a batch kernel of interleaved blocks relies on.
-fn check_tile<A>(blocks: usize, a: [&[A]; TILE_ROWS], sums: [&[ActBlockSum]; TILE_ROWS]) {
-    for (a, sums) in a.iter().zip(sums) {
-        assert_eq!(a.len(), blocks, "dot of rows of different lengths");
-        assert_eq!(sums.len(), blocks, "one block sum per activation block");
-    }
-}
-
-/// Q8_0 · Q8_0 for the 8 rows of interleaved blocks (decode): per 4-byte run, one load holds
-/// the run of every row, and one broadcast of the matching activation run serves all 8 rows
-/// through [`dot_i8_i8`].
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_interleaved_q8_0_q8_0(w: &[BlockQ8_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
-    const { assert!(DOT_ROWS == 8) };
-    assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
-    let step = |x: &BlockQ8_0x8, y: &BlockQ8_0, acc: __m256| {
-        prefetch_ahead(x);
-        let act = dwords(&y.qs);
-        let mut sums = _mm256_setzero_si256();
-        for (t, &run) in act.iter().enumerate() {
-            // SAFETY: `qs` is 256 bytes and `t < 8`; an unaligned 32-byte load.
-            let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
-            sums = _mm256_add_epi32(sums, dot_i8_i8(p, _mm256_set1_epi32(run)));
-        }
-        // SAFETY: `d` is 16 bytes; an unaligned load.
-        let d = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
-        let scales = _mm256_mul_ps(d, _mm256_set1_ps(f16_to_f32(y.d)));
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scales, acc)
-    };
-    two_chains(w, a, step)
-}
-
-/// Q8_0 · Q8_0 for the 8 rows of interleaved blocks against [`TILE_ROWS`] activation rows
-/// (prefill, the vision tower): `out[n][r]` is row `r`'s dot with activation row `n`.
-///
-/// Signed times signed bytes, as [`dot_i8_i8`] does it: `|w|` (once per run, for the 4
-/// activation rows) times the activation with `w`'s sign, pairwise in i16 (at most
-/// `2·128·127 < 2^15`), then to i32 at once, since two such pairs could overflow i16. Four
-/// integer instructions per 32 multiply-adds, against 4 FMAs for the f32 GEMM's 32.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn gemm_interleaved_q8_0_q8_0(
-    w: &[BlockQ8_0x8],
-    a: [&[BlockQ8_0]; TILE_ROWS],
-    sums: [&[ActBlockSum]; TILE_ROWS],
-) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-    const { assert!(DOT_ROWS == 8 && TILE_ROWS == 4) };
-    check_tile(w.len(), a, sums);
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
-    for (i, x) in w.iter().enumerate() {
-        let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
-        let mut totals = [_mm256_setzero_si256(); TILE_ROWS];
-        for t in 0..8 {
-            // SAFETY: `qs` is 256 bytes and `t < 8`; an unaligned 32-byte load.
-            let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
-            let magnitude = _mm256_sign_epi8(p, p);
-            for (total, y) in totals.iter_mut().zip(ys) {
-                let signed = _mm256_sign_epi8(run(&y.qs, t), p);
-                let pairs = _mm256_maddubs_epi16(magnitude, signed);
-                *total = _mm256_add_epi32(*total, _mm256_madd_epi16(pairs, ones));
-            }
-        }
-        // SAFETY: `d` is 16 bytes; an unaligned load.
-        let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
-        for n in 0..TILE_ROWS {
-            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(sums[n][i].d));
-            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totals[n]), scales, acc[n]);
-        }
-    }
-    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
-}
-
 /// One block of 8 Q4_0 rows against activation block `y`, fused into `acc` (row r in lane r):
 /// `packed[t]` holds dword `t` of every row's `qs` (row r in lane r), `d` the rows' f16 scales.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4_0_rows_step(packed: [__m256i; 4], d: __m128i, y: &BlockQ8_0, acc: __m256) -> __m256 {
+pub(super) fn q4_0_rows_step(
+    packed: [__m256i; 4],
+    d: __m128i,
+    y: &BlockQ8_0,
+    acc: __m256,
+) -> __m256 {
     let low = _mm256_set1_epi8(0x0f);
     let ones = _mm256_set1_epi16(1);
     let eights = _mm256_set1_epi8(8);

@@ -34,7 +34,9 @@ mod activations;
 mod avx512;
 mod float;
 mod k_quants;
+mod k_quants_interleaved;
 mod legacy;
+mod legacy_interleaved;
 
 pub(crate) use avx512::Avx512;
 

@@ -1,6 +1,7 @@
-//! The report: the same JSON fields and the same table as `llava bench` (src/bench.rs), so
-//! benches/compare.sh reads both alike. Kept in step with that file by hand; the peer crate
-//! does not depend on llava-edge.
+//! The report of a benchmark run, shared by `llava bench` (src/bench.rs) and the llama.cpp peer
+//! (benches/peer-llamacpp): the same JSON fields, the same table and the same token ids, so
+//! benches/compare.sh reads both alike. The peer crate does not depend on llava-edge, only on
+//! this.
 
 use std::path::Path;
 use std::time::Duration;
@@ -55,14 +56,14 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// `count` ids: BOS first when `bos` is given, then ids drawn from `candidates` by the fixed
-/// xorshift64* of `llava bench`, so both runtimes see the same ids for the same vocabulary.
-pub fn bench_tokens(candidates: &[i32], bos: Option<i32>, count: usize) -> Vec<i32> {
+/// `count` ids: BOS first when `bos` is given, then ids drawn from `candidates` by a fixed
+/// xorshift64*, so both runtimes see the same ids for the same vocabulary.
+pub fn bench_tokens<T: Copy + Default>(candidates: &[T], bos: Option<T>, count: usize) -> Vec<T> {
     let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut ids: Vec<i32> = (0..count)
+    let mut ids: Vec<T> = (0..count)
         .map(|_| {
             if candidates.is_empty() {
-                return 0;
+                return T::default();
             }
             state ^= state >> 12;
             state ^= state << 25;
@@ -148,4 +149,31 @@ pub fn table(r: &Value) -> String {
         out += &row(name, &t["ms"], "ms");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_the_middle_and_the_ends() {
+        assert_eq!(
+            spread(&[3.0, 1.0, 2.0]),
+            json!({"median": 2.0, "min": 1.0, "max": 3.0})
+        );
+        assert_eq!(
+            spread(&[4.0, 1.0, 2.0, 3.0]),
+            json!({"median": 2.5, "min": 1.0, "max": 4.0})
+        );
+    }
+
+    #[test]
+    fn token_ids_are_drawn_alike_for_any_id_type() {
+        let a = bench_tokens(&[10u32, 20, 30], Some(1), 6);
+        let b = bench_tokens(&[10i32, 20, 30], Some(1), 6);
+        assert_eq!(a[0], 1);
+        assert_eq!(a.iter().map(|&x| x as i32).collect::<Vec<_>>(), b);
+        assert!(a[1..].iter().all(|x| [10, 20, 30].contains(x)));
+        assert_eq!(bench_tokens::<u32>(&[], None, 2), [0, 0]);
+    }
 }
