@@ -140,30 +140,22 @@ pub fn run(args: &Args) -> Result<()> {
         0 => name,
         d => format!("{name} @ d{d}"),
     };
-    let pp = match args.n_prompt {
-        0 => None,
-        n => {
-            let ids = bench_tokens(p, n);
-            let name = at_depth(format!("pp{n}"));
-            let mut cache = filled_cache(ids.len())?;
-            let samples = repeat(&name, args.repetitions, || {
-                prefill(p, &mut cache, &ids, args.depth)
-            })?;
-            Some(token_test(n, &samples))
+    // A token test of `n` ids named `kind{n}`, each run `step` over a cache filled to the depth.
+    type Step = fn(&Pipeline<Chosen>, &mut KvCache, &[u32], usize) -> Result<Duration>;
+    let token_run = |kind: &str, n: usize, step: Step| -> Result<Option<Value>> {
+        if n == 0 {
+            return Ok(None);
         }
+        let ids = bench_tokens(p, n);
+        let name = at_depth(format!("{kind}{n}"));
+        let mut cache = filled_cache(ids.len())?;
+        let samples = repeat(&name, args.repetitions, || {
+            step(p, &mut cache, &ids, args.depth)
+        })?;
+        Ok(Some(token_test(n, &samples)))
     };
-    let tg = match args.n_gen {
-        0 => None,
-        n => {
-            let ids = bench_tokens(p, n);
-            let name = at_depth(format!("tg{n}"));
-            let mut cache = filled_cache(ids.len())?;
-            let samples = repeat(&name, args.repetitions, || {
-                decode_steps(p, &mut cache, &ids, args.depth)
-            })?;
-            Some(token_test(n, &samples))
-        }
-    };
+    let pp = token_run("pp", args.n_prompt, prefill)?;
+    let tg = token_run("tg", args.n_gen, decode_steps)?;
     let image = p.vision().map(|clip| match &given_image {
         Some(img) => (img.clone(), path_string(args.image.as_deref())),
         None => synthetic_image(clip),

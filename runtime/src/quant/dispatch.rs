@@ -7,16 +7,12 @@
 //! only in the float summation order of the dot products.
 
 use bytemuck::{cast_slice, cast_slice_mut};
-use half::{bf16, f16};
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 use super::cpu_path::neon;
 #[cfg(target_arch = "x86_64")]
 use super::cpu_path::{avx2, avx512};
-use super::{
-    BlockFormat, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0,
-    BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0, GgmlType, VecDot,
-};
+use super::{BlockFormat, BlockQ8K, BlockQ8_0, GgmlType, VecDot};
 
 pub use super::cpu_path::{
     cpu_path, report_skipped_paths, set_cpu_path, CpuPath, CpuPathUnavailable, UnknownCpuPath,
@@ -195,23 +191,25 @@ pub struct RowKernels {
 /// one the path does not have (or cannot run here); `None` if the type cannot be multiplied
 /// with at all.
 pub fn row_kernels(ty: GgmlType, path: CpuPath) -> Option<RowKernels> {
-    use GgmlType::*;
-    let scalar = match ty {
-        F32 => scalar::<f32>(),
-        F16 => scalar::<f16>(),
-        BF16 => scalar::<bf16>(),
-        Q4_0 => scalar::<BlockQ4_0>(),
-        Q4_1 => scalar::<BlockQ4_1>(),
-        Q5_0 => scalar::<BlockQ5_0>(),
-        Q5_1 => scalar::<BlockQ5_1>(),
-        Q8_0 => scalar::<BlockQ8_0>(),
-        Q2K => scalar::<BlockQ2K>(),
-        Q3K => scalar::<BlockQ3K>(),
-        Q4K => scalar::<BlockQ4K>(),
-        Q5K => scalar::<BlockQ5K>(),
-        Q6K => scalar::<BlockQ6K>(),
-        _ => return None,
-    };
+    // The weight formats of the one table (`block_formats`), each with its scalar kernels;
+    // activation-only formats have none.
+    macro_rules! scalar_of {
+        (weight, $b:ty) => {
+            scalar::<$b>()
+        };
+        (activation, $b:ty) => {
+            return None
+        };
+    }
+    macro_rules! arms {
+        ($t:expr ; $($v:ident : $b:ty = $kind:ident),*) => {
+            match $t {
+                $(GgmlType::$v => scalar_of!($kind, $b),)*
+                _ => return None,
+            }
+        };
+    }
+    let scalar = block_formats!(arms!(ty));
     Some(match path {
         CpuPath::Scalar => scalar,
         CpuPath::Avx2 => with_avx2(scalar, ty),

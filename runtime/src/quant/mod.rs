@@ -11,6 +11,33 @@
 //! read as IEEE arithmetic (`tests/quant_ggml_parity.rs` holds it to ggml's own code, built
 //! with `-ffp-contract=off`: see `.cargo/config.toml`).
 
+/// The one table of the block formats the runtime computes with: each [`GgmlType`] with its
+/// block struct, and whether it is a weight format (it has row kernels: `dispatch::row_kernels`)
+/// or only an activation format (Q8_1, Q8_K: what activations are quantized to). Calls
+/// `$m!($($pre)* ; VARIANT: Block = kind, ...)`, so each use expands the same list: adding a
+/// type is one line here.
+macro_rules! block_formats {
+    ($m:ident ! ( $($pre:tt)* )) => {
+        $m!($($pre)* ;
+            F32: f32 = weight,
+            F16: half::f16 = weight,
+            BF16: half::bf16 = weight,
+            Q4_0: $crate::quant::BlockQ4_0 = weight,
+            Q4_1: $crate::quant::BlockQ4_1 = weight,
+            Q5_0: $crate::quant::BlockQ5_0 = weight,
+            Q5_1: $crate::quant::BlockQ5_1 = weight,
+            Q8_0: $crate::quant::BlockQ8_0 = weight,
+            Q8_1: $crate::quant::BlockQ8_1 = activation,
+            Q2K: $crate::quant::BlockQ2K = weight,
+            Q3K: $crate::quant::BlockQ3K = weight,
+            Q4K: $crate::quant::BlockQ4K = weight,
+            Q5K: $crate::quant::BlockQ5K = weight,
+            Q6K: $crate::quant::BlockQ6K = weight,
+            Q8K: $crate::quant::BlockQ8K = activation
+        )
+    };
+}
+
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod arm;
 mod cpu_path;
@@ -112,50 +139,30 @@ pub enum QuantError {
 
 /// Whether [`quantize_row`], [`dequantize_row`] and the typed [`BlockFormat`] impls cover `ty`.
 pub fn is_supported(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | Q8_1
-            | Q2K
-            | Q3K
-            | Q4K
-            | Q5K
-            | Q6K
-            | Q8K
-    )
+    macro_rules! listed {
+        ($t:expr ; $($v:ident : $b:ty = $kind:ident),*) => {
+            matches!($t, $(GgmlType::$v)|*)
+        };
+    }
+    block_formats!(listed!(ty))
+}
+
+/// The arms of [`dispatch_block_type`], one per row of [`block_formats`].
+macro_rules! dispatch_arms {
+    ($t:expr, $func:ident $args:tt ; $($v:ident : $b:ty = $kind:ident),*) => {
+        match $t {
+            $(GgmlType::$v => $func::<$b> $args,)*
+            other => Err(QuantError::UnsupportedType(other)),
+        }
+    };
 }
 
 /// Dispatches a generic function over the block type of a supported [`GgmlType`], or returns
 /// [`QuantError::UnsupportedType`].
 macro_rules! dispatch_block_type {
-    ($ty:expr, $func:ident ( $($arg:expr),* )) => {{
-        use half::{bf16, f16};
-        match $ty {
-            GgmlType::F32 => $func::<f32>($($arg),*),
-            GgmlType::F16 => $func::<f16>($($arg),*),
-            GgmlType::BF16 => $func::<bf16>($($arg),*),
-            GgmlType::Q4_0 => $func::<BlockQ4_0>($($arg),*),
-            GgmlType::Q4_1 => $func::<BlockQ4_1>($($arg),*),
-            GgmlType::Q5_0 => $func::<BlockQ5_0>($($arg),*),
-            GgmlType::Q5_1 => $func::<BlockQ5_1>($($arg),*),
-            GgmlType::Q8_0 => $func::<BlockQ8_0>($($arg),*),
-            GgmlType::Q8_1 => $func::<BlockQ8_1>($($arg),*),
-            GgmlType::Q2K => $func::<BlockQ2K>($($arg),*),
-            GgmlType::Q3K => $func::<BlockQ3K>($($arg),*),
-            GgmlType::Q4K => $func::<BlockQ4K>($($arg),*),
-            GgmlType::Q5K => $func::<BlockQ5K>($($arg),*),
-            GgmlType::Q6K => $func::<BlockQ6K>($($arg),*),
-            GgmlType::Q8K => $func::<BlockQ8K>($($arg),*),
-            other => Err(QuantError::UnsupportedType(other)),
-        }
-    }};
+    ($ty:expr, $func:ident ( $($arg:expr),* )) => {
+        block_formats!(dispatch_arms!($ty, $func($($arg),*)))
+    };
 }
 
 /// Expand the blocks of one row stored as raw bytes (e.g. a tensor row borrowed from a GGUF
