@@ -45,7 +45,6 @@ pub struct CpuKvCache {
     n_ctx: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    kv_type: KvType,
     keys: Vec<Store>,
     values: Vec<Store>,
 }
@@ -67,20 +66,9 @@ impl CpuKvCache {
             n_ctx,
             n_kv_heads,
             head_dim,
-            kv_type,
             keys: zeroed(),
             values: zeroed(),
         }
-    }
-
-    /// Positions the cache can hold.
-    pub fn n_ctx(&self) -> usize {
-        self.n_ctx
-    }
-
-    /// How keys and values are stored.
-    pub fn kv_type(&self) -> KvType {
-        self.kv_type
     }
 
     /// Writes rows of `k` and `v` at positions `start..`.
