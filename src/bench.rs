@@ -105,7 +105,7 @@ pub fn run(args: &Args) -> Result<()> {
             kv_type: args.kv_type,
             max_image_pixels: DEFAULT_MAX_PIXELS,
         },
-        &Stages::new(false),
+        &Stages::quiet(),
     )?;
     if let (Some(img), Some(path)) = (&given_image, &args.image) {
         check_images(

@@ -58,7 +58,6 @@ pub fn load_pipeline(
         }
         None => pipeline,
     };
-    stages.done();
     Ok(pipeline)
 }
 
@@ -72,7 +71,17 @@ pub struct Stages {
 }
 
 impl Stages {
-    /// `verbose`: a line per stage; else a spinner when stderr is a terminal.
+    /// Nothing reported: for commands that print their own progress (`bench`) or none.
+    pub fn quiet() -> Stages {
+        Stages {
+            verbose: false,
+            spinner: None,
+            started: std::cell::Cell::new(None),
+        }
+    }
+
+    /// `verbose`: a line per stage; else a spinner when stderr is a terminal, until
+    /// [`Stages::done`].
     pub fn new(verbose: bool) -> Stages {
         let spinner = (!verbose && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new_spinner();

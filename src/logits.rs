@@ -123,7 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
             kv_type: args.kv_type,
             max_image_pixels: args.max_image_pixels,
         },
-        &Stages::new(false),
+        &Stages::quiet(),
     )?;
     check_images(&pipeline, &images, &args.image)?;
     let mut session = pipeline.session()?;
