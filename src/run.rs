@@ -115,32 +115,12 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     pub fn config(&self) -> Result<SamplerConfig> {
         let s = self;
-        if !(s.temperature >= 0.0 && s.temperature.is_finite()) {
-            bail!("--temp must be 0 or more, got {}", s.temperature);
-        }
-        if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1], got {}", s.top_p);
-        }
-        if !(0.0..=1.0).contains(&s.min_p) {
-            bail!("--min-p must be in [0, 1], got {}", s.min_p);
-        }
-        if !(s.repeat_penalty > 0.0 && s.repeat_penalty.is_finite()) {
-            bail!("--repeat-penalty must be above 0, got {}", s.repeat_penalty);
-        }
-        for (flag, v) in [
-            ("--frequency-penalty", s.frequency_penalty),
-            ("--presence-penalty", s.presence_penalty),
-        ] {
-            if !v.is_finite() {
-                bail!("{flag} must be a finite number, got {v}");
-            }
-        }
         let seed = self.seed.and_then(|s| s.0).unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         });
-        Ok(SamplerConfig {
+        let config = SamplerConfig {
             temperature: s.temperature,
             top_k: s.top_k,
             top_p: s.top_p,
@@ -150,7 +130,25 @@ impl SamplingArgs {
             presence_penalty: s.presence_penalty,
             penalty_last_n: s.repeat_last_n,
             seed,
-        })
+        };
+        // The library's checks, its field names given as the flags that set them.
+        config.check().map_err(|e| {
+            const FLAGS: [(&str, &str); 6] = [
+                ("temperature", "--temp"),
+                ("top_p", "--top-p"),
+                ("min_p", "--min-p"),
+                ("repeat_penalty", "--repeat-penalty"),
+                ("frequency_penalty", "--frequency-penalty"),
+                ("presence_penalty", "--presence-penalty"),
+            ];
+            let (field, rest) = e.split_once(' ').unwrap_or((&e, ""));
+            let flag = FLAGS
+                .iter()
+                .find(|(f, _)| *f == field)
+                .map_or(field, |(_, flag)| flag);
+            anyhow::anyhow!("{flag} {rest}")
+        })?;
+        Ok(config)
     }
 }
 

@@ -144,16 +144,26 @@ fn misuse_is_a_typed_error_and_leaves_the_session_as_it_was() {
     let img = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
     let e = s.append("<image> what is this?", &[img]).unwrap_err();
     assert!(e.to_string().contains("vision tower"), "{e}");
-    // An empty prompt.
+    // An empty prompt, and ids outside the vocabulary.
     assert!(matches!(
         s.append_tokens(&[]),
         Err(Error::Prompt(PromptError::Empty))
     ));
+    let n_vocab = p.llm().config.n_vocab as u32;
+    let e = s.append_tokens(&[1, n_vocab]).unwrap_err();
+    assert!(e.to_string().contains("outside the model's"), "{e}");
+    assert_eq!(s.n_past(), 0);
     // A system prompt where the template has none.
     s.set_template(Template::MistralInstruct).unwrap();
     assert!(matches!(s.set_system("x"), Err(Error::Usage(_))));
-    // A prompt that fills the context exactly, then generation stops there.
+    // Sampling settings out of range are refused before anything is sampled.
     s.append_tokens(&r.input_ids[..9]).unwrap();
+    let mut bad = GenerateOptions::default();
+    bad.sampler.top_p = 0.0;
+    let e = s.generate(&bad, |_| ControlFlow::Continue(())).unwrap_err();
+    assert!(e.to_string().contains("top_p must be in (0, 1]"), "{e}");
+    assert!(s.last_logits().is_some(), "the prompt's logits are kept");
+    // A prompt that fills the context exactly, then generation stops there.
     let stats = s
         .generate(&GenerateOptions::default(), |_| ControlFlow::Continue(()))
         .unwrap();

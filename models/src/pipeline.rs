@@ -187,6 +187,9 @@ impl<B: Backend> Pipeline<B> {
         }
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let llm = Llama::load(&backend, &file)?;
+        if llm.config.n_vocab == 0 {
+            return Err(incompatible(path, "the model has no token embeddings"));
+        }
         if tokenizer.vocab_size() > llm.config.n_vocab {
             return Err(incompatible(
                 path,

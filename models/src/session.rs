@@ -363,6 +363,7 @@ impl<'p, B: Backend> Session<'p, B> {
         mut emit: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<GenerationStats, Error> {
         let p = self.pipeline;
+        options.sampler.check().map_err(Error::Usage)?;
         let Some(mut logits) = self.logits.take() else {
             return Err(Error::Usage(
                 "nothing to answer: append a prompt before generating".into(),

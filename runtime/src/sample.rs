@@ -56,6 +56,39 @@ impl SamplerConfig {
             ..Self::default()
         }
     }
+
+    /// Checks every setting is in its range (the names in the message are the fields'):
+    /// temperature 0 or more, top_p in (0, 1], min_p in [0, 1], repeat_penalty above 0, the
+    /// other penalties finite.
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(format!(
+                "temperature must be 0 or more, got {}",
+                self.temperature
+            ));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return Err(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
+            return Err(format!(
+                "repeat_penalty must be above 0, got {}",
+                self.repeat_penalty
+            ));
+        }
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !v.is_finite() {
+                return Err(format!("{name} must be a finite number, got {v}"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Picks tokens from logits. Holds the random state and the recent tokens the penalties use.
