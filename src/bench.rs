@@ -116,8 +116,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     let (load_time, vision_load_time) = pipeline.load_times();
     let backend = crate::load::describe(pipeline.backend());
-    let threads = pipeline.backend().threads();
-    let kernels = llava_runtime::quant::cpu_path().name();
+    let (threads, kernels) = crate::load::workers_and_kernels(pipeline.backend());
     diag!(
         "llava bench: {} loaded in {:.0} ms, {backend}",
         args.model.display(),

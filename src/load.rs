@@ -22,11 +22,14 @@ pub fn backend(threads: usize) -> Chosen {
 
 /// The backend in a few words, for `--verbose` and reports: "cpu, 2 threads, avx2 kernels".
 pub fn describe(b: &Chosen) -> String {
-    format!(
-        "cpu, {} threads, {} kernels",
-        b.threads(),
-        llava_runtime::quant::cpu_path().name()
-    )
+    let (threads, kernels) = workers_and_kernels(b);
+    format!("cpu, {threads} threads, {kernels} kernels")
+}
+
+/// The backend's worker threads and kernel set, as `llava bench` reports them beside
+/// llama.cpp's.
+pub fn workers_and_kernels(b: &Chosen) -> (usize, &'static str) {
+    (b.threads(), llava_runtime::quant::cpu_path().name())
 }
 
 /// `requested` threads, at most the logical CPUs this process may use (0 stays 0: the
