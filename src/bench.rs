@@ -104,6 +104,8 @@ pub fn run(args: &Args) -> Result<()> {
             beyond_trained_ctx: true,
             kv_type: args.kv_type,
             max_image_pixels: DEFAULT_MAX_PIXELS,
+            // Every encode is timed: none may come from the cache.
+            image_cache_bytes: 0,
         },
         &Stages::quiet(),
     )?;

@@ -171,6 +171,7 @@ pub fn run(args: &Args) -> Result<()> {
             beyond_trained_ctx: args.ctx_beyond_training,
             kv_type: args.kv_type,
             max_image_pixels: args.max_image_pixels,
+            ..LoadOptions::default()
         },
         &stages,
     )?;

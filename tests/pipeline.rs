@@ -66,6 +66,7 @@ const EXACT: LoadOptions = LoadOptions {
     beyond_trained_ctx: false,
     kv_type: KvType::F32,
     max_image_pixels: DEFAULT_MAX_PIXELS,
+    image_cache_bytes: 0,
 };
 
 fn text_pipeline(dir: &Path) -> Pipeline<CpuBackend> {
@@ -255,4 +256,34 @@ fn an_image_question_in_parts_matches_transformers() {
         .err()
         .expect("an mmproj is not an LLM");
     assert!(e.to_string().contains("pass it as --mmproj"), "{e}");
+}
+
+#[test]
+fn an_image_seen_again_comes_from_the_cache_with_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
+    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let options = LoadOptions {
+        image_cache_bytes: 1 << 20,
+        ..EXACT
+    };
+    let p = Pipeline::load(CpuBackend::new(2), &llm, Some(&mmproj), &options).unwrap();
+    let img = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let mut s = p.session().unwrap();
+    let prompt = "USER: <image>\nWhat is in this picture? ASSISTANT:";
+    let first = s.append(prompt, std::slice::from_ref(&img)).unwrap();
+    let want = s.last_logits().unwrap().to_vec();
+    s.clear();
+    let again = s.append(prompt, std::slice::from_ref(&img)).unwrap();
+    assert_eq!(s.last_logits().unwrap(), &want[..], "bit for bit");
+    let stats = p.image_cache_stats();
+    assert_eq!((stats.hits, stats.misses, stats.entries), (1, 1, 1));
+    assert_eq!(first.positions, again.positions);
+    // Another picture is another entry.
+    let mut other = img.clone();
+    other.data[0] ^= 1;
+    s.clear();
+    s.append(prompt, &[other]).unwrap();
+    assert_eq!(p.image_cache_stats().misses, 2);
 }

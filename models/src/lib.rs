@@ -13,6 +13,7 @@ pub mod clip;
 mod error;
 pub mod generate;
 pub mod image;
+pub mod image_cache;
 pub mod llama;
 pub mod llava;
 mod pipeline;
@@ -25,5 +26,7 @@ pub use clip::{Clip, ClipConfig};
 pub use error::ModelError;
 pub use generate::{GenerationStats, PrefillStats, StopReason};
 pub use llama::{Llama, LlamaConfig};
-pub use pipeline::{Error, GenerateOptions, LoadOptions, Pipeline, DEFAULT_CTX_CAP};
+pub use pipeline::{
+    Error, GenerateOptions, LoadOptions, Pipeline, DEFAULT_CTX_CAP, DEFAULT_IMAGE_CACHE_BYTES,
+};
 pub use session::{Session, Stage, TurnStats};
