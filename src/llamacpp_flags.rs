@@ -22,7 +22,7 @@ const REFUSED: &[(&[&str], &str)] = &[
     ),
     (
         &["-cnv", "--conversation", "-i", "--interactive"],
-        "llava run answers one prompt (give it with -p, --file or on stdin); multi-turn chat is not built yet",
+        "llava run answers one prompt; for a conversation use `llava chat`",
     ),
     (
         &["-ctk", "--cache-type-k", "-ctv", "--cache-type-v"],

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use llava_models::LoadOptions;
 use llava_runtime::backend::KvType;
-use llava_runtime::staging::StagedFile;
 
 use crate::load::{check_images, load_images, load_pipeline, prompt_text, Stages};
 use crate::output::{
-    check_outputs, commit, create_parent, remove_partial_files_on_signals, stage, Output,
+    check_outputs, commit, create_parent, remove_partial_files_on_signals, write_staged, Output,
 };
 use llava_models::image::DEFAULT_MAX_PIXELS;
 use llava_models::template::with_image_markers;
@@ -161,21 +160,6 @@ pub fn run(args: &Args) -> Result<()> {
         None => {}
     }
     commit(staged)
-}
-
-/// Writes `path`'s new contents to a staged temporary file beside it, for [`commit`].
-fn write_staged(
-    path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
-) -> Result<StagedFile> {
-    let ctx = || format!("cannot write {}", path.display());
-    let staged = stage(path)?;
-    let mut w = std::io::BufWriter::new(staged.file());
-    write(&mut w).with_context(ctx)?;
-    w.flush().with_context(ctx)?;
-    drop(w);
-    staged.file().sync_all().with_context(ctx)?;
-    Ok(staged)
 }
 
 /// Writes to stdout, errors included (a closed pipe too: the data is the output).

@@ -15,6 +15,7 @@ macro_rules! diag {
 }
 
 mod bench;
+mod chat;
 mod convert;
 mod inspect;
 mod limits;
@@ -43,6 +44,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt.
     Run(run::Args),
+    /// Talk with a model, turn after turn, about images too.
+    Chat(chat::Args),
     /// Write the logits of every prompt position to an NPY file (no chat template).
     Logits(logits::Args),
     /// Print the token ids of a text.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
+        Command::Chat(args) => chat::run(&args),
         Command::Logits(args) => logits::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Convert(args) => convert::run(&args),

@@ -114,6 +114,21 @@ pub fn commit(files: Vec<StagedFile>) -> Result<()> {
         .with_context(|| format!("cannot put {} in place", names.join(" and ")))
 }
 
+/// Writes `path`'s new contents to a staged temporary file beside it, for [`commit`].
+pub fn write_staged(
+    path: &Path,
+    write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+) -> Result<StagedFile> {
+    let ctx = || format!("cannot write {}", path.display());
+    let staged = stage(path)?;
+    let mut w = std::io::BufWriter::new(staged.file());
+    write(&mut w).with_context(ctx)?;
+    std::io::Write::flush(&mut w).with_context(ctx)?;
+    drop(w);
+    staged.file().sync_all().with_context(ctx)?;
+    Ok(staged)
+}
+
 /// On SIGINT, SIGTERM or SIGHUP: removes every staged (partial) output, then ends the process
 /// as the signal would have. The final paths are never touched before a commit, so what is
 /// left is the user's old files, untouched, and no hidden `.partial` files. A signal the

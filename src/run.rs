@@ -70,6 +70,10 @@ pub struct Args {
     /// System prompt, for templates that have one (llava_v1, vicuna_v1, chatml).
     #[arg(long, visible_alias = "system-prompt")]
     system: Option<String>,
+    /// Ask for a short answer: LLaVA-1.5's "Answer the question using a single word or
+    /// phrase." after the prompt.
+    #[arg(long)]
+    short_answer: bool,
     /// Refuse images with more pixels than this, in the file (checked before decoding) and in
     /// the preprocessing (LLaVA-1.5 pads to a square first).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
@@ -80,6 +84,10 @@ pub struct Args {
     #[command(flatten)]
     sampling: SamplingArgs,
 }
+
+/// LLaVA-1.5's response-format prompt for short answers (its VQA evaluation), put after the
+/// question by `--short-answer`.
+pub const SHORT_ANSWER: &str = "Answer the question using a single word or phrase.";
 
 #[derive(clap::Args)]
 pub struct SamplingArgs {
@@ -155,7 +163,10 @@ impl SamplingArgs {
 pub fn run(args: &Args) -> Result<()> {
     let sampler = args.sampling.config()?;
     let inline = args.prompt.as_deref().or(args.prompt_flag.as_deref());
-    let question = prompt_text(inline, args.file.as_deref())?;
+    let mut question = prompt_text(inline, args.file.as_deref())?;
+    if args.short_answer {
+        question = format!("{question}\n{SHORT_ANSWER}");
+    }
     if !args.image.is_empty() && args.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
@@ -273,7 +284,7 @@ pub fn run(args: &Args) -> Result<()> {
 /// The answer as a terminal may show it: a hostile vocabulary's pieces could hold escape
 /// sequences (clear the screen, retitle the window), so on a terminal control characters
 /// other than newline, tab and carriage return are written escaped. Piped output is exact.
-fn on_terminal(piece: &str, to_terminal: bool) -> Cow<'_, str> {
+pub fn on_terminal(piece: &str, to_terminal: bool) -> Cow<'_, str> {
     let unsafe_char = |c: char| c.is_control() && !matches!(c, '\n' | '\t' | '\r');
     if !to_terminal || !piece.chars().any(unsafe_char) {
         return Cow::Borrowed(piece);

@@ -549,7 +549,7 @@ fn llama_cpp_spellings_work_or_say_what_to_use() {
     for (flag, advice) in [
         (&["-ngl", "99"][..], "-ngl is llama.cpp's flag"),
         (&["-hf", "org/model"][..], "pass -m MODEL and --mmproj"),
-        (&["-cnv"][..], "answers one prompt"),
+        (&["-cnv"][..], "use `llava chat`"),
         (&["-ctk", "q8_0"][..], "--kv-type"),
     ] {
         let o = with(flag);

@@ -59,6 +59,8 @@ pub struct Session<'p, B: Backend> {
     turns: usize,
     /// Why the last generation ended.
     last_stop: Option<StopReason>,
+    /// The last turn was replayed with its end of turn ([`Session::replay_turn`]).
+    answer_closed: bool,
     on_stage: Option<Box<dyn FnMut(Stage) + 'p>>,
 }
 
@@ -83,6 +85,7 @@ impl<'p, B: Backend> Session<'p, B> {
             system: None,
             turns: 0,
             last_stop: None,
+            answer_closed: false,
             on_stage: None,
         }
     }
@@ -152,6 +155,7 @@ impl<'p, B: Backend> Session<'p, B> {
         self.pending = None;
         self.turns = 0;
         self.last_stop = None;
+        self.answer_closed = false;
     }
 
     /// One user turn: `question` (with an `<image>` marker per image, or the markers are put
@@ -167,17 +171,7 @@ impl<'p, B: Backend> Session<'p, B> {
         mut emit: impl FnMut(&str) -> ControlFlow<()>,
     ) -> Result<TurnStats, Error> {
         let t = self.template;
-        let user = with_image_markers(question, images.len());
-        let text = if self.turns == 0 || self.tokens.is_empty() {
-            t.render_with_system(&user, self.system.as_deref())
-        } else if self.last_stop == Some(StopReason::EndOfText) {
-            // The answer's end-of-text token is pending: it runs first.
-            t.render_followup(&user)
-        } else {
-            // The last answer ended without its end-of-text token (max tokens, a stop string,
-            // or it was cancelled): close it as the conversation format does.
-            format!("{}{}", t.end_of_turn(), t.render_followup(&user))
-        };
+        let text = self.render_turn(question, images.len());
         let prefill = self.append(&text, images)?;
         self.turns += 1;
         let mut options = options.clone();
@@ -200,6 +194,74 @@ impl<'p, B: Backend> Session<'p, B> {
             prefill,
             generation,
         })
+    }
+
+    /// The text [`Session::ask`] would prefill for `question`: the whole first turn with its
+    /// system prompt, or a follow-up after the last answer (closed first with the template's
+    /// end of turn when it stopped without its end-of-text token).
+    pub fn render_turn(&self, question: &str, n_images: usize) -> String {
+        let t = self.template;
+        let user = with_image_markers(question, n_images);
+        if self.turns == 0 || self.tokens.is_empty() {
+            t.render_with_system(&user, self.system.as_deref())
+        } else if self.answer_closed || self.last_stop == Some(StopReason::EndOfText) {
+            // Closed by a replayed turn, or the answer's end-of-text token is pending: it runs
+            // first.
+            t.render_followup(&user)
+        } else {
+            // The last answer ended without its end-of-text token (max tokens, a stop string,
+            // or it was cancelled): close it as the conversation format does.
+            format!("{}{}", t.end_of_turn(), t.render_followup(&user))
+        }
+    }
+
+    /// Positions [`Session::ask`] would prefill for `question` and `images`, without running
+    /// anything (a chat front end decides with it whether older turns must go).
+    pub fn turn_positions(&self, question: &str, images: &[RgbImage]) -> Result<usize, Error> {
+        let p = self.pipeline;
+        let text = self.render_turn(question, images.len());
+        let bos = self.tokens.is_empty() && self.pending.is_none();
+        let pieces = tokenize_pieces(p.tokenizer(), &text, images.len(), bos)?;
+        let text_positions: usize = pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Text(ids) => ids.len(),
+                Piece::Image(_) => 0,
+            })
+            .sum();
+        let image_positions = images
+            .iter()
+            .map(|img| p.image_positions(img))
+            .sum::<Result<usize, Error>>()?;
+        Ok(usize::from(self.pending.is_some()) + text_positions + image_positions)
+    }
+
+    /// Runs a past turn — `question`, its `images` and the `answer` it got — as [`Session::ask`]
+    /// would have left it, answer closed by the template's end of turn, without generating: a
+    /// chat front end rebuilds a shortened conversation with it.
+    pub fn replay_turn(
+        &mut self,
+        question: &str,
+        images: &[RgbImage],
+        answer: &str,
+    ) -> Result<PrefillStats, Error> {
+        let t = self.template;
+        let text = format!(
+            "{}{}{answer}{}",
+            self.render_turn(question, images.len()),
+            // The space the answer's first token carries after "ASSISTANT:" or "[/INST]"
+            // (ChatML answers start on a new line).
+            if matches!(t, Template::Raw | Template::Chatml) || answer.is_empty() {
+                ""
+            } else {
+                " "
+            },
+            t.end_of_turn()
+        );
+        let stats = self.append(&text, images)?;
+        self.turns += 1;
+        self.answer_closed = true;
+        Ok(stats)
     }
 
     /// Appends `text` (with an `<image>` marker per image; without images `<image>` is plain
@@ -434,6 +496,7 @@ impl<'p, B: Backend> Session<'p, B> {
             }
         }
         self.last_stop = Some(stop_reason);
+        self.answer_closed = false;
         Ok(GenerationStats {
             generated_tokens: generated,
             generation_time: t0.elapsed(),
