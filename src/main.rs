@@ -15,6 +15,7 @@ macro_rules! diag {
 }
 
 mod bench;
+mod caption;
 mod chat;
 mod convert;
 mod inspect;
@@ -46,6 +47,8 @@ enum Command {
     Run(run::Args),
     /// Talk with a model, turn after turn, about images too.
     Chat(chat::Args),
+    /// Caption images and folders of images into a JSON-lines file (resumable).
+    Caption(caption::Args),
     /// Write the logits of every prompt position to an NPY file (no chat template).
     Logits(logits::Args),
     /// Print the token ids of a text.
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::run(&args),
+        Command::Caption(args) => caption::run(&args),
         Command::Logits(args) => logits::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Convert(args) => convert::run(&args),

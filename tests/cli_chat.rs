@@ -1,0 +1,154 @@
+//! `llava chat` in its piped mode (one turn per line of stdin) on the tiny LLaVA fixture:
+//! follow-up turns prefill only their own tokens, /image attaches, /clear starts over, /save
+//! writes a new file, and a full context drops the oldest turns with a notice, never a crash.
+
+use std::path::Path;
+
+use llava_convert::{convert_llama, convert_mmproj, Preset};
+
+mod common;
+use common::*;
+
+fn converted() -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
+    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    (dir, s(&llm), s(&mmproj))
+}
+
+/// (prompt tokens, of them image tokens, context used) of each turn `chat -v` reports.
+fn turns(stderr: &str) -> Vec<(usize, usize, usize)> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("turn "))
+        .map(|l| {
+            let num = |after: &str| -> usize {
+                let at = l.find(after).unwrap() + after.len();
+                l[at..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            (num("prompt: "), num("tokens ("), num("context "))
+        })
+        .collect()
+}
+
+#[test]
+fn follow_ups_prefill_only_their_own_tokens_and_images_attach() {
+    let (dir, llm, mmproj) = converted();
+    let image = fixture("images/odd.png");
+    let image = image.to_str().unwrap();
+    let transcript = dir.path().join("t.json");
+    let input = format!(
+        "What is in this picture?\nAnd then?\n/image {image}\nAnd this one?\n/save {}\n/save {}\n/clear\nWhat is in this picture?\n",
+        transcript.display(),
+        transcript.display()
+    );
+    let base = [
+        "chat", "-m", &llm, "--mmproj", &mmproj, "--temp", "0", "-n", "6", "-v",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--image", image]);
+    let o = llava_stdin(&args, &input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let t = turns(&err);
+    assert_eq!(t.len(), 4, "{err}");
+    // Turn 1: the system prompt, the image (16 positions) and the question.
+    assert_eq!(t[0].1, 16, "{err}");
+    // Turn 2 runs only "</s>USER: And then? ASSISTANT:" (the cut answer closed), no image:
+    // a handful of tokens where turn 1 took 100 or more, and the context grows by them.
+    assert_eq!(t[1].1, 0);
+    assert!(t[1].0 < 20 && t[0].0 > 90, "{t:?}");
+    assert_eq!(t[1].2, t[0].2 + t[1].0 + 6, "{t:?}");
+    // Turn 3 carries the /image.
+    assert_eq!(t[2].1, 16, "{t:?}");
+    // After /clear the conversation starts at position 0 again, with the system prompt: the
+    // context holds only that turn, which is turn 1 less its image and marker.
+    assert_eq!(t[0].2, t[0].0 + 6, "{t:?}");
+    assert_eq!(t[3].2, t[3].0 + 6, "{t:?}");
+    assert!(t[3].0 > 80 && t[3].1 == 0, "{t:?}");
+    assert!(err.contains("exists; /save writes a new file"), "{err}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&transcript).unwrap()).unwrap();
+    let turns = saved["turns"].as_array().unwrap();
+    assert_eq!(turns.len(), 3);
+    assert_eq!(turns[2]["images"][0], image);
+    assert_eq!(turns[1]["user"], "And then?");
+    // Every answer was printed, one per line.
+    assert_eq!(stdout(&o).lines().count(), 4, "{}", stdout(&o));
+}
+
+#[test]
+fn a_full_context_drops_the_oldest_turns_and_goes_on() {
+    let (_dir, llm, _) = converted();
+    let input = "one\ntwo\nthree\nfour\nfive\nsix\n";
+    let args = [
+        "chat",
+        "-m",
+        &llm,
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "-c",
+        "64",
+        "--system",
+        "Be brief.",
+        "-v",
+    ];
+    let o = llava_stdin(&args, input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let t = turns(&err);
+    assert_eq!(t.len(), 6, "{err}");
+    assert!(
+        err.contains("the context is full: dropped the 1 oldest turn(s) (the system prompt stays)"),
+        "{err}"
+    );
+    assert!(t.iter().all(|&(_, _, used)| used <= 64), "{t:?}");
+    assert_eq!(stdout(&o).lines().count(), 6);
+    // A message that cannot fit at all is refused, and the chat goes on.
+    let long = format!("{}\nshort\n", "word ".repeat(200));
+    let o = llava_stdin(&args, &long);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the context holds 64"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(turns(&stderr(&o)).len(), 1);
+}
+
+#[test]
+fn commands_refuse_bad_arguments_in_one_line_and_the_chat_goes_on() {
+    let (dir, llm, mmproj) = converted();
+    let missing = dir.path().join("missing.png");
+    let input = format!(
+        "/image\n/image {}\n/frobnicate\n/save\nhi\n/exit\nnever asked\n",
+        missing.display()
+    );
+    let o = llava_stdin(
+        &[
+            "chat", "-m", &llm, "--mmproj", &mmproj, "--temp", "0", "-n", "4", "-v",
+        ],
+        &input,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    for want in [
+        "/image needs a file",
+        "missing.png",
+        "unknown command /frobnicate",
+        "/save needs a file",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    // "hi" was answered; /exit ended the chat before the last line.
+    assert_eq!(turns(&err).len(), 1, "{err}");
+}
