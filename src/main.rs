@@ -27,6 +27,7 @@ mod output;
 mod progress;
 mod quantize;
 mod run;
+mod serve;
 mod synth;
 mod tokenize;
 
@@ -49,6 +50,8 @@ enum Command {
     Chat(chat::Args),
     /// Caption images and folders of images into a JSON-lines file (resumable).
     Caption(caption::Args),
+    /// Serve an OpenAI-compatible API and a chat page over HTTP.
+    Serve(serve::Args),
     /// Write the logits of every prompt position to an NPY file (no chat template).
     Logits(logits::Args),
     /// Print the token ids of a text.
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Caption(args) => caption::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Logits(args) => logits::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Convert(args) => convert::run(&args),
