@@ -147,6 +147,7 @@ pub fn run(args: &Args) -> Result<()> {
         sampler,
         max_tokens: args.max_tokens,
         stop: Vec::new(),
+        ignore_eos: false,
     };
     let question = if args.short_answer {
         format!("{}\n{SHORT_ANSWER}", args.prompt)

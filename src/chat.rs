@@ -147,6 +147,7 @@ pub fn run(args: &Args) -> Result<()> {
         },
         max_tokens: args.max_tokens,
         stop: Vec::new(),
+        ignore_eos: false,
     };
     let mut chat = Chat {
         pipeline: &pipeline,

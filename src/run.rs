@@ -221,6 +221,7 @@ pub fn run(args: &Args) -> Result<()> {
         },
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
+        ignore_eos: false,
     };
 
     let mut stdout = std::io::stdout().lock();

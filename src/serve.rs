@@ -86,6 +86,9 @@ pub struct Args {
     /// Context size of each slot (default: the model's, at most 4096).
     #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
     ctx: usize,
+    /// Allow --ctx above the context the model was trained for.
+    #[arg(long)]
+    ctx_beyond_training: bool,
     /// How the KV cache stores keys and values: f16 or f32.
     #[arg(long, default_value = "f16")]
     kv_type: KvType,
@@ -160,6 +163,7 @@ struct Metrics {
     prompt_tokens: AtomicU64,
     generated_tokens: AtomicU64,
     queued: AtomicU64,
+    running: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     slot_reuses: AtomicU64,
@@ -202,10 +206,10 @@ pub fn run(args: &Args) -> Result<()> {
         let (model, mmproj, threads) = (args.model.clone(), args.mmproj.clone(), args.threads);
         let options = LoadOptions {
             n_ctx: args.ctx,
+            beyond_trained_ctx: args.ctx_beyond_training,
             kv_type: args.kv_type,
             max_image_pixels: args.max_image_pixels,
             image_cache_bytes: args.image_cache_mb.saturating_mul(1 << 20),
-            ..LoadOptions::default()
         };
         let (template, slots) = (args.template, usize::from(args.parallel));
         std::thread::Builder::new()
@@ -321,10 +325,15 @@ fn work(
     let mut clock = 0;
     while let Ok(job) = queue.recv() {
         shared.metrics.queued.fetch_sub(1, Ordering::SeqCst);
+        shared.metrics.running.fetch_add(1, Ordering::SeqCst);
         clock += 1;
         let result = answer(pipeline, template, n_slots, &mut slots, clock, &job, shared);
+        shared.metrics.running.fetch_sub(1, Ordering::SeqCst);
         let stats = pipeline.image_cache_stats();
-        shared.metrics.cache_hits.store(stats.hits, Ordering::SeqCst);
+        shared
+            .metrics
+            .cache_hits
+            .store(stats.hits, Ordering::SeqCst);
         shared
             .metrics
             .cache_misses
@@ -416,11 +425,9 @@ fn answer<'p>(
                         .map_err(refused)?;
                     pending_user = None;
                 }
-                _ => {
-                    return Err(ApiError::bad(
-                        "messages must alternate user and assistant after an optional system message",
-                    ))
-                }
+                _ => return Err(ApiError::bad(
+                    "messages must alternate user and assistant after an optional system message",
+                )),
             }
         }
         if pending_user.is_some() {
@@ -435,7 +442,8 @@ fn answer<'p>(
     let stats = session
         .ask(&last.text, &images, &job.options, |piece| {
             answer.push_str(piece);
-            let gone = !piece.is_empty() && job.replies.send(Reply::Text(piece.to_owned())).is_err();
+            let gone =
+                !piece.is_empty() && job.replies.send(Reply::Text(piece.to_owned())).is_err();
             if gone || shared.cancel_all.load(Ordering::SeqCst) {
                 ControlFlow::Break(())
             } else {
@@ -491,6 +499,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
          # TYPE llava_prompt_tokens_total counter\nllava_prompt_tokens_total {}\n\
          # TYPE llava_generated_tokens_total counter\nllava_generated_tokens_total {}\n\
          # TYPE llava_queue_depth gauge\nllava_queue_depth {}\n\
+         # TYPE llava_requests_running gauge\nllava_requests_running {}\n\
          # TYPE llava_image_cache_hits_total counter\nllava_image_cache_hits_total {}\n\
          # TYPE llava_image_cache_misses_total counter\nllava_image_cache_misses_total {}\n\
          # TYPE llava_slot_reuses_total counter\nllava_slot_reuses_total {}\n",
@@ -500,14 +509,12 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         get(&m.prompt_tokens),
         get(&m.generated_tokens),
         get(&m.queued),
+        get(&m.running),
         get(&m.cache_hits),
         get(&m.cache_misses),
         get(&m.slot_reuses),
     );
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 async fn models(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -689,7 +696,9 @@ fn rand_id() -> u64 {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    t ^ COUNTER.fetch_add(1, Ordering::SeqCst).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    t ^ COUNTER
+        .fetch_add(1, Ordering::SeqCst)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// The messages and generation settings of a request body (unknown fields ignored).
@@ -819,6 +828,7 @@ fn parse_request(s: &Shared, req: &Value) -> Result<(Vec<Message>, GenerateOptio
             sampler,
             max_tokens,
             stop,
+            ignore_eos: req["ignore_eos"].as_bool().unwrap_or(false),
         },
     ))
 }

@@ -137,6 +137,9 @@ pub struct GenerateOptions {
     pub max_tokens: usize,
     /// Stop when one of these appears (it is not emitted).
     pub stop: Vec<String>,
+    /// Go on past end-of-generation tokens (they are not printed) until `max_tokens`: for
+    /// benchmarks and tests of long generations (llama-server's `ignore_eos`).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenerateOptions {
@@ -146,6 +149,7 @@ impl Default for GenerateOptions {
             sampler: SamplerConfig::greedy(),
             max_tokens: 256,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }

@@ -456,7 +456,7 @@ impl<'p, B: Backend> Session<'p, B> {
             let token = sampler.sample(&logits);
             sampler.accept(token);
             generated += 1;
-            if p.tokenizer().is_eog(token) {
+            if p.tokenizer().is_eog(token) && !options.ignore_eos {
                 self.pending = Some(token);
                 break StopReason::EndOfText;
             }

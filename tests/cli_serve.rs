@@ -1,0 +1,369 @@
+//! `llava serve` end to end on 127.0.0.1 with the tiny LLaVA fixture: a real OpenAI client
+//! (async-openai) for text, image and streaming requests and a follow-up that reuses its slot;
+//! raw HTTP for the refusals (401, 400, 413, 503) and a client that goes away; SIGTERM drains.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_openai::config::OpenAIConfig;
+use async_openai::Client;
+use base64::Engine;
+use futures_util::StreamExt;
+use llava_convert::{convert_llama, convert_mmproj, Preset};
+use serde_json::{json, Value};
+
+mod common;
+use common::*;
+
+struct Server {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `llava serve` on a free loopback port with the tiny fixture and `extra` flags.
+fn start(extra: &[&str]) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
+    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let mut child = Command::new(llava_bin())
+        .args([
+            "serve",
+            "-m",
+            &s(&llm),
+            "--mmproj",
+            &s(&mmproj),
+            "--port",
+            "0",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("listening on http://") {
+                let rest = &line[at + "listening on http://".len()..];
+                let port: u16 = rest.split([':', ' ']).nth(1).unwrap().parse().unwrap();
+                let _ = port_tx.send(port);
+            }
+            sink.lock().unwrap().push_str(&format!("{line}\n"));
+        }
+    });
+    let port = port_rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("no listening line: {}", log.lock().unwrap()));
+    Server {
+        child,
+        port,
+        log,
+        _dir: dir,
+    }
+}
+
+/// One HTTP/1.1 request on a new connection: (status, body).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    let _ = c.write_all(body);
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+fn metric(port: u16, name: &str) -> u64 {
+    let (_, body) = http(port, "GET", "/metrics", &[], b"");
+    body.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in {body}"))
+}
+
+fn image_url() -> String {
+    let png = std::fs::read(fixture("images/odd.png")).unwrap();
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_openai_client_gets_text_image_and_streamed_answers() {
+    let server = start(&["--api-key", "sesame", "--parallel", "2"]);
+    let client = Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(format!("http://127.0.0.1:{}/v1", server.port))
+            .with_api_key("sesame"),
+    );
+    let ask = |messages: Value, stream: bool| json!({ "model": "llava", "messages": messages, "max_tokens": 6, "temperature": 0, "stream": stream });
+    let question = json!([{ "role": "user", "content": "What is in this picture?" }]);
+    let r: Value = client
+        .chat()
+        .create_byot(ask(question.clone(), false))
+        .await
+        .unwrap();
+    let text = r["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!text.is_empty(), "{r}");
+    assert_eq!(r["choices"][0]["finish_reason"], "length");
+    assert_eq!(r["usage"]["completion_tokens"], 6);
+    let text_prompt = r["usage"]["prompt_tokens"].as_u64().unwrap();
+
+    // The same question streamed: the deltas make the same text (greedy).
+    let mut stream = client
+        .chat()
+        .create_stream_byot::<_, Value>(ask(question.clone(), true))
+        .await
+        .unwrap();
+    let mut streamed = String::new();
+    let mut finish = Value::Null;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        if let Some(t) = chunk["choices"][0]["delta"]["content"].as_str() {
+            streamed.push_str(t);
+        }
+        if !chunk["choices"][0]["finish_reason"].is_null() {
+            finish = chunk["choices"][0]["finish_reason"].clone();
+        }
+    }
+    assert_eq!(streamed, text);
+    assert_eq!(finish, "length");
+
+    // An image as a data URI: 16 more positions than the text alone, give or take the marker.
+    let with_image = json!([{ "role": "user", "content": [
+        { "type": "image_url", "image_url": { "url": image_url() } },
+        { "type": "text", "text": "What is in this picture?" }
+    ]}]);
+    let r: Value = client
+        .chat()
+        .create_byot(ask(with_image, false))
+        .await
+        .unwrap();
+    let image_prompt = r["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        image_prompt >= text_prompt + 16,
+        "{image_prompt} vs {text_prompt}"
+    );
+
+    // A follow-up that repeats the conversation reuses its slot: only the new message runs.
+    let follow = json!([
+        { "role": "user", "content": "What is in this picture?" },
+        { "role": "assistant", "content": text },
+        { "role": "user", "content": "And then?" }
+    ]);
+    let reuses = metric(server.port, "llava_slot_reuses_total");
+    let r: Value = client.chat().create_byot(ask(follow, false)).await.unwrap();
+    assert_eq!(metric(server.port, "llava_slot_reuses_total"), reuses + 1);
+    let follow_prompt = r["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        follow_prompt < 20,
+        "{follow_prompt} positions for the follow-up"
+    );
+
+    // Two clients at once both get their answers.
+    let (chat_a, chat_b) = (client.chat(), client.chat());
+    let (a, b) = tokio::join!(
+        chat_a.create_byot::<_, Value>(ask(question.clone(), false)),
+        chat_b.create_byot::<_, Value>(ask(question, false))
+    );
+    assert_eq!(a.unwrap()["choices"][0]["message"]["content"], text);
+    assert_eq!(b.unwrap()["choices"][0]["message"]["content"], text);
+
+    // A wrong key is refused.
+    let bad = Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(format!("http://127.0.0.1:{}/v1", server.port))
+            .with_api_key("wrong"),
+    );
+    let e = bad
+        .chat()
+        .create_byot::<_, Value>(
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("API key"), "{e}");
+}
+
+#[test]
+fn refusals_have_the_openai_error_body_and_status() {
+    let server = start(&["--max-body-mb", "1", "--ctx", "256"]);
+    let p = server.port;
+    let post = |body: &str| http(p, "POST", "/v1/chat/completions", &[], body.as_bytes());
+    let check = |(status, body): (u16, String), want: u16, says: &str| {
+        assert_eq!(status, want, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{body}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{says}: {body}"
+        );
+    };
+    check(post("{not json"), 400, "not valid JSON");
+    check(post(r#"{"messages": []}"#), 400, "non-empty array");
+    let image = |url: &str| {
+        format!(
+            r#"{{"messages": [{{"role": "user", "content": [{{"type": "image_url", "image_url": {{"url": "{url}"}}}}]}}]}}"#
+        )
+    };
+    check(
+        post(&image("data:image/png;base64,@@@")),
+        400,
+        "invalid base64",
+    );
+    check(
+        post(&image("https://example.com/a.png")),
+        400,
+        "not fetched",
+    );
+    check(post(&image("/etc/passwd")), 400, "local paths never read");
+    check(
+        post(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}"#),
+        400,
+        "max_tokens",
+    );
+    check(
+        post(r#"{"messages": [{"role": "user", "content": "hi"}], "top_p": 0}"#),
+        400,
+        "top_p",
+    );
+    let big = format!(
+        r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#,
+        "x".repeat(2 << 20)
+    );
+    check(post(&big), 413, "larger than");
+    // Unknown fields are ignored, as OpenAI does.
+    let (status, body) = post(
+        r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": false, "x_custom": 1}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(p, "GET", "/health", &[], b"");
+    assert_eq!((status, body.contains("ok")), (200, true));
+}
+
+#[test]
+fn a_full_queue_answers_503_and_a_client_that_leaves_stops_its_generation() {
+    // A context far beyond the toy model's: long generations, so a cancellation shows.
+    let server = start(&["--queue", "1", "--ctx", "8192", "--ctx-beyond-training"]);
+    let p = server.port;
+    let long = r#"{"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 400, "temperature": 0}"#;
+    // Many at once: one runs, one waits, the rest are turned away with Retry-After.
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                http(p, "POST", "/v1/chat/completions", &[], long.as_bytes())
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = handles.into_iter().map(|h| h.join().unwrap().0).collect();
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [200, 503].contains(s)),
+        "{statuses:?}"
+    );
+
+    // A streaming client that reads one chunk and hangs up.
+    let before = metric(p, "llava_generated_tokens_total");
+    let stream_body = r#"{"messages": [{"role": "user", "content": "Tell a long story."}], "max_tokens": 8000, "temperature": 0, "ignore_eos": true, "stream": true}"#;
+    let mut c = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{stream_body}",
+        stream_body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 64];
+    let _ = c.read(&mut first).unwrap();
+    drop(c);
+    // The worker notices at its next token; wait until it is idle again (the count of
+    // generated tokens is added when a request ends).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    std::thread::sleep(Duration::from_millis(100));
+    while metric(p, "llava_queue_depth") + metric(p, "llava_requests_running") > 0 {
+        assert!(Instant::now() < deadline, "the worker is still busy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let generated = metric(p, "llava_generated_tokens_total") - before;
+    assert!(
+        generated < 2000,
+        "{generated} tokens for a client that left after one chunk"
+    );
+}
+
+#[test]
+fn sigterm_stops_accepting_and_exits_cleanly() {
+    let mut server = start(&[]);
+    let (status, _) = http(server.port, "GET", "/health", &[], b"");
+    assert_eq!(status, 200);
+    let sent = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running: {}",
+            server.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        server.log.lock().unwrap()
+    );
+    assert!(server.log.lock().unwrap().contains("stopping"));
+}
