@@ -442,8 +442,11 @@ fn answer<'p>(
     let stats = session
         .ask(&last.text, &images, &job.options, |piece| {
             answer.push_str(piece);
-            let gone =
-                !piece.is_empty() && job.replies.send(Reply::Text(piece.to_owned())).is_err();
+            let gone = if piece.is_empty() {
+                job.replies.is_closed()
+            } else {
+                job.replies.send(Reply::Text(piece.to_owned())).is_err()
+            };
             if gone || shared.cancel_all.load(Ordering::SeqCst) {
                 ControlFlow::Break(())
             } else {

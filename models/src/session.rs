@@ -161,8 +161,9 @@ impl<'p, B: Backend> Session<'p, B> {
     /// One user turn: `question` (with an `<image>` marker per image, or the markers are put
     /// first) in the session's template — the full first turn with its system prompt, or a
     /// follow-up after the last answer — prefilled, then answered. The answer's text streams
-    /// through `emit` (its leading space dropped: it starts a message); `emit` returning
-    /// `Break` stops generation.
+    /// through `emit` (its leading space dropped: it starts a message; an empty string for a
+    /// token that made no text final, as in [`Session::generate`]); `emit` returning `Break`
+    /// stops generation.
     pub fn ask(
         &mut self,
         question: &str,
@@ -185,7 +186,8 @@ impl<'p, B: Backend> Session<'p, B> {
             }
             let piece = piece.trim_start_matches(' ');
             if piece.is_empty() {
-                return ControlFlow::Continue(());
+                // Still once per token, so `emit` can stop at every one.
+                return emit("");
             }
             started = true;
             emit(piece)
@@ -415,8 +417,10 @@ impl<'p, B: Backend> Session<'p, B> {
     }
 
     /// Generates from the last position's logits (after [`Session::append`]) up to
-    /// `options.max_tokens` tokens, streaming text through `emit` as it becomes final;
-    /// `emit` returning `Break` stops generation (nothing more is computed or emitted). Each
+    /// `options.max_tokens` tokens, streaming text through `emit` as it becomes final (an
+    /// empty string for a token that made no text final yet: `emit` is called once per token
+    /// at least); `emit` returning `Break` stops generation (nothing more is computed or
+    /// emitted). Each
     /// generated token joins the conversation; the last one sampled (an end-of-text token,
     /// say) runs at the start of the next prompt.
     pub fn generate(
@@ -437,7 +441,9 @@ impl<'p, B: Backend> Session<'p, B> {
             sampler.accept(t);
         }
         let cancelled = std::cell::Cell::new(false);
+        let emitted = std::cell::Cell::new(false);
         let mut emit = |text: &str| {
+            emitted.set(true);
             if !cancelled.get() && emit(text).is_break() {
                 cancelled.set(true);
             }
@@ -462,7 +468,13 @@ impl<'p, B: Backend> Session<'p, B> {
             }
             // An id the model produced is in its vocabulary; decode errors cannot happen here.
             let piece = decoder.push(token).unwrap_or("");
+            emitted.set(false);
             let stopped = text.push(piece, &mut emit);
+            if !emitted.get() {
+                // Nothing final yet (a partial character, a held-back stop string, a control
+                // token): the callback still hears of the token, so it can stop at every one.
+                emit("");
+            }
             if stopped || cancelled.get() {
                 self.pending = Some(token);
                 break if stopped {
