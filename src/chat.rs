@@ -58,6 +58,9 @@ pub struct Args {
     /// Most tokens of each answer.
     #[arg(short = 'n', long, visible_alias = "n-predict", default_value_t = 512)]
     max_tokens: usize,
+    /// Go on past end-of-generation tokens until -n (llama.cpp's --ignore-eos).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
     #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
@@ -147,7 +150,7 @@ pub fn run(args: &Args) -> Result<()> {
         },
         max_tokens: args.max_tokens,
         stop: Vec::new(),
-        ignore_eos: false,
+        ignore_eos: args.ignore_eos,
     };
     let mut chat = Chat {
         pipeline: &pipeline,

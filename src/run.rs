@@ -43,6 +43,9 @@ pub struct Args {
     /// Stop when this text appears (not printed); may be repeated.
     #[arg(long)]
     stop: Vec<String>,
+    /// Go on past end-of-generation tokens until -n (llama.cpp's --ignore-eos).
+    #[arg(long)]
+    ignore_eos: bool,
     /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
     #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
@@ -221,7 +224,7 @@ pub fn run(args: &Args) -> Result<()> {
         },
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
-        ignore_eos: false,
+        ignore_eos: args.ignore_eos,
     };
 
     let mut stdout = std::io::stdout().lock();
