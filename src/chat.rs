@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use llava_models::image::{RgbImage, DEFAULT_MAX_PIXELS};
+use llava_models::image::RgbImage;
 use llava_models::template::Template;
-use llava_models::{GenerateOptions, LoadOptions, Pipeline, Session, StopReason, TurnStats};
-use llava_runtime::backend::KvType;
+use llava_models::{GenerateOptions, Pipeline, Session, StopReason, TurnStats};
 use llava_runtime::sample::SamplerConfig;
 use serde_json::json;
 
-use crate::load::{check_images, describe, load_images, load_pipeline, Chosen, Stages};
+use crate::load::{check_images, describe, load_images, Chosen, Stages};
 use crate::output::{check_outputs, commit, write_staged, Output};
 use crate::run::{on_terminal, SamplingArgs, SHORT_ANSWER};
 
@@ -35,12 +34,8 @@ Examples:
   printf 'What is in this picture?\\nWhat colour is it?\\n' | llava chat -m m.gguf --mmproj p.gguf --image photo.jpg"
 )]
 pub struct Args {
-    /// The LLM GGUF file.
-    #[arg(short, long)]
-    model: PathBuf,
-    /// The vision tower and projector GGUF ("mmproj") of this LLM.
-    #[arg(long)]
-    mmproj: Option<PathBuf>,
+    #[command(flatten)]
+    models: crate::load::ModelArgs,
     /// An image for the first message (repeat for several); later ones with /image.
     #[arg(long)]
     image: Vec<PathBuf>,
@@ -61,21 +56,6 @@ pub struct Args {
     /// Go on past end-of-generation tokens until -n (llama.cpp's --ignore-eos).
     #[arg(long)]
     ignore_eos: bool,
-    /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
-    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
-    threads: usize,
-    /// Context size in tokens (default: the model's, at most 4096).
-    #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
-    ctx: usize,
-    /// Allow --ctx above the context the model was trained for.
-    #[arg(long)]
-    ctx_beyond_training: bool,
-    /// How the KV cache stores keys and values: f16 or f32.
-    #[arg(long, default_value = "f16")]
-    kv_type: KvType,
-    /// Refuse images with more pixels than this, in the file and in the preprocessing.
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
-    max_image_pixels: u64,
     /// Megabytes of image embeddings kept for images seen again (0: none).
     #[arg(long, default_value_t = 256)]
     image_cache_mb: usize,
@@ -96,24 +76,14 @@ struct Turn {
 
 pub fn run(args: &Args) -> Result<()> {
     let sampler = args.sampling.config()?;
-    if !args.image.is_empty() && args.mmproj.is_none() {
+    if !args.image.is_empty() && args.models.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
-    let images = load_images(&args.image, args.max_image_pixels)?;
+    let images = load_images(&args.image, args.models.max_image_pixels)?;
     let stages = Stages::new(args.verbose);
-    let pipeline = load_pipeline(
-        &args.model,
-        args.mmproj.as_deref(),
-        args.threads,
-        &LoadOptions {
-            n_ctx: args.ctx,
-            beyond_trained_ctx: args.ctx_beyond_training,
-            kv_type: args.kv_type,
-            max_image_pixels: args.max_image_pixels,
-            image_cache_bytes: args.image_cache_mb.saturating_mul(1 << 20),
-        },
-        &stages,
-    )?;
+    let pipeline = args
+        .models
+        .load(args.image_cache_mb.saturating_mul(1 << 20), &stages)?;
     stages.done();
     check_images(&pipeline, &images, &args.image)?;
     let mut session = pipeline.session()?;
@@ -127,7 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
     if interactive || args.verbose {
         diag!(
             "llava chat: {} ({}), context {}, template {}{}",
-            args.model.display(),
+            args.models.model.display(),
             describe(pipeline.backend()),
             pipeline.n_ctx(),
             session.template(),
@@ -276,11 +246,14 @@ impl Chat<'_> {
                 if arg.is_empty() {
                     bail!("/image needs a file: /image PATH");
                 }
-                if self.args.mmproj.is_none() {
+                if self.args.models.mmproj.is_none() {
                     bail!("images need --mmproj (the vision tower and projector file)");
                 }
                 let path = PathBuf::from(arg);
-                let images = load_images(std::slice::from_ref(&path), self.args.max_image_pixels)?;
+                let images = load_images(
+                    std::slice::from_ref(&path),
+                    self.args.models.max_image_pixels,
+                )?;
                 check_images(self.pipeline, &images, std::slice::from_ref(&path))?;
                 let image = images.into_iter().next().expect("one path, one image");
                 diag!(
@@ -455,8 +428,8 @@ impl Chat<'_> {
             })
             .collect();
         let doc = json!({
-            "model": self.args.model.display().to_string(),
-            "mmproj": self.args.mmproj.as_ref().map(|p| p.display().to_string()),
+            "model": self.args.models.model.display().to_string(),
+            "mmproj": self.args.models.mmproj.as_ref().map(|p| p.display().to_string()),
             "template": self.session.template().name(),
             "system": self.args.system,
             "turns": turns,
@@ -491,7 +464,7 @@ impl Chat<'_> {
             );
         }
         let c = self.pipeline.image_cache_stats();
-        if self.args.mmproj.is_some() {
+        if self.args.models.mmproj.is_some() {
             diag!(
                 "image cache: {} hit(s), {} miss(es), {} image(s) in {:.1} MB",
                 c.hits,

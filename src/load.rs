@@ -11,6 +11,59 @@ use llava_models::image::{load_image, RgbImage};
 use llava_models::{LoadOptions, Pipeline, Stage};
 use llava_runtime::backend::CpuBackend;
 
+/// The flags that say which model files to load and how, shared by the commands that run one.
+#[derive(clap::Args)]
+pub struct ModelArgs {
+    /// The LLM GGUF file.
+    #[arg(short, long)]
+    pub model: PathBuf,
+    /// The vision tower and projector GGUF ("mmproj") of this LLM, for images.
+    #[arg(long)]
+    pub mmproj: Option<PathBuf>,
+    /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
+    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
+    pub threads: usize,
+    /// Context size in tokens (default: the model's, at most 4096; at most the model's
+    /// trained context unless --ctx-beyond-training, and what memory holds).
+    #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
+    pub ctx: usize,
+    /// Allow --ctx above the context the model was trained for.
+    #[arg(long)]
+    pub ctx_beyond_training: bool,
+    /// How the KV cache stores keys and values: f16 (half the memory, llama.cpp's default) or
+    /// f32 (exact).
+    #[arg(long, default_value = "f16")]
+    pub kv_type: llava_runtime::backend::KvType,
+    /// Refuse images with more pixels than this, in the file (checked before decoding) and in
+    /// the preprocessing (LLaVA-1.5 pads to a square first).
+    #[arg(long, default_value_t = llava_models::image::DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
+    pub max_image_pixels: u64,
+}
+
+impl ModelArgs {
+    /// The pipeline's options from these flags, with `image_cache_bytes` of image cache.
+    pub fn load_options(&self, image_cache_bytes: usize) -> LoadOptions {
+        LoadOptions {
+            n_ctx: self.ctx,
+            beyond_trained_ctx: self.ctx_beyond_training,
+            kv_type: self.kv_type,
+            max_image_pixels: self.max_image_pixels,
+            image_cache_bytes,
+        }
+    }
+
+    /// Loads the LLM and the mmproj (when given), reporting the stages.
+    pub fn load(&self, image_cache_bytes: usize, stages: &Stages) -> Result<Pipeline<Chosen>> {
+        load_pipeline(
+            &self.model,
+            self.mmproj.as_deref(),
+            self.threads,
+            &self.load_options(image_cache_bytes),
+            stages,
+        )
+    }
+}
+
 /// The backend the CLI runs models on.
 pub type Chosen = CpuBackend;
 

@@ -7,14 +7,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use llava_models::LoadOptions;
-use llava_runtime::backend::KvType;
 
-use crate::load::{check_images, load_images, load_pipeline, prompt_text, Stages};
+use crate::load::{check_images, load_images, prompt_text, Stages};
 use crate::output::{
     check_outputs, commit, create_parent, remove_partial_files_on_signals, write_staged, Output,
 };
-use llava_models::image::DEFAULT_MAX_PIXELS;
 use llava_models::template::with_image_markers;
 
 #[derive(clap::Args)]
@@ -23,9 +20,8 @@ use llava_models::template::with_image_markers;
   llava logits -m llm.gguf --mmproj mmproj.gguf --image cat.png \\
       --prompt \"USER: <image>\\nWhat is this? ASSISTANT:\" --out l.npy --ids-out ids.txt")]
 pub struct Args {
-    /// The LLM GGUF file.
-    #[arg(short, long)]
-    model: PathBuf,
+    #[command(flatten)]
+    models: crate::load::ModelArgs,
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]
     prompt: Option<String>,
@@ -46,30 +42,10 @@ pub struct Args {
     /// Do not add BOS.
     #[arg(long)]
     no_bos: bool,
-    /// The vision tower and projector GGUF ("mmproj"), for prompts with images.
-    #[arg(long)]
-    mmproj: Option<PathBuf>,
     /// An image for the prompt's <image> markers (repeat for several; markers are put before
     /// the text when the prompt has none).
     #[arg(long)]
     image: Vec<PathBuf>,
-    /// Refuse images with more pixels than this, in the file and in the preprocessing.
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
-    max_image_pixels: u64,
-    /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
-    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
-    threads: usize,
-    /// Most positions the prompt may take (default: the model's context, at most 4096; at
-    /// most the trained context unless --ctx-beyond-training, and what memory holds).
-    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::context)]
-    ctx: usize,
-    /// Allow --ctx above the context the model was trained for.
-    #[arg(long)]
-    ctx_beyond_training: bool,
-    /// How the KV cache stores keys and values: f16 (half the memory, as `llava run`) or f32
-    /// (exact).
-    #[arg(long, default_value = "f16")]
-    kv_type: KvType,
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -92,12 +68,15 @@ pub fn run(args: &Args) -> Result<()> {
         }),
         _ => {}
     }
-    let inputs: Vec<&Path> = [Some(args.model.as_path()), args.mmproj.as_deref()]
-        .into_iter()
-        .flatten()
-        .chain(args.prompt_file.as_deref())
-        .chain(args.image.iter().map(PathBuf::as_path))
-        .collect();
+    let inputs: Vec<&Path> = [
+        Some(args.models.model.as_path()),
+        args.models.mmproj.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(args.prompt_file.as_deref())
+    .chain(args.image.iter().map(PathBuf::as_path))
+    .collect();
     check_outputs(&files, &inputs, args.force)?;
     for f in &files {
         create_parent(f.path)?;
@@ -105,29 +84,19 @@ pub fn run(args: &Args) -> Result<()> {
     remove_partial_files_on_signals();
 
     let text = prompt_text(args.prompt.as_deref(), args.prompt_file.as_deref())?;
-    if !args.image.is_empty() && args.mmproj.is_none() {
+    if !args.image.is_empty() && args.models.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
-    let images = load_images(&args.image, args.max_image_pixels)?;
-    if args.no_bos && args.mmproj.is_some() {
+    let images = load_images(&args.image, args.models.max_image_pixels)?;
+    if args.no_bos && args.models.mmproj.is_some() {
         bail!("--no-bos applies to text-only prompts; with --mmproj BOS starts the prompt as in LLaVA");
     }
-    let pipeline = load_pipeline(
-        &args.model,
-        args.mmproj.as_deref(),
-        args.threads,
-        &LoadOptions {
-            n_ctx: args.ctx,
-            beyond_trained_ctx: args.ctx_beyond_training,
-            kv_type: args.kv_type,
-            max_image_pixels: args.max_image_pixels,
-            ..LoadOptions::default()
-        },
-        &Stages::quiet(),
-    )?;
+    let pipeline = args
+        .models
+        .load(llava_models::DEFAULT_IMAGE_CACHE_BYTES, &Stages::quiet())?;
     check_images(&pipeline, &images, &args.image)?;
     let mut session = pipeline.session()?;
-    let (prefill, values) = if args.mmproj.is_none() {
+    let (prefill, values) = if args.models.mmproj.is_none() {
         // Text only: the prompt's tokens exactly (BOS unless --no-bos).
         let ids = pipeline.tokenizer().encode(&text, !args.no_bos, true);
         session.evaluate_tokens(&ids)?

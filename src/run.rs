@@ -10,13 +10,11 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use llava_models::image::DEFAULT_MAX_PIXELS;
 use llava_models::template::Template;
-use llava_models::{GenerateOptions, LoadOptions};
-use llava_runtime::backend::KvType;
+use llava_models::GenerateOptions;
 use llava_runtime::sample::SamplerConfig;
 
-use crate::load::{check_images, describe, load_images, load_pipeline, prompt_text, Stages};
+use crate::load::{check_images, describe, load_images, prompt_text, Stages};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -25,9 +23,8 @@ use crate::load::{check_images, describe, load_images, load_pipeline, prompt_tex
   llava run -m model.gguf --template raw --temp 0 -n 32 \"Once upon a time\"
   echo \"Why is the sky blue?\" | llava run -m model.gguf --system \"Answer in one sentence.\"")]
 pub struct Args {
-    /// The LLM GGUF file.
-    #[arg(short, long)]
-    model: PathBuf,
+    #[command(flatten)]
+    models: crate::load::ModelArgs,
     /// The prompt (or -p; without either, --file or a piped stdin).
     #[arg(conflicts_with_all = ["file", "prompt_flag"])]
     prompt: Option<String>,
@@ -46,23 +43,10 @@ pub struct Args {
     /// Go on past end-of-generation tokens until -n (llama.cpp's --ignore-eos).
     #[arg(long)]
     ignore_eos: bool,
-    /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
-    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
-    threads: usize,
-    /// Context size in tokens (default: the model's, at most 4096; at most the model's
-    /// trained context unless --ctx-beyond-training, and what memory holds).
-    #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
-    ctx: usize,
-    /// Allow --ctx above the context the model was trained for.
-    #[arg(long)]
-    ctx_beyond_training: bool,
     /// Report each stage as it starts (load, image encode, prefill) and the timings, on
     /// stderr.
     #[arg(short, long)]
     verbose: bool,
-    /// The vision tower and projector GGUF ("mmproj") of this LLM.
-    #[arg(long)]
-    mmproj: Option<PathBuf>,
     /// An image to ask about; repeat for several, in the order of the prompt's <image> markers.
     #[arg(long)]
     image: Vec<PathBuf>,
@@ -77,13 +61,6 @@ pub struct Args {
     /// phrase." after the prompt.
     #[arg(long)]
     short_answer: bool,
-    /// Refuse images with more pixels than this, in the file (checked before decoding) and in
-    /// the preprocessing (LLaVA-1.5 pads to a square first).
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
-    max_image_pixels: u64,
-    /// How the KV cache stores keys and values: f16 (half the memory) or f32 (exact).
-    #[arg(long, default_value = "f16")]
-    kv_type: KvType,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -170,25 +147,15 @@ pub fn run(args: &Args) -> Result<()> {
     if args.short_answer {
         question = format!("{question}\n{SHORT_ANSWER}");
     }
-    if !args.image.is_empty() && args.mmproj.is_none() {
+    if !args.image.is_empty() && args.models.mmproj.is_none() {
         bail!("--image needs --mmproj (the vision tower and projector file)");
     }
     // Bad images fail before minutes of model loading.
-    let images = load_images(&args.image, args.max_image_pixels)?;
+    let images = load_images(&args.image, args.models.max_image_pixels)?;
     let stages = Stages::new(args.verbose);
-    let pipeline = load_pipeline(
-        &args.model,
-        args.mmproj.as_deref(),
-        args.threads,
-        &LoadOptions {
-            n_ctx: args.ctx,
-            beyond_trained_ctx: args.ctx_beyond_training,
-            kv_type: args.kv_type,
-            max_image_pixels: args.max_image_pixels,
-            ..LoadOptions::default()
-        },
-        &stages,
-    )?;
+    let pipeline = args
+        .models
+        .load(llava_models::DEFAULT_IMAGE_CACHE_BYTES, &stages)?;
     check_images(&pipeline, &images, &args.image)?;
     let mut session = pipeline.session()?;
     if let Some(t) = args.template {
@@ -201,9 +168,9 @@ pub fn run(args: &Args) -> Result<()> {
         let (llm_time, vision_time) = pipeline.load_times();
         diag!(
             "loaded {} in {:.0} ms{}: {} layers, {}, context {} ({} KV cache), template {}, seed {}",
-            args.model.display(),
+            args.models.model.display(),
             llm_time.as_secs_f64() * 1e3,
-            match args.mmproj {
+            match args.models.mmproj {
                 Some(_) => format!(" (vision tower {:.0} ms)", vision_time.as_secs_f64() * 1e3),
                 None => String::new(),
             },

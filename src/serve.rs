@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -27,10 +26,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
-use llava_models::image::{decode_image, RgbImage, DEFAULT_MAX_PIXELS};
+use llava_models::image::{decode_image, RgbImage};
 use llava_models::template::Template;
-use llava_models::{Error as ModelError, GenerateOptions, LoadOptions, Pipeline, StopReason};
-use llava_runtime::backend::KvType;
+use llava_models::{Error as ModelError, GenerateOptions, Pipeline, StopReason};
 use llava_runtime::sample::SamplerConfig;
 use serde_json::{json, Value};
 
@@ -44,12 +42,8 @@ use crate::load::{describe, load_pipeline, Chosen, Stages};
 
 Open http://127.0.0.1:8080/ in a browser for the chat page.")]
 pub struct Args {
-    /// The LLM GGUF file.
-    #[arg(short, long)]
-    model: PathBuf,
-    /// The vision tower and projector GGUF ("mmproj"), for images.
-    #[arg(long)]
-    mmproj: Option<PathBuf>,
+    #[command(flatten)]
+    models: crate::load::ModelArgs,
     /// Address to listen on (loopback by default: only this machine can connect).
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
@@ -71,27 +65,12 @@ pub struct Args {
     /// Most images in one request.
     #[arg(long, default_value_t = 8)]
     max_images: usize,
-    /// Refuse images with more pixels than this, in the file and in the preprocessing.
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS, value_parser = crate::limits::max_pixels)]
-    max_image_pixels: u64,
     /// Megabytes of image embeddings kept for images seen again (0: none).
     #[arg(long, default_value_t = 256)]
     image_cache_mb: usize,
     /// Chat template (default: the model file's).
     #[arg(long)]
     template: Option<Template>,
-    /// Worker threads (default: one per physical core).
-    #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
-    threads: usize,
-    /// Context size of each slot (default: the model's, at most 4096).
-    #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
-    ctx: usize,
-    /// Allow --ctx above the context the model was trained for.
-    #[arg(long)]
-    ctx_beyond_training: bool,
-    /// How the KV cache stores keys and values: f16 or f32.
-    #[arg(long, default_value = "f16")]
-    kv_type: KvType,
     /// Seconds requests in flight may take to finish after SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 10)]
     shutdown_timeout: u64,
@@ -190,27 +169,28 @@ pub fn run(args: &Args) -> Result<()> {
         jobs,
         metrics: Metrics::default(),
         model_id: args
+            .models
             .model
             .file_stem()
             .map_or("llava".into(), |s| s.to_string_lossy().into_owned()),
         api_key: args.api_key.clone(),
         max_body: args.max_body_mb as usize * (1 << 20),
         max_images: args.max_images,
-        max_image_pixels: args.max_image_pixels,
+        max_image_pixels: args.models.max_image_pixels,
         n_ctx: AtomicUsize::new(0),
         cancel_all: AtomicBool::new(false),
     });
     // The models live on the worker thread, which answers the queued requests in turn.
     let worker = {
         let shared = Arc::clone(&shared);
-        let (model, mmproj, threads) = (args.model.clone(), args.mmproj.clone(), args.threads);
-        let options = LoadOptions {
-            n_ctx: args.ctx,
-            beyond_trained_ctx: args.ctx_beyond_training,
-            kv_type: args.kv_type,
-            max_image_pixels: args.max_image_pixels,
-            image_cache_bytes: args.image_cache_mb.saturating_mul(1 << 20),
-        };
+        let (model, mmproj, threads) = (
+            args.models.model.clone(),
+            args.models.mmproj.clone(),
+            args.models.threads,
+        );
+        let options = args
+            .models
+            .load_options(args.image_cache_mb.saturating_mul(1 << 20));
         let (template, slots) = (args.template, usize::from(args.parallel));
         std::thread::Builder::new()
             .name("llava-worker".into())
@@ -255,7 +235,7 @@ pub fn run(args: &Args) -> Result<()> {
         let local = listener.local_addr().context("no local address")?;
         diag!(
             "llava serve: listening on http://{local} ({}, {backend}, context {n_ctx} per slot, {} slot(s))",
-            args.model.display(),
+            args.models.model.display(),
             args.parallel
         );
         let app = Router::new()
