@@ -152,3 +152,112 @@ fn commands_refuse_bad_arguments_in_one_line_and_the_chat_goes_on() {
     // "hi" was answered; /exit ended the chat before the last line.
     assert_eq!(turns(&err).len(), 1, "{err}");
 }
+
+/// Ctrl-C in a real terminal: `llava chat` on a pseudo-terminal of its own (so the line editor
+/// runs, and the terminal turns Ctrl-C into SIGINT). An answer of thousands of tokens is stopped
+/// by Ctrl-C and the prompt comes back; /exit then ends the chat with status 0. Keys are typed
+/// one at a time, as a person types (the line editor reads a burst of bytes differently).
+#[test]
+fn ctrl_c_in_a_terminal_stops_the_answer_and_the_chat_goes_on() {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    let (_dir, llm, _) = converted();
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty writes two new descriptors; the null pointers ask for the default
+    // settings, a cooked terminal (ISIG on: ^C is SIGINT).
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty");
+    // SAFETY: both descriptors were just opened and are owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let mut cmd = Command::new(llava_bin());
+    cmd.args([
+        "chat",
+        "-m",
+        &llm,
+        "--temp",
+        "0",
+        "-n",
+        "8000",
+        "--ignore-eos",
+        "--template",
+        "raw",
+        "-c",
+        "8192",
+        "--ctx-beyond-training",
+        "-v",
+    ])
+    .stdin(Stdio::from(slave.try_clone().unwrap()))
+    .stdout(Stdio::from(slave.try_clone().unwrap()))
+    .stderr(Stdio::from(slave));
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the terminal the child's
+    // controlling terminal, so its ^C reaches the child as SIGINT.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut keyboard = File::from(master.try_clone().unwrap());
+    let mut screen = File::from(master);
+    let output = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&output);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with an error (EIO) once the child has closed the terminal.
+        while let Ok(n) = screen.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            sink.lock().unwrap().push_str(&text);
+        }
+    });
+    let wait_for = |what: &str, secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !output.lock().unwrap().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "{what:?} did not appear: {}",
+                output.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut type_in = |text: &[u8]| {
+        for &key in text {
+            keyboard.write_all(&[key]).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("> ", 60);
+    type_in(b"Tell a long story\r");
+    // Let the answer start, then Ctrl-C.
+    std::thread::sleep(Duration::from_millis(300));
+    type_in(&[3]);
+    wait_for("answer stopped", 30);
+    wait_for("turn 1:", 10);
+    type_in(b"/exit\r");
+    let status = child.wait().unwrap();
+    let out = output.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}: {out}");
+    // Stopped well before its 8000 tokens.
+    let at = out.find("generation: ").unwrap() + "generation: ".len();
+    let generated: usize = out[at..].split(' ').next().unwrap().parse().unwrap();
+    assert!(generated < 4000, "{generated} tokens");
+}
