@@ -2,8 +2,6 @@
 //! image recorded as an error while the batch goes on, and a second run (after a kill cut the
 //! last line) doing only what is missing.
 
-use llava_convert::{convert_llama, convert_mmproj, Preset};
-
 mod common;
 use common::*;
 
@@ -18,9 +16,7 @@ fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
 #[test]
 fn a_folder_is_captioned_bad_images_recorded_and_a_cut_run_resumed() {
     let dir = tempfile::tempdir().unwrap();
-    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
-    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
-    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let (llm, mmproj) = tiny_llava(dir.path());
     let pics = dir.path().join("pics");
     std::fs::create_dir_all(pics.join("sub")).unwrap();
     let png = std::fs::read(fixture("images/odd.png")).unwrap();

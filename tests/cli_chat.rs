@@ -4,16 +4,12 @@
 
 use std::path::Path;
 
-use llava_convert::{convert_llama, convert_mmproj, Preset};
-
 mod common;
 use common::*;
 
 fn converted() -> (tempfile::TempDir, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
-    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
-    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let (llm, mmproj) = tiny_llava(dir.path());
     let s = |p: &Path| p.to_str().unwrap().to_owned();
     (dir, s(&llm), s(&mmproj))
 }

@@ -13,7 +13,6 @@ use async_openai::config::OpenAIConfig;
 use async_openai::Client;
 use base64::Engine;
 use futures_util::StreamExt;
-use llava_convert::{convert_llama, convert_mmproj, Preset};
 use serde_json::{json, Value};
 
 mod common;
@@ -36,9 +35,7 @@ impl Drop for Server {
 /// `llava serve` on a free loopback port with the tiny fixture and `extra` flags.
 fn start(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
-    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
-    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let (llm, mmproj) = tiny_llava(dir.path());
     let s = |p: &Path| p.to_str().unwrap().to_owned();
     let mut child = Command::new(llava_bin())
         .args([

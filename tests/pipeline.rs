@@ -5,7 +5,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use llava_convert::{convert_llama, convert_mmproj, Preset};
+use llava_convert::{convert_llama, Preset};
 use llava_models::image::{load_image, DEFAULT_MAX_PIXELS};
 use llava_models::llava::PromptError;
 use llava_models::template::Template;
@@ -220,9 +220,7 @@ fn the_callback_stops_generation_and_a_follow_up_closes_the_answer() {
 #[test]
 fn an_image_question_in_parts_matches_transformers() {
     let dir = tempfile::tempdir().unwrap();
-    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
-    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
-    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let (llm, mmproj) = tiny_llava(dir.path());
     let p = Pipeline::load(CpuBackend::new(2), &llm, Some(&mmproj), &EXACT).unwrap();
     let want = read_npy(&fixture("llava-tiny-hf/image-reference/logits.npy"));
     let n_vocab = p.llm().config.n_vocab;
@@ -261,9 +259,7 @@ fn an_image_question_in_parts_matches_transformers() {
 #[test]
 fn an_image_seen_again_comes_from_the_cache_with_the_same_result() {
     let dir = tempfile::tempdir().unwrap();
-    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
-    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
-    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    let (llm, mmproj) = tiny_llava(dir.path());
     let options = LoadOptions {
         image_cache_bytes: 1 << 20,
         ..EXACT

@@ -110,6 +110,17 @@ pub fn tokenize_pieces(
     Ok(pieces)
 }
 
+/// Positions the text pieces take (the images' are not counted).
+pub fn text_tokens(pieces: &[Piece]) -> usize {
+    pieces
+        .iter()
+        .map(|piece| match piece {
+            Piece::Text(ids) => ids.len(),
+            Piece::Image(_) => 0,
+        })
+        .sum()
+}
+
 /// Embeddings of the pieces: text rows from the LLM's table, image rows from `images`.
 pub fn embed_pieces<B: Backend>(
     backend: &B,

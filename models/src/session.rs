@@ -9,7 +9,7 @@ use llava_runtime::sample::Sampler;
 
 use crate::generate::{GenerationStats, PrefillStats, StopFilter, StopReason};
 use crate::image::RgbImage;
-use crate::llava::{embed_pieces, tokenize_pieces, Piece, PromptError};
+use crate::llava::{embed_pieces, text_tokens, tokenize_pieces, Piece, PromptError};
 use crate::pipeline::{Error, GenerateOptions, Pipeline};
 use crate::template::{with_image_markers, Template};
 
@@ -224,13 +224,7 @@ impl<'p, B: Backend> Session<'p, B> {
         let text = self.render_turn(question, images.len());
         let bos = self.tokens.is_empty() && self.pending.is_none();
         let pieces = tokenize_pieces(p.tokenizer(), &text, images.len(), bos)?;
-        let text_positions: usize = pieces
-            .iter()
-            .map(|piece| match piece {
-                Piece::Text(ids) => ids.len(),
-                Piece::Image(_) => 0,
-            })
-            .sum();
+        let text_positions = text_tokens(&pieces);
         let image_positions = images
             .iter()
             .map(|img| p.image_positions(img))
@@ -341,13 +335,7 @@ impl<'p, B: Backend> Session<'p, B> {
             })
             .collect::<Result<_, Error>>()?;
         let image_positions: usize = tokens_of_image.iter().sum();
-        let text_positions: usize = pieces
-            .iter()
-            .map(|piece| match piece {
-                Piece::Text(ids) => ids.len(),
-                Piece::Image(_) => 0,
-            })
-            .sum();
+        let text_positions = text_tokens(&pieces);
         let positions = text_positions + image_positions;
         if positions == 0 {
             return Err(PromptError::Empty.into());

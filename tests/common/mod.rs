@@ -34,6 +34,15 @@ pub fn copy_fixture(name: &str, dir: &Path) -> PathBuf {
     to
 }
 
+/// The tiny LLaVA-1.5 fixture converted in F32 into `dir`: (LLM, mmproj).
+pub fn tiny_llava(dir: &Path) -> (PathBuf, PathBuf) {
+    use llava_convert::{convert_llama, convert_mmproj, Preset};
+    let (llm, mmproj) = (dir.join("llm.gguf"), dir.join("mmproj.gguf"));
+    convert_llama(&fixture("llava-tiny-hf"), &llm, Preset::F32).unwrap();
+    convert_mmproj(&fixture("llava-tiny-hf"), None, &mmproj, Preset::F32).unwrap();
+    (llm, mmproj)
+}
+
 /// Runs the `llava` binary under test.
 pub fn llava(args: &[&str]) -> Output {
     Command::new(llava_bin())
