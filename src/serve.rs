@@ -74,6 +74,11 @@ pub struct Args {
     /// Seconds requests in flight may take to finish after SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 10)]
     shutdown_timeout: u64,
+    /// Fetch `image_url` parts given as http(s) URLs (each at most --max-body-mb, 30 s).
+    /// Off by default: with it the server fetches whatever URL a client names, hosts on its
+    /// own network included, so give it only to clients you trust. Local paths are never read.
+    #[arg(long)]
+    allow_remote_images: bool,
 }
 
 /// An error as the OpenAI API returns it.
@@ -156,6 +161,8 @@ struct Shared {
     max_body: usize,
     max_images: usize,
     max_image_pixels: u64,
+    /// Set by `--allow-remote-images`.
+    remote: Option<RemoteImages>,
     /// Positions of a slot, set by the worker once the model is loaded.
     n_ctx: AtomicUsize,
     /// Set when the shutdown bound has passed: generations stop at their next token.
@@ -177,6 +184,11 @@ pub fn run(args: &Args) -> Result<()> {
         max_body: args.max_body_mb as usize * (1 << 20),
         max_images: args.max_images,
         max_image_pixels: args.models.max_image_pixels,
+        remote: if args.allow_remote_images {
+            Some(RemoteImages::new(args.max_body_mb as usize * (1 << 20))?)
+        } else {
+            None
+        },
         n_ctx: AtomicUsize::new(0),
         cancel_all: AtomicBool::new(false),
     });
@@ -722,6 +734,7 @@ fn parse_request(s: &Shared, req: &Value) -> Result<(Vec<Message>, GenerateOptio
                                 url,
                                 &format!("messages[{i}].content[{j}]"),
                                 s.max_image_pixels,
+                                s.remote.as_ref(),
                             )?));
                         }
                         _ => {
@@ -816,13 +829,27 @@ fn parse_request(s: &Shared, req: &Value) -> Result<(Vec<Message>, GenerateOptio
     ))
 }
 
-/// An image from a `data:` URI (base64); anything else is refused: remote URLs are not
-/// fetched and local paths are never read.
-fn image_from_url(url: &str, at: &str, max_pixels: u64) -> Result<RgbImage, ApiError> {
+/// An image from a `data:` URI (base64), or from an http(s) URL where `remote` allows it;
+/// anything else is refused: local paths are never read.
+///
+/// Runs on a blocking thread of the runtime (it decodes images), which may wait on a fetch.
+fn image_from_url(
+    url: &str,
+    at: &str,
+    max_pixels: u64,
+    remote: Option<&RemoteImages>,
+) -> Result<RgbImage, ApiError> {
+    let is_remote = url.starts_with("http://") || url.starts_with("https://");
+    if let (true, Some(remote)) = (is_remote, remote) {
+        let bytes = tokio::runtime::Handle::current().block_on(remote.fetch(url, at))?;
+        return decode_image(at, &bytes, max_pixels).map_err(|e| ApiError::bad(e.to_string()));
+    }
     let Some(rest) = url.strip_prefix("data:") else {
-        return Err(ApiError::bad(format!(
-            "{at}: only data: URIs are accepted for images (remote URLs are not fetched, local paths never read)"
-        )));
+        return Err(ApiError::bad(if is_remote {
+            format!("{at}: remote image URLs are not fetched unless the server runs with --allow-remote-images; send the image as a data: URI")
+        } else {
+            format!("{at}: images are data: URIs or, where the server allows it, http(s) URLs; local paths are never read")
+        }));
     };
     let Some((meta, data)) = rest.split_once(',') else {
         return Err(ApiError::bad(format!("{at}: a data: URI without data")));
@@ -834,4 +861,70 @@ fn image_from_url(url: &str, at: &str, max_pixels: u64) -> Result<RgbImage, ApiE
         .decode(data.trim())
         .map_err(|e| ApiError::bad(format!("{at}: invalid base64: {e}")))?;
     decode_image(at, &bytes, max_pixels).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// The fetcher of `--allow-remote-images`: http(s) only (redirects too, at most 5), 10 s to
+/// connect and 30 s in all, the body at most `max_bytes` (checked while it arrives).
+struct RemoteImages {
+    client: reqwest::Client,
+    max_bytes: usize,
+}
+
+impl RemoteImages {
+    fn new(max_bytes: usize) -> Result<RemoteImages> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .user_agent(concat!("llava-edge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(RemoteImages { client, max_bytes })
+    }
+
+    async fn fetch(&self, url: &str, at: &str) -> Result<Vec<u8>, ApiError> {
+        // The URL as the client wrote it, shortened: error messages stay one readable line.
+        let shown: String = url.chars().take(120).collect();
+        let failed = |why: String| ApiError::bad(format!("{at}: fetching {shown}: {why}"));
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        if !response.status().is_success() {
+            return Err(failed(format!("HTTP status {}", response.status())));
+        }
+        let too_big = || failed(format!("larger than {} bytes", self.max_bytes));
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes as u64)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| failed(error_chain(&e)))?
+        {
+            if body.len() + chunk.len() > self.max_bytes {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// An error and its causes on one line (reqwest's own message alone says only "error sending
+/// request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
 }

@@ -260,7 +260,11 @@ fn refusals_have_the_openai_error_body_and_status() {
         400,
         "not fetched",
     );
-    check(post(&image("/etc/passwd")), 400, "local paths never read");
+    check(
+        post(&image("/etc/passwd")),
+        400,
+        "local paths are never read",
+    );
     check(
         post(r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}"#),
         400,
@@ -363,4 +367,282 @@ fn sigterm_stops_accepting_and_exits_cleanly() {
         server.log.lock().unwrap()
     );
     assert!(server.log.lock().unwrap().contains("stopping"));
+}
+
+/// A loopback web server for the remote-image test: `/odd.png` the fixture image, `/big` 2 MiB
+/// sent without a length, anything else 404. Serves until the test ends.
+fn image_host() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let png = std::fs::read(fixture("images/odd.png")).unwrap();
+    std::thread::spawn(move || {
+        for mut c in listener.incoming().map_while(Result::ok) {
+            let mut head = Vec::new();
+            let mut byte = [0u8];
+            while !head.ends_with(b"\r\n\r\n") && c.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let path = head.split(' ').nth(1).unwrap_or_default();
+            let _ = match path {
+                "/odd.png" => c
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            png.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .and_then(|()| c.write_all(&png)),
+                "/big" => c
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nConnection: close\r\n\r\n")
+                    .and_then(|()| c.write_all(&vec![0x89; 2 << 20])),
+                _ => c.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+            };
+        }
+    });
+    port
+}
+
+#[test]
+fn remote_images_are_fetched_only_with_allow_remote_images_and_within_the_limits() {
+    let host = image_host();
+    let server = start(&["--allow-remote-images", "--max-body-mb", "1"]);
+    let post = |url: &str| {
+        let body = json!({
+            "messages": [{ "role": "user", "content": [
+                { "type": "text", "text": "What is in this picture?" },
+                { "type": "image_url", "image_url": { "url": url } },
+            ]}],
+            "max_tokens": 5, "temperature": 0,
+        });
+        http(
+            server.port,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            body.to_string().as_bytes(),
+        )
+    };
+    // The fetched image gives the answer the same image sent inline gives.
+    let (status, fetched) = post(&format!("http://127.0.0.1:{host}/odd.png"));
+    assert_eq!(status, 200, "{fetched}");
+    let (status, inline) = post(&image_url());
+    assert_eq!(status, 200, "{inline}");
+    let content = |body: &str| {
+        let v: Value = serde_json::from_str(body).unwrap();
+        (
+            v["choices"][0]["message"]["content"].clone(),
+            v["usage"]["prompt_tokens"].clone(),
+        )
+    };
+    assert_eq!(content(&fetched), content(&inline));
+    // ... and the image is in the prompt: it holds more tokens than the question alone.
+    let text_only = json!({
+        "messages": [{ "role": "user", "content": "What is in this picture?" }],
+        "max_tokens": 1,
+    });
+    let (_, body) = http(
+        server.port,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        text_only.to_string().as_bytes(),
+    );
+    let with_image = content(&fetched).1.as_u64().unwrap();
+    assert!(
+        with_image > content(&body).1.as_u64().unwrap() + 16,
+        "{fetched} {body}"
+    );
+    // A missing file, a body over the limit, a closed port and schemes other than http(s).
+    for (url, says) in [
+        (
+            format!("http://127.0.0.1:{host}/missing.png"),
+            "HTTP status 404",
+        ),
+        (
+            format!("http://127.0.0.1:{host}/big"),
+            "larger than 1048576 bytes",
+        ),
+        (
+            "http://127.0.0.1:1/a.png".to_owned(),
+            "fetching http://127.0.0.1:1/a.png",
+        ),
+        (
+            "file:///etc/passwd".to_owned(),
+            "local paths are never read",
+        ),
+        ("/etc/passwd".to_owned(), "local paths are never read"),
+    ] {
+        let (status, body) = post(&url);
+        assert_eq!(status, 400, "{url}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{url}: {body}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+}
+
+/// One WebDriver command to chromedriver: the `value` of its answer (an error answer fails).
+async fn webdriver(client: &reqwest::Client, url: String, body: Option<Value>) -> Value {
+    let request = match body {
+        Some(b) => client.post(&url).json(&b),
+        None if url.ends_with("/screenshot") || url.ends_with("/status") => client.get(&url),
+        None => client.delete(&url),
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let v: Value = response.json().await.unwrap();
+    assert!(status.is_success(), "{url}: {status} {v}");
+    v["value"].clone()
+}
+
+/// The chat page in a real browser: Debian's headless Chromium driven through chromedriver
+/// (WebDriver). Types a question, attaches an image with the picker, waits for the streamed
+/// answer and its speed line, and keeps a screenshot in `target/test-artifacts/chat-page.png`.
+/// Skipped, saying so, where chromedriver is not installed, unless LLAVA_REQUIRE_BROWSER is set
+/// (CI sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chat_page_answers_in_a_real_browser() {
+    let driver_bin = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(driver_bin) = driver_bin else {
+        assert!(
+            std::env::var_os("LLAVA_REQUIRE_BROWSER").is_none(),
+            "LLAVA_REQUIRE_BROWSER is set but chromedriver is not installed"
+        );
+        eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let server = start(&[]);
+    let driver_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _driver = Kill(
+        Command::new(driver_bin)
+            .arg(format!("--port={driver_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{driver_port}");
+    let client = reqwest::Client::new();
+    let ready = Instant::now();
+    while client.get(format!("{base}/status")).send().await.is_err() {
+        assert!(
+            ready.elapsed() < Duration::from_secs(20),
+            "chromedriver did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let caps = json!({ "capabilities": { "alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=420,800"],
+        },
+    }}});
+    let session = webdriver(&client, format!("{base}/session"), Some(caps)).await;
+    let s = format!("{base}/session/{}", session["sessionId"].as_str().unwrap());
+    let script = |js: &str| {
+        let (client, url) = (client.clone(), format!("{s}/execute/sync"));
+        let body = json!({ "script": js, "args": [] });
+        async move { webdriver(&client, url, Some(body)).await }
+    };
+    let element = |css: &str| {
+        let (client, url) = (client.clone(), format!("{s}/element"));
+        let body = json!({ "using": "css selector", "value": css });
+        async move {
+            let v = webdriver(&client, url, Some(body)).await;
+            v.as_object()
+                .unwrap()
+                .values()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    webdriver(
+        &client,
+        format!("{s}/url"),
+        Some(json!({ "url": format!("http://127.0.0.1:{}/", server.port) })),
+    )
+    .await;
+    // The picker's input hides behind its label: make it reachable, then choose the file.
+    script("document.getElementById('file').hidden = false").await;
+    let image = fixture("images/odd.png");
+    let file = element("#file").await;
+    webdriver(
+        &client,
+        format!("{s}/element/{file}/value"),
+        Some(json!({ "text": image.to_str().unwrap() })),
+    )
+    .await;
+    let input = element("#input").await;
+    webdriver(
+        &client,
+        format!("{s}/element/{input}/value"),
+        Some(json!({ "text": "What is in this picture?" })),
+    )
+    .await;
+    let send = element("#send").await;
+    webdriver(
+        &client,
+        format!("{s}/element/{send}/click"),
+        Some(json!({})),
+    )
+    .await;
+    // The answer is done when the send button is back (the stop button hides it meanwhile).
+    let started = Instant::now();
+    let answer = loop {
+        let a = script(
+            "const m = document.querySelectorAll('.assistant span'); \
+             return m.length && !document.getElementById('send').hidden ? m[m.length - 1].textContent : ''",
+        )
+        .await;
+        if a.as_str().is_some_and(|a| !a.is_empty()) {
+            break a.as_str().unwrap().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no answer: {}",
+            server.log.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let images_shown = script("return document.querySelectorAll('.user img').length").await;
+    let speed = script(
+        "const s = document.querySelectorAll('.msg .speed'); return s.length ? s[s.length - 1].textContent : ''",
+    )
+    .await;
+    let png = webdriver(&client, format!("{s}/screenshot"), None).await;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(png.as_str().unwrap())
+        .unwrap();
+    let artifacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("chat-page.png"), &png).unwrap();
+    webdriver(&client, s.clone(), None).await;
+    eprintln!("chat page answered {answer:?} ({speed}); screenshot in {artifacts:?}");
+    assert_eq!(images_shown, 1);
+    assert!(speed.as_str().unwrap().contains("tokens/s"), "{speed}");
+    assert!(&png[1..4] == b"PNG" && png.len() > 1000);
+    assert!(!answer.contains('['), "the page shows an error: {answer}");
+    // The server saw one request, with the image encoded once.
+    assert_eq!(metric(server.port, "llava_requests_total"), 1);
+    assert_eq!(metric(server.port, "llava_image_cache_misses_total"), 1);
 }
