@@ -12,6 +12,8 @@ use crate::gguf::GgufFile;
 use crate::quant::GgmlType;
 
 pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 #[doc(hidden)]
 pub mod reference;
 
@@ -65,7 +67,7 @@ pub enum BackendError {
 }
 
 /// How the KV cache stores keys and values.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum KvType {
     /// Exact: what the model computed.
     F32,

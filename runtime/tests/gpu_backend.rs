@@ -1,0 +1,388 @@
+//! The GPU backend against f64 references and the CPU backend, on whatever adapter wgpu finds
+//! (CI: Mesa's lavapipe), twice: with the adapter's own limits, and with WebGPU's downlevel
+//! limits, no optional feature and weights split into many small parts. Skipped, saying so,
+//! where there is no adapter, unless LLAVA_REQUIRE_GPU is set (CI sets it).
+#![cfg(feature = "gpu")]
+
+use llava_runtime::backend::gpu::{all_shader_sources, AdapterChoice, GpuBackend, GpuOptions};
+use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType, Rope};
+use llava_runtime::quant::GgmlType;
+
+mod common;
+use common::*;
+
+#[test]
+fn every_shader_validates_without_optional_capabilities() {
+    for (name, source) in all_shader_sources() {
+        let module = naga::front::wgsl::parse_str(&source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        // pack2x16float/unpack2x16float are core WGSL (naga gates them for old GL only;
+        // wgpu grants them on every Vulkan, Metal and DX12 adapter): the one capability.
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+    }
+}
+
+/// The two configurations every op is checked in: (label, backend).
+fn gpus() -> Vec<(&'static str, GpuBackend)> {
+    let open = |downlevel: bool, max_binding: Option<u64>| {
+        GpuBackend::new(&GpuOptions {
+            adapter: AdapterChoice::Any,
+            downlevel,
+            max_binding,
+        })
+    };
+    match open(false, None) {
+        Ok(own) => {
+            eprintln!("adapter: {:?}", own.adapter());
+            let small = open(true, Some(4096)).expect("the same adapter with downlevel limits");
+            vec![("own limits", own), ("downlevel, 4 KiB parts", small)]
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("LLAVA_REQUIRE_GPU").is_none(),
+                "LLAVA_REQUIRE_GPU is set but there is no adapter: {e}"
+            );
+            eprintln!("skipped: {e} (apt-get install mesa-vulkan-drivers libvulkan1)");
+            Vec::new()
+        }
+    }
+}
+
+/// |got - want| ≤ tol(i) for every element.
+fn assert_close(got: &[f32], want: &[f64], tol: impl Fn(usize) -> f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (f64::from(g) - w).abs() <= tol(i),
+            "{what}: element {i}: {g} vs {w} (tolerance {})",
+            tol(i)
+        );
+    }
+}
+
+#[test]
+fn matmul_of_every_weight_type_equals_the_f64_dot_of_the_dequantized_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, gpu) in gpus() {
+        for ty in WEIGHT_TYPES {
+            let (k, n_out) = (512, 37);
+            let file = gguf(
+                dir.path(),
+                &[("w", ty, vec![k as u64, n_out as u64], random(k * n_out, 7))],
+            );
+            let w_ref = dequantized(&file, "w");
+            let w = gpu.load_weight(&file, "w").unwrap();
+            if label.starts_with("downlevel") {
+                assert!(w.n_parts() > 1, "{ty}: the weight was not split");
+            }
+            for rows in [1, 3, 17, 64] {
+                let x = random(rows * k, rows as u64);
+                let got = gpu
+                    .download(&gpu.matmul(&gpu.upload(x.clone(), rows, k), &w))
+                    .unwrap();
+                let (mut want, mut mag) = (Vec::new(), Vec::new());
+                for r in 0..rows {
+                    for n in 0..n_out {
+                        let terms =
+                            (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w_ref[n * k + i]));
+                        want.push(terms.clone().sum::<f64>());
+                        mag.push(terms.map(f64::abs).sum::<f64>());
+                    }
+                }
+                // An f32 sum of k products: within k·2⁻²⁴ of the sum of their magnitudes.
+                let tol = |i: usize| (k as f64 + 2.0) * 2f64.powi(-24) * mag[i];
+                assert_close(&got, &want, tol, &format!("{label}: {ty} × {rows} rows"));
+            }
+        }
+    }
+}
+
+#[test]
+fn get_rows_gives_the_dequantized_rows_of_every_type() {
+    let dir = tempfile::tempdir().unwrap();
+    for (label, gpu) in gpus() {
+        for ty in WEIGHT_TYPES {
+            let (k, n) = (256, 11);
+            let file = gguf(
+                dir.path(),
+                &[("t", ty, vec![k as u64, n as u64], random(k * n, 3))],
+            );
+            let table = dequantized(&file, "t");
+            let ids = [10u32, 0, 3, 3, 7];
+            let got = gpu
+                .download(&gpu.get_rows(&gpu.load_weight(&file, "t").unwrap(), &ids))
+                .unwrap();
+            let want: Vec<f64> = ids
+                .iter()
+                .flat_map(|&i| {
+                    table[i as usize * k..(i as usize + 1) * k]
+                        .iter()
+                        .map(|&v| f64::from(v))
+                })
+                .collect();
+            // The shader may fuse the scale's multiply-add: a few ulps of the row's largest value.
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            assert_close(&got, &want, |_| scale * 1e-6, &format!("{label}: {ty}"));
+        }
+    }
+}
+
+/// The same op on the CPU and the GPU: values within `tol` relative to the largest.
+fn same(cpu: &[f32], gpu: &[f32], tol: f64, what: &str) {
+    let want: Vec<f64> = cpu.iter().map(|&v| f64::from(v)).collect();
+    let scale = want.iter().fold(1e-30f64, |m, v| m.max(v.abs()));
+    assert_close(gpu, &want, |_| tol * scale, what);
+}
+
+#[test]
+fn norms_rope_activations_and_row_moves_match_the_cpu_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let cpu = CpuBackend::new(1);
+    let (rows, cols) = (5, 96);
+    let file = gguf(
+        dir.path(),
+        &[
+            ("g", GgmlType::F32, vec![cols as u64], random(cols, 11)),
+            ("b", GgmlType::F32, vec![cols as u64], random(cols, 12)),
+            ("g16", GgmlType::F16, vec![cols as u64], random(cols, 13)),
+        ],
+    );
+    let x = random(rows * cols, 1);
+    let y = random(rows * cols, 2);
+    for (label, gpu) in gpus() {
+        let on_cpu = |f: &dyn Fn(
+            &CpuBackend,
+            <CpuBackend as Backend>::Tensor,
+        ) -> <CpuBackend as Backend>::Tensor| {
+            cpu.download(&f(&cpu, cpu.upload(x.clone(), rows, cols)))
+                .unwrap()
+        };
+        let on_gpu = |f: &dyn Fn(
+            &GpuBackend,
+            <GpuBackend as Backend>::Tensor,
+        ) -> <GpuBackend as Backend>::Tensor| {
+            gpu.download(&f(&gpu, gpu.upload(x.clone(), rows, cols)))
+                .unwrap()
+        };
+        let (cg, cb, c16) = (
+            cpu.load_weight(&file, "g").unwrap(),
+            cpu.load_weight(&file, "b").unwrap(),
+            cpu.load_weight(&file, "g16").unwrap(),
+        );
+        let (gg, gb, g16) = (
+            gpu.load_weight(&file, "g").unwrap(),
+            gpu.load_weight(&file, "b").unwrap(),
+            gpu.load_weight(&file, "g16").unwrap(),
+        );
+        let yc = cpu.upload(y.clone(), rows, cols);
+        let yg = gpu.upload(y.clone(), rows, cols);
+        let rope = Rope {
+            n_rot: 16,
+            base: 10000.0,
+            freq_scale: 1.0,
+        };
+        let cases: Vec<(&str, Vec<f32>, Vec<f32>)> = vec![
+            (
+                "rms_norm",
+                on_cpu(&|b, t| b.rms_norm(&t, &cg, 1e-5)),
+                on_gpu(&|b, t| b.rms_norm(&t, &gg, 1e-5)),
+            ),
+            (
+                "rms_norm f16 gain",
+                on_cpu(&|b, t| b.rms_norm(&t, &c16, 1e-6)),
+                on_gpu(&|b, t| b.rms_norm(&t, &g16, 1e-6)),
+            ),
+            (
+                "layer_norm",
+                on_cpu(&|b, t| b.layer_norm(&t, &cg, &cb, 1e-5)),
+                on_gpu(&|b, t| b.layer_norm(&t, &gg, &gb, 1e-5)),
+            ),
+            (
+                "rope",
+                on_cpu(&|b, t| b.rope(&t, 1000, 3, rope)),
+                on_gpu(&|b, t| b.rope(&t, 1000, 3, rope)),
+            ),
+            (
+                "silu_mul",
+                on_cpu(&|b, t| b.silu_mul(t, &yc)),
+                on_gpu(&|b, t| b.silu_mul(t, &yg)),
+            ),
+            ("gelu", on_cpu(&|b, t| b.gelu(t)), on_gpu(&|b, t| b.gelu(t))),
+            (
+                "quick_gelu",
+                on_cpu(&|b, t| b.quick_gelu(t)),
+                on_gpu(&|b, t| b.quick_gelu(t)),
+            ),
+            (
+                "add",
+                on_cpu(&|b, t| b.add(t, &yc)),
+                on_gpu(&|b, t| b.add(t, &yg)),
+            ),
+            (
+                "add_bias",
+                on_cpu(&|b, t| b.add_bias(t, &cb)),
+                on_gpu(&|b, t| b.add_bias(t, &gb)),
+            ),
+            (
+                "gather_rows",
+                on_cpu(&|b, t| b.gather_rows(&t, &[4, 0, 4, 2])),
+                on_gpu(&|b, t| b.gather_rows(&t, &[4, 0, 4, 2])),
+            ),
+            (
+                "slice_rows",
+                on_cpu(&|b, t| b.slice_rows(&t, 1, 3)),
+                on_gpu(&|b, t| b.slice_rows(&t, 1, 3)),
+            ),
+            (
+                "concat_rows",
+                on_cpu(&|b, t| b.concat_rows(&[&b.slice_rows(&t, 3, 2), &t])),
+                on_gpu(&|b, t| b.concat_rows(&[&b.slice_rows(&t, 3, 2), &t])),
+            ),
+        ];
+        for (what, c, g) in cases {
+            // f32 throughout on both; the GPU's exp and sqrt are within a few ulps.
+            same(&c, &g, 1e-5, &format!("{label}: {what}"));
+        }
+    }
+}
+
+#[test]
+fn attention_cached_causal_with_grouped_heads_and_full_match_the_cpu_backend() {
+    let cpu = CpuBackend::new(1);
+    let heads = Heads {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 32,
+    };
+    let (q_cols, kv_cols) = (4 * 32, 2 * 32);
+    for (label, gpu) in gpus() {
+        for kv_type in [KvType::F32, KvType::F16] {
+            let mut cc = cpu.new_kv_cache(2, 160, 2, 32, kv_type).unwrap();
+            let mut gc = gpu.new_kv_cache(2, 160, 2, 32, kv_type).unwrap();
+            // A prompt of 70 rows (more than one chunk of 64 keys), then one row, then 3.
+            let mut start = 0;
+            for (step, rows) in [70, 1, 3].into_iter().enumerate() {
+                let seed = 100 * step as u64;
+                let (q, k, v) = (
+                    random(rows * q_cols, seed),
+                    random(rows * kv_cols, seed + 1),
+                    random(rows * kv_cols, seed + 2),
+                );
+                let c = cpu
+                    .download(&cpu.attention_cached(
+                        &cpu.upload(q.clone(), rows, q_cols),
+                        &cpu.upload(k.clone(), rows, kv_cols),
+                        &cpu.upload(v.clone(), rows, kv_cols),
+                        &mut cc,
+                        1,
+                        start,
+                        heads,
+                    ))
+                    .unwrap();
+                let g = gpu
+                    .download(&gpu.attention_cached(
+                        &gpu.upload(q, rows, q_cols),
+                        &gpu.upload(k, rows, kv_cols),
+                        &gpu.upload(v, rows, kv_cols),
+                        &mut gc,
+                        1,
+                        start,
+                        heads,
+                    ))
+                    .unwrap();
+                same(
+                    &c,
+                    &g,
+                    1e-5,
+                    &format!("{label}: {kv_type:?} cache, rows {start}.."),
+                );
+                start += rows;
+            }
+        }
+        // Full attention (the vision tower): every row sees every row.
+        let rows = 77;
+        let heads = Heads {
+            n_heads: 2,
+            n_kv_heads: 2,
+            head_dim: 48,
+        };
+        let (q, k, v) = (
+            random(rows * 96, 1),
+            random(rows * 96, 2),
+            random(rows * 96, 3),
+        );
+        let c = cpu
+            .download(&cpu.attention(
+                &cpu.upload(q.clone(), rows, 96),
+                &cpu.upload(k.clone(), rows, 96),
+                &cpu.upload(v.clone(), rows, 96),
+                heads,
+            ))
+            .unwrap();
+        let g = gpu
+            .download(&gpu.attention(
+                &gpu.upload(q, rows, 96),
+                &gpu.upload(k, rows, 96),
+                &gpu.upload(v, rows, 96),
+                heads,
+            ))
+            .unwrap();
+        same(&c, &g, 1e-5, &format!("{label}: full attention"));
+    }
+}
+
+#[test]
+fn ops_record_without_running_and_one_download_is_one_submission_and_one_readback() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = gguf(
+        dir.path(),
+        &[
+            ("w", GgmlType::Q4_0, vec![64, 64], random(64 * 64, 5)),
+            ("g", GgmlType::F32, vec![64], random(64, 6)),
+        ],
+    );
+    for (label, gpu) in gpus() {
+        let w = gpu.load_weight(&file, "w").unwrap();
+        let g = gpu.load_weight(&file, "g").unwrap();
+        let before = gpu.stats();
+        let mut x = gpu.upload(random(64, 9), 1, 64);
+        for _ in 0..10 {
+            let y = gpu.quick_gelu(gpu.matmul(&x, &w));
+            x = gpu.rms_norm(&gpu.add(y, &x), &g, 1e-5);
+        }
+        assert_eq!(
+            gpu.stats().submissions,
+            before.submissions,
+            "{label}: ops submitted work"
+        );
+        let out = gpu.download(&x).unwrap();
+        assert!(out.iter().all(|v| v.is_finite()));
+        let after = gpu.stats();
+        assert_eq!(after.submissions - before.submissions, 1, "{label}");
+        assert_eq!(after.readbacks - before.readbacks, 1, "{label}");
+        assert!(
+            after.dispatches - before.dispatches >= 20,
+            "{label}: {after:?}"
+        );
+    }
+}
+
+#[test]
+fn a_misused_weight_is_an_error_at_download_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = gguf(dir.path(), &[("g", GgmlType::F32, vec![8], random(8, 1))]);
+    for (label, gpu) in gpus() {
+        let g = gpu.load_weight(&file, "g").unwrap();
+        let x = gpu.upload(random(16, 2), 1, 16);
+        let err = gpu
+            .download(&gpu.rms_norm(&x, &g, 1e-5))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a vector of 16"), "{label}: {err}");
+    }
+}
