@@ -11,6 +11,8 @@ use llava_runtime::backend::{Backend, CpuBackend, KvType};
 use llava_runtime::gguf::GgufFile;
 use llava_runtime::tokenizer::Tokenizer;
 
+mod common;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 struct Reference {
@@ -59,9 +61,9 @@ fn convert(model: &str, preset: Preset) -> (tempfile::TempDir, PathBuf) {
     (dir, out)
 }
 
-struct Loaded {
-    backend: CpuBackend,
-    model: Llama<CpuBackend>,
+struct Loaded<B: Backend = CpuBackend> {
+    backend: B,
+    model: Llama<B>,
     kv_type: KvType,
 }
 
@@ -72,7 +74,10 @@ fn load(path: &Path) -> Loaded {
 }
 
 fn load_with_cache(path: &Path, kv_type: KvType) -> Loaded {
-    let backend = CpuBackend::new(2);
+    load_on(CpuBackend::new(2), path, kv_type)
+}
+
+fn load_on<B: Backend>(backend: B, path: &Path, kv_type: KvType) -> Loaded<B> {
     let file = Arc::new(GgufFile::open(path).unwrap());
     let model = Llama::load(&backend, &file).unwrap();
     Loaded {
@@ -83,7 +88,7 @@ fn load_with_cache(path: &Path, kv_type: KvType) -> Loaded {
 }
 
 /// Logits of every prompt position, `[positions][vocab]`, from one batched prefill.
-fn prompt_logits(m: &Loaded, ids: &[u32]) -> Vec<Vec<f32>> {
+fn prompt_logits<B: Backend>(m: &Loaded<B>, ids: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.model.new_cache(&m.backend, ids.len(), m.kv_type).unwrap();
     let x = m.model.embed(&m.backend, ids);
     let logits = m.model.forward(&m.backend, x, 0, &mut cache, false);
@@ -107,7 +112,7 @@ fn argmax(row: &[f32]) -> u32 {
 }
 
 /// Prefill, then `n` greedy steps one token at a time.
-fn greedy(m: &Loaded, ids: &[u32], n: usize) -> Vec<u32> {
+fn greedy<B: Backend>(m: &Loaded<B>, ids: &[u32], n: usize) -> Vec<u32> {
     let mut cache = m
         .model
         .new_cache(&m.backend, ids.len() + n, m.kv_type)
@@ -320,5 +325,60 @@ fn every_preset_writes_the_types_its_rules_choose() {
         let m = load(&path);
         let logits = prompt_logits(&m, &[1, 329, 477]);
         assert!(logits.iter().flatten().all(|v| v.is_finite()), "{preset}");
+    }
+}
+
+/// The same checks on the GPU backend, with the CPU's bounds: F32 logits within 1e-3 and
+/// transformers' greedy continuation; F16 weights and the f16 cache within 1e-2; quantized
+/// files within the CPU test's agreement and KL bounds. The GPU's greedy continuation is also
+/// the CPU's.
+#[test]
+fn the_gpu_backend_matches_transformers_like_the_cpu() {
+    let Some(_) = common::gpu_backend() else {
+        return;
+    };
+    for model in MODELS {
+        let r = reference(model);
+        for (preset, kv_type, bound) in [
+            (Preset::F32, KvType::F32, 1e-3),
+            (Preset::F16, KvType::F32, 1e-2),
+            (Preset::F32, KvType::F16, 1e-2),
+        ] {
+            let (_dir, path) = convert(model, preset);
+            let m = load_on(common::gpu_backend().unwrap(), &path, kv_type);
+            let ours = prompt_logits(&m, &r.input_ids);
+            let diff = max_abs_diff(&r.logits, &ours);
+            eprintln!("{model} {preset}, {kv_type:?} cache, GPU: max |logit diff| = {diff:.2e}");
+            assert!(
+                diff <= bound,
+                "{model} {preset} {kv_type:?}: max |diff| {diff}"
+            );
+            let continuation = greedy(&m, &r.input_ids, r.greedy.len());
+            assert_eq!(continuation, r.greedy, "{model} {preset} {kv_type:?}");
+            let cpu = load_with_cache(&path, kv_type);
+            assert_eq!(continuation, greedy(&cpu, &r.input_ids, r.greedy.len()));
+        }
+    }
+    for (model, ty, min_agree, max_kl) in [
+        ("llama-gqa", Preset::Q8_0, 0.99, 1e-3),
+        ("llama-gqa", Preset::Q4KM, 0.9, 0.02),
+        ("llama-gqa", Preset::Q4_0, 0.9, 0.02),
+        ("llama-tied", Preset::Q8_0, 0.99, 5e-3),
+    ] {
+        let r = reference(model);
+        let (_dir, path) = convert(model, ty);
+        let ours = prompt_logits(
+            &load_on(common::gpu_backend().unwrap(), &path, KvType::F32),
+            &r.input_ids,
+        );
+        let (agree, kl) = (
+            argmax_agreement(&r.logits, &ours),
+            mean_kl(&r.logits, &ours),
+        );
+        eprintln!("{model} {ty}, GPU: argmax agreement {agree:.3}, mean KL {kl:.2e}");
+        assert!(
+            agree >= min_agree && kl <= max_kl,
+            "{model} {ty}: {agree} {kl}"
+        );
     }
 }

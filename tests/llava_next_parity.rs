@@ -18,16 +18,27 @@ use common::*;
 
 #[test]
 fn anyres_token_counts_and_logits_match_transformers() {
+    check(&CpuBackend::new(2));
+}
+
+/// The same on the GPU backend, with the same bound.
+#[test]
+fn anyres_on_the_gpu_matches_transformers() {
+    if let Some(gpu) = gpu_backend() {
+        check(&gpu);
+    }
+}
+
+fn check<B: Backend>(b: &B) {
     let dir = tempfile::tempdir().unwrap();
     let (llm_path, mmproj_path) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
     let src = fixture("llava-next-tiny-hf");
     convert_llama(&src, &llm_path, Preset::F32).unwrap();
     convert_mmproj(&src, None, &mmproj_path, Preset::F32).unwrap();
-    let b = CpuBackend::new(2);
     let llm_file = Arc::new(GgufFile::open(&llm_path).unwrap());
-    let llm = Llama::load(&b, &llm_file).unwrap();
+    let llm = Llama::load(b, &llm_file).unwrap();
     let tok = Tokenizer::from_gguf(&llm_file).unwrap();
-    let clip = Clip::load(&b, &Arc::new(GgufFile::open(&mmproj_path).unwrap())).unwrap();
+    let clip = Clip::load(b, &Arc::new(GgufFile::open(&mmproj_path).unwrap())).unwrap();
     assert!(clip.image_newline().is_some());
 
     let reference: serde_json::Value = serde_json::from_str(
@@ -41,7 +52,7 @@ fn anyres_token_counts_and_logits_match_transformers() {
         let want_tokens = r["image_tokens"].as_u64().unwrap() as usize;
         assert_eq!(layout.tokens(), want_tokens, "{name}: {layout:?}");
 
-        let features = encode_image(&b, &clip, &image);
+        let features = encode_image(b, &clip, &image);
         assert_eq!(b.shape(&features).0, want_tokens, "{name}");
         let pieces = tokenize_pieces(&tok, prompt, 1, true).unwrap();
         let ids: Vec<u64> = pieces
@@ -59,10 +70,10 @@ fn anyres_token_counts_and_logits_match_transformers() {
             .collect();
         assert_eq!(ids, want_ids, "{name}");
 
-        let p = embed_pieces(&b, &llm, &pieces, std::slice::from_ref(&features));
-        let mut cache = llm.new_cache(&b, p.n_positions, KvType::F32).unwrap();
+        let p = embed_pieces(b, &llm, &pieces, std::slice::from_ref(&features));
+        let mut cache = llm.new_cache(b, p.n_positions, KvType::F32).unwrap();
         let logits = b
-            .download(&llm.forward(&b, p.embeddings, 0, &mut cache, false))
+            .download(&llm.forward(b, p.embeddings, 0, &mut cache, false))
             .unwrap();
         let want = read_npy(&src.join(format!("image-reference/{name}-logits.npy")));
         assert_eq!(logits.len(), want.len(), "{name}");

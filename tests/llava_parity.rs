@@ -49,17 +49,20 @@ struct Run {
 }
 
 fn run(c: &Converted) -> Run {
-    let b = CpuBackend::new(2);
+    run_on(&CpuBackend::new(2), c)
+}
+
+fn run_on<B: Backend>(b: &B, c: &Converted) -> Run {
     let llm_file = Arc::new(GgufFile::open(&c.llm).unwrap());
-    let llm = Llama::load(&b, &llm_file).unwrap();
+    let llm = Llama::load(b, &llm_file).unwrap();
     let tok = Tokenizer::from_gguf(&llm_file).unwrap();
-    let clip = Clip::load(&b, &Arc::new(GgufFile::open(&c.mmproj).unwrap())).unwrap();
+    let clip = Clip::load(b, &Arc::new(GgufFile::open(&c.mmproj).unwrap())).unwrap();
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("llava-tiny-hf/image-reference/reference.json")).unwrap(),
     )
     .unwrap();
     let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
-    let features = encode_image(&b, &clip, &image);
+    let features = encode_image(b, &clip, &image);
 
     let pieces = tokenize_pieces(&tok, reference["prompt"].as_str().unwrap(), 1, true).unwrap();
     let n_image = clip.config.n_patches();
@@ -77,9 +80,9 @@ fn run(c: &Converted) -> Run {
         .map(|v| v.as_u64().unwrap() as u32)
         .collect();
 
-    let prompt = embed_pieces(&b, &llm, &pieces, std::slice::from_ref(&features));
-    let mut cache = llm.new_cache(&b, prompt.n_positions, KvType::F32).unwrap();
-    let logits = llm.forward(&b, prompt.embeddings, 0, &mut cache, false);
+    let prompt = embed_pieces(b, &llm, &pieces, std::slice::from_ref(&features));
+    let mut cache = llm.new_cache(b, prompt.n_positions, KvType::F32).unwrap();
+    let logits = llm.forward(b, prompt.embeddings, 0, &mut cache, false);
     Run {
         features: b.download(&features).unwrap(),
         logits: b.download(&logits).unwrap(),
@@ -221,6 +224,55 @@ fn quantized_files_stay_close_to_transformers() {
         }
         let (agree, kl) = (agree as f64 / rows as f64, kl / rows as f64);
         eprintln!("llm {llm}, vision {vision}: argmax agreement {agree:.3}, mean KL {kl:.2e}");
+        assert!(
+            agree >= min_agree && kl <= max_kl,
+            "{llm}/{vision}: {agree} {kl}"
+        );
+    }
+}
+
+/// The same end to end on the GPU backend, with the CPU's bounds: F32 within 1e-3 of
+/// transformers' features and logits, F16 within 1e-2, and the quantized files within the
+/// CPU test's agreement and KL bounds.
+#[test]
+fn the_gpu_backend_matches_transformers_like_the_cpu() {
+    let Some(gpu) = gpu_backend() else {
+        return;
+    };
+    let want_f = read_npy(&fixture("llava-tiny-hf/image-reference/image_features.npy"));
+    let want_l = read_npy(&fixture("llava-tiny-hf/image-reference/logits.npy"));
+    for (preset, bound) in [(Preset::F32, 1e-3), (Preset::F16, 1e-2)] {
+        let r = run_on(&gpu, &convert(preset, preset));
+        assert!(r.ids_match);
+        let (df, dl) = (max_diff(&r.features, &want_f), max_diff(&r.logits, &want_l));
+        eprintln!("{preset} on the GPU: features max |diff| {df:.2e}, logits max |diff| {dl:.2e}");
+        assert!(
+            df <= bound && dl <= bound,
+            "{preset}: features {df}, logits {dl}"
+        );
+    }
+    let n_vocab = 520;
+    for (llm, vision, min_agree, max_kl) in [
+        (Preset::Q8_0, Preset::Q8_0, 0.99, 5e-3),
+        (Preset::Q4KM, Preset::Q8_0, 0.95, 0.03),
+    ] {
+        let r = run_on(&gpu, &convert(llm, vision));
+        let rows = want_l.len() / n_vocab;
+        let (mut agree, mut kl) = (0usize, 0f64);
+        for (ours, theirs) in r.logits.chunks(n_vocab).zip(want_l.chunks(n_vocab)) {
+            let am = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
+            agree += usize::from(am(ours) == am(theirs));
+            let (p, q) = (log_softmax(theirs), log_softmax(ours));
+            kl += p
+                .iter()
+                .zip(&q)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>();
+        }
+        let (agree, kl) = (agree as f64 / rows as f64, kl / rows as f64);
+        eprintln!(
+            "llm {llm}, vision {vision} on the GPU: argmax agreement {agree:.3}, mean KL {kl:.2e}"
+        );
         assert!(
             agree >= min_agree && kl <= max_kl,
             "{llm}/{vision}: {agree} {kl}"

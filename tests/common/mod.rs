@@ -79,3 +79,24 @@ pub fn stderr(o: &Output) -> String {
 mod npy;
 #[allow(unused_imports)]
 pub use npy::{parse_npy, read_npy, read_npy_shaped};
+
+/// A GPU backend on whatever adapter wgpu finds (software ones included: CI has Mesa's
+/// lavapipe), or `None`, said on stderr, where there is none. With LLAVA_REQUIRE_GPU set (CI
+/// sets it) a missing adapter fails the test instead.
+pub fn gpu_backend() -> Option<llava_runtime::backend::gpu::GpuBackend> {
+    use llava_runtime::backend::gpu::{AdapterChoice, GpuBackend, GpuOptions};
+    match GpuBackend::new(&GpuOptions {
+        adapter: AdapterChoice::Any,
+        ..GpuOptions::default()
+    }) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                std::env::var_os("LLAVA_REQUIRE_GPU").is_none(),
+                "LLAVA_REQUIRE_GPU is set but there is no adapter: {e}"
+            );
+            eprintln!("skipped on the GPU: {e}");
+            None
+        }
+    }
+}
