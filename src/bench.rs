@@ -45,6 +45,8 @@ pub struct Args {
     /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
     #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
+    #[command(flatten)]
+    device: crate::load::DeviceArgs,
     /// Prompt tokens of the prefill test (0: skip it).
     #[arg(short = 'p', long, default_value_t = 512, value_parser = crate::limits::context)]
     n_prompt: usize,
@@ -99,6 +101,7 @@ pub fn run(args: &Args) -> Result<()> {
         &args.model,
         args.mmproj.as_deref(),
         args.threads,
+        &args.device,
         &LoadOptions {
             n_ctx,
             beyond_trained_ctx: true,

@@ -68,6 +68,8 @@ pub struct Args {
     /// Worker threads (default: one per physical core).
     #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     threads: usize,
+    #[command(flatten)]
+    device: crate::load::DeviceArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
     ctx: usize,
@@ -126,6 +128,7 @@ pub fn run(args: &Args) -> Result<()> {
         &args.model,
         Some(&args.mmproj),
         args.threads,
+        &args.device,
         &LoadOptions {
             n_ctx: args.ctx,
             kv_type: args.kv_type,

@@ -10,12 +10,12 @@ use std::ffi::OsString;
 /// llama.cpp flags with the same meaning as a llava flag.
 const SAME: &[(&str, &str)] = &[("-sys", "--system")];
 
+/// llama.cpp's "layers on the GPU": llava runs a model wholly on one device, so any number
+/// above 0 (or `all`/`auto`) means `--device gpu` and 0 `--device cpu`.
+const GPU_LAYERS: &[&str] = &["-ngl", "--n-gpu-layers", "--gpu-layers"];
+
 /// llama.cpp flags llava has no equivalent for, with what to do instead.
 const REFUSED: &[(&[&str], &str)] = &[
-    (
-        &["-ngl", "--n-gpu-layers", "--gpu-layers"],
-        "llava runs every layer on the CPU (the GPU backend is not built yet): drop it",
-    ),
     (
         &["-hf", "--hf-repo", "-hff", "--hf-file", "-hft", "--hf-token"],
         "llava does not download models yet: download the GGUF files and pass -m MODEL and --mmproj MMPROJ",
@@ -43,7 +43,7 @@ const REFUSED: &[(&[&str], &str)] = &[
 pub fn translate(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut out = Vec::with_capacity(args.len());
     let mut rest = args.into_iter();
-    for arg in rest.by_ref() {
+    while let Some(arg) = rest.next() {
         let Some(text) = arg.to_str() else {
             out.push(arg);
             continue;
@@ -62,6 +62,24 @@ pub fn translate(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
                 Some(v) => format!("{llava}={v}"),
                 None => llava.to_string(),
             }));
+            continue;
+        }
+        if GPU_LAYERS.contains(&flag) {
+            let value = match value {
+                Some(v) => Some(v.to_owned()),
+                None => rest.next().and_then(|v| v.into_string().ok()),
+            };
+            let device = match value.as_deref() {
+                Some("0") => "cpu",
+                Some("all" | "auto") => "gpu",
+                Some(n) if n.parse::<u32>().is_ok() => "gpu",
+                _ => {
+                    return Err(format!(
+                    "{flag} takes a number of layers (llava: 0 runs on the CPU, more on the GPU)"
+                ))
+                }
+            };
+            out.extend([OsString::from("--device"), OsString::from(device)]);
             continue;
         }
         if let Some((_, advice)) = REFUSED.iter().find(|(names, _)| names.contains(&flag)) {
@@ -95,12 +113,23 @@ mod tests {
     }
 
     #[test]
-    fn flags_without_an_equivalent_are_refused_with_advice() {
-        let e = t(&["llava", "run", "-m", "m.gguf", "-ngl", "99", "q"]).unwrap_err();
-        assert!(
-            e.contains("-ngl is llama.cpp's flag") && e.contains("CPU"),
-            "{e}"
+    fn gpu_layers_choose_the_device() {
+        assert_eq!(
+            t(&["llava", "run", "-ngl", "99", "q"]).unwrap(),
+            ["llava", "run", "--device", "gpu", "q"]
         );
+        assert_eq!(
+            t(&["llava", "run", "--n-gpu-layers=0"]).unwrap(),
+            ["llava", "run", "--device", "cpu"]
+        );
+        assert!(t(&["llava", "run", "-ngl", "many"])
+            .unwrap_err()
+            .contains("layers"));
+        assert!(t(&["llava", "run", "-ngl"]).unwrap_err().contains("layers"));
+    }
+
+    #[test]
+    fn flags_without_an_equivalent_are_refused_with_advice() {
         let e = t(&["llava", "run", "-hf", "org/repo"]).unwrap_err();
         assert!(e.contains("-m MODEL and --mmproj"), "{e}");
         assert!(t(&["llava", "run", "-cnv"])

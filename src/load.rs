@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use llava_models::image::{load_image, RgbImage};
 use llava_models::{LoadOptions, Pipeline, Stage};
-use llava_runtime::backend::CpuBackend;
+use llava_runtime::backend::gpu::{AdapterChoice, GpuBackend, GpuOptions};
+use llava_runtime::backend::{AnyBackend, CpuBackend};
 
 /// The flags that say which model files to load and how, shared by the commands that run one.
 #[derive(clap::Args)]
@@ -23,6 +24,8 @@ pub struct ModelArgs {
     /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
     #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     pub threads: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Context size in tokens (default: the model's, at most 4096; at most the model's
     /// trained context unless --ctx-beyond-training, and what memory holds).
     #[arg(short, long, visible_alias = "ctx-size", default_value_t = 0, value_parser = crate::limits::context)]
@@ -58,31 +61,118 @@ impl ModelArgs {
             &self.model,
             self.mmproj.as_deref(),
             self.threads,
+            &self.device,
             &self.load_options(image_cache_bytes),
             stages,
         )
     }
 }
 
-/// The backend the CLI runs models on.
-pub type Chosen = CpuBackend;
-
-/// The chosen backend with `threads` workers (0: one per physical core; more than the logical
-/// CPUs are capped, with a warning: 1000 threads on 2 cores took 33 s for 2 tokens).
-pub fn backend(threads: usize) -> Chosen {
-    CpuBackend::new(capped_threads(threads))
+/// Where models run: `--device`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU backend.
+    #[default]
+    Cpu,
+    /// The first hardware GPU, or the adapter at this index of `llava devices`.
+    Gpu(Option<usize>),
+    /// A hardware GPU when there is one, else the CPU.
+    Auto,
 }
 
-/// The backend in a few words, for `--verbose` and reports: "cpu, 2 threads, avx2 kernels".
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "gpu" => Ok(Device::Gpu(None)),
+            "auto" => Ok(Device::Auto),
+            _ => s
+                .strip_prefix("gpu:")
+                .and_then(|i| i.parse().ok())
+                .map(|i| Device::Gpu(Some(i)))
+                .ok_or_else(|| {
+                    format!(
+                        "{s:?}: expected cpu, gpu, gpu:N (`llava devices` lists the GPUs) or auto"
+                    )
+                }),
+        }
+    }
+}
+
+/// The flags that choose the device, shared by the commands that run a model.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct DeviceArgs {
+    /// Where to run the models: cpu; gpu (the first hardware GPU), gpu:N (adapter N of
+    /// `llava devices`, software ones included); auto (a hardware GPU when there is one, else
+    /// the CPU). llama.cpp's `-ngl N` means gpu for N > 0.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
+    /// On the GPU, ask for WebGPU's downlevel limits and no optional feature, whatever the
+    /// adapter offers: the path the weakest GPUs (a Raspberry Pi 5's) take.
+    #[arg(long)]
+    pub gpu_downlevel: bool,
+}
+
+/// The backend the CLI runs models on.
+pub type Chosen = AnyBackend;
+
+/// The backend `device` names, with `threads` CPU workers (0: one per physical core; more
+/// than the logical CPUs are capped, with a warning: 1000 threads on 2 cores took 33 s for 2
+/// tokens). `auto` without a hardware GPU is the CPU.
+pub fn backend(threads: usize, device: &DeviceArgs) -> Result<Chosen> {
+    let gpu = |adapter| {
+        GpuBackend::new(&GpuOptions {
+            adapter,
+            downlevel: device.gpu_downlevel,
+            max_binding: None,
+        })
+    };
+    let cpu = || AnyBackend::Cpu(CpuBackend::new(capped_threads(threads)));
+    Ok(match device.device {
+        Device::Cpu => cpu(),
+        Device::Gpu(index) => AnyBackend::Gpu(
+            gpu(index.map_or(AdapterChoice::Hardware, AdapterChoice::Index))
+                .context("--device gpu")?,
+        ),
+        Device::Auto => gpu(AdapterChoice::Hardware).map_or_else(|_| cpu(), AnyBackend::Gpu),
+    })
+}
+
+/// The backend in a few words, for `--verbose` and reports: "cpu, 2 threads, avx2 kernels",
+/// "gpu, NVIDIA H100 (vulkan, NVIDIA 550.54)".
 pub fn describe(b: &Chosen) -> String {
-    let (threads, kernels) = workers_and_kernels(b);
-    format!("cpu, {threads} threads, {kernels} kernels")
+    match b {
+        AnyBackend::Cpu(c) => format!(
+            "cpu, {} threads, {} kernels",
+            c.threads(),
+            llava_runtime::quant::cpu_path().name()
+        ),
+        AnyBackend::Gpu(g) => {
+            let a = g.adapter();
+            format!(
+                "gpu, {} ({}, {}){}",
+                a.name,
+                a.backend,
+                a.driver,
+                if g.downlevel() {
+                    ", downlevel limits"
+                } else {
+                    ""
+                }
+            )
+        }
+    }
 }
 
 /// The backend's worker threads and kernel set, as `llava bench` reports them beside
-/// llama.cpp's.
+/// llama.cpp's (a GPU: no CPU workers, "wgsl").
 pub fn workers_and_kernels(b: &Chosen) -> (usize, &'static str) {
-    (b.threads(), llava_runtime::quant::cpu_path().name())
+    match b {
+        AnyBackend::Cpu(c) => (c.threads(), llava_runtime::quant::cpu_path().name()),
+        AnyBackend::Gpu(_) => (0, "wgsl"),
+    }
 }
 
 /// `requested` threads, at most the logical CPUs this process may use (0 stays 0: the
@@ -102,11 +192,13 @@ pub fn load_pipeline(
     model: &Path,
     mmproj: Option<&Path>,
     threads: usize,
+    device: &DeviceArgs,
     options: &LoadOptions,
     stages: &Stages,
 ) -> Result<Pipeline<Chosen>> {
+    let backend = backend(threads, device)?;
     stages.start(&format!("loading {}", model.display()));
-    let pipeline = Pipeline::load_llm(backend(threads), model, options)?;
+    let pipeline = Pipeline::load_llm(backend, model, options)?;
     let pipeline = match mmproj {
         Some(path) => {
             stages.start(&format!("loading {}", path.display()));

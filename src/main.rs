@@ -18,6 +18,7 @@ mod bench;
 mod caption;
 mod chat;
 mod convert;
+mod devices;
 mod inspect;
 mod limits;
 mod llamacpp_flags;
@@ -66,6 +67,8 @@ enum Command {
     Synth(synth::Args),
     /// Measure prompt processing, generation and image encoding, as llama-bench does.
     Bench(bench::Args),
+    /// List the GPU adapters `--device gpu:N` can use.
+    Devices(devices::Args),
 }
 
 /// Keeps glibc's malloc from handing the CPU backend's tensors back to the kernel as soon as
@@ -116,6 +119,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Synth(args) => synth::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Devices(args) => devices::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -195,10 +195,11 @@ pub fn run(args: &Args) -> Result<()> {
     // The models live on the worker thread, which answers the queued requests in turn.
     let worker = {
         let shared = Arc::clone(&shared);
-        let (model, mmproj, threads) = (
+        let (model, mmproj, threads, device) = (
             args.models.model.clone(),
             args.models.mmproj.clone(),
             args.models.threads,
+            args.models.device.clone(),
         );
         let options = args
             .models
@@ -211,6 +212,7 @@ pub fn run(args: &Args) -> Result<()> {
                     &model,
                     mmproj.as_deref(),
                     threads,
+                    &device,
                     &options,
                     &Stages::quiet(),
                 ) {

@@ -547,7 +547,6 @@ fn llama_cpp_spellings_work_or_say_what_to_use() {
     );
     // No equivalent: refused, with what to do, before anything is loaded (exit 2, usage).
     for (flag, advice) in [
-        (&["-ngl", "99"][..], "-ngl is llama.cpp's flag"),
         (&["-hf", "org/model"][..], "pass -m MODEL and --mmproj"),
         (&["-cnv"][..], "use `llava chat`"),
         (&["-ctk", "q8_0"][..], "--kv-type"),

@@ -382,3 +382,44 @@ fn the_gpu_backend_matches_transformers_like_the_cpu() {
         );
     }
 }
+
+/// A decode step on the GPU is one submission and one readback (the logits of its row): the
+/// ops of the forward pass are recorded, not run one by one.
+#[test]
+fn a_gpu_decode_step_is_one_submission_and_one_readback() {
+    let Some(gpu) = common::gpu_backend() else {
+        return;
+    };
+    let r = reference("llama-gqa");
+    let (_dir, path) = convert("llama-gqa", Preset::Q8_0);
+    let m = load_on(gpu, &path, KvType::F16);
+    let mut cache = m
+        .model
+        .new_cache(&m.backend, r.input_ids.len() + 4, m.kv_type)
+        .unwrap();
+    let x = m.model.embed(&m.backend, &r.input_ids);
+    let logits = m.model.forward(&m.backend, x, 0, &mut cache, true);
+    let mut next = argmax(&m.backend.download(&logits).unwrap());
+    for step in 0..3 {
+        let before = m.backend.stats();
+        let x = m.model.embed(&m.backend, &[next]);
+        let out = m
+            .model
+            .forward(&m.backend, x, r.input_ids.len() + step, &mut cache, true);
+        let row = m.backend.download(&out).unwrap();
+        assert_eq!(row.len(), m.model.config.n_vocab);
+        let after = m.backend.stats();
+        assert_eq!(
+            (
+                after.submissions - before.submissions,
+                after.readbacks - before.readbacks
+            ),
+            (1, 1)
+        );
+        eprintln!(
+            "decode step {step}: {} dispatches",
+            after.dispatches - before.dispatches
+        );
+        next = argmax(&row);
+    }
+}

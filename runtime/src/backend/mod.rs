@@ -11,12 +11,14 @@ use std::sync::Arc;
 use crate::gguf::GgufFile;
 use crate::quant::GgmlType;
 
+pub mod any;
 pub mod cpu;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 #[doc(hidden)]
 pub mod reference;
 
+pub use any::AnyBackend;
 pub use cpu::CpuBackend;
 
 /// A weight could not be loaded, or the device failed.
