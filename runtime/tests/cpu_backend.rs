@@ -2,12 +2,8 @@
 //! for every weight type, RoPE as complex rotation, attention with explicit head repetition and
 //! masks, norms and activations.
 
-use std::path::Path;
-use std::sync::Arc;
-
 use llava_runtime::backend::reference::attention_f64;
 use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType, Rope};
-use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::quant::{self, GgmlType, DOT_ROWS, TILE_ROWS};
 
 mod common;

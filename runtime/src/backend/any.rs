@@ -11,7 +11,8 @@ use super::gpu::{GpuBackend, GpuKvCache, GpuTensor, GpuWeight};
 use super::{Backend, BackendError, CpuBackend, Heads, KvType, Rope};
 use crate::gguf::GgufFile;
 
-/// The CPU or the GPU backend.
+/// The CPU or the GPU backend. (One lives per process: its size does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum AnyBackend {
     /// The CPU backend.
     Cpu(CpuBackend),

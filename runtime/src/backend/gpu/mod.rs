@@ -258,6 +258,9 @@ pub fn all_shader_sources() -> Vec<(String, String)> {
         .collect()
 }
 
+/// What a rotary table depends on: start, rows, n_rot, base and frequency scale (as bits).
+type RopeKey = (usize, usize, usize, u32, u32);
+
 /// The GPU backend. Not `Sync`: ops record into one pending encoder; use it from one thread.
 pub struct GpuBackend {
     device: wgpu::Device,
@@ -275,7 +278,7 @@ pub struct GpuBackend {
     error: Arc<Mutex<Option<String>>>,
     stats: Cell<GpuStats>,
     /// The rotary angles of the last `rope` call, for the next with the same positions.
-    rope_table: RefCell<Option<((usize, usize, usize, u32, u32), wgpu::Buffer)>>,
+    rope_table: RefCell<Option<(RopeKey, wgpu::Buffer)>>,
 }
 
 impl GpuBackend {
@@ -515,7 +518,7 @@ impl GpuBackend {
     /// shader to unfold the index with.
     fn grid(n: usize) -> ((u32, u32), u32) {
         const MAX: usize = 65535;
-        let x = n.min(MAX).max(1);
+        let x = n.clamp(1, MAX);
         let y = n.div_ceil(x);
         ((x as u32, y as u32), x as u32)
     }
