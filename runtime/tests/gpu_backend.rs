@@ -13,16 +13,28 @@ use common::*;
 
 #[test]
 fn every_shader_validates_without_optional_capabilities() {
-    for (name, source) in all_shader_sources() {
+    for (name, source, subgroups) in all_shader_sources() {
         let module = naga::front::wgsl::parse_str(&source)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
         // pack2x16float/unpack2x16float are core WGSL (naga gates them for old GL only;
         // wgpu grants them on every Vulkan, Metal and DX12 adapter): the one capability.
-        naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
-        )
-        .validate(&module)
+        // Subgroups only in the modules that ask for them, which the backend builds only for
+        // devices that have them.
+        let mut caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        let (mut stages, mut ops) = (
+            naga::valid::ShaderStages::empty(),
+            naga::valid::SubgroupOperationSet::empty(),
+        );
+        if subgroups {
+            caps |= naga::valid::Capabilities::SUBGROUP;
+            stages = naga::valid::ShaderStages::COMPUTE;
+            ops = naga::valid::SubgroupOperationSet::BASIC
+                | naga::valid::SubgroupOperationSet::ARITHMETIC;
+        }
+        naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+            .subgroup_stages(stages)
+            .subgroup_operations(ops)
+            .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
     }
 }
@@ -39,7 +51,12 @@ fn gpus() -> Vec<(&'static str, GpuBackend)> {
     match open(false, None) {
         Ok(own) => {
             eprintln!("adapter: {:?}", own.adapter());
+            // Where the adapter has subgroups, one configuration runs the subgroup kernels
+            // and the other the plain ones.
+            let offered = own.adapter().features.iter().any(|f| f == "subgroups");
+            assert_eq!(own.subgroups(), offered);
             let small = open(true, Some(4096)).expect("the same adapter with downlevel limits");
+            assert!(!small.subgroups());
             vec![("own limits", own), ("downlevel, 4 KiB parts", small)]
         }
         Err(e) => {
@@ -70,35 +87,38 @@ fn matmul_of_every_weight_type_equals_the_f64_dot_of_the_dequantized_rows() {
     let dir = tempfile::tempdir().unwrap();
     for (label, gpu) in gpus() {
         for ty in WEIGHT_TYPES {
-            let (k, n_out) = (512, 37);
-            let file = gguf(
-                dir.path(),
-                &[("w", ty, vec![k as u64, n_out as u64], random(k * n_out, 7))],
-            );
-            let w_ref = dequantized(&file, "w");
-            let w = gpu.load_weight(&file, "w").unwrap();
-            if label.starts_with("downlevel") {
-                assert!(w.n_parts() > 1, "{ty}: the weight was not split");
-            }
-            for rows in [1, 3, 17, 64] {
-                let x = random(rows * k, rows as u64);
-                let got = gpu
-                    .download(&gpu.matmul(&gpu.upload(x.clone(), rows, k), &w))
-                    .unwrap();
-                let (mut want, mut mag) = (Vec::new(), Vec::new());
-                for r in 0..rows {
-                    for n in 0..n_out {
-                        let terms =
-                            (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w_ref[n * k + i]));
-                        want.push(terms.clone().sum::<f64>());
-                        mag.push(terms.map(f64::abs).sum::<f64>());
-                    }
-                }
-                // An f32 sum of k products: within k·2⁻²⁴ of the sum of their magnitudes.
-                let tol = |i: usize| (k as f64 + 2.0) * 2f64.powi(-24) * mag[i];
-                assert_close(&got, &want, tol, &format!("{label}: {ty} × {rows} rows"));
+            // Rows of whole blocks, one length not a multiple of any workgroup's width (odd
+            // for the types without blocks: F16/BF16 rows then end in a padding half).
+            let block = ty.block_size();
+            for k in [if block == 1 { 33 } else { 3 * block.max(32) }, 512] {
+                check_matmul(&gpu, label, ty, k, dir.path());
             }
         }
+    }
+}
+
+fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std::path::Path) {
+    let n_out = 37;
+    let file = gguf(dir, &[("w", ty, vec![k as u64, n_out as u64], random(k * n_out, 7))]);
+    let w_ref = dequantized(&file, "w");
+    let w = gpu.load_weight(&file, "w").unwrap();
+    if label.starts_with("downlevel") && k == 512 {
+        assert!(w.n_parts() > 1, "{ty}: the weight was not split");
+    }
+    for rows in [1, 3, 17, 64] {
+        let x = random(rows * k, rows as u64);
+        let got = gpu.download(&gpu.matmul(&gpu.upload(x.clone(), rows, k), &w)).unwrap();
+        let (mut want, mut mag) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            for n in 0..n_out {
+                let terms = (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w_ref[n * k + i]));
+                want.push(terms.clone().sum::<f64>());
+                mag.push(terms.map(f64::abs).sum::<f64>());
+            }
+        }
+        // An f32 sum of k products: within k·2⁻²⁴ of the sum of their magnitudes.
+        let tol = |i: usize| (k as f64 + 2.0) * 2f64.powi(-24) * mag[i];
+        assert_close(&got, &want, tol, &format!("{label}: {ty}, k {k}, {rows} rows"));
     }
 }
 

@@ -183,6 +183,7 @@ pub struct GpuKvCache {
 mod source {
     pub const QUANT: &str = include_str!("../../../../shaders/quant.wgsl");
     pub const MATMUL: &str = include_str!("../../../../shaders/matmul.wgsl");
+    pub const GEMV_SUBGROUP: &str = include_str!("../../../../shaders/gemv_subgroup.wgsl");
     pub const ROWS: &str = include_str!("../../../../shaders/rows.wgsl");
     pub const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
     pub const NORM: &str = include_str!("../../../../shaders/norm.wgsl");
@@ -192,10 +193,10 @@ mod source {
 }
 
 /// A shader module: a family, and for the families that have them, the variant (a weight type
-/// for matmul/rows, the KV element type for attention).
+/// for matmul/rows, and whether subgroups are enabled; the KV element type for attention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Module {
-    Matmul(GgmlType),
+    Matmul(GgmlType, bool),
     Rows(GgmlType),
     Elementwise,
     Norm,
@@ -215,7 +216,12 @@ impl Module {
             )
         };
         match self {
-            Module::Matmul(ty) => with_dq(ty, source::MATMUL),
+            Module::Matmul(ty, false) => with_dq(ty, source::MATMUL),
+            Module::Matmul(ty, true) => format!(
+                "enable subgroups;\n{}\n{}",
+                with_dq(ty, source::MATMUL),
+                source::GEMV_SUBGROUP
+            ),
             Module::Rows(ty) => with_dq(ty, source::ROWS),
             Module::Elementwise => source::ELEMENTWISE.to_owned(),
             Module::Norm => source::NORM.to_owned(),
@@ -235,9 +241,10 @@ impl Module {
     }
 }
 
-/// Every module the backend can build, for the shader validation test.
+/// Every module the backend can build, for the shader validation test: (name, WGSL, whether
+/// it needs subgroups).
 #[doc(hidden)]
-pub fn all_shader_sources() -> Vec<(String, String)> {
+pub fn all_shader_sources() -> Vec<(String, String, bool)> {
     let mut modules = vec![
         Module::Elementwise,
         Module::Norm,
@@ -248,13 +255,14 @@ pub fn all_shader_sources() -> Vec<(String, String)> {
     ];
     for id in 0..64 {
         if let Some(ty) = GgmlType::from_id(id).filter(|&t| weight::block_bytes(t).is_some()) {
-            modules.push(Module::Matmul(ty));
+            modules.push(Module::Matmul(ty, false));
+            modules.push(Module::Matmul(ty, true));
             modules.push(Module::Rows(ty));
         }
     }
     modules
         .into_iter()
-        .map(|m| (format!("{m:?}"), m.source()))
+        .map(|m| (format!("{m:?}"), m.source(), matches!(m, Module::Matmul(_, true))))
         .collect()
 }
 
@@ -267,6 +275,8 @@ pub struct GpuBackend {
     queue: wgpu::Queue,
     adapter: AdapterSummary,
     downlevel: bool,
+    /// The device has subgroups (requested when the adapter offers them, unless downlevel).
+    subgroups: bool,
     /// The largest weight part, in bytes (the binding limit, or less where asked).
     max_part: u64,
     /// The adapter's largest storage binding.
@@ -321,9 +331,15 @@ impl GpuBackend {
         } else {
             adapter.limits()
         };
+        let subgroups =
+            !options.downlevel && adapter.features().contains(wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("llava"),
-            required_features: wgpu::Features::empty(),
+            required_features: if subgroups {
+                wgpu::Features::SUBGROUP
+            } else {
+                wgpu::Features::empty()
+            },
             required_limits: required_limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -353,6 +369,7 @@ impl GpuBackend {
             queue,
             adapter: summary,
             downlevel: options.downlevel,
+            subgroups,
             max_part,
             max_binding,
             max_buffer: limits.max_buffer_size,
@@ -372,6 +389,11 @@ impl GpuBackend {
     /// Whether the device was opened with downlevel limits.
     pub fn downlevel(&self) -> bool {
         self.downlevel
+    }
+
+    /// Whether the kernels use subgroup operations.
+    pub fn subgroups(&self) -> bool {
+        self.subgroups
     }
 
     /// Work recorded and submitted so far.
@@ -1027,8 +1049,12 @@ impl Backend for GpuBackend {
                 )
             };
             self.dispatch(
-                Module::Matmul(w.ty),
-                if gemv { "gemv" } else { "tiled" },
+                Module::Matmul(w.ty, self.subgroups),
+                match (gemv, self.subgroups) {
+                    (true, true) => "gemv_subgroup",
+                    (true, false) => "gemv",
+                    (false, _) => "tiled",
+                },
                 &[
                     x.rows as u32,
                     part.rows as u32,
