@@ -1,8 +1,8 @@
 // `gemv` (matmul.wgsl) for adapters with subgroups: each subgroup sums its threads' partial
 // dots with one `subgroupAdd`, and one thread adds the subgroups' sums, where the plain
-// kernel halves its way through workgroup memory with a barrier per step. The host prepends
-// `enable subgroups;` and appends this file to matmul.wgsl only when the device has the
-// feature; the results are the plain kernel's within rounding (the tests run both).
+// kernel halves its way through workgroup memory with a barrier per step. The host appends
+// this file to matmul.wgsl only when the device has wgpu's SUBGROUP feature (naga wants no
+// `enable subgroups;` directive); the results are the plain kernel's within rounding (the tests run both).
 
 var<workgroup> subgroup_sums: array<f32, GEMV_THREADS>;
 

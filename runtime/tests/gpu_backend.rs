@@ -35,7 +35,7 @@ fn every_shader_validates_without_optional_capabilities() {
             .subgroup_stages(stages)
             .subgroup_operations(ops)
             .validate(&module)
-        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
     }
 }
 
@@ -99,7 +99,10 @@ fn matmul_of_every_weight_type_equals_the_f64_dot_of_the_dequantized_rows() {
 
 fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std::path::Path) {
     let n_out = 37;
-    let file = gguf(dir, &[("w", ty, vec![k as u64, n_out as u64], random(k * n_out, 7))]);
+    let file = gguf(
+        dir,
+        &[("w", ty, vec![k as u64, n_out as u64], random(k * n_out, 7))],
+    );
     let w_ref = dequantized(&file, "w");
     let w = gpu.load_weight(&file, "w").unwrap();
     if label.starts_with("downlevel") && k == 512 {
@@ -107,7 +110,9 @@ fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std
     }
     for rows in [1, 3, 17, 64] {
         let x = random(rows * k, rows as u64);
-        let got = gpu.download(&gpu.matmul(&gpu.upload(x.clone(), rows, k), &w)).unwrap();
+        let got = gpu
+            .download(&gpu.matmul(&gpu.upload(x.clone(), rows, k), &w))
+            .unwrap();
         let (mut want, mut mag) = (Vec::new(), Vec::new());
         for r in 0..rows {
             for n in 0..n_out {
@@ -118,7 +123,12 @@ fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std
         }
         // An f32 sum of k products: within k·2⁻²⁴ of the sum of their magnitudes.
         let tol = |i: usize| (k as f64 + 2.0) * 2f64.powi(-24) * mag[i];
-        assert_close(&got, &want, tol, &format!("{label}: {ty}, k {k}, {rows} rows"));
+        assert_close(
+            &got,
+            &want,
+            tol,
+            &format!("{label}: {ty}, k {k}, {rows} rows"),
+        );
     }
 }
 

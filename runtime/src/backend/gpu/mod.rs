@@ -217,8 +217,10 @@ impl Module {
         };
         match self {
             Module::Matmul(ty, false) => with_dq(ty, source::MATMUL),
+            // naga takes subgroup operations without WGSL's `enable subgroups;` (it refuses
+            // the directive); the device's SUBGROUP feature is what allows them.
             Module::Matmul(ty, true) => format!(
-                "enable subgroups;\n{}\n{}",
+                "{}\n{}",
                 with_dq(ty, source::MATMUL),
                 source::GEMV_SUBGROUP
             ),
@@ -262,7 +264,13 @@ pub fn all_shader_sources() -> Vec<(String, String, bool)> {
     }
     modules
         .into_iter()
-        .map(|m| (format!("{m:?}"), m.source(), matches!(m, Module::Matmul(_, true))))
+        .map(|m| {
+            (
+                format!("{m:?}"),
+                m.source(),
+                matches!(m, Module::Matmul(_, true)),
+            )
+        })
         .collect()
 }
 
@@ -331,8 +339,7 @@ impl GpuBackend {
         } else {
             adapter.limits()
         };
-        let subgroups =
-            !options.downlevel && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let subgroups = !options.downlevel && adapter.features().contains(wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("llava"),
             required_features: if subgroups {
