@@ -152,7 +152,7 @@ pub fn describe(b: &Chosen) -> String {
         AnyBackend::Gpu(g) => {
             let a = g.adapter();
             format!(
-                "gpu, {} ({}, {}){}",
+                "gpu, {} ({}, {}){}{}",
                 a.name,
                 a.backend,
                 a.driver,
@@ -160,7 +160,8 @@ pub fn describe(b: &Chosen) -> String {
                     ", downlevel limits"
                 } else {
                     ""
-                }
+                },
+                if g.subgroups() { ", subgroups" } else { "" }
             )
         }
     }
