@@ -268,6 +268,10 @@ fn with_avx512(kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels {
         return kernels;
     };
     let mut kernels = with_avx2(kernels, ty);
+    // Batches of interleaved weights with `vpdpbusd` (the VNNI level); decode stays AVX2's.
+    if let (Some(how), Some(gemm)) = (kernels.interleaved, avx512.interleaved_gemm(ty)) {
+        kernels.interleaved = Some(Interleaving { gemm, ..how });
+    }
     if let Some(dot) = avx512.dot(ty) {
         kernels.dot = dot;
         // From the same path as `dot`, or none: a tile must match `dot_path`.

@@ -450,3 +450,52 @@ pub(super) fn gemm_interleaved_q6_k_q8_k(
     }
     [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
 }
+
+/// [`gemm_interleaved_q4_k_q8_k`] with AVX-512 VNNI: each sub-block's products go straight
+/// into i32 sums (`vpdpbusd`, 8 per row) and are scaled once in i32 (`vpmulld`), where AVX2
+/// pairs them in i16, adds the pairs (16 instructions per row) and scales with `vpmaddwd`.
+/// The same exact integer sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn gemm_interleaved_q4_k_q8_k_vnni(
+    w: &[BlockQ4Kx8],
+    a: [&[BlockQ8K]; TILE_ROWS],
+    _sums: [&[ActBlockSum]; TILE_ROWS],
+) -> [[f32; 8]; TILE_ROWS] {
+    const { assert!(TILE_ROWS == 4) };
+    a.iter()
+        .for_each(|a| assert_eq!(w.len(), a.len(), "dot of rows of different lengths"));
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
+    for (i, x) in w.iter().enumerate() {
+        let ys: [&BlockQ8K; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+        let unpacked = q4_k_x8_unpack(x).to_bytes();
+        let mut sumi = [_mm256_setzero_si256(); TILE_ROWS];
+        for j in 0..8 {
+            let (g, high) = (j / 2, j % 2 == 1);
+            let mut dots = [_mm256_setzero_si256(); TILE_ROWS];
+            for t in 0..8 {
+                let p = load_32(&cast_ref::<_, [[u8; 32]; 8]>(&x.qs[g])[t]);
+                let v = if high {
+                    _mm256_and_si256(_mm256_srli_epi16::<4>(p), low)
+                } else {
+                    _mm256_and_si256(p, low)
+                };
+                for (dot, y) in dots.iter_mut().zip(ys) {
+                    *dot = super::legacy_interleaved::dpbusd(*dot, v, q8_k_dword(y, 8 * j + t));
+                }
+            }
+            // Row r's scale in dword r (6 bits: the product stays far inside i32).
+            let scales = _mm256_cvtepu8_epi32(unpacked.of(j));
+            for (sumi, dot) in sumi.iter_mut().zip(dots) {
+                *sumi = _mm256_add_epi32(*sumi, _mm256_mullo_epi32(dot, scales));
+            }
+        }
+        for n in 0..TILE_ROWS {
+            let mins = q4_k_x8_min_sums(unpacked.min_pairs(), ys[n]);
+            let (d, dmin) = q4_k_x8_factors(x, ys[n]);
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[n]), d, acc[n]);
+            acc[n] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc[n]);
+        }
+    }
+    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
+}

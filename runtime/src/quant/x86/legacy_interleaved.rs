@@ -173,3 +173,82 @@ pub(super) fn gemm_interleaved_q8_0_q8_0(
     }
     [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
 }
+
+/// `acc` plus, in each i32 lane, the four u8×i8 products of its bytes: AVX-512 VNNI's
+/// `vpdpbusd` on 256 bits (VL), exact (no saturation).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+pub(super) fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, u, s)
+}
+
+/// [`gemm_interleaved_q4_0_q8_0`] with AVX-512 VNNI: each nibble register times an activation
+/// run goes straight into the i32 sums (`vpdpbusd`), where AVX2 pairs the products in i16
+/// (`vpmaddubsw`), adds the pairs and widens them (`vpmaddwd`). The same exact integer sums.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn gemm_interleaved_q4_0_q8_0_vnni(
+    w: &[BlockQ4_0x8],
+    a: [&[BlockQ8_0]; TILE_ROWS],
+    sums: [&[ActBlockSum]; TILE_ROWS],
+) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+    const { assert!(DOT_ROWS == 8 && TILE_ROWS == 4) };
+    check_tile(w.len(), a, sums);
+    let low = _mm256_set1_epi8(0x0f);
+    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
+    for (i, x) in w.iter().enumerate() {
+        let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+        let mut totals = [_mm256_setzero_si256(); TILE_ROWS];
+        for t in 0..4 {
+            // SAFETY: `qs` is 128 bytes, `t < 4`; an unaligned 32-byte load.
+            let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
+            let lo = _mm256_and_si256(p, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
+            for (total, y) in totals.iter_mut().zip(ys) {
+                *total = dpbusd(*total, lo, run(&y.qs, t));
+                *total = dpbusd(*total, hi, run(&y.qs, 4 + t));
+            }
+        }
+        // SAFETY: `d` is 16 bytes; an unaligned load.
+        let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
+        for n in 0..TILE_ROWS {
+            let s = sums[n][i];
+            let total = _mm256_sub_epi32(totals[n], _mm256_set1_epi32(8 * s.sum));
+            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(s.d));
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scales, acc[n]);
+        }
+    }
+    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
+}
+
+/// [`gemm_interleaved_q8_0_q8_0`] with AVX-512 VNNI: `|w|` times the activation with `w`'s
+/// sign goes straight into the i32 sums (`vpdpbusd`): one instruction where AVX2 takes three.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn gemm_interleaved_q8_0_q8_0_vnni(
+    w: &[BlockQ8_0x8],
+    a: [&[BlockQ8_0]; TILE_ROWS],
+    sums: [&[ActBlockSum]; TILE_ROWS],
+) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+    const { assert!(DOT_ROWS == 8 && TILE_ROWS == 4) };
+    check_tile(w.len(), a, sums);
+    let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
+    for (i, x) in w.iter().enumerate() {
+        let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
+        let mut totals = [_mm256_setzero_si256(); TILE_ROWS];
+        for t in 0..8 {
+            // SAFETY: `qs` is 256 bytes and `t < 8`; an unaligned 32-byte load.
+            let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
+            // `vpabsb` of -128 is 0x80: 128 read as unsigned.
+            let magnitude = _mm256_abs_epi8(p);
+            for (total, y) in totals.iter_mut().zip(ys) {
+                *total = dpbusd(*total, magnitude, _mm256_sign_epi8(run(&y.qs, t), p));
+            }
+        }
+        // SAFETY: `d` is 16 bytes; an unaligned load.
+        let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
+        for n in 0..TILE_ROWS {
+            let scales = _mm256_mul_ps(dw, _mm256_set1_ps(sums[n][i].d));
+            acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(totals[n]), scales, acc[n]);
+        }
+    }
+    [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
+}

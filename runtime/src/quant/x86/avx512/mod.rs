@@ -34,7 +34,7 @@ use bytemuck::cast_slice;
 use half::f16;
 
 use super::{safe_dot, safe_dot_tile};
-use crate::quant::dispatch::{DotFn, DotTileFn, TILE_ROWS};
+use crate::quant::dispatch::{ActBlockSum, DotFn, DotTileFn, InterleavedGemmFn, DOT_ROWS, TILE_ROWS};
 use crate::quant::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1, GgmlType,
@@ -108,6 +108,50 @@ impl Avx512 {
         })
     }
 }
+
+impl Avx512 {
+    /// The batch kernel of interleaved weights of type `ty` that uses `vpdpbusd`, on the VNNI
+    /// level (the layouts and the decode dots stay AVX2's: decode is bound by memory).
+    pub(crate) fn interleaved_gemm(self, ty: GgmlType) -> Option<InterleavedGemmFn> {
+        if !self.vnni {
+            return None;
+        }
+        Some(match ty {
+            GgmlType::Q4_0 => gemm_interleaved_q4_0_vnni,
+            GgmlType::Q8_0 => gemm_interleaved_q8_0_vnni,
+            GgmlType::Q4K => gemm_interleaved_q4_k_vnni,
+            _ => return None,
+        })
+    }
+}
+
+/// Safe byte-level wrappers around the VNNI batch kernels of interleaved weights.
+macro_rules! safe_vnni_gemm {
+    ($name:ident, $kernel:path) => {
+        fn $name(
+            w: &[u8],
+            a: [&[u8]; TILE_ROWS],
+            sums: [&[ActBlockSum]; TILE_ROWS],
+        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+            // SAFETY: reachable only through `Avx512::interleaved_gemm` on an `Avx512` made
+            // by `detect_vnni`: the CPU has AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C.
+            unsafe { $kernel(cast_slice(w), a.map(cast_slice), sums) }
+        }
+    };
+}
+
+safe_vnni_gemm!(
+    gemm_interleaved_q4_0_vnni,
+    super::legacy_interleaved::gemm_interleaved_q4_0_q8_0_vnni
+);
+safe_vnni_gemm!(
+    gemm_interleaved_q8_0_vnni,
+    super::legacy_interleaved::gemm_interleaved_q8_0_q8_0_vnni
+);
+safe_vnni_gemm!(
+    gemm_interleaved_q4_k_vnni,
+    super::k_quants_interleaved::gemm_interleaved_q4_k_q8_k_vnni
+);
 
 /// The dots of the 32-element formats at one level.
 struct LegacyDots {
