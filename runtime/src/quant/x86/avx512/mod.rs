@@ -34,7 +34,9 @@ use bytemuck::cast_slice;
 use half::f16;
 
 use super::{safe_dot, safe_dot_tile};
-use crate::quant::dispatch::{ActBlockSum, DotFn, DotTileFn, InterleavedGemmFn, DOT_ROWS, TILE_ROWS};
+use crate::quant::dispatch::{
+    ActBlockSum, DotFn, DotTileFn, InterleavedGemmFn, DOT_ROWS, TILE_ROWS,
+};
 use crate::quant::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
     BlockQ8_1, GgmlType,
@@ -111,7 +113,10 @@ impl Avx512 {
 
 impl Avx512 {
     /// The batch kernel of interleaved weights of type `ty` that uses `vpdpbusd`, on the VNNI
-    /// level (the layouts and the decode dots stay AVX2's: decode is bound by memory).
+    /// level (the layouts and the decode dots stay AVX2's: decode is bound by memory). Q4_0
+    /// and Q8_0 only: a Q4_K one (`vpdpbusd` per run, `vpmulld` per sub-block's scale) ran no
+    /// faster than AVX2's (gemm/q4_K 4096×4096×128: 16.7 against 16.2 ms, 2026-12-06); its
+    /// time goes to the activation broadcasts and the nibble unpacking, not the products.
     pub(crate) fn interleaved_gemm(self, ty: GgmlType) -> Option<InterleavedGemmFn> {
         if !self.vnni {
             return None;
@@ -119,7 +124,6 @@ impl Avx512 {
         Some(match ty {
             GgmlType::Q4_0 => gemm_interleaved_q4_0_vnni,
             GgmlType::Q8_0 => gemm_interleaved_q8_0_vnni,
-            GgmlType::Q4K => gemm_interleaved_q4_k_vnni,
             _ => return None,
         })
     }
@@ -147,10 +151,6 @@ safe_vnni_gemm!(
 safe_vnni_gemm!(
     gemm_interleaved_q8_0_vnni,
     super::legacy_interleaved::gemm_interleaved_q8_0_q8_0_vnni
-);
-safe_vnni_gemm!(
-    gemm_interleaved_q4_k_vnni,
-    super::k_quants_interleaved::gemm_interleaved_q4_k_q8_k_vnni
 );
 
 /// The dots of the 32-element formats at one level.
