@@ -120,7 +120,7 @@ pub fn run(args: &Args) -> Result<()> {
         )?;
     }
     let (load_time, vision_load_time) = pipeline.load_times();
-    let backend = crate::load::describe(pipeline.backend());
+    let backend = crate::load::describe_pipeline(&pipeline);
     let (threads, kernels) = crate::load::workers_and_kernels(pipeline.backend());
     diag!(
         "llava bench: {} loaded in {:.0} ms, {backend}",

@@ -20,7 +20,7 @@ use llava_models::{GenerateOptions, LoadOptions};
 use llava_runtime::backend::KvType;
 use serde_json::{json, Value};
 
-use crate::load::{describe, load_pipeline, Stages};
+use crate::load::{describe_pipeline, load_pipeline, Stages};
 use crate::output::{check_outputs, create_parent, Output};
 use crate::run::{SamplingArgs, SHORT_ANSWER};
 
@@ -143,7 +143,7 @@ pub fn run(args: &Args) -> Result<()> {
         "llava caption: {} image(s) with {} ({})",
         todo.len(),
         args.model.display(),
-        describe(pipeline.backend())
+        describe_pipeline(&pipeline)
     );
     sampler.penalty_last_n = sampler.penalty_last_n.min(pipeline.n_ctx());
     let options = GenerateOptions {

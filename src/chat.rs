@@ -18,7 +18,7 @@ use llava_models::{GenerateOptions, Pipeline, Session, StopReason, TurnStats};
 use llava_runtime::sample::SamplerConfig;
 use serde_json::json;
 
-use crate::load::{check_images, describe, load_images, Chosen, Stages};
+use crate::load::{check_images, describe_pipeline, load_images, Chosen, Stages};
 use crate::output::{check_outputs, commit, write_staged, Output};
 use crate::run::{on_terminal, SamplingArgs, SHORT_ANSWER};
 
@@ -98,7 +98,7 @@ pub fn run(args: &Args) -> Result<()> {
         diag!(
             "llava chat: {} ({}), context {}, template {}{}",
             args.models.model.display(),
-            describe(pipeline.backend()),
+            describe_pipeline(&pipeline),
             pipeline.n_ctx(),
             session.template(),
             if interactive {

@@ -109,6 +109,10 @@ pub struct DeviceArgs {
     /// the CPU). llama.cpp's `-ngl N` means gpu for N > 0.
     #[arg(long, default_value = "cpu")]
     pub device: Device,
+    /// Where to run the vision tower, if not where the LLM runs (same values as --device): a
+    /// split, e.g. the tower on the GPU and the LLM on the CPU.
+    #[arg(long)]
+    pub vision_device: Option<Device>,
     /// On the GPU, ask for WebGPU's downlevel limits and no optional feature, whatever the
     /// adapter offers: the path the weakest GPUs (a Raspberry Pi 5's) take.
     #[arg(long)]
@@ -122,15 +126,20 @@ pub type Chosen = AnyBackend;
 /// than the logical CPUs are capped, with a warning: 1000 threads on 2 cores took 33 s for 2
 /// tokens). `auto` without a hardware GPU is the CPU.
 pub fn backend(threads: usize, device: &DeviceArgs) -> Result<Chosen> {
+    backend_on(threads, device.device, device.gpu_downlevel)
+}
+
+/// The backend of one `--device` value.
+fn backend_on(threads: usize, device: Device, gpu_downlevel: bool) -> Result<Chosen> {
     let gpu = |adapter| {
         GpuBackend::new(&GpuOptions {
             adapter,
-            downlevel: device.gpu_downlevel,
+            downlevel: gpu_downlevel,
             max_binding: None,
         })
     };
     let cpu = || AnyBackend::Cpu(CpuBackend::new(capped_threads(threads)));
-    Ok(match device.device {
+    Ok(match device {
         Device::Cpu => cpu(),
         Device::Gpu(index) => AnyBackend::Gpu(
             gpu(index.map_or(AdapterChoice::Hardware, AdapterChoice::Index))
@@ -138,6 +147,17 @@ pub fn backend(threads: usize, device: &DeviceArgs) -> Result<Chosen> {
         ),
         Device::Auto => gpu(AdapterChoice::Hardware).map_or_else(|_| cpu(), AnyBackend::Gpu),
     })
+}
+
+/// The pipeline's backends in a few words: [`describe`] of the LLM's, and of the tower's when
+/// it runs elsewhere (`--vision-device`).
+pub fn describe_pipeline(p: &Pipeline<Chosen>) -> String {
+    let llm = describe(p.backend());
+    if std::ptr::eq(p.vision_backend(), p.backend()) {
+        llm
+    } else {
+        format!("{llm}; vision tower: {}", describe(p.vision_backend()))
+    }
 }
 
 /// The backend in a few words, for `--verbose` and reports: "cpu, 2 threads, avx2 kernels",
@@ -203,7 +223,14 @@ pub fn load_pipeline(
     let pipeline = match mmproj {
         Some(path) => {
             stages.start(&format!("loading {}", path.display()));
-            pipeline.with_vision(path)?
+            match device.vision_device {
+                Some(v) if v != device.device => {
+                    let vision =
+                        backend_on(threads, v, device.gpu_downlevel).context("--vision-device")?;
+                    pipeline.with_vision_on(vision, path)?
+                }
+                _ => pipeline.with_vision(path)?,
+            }
         }
         None => pipeline,
     };

@@ -14,7 +14,7 @@ use llava_models::template::Template;
 use llava_models::GenerateOptions;
 use llava_runtime::sample::SamplerConfig;
 
-use crate::load::{check_images, describe, load_images, prompt_text, Stages};
+use crate::load::{check_images, describe_pipeline, load_images, prompt_text, Stages};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -175,7 +175,7 @@ pub fn run(args: &Args) -> Result<()> {
                 None => String::new(),
             },
             pipeline.llm().config.n_layers,
-            describe(pipeline.backend()),
+            describe_pipeline(&pipeline),
             pipeline.n_ctx(),
             pipeline.kv_type().name(),
             session.template(),

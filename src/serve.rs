@@ -32,7 +32,7 @@ use llava_models::{Error as ModelError, GenerateOptions, Pipeline, StopReason};
 use llava_runtime::sample::SamplerConfig;
 use serde_json::{json, Value};
 
-use crate::load::{describe, load_pipeline, Chosen, Stages};
+use crate::load::{describe_pipeline, load_pipeline, Chosen, Stages};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -223,7 +223,7 @@ pub fn run(args: &Args) -> Result<()> {
                     }
                 };
                 shared.n_ctx.store(pipeline.n_ctx(), Ordering::SeqCst);
-                let _ = ready_tx.send(Ok((pipeline.n_ctx(), describe(pipeline.backend()))));
+                let _ = ready_tx.send(Ok((pipeline.n_ctx(), describe_pipeline(&pipeline))));
                 work(&pipeline, template, slots, &queue, &shared);
             })
             .context("cannot start the worker thread")?

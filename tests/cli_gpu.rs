@@ -1,5 +1,5 @@
-//! The GPU from the command line: `llava devices`, `--device` (and llama.cpp's `-ngl`) on
-//! `run`, with the tiny LLaVA fixture; the GPU's greedy answer is the CPU's. Runs on whatever
+//! The GPU from the command line: `llava devices`, `--device` (and llama.cpp's `-ngl`) and
+//! `--vision-device` on `run`, with the tiny LLaVA fixture; the GPU's greedy answer is the CPU's. Runs on whatever
 //! adapter there is (CI: lavapipe, taken by its number since software adapters are never
 //! chosen automatically); the GPU runs are skipped, saying so, where there is none.
 
@@ -51,6 +51,14 @@ fn run_on_the_gpu_answers_as_the_cpu_does() {
         let gpu = answer(dir.path(), extra);
         assert!(stderr(&gpu).contains("gpu, "), "{}", stderr(&gpu));
         assert_eq!(stdout(&gpu), stdout(&cpu), "{extra:?}");
+    }
+    // A split: the tower on one device, the LLM on the other, either way round.
+    for (llm, vision) in [("gpu:0", "cpu"), ("cpu", "gpu:0")] {
+        let split = answer(dir.path(), &["--device", llm, "--vision-device", vision]);
+        let said = stderr(&split);
+        let tower = said.split("vision tower: ").nth(1).unwrap_or_default();
+        assert!(tower.starts_with(&vision[..3]), "{llm}/{vision}: {said}");
+        assert_eq!(stdout(&split), stdout(&cpu), "{llm}/{vision}");
     }
 }
 

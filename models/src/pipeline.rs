@@ -161,6 +161,8 @@ pub struct Pipeline<B: Backend> {
     llm: Llama<B>,
     tokenizer: Tokenizer,
     vision: Option<Clip<B>>,
+    /// The backend the tower runs on when it is not the LLM's ([`Pipeline::with_vision_on`]).
+    vision_backend: Option<B>,
     template: Template,
     n_ctx: usize,
     kv_type: KvType,
@@ -236,6 +238,7 @@ impl<B: Backend> Pipeline<B> {
             llm,
             tokenizer,
             vision: None,
+            vision_backend: None,
             template: Template::from_chat_template(chat_template.as_deref()),
             n_ctx,
             kv_type: options.kv_type,
@@ -249,7 +252,18 @@ impl<B: Backend> Pipeline<B> {
 
     /// Adds the vision tower and projector at `path`, checking that its projector feeds this
     /// LLM.
-    pub fn with_vision(mut self, path: &Path) -> Result<Self, Error> {
+    pub fn with_vision(self, path: &Path) -> Result<Self, Error> {
+        self.add_vision(None, path)
+    }
+
+    /// [`Pipeline::with_vision`] with the tower on `backend` instead of the LLM's (a split:
+    /// the tower on the GPU and the LLM on the CPU, or the other way round). Each image's
+    /// embeddings then cross once from one to the other.
+    pub fn with_vision_on(self, backend: B, path: &Path) -> Result<Self, Error> {
+        self.add_vision(Some(backend), path)
+    }
+
+    fn add_vision(mut self, backend: Option<B>, path: &Path) -> Result<Self, Error> {
         let t0 = Instant::now();
         let file = Arc::new(GgufFile::open(path)?);
         if let Ok(arch @ "llama") = file.get_str(KEY_ARCHITECTURE) {
@@ -258,7 +272,7 @@ impl<B: Backend> Pipeline<B> {
                 format!("is an LLM file (architecture {arch:?}), not a vision tower: pass it as -m, and the mmproj as --mmproj"),
             ));
         }
-        let clip = Clip::load(&self.backend, &file)?;
+        let clip = Clip::load(backend.as_ref().unwrap_or(&self.backend), &file)?;
         let (out, hidden) = (clip.projector.output_size(), self.llm.config.hidden_size);
         if out != hidden {
             return Err(incompatible(
@@ -270,6 +284,7 @@ impl<B: Backend> Pipeline<B> {
             ));
         }
         self.vision = Some(clip);
+        self.vision_backend = backend;
         self.vision_load_time = t0.elapsed();
         Ok(self)
     }
@@ -277,6 +292,12 @@ impl<B: Backend> Pipeline<B> {
     /// The backend the models run on.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The backend the vision tower runs on: the LLM's unless [`Pipeline::with_vision_on`]
+    /// gave it another.
+    pub fn vision_backend(&self) -> &B {
+        self.vision_backend.as_ref().unwrap_or(&self.backend)
     }
 
     /// The LLM.
@@ -343,19 +364,32 @@ impl<B: Backend> Pipeline<B> {
     pub fn encode_image(&self, image: &RgbImage) -> Result<B::Tensor, Error> {
         self.check_image(image)?;
         if !self.image_cache.enabled() {
-            return Ok(encode_image(&self.backend, self.require_vision()?, image));
+            return self.encode_uncached(image);
         }
         let key = self.image_cache.key(image);
         if let Some(hit) = self.image_cache.get(&key) {
             let data = Arc::unwrap_or_clone(hit.data);
             return Ok(self.backend.upload(data, hit.rows, hit.cols));
         }
-        let embeddings = encode_image(&self.backend, self.require_vision()?, image);
+        let embeddings = self.encode_uncached(image)?;
         let (rows, cols) = self.backend.shape(&embeddings);
         let data = Arc::new(self.backend.download(&embeddings)?);
         self.image_cache
             .insert(key, CachedEmbedding { rows, cols, data });
         Ok(embeddings)
+    }
+
+    /// The tower's embeddings of `image`, on the LLM's backend.
+    fn encode_uncached(&self, image: &RgbImage) -> Result<B::Tensor, Error> {
+        let clip = self.require_vision()?;
+        match &self.vision_backend {
+            None => Ok(encode_image(&self.backend, clip, image)),
+            Some(vision) => {
+                let features = encode_image(vision, clip, image);
+                let (rows, cols) = vision.shape(&features);
+                Ok(self.backend.upload(vision.download(&features)?, rows, cols))
+            }
+        }
     }
 
     /// Hits and misses of the image-embedding cache, and what it holds.
