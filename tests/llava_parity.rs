@@ -210,25 +210,31 @@ fn quantized_files_stay_close_to_transformers() {
         (Preset::Q4KM, Preset::Q8_0, 0.95, 0.03),
     ] {
         let r = run(&convert(llm, vision));
-        let (mut agree, mut kl) = (0usize, 0f64);
-        let rows = want.len() / n_vocab;
-        for (ours, theirs) in r.logits.chunks(n_vocab).zip(want.chunks(n_vocab)) {
-            let am = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
-            agree += usize::from(am(ours) == am(theirs));
-            let (p, q) = (log_softmax(theirs), log_softmax(ours));
-            kl += p
-                .iter()
-                .zip(&q)
-                .map(|(a, b)| a.exp() * (a - b))
-                .sum::<f64>();
-        }
-        let (agree, kl) = (agree as f64 / rows as f64, kl / rows as f64);
+        let (agree, kl) = agreement_and_kl(&r.logits, &want, n_vocab);
         eprintln!("llm {llm}, vision {vision}: argmax agreement {agree:.3}, mean KL {kl:.2e}");
         assert!(
             agree >= min_agree && kl <= max_kl,
             "{llm}/{vision}: {agree} {kl}"
         );
     }
+}
+
+/// The share of positions whose argmax matches the reference's, and the mean KL divergence
+/// from the reference's distribution, over rows of `n_vocab` logits.
+fn agreement_and_kl(ours: &[f32], want: &[f32], n_vocab: usize) -> (f64, f64) {
+    let (mut agree, mut kl) = (0usize, 0f64);
+    let rows = want.len() / n_vocab;
+    for (ours, theirs) in ours.chunks(n_vocab).zip(want.chunks(n_vocab)) {
+        let am = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
+        agree += usize::from(am(ours) == am(theirs));
+        let (p, q) = (log_softmax(theirs), log_softmax(ours));
+        kl += p
+            .iter()
+            .zip(&q)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+    }
+    (agree as f64 / rows as f64, kl / rows as f64)
 }
 
 /// The same end to end on the GPU backend, with the CPU's bounds: F32 within 1e-3 of
@@ -257,19 +263,7 @@ fn the_gpu_backend_matches_transformers_like_the_cpu() {
         (Preset::Q4KM, Preset::Q8_0, 0.95, 0.03),
     ] {
         let r = run_on(&gpu, &convert(llm, vision));
-        let rows = want_l.len() / n_vocab;
-        let (mut agree, mut kl) = (0usize, 0f64);
-        for (ours, theirs) in r.logits.chunks(n_vocab).zip(want_l.chunks(n_vocab)) {
-            let am = |x: &[f32]| (0..x.len()).fold(0, |b, i| if x[i] > x[b] { i } else { b });
-            agree += usize::from(am(ours) == am(theirs));
-            let (p, q) = (log_softmax(theirs), log_softmax(ours));
-            kl += p
-                .iter()
-                .zip(&q)
-                .map(|(a, b)| a.exp() * (a - b))
-                .sum::<f64>();
-        }
-        let (agree, kl) = (agree as f64 / rows as f64, kl / rows as f64);
+        let (agree, kl) = agreement_and_kl(&r.logits, &want_l, n_vocab);
         eprintln!(
             "llm {llm}, vision {vision} on the GPU: argmax agreement {agree:.3}, mean KL {kl:.2e}"
         );

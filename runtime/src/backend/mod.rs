@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Tensor};
 use crate::quant::GgmlType;
 
 pub mod any;
@@ -66,6 +66,43 @@ pub enum BackendError {
         /// What the device reported.
         message: String,
     },
+}
+
+/// Tensor `name` of `file` and its index, or [`BackendError::MissingTensor`]: how every
+/// backend's `load_weight` starts.
+pub(crate) fn find_tensor<'f>(
+    file: &'f GgufFile,
+    name: &str,
+) -> Result<(usize, Tensor<'f>), BackendError> {
+    let index = file
+        .tensor_index(name)
+        .ok_or_else(|| BackendError::MissingTensor {
+            path: file.path().to_owned(),
+            name: name.to_owned(),
+        })?;
+    Ok((index, file.tensor_at(index).expect("index from the file")))
+}
+
+/// `[row_len, rows]`: tensor `name` of `shape` viewed as rows of `row_len` elements, for
+/// `load_matrix`. The new rows must be whole original rows, so every quantization block stays
+/// inside one row; else [`BackendError::BadReshape`].
+pub(crate) fn matrix_shape(
+    file: &GgufFile,
+    name: &str,
+    shape: &[u64],
+    row_len: usize,
+) -> Result<[u64; 2], BackendError> {
+    let n: u64 = shape.iter().product();
+    let ne0 = shape.first().copied().unwrap_or(1);
+    if row_len == 0 || !(row_len as u64).is_multiple_of(ne0) || !n.is_multiple_of(row_len as u64) {
+        return Err(BackendError::BadReshape {
+            path: file.path().to_owned(),
+            name: name.to_owned(),
+            shape: shape.to_vec(),
+            row_len,
+        });
+    }
+    Ok([row_len as u64, n / row_len as u64])
 }
 
 /// How the KV cache stores keys and values.

@@ -173,13 +173,7 @@ impl Backend for CpuBackend {
     }
 
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<CpuWeight, BackendError> {
-        let index = file
-            .tensor_index(name)
-            .ok_or_else(|| BackendError::MissingTensor {
-                path: file.path().to_owned(),
-                name: name.to_owned(),
-            })?;
-        let t = file.tensor_at(index).expect("index from the file");
+        let (index, t) = super::find_tensor(file, name)?;
         let ty = t.ggml_type();
         // Block structs hold f16/f32 fields: the data must be aligned for them to be read in
         // place. GGUF's default 32-byte alignment guarantees it; a file written with
@@ -208,21 +202,7 @@ impl Backend for CpuBackend {
         row_len: usize,
     ) -> Result<CpuWeight, BackendError> {
         let mut w = self.load_weight(file, name)?;
-        let n: u64 = w.shape.iter().product();
-        let ne0 = w.shape.first().copied().unwrap_or(1);
-        // Rows of whole original rows keep every quantization block inside one row.
-        if row_len == 0
-            || !(row_len as u64).is_multiple_of(ne0)
-            || !n.is_multiple_of(row_len as u64)
-        {
-            return Err(BackendError::BadReshape {
-                path: file.path().to_owned(),
-                name: name.to_owned(),
-                shape: w.shape,
-                row_len,
-            });
-        }
-        w.shape = vec![row_len as u64, n / row_len as u64];
+        w.shape = super::matrix_shape(file, name, &w.shape, row_len)?.to_vec();
         Ok(w)
     }
 

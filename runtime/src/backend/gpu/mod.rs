@@ -856,13 +856,7 @@ impl Backend for GpuBackend {
     }
 
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<GpuWeight, BackendError> {
-        let index = file
-            .tensor_index(name)
-            .ok_or_else(|| BackendError::MissingTensor {
-                path: file.path().to_owned(),
-                name: name.to_owned(),
-            })?;
-        let t = file.tensor_at(index).expect("index from the file");
+        let (_, t) = super::find_tensor(file, name)?;
         let row_len = t.shape().first().copied().unwrap_or(1) as usize;
         self.upload_weight(
             t.ggml_type(),
@@ -880,27 +874,8 @@ impl Backend for GpuBackend {
         name: &str,
         row_len: usize,
     ) -> Result<GpuWeight, BackendError> {
-        let index = file
-            .tensor_index(name)
-            .ok_or_else(|| BackendError::MissingTensor {
-                path: file.path().to_owned(),
-                name: name.to_owned(),
-            })?;
-        let t = file.tensor_at(index).expect("index from the file");
-        let n: u64 = t.shape().iter().product();
-        let ne0 = t.shape().first().copied().unwrap_or(1);
-        if row_len == 0
-            || !(row_len as u64).is_multiple_of(ne0)
-            || !n.is_multiple_of(row_len as u64)
-        {
-            return Err(BackendError::BadReshape {
-                path: file.path().to_owned(),
-                name: name.to_owned(),
-                shape: t.shape().to_vec(),
-                row_len,
-            });
-        }
-        let shape = [row_len as u64, n / row_len as u64];
+        let (_, t) = super::find_tensor(file, name)?;
+        let shape = super::matrix_shape(file, name, t.shape(), row_len)?;
         self.upload_weight(t.ggml_type(), &shape, t.data, row_len, name, file.path())
     }
 
