@@ -20,11 +20,7 @@ fn gemv_subgroup(
     let base = n * p.row_words;
     let n_subgroups = (GEMV_THREADS + sg_size - 1u) / sg_size;
     for (var r = 0u; r < p.m; r++) {
-        var acc = 0.0;
-        for (var k = t; k < p.k; k += GEMV_THREADS) {
-            acc += dq(base, k) * x[r * p.x_stride + k];
-        }
-        let sum = subgroupAdd(acc);
+        let sum = subgroupAdd(row_partial(base, r, t));
         if (sg_id == 0u) {
             subgroup_sums[t / sg_size] = sum;
         }

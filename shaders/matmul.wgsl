@@ -22,6 +22,26 @@ struct Params {
 const GEMV_THREADS: u32 = 64u;
 var<workgroup> partial: array<f32, GEMV_THREADS>;
 
+// Thread `t`'s share of the dot of weight row `base` with row `r` of x: eight elements at a
+// time (`dq8`) where the row length allows, else one at a time.
+fn row_partial(base: u32, r: u32, t: u32) -> f32 {
+    var acc = 0.0;
+    let xr = r * p.x_stride;
+    if (p.k % 8u == 0u) {
+        for (var k8 = 8u * t; k8 < p.k; k8 += 8u * GEMV_THREADS) {
+            let v = dq8(base, k8);
+            let x0 = vec4<f32>(x[xr + k8], x[xr + k8 + 1u], x[xr + k8 + 2u], x[xr + k8 + 3u]);
+            let x1 = vec4<f32>(x[xr + k8 + 4u], x[xr + k8 + 5u], x[xr + k8 + 6u], x[xr + k8 + 7u]);
+            acc += dot(v.lo, x0) + dot(v.hi, x1);
+        }
+    } else {
+        for (var k = t; k < p.k; k += GEMV_THREADS) {
+            acc += dq(base, k) * x[xr + k];
+        }
+    }
+    return acc;
+}
+
 // Few rows of x (decode): one workgroup per output column; its threads split the row and
 // sum in workgroup memory.
 @compute @workgroup_size(64)
@@ -32,11 +52,7 @@ fn gemv(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) t:
     }
     let base = n * p.row_words;
     for (var r = 0u; r < p.m; r++) {
-        var acc = 0.0;
-        for (var k = t; k < p.k; k += GEMV_THREADS) {
-            acc += dq(base, k) * x[r * p.x_stride + k];
-        }
-        partial[t] = acc;
+        partial[t] = row_partial(base, r, t);
         workgroupBarrier();
         for (var s = GEMV_THREADS / 2u; s > 0u; s >>= 1u) {
             if (t < s) {

@@ -157,3 +157,97 @@ fn dq_q6_k(base: u32, k: u32) -> f32 {
     // ggml's order: (d · scale) · q.
     return (half_at(b, 208u) * f32(sbyte_at(b, 192u + n / 16u))) * f32(q);
 }
+
+// Eight consecutive elements `k8..k8 + 8` of a row (`k8` a multiple of 8), for the decode
+// kernel: a block's scales are decoded once for the eight, and its quants read a word at a
+// time. `dq8_generic` (eight `dq` calls) serves the types without a specialised one.
+struct Eight {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+fn dq8_generic(base: u32, k8: u32) -> Eight {
+    return Eight(
+        vec4<f32>(dq(base, k8), dq(base, k8 + 1u), dq(base, k8 + 2u), dq(base, k8 + 3u)),
+        vec4<f32>(dq(base, k8 + 4u), dq(base, k8 + 5u), dq(base, k8 + 6u), dq(base, k8 + 7u)),
+    );
+}
+
+// The four bytes of `word`, shifted right by `shift` and masked by `mask`, as floats.
+fn bytes4(word: u32, shift: u32, mask: u32) -> vec4<f32> {
+    let v = (word >> shift) & mask;
+    return vec4<f32>(f32(v & 0xffu), f32((v >> 8u) & 0xffu), f32((v >> 16u) & 0xffu), f32(v >> 24u));
+}
+
+// The four bytes of `word` as signed values.
+fn sbytes4(word: u32) -> vec4<f32> {
+    let v = vec4<i32>(i32(word << 24u), i32(word << 16u), i32(word << 8u), i32(word)) >> vec4<u32>(24u);
+    return vec4<f32>(v);
+}
+
+fn dq8_f32(base: u32, k8: u32) -> Eight {
+    let at = base + k8;
+    return Eight(
+        bitcast<vec4<f32>>(vec4<u32>(w[at], w[at + 1u], w[at + 2u], w[at + 3u])),
+        bitcast<vec4<f32>>(vec4<u32>(w[at + 4u], w[at + 5u], w[at + 6u], w[at + 7u])),
+    );
+}
+
+fn dq8_f16(base: u32, k8: u32) -> Eight {
+    let at = base + k8 / 2u;
+    return Eight(
+        vec4<f32>(unpack2x16float(w[at]), unpack2x16float(w[at + 1u])),
+        vec4<f32>(unpack2x16float(w[at + 2u]), unpack2x16float(w[at + 3u])),
+    );
+}
+
+fn dq8_q4_0(base: u32, k8: u32) -> Eight {
+    let b = base + (k8 / 32u) * 5u;
+    let j = k8 % 32u;
+    let at = b + (j % 16u) / 4u;
+    let shift = (j / 16u) * 4u;
+    let d = half_at(b, 16u);
+    return Eight(
+        (bytes4(w[at], shift, 0x0f0f0f0fu) - 8.0) * d,
+        (bytes4(w[at + 1u], shift, 0x0f0f0f0fu) - 8.0) * d,
+    );
+}
+
+fn dq8_q8_0(base: u32, k8: u32) -> Eight {
+    let b = base + (k8 / 32u) * 9u;
+    let at = b + (k8 % 32u) / 4u;
+    let d = half_at(b, 32u);
+    return Eight(sbytes4(w[at]) * d, sbytes4(w[at + 1u]) * d);
+}
+
+fn dq8_q4_k(base: u32, k8: u32) -> Eight {
+    let b = base + (k8 / 256u) * 36u;
+    let n = k8 % 256u;
+    let sm = scale_min_k4(b, n / 32u);
+    let scale = half_at(b, 0u) * sm.x;
+    let min = half_at(b, 2u) * sm.y;
+    let at = b + (16u + 32u * (n / 64u) + n % 32u) / 4u;
+    let shift = ((n / 32u) % 2u) * 4u;
+    return Eight(
+        scale * bytes4(w[at], shift, 0x0f0f0f0fu) - min,
+        scale * bytes4(w[at + 1u], shift, 0x0f0f0f0fu) - min,
+    );
+}
+
+fn dq8_q6_k(base: u32, k8: u32) -> Eight {
+    let b = base + (k8 / 256u) * 53u;
+    let n = k8 % 256u;
+    let half = n / 128u;
+    let r = n % 128u;
+    let row = r / 32u;
+    let l = r % 32u;
+    let ql_at = b + (64u * half + l + 32u * (row % 2u)) / 4u;
+    let qh_at = b + (128u + 32u * half + l) / 4u;
+    let ql_shift = (row / 2u) * 4u;
+    let qh_shift = 2u * row;
+    // ggml's order: (d · scale) · q.
+    let scale = half_at(b, 208u) * f32(sbyte_at(b, 192u + n / 16u));
+    let lo = bytes4(w[ql_at], ql_shift, 0x0f0f0f0fu) + 16.0 * bytes4(w[qh_at], qh_shift, 0x03030303u);
+    let hi = bytes4(w[ql_at + 1u], ql_shift, 0x0f0f0f0fu) + 16.0 * bytes4(w[qh_at + 1u], qh_shift, 0x03030303u);
+    return Eight(scale * (lo - 32.0), scale * (hi - 32.0));
+}

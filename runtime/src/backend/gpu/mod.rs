@@ -210,8 +210,10 @@ impl Module {
     fn source(self) -> String {
         let with_dq = |ty: GgmlType, body: &str| {
             format!(
-                "fn dq(base: u32, k: u32) -> f32 {{ return {}(base, k); }}\n{}\n{body}",
+                "fn dq(base: u32, k: u32) -> f32 {{ return {}(base, k); }}\n\
+                 fn dq8(base: u32, k8: u32) -> Eight {{ return {}(base, k8); }}\n{}\n{body}",
                 weight::shader_fn(ty),
+                weight::shader_fn8(ty),
                 source::QUANT
             )
         };

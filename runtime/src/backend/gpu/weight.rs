@@ -45,6 +45,20 @@ pub(super) fn shader_fn(ty: GgmlType) -> &'static str {
     }
 }
 
+/// The name of the type's eight-element function in quant.wgsl (decode's kernel):
+/// specialised for the types decode spends most on, `dq8_generic` for the others.
+pub(super) fn shader_fn8(ty: GgmlType) -> &'static str {
+    match ty {
+        GgmlType::F32 => "dq8_f32",
+        GgmlType::F16 => "dq8_f16",
+        GgmlType::Q4_0 => "dq8_q4_0",
+        GgmlType::Q8_0 => "dq8_q8_0",
+        GgmlType::Q4K => "dq8_q4_k",
+        GgmlType::Q6K => "dq8_q6_k",
+        _ => "dq8_generic",
+    }
+}
+
 /// u32 words of one row of `row_len` elements on the GPU.
 pub(super) fn row_words(ty: GgmlType, row_len: usize) -> usize {
     match ty {
