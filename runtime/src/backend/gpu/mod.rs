@@ -589,7 +589,10 @@ impl GpuBackend {
     }
 
     /// Uploads a weight: `shape` in ggml order, `data` its bytes in the file, viewed as rows
-    /// of `row_len`.
+    /// of `row_len`. With `source` (the file and the tensor's index), each part's pages of the
+    /// memory map are dropped once uploaded: on a GPU that shares the host's memory (a Pi, a
+    /// Mac, an iGPU) the file's pages and the GPU's copy would otherwise both stay resident.
+    #[allow(clippy::too_many_arguments)]
     fn upload_weight(
         &self,
         ty: GgmlType,
@@ -598,6 +601,7 @@ impl GpuBackend {
         row_len: usize,
         name: &str,
         path: &std::path::Path,
+        source: Option<(&GgufFile, usize)>,
     ) -> Result<GpuWeight, BackendError> {
         let unsupported = || BackendError::UnsupportedType {
             path: path.to_owned(),
@@ -659,6 +663,12 @@ impl GpuBackend {
                 }
             }
             buf.unmap();
+            if let Some((file, index)) = source {
+                file.release_tensor_pages(
+                    index,
+                    first_row * row_bytes..(first_row + rows) * row_bytes,
+                );
+            }
             parts.push(Part {
                 buf,
                 first_row,
@@ -715,6 +725,7 @@ impl GpuBackend {
             row_len,
             "test",
             std::path::Path::new("-"),
+            None,
         )
     }
 
@@ -858,7 +869,7 @@ impl Backend for GpuBackend {
     }
 
     fn load_weight(&self, file: &Arc<GgufFile>, name: &str) -> Result<GpuWeight, BackendError> {
-        let (_, t) = super::find_tensor(file, name)?;
+        let (index, t) = super::find_tensor(file, name)?;
         let row_len = t.shape().first().copied().unwrap_or(1) as usize;
         self.upload_weight(
             t.ggml_type(),
@@ -867,6 +878,7 @@ impl Backend for GpuBackend {
             row_len.max(1),
             name,
             file.path(),
+            Some((file, index)),
         )
     }
 
@@ -876,9 +888,17 @@ impl Backend for GpuBackend {
         name: &str,
         row_len: usize,
     ) -> Result<GpuWeight, BackendError> {
-        let (_, t) = super::find_tensor(file, name)?;
+        let (index, t) = super::find_tensor(file, name)?;
         let shape = super::matrix_shape(file, name, t.shape(), row_len)?;
-        self.upload_weight(t.ggml_type(), &shape, t.data, row_len, name, file.path())
+        self.upload_weight(
+            t.ggml_type(),
+            &shape,
+            t.data,
+            row_len,
+            name,
+            file.path(),
+            Some((file, index)),
+        )
     }
 
     fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> GpuTensor {
