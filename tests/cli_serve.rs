@@ -646,3 +646,39 @@ async fn the_chat_page_answers_in_a_real_browser() {
     assert_eq!(metric(server.port, "llava_requests_total"), 1);
     assert_eq!(metric(server.port, "llava_image_cache_misses_total"), 1);
 }
+
+/// The server on the GPU (`--device gpu:0`, whatever adapter there is: lavapipe in CI) gives
+/// the CPU server's greedy answer to an image question. Skipped, saying so, without an adapter.
+#[test]
+fn a_server_on_the_gpu_answers_as_on_the_cpu() {
+    if gpu_backend().is_none() {
+        return;
+    }
+    let body = json!({
+        "messages": [{ "role": "user", "content": [
+            { "type": "text", "text": "What is in this picture?" },
+            { "type": "image_url", "image_url": { "url": image_url() } },
+        ]}],
+        "max_tokens": 8, "temperature": 0,
+    })
+    .to_string();
+    let answer = |device: &str| {
+        let server = start(&["--device", device]);
+        let (status, reply) = http(
+            server.port,
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            body.as_bytes(),
+        );
+        assert_eq!(status, 200, "{device}: {reply}");
+        let v: Value = serde_json::from_str(&reply).unwrap();
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let cpu = answer("cpu");
+    assert!(!cpu.is_empty());
+    assert_eq!(answer("gpu:0"), cpu);
+}
