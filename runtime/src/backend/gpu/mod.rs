@@ -588,21 +588,20 @@ impl GpuBackend {
         Some(&w.parts[0].buf)
     }
 
-    /// Uploads a weight: `shape` in ggml order, `data` its bytes in the file, viewed as rows
-    /// of `row_len`. With `source` (the file and the tensor's index), each part's pages of the
-    /// memory map are dropped once uploaded: on a GPU that shares the host's memory (a Pi, a
-    /// Mac, an iGPU) the file's pages and the GPU's copy would otherwise both stay resident.
-    #[allow(clippy::too_many_arguments)]
+    /// Uploads tensor `index` of `file`: `shape` in ggml order (its own, or a reshape of it),
+    /// `data` its bytes, viewed as rows of `row_len`. Each part's pages of the memory map are
+    /// dropped once uploaded: on a GPU that shares the host's memory (a Pi, a Mac, an iGPU)
+    /// the file's pages and the GPU's copy would otherwise both stay resident.
     fn upload_weight(
         &self,
+        (file, index): (&GgufFile, usize),
         ty: GgmlType,
         shape: &[u64],
         data: &[u8],
         row_len: usize,
         name: &str,
-        path: &std::path::Path,
-        source: Option<(&GgufFile, usize)>,
     ) -> Result<GpuWeight, BackendError> {
+        let path = file.path();
         let unsupported = || BackendError::UnsupportedType {
             path: path.to_owned(),
             name: name.to_owned(),
@@ -663,12 +662,7 @@ impl GpuBackend {
                 }
             }
             buf.unmap();
-            if let Some((file, index)) = source {
-                file.release_tensor_pages(
-                    index,
-                    first_row * row_bytes..(first_row + rows) * row_bytes,
-                );
-            }
+            file.release_tensor_pages(index, first_row * row_bytes..(first_row + rows) * row_bytes);
             parts.push(Part {
                 buf,
                 first_row,
@@ -708,25 +702,6 @@ impl GpuBackend {
                 rows: n_rows,
             }],
         }
-    }
-
-    /// Uploads f32 rows as a weight (tests: the same matrix in several types).
-    pub fn weight_from_bytes(
-        &self,
-        ty: GgmlType,
-        row_len: usize,
-        n_rows: usize,
-        data: &[u8],
-    ) -> Result<GpuWeight, BackendError> {
-        self.upload_weight(
-            ty,
-            &[row_len as u64, n_rows as u64],
-            data,
-            row_len,
-            "test",
-            std::path::Path::new("-"),
-            None,
-        )
     }
 
     fn rope_table(&self, start: usize, rows: usize, rope: Rope) -> wgpu::Buffer {
@@ -872,13 +847,12 @@ impl Backend for GpuBackend {
         let (index, t) = super::find_tensor(file, name)?;
         let row_len = t.shape().first().copied().unwrap_or(1) as usize;
         self.upload_weight(
+            (file, index),
             t.ggml_type(),
             t.shape(),
             t.data,
             row_len.max(1),
             name,
-            file.path(),
-            Some((file, index)),
         )
     }
 
@@ -890,15 +864,7 @@ impl Backend for GpuBackend {
     ) -> Result<GpuWeight, BackendError> {
         let (index, t) = super::find_tensor(file, name)?;
         let shape = super::matrix_shape(file, name, t.shape(), row_len)?;
-        self.upload_weight(
-            t.ggml_type(),
-            &shape,
-            t.data,
-            row_len,
-            name,
-            file.path(),
-            Some((file, index)),
-        )
+        self.upload_weight((file, index), t.ggml_type(), &shape, t.data, row_len, name)
     }
 
     fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> GpuTensor {

@@ -178,7 +178,7 @@ pub(super) fn gemm_interleaved_q8_0_q8_0(
 /// `vpdpbusd` on 256 bits (VL), exact (no saturation).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-pub(super) fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, s)
 }
 
