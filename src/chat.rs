@@ -35,7 +35,7 @@ Examples:
 )]
 pub struct Args {
     #[command(flatten)]
-    models: crate::load::ModelArgs,
+    pub models: crate::load::ModelArgs,
     /// An image for the first message (repeat for several); later ones with /image.
     #[arg(long)]
     image: Vec<PathBuf>,
@@ -97,7 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
     if interactive || args.verbose {
         diag!(
             "llava chat: {} ({}), context {}, template {}{}",
-            args.models.model.display(),
+            args.models.model().display(),
             describe_pipeline(&pipeline),
             pipeline.n_ctx(),
             session.template(),
@@ -428,7 +428,7 @@ impl Chat<'_> {
             })
             .collect();
         let doc = json!({
-            "model": self.args.models.model.display().to_string(),
+            "model": self.args.models.model().display().to_string(),
             "mmproj": self.args.models.mmproj.as_ref().map(|p| p.display().to_string()),
             "template": self.session.template().name(),
             "system": self.args.system,

@@ -77,17 +77,45 @@ pub fn run(args: &Args) -> Result<()> {
             args.dir.display()
         );
     }
+    convert_checkpoint(&Job {
+        dir: &args.dir,
+        vision_tower: args.vision_tower.as_deref(),
+        quant: args.quant,
+        vision_quant: args.vision_quant,
+        llm_out: &llm_out,
+        mmproj_out: mmproj_out.as_deref(),
+        force: args.force,
+        verbose: args.verbose,
+    })
+}
+
+/// One conversion: a checkpoint directory to its LLM file and, for LLaVA, its mmproj.
+pub struct Job<'a> {
+    pub dir: &'a Path,
+    pub vision_tower: Option<&'a Path>,
+    pub quant: Preset,
+    pub vision_quant: Preset,
+    pub llm_out: &'a Path,
+    pub mmproj_out: Option<&'a Path>,
+    /// Replace output files that exist.
+    pub force: bool,
+    /// Print each tensor's type, shape and RMSE.
+    pub verbose: bool,
+}
+
+/// Converts `job.dir`, writing both outputs under temporary names and putting them in place
+/// together once both are complete (`llava convert`, and `llava pull` of a transformers
+/// repository).
+pub fn convert_checkpoint(job: &Job) -> Result<()> {
     // Refuse before any work, so nothing is half done.
-    let outputs = Output::llm_and_mmproj(&llm_out, mmproj_out.as_deref());
-    let inputs: Vec<&Path> = std::iter::once(args.dir.as_path())
-        .chain(args.vision_tower.as_deref())
-        .collect();
-    check_outputs(&outputs, &inputs, args.force)?;
+    let outputs = Output::llm_and_mmproj(job.llm_out, job.mmproj_out);
+    let inputs: Vec<&Path> = std::iter::once(job.dir).chain(job.vision_tower).collect();
+    check_outputs(&outputs, &inputs, job.force)?;
     // The vision side is checked before the LLM's minutes of work.
-    if mmproj_out.is_some() {
-        check_mmproj(&args.dir, args.vision_tower.as_deref(), args.vision_quant)?;
+    if job.mmproj_out.is_some() {
+        check_mmproj(job.dir, job.vision_tower, job.vision_quant)?;
     }
-    for path in std::iter::once(&llm_out).chain(mmproj_out.as_ref()) {
+    for path in std::iter::once(job.llm_out).chain(job.mmproj_out) {
         create_parent(path)?;
     }
     remove_partial_files_on_signals();
@@ -95,19 +123,19 @@ pub fn run(args: &Args) -> Result<()> {
     // Both files are written under temporary names and replace the old ones together, once
     // both are complete: a failure keeps the previous pair.
     // The summary lines come after the commit: "wrote" means the file is in place.
-    let llm_staged = stage(&llm_out)?;
-    let mut monitor = CliMonitor::new(&llm_out, args.verbose);
-    let s = convert_llama_with(&args.dir, llm_staged.temp_path(), args.quant, &mut monitor)?;
+    let llm_staged = stage(job.llm_out)?;
+    let mut monitor = CliMonitor::new(job.llm_out, job.verbose);
+    let s = convert_llama_with(job.dir, llm_staged.temp_path(), job.quant, &mut monitor)?;
     let mut lines = vec![monitor.finish(&s)];
     let mut staged = vec![llm_staged];
-    if let Some(out) = &mmproj_out {
+    if let Some(out) = job.mmproj_out {
         let mmproj_staged = stage(out)?;
-        let mut monitor = CliMonitor::new(out, args.verbose);
+        let mut monitor = CliMonitor::new(out, job.verbose);
         let s = convert_mmproj_with(
-            &args.dir,
-            args.vision_tower.as_deref(),
+            job.dir,
+            job.vision_tower,
             mmproj_staged.temp_path(),
-            args.vision_quant,
+            job.vision_quant,
             &mut monitor,
         )?;
         lines.push(monitor.finish(&s));

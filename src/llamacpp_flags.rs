@@ -8,7 +8,7 @@
 use std::ffi::OsString;
 
 /// llama.cpp flags with the same meaning as a llava flag.
-const SAME: &[(&str, &str)] = &[("-sys", "--system")];
+const SAME: &[(&str, &str)] = &[("-sys", "--system"), ("-hf", "--hf"), ("--hf-repo", "--hf")];
 
 /// llama.cpp's "layers on the GPU": llava runs a model wholly on one device, so any number
 /// above 0 (or `all`/`auto`) means `--device gpu` and 0 `--device cpu`.
@@ -17,8 +17,12 @@ const GPU_LAYERS: &[&str] = &["-ngl", "--n-gpu-layers", "--gpu-layers"];
 /// llama.cpp flags llava has no equivalent for, with what to do instead.
 const REFUSED: &[(&[&str], &str)] = &[
     (
-        &["-hf", "--hf-repo", "-hff", "--hf-file", "-hft", "--hf-token"],
-        "llava does not download models yet: download the GGUF files and pass -m MODEL and --mmproj MMPROJ",
+        &["-hff", "--hf-file"],
+        "give the quantization after the repository instead: --hf OWNER/NAME:Q4_K_M",
+    ),
+    (
+        &["-hft", "--hf-token"],
+        "set HF_TOKEN in the environment (a token on the command line shows in `ps`)",
     ),
     (
         &["-cnv", "--conversation", "-i", "--interactive"],
@@ -110,6 +114,10 @@ mod tests {
             t(&["llava", "run", "-sys=S"]).unwrap(),
             ["llava", "run", "--system=S"]
         );
+        assert_eq!(
+            t(&["llava", "run", "-hf", "o/r:Q8_0", "q"]).unwrap(),
+            ["llava", "run", "--hf", "o/r:Q8_0", "q"]
+        );
     }
 
     #[test]
@@ -130,8 +138,10 @@ mod tests {
 
     #[test]
     fn flags_without_an_equivalent_are_refused_with_advice() {
-        let e = t(&["llava", "run", "-hf", "org/repo"]).unwrap_err();
-        assert!(e.contains("-m MODEL and --mmproj"), "{e}");
+        let e = t(&["llava", "run", "-hff", "x.gguf"]).unwrap_err();
+        assert!(e.contains("--hf OWNER/NAME:Q4_K_M"), "{e}");
+        let e = t(&["llava", "run", "--hf-token=secret"]).unwrap_err();
+        assert!(e.contains("HF_TOKEN"), "{e}");
         assert!(t(&["llava", "run", "-cnv"])
             .unwrap_err()
             .contains("one prompt"));

@@ -16,11 +16,17 @@ use llava_runtime::backend::{AnyBackend, CpuBackend};
 #[derive(clap::Args)]
 pub struct ModelArgs {
     /// The LLM GGUF file.
-    #[arg(short, long)]
-    pub model: PathBuf,
+    #[arg(short, long, required_unless_present = "hf")]
+    pub model: Option<PathBuf>,
     /// The vision tower and projector GGUF ("mmproj") of this LLM, for images.
     #[arg(long)]
     pub mmproj: Option<PathBuf>,
+    /// Take the model and its mmproj from the Hugging Face Hub, downloading them once (as
+    /// `llava pull` does; llama.cpp's -hf): OWNER/NAME[:QUANT], QUANT default Q4_K_M.
+    #[arg(long, value_name = "OWNER/NAME[:QUANT]", conflicts_with = "model")]
+    pub hf: Option<crate::hub::Spec>,
+    #[command(flatten)]
+    pub hub: crate::hub::HubArgs,
     /// Worker threads (default: one per physical core; more than the logical CPUs are capped).
     #[arg(short, long, default_value_t = 0, value_parser = crate::limits::threads)]
     pub threads: usize,
@@ -44,6 +50,27 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// Downloads what `--hf` names (once; later runs find it in the cache) and sets `model`
+    /// and, unless given, `mmproj`. Called before anything reads [`ModelArgs::model`].
+    pub fn resolve_hf(&mut self) -> Result<()> {
+        if let Some(spec) = &self.hf {
+            let pulled = crate::hub::pull(spec, &self.hub)?;
+            self.model = Some(pulled.model);
+            if self.mmproj.is_none() {
+                self.mmproj = pulled.mmproj;
+            }
+        }
+        Ok(())
+    }
+
+    /// The LLM file: `-m`, or what `--hf` resolved to.
+    pub fn model(&self) -> &Path {
+        // clap requires -m unless --hf is given, and main resolves --hf before running.
+        self.model
+            .as_deref()
+            .expect("ModelArgs::resolve_hf runs before the model is read")
+    }
+
     /// The pipeline's options from these flags, with `image_cache_bytes` of image cache.
     pub fn load_options(&self, image_cache_bytes: usize) -> LoadOptions {
         LoadOptions {
@@ -58,7 +85,7 @@ impl ModelArgs {
     /// Loads the LLM and the mmproj (when given), reporting the stages.
     pub fn load(&self, image_cache_bytes: usize, stages: &Stages) -> Result<Pipeline<Chosen>> {
         load_pipeline(
-            &self.model,
+            self.model(),
             self.mmproj.as_deref(),
             self.threads,
             &self.device,

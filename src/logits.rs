@@ -21,7 +21,7 @@ use llava_models::template::with_image_markers;
       --prompt \"USER: <image>\\nWhat is this? ASSISTANT:\" --out l.npy --ids-out ids.txt")]
 pub struct Args {
     #[command(flatten)]
-    models: crate::load::ModelArgs,
+    pub models: crate::load::ModelArgs,
     /// The prompt text.
     #[arg(long, conflicts_with = "prompt_file")]
     prompt: Option<String>,
@@ -68,15 +68,12 @@ pub fn run(args: &Args) -> Result<()> {
         }),
         _ => {}
     }
-    let inputs: Vec<&Path> = [
-        Some(args.models.model.as_path()),
-        args.models.mmproj.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(args.prompt_file.as_deref())
-    .chain(args.image.iter().map(PathBuf::as_path))
-    .collect();
+    let inputs: Vec<&Path> = [Some(args.models.model()), args.models.mmproj.as_deref()]
+        .into_iter()
+        .flatten()
+        .chain(args.prompt_file.as_deref())
+        .chain(args.image.iter().map(PathBuf::as_path))
+        .collect();
     check_outputs(&files, &inputs, args.force)?;
     for f in &files {
         create_parent(f.path)?;

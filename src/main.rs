@@ -19,6 +19,7 @@ mod caption;
 mod chat;
 mod convert;
 mod devices;
+mod hub;
 mod inspect;
 mod limits;
 mod llamacpp_flags;
@@ -69,6 +70,9 @@ enum Command {
     Bench(bench::Args),
     /// List the GPU adapters `--device gpu:N` can use.
     Devices(devices::Args),
+    /// Download a model (and its mmproj) from the Hugging Face Hub into its cache; convert it
+    /// once if it is a transformers checkpoint. Prints the local paths.
+    Pull(hub::Args),
 }
 
 /// Keeps glibc's malloc from handing the CPU backend's tensors back to the kernel as soon as
@@ -107,7 +111,20 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
-    let result = match cli.command {
+    let mut command = cli.command;
+    // `--hf` downloads (or finds in the cache) before the command runs.
+    let models = match &mut command {
+        Command::Run(a) => Some(&mut a.models),
+        Command::Chat(a) => Some(&mut a.models),
+        Command::Serve(a) => Some(&mut a.models),
+        Command::Logits(a) => Some(&mut a.models),
+        _ => None,
+    };
+    if let Some(Err(e)) = models.map(|m| m.resolve_hf()) {
+        diag!("llava: error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let result = match command {
         Command::Run(args) => run::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Caption(args) => caption::run(&args),
@@ -120,6 +137,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => synth::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Devices(args) => devices::run(&args),
+        Command::Pull(args) => hub::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

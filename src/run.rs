@@ -24,7 +24,7 @@ use crate::load::{check_images, describe_pipeline, load_images, prompt_text, Sta
   echo \"Why is the sky blue?\" | llava run -m model.gguf --system \"Answer in one sentence.\"")]
 pub struct Args {
     #[command(flatten)]
-    models: crate::load::ModelArgs,
+    pub models: crate::load::ModelArgs,
     /// The prompt (or -p; without either, --file or a piped stdin).
     #[arg(conflicts_with_all = ["file", "prompt_flag"])]
     prompt: Option<String>,
@@ -168,7 +168,7 @@ pub fn run(args: &Args) -> Result<()> {
         let (llm_time, vision_time) = pipeline.load_times();
         diag!(
             "loaded {} in {:.0} ms{}: {} layers, {}, context {} ({} KV cache), template {}, seed {}",
-            args.models.model.display(),
+            args.models.model().display(),
             llm_time.as_secs_f64() * 1e3,
             match args.models.mmproj {
                 Some(_) => format!(" (vision tower {:.0} ms)", vision_time.as_secs_f64() * 1e3),

@@ -43,7 +43,7 @@ use crate::load::{describe_pipeline, load_pipeline, Chosen, Stages};
 Open http://127.0.0.1:8080/ in a browser for the chat page.")]
 pub struct Args {
     #[command(flatten)]
-    models: crate::load::ModelArgs,
+    pub models: crate::load::ModelArgs,
     /// Address to listen on (loopback by default: only this machine can connect).
     #[arg(long, default_value = "127.0.0.1")]
     host: std::net::IpAddr,
@@ -177,7 +177,7 @@ pub fn run(args: &Args) -> Result<()> {
         metrics: Metrics::default(),
         model_id: args
             .models
-            .model
+            .model()
             .file_stem()
             .map_or("llava".into(), |s| s.to_string_lossy().into_owned()),
         api_key: args.api_key.clone(),
@@ -196,7 +196,7 @@ pub fn run(args: &Args) -> Result<()> {
     let worker = {
         let shared = Arc::clone(&shared);
         let (model, mmproj, threads, device) = (
-            args.models.model.clone(),
+            args.models.model().to_path_buf(),
             args.models.mmproj.clone(),
             args.models.threads,
             args.models.device.clone(),
@@ -249,7 +249,7 @@ pub fn run(args: &Args) -> Result<()> {
         let local = listener.local_addr().context("no local address")?;
         diag!(
             "llava serve: listening on http://{local} ({}, {backend}, context {n_ctx} per slot, {} slot(s))",
-            args.models.model.display(),
+            args.models.model().display(),
             args.parallel
         );
         let app = Router::new()

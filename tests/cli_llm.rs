@@ -547,7 +547,7 @@ fn llama_cpp_spellings_work_or_say_what_to_use() {
     );
     // No equivalent: refused, with what to do, before anything is loaded (exit 2, usage).
     for (flag, advice) in [
-        (&["-hf", "org/model"][..], "pass -m MODEL and --mmproj"),
+        (&["-hff", "model-Q4_0.gguf"][..], "--hf OWNER/NAME:Q4_K_M"),
         (&["-cnv"][..], "use `llava chat`"),
         (&["-ctk", "q8_0"][..], "--kv-type"),
     ] {
