@@ -21,6 +21,7 @@ mod safetensors;
 pub mod source;
 mod spm_model;
 pub mod synth;
+mod torch_bin;
 mod vocab;
 
 pub use clip::VisionHparams;

@@ -1,4 +1,6 @@
-//! A Hugging Face checkpoint's tensors: one or many memory-mapped `*.safetensors` files.
+//! A Hugging Face checkpoint's tensors: one or many memory-mapped `*.safetensors` files, or,
+//! where there are none, PyTorch's `pytorch_model*.bin` archives (read by
+//! [`crate::torch_bin`], without running their pickles).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -31,22 +33,41 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens every `*.safetensors` file in `dir`.
+    /// Opens every `*.safetensors` file in `dir`, else every `pytorch_model*.bin`.
     pub fn open(dir: &Path) -> Result<Checkpoint, ConvertError> {
         let io = |path: &Path, e: std::io::Error| ConvertError::Io {
             path: path.to_owned(),
             error: e,
         };
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        let files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| io(dir, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
+        let name_of = |p: &PathBuf| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        let mut paths: Vec<PathBuf> = files
+            .iter()
+            .filter(|p| name_of(p).ends_with(".safetensors"))
+            .cloned()
+            .collect();
+        let torch = paths.is_empty();
+        if torch {
+            paths = files
+                .into_iter()
+                .filter(|p| {
+                    let n = name_of(p);
+                    n.starts_with("pytorch_model") && n.ends_with(".bin")
+                })
+                .collect();
+        }
         paths.sort();
         if paths.is_empty() {
             return Err(ConvertError::Input {
                 path: dir.to_owned(),
-                reason: "no *.safetensors files".into(),
+                reason: "no *.safetensors or pytorch_model*.bin files".into(),
             });
         }
         let mut maps = Vec::new();
@@ -60,18 +81,42 @@ impl Checkpoint {
                 path: path.clone(),
                 reason,
             };
-            let (header_len, metadata): (usize, Metadata) =
-                SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
-            let data_start = 8 + header_len;
-            for (name, info) in metadata.tensors() {
-                let (start, end) = info.data_offsets;
-                let entry = Entry {
-                    file,
-                    dtype: info.dtype,
-                    shape: info.shape.clone(),
-                    start: data_start + start,
-                    end: data_start + end,
-                };
+            let found: Vec<(String, Entry)> = if torch {
+                crate::torch_bin::read_state_dict(&map)
+                    .map_err(bad)?
+                    .into_iter()
+                    .map(|t| {
+                        let entry = Entry {
+                            file,
+                            dtype: t.dtype,
+                            shape: t.shape,
+                            start: t.start,
+                            end: t.end,
+                        };
+                        (t.name, entry)
+                    })
+                    .collect()
+            } else {
+                let (header_len, metadata): (usize, Metadata) =
+                    SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+                let data_start = 8 + header_len;
+                metadata
+                    .tensors()
+                    .into_iter()
+                    .map(|(name, info)| {
+                        let (start, end) = info.data_offsets;
+                        let entry = Entry {
+                            file,
+                            dtype: info.dtype,
+                            shape: info.shape.clone(),
+                            start: data_start + start,
+                            end: data_start + end,
+                        };
+                        (name, entry)
+                    })
+                    .collect()
+            };
+            for (name, entry) in found {
                 if entry.end > map.len() {
                     return Err(bad(format!(
                         "tensor {name:?} extends past the end of the file"
