@@ -645,7 +645,7 @@ impl Machine {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("a dict with an odd number of keys and values".into());
     }
     let mut out = Vec::with_capacity(items.len() / 2);
