@@ -23,7 +23,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use llava_convert::Preset;
+use llava_convert::{check_mmproj, Preset};
 use sha2::{Digest, Sha256};
 
 /// `llava pull`.
@@ -530,19 +530,26 @@ fn repo_name(repo: &Repo) -> String {
 pub fn pull(spec: &Spec, args: &HubArgs) -> Result<Pulled> {
     let hub = Hub::from_env(args.offline)?;
     let repo = Repo::with_revision(spec.repo.clone(), RepoType::Model, args.revision.clone());
+    let (commit, choice, from_cache) = fetch(&hub, &repo, spec)?;
+    finish(&hub, &repo, spec, &commit, choice, args, from_cache)
+}
+
+/// Chooses the files of `spec` in `repo` and puts them in the cache, if they are not there:
+/// the commit, the choice, and whether the cache alone answered.
+fn fetch(hub: &Hub, repo: &Repo, spec: &Spec) -> Result<(String, Choice, bool)> {
     // The cache alone when it holds exactly what was asked; offline, without a quantization
     // asked, whatever it holds.
-    if let Some(cached) = hub.cached(&repo) {
+    if let Some(cached) = hub.cached(repo) {
         if let Ok(choice) = choose(spec, &cached.files) {
             if exact(spec, &choice) || (hub.offline && spec.quant.is_none()) {
-                return finish(&hub, &repo, spec, &cached.commit, choice, args, true);
+                return Ok((cached.commit, choice, true));
             }
         }
     }
     if hub.offline {
         let what = match &spec.quant {
-            Some(q) => format!("{q} of {}", repo_name(&repo)),
-            None => repo_name(&repo),
+            Some(q) => format!("{q} of {}", repo_name(repo)),
+            None => repo_name(repo),
         };
         bail!(
             "{what}: not in the Hub cache ({}) and --offline (or HF_HUB_OFFLINE) forbids the \
@@ -551,8 +558,8 @@ pub fn pull(spec: &Spec, args: &HubArgs) -> Result<Pulled> {
             spec.repo
         );
     }
-    let api = hub.api(&repo)?;
-    let listing = hub.list(&repo, &api)?;
+    let api = hub.api(repo)?;
+    let listing = hub.list(repo, &api)?;
     let choice = choose(spec, &listing.files)?;
     if let Choice::Gguf { llm, .. } = &choice {
         if let Some(q) = quant_of(&llm.name).filter(|_| !exact(spec, &choice)) {
@@ -566,10 +573,10 @@ pub fn pull(spec: &Spec, args: &HubArgs) -> Result<Pulled> {
     }
     let files = choice.files();
     let total: u64 = files.iter().filter_map(|f| f.size).sum();
-    let snapshot = hub.snapshot(&repo, &listing.commit);
+    let snapshot = hub.snapshot(repo, &listing.commit);
     diag!(
         "llava: {} at {}: {} file(s), {}",
-        repo_name(&repo),
+        repo_name(repo),
         &listing.commit[..listing.commit.len().min(12)],
         files.len(),
         human(total)
@@ -590,10 +597,10 @@ pub fn pull(spec: &Spec, args: &HubArgs) -> Result<Pulled> {
         let bar = Bar::new(&f.name, f.size);
         let path = api
             .download_with_progress(&f.name, bar)
-            .map_err(|e| hub.error(&repo, &f.name, e))?;
-        verify(&repo, f, &path)?;
+            .map_err(|e| hub.error(repo, &f.name, e))?;
+        verify(repo, f, &path)?;
     }
-    finish(&hub, &repo, spec, &listing.commit, choice, args, false)
+    Ok((listing.commit, choice, false))
 }
 
 /// Whether `choice` is exactly what `spec` asks for (not a nearby quantization).
@@ -658,6 +665,13 @@ fn finish(
                     );
                 }
             } else {
+                // An original LLaVA-1.5 checkpoint names its CLIP tower instead of holding it.
+                let tower = match mmproj {
+                    Some(_) if check_mmproj(&snapshot, None, args.vision_quant).is_err() => {
+                        Some(pull_tower(hub, spec, &snapshot)?)
+                    }
+                    _ => None,
+                };
                 diag!(
                     "llava: converting {} to {preset} in {}",
                     spec.repo,
@@ -665,7 +679,7 @@ fn finish(
                 );
                 crate::convert::convert_checkpoint(&crate::convert::Job {
                     dir: &snapshot,
-                    vision_tower: None,
+                    vision_tower: tower.as_deref(),
                     quant: preset,
                     vision_quant: args.vision_quant,
                     llm_out: &llm,
@@ -676,6 +690,39 @@ fn finish(
             }
             Ok(Pulled { model: llm, mmproj })
         }
+    }
+}
+
+/// The CLIP tower an original LLaVA checkpoint names in its config (`mm_vision_tower`,
+/// e.g. openai/clip-vit-large-patch14-336), fetched like a checkpoint: its directory.
+fn pull_tower(hub: &Hub, spec: &Spec, snapshot: &Path) -> Result<PathBuf> {
+    let config = snapshot.join("config.json");
+    let text = std::fs::read_to_string(&config).with_context(|| format!("{}", config.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}", config.display()))?;
+    let Some(name) = json["mm_vision_tower"].as_str() else {
+        bail!(
+            "{}: the checkpoint holds no vision tower and its config names none \
+             (mm_vision_tower); convert it with `llava convert --vision-tower DIR`",
+            spec.repo
+        );
+    };
+    let tower: Spec = name
+        .parse()
+        .map_err(|e| anyhow!("{}: mm_vision_tower {e}", spec.repo))?;
+    diag!(
+        "llava: {} names its vision tower, {}",
+        spec.repo,
+        tower.repo
+    );
+    let repo = Repo::with_revision(tower.repo.clone(), RepoType::Model, "main".into());
+    match fetch(hub, &repo, &tower)? {
+        (commit, Choice::Transformers { .. }, _) => Ok(hub.snapshot(&repo, &commit)),
+        _ => bail!(
+            "{}: the vision tower {} is not a transformers checkpoint",
+            spec.repo,
+            tower.repo
+        ),
     }
 }
 

@@ -508,18 +508,103 @@ fn missing_and_gated_repositories_give_one_line_that_says_what_to_do() {
     assert!(!home.path().join("escape-Q4_K_M.gguf").exists());
 }
 
-#[test]
-fn a_transformers_repository_is_downloaded_and_converted_once() {
-    let (hub, addr) = start_hub();
-    let dir = fixture("llava-tiny-hf");
+/// The files of fixture directory `name`, as repository files.
+fn fixture_files(name: &str) -> Vec<RepoFile> {
     let mut files = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+    for e in std::fs::read_dir(fixture(name)).unwrap().flatten() {
         if e.file_type().unwrap().is_file() {
             let name = e.file_name().to_string_lossy().into_owned();
             files.push(file(&name, std::fs::read(e.path()).unwrap()));
         }
     }
-    add_repo(&hub, "test/llava-tiny-hf", false, files);
+    files
+}
+
+/// Logits of an image question, with `llava logits`.
+fn image_logits(m: &Path, mm: &Path, out: &Path) -> Vec<f32> {
+    let o = llava(&[
+        "logits",
+        "-m",
+        m.to_str().unwrap(),
+        "--mmproj",
+        mm.to_str().unwrap(),
+        "--image",
+        fixture("images/odd.png").to_str().unwrap(),
+        "--prompt",
+        "USER: <image>\nWhat is this? ASSISTANT:",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    read_npy(out)
+}
+
+#[test]
+fn an_original_llava_bin_checkpoint_brings_the_tower_its_config_names() {
+    let (hub, addr) = start_hub();
+    let mut files = fixture_files("llava-tiny-orig-bin");
+    let config = files.iter_mut().find(|f| f.name == "config.json").unwrap();
+    let text = String::from_utf8(config.bytes.clone()).unwrap();
+    let named = "\"mm_vision_tower\": \"clip-tiny\"";
+    assert!(text.contains(named), "{text}");
+    config.bytes = text
+        .replace(named, "\"mm_vision_tower\": \"test/clip-tiny-bin\"")
+        .into_bytes();
+    add_repo(&hub, "test/llava-orig-bin", false, files);
+    add_repo(
+        &hub,
+        "test/clip-tiny-bin",
+        false,
+        fixture_files("clip-tiny-bin"),
+    );
+    let home = tempfile::tempdir().unwrap();
+    let o = llava_hub(
+        addr,
+        home.path(),
+        &["pull", "test/llava-orig-bin:f32", "--vision-quant", "f32"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("names its vision tower, test/clip-tiny-bin"),
+        "{}",
+        stderr(&o)
+    );
+    let paths = lines(&o);
+    assert_eq!(paths.len(), 2, "{}", stdout(&o));
+    // The same model as `llava convert` of the safetensors fixture with its tower.
+    let work = tempfile::tempdir().unwrap();
+    let o = llava(&[
+        "convert",
+        fixture("llava-tiny-orig").to_str().unwrap(),
+        "--vision-tower",
+        fixture("clip-tiny").to_str().unwrap(),
+        "-q",
+        "f32",
+        "--vision-quant",
+        "f32",
+        "--outdir",
+        work.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let local = image_logits(
+        &work.path().join("llava-tiny-orig-f32.gguf"),
+        &work.path().join("mmproj-llava-tiny-orig-f32.gguf"),
+        &work.path().join("a.npy"),
+    );
+    let pulled = image_logits(&paths[0], &paths[1], &work.path().join("b.npy"));
+    assert_eq!(pulled, local);
+}
+
+#[test]
+fn a_transformers_repository_is_downloaded_and_converted_once() {
+    let (hub, addr) = start_hub();
+    add_repo(
+        &hub,
+        "test/llava-tiny-hf",
+        false,
+        fixture_files("llava-tiny-hf"),
+    );
     let home = tempfile::tempdir().unwrap();
     let o = llava_hub(
         addr,
@@ -539,25 +624,8 @@ fn a_transformers_repository_is_downloaded_and_converted_once() {
     // The conversion is the one `llava convert` makes of the same checkpoint: same logits.
     let work = tempfile::tempdir().unwrap();
     let (llm, mmproj) = tiny_llava(work.path());
-    let logits = |m: &Path, mm: &Path, out: &Path| {
-        let o = llava(&[
-            "logits",
-            "-m",
-            m.to_str().unwrap(),
-            "--mmproj",
-            mm.to_str().unwrap(),
-            "--image",
-            fixture("images/odd.png").to_str().unwrap(),
-            "--prompt",
-            "USER: <image>\nWhat is this? ASSISTANT:",
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        read_npy(out)
-    };
-    let pulled = logits(&paths[0], &paths[1], &work.path().join("a.npy"));
-    let local = logits(&llm, &mmproj, &work.path().join("b.npy"));
+    let pulled = image_logits(&paths[0], &paths[1], &work.path().join("a.npy"));
+    let local = image_logits(&llm, &mmproj, &work.path().join("b.npy"));
     assert_eq!(pulled, local);
     // Once: a second pull neither downloads nor converts.
     let before = requests(&hub);
