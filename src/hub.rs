@@ -161,11 +161,21 @@ impl Choice {
 const QUANTS: &[&str] = &[
     "F32", "BF16", "F16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M",
     "Q4_K", "Q4_K_S", "Q4_1", "Q4_0", "IQ4_XS", "IQ4_NL", "Q3_K_L", "Q3_K_M", "Q3_K", "Q3_K_S",
-    "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "Q2_K", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS",
-    "IQ1_M", "IQ1_S",
+    "Q3_K_XS", "IQ3_M", "IQ3_S", "IQ3_XS", "IQ3_XXS", "Q2_K", "Q2_K_S", "IQ2_M", "IQ2_S", "IQ2_XS",
+    "IQ2_XXS", "IQ1_M", "IQ1_S",
 ];
 
 const DEFAULT_QUANT: &str = "Q4_K_M";
+
+/// Whether two tags name one quantization: llama.cpp's quantize takes Q3_K, Q4_K and Q5_K for
+/// the _M mixes, and older repositories name their files so (`ggml-model-q4_k.gguf`).
+fn same_quant(a: &str, b: &str) -> bool {
+    let canonical = |q: &str| match q {
+        "Q3_K" | "Q4_K" | "Q5_K" => format!("{q}_M"),
+        q => q.to_owned(),
+    };
+    canonical(a) == canonical(b)
+}
 
 /// The files a transformers checkpoint needs besides its weights.
 const CHECKPOINT_FILES: &[&str] = &[
@@ -271,10 +281,18 @@ fn choose_gguf(spec: &Spec, ggufs: &[&RepoFile]) -> Result<Choice> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    // Nearest in QUANTS; a tie goes to the larger file (lower rank), then the name.
+    // The asked one (or its alias), else the nearest in QUANTS; a tie goes to the larger file
+    // (lower rank), then the name.
+    let distance = |r: usize| {
+        if same_quant(QUANTS[r], asked) {
+            0
+        } else {
+            r.abs_diff(asked_rank)
+        }
+    };
     let llm = llms
         .iter()
-        .filter_map(|f| quant_of(&f.name).map(|r| (r.abs_diff(asked_rank), r, *f)))
+        .filter_map(|f| quant_of(&f.name).map(|r| (distance(r), r, *f)))
         .min_by(|a, b| (a.0, a.1, &a.2.name).cmp(&(b.0, b.1, &b.2.name)))
         .map(|(_, _, f)| f);
     let llm = match (llm, llms.as_slice()) {
@@ -608,7 +626,7 @@ fn exact(spec: &Spec, choice: &Choice) -> bool {
     match choice {
         Choice::Gguf { llm, .. } => {
             let asked = spec.quant.as_deref().unwrap_or(DEFAULT_QUANT);
-            quant_of(&llm.name).is_some_and(|r| QUANTS[r] == asked)
+            quant_of(&llm.name).is_some_and(|r| same_quant(QUANTS[r], asked))
         }
         // The cache holds the checkpoint's files; the conversion is checked in `finish`.
         Choice::Transformers { .. } => true,
@@ -906,6 +924,22 @@ mod tests {
         assert_eq!(
             pick("o/r:Q4_0", &repo).unwrap().0,
             "llava-v1.5-7b-Q4_K_M.gguf"
+        );
+        // Q4_K is llama.cpp's other name for Q4_K_M (mys/ggml_llava-v1.5-7b's files).
+        let old_names = [
+            "ggml-model-f16.gguf",
+            "ggml-model-q4_k.gguf",
+            "ggml-model-q5_k.gguf",
+            "mmproj-model-f16.gguf",
+        ];
+        let (llm, mmproj) = pick("o/r", &old_names).unwrap();
+        assert_eq!(llm, "ggml-model-q4_k.gguf");
+        assert_eq!(mmproj.as_deref(), Some("mmproj-model-f16.gguf"));
+        let spec: Spec = "o/r".parse().unwrap();
+        assert!(exact(&spec, &choose(&spec, &old_names.map(file)).unwrap()));
+        assert_eq!(
+            pick("o/r:Q5_K_M", &old_names).unwrap().0,
+            "ggml-model-q5_k.gguf"
         );
         let e = pick("o/r:Q9_9", &repo).unwrap_err().to_string();
         assert!(e.contains("unknown quantization \"Q9_9\""), "{e}");

@@ -114,6 +114,52 @@ fn f32_features_and_logits_match_transformers() {
     assert!(df <= 1e-3 && dl <= 1e-3, "features {df}, logits {dl}");
 }
 
+/// Files written by llama.cpp's own converters (tests/fixtures/llamacpp-converted/make.sh): the
+/// LLM by convert_hf_to_gguf.py, the mmproj by its legacy LLaVA route (llava_surgery.py and
+/// convert_image_encoder_to_gguf.py), the layout most published LLaVA-1.5 GGUFs have. They
+/// answer as transformers does, within the bounds of our own F32 conversion.
+#[test]
+fn files_written_by_llama_cpps_converters_match_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let theirs = fixture("llamacpp-converted");
+    let c = Converted {
+        _dir: dir,
+        llm: theirs.join("llava-tiny-hf-f32.gguf"),
+        mmproj: theirs.join("mmproj-model-f32.gguf"),
+    };
+    // The legacy layout indeed: the tower already cut to the 3 of 4 layers LLaVA reads.
+    let f = GgufFile::open(&c.mmproj).unwrap();
+    assert_eq!(f.get_str("clip.projector_type").unwrap(), "mlp");
+    assert!(matches!(
+        f.get("clip.vision.block_count"),
+        Some(llava_runtime::gguf::Value::U32(3))
+    ));
+    let want_f = read_npy(&fixture("llava-tiny-hf/image-reference/image_features.npy"));
+    let want_l = read_npy(&fixture("llava-tiny-hf/image-reference/logits.npy"));
+    // Their LLM with our F32 mmproj: the F32 bounds.
+    let ours = convert(Preset::F32, Preset::F32);
+    let r = run(&Converted {
+        _dir: tempfile::tempdir().unwrap(),
+        llm: c.llm.clone(),
+        mmproj: ours.mmproj.clone(),
+    });
+    assert!(
+        r.ids_match,
+        "the prompt tokenizes differently from the reference"
+    );
+    let dl = max_diff(&r.logits, &want_l);
+    eprintln!("llama.cpp's LLM: logits max |diff| {dl:.2e}");
+    assert!(dl <= 1e-3, "logits {dl}");
+    // Both of theirs. The legacy converter writes the patch embedding and the projector in
+    // F16 whatever it is asked (its --use-f32 covers the rest), and F16 weights multiply
+    // F16-rounded activations (as in ggml): the features keep the F32 bound, the logits get
+    // the F16 test's.
+    let r = run(&c);
+    let (df, dl) = (max_diff(&r.features, &want_f), max_diff(&r.logits, &want_l));
+    eprintln!("llama.cpp's files: features max |diff| {df:.2e}, logits max |diff| {dl:.2e}");
+    assert!(df <= 1e-3 && dl <= 1e-2, "features {df}, logits {dl}");
+}
+
 #[test]
 fn f16_features_and_logits_stay_close() {
     let r = run(&convert(Preset::F16, Preset::F16));
