@@ -263,6 +263,11 @@ fn a_gguf_repository_is_pulled_once_then_runs_from_the_cache_offline() {
     let home = tempfile::tempdir().unwrap();
     let o = llava_hub(addr, home.path(), &["pull", "test/llava-tiny-gguf"], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
+    eprint!(
+        "$ llava pull test/llava-tiny-gguf\n{}{}",
+        stderr(&o),
+        stdout(&o)
+    );
     let paths = lines(&o);
     assert_eq!(paths.len(), 2, "{}", stdout(&o));
     assert!(paths[0].ends_with("llava-tiny-Q4_K_M.gguf"), "{paths:?}");

@@ -3,7 +3,7 @@
 //! Names, keys and the Q/K row permutation follow llama.cpp's `convert_hf_to_gguf.py`
 //! (GGUF-AND-LLAVA.md §3). One tensor is held in memory at a time.
 
-use llava_runtime::gguf::keys::llm;
+use llava_runtime::gguf::keys::{self, llm};
 use llava_runtime::gguf::{KEY_ARCHITECTURE, KEY_FILE_TYPE, KEY_NAME};
 use std::path::Path;
 
@@ -218,6 +218,10 @@ pub fn convert_llama_with(
             vocab::spm_metadata_from_model(&model, &path, tokenizer_config.as_ref(), hp.vocab_size)?
         }
     };
+    let mut vocab_meta = vocab_meta;
+    if let Some(t) = vocab::chat_template(dir, tokenizer_config.as_ref())? {
+        vocab_meta.push((keys::CHAT_TEMPLATE, t.into()));
+    }
     let mut w = GgufWriter::new();
     let name = dir
         .canonicalize()

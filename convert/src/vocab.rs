@@ -5,8 +5,8 @@
 //! makes that order the BPE merge order, which is also how SentencePiece's own BPE models score
 //! their pieces.
 
-use llava_runtime::gguf::keys;
 use std::collections::HashMap;
+use std::path::Path;
 
 use llava_runtime::gguf::{MetaArray, MetaValue};
 use serde_json::Value;
@@ -189,10 +189,6 @@ pub fn spm_metadata(
         "tokenizer.ggml.add_space_prefix",
         adds_space_prefix(tokenizer).into(),
     ));
-    if let Some(template) = tokenizer_config.and_then(|c| c.str_opt("chat_template").ok().flatten())
-    {
-        meta.push((keys::CHAT_TEMPLATE, template.into()));
-    }
     meta.push((
         "tokenizer.huggingface.json",
         serde_json::to_string(&tokenizer.json)
@@ -301,9 +297,44 @@ pub fn spm_metadata_from_model(
         "tokenizer.ggml.add_space_prefix",
         model.add_dummy_prefix.into(),
     ));
-    if let Some(template) = tokenizer_config.and_then(|c| c.str_opt("chat_template").ok().flatten())
-    {
-        meta.push((keys::CHAT_TEMPLATE, template.into()));
-    }
     Ok(meta)
+}
+
+/// The checkpoint's chat template (Jinja), where transformers keeps it: `chat_template.jinja`
+/// (transformers 4.49 and later), else `chat_template.json`'s `chat_template` (the processor's,
+/// as llava-hf repositories ship it), else `tokenizer_config.json`'s — a string, or a list of
+/// named templates of which the one named "default" is taken.
+pub(crate) fn chat_template(
+    dir: &Path,
+    tokenizer_config: Option<&JsonFile>,
+) -> Result<Option<String>, ConvertError> {
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        llava_runtime::files::regular_file(&jinja).map_err(|e| ConvertError::Io {
+            path: jinja.clone(),
+            error: e,
+        })?;
+        let text = std::fs::read_to_string(&jinja).map_err(|e| ConvertError::Io {
+            path: jinja.clone(),
+            error: e,
+        })?;
+        return Ok(Some(text));
+    }
+    if let Some(file) = JsonFile::open_optional(&dir.join("chat_template.json"))? {
+        if let Some(t) = file.str_opt("chat_template")? {
+            return Ok(Some(t.to_owned()));
+        }
+    }
+    let Some(config) = tokenizer_config else {
+        return Ok(None);
+    };
+    Ok(match config.get("chat_template") {
+        Some(serde_json::Value::String(t)) => Some(t.clone()),
+        Some(serde_json::Value::Array(named)) => named
+            .iter()
+            .find(|t| t["name"] == "default")
+            .and_then(|t| t["template"].as_str())
+            .map(str::to_owned),
+        _ => None,
+    })
 }
