@@ -86,3 +86,49 @@ fn hostile_or_unreadable_pytorch_files_are_refused_in_one_line() {
         );
     }
 }
+
+#[test]
+fn every_dtype_views_parameters_and_nested_state_dicts_read_as_torch_wrote_them() {
+    use llava_convert::read_torch_state_dict;
+    use safetensors::Dtype;
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/torch_bin");
+    let bytes = std::fs::read(seeds.join("small.bin")).unwrap();
+    let tensors = read_torch_state_dict(&bytes).unwrap();
+    let get = |name: &str| tensors.iter().find(|t| t.name == name).unwrap();
+    let f32s = |t: &llava_convert::TorchTensor| -> Vec<f32> {
+        bytes[t.start..t.end]
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    // torch.arange(12).reshape(3, 4), and the view base[1:]: rows 1 and 2, at offset 4.
+    let base = get("a.f32");
+    assert_eq!((base.dtype, &base.shape[..]), (Dtype::F32, &[3, 4][..]));
+    assert_eq!(f32s(base), (0..12).map(|i| i as f32).collect::<Vec<_>>());
+    let view = get("a.view");
+    assert_eq!(&view.shape[..], &[2, 4]);
+    assert_eq!(f32s(view), (4..12).map(|i| i as f32).collect::<Vec<_>>());
+    assert_eq!(view.start, base.start + 16, "the view shares the storage");
+    let half = get("a.f16");
+    assert_eq!(half.dtype, Dtype::F16);
+    let h: Vec<f32> = bytes[half.start..half.end]
+        .chunks_exact(2)
+        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
+    assert_eq!(h, (0..12).map(|i| i as f32).collect::<Vec<_>>());
+    assert_eq!(get("a.bf16").dtype, Dtype::BF16);
+    assert_eq!(
+        (get("a.ids").dtype, &get("a.ids").shape[..]),
+        (Dtype::I64, &[1, 5][..])
+    );
+    assert_eq!(&get("a.param").shape[..], &[2]);
+    assert_eq!(tensors.len(), 6);
+    // A training checkpoint: the state dict under "state_dict".
+    let bytes = std::fs::read(seeds.join("nested.bin")).unwrap();
+    let tensors = read_torch_state_dict(&bytes).unwrap();
+    assert_eq!(tensors.len(), 1);
+    assert_eq!(
+        (tensors[0].name.as_str(), &tensors[0].shape[..]),
+        ("w", &[3, 4][..])
+    );
+}

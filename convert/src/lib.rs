@@ -36,3 +36,7 @@ pub use requantize::{requantize, requantize_with};
 pub use source::ModelKind;
 pub use spm_model::{Piece, SpmModel};
 pub use synth::{synth_llm, synth_mmproj, SynthModel};
+/// PyTorch `torch.save` archives, as the converter reads `pytorch_model*.bin` (for the fuzz
+/// target and tests).
+#[doc(hidden)]
+pub use torch_bin::{read_state_dict as read_torch_state_dict, TorchTensor};

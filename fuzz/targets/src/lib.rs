@@ -17,6 +17,7 @@ mod model;
 mod prompt;
 mod spm;
 mod tokenizer;
+mod torch;
 
 pub use convert::{convert_inputs, CHECKPOINT_FILES};
 pub use gguf::gguf_reader;
@@ -25,12 +26,13 @@ pub use model::{llm_load, mmproj_load};
 pub use prompt::prompt_splice;
 pub use spm::spm_model;
 pub use tokenizer::tokenizer;
+pub use torch::torch_bin;
 
 /// A target's body: any bytes in, nothing out.
 pub type Target = fn(&[u8]);
 
 /// Every target by the name of its cargo-fuzz binary and of its input directories.
-pub const TARGETS: [(&str, Target); 8] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("gguf_reader", gguf_reader),
     ("llm_load", llm_load),
     ("mmproj_load", mmproj_load),
@@ -39,4 +41,5 @@ pub const TARGETS: [(&str, Target); 8] = [
     ("image_preprocess", image_preprocess),
     ("tokenizer", tokenizer),
     ("prompt_splice", prompt_splice),
+    ("torch_bin", torch_bin),
 ];
