@@ -18,10 +18,15 @@ use safetensors::Dtype;
 /// One tensor of the state dict: its dtype, PyTorch shape and byte range in the file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TorchTensor {
+    /// The state dict's key.
     pub name: String,
+    /// The element type, from the storage's type (`torch.HalfStorage`: F16).
     pub dtype: Dtype,
+    /// PyTorch order: the last dimension is contiguous.
     pub shape: Vec<usize>,
+    /// First byte in the archive.
     pub start: usize,
+    /// One past the last byte.
     pub end: usize,
 }
 

@@ -10,6 +10,6 @@ pub fn torch_bin(data: &[u8]) {
     for t in tensors {
         assert!(t.start <= t.end && t.end <= data.len(), "{t:?}");
         let numel: usize = t.shape.iter().product();
-        assert_eq!(t.end - t.start, numel * t.dtype.size(), "{t:?}");
+        assert_eq!(t.end - t.start, numel * t.dtype.bitsize() / 8, "{t:?}");
     }
 }
