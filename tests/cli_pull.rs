@@ -525,6 +525,17 @@ fn fixture_files(name: &str) -> Vec<RepoFile> {
     files
 }
 
+/// `llava ARGS` (a pull) that must succeed saying `said` on stderr: the LLM and mmproj paths
+/// it prints.
+fn pull_pair(addr: SocketAddr, home: &Path, args: &[&str], said: &str) -> Vec<PathBuf> {
+    let o = llava_hub(addr, home, args, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(said), "{}", stderr(&o));
+    let paths = lines(&o);
+    assert_eq!(paths.len(), 2, "{}", stdout(&o));
+    paths
+}
+
 /// Logits of an image question, with `llava logits`.
 fn image_logits(m: &Path, mm: &Path, out: &Path) -> Vec<f32> {
     let o = llava(&[
@@ -563,20 +574,12 @@ fn an_original_llava_bin_checkpoint_brings_the_tower_its_config_names() {
         fixture_files("clip-tiny-bin"),
     );
     let home = tempfile::tempdir().unwrap();
-    let o = llava_hub(
+    let paths = pull_pair(
         addr,
         home.path(),
         &["pull", "test/llava-orig-bin:f32", "--vision-quant", "f32"],
-        &[],
+        "names its vision tower, test/clip-tiny-bin",
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("names its vision tower, test/clip-tiny-bin"),
-        "{}",
-        stderr(&o)
-    );
-    let paths = lines(&o);
-    assert_eq!(paths.len(), 2, "{}", stdout(&o));
     // The same model as `llava convert` of the safetensors fixture with its tower.
     let work = tempfile::tempdir().unwrap();
     let o = llava(&[
@@ -611,20 +614,12 @@ fn a_transformers_repository_is_downloaded_and_converted_once() {
         fixture_files("llava-tiny-hf"),
     );
     let home = tempfile::tempdir().unwrap();
-    let o = llava_hub(
+    let paths = pull_pair(
         addr,
         home.path(),
         &["pull", "test/llava-tiny-hf:f32", "--vision-quant", "f32"],
-        &[],
+        "converting test/llava-tiny-hf to f32",
     );
-    assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("converting test/llava-tiny-hf to f32"),
-        "{}",
-        stderr(&o)
-    );
-    let paths = lines(&o);
-    assert_eq!(paths.len(), 2, "{}", stdout(&o));
     assert!(paths[0].starts_with(home.path().join("llava-edge/models--test--llava-tiny-hf")));
     // The conversion is the one `llava convert` makes of the same checkpoint: same logits.
     let work = tempfile::tempdir().unwrap();
