@@ -44,7 +44,7 @@ pub struct Args {
 #[derive(clap::Args, Clone, Debug)]
 pub struct HubArgs {
     /// The repository's branch, tag or commit (with --hf or pull).
-    #[arg(long, default_value = "main")]
+    #[arg(long, default_value = "main", value_parser = revision)]
     pub revision: String,
     /// Use only the local Hub cache; never touch the network (HF_HUB_OFFLINE=1 does too).
     #[arg(long)]
@@ -53,6 +53,23 @@ pub struct HubArgs {
     /// projector (the LLM's is the QUANT of the spec, default q4_k_m).
     #[arg(long, default_value = "f16")]
     pub vision_quant: Preset,
+}
+
+/// A branch, tag or commit: it names a file under the cache's `refs/` (branches may hold
+/// `/`), so nothing that could leave that directory.
+fn revision(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 256
+        && !s.starts_with('/')
+        && !s.contains('\\')
+        && !s.chars().any(char::is_control)
+        && s.split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..");
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?}: not a branch, tag or commit name"))
+    }
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -167,6 +184,12 @@ const QUANTS: &[&str] = &[
 
 const DEFAULT_QUANT: &str = "Q4_K_M";
 
+/// Times a cut download is resumed within one run before the error (the next run resumes too).
+const RETRIES: usize = 3;
+
+/// The largest repository listing read: a 7B repository's is a few kB.
+const MAX_LISTING_BYTES: u64 = 16 << 20;
+
 /// Whether two tags name one quantization: llama.cpp's quantize takes Q3_K, Q4_K and Q5_K for
 /// the _M mixes, and older repositories name their files so (`ggml-model-q4_k.gguf`).
 fn same_quant(a: &str, b: &str) -> bool {
@@ -216,6 +239,12 @@ fn is_split(file: &str) -> bool {
             .all(|p| p.len() == 5 && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
+/// PyTorch weights, as the converter takes them (`pytorch_model*.bin`; not
+/// `training_args.bin` and the like).
+fn is_torch_weights(file: &str) -> bool {
+    file.starts_with("pytorch_model") && file.ends_with(".bin")
+}
+
 fn is_mmproj(file: &str) -> bool {
     file.to_ascii_lowercase().contains("mmproj")
 }
@@ -228,9 +257,7 @@ fn choose(spec: &Spec, files: &[RepoFile]) -> Result<Choice> {
     }
     let has = |name: &str| files.iter().any(|f| f.name == name);
     let safetensors = files.iter().any(|f| f.name.ends_with(".safetensors"));
-    let bins = files
-        .iter()
-        .any(|f| f.name.starts_with("pytorch_model") && f.name.ends_with(".bin"));
+    let bins = files.iter().any(|f| is_torch_weights(&f.name));
     if !has("config.json") || !(safetensors || bins) {
         bail!(
             "{}: neither GGUF files nor a transformers checkpoint (config.json with \
@@ -253,7 +280,7 @@ fn choose(spec: &Spec, files: &[RepoFile]) -> Result<Choice> {
     let wanted = |f: &&RepoFile| {
         CHECKPOINT_FILES.contains(&f.name.as_str())
             || (safetensors && f.name.ends_with(".safetensors"))
-            || (!safetensors && f.name.starts_with("pytorch_model") && f.name.ends_with(".bin"))
+            || (!safetensors && is_torch_weights(&f.name))
     };
     Ok(Choice::Transformers {
         files: files.iter().filter(wanted).cloned().collect(),
@@ -321,7 +348,7 @@ fn choose_gguf(spec: &Spec, ggufs: &[&RepoFile]) -> Result<Choice> {
         .filter(|f| is_mmproj(&f.name))
         .min_by_key(|f| {
             let rank = quant_of(&f.name).unwrap_or(QUANTS.len());
-            (rank != 2, rank, f.name.clone())
+            (QUANTS.get(rank) != Some(&"F16"), rank, f.name.clone())
         });
     Ok(Choice::Gguf {
         llm: llm.clone(),
@@ -439,7 +466,7 @@ impl Hub {
             .with_endpoint(self.endpoint.clone())
             .with_token(self.token.clone())
             .with_progress(false)
-            .with_retries(3)
+            .with_retries(RETRIES)
             .with_user_agent("llava-edge", env!("CARGO_PKG_VERSION"))
             .build()
             .map_err(|e| self.error(repo, "", e))?;
@@ -453,9 +480,15 @@ impl Hub {
             .query("blobs", "true")
             .call()
             .map_err(|e| self.error(repo, "", ApiError::RequestError(Box::new(e))))?;
-        let body: serde_json::Value = response
-            .into_json()
-            .map_err(|e| anyhow!("{}: the Hub's answer is not JSON: {e}", repo_name(repo)))?;
+        let body: serde_json::Value = serde_json::from_reader(
+            response.into_reader().take(MAX_LISTING_BYTES),
+        )
+        .map_err(|e| {
+            anyhow!(
+                "{}: the Hub's listing is not JSON (or over 16 MiB): {e}",
+                repo_name(repo)
+            )
+        })?;
         let commit = body["sha"]
             .as_str()
             .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_hexdigit()))
@@ -516,25 +549,15 @@ impl Hub {
             },
             ApiError::TooManyRetries(e) => {
                 let inner = self.error(repo, file, *e);
-                anyhow!("{inner:#} (after 3 retries; run the command again to resume)")
+                anyhow!("{inner:#} (after {RETRIES} retries; run the command again to resume)")
             }
-            ApiError::IoError(e) if e.raw_os_error() == Some(libc_enospc()) => anyhow!(
+            ApiError::IoError(e) if e.kind() == std::io::ErrorKind::StorageFull => anyhow!(
                 "{what}: the disk is full ({}); free space and run the command again to resume",
                 self.cache.path().display()
             ),
             e => anyhow!("{what}: {e}"),
         }
     }
-}
-
-#[cfg(unix)]
-fn libc_enospc() -> i32 {
-    libc::ENOSPC
-}
-
-#[cfg(not(unix))]
-fn libc_enospc() -> i32 {
-    112 // ERROR_DISK_FULL
 }
 
 fn repo_name(repo: &Repo) -> String {
@@ -559,7 +582,9 @@ fn fetch(hub: &Hub, repo: &Repo, spec: &Spec) -> Result<(String, Choice, bool)> 
     // asked, whatever it holds.
     if let Some(cached) = hub.cached(repo) {
         if let Ok(choice) = choose(spec, &cached.files) {
-            if exact(spec, &choice) || (hub.offline && spec.quant.is_none()) {
+            if complete(hub, repo, spec, &cached.commit, &choice)
+                || (hub.offline && spec.quant.is_none())
+            {
                 return Ok((cached.commit, choice, true));
             }
         }
@@ -621,16 +646,47 @@ fn fetch(hub: &Hub, repo: &Repo, spec: &Spec) -> Result<(String, Choice, bool)> 
     Ok((listing.commit, choice, false))
 }
 
-/// Whether `choice` is exactly what `spec` asks for (not a nearby quantization).
+/// Whether `choice` is exactly what `spec` asks for (a GGUF file of the asked quantization,
+/// not a nearby one).
 fn exact(spec: &Spec, choice: &Choice) -> bool {
     match choice {
         Choice::Gguf { llm, .. } => {
             let asked = spec.quant.as_deref().unwrap_or(DEFAULT_QUANT);
             quant_of(&llm.name).is_some_and(|r| same_quant(QUANTS[r], asked))
         }
-        // The cache holds the checkpoint's files; the conversion is checked in `finish`.
         Choice::Transformers { .. } => true,
     }
+}
+
+/// Whether what the cache holds at `commit` answers `spec` without the network. A cached
+/// GGUF file is complete (the cache links a file only once it is whole). A checkpoint's
+/// files are not known to be all there, as a run cut between two of them leaves some, so it
+/// counts only once its conversion with the asked preset exists.
+fn complete(hub: &Hub, repo: &Repo, spec: &Spec, commit: &str, choice: &Choice) -> bool {
+    match choice {
+        Choice::Gguf { .. } => exact(spec, choice),
+        Choice::Transformers { preset, .. } => {
+            converted_llm(hub, repo, spec, commit, *preset).is_file()
+        }
+    }
+}
+
+/// Where a transformers repository's conversion goes: `$HF_HOME/llava-edge/<repo>/<commit>/`.
+fn converted_dir(hub: &Hub, repo: &Repo, commit: &str) -> PathBuf {
+    hub.home
+        .join("llava-edge")
+        .join(repo.folder_name())
+        .join(commit)
+}
+
+/// The repository's name, as its converted files are named.
+fn converted_name(spec: &Spec) -> &str {
+    spec.repo.rsplit('/').next().unwrap_or("model")
+}
+
+/// The LLM file of a transformers repository converted with `preset`.
+fn converted_llm(hub: &Hub, repo: &Repo, spec: &Spec, commit: &str, preset: Preset) -> PathBuf {
+    converted_dir(hub, repo, commit).join(format!("{}-{preset}.gguf", converted_name(spec)))
 }
 
 /// The local paths of a chosen set of files, converting a transformers checkpoint once.
@@ -661,13 +717,9 @@ fn finish(
             })
         }
         Choice::Transformers { preset, .. } => {
-            let name = spec.repo.rsplit('/').next().unwrap_or("model").to_owned();
-            let out = hub
-                .home
-                .join("llava-edge")
-                .join(repo.folder_name())
-                .join(commit);
-            let llm = out.join(format!("{name}-{preset}.gguf"));
+            let name = converted_name(spec);
+            let out = converted_dir(hub, repo, commit);
+            let llm = converted_llm(hub, repo, spec, commit, preset);
             let kind = llava_convert::source::Source::open(&snapshot)
                 .with_context(|| format!("{}: the downloaded checkpoint", spec.repo))?
                 .kind;
@@ -784,16 +836,7 @@ fn verify(repo: &Repo, f: &RepoFile, path: &Path) -> Result<()> {
 fn sha256_of(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("{}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("{}", path.display()))?;
     Ok(hasher
         .finalize()
         .iter()
@@ -878,6 +921,23 @@ mod tests {
             "", "a", "a/b/c", "../b", "a/..", "/b", "a/", "a/b:", "a/b:Q4 K", "-x/y", "a b/c",
         ] {
             assert!(bad.parse::<Spec>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn revisions_stay_inside_the_refs_directory() {
+        for good in [
+            "main",
+            "v1.0",
+            "refs/pr/12",
+            "0123456789abcdef0123456789abcdef01234567",
+        ] {
+            assert_eq!(revision(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "", "..", "../x", "a/../b", "/etc", "a//b", "a\\b", "a\nb", "x/.",
+        ] {
+            assert!(revision(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -607,13 +607,24 @@ fn an_original_llava_bin_checkpoint_brings_the_tower_its_config_names() {
 #[test]
 fn a_transformers_repository_is_downloaded_and_converted_once() {
     let (hub, addr) = start_hub();
-    add_repo(
-        &hub,
-        "test/llava-tiny-hf",
-        false,
-        fixture_files("llava-tiny-hf"),
-    );
+    let mut files = fixture_files("llava-tiny-hf");
+    // A first run cut on tokenizer.json leaves config.json and the weights cached, but not
+    // the tokenizer: the next run must fetch what is missing, not take the cache as whole.
+    files
+        .iter_mut()
+        .find(|f| f.name == "tokenizer.json")
+        .unwrap()
+        .drops = 5;
+    add_repo(&hub, "test/llava-tiny-hf", false, files);
     let home = tempfile::tempdir().unwrap();
+    let o = llava_hub(
+        addr,
+        home.path(),
+        &["pull", "test/llava-tiny-hf:f32", "--vision-quant", "f32"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("tokenizer.json"), "{}", stderr(&o));
     let paths = pull_pair(
         addr,
         home.path(),

@@ -334,7 +334,8 @@ impl<'a> Reader<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
 
-    fn len(&mut self, n: u64) -> Result<usize, String> {
+    /// A 64-bit length from the pickle, as a size in memory.
+    fn length(n: u64) -> Result<usize, String> {
         usize::try_from(n).map_err(|_| "a length does not fit in memory".to_owned())
     }
 
@@ -481,7 +482,7 @@ impl Machine {
                 }
                 0x8d => {
                     let n = r.u64()?;
-                    let n = r.len(n)?;
+                    let n = Reader::length(n)?;
                     let s = r.utf8(n)?;
                     self.push(Value::Str(s))?
                 }
@@ -500,7 +501,7 @@ impl Machine {
                 0x8e => {
                     // BINBYTES8
                     let n = r.u64()?;
-                    let n = r.len(n)?;
+                    let n = Reader::length(n)?;
                     r.take(n)?;
                     self.push(Value::Bytes)?
                 }
