@@ -1,7 +1,9 @@
 //! LLaVA-1.6 anyres against transformers' LlavaNextForConditionalGeneration
 //! (tests/fixtures/llava-next-tiny-hf, made by generate.py): images wide, tall, square, smaller
 //! than one view and exactly a pinpoint take as many positions as in transformers, and the
-//! logits agree at every position.
+//! logits agree at every position. The same for the original repository's layout
+//! (llava-next-tiny-orig: the tower inside the checkpoint, its shape inferred from the weights,
+//! `mm_*` config, no preprocessor config).
 
 use std::sync::Arc;
 
@@ -18,21 +20,27 @@ use common::*;
 
 #[test]
 fn anyres_token_counts_and_logits_match_transformers() {
-    check(&CpuBackend::new(2));
+    check(&CpuBackend::new(2), "llava-next-tiny-hf");
+}
+
+#[test]
+fn the_original_layout_converts_and_matches_transformers() {
+    check(&CpuBackend::new(2), "llava-next-tiny-orig");
 }
 
 /// The same on the GPU backend, with the same bound.
 #[test]
 fn anyres_on_the_gpu_matches_transformers() {
     if let Some(gpu) = gpu_backend() {
-        check(&gpu);
+        check(&gpu, "llava-next-tiny-hf");
     }
 }
 
-fn check<B: Backend>(b: &B) {
+/// Converts fixture `checkpoint` and checks it against the references in its image-reference/.
+fn check<B: Backend>(b: &B, checkpoint: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (llm_path, mmproj_path) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
-    let src = fixture("llava-next-tiny-hf");
+    let src = fixture(checkpoint);
     convert_llama(&src, &llm_path, Preset::F32).unwrap();
     convert_mmproj(&src, None, &mmproj_path, Preset::F32).unwrap();
     let llm_file = Arc::new(GgufFile::open(&llm_path).unwrap());
