@@ -16,7 +16,9 @@ pub enum Template {
     VicunaV1,
     /// LLaVA-1.6-Mistral: `[INST] … [/INST]`, no system prompt.
     MistralInstruct,
-    /// LLaVA-1.6-34B's `chatml_direct`.
+    /// LLaVA-1.6-34B's `chatml_direct`: ChatML in LLaVA's MPT style, each `<|im_end|>`
+    /// followed directly by the next `<|im_start|>` (no newline between turns, as the model was
+    /// trained; llava-hf's Jinja template puts one).
     Chatml,
     /// The prompt exactly as given.
     Raw,
@@ -81,7 +83,7 @@ impl Template {
             Template::VicunaV1 => format!("{} USER: {user} ASSISTANT:", system.unwrap_or(VICUNA_SYSTEM)),
             Template::MistralInstruct => format!("[INST] {user} [/INST]"),
             Template::Chatml => format!(
-                "<|im_start|>system\n{}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n",
+                "<|im_start|>system\n{}<|im_end|><|im_start|>user\n{user}<|im_end|><|im_start|>assistant\n",
                 system.unwrap_or("Answer the questions.")
             ),
             Template::Raw => user.to_owned(),
@@ -95,7 +97,7 @@ impl Template {
             Template::LlavaV1 | Template::VicunaV1 => format!("USER: {user} ASSISTANT:"),
             Template::MistralInstruct => format!("[INST] {user} [/INST]"),
             Template::Chatml => {
-                format!("\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
+                format!("<|im_start|>user\n{user}<|im_end|><|im_start|>assistant\n")
             }
             Template::Raw => user.to_owned(),
         }
@@ -176,9 +178,26 @@ mod tests {
             Template::VicunaV1.render_with_system("q", Some("Be brief.")),
             "Be brief. USER: q ASSISTANT:"
         );
+        // LLaVA's conv_chatml_direct: system "<|im_start|>system\nAnswer the questions.", roles
+        // "<|im_start|>user\n" and "<|im_start|>assistant\n", separator "<|im_end|>", MPT style
+        // (system + sep, then role + message + sep per turn, the open role last).
+        assert_eq!(
+            Template::Chatml.render(&with_image_markers("q", 1)),
+            "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\n<image>\nq<|im_end|><|im_start|>assistant\n"
+        );
         assert_eq!(
             Template::Chatml.render_with_system("q", Some("S")),
-            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n"
+            "<|im_start|>system\nS<|im_end|><|im_start|>user\nq<|im_end|><|im_start|>assistant\n"
+        );
+        assert_eq!(
+            format!(
+                "{}a{}{}",
+                Template::Chatml.render("q1"),
+                Template::Chatml.end_of_turn(),
+                Template::Chatml.render_followup("q2")
+            ),
+            "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\nq1<|im_end|>\
+             <|im_start|>assistant\na<|im_end|><|im_start|>user\nq2<|im_end|><|im_start|>assistant\n"
         );
         assert!(!Template::MistralInstruct.has_system() && !Template::Raw.has_system());
         // LLaVA's conv_llava_v1 with two turns: sep " ", sep2 "</s>".
