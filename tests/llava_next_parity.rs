@@ -3,16 +3,18 @@
 //! than one view and exactly a pinpoint take as many positions as in transformers, and the
 //! logits agree at every position. The same for the original repository's layout
 //! (llava-next-tiny-orig: the tower inside the checkpoint, its shape inferred from the weights,
-//! `mm_*` config, no preprocessor config).
+//! `mm_*` config, no preprocessor config), and for LLaVA-1.6-34B's ChatML kind of tokenizer and
+//! template (llava-next-tiny-chatml).
 
 use std::sync::Arc;
 
 use llava_convert::{convert_llama, convert_mmproj, Preset};
 use llava_models::image::{load_image, DEFAULT_MAX_PIXELS};
 use llava_models::llava::{anyres_layout, embed_pieces, encode_image, tokenize_pieces, Piece};
+use llava_models::template::{with_image_markers, Template};
 use llava_models::{Clip, Llama};
 use llava_runtime::backend::{Backend, CpuBackend, KvType};
-use llava_runtime::gguf::GgufFile;
+use llava_runtime::gguf::{keys, GgufFile};
 use llava_runtime::tokenizer::Tokenizer;
 
 mod common;
@@ -26,6 +28,39 @@ fn anyres_token_counts_and_logits_match_transformers() {
 #[test]
 fn the_original_layout_converts_and_matches_transformers() {
     check(&CpuBackend::new(2), "llava-next-tiny-orig");
+}
+
+/// LLaVA-1.6-34B's kind (llava-next-tiny-chatml): <|im_start|> and <|im_end|> special tokens
+/// in rows of the padded vocabulary, <|im_end|> the end of sequence, a ChatML
+/// chat_template.json. The converted file runs with the chatml template, which renders the
+/// reference's prompt (LLaVA's chatml_direct, written by the fixture script from the
+/// conversation's definition); the prompt tokenizes to transformers' ids and the logits match.
+#[test]
+fn the_chatml_kind_gets_its_template_end_token_and_logits() {
+    check(&CpuBackend::new(2), "llava-next-tiny-chatml");
+
+    let dir = tempfile::tempdir().unwrap();
+    let llm_path = dir.path().join("llm.gguf");
+    let src = fixture("llava-next-tiny-chatml");
+    convert_llama(&src, &llm_path, Preset::F32).unwrap();
+    let f = GgufFile::open(&llm_path).unwrap();
+    let template = Template::from_chat_template(Some(f.get_str(keys::CHAT_TEMPLATE).unwrap()));
+    assert_eq!(template, Template::Chatml);
+    let tok = Tokenizer::from_gguf(&f).unwrap();
+    assert_eq!(
+        tok.encode("<|im_start|><|im_end|>", false, true),
+        [513, 514]
+    );
+    assert_eq!(tok.eos(), Some(514));
+    assert!(tok.is_eog(514));
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(src.join("image-reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        template.render(&with_image_markers("What is in this picture?", 1)),
+        reference["prompt"].as_str().unwrap()
+    );
 }
 
 /// The same on the GPU backend, with the same bound.

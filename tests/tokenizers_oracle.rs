@@ -17,6 +17,8 @@ const CHECKPOINTS: &[&str] = &[
     "llava-tiny-hf4",
     "llava-tiny-orig",
     "llava-next-tiny-hf",
+    "llava-next-tiny-orig",
+    "llava-next-tiny-chatml",
 ];
 
 const CORPUS: &[&str] = &[
@@ -34,6 +36,7 @@ const CORPUS: &[&str] = &[
     "Pneumonoultramicroscopicsilicovolcanoconiosis antidisestablishmentarianism",
     "def main(): print(\"hello, world\")  # code",
     "<s> literal specials </s> and <unk> inside text",
+    "<|im_start|>user\nChatML turns<|im_end|><|im_start|>assistant\n<|im_end|>x <|im_start|> y",
     "",
     " ",
     "\u{0}\u{1}\u{7f} control bytes",
