@@ -3,8 +3,9 @@
 //! than one view and exactly a pinpoint take as many positions as in transformers, and the
 //! logits agree at every position. The same for the original repository's layout
 //! (llava-next-tiny-orig: the tower inside the checkpoint, its shape inferred from the weights,
-//! `mm_*` config, no preprocessor config), and for LLaVA-1.6-34B's ChatML kind of tokenizer and
-//! template (llava-next-tiny-chatml).
+//! `mm_*` config, no preprocessor config), for LLaVA-1.6-34B's ChatML kind of tokenizer and
+//! template (llava-next-tiny-chatml), and for LLaVA-1.6-Mistral's config and template
+//! (llava-next-tiny-mistral).
 
 use std::sync::Arc;
 
@@ -53,6 +54,32 @@ fn the_chatml_kind_gets_its_template_end_token_and_logits() {
     );
     assert_eq!(tok.eos(), Some(514));
     assert!(tok.is_eog(514));
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(src.join("image-reference/reference.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        template.render(&with_image_markers("What is in this picture?", 1)),
+        reference["prompt"].as_str().unwrap()
+    );
+}
+
+/// LLaVA-1.6-Mistral's kind (llava-next-tiny-mistral): a `mistral` text config with
+/// Mistral-7B-Instruct-v0.2's rope_theta of 1e6, and the processor's chat_template.json with
+/// [INST] turns. The file runs with the mistral_instruct template, whose prompt is the
+/// reference's, and the logits match at every position.
+#[test]
+fn the_mistral_kind_gets_its_template_rope_base_and_logits() {
+    check(&CpuBackend::new(2), "llava-next-tiny-mistral");
+
+    let dir = tempfile::tempdir().unwrap();
+    let llm_path = dir.path().join("llm.gguf");
+    let src = fixture("llava-next-tiny-mistral");
+    convert_llama(&src, &llm_path, Preset::F32).unwrap();
+    let f = GgufFile::open(&llm_path).unwrap();
+    let template = Template::from_chat_template(Some(f.get_str(keys::CHAT_TEMPLATE).unwrap()));
+    assert_eq!(template, Template::MistralInstruct);
+    assert_eq!(f.get_f32("llama.rope.freq_base").unwrap(), 1e6);
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(src.join("image-reference/reference.json")).unwrap(),
     )
