@@ -18,6 +18,10 @@
 //!   (tests/fixtures/llamacpp-converted/odd56-llamacpp-embeddings.npy, by llamacpp_tower.py
 //!   there).
 //!
+//! - **LLaVA-1.6** (llava-next-tiny-hf, five image shapes): mtmd loads our mmproj, makes the
+//!   same text ids and encodes every view; its image positions are whole views, as llama.cpp
+//!   runs LLaVA-1.6 (no unpadding, no newline rows), not LLaVA's count.
+//!
 //! Why the image is not compared with llava: llama.cpp's LLaVA tower does not compute what
 //! transformers (and llava) compute. It places the class token after the patches (patch i
 //! takes position embedding i, the class token the last; the projector then takes rows 1..,
@@ -178,6 +182,17 @@ fn run() -> Result<()> {
             }
         }
     }
+    match next_case(&llava, &fixtures, &work) {
+        Ok(lines) => {
+            for line in lines {
+                println!("ok   {:<12} {:<5} {line}", "next f32", "image");
+            }
+        }
+        Err(e) => {
+            println!("FAIL {:<12} {:<5} {e:#}", "next f32", "image");
+            failures += 1;
+        }
+    }
     std::fs::remove_dir_all(&work).ok();
     ensure!(failures == 0, "{failures} comparison(s) failed");
     Ok(())
@@ -210,6 +225,64 @@ fn text_case(llava: &Path, llm: &Path, work: &Path, case: &Case) -> Result<Vec<S
         case.text_bound,
     )?;
     Ok(vec![format!("{} positions, ids equal; {line}", ids.len())])
+}
+
+/// LLaVA-1.6 (tests/fixtures/llava-next-tiny-hf): for images wide, tall, square, smaller than
+/// one view and exactly a pinpoint, mtmd loads our mmproj, makes the prompt's text ids llava
+/// makes, and encodes every view. The image positions differ by design: llama.cpp runs
+/// LLaVA-1.6 as views of `image_size²/patch²` positions each (tiles, then the overview),
+/// without LLaVA's unpadding and newline rows (GGUF-AND-LLAVA.md §5.4), so only that their
+/// count is whole views is checked.
+fn next_case(llava: &Path, fixtures: &Path, work: &Path) -> Result<Vec<String>> {
+    const PROMPT: &str = "[INST] <image>\nWhat is in this picture? [/INST]";
+    const VIEW: usize = 16; // (56 / 14)²
+    let llm = work.join("next-llm.gguf");
+    let mmproj = work.join("next-mmproj.gguf");
+    llava_cmd(
+        llava,
+        &["convert", "-q", "f32", "--vision-quant", "f32", "--force"],
+    )
+    .arg(fixtures.join("llava-next-tiny-hf"))
+    .arg("-o")
+    .arg(&llm)
+    .arg("--mmproj-out")
+    .arg(&mmproj)
+    .status_ok()?;
+    let model = Model::load(&llm)?;
+    let mtmd = Mtmd::load(&mmproj, &model)?;
+    let mut lines = Vec::new();
+    for name in ["wide", "tall", "square", "small", "exact"] {
+        let image = fixtures.join(format!("images/next-{name}.png"));
+        let (ours, _) = llava_logits(llava, &llm, Some((&mmproj, &image)), PROMPT, work)?;
+        let chunks = mtmd.tokenize(PROMPT, &image)?;
+        let theirs = chunks.ids()?;
+        let text = |ids: &[i64]| {
+            ids.iter()
+                .copied()
+                .filter(|&id| id >= 0)
+                .collect::<Vec<_>>()
+        };
+        ensure!(
+            text(&theirs) == text(&ours),
+            "{name}: the text ids differ:\n  llama.cpp {theirs:?}\n  llava     {ours:?}"
+        );
+        let count = |ids: &[i64]| ids.iter().filter(|&&id| id < 0).count();
+        let (n_theirs, n_ours) = (count(&theirs), count(&ours));
+        ensure!(
+            n_theirs > 0 && n_theirs % VIEW == 0,
+            "{name}: llama.cpp made {n_theirs} image positions, not whole views of {VIEW}"
+        );
+        let views = mtmd.encode_all(&chunks, model.n_embd)?;
+        ensure!(
+            views * VIEW == n_theirs,
+            "{name}: {views} views encoded for {n_theirs} positions"
+        );
+        lines.push(format!(
+            "{name}: text ids equal; {views} views encoded ({n_theirs} positions; llava's \
+             unpadded grid with newline rows: {n_ours})"
+        ));
+    }
+    Ok(lines)
 }
 
 /// The mmproj files of an image case and the image.
@@ -637,6 +710,35 @@ impl Mtmd {
             }
         }
         found.context("no image chunk")
+    }
+}
+
+impl Mtmd {
+    /// Encodes every image chunk; how many there were. Each must give finite embeddings.
+    fn encode_all(&self, chunks: &Chunks, n_embd: usize) -> Result<usize> {
+        let mut n = 0;
+        // SAFETY: as in `encode_image`.
+        unsafe {
+            for i in 0..sys::mtmd_input_chunks_size(chunks.chunks) {
+                let chunk = sys::mtmd_input_chunks_get(chunks.chunks, i);
+                if sys::mtmd_input_chunk_get_type(chunk) != sys::MTMD_INPUT_CHUNK_TYPE_IMAGE {
+                    continue;
+                }
+                let status = sys::mtmd_encode_chunk(self.ctx, chunk);
+                ensure!(status == 0, "mtmd_encode_chunk failed ({status})");
+                let len = sys::mtmd_input_chunk_get_n_tokens(chunk) * n_embd;
+                let out = sys::mtmd_get_output_embd(self.ctx);
+                ensure!(!out.is_null(), "mtmd_get_output_embd gave nothing");
+                ensure!(
+                    std::slice::from_raw_parts(out, len)
+                        .iter()
+                        .all(|v| v.is_finite()),
+                    "non-finite embeddings"
+                );
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 
