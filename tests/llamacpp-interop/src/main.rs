@@ -18,6 +18,8 @@
 //!   (tests/fixtures/llamacpp-converted/odd56-llamacpp-embeddings.npy, by llamacpp_tower.py
 //!   there).
 //!
+//! - **the other LLMs** (the original 1.6 layout, ChatML special tokens, a `mistral` config
+//!   with rope_theta 1e6): ids and every position's logits against llava's, as the text case;
 //! - **LLaVA-1.6** (llava-next-tiny-hf, five image shapes): mtmd loads our mmproj, makes the
 //!   same text ids and encodes every view; its image positions are whole views, as llama.cpp
 //!   runs LLaVA-1.6 (no unpadding, no newline rows), not LLaVA's count.
@@ -104,6 +106,22 @@ const THEIR_MMPROJ: &str = "llamacpp-converted/mmproj-model-f32.gguf";
 /// (llamacpp_tower.py there).
 const LLAMACPP_READING: &str = "llamacpp-converted/odd56-llamacpp-embeddings.npy";
 const THREADS: i32 = 2;
+/// The LLMs of the other LLaVA fixtures, F32, each on a prompt in its own format: llama.cpp's
+/// ids and logits against llava's, with the F32 text bound.
+const OTHER_LLMS: [(&str, &str); 3] = [
+    // The original repository's layout: 512-token vocabulary, `model.*` names.
+    (
+        "llava-next-tiny-orig",
+        "A chat between a curious human and an artificial intelligence assistant. USER: Hi there! ASSISTANT:",
+    ),
+    // ChatML special tokens in rows of the padded vocabulary.
+    (
+        "llava-next-tiny-chatml",
+        "<|im_start|>system\nAnswer the questions.<|im_end|><|im_start|>user\nWhat is 2 + 2?<|im_end|><|im_start|>assistant\n",
+    ),
+    // A `mistral` text config with rope_theta 1e6.
+    ("llava-next-tiny-mistral", "[INST] What is in this picture? [/INST]"),
+];
 
 fn main() -> ExitCode {
     match run() {
@@ -166,7 +184,7 @@ fn run() -> Result<()> {
             llamacpp_reading: (&shape, &llamacpp_reading),
         };
         for (what, result) in [
-            ("text", text_case(&llava, &llm, &work, case)),
+            ("text", text_case(&llava, &llm, &work, case.text_bound)),
             ("image", image_case(&llava, &llm, &image_files, &work, case)),
         ] {
             match result {
@@ -179,6 +197,25 @@ fn run() -> Result<()> {
                     println!("FAIL {name:<12} {what:<5} {e:#}");
                     failures += 1;
                 }
+            }
+        }
+    }
+    for (checkpoint, prompt) in OTHER_LLMS {
+        let llm = work.join(format!("{checkpoint}.gguf"));
+        let result = llava_cmd(&llava, &["convert", "-q", "f32", "--force", "-o"])
+            .arg(&llm)
+            .arg(fixtures.join(checkpoint))
+            .status_ok()
+            .and_then(|()| text_prompt_case(&llava, &llm, &work, prompt, CASES[0].text_bound));
+        match result {
+            Ok(lines) => {
+                for line in lines {
+                    println!("ok   {checkpoint:<12} text  {line}");
+                }
+            }
+            Err(e) => {
+                println!("FAIL {checkpoint:<12} text  {e:#}");
+                failures += 1;
             }
         }
     }
@@ -207,10 +244,21 @@ unsafe extern "C" fn log(_level: sys::ggml_log_level, text: *const c_char, _data
 }
 
 /// `llava logits` over [`TEXT_PROMPT`] against libllama decoding the same ids, every position.
-fn text_case(llava: &Path, llm: &Path, work: &Path, case: &Case) -> Result<Vec<String>> {
-    let (ours_ids, ours) = llava_logits(llava, llm, None, TEXT_PROMPT, work)?;
+fn text_case(llava: &Path, llm: &Path, work: &Path, bound: f32) -> Result<Vec<String>> {
+    text_prompt_case(llava, llm, work, TEXT_PROMPT, bound)
+}
+
+/// `llava logits` over `prompt` against libllama decoding the same ids, every position.
+fn text_prompt_case(
+    llava: &Path,
+    llm: &Path,
+    work: &Path,
+    prompt: &str,
+    bound: f32,
+) -> Result<Vec<String>> {
+    let (ours_ids, ours) = llava_logits(llava, llm, None, prompt, work)?;
     let model = Model::load(llm)?;
-    let ids = model.tokenize(TEXT_PROMPT)?;
+    let ids = model.tokenize(prompt)?;
     let ours_ids: Vec<i32> = ours_ids.iter().map(|&id| id as i32).collect();
     ensure!(
         ids == ours_ids,
@@ -218,12 +266,7 @@ fn text_case(llava: &Path, llm: &Path, work: &Path, case: &Case) -> Result<Vec<S
     );
     let ctx = model.context(ids.len())?;
     let theirs = ctx.decode_all(&ids, model.n_vocab)?;
-    let line = compare(
-        "logits, llama.cpp vs llava",
-        &theirs,
-        &ours,
-        case.text_bound,
-    )?;
+    let line = compare("logits, llama.cpp vs llava", &theirs, &ours, bound)?;
     Ok(vec![format!("{} positions, ids equal; {line}", ids.len())])
 }
 
@@ -481,7 +524,7 @@ impl Model {
         })
     }
 
-    /// llama.cpp's ids for `text`, BOS added, special-token text not parsed (as `llava logits`).
+    /// llama.cpp's ids for `text`, BOS added, special-token text parsed (as `llava logits`).
     fn tokenize(&self, text: &str) -> Result<Vec<i32>> {
         let mut ids = vec![0i32; text.len() + 2];
         // SAFETY: `text` is valid for `text.len()` bytes, `ids` for `ids.len()` tokens, and
@@ -494,7 +537,7 @@ impl Model {
                 ids.as_mut_ptr(),
                 ids.len() as i32,
                 true,
-                false,
+                true,
             )
         };
         ensure!(n >= 0, "llama_tokenize needs {} slots", -n);
