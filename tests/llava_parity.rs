@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use llava_convert::{convert_llama, convert_mmproj, Preset};
-use llava_models::image::{llava15_preprocess, load_image, DEFAULT_MAX_PIXELS};
+use llava_models::image::{clip_preprocess, llava15_preprocess, load_image, DEFAULT_MAX_PIXELS};
 use llava_models::llava::{embed_pieces, encode_image, tokenize_pieces, Piece};
 use llava_models::{Clip, Llama};
 use llava_runtime::backend::{Backend, CpuBackend, KvType};
-use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
+use llava_runtime::gguf::{keys, GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::tokenizer::Tokenizer;
 
 mod common;
@@ -53,15 +53,24 @@ fn run(c: &Converted) -> Run {
 }
 
 fn run_on<B: Backend>(b: &B, c: &Converted) -> Run {
+    run_reference(b, c, "llava-tiny-hf/image-reference")
+}
+
+/// The converted files on the prompt and image of the reference in fixture dir `reference`.
+fn run_reference<B: Backend>(b: &B, c: &Converted, reference: &str) -> Run {
     let llm_file = Arc::new(GgufFile::open(&c.llm).unwrap());
     let llm = Llama::load(b, &llm_file).unwrap();
     let tok = Tokenizer::from_gguf(&llm_file).unwrap();
     let clip = Clip::load(b, &Arc::new(GgufFile::open(&c.mmproj).unwrap())).unwrap();
     let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("llava-tiny-hf/image-reference/reference.json")).unwrap(),
+        &std::fs::read_to_string(fixture(reference).join("reference.json")).unwrap(),
     )
     .unwrap();
-    let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let image = load_image(
+        &fixture(reference["image"].as_str().unwrap()),
+        DEFAULT_MAX_PIXELS,
+    )
+    .unwrap();
     let features = encode_image(b, &clip, &image);
 
     let pieces = tokenize_pieces(&tok, reference["prompt"].as_str().unwrap(), 1, true).unwrap();
@@ -98,6 +107,48 @@ fn pixels_match_the_clip_processor() {
     let ours = llava15_preprocess(&image, 56, mean, std);
     let want = read_npy(&fixture("llava-tiny-hf/image-reference/pixel_values.npy"));
     assert!(max_diff(&ours, &want) <= 1e-5);
+}
+
+/// The first LLaVA's kind (llava-v1-tiny, its tower in clip-tiny-v1 beside it): a single
+/// linear projector whose type the config leaves unset, a tower that is not 336 px (42 px
+/// here, as ViT-L/14 at 224 was), and the CLIP processor's resize and centre crop instead of
+/// LLaVA-1.5's padding, as its config's unset `image_aspect_ratio` means. The mmproj holds
+/// `mm.0` only and says "square"; pixels, features and logits match transformers (its LLaVA
+/// with an identity second layer, exactly the linear projector).
+#[test]
+fn the_first_llavas_linear_projector_and_cropped_views_match_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+    let src = fixture("llava-v1-tiny");
+    convert_llama(&src, &llm, Preset::F32).unwrap();
+    convert_mmproj(&src, Some(&fixture("clip-tiny-v1")), &mmproj, Preset::F32).unwrap();
+    let f = GgufFile::open(&mmproj).unwrap();
+    assert!(f.tensor("mm.0.weight").is_some() && f.tensor("mm.2.weight").is_none());
+    assert_eq!(f.get_str(keys::clip::IMAGE_ASPECT_RATIO).unwrap(), "square");
+    assert_eq!(f.get_u32(keys::clip::IMAGE_SIZE).unwrap(), 42);
+
+    let image = load_image(&fixture("images/odd.png"), DEFAULT_MAX_PIXELS).unwrap();
+    let mean = [0.48145466f64, 0.4578275, 0.40821073].map(|x| x as f32);
+    let std = [0.26862954f64, 0.26130258, 0.27577711].map(|x| x as f32);
+    let pixels = clip_preprocess(&image, 42, mean, std);
+    let want = read_npy(&src.join("image-reference/pixel_values.npy"));
+    assert!(max_diff(&pixels, &want) <= 1e-5);
+
+    let c = Converted {
+        _dir: dir,
+        llm,
+        mmproj,
+    };
+    let r = run_reference(&CpuBackend::new(2), &c, "llava-v1-tiny/image-reference");
+    assert!(
+        r.ids_match,
+        "the prompt tokenizes differently from the reference"
+    );
+    let want_f = read_npy(&src.join("image-reference/image_features.npy"));
+    let want_l = read_npy(&src.join("image-reference/logits.npy"));
+    let (df, dl) = (max_diff(&r.features, &want_f), max_diff(&r.logits, &want_l));
+    eprintln!("first LLaVA: features max |diff| {df:.2e}, logits max |diff| {dl:.2e}");
+    assert!(df <= 1e-3 && dl <= 1e-3, "features {df}, logits {dl}");
 }
 
 #[test]

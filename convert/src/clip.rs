@@ -120,6 +120,12 @@ pub(crate) struct ClipLayout {
     /// LLaVA-1.6 (anyres): the flat `[h, w, h, w, ...]` grid pinpoints; `image_newline` is
     /// written too.
     pub pinpoints: Option<Vec<i32>>,
+    /// The first LLaVA's single linear projector: `mm.0` only (the runtime reads a file
+    /// without `mm.2` as that; llama.cpp applies a GELU after `mm.0` whatever the file).
+    pub linear_projector: bool,
+    /// LLaVA's `image_aspect_ratio` "square" (the first LLaVA's default): resize and centre
+    /// crop, no padding; written as `clip.vision.image_aspect_ratio`.
+    pub center_crop: bool,
 }
 
 /// Where an mmproj tensor comes from in a checkpoint.
@@ -182,6 +188,8 @@ impl ClipLayout {
             kv.push((clip::IMAGE_GRID_PINPOINTS, MetaArray::I32(p.clone()).into()));
             kv.push((clip::MM_PATCH_MERGE_TYPE, "spatial_unpad".into()));
             kv.push((clip::IMAGE_ASPECT_RATIO, "anyres".into()));
+        } else if self.center_crop {
+            kv.push((clip::IMAGE_ASPECT_RATIO, "square".into()));
         }
         kv
     }
@@ -237,7 +245,12 @@ impl ClipLayout {
             both("ffn_down", "mlp.fc2", &[h, ff], &[h]);
         }
         let th = self.text_hidden;
-        for (second, in_dim) in [(false, h), (true, th)] {
+        let layers: &[(bool, usize)] = if self.linear_projector {
+            &[(false, h)]
+        } else {
+            &[(false, h), (true, th)]
+        };
+        for &(second, in_dim) in layers {
             let n = if second { 2 } else { 0 };
             t.push(ClipTensor {
                 gguf: format!("mm.{n}.weight"),
@@ -295,6 +308,8 @@ mod tests {
             mean: CLIP_MEAN,
             std: CLIP_STD,
             pinpoints: None,
+            linear_projector: false,
+            center_crop: false,
         }
     }
 

@@ -185,7 +185,34 @@ fn mmproj(
         ));
     }
 
+    if src
+        .config
+        .get("mm_use_im_start_end")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        return Err(config_error(
+            &src.config.path,
+            "mm_use_im_start_end",
+            "true: image features wrapped in <im_start>/<im_end> tokens (the first LLaVA's \
+             v0 checkpoints) are not supported"
+                .into(),
+        ));
+    }
     let (mm0, mm2) = projector_names(&src)?;
+    // LLaVA's process_images: "pad" (LLaVA-1.5) pads to a square, "anyres" (1.6) tiles, and
+    // anything else — "square", its training default, which the first LLaVA's configs leave
+    // unset — is the CLIP processor's resize and centre crop. llava-hf configs do not say;
+    // their LLaVA-1.5 checkpoints are padded.
+    let center_crop = match src.kind {
+        ModelKind::LlavaOriginal { next: false } => {
+            src.config
+                .str_opt("image_aspect_ratio")?
+                .unwrap_or("square")
+                != "pad"
+        }
+        _ => false,
+    };
     let newline = ["image_newline", "model.image_newline"]
         .into_iter()
         .find(|n| src.ckpt.contains(n));
@@ -223,6 +250,8 @@ fn mmproj(
         mean,
         std,
         pinpoints,
+        linear_projector: mm2.is_none(),
+        center_crop,
     };
     let mut w = GgufWriter::new();
     for (k, v) in layout.metadata(preset) {
@@ -236,7 +265,11 @@ fn mmproj(
         let (ckpt, hf) = match t.origin {
             Origin::Tower(inner) => (tower.ckpt, tower.name(&inner)),
             Origin::Projector { second, param } => {
-                let layer = if second { &mm2 } else { &mm0 };
+                let layer = if second {
+                    mm2.as_ref().expect("a linear projector plans no mm.2")
+                } else {
+                    &mm0
+                };
                 (&src.ckpt, format!("{layer}.{param}"))
             }
             Origin::Newline => (&src.ckpt, newline.expect("anyres checked above").to_owned()),
@@ -308,8 +341,10 @@ fn blocks_used(layer: Option<&Value>, n_layers: usize, path: &Path) -> Result<us
     Ok(used as usize)
 }
 
-/// Names (without `.weight`/`.bias`) of the projector's two linear layers.
-fn projector_names(src: &Source) -> Result<(String, String), ConvertError> {
+/// Names (without `.weight`/`.bias`) of the projector's linear layers: LLaVA's
+/// `mlp2x_gelu` (two), or the first LLaVA's `linear` (one: `model.mm_projector`, the type its
+/// configs leave unset).
+fn projector_names(src: &Source) -> Result<(String, Option<String>), ConvertError> {
     for (a, b) in [
         (
             "multi_modal_projector.linear_1",
@@ -327,18 +362,20 @@ fn projector_names(src: &Source) -> Result<(String, String), ConvertError> {
                     name: format!("{b}.weight"),
                 });
             }
-            return Ok((a.to_owned(), b.to_owned()));
+            return Ok((a.to_owned(), Some(b.to_owned())));
         }
     }
-    let projector = src
-        .config
-        .str_opt("mm_projector_type")?
-        .unwrap_or("mlp2x_gelu");
+    let projector = src.config.str_opt("mm_projector_type")?;
+    if matches!(projector, None | Some("linear")) && src.ckpt.contains("model.mm_projector.weight")
+    {
+        return Ok(("model.mm_projector".to_owned(), None));
+    }
     Err(ConvertError::Input {
         path: src.dir.clone(),
         reason: format!(
-            "no mlp2x_gelu projector (multi_modal_projector.linear_1 or model.mm_projector.0); \
-             projector type {projector:?} is not supported"
+            "no mlp2x_gelu projector (multi_modal_projector.linear_1 or model.mm_projector.0) \
+             and no linear one (model.mm_projector); projector type {:?} is not supported",
+            projector.unwrap_or("mlp2x_gelu")
         ),
     })
 }

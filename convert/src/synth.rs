@@ -122,6 +122,8 @@ impl SynthModel {
             mean: CLIP_MEAN,
             std: CLIP_STD,
             pinpoints: (self == SynthModel::Llava16Mistral7B).then(|| LLAVA_16_PINPOINTS.to_vec()),
+            linear_projector: false,
+            center_crop: false,
         })
     }
 }

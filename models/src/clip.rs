@@ -46,6 +46,10 @@ pub struct ClipConfig {
     pub use_gelu: bool,
     /// LLaVA-1.6 `image_grid_pinpoints` as (width, height) pairs; empty for LLaVA-1.5.
     pub grid_pinpoints: Vec<(u32, u32)>,
+    /// LLaVA's `image_aspect_ratio` "square" (the first LLaVA, `clip.vision.image_aspect_ratio`
+    /// in the file): the CLIP processor's resize and centre crop, without LLaVA-1.5's padding
+    /// to a square.
+    pub center_crop: bool,
 }
 
 impl ClipConfig {
@@ -135,6 +139,22 @@ impl ClipConfig {
                 flat.chunks(2).map(|p| (p[0] as u32, p[1] as u32)).collect()
             }
         };
+        let key = clip::IMAGE_ASPECT_RATIO;
+        let aspect = f.optional(key, |f, k| f.get_str(k).map(str::to_owned))?;
+        let center_crop = match aspect.as_deref() {
+            None | Some("pad") => false,
+            Some("square") => true,
+            Some("anyres") if !grid_pinpoints.is_empty() => false,
+            Some(other) => {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{other:?} is not supported (\"pad\", \"square\", or \"anyres\" with \
+                         grid pinpoints)"
+                    ),
+                ))
+            }
+        };
         let n_blocks = u(clip::BLOCK_COUNT)?;
         // The count sizes the block list: check it against the tensors the file holds.
         let last = format!("v.blk.{}.attn_q.weight", n_blocks.max(1) - 1);
@@ -158,6 +178,7 @@ impl ClipConfig {
                 .optional(clip::USE_GELU, GgufFile::get_bool)?
                 .unwrap_or(false),
             grid_pinpoints,
+            center_crop,
         })
     }
 }

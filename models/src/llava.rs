@@ -167,7 +167,11 @@ pub fn encode_image<B: Backend>(backend: &B, clip: &Clip<B>, image: &RgbImage) -
     let c = &clip.config;
     let size = c.image_size as u32;
     let (Some(layout), Some(newline)) = (anyres_layout(clip, image), clip.image_newline()) else {
-        let pixels = llava15_preprocess(image, size, c.image_mean, c.image_std);
+        let pixels = if c.center_crop {
+            clip_preprocess(image, size, c.image_mean, c.image_std)
+        } else {
+            llava15_preprocess(image, size, c.image_mean, c.image_std)
+        };
         return clip.encode(backend, &pixels);
     };
     let mut parts: Vec<B::Tensor> = anyres_views(image, &layout, size)
@@ -194,12 +198,18 @@ pub fn image_tokens<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> usize {
 
 /// The most pixels one picture made while preprocessing `image` holds: LLaVA-1.5 pads to a
 /// square of the longer side (a 1 × 100000 strip becomes 10^10 pixels); anyres fits the image
-/// into its pinpoint. Callers bound the work with it before [`encode_image`], as the decoder
-/// bounds the image itself.
+/// into its pinpoint; a centre-cropping tower resizes the shorter side to its image size (the
+/// longer side grows with it). Callers bound the work with it before [`encode_image`], as the
+/// decoder bounds the image itself.
 pub fn preprocessed_pixels<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> u64 {
     let (w, h) = (u64::from(image.width), u64::from(image.height));
     let canvas = match anyres_layout(clip, image) {
         Some(layout) => u64::from(layout.target.0) * u64::from(layout.target.1),
+        None if clip.config.center_crop => {
+            let (short, long) = (w.min(h).max(1), w.max(h));
+            let size = clip.config.image_size as u64;
+            size.saturating_mul(size.saturating_mul(long) / short)
+        }
         None => w.max(h).pow(2),
     };
     canvas.max(w * h)
