@@ -113,7 +113,7 @@ fn pixels_match_the_clip_processor() {
 /// linear projector whose type the config leaves unset, a tower that is not 336 px (42 px
 /// here, as ViT-L/14 at 224 was), and the CLIP processor's resize and centre crop instead of
 /// LLaVA-1.5's padding, as its config's unset `image_aspect_ratio` means. The mmproj holds
-/// `mm.0` only and says "square"; pixels, features and logits match transformers (its LLaVA
+/// `mm.0` only, of type "linear", and says "square"; pixels, features and logits match transformers (its LLaVA
 /// with an identity second layer, exactly the linear projector).
 #[test]
 fn the_first_llavas_linear_projector_and_cropped_views_match_transformers() {
@@ -124,6 +124,7 @@ fn the_first_llavas_linear_projector_and_cropped_views_match_transformers() {
     convert_mmproj(&src, Some(&fixture("clip-tiny-v1")), &mmproj, Preset::F32).unwrap();
     let f = GgufFile::open(&mmproj).unwrap();
     assert!(f.tensor("mm.0.weight").is_some() && f.tensor("mm.2.weight").is_none());
+    assert_eq!(f.get_str(keys::clip::PROJECTOR_TYPE).unwrap(), "linear");
     assert_eq!(f.get_str(keys::clip::IMAGE_ASPECT_RATIO).unwrap(), "square");
     assert_eq!(f.get_u32(keys::clip::IMAGE_SIZE).unwrap(), 42);
 

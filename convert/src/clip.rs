@@ -120,8 +120,7 @@ pub(crate) struct ClipLayout {
     /// LLaVA-1.6 (anyres): the flat `[h, w, h, w, ...]` grid pinpoints; `image_newline` is
     /// written too.
     pub pinpoints: Option<Vec<i32>>,
-    /// The first LLaVA's single linear projector: `mm.0` only (the runtime reads a file
-    /// without `mm.2` as that; llama.cpp applies a GELU after `mm.0` whatever the file).
+    /// The first LLaVA's single linear projector: `mm.0` only, projector type "linear".
     pub linear_projector: bool,
     /// LLaVA's `image_aspect_ratio` "square" (the first LLaVA's default): resize and centre
     /// crop, no padding; written as `clip.vision.image_aspect_ratio`.
@@ -168,7 +167,17 @@ impl ClipLayout {
             (clip::HAS_TEXT_ENCODER, false.into()),
             (clip::HAS_VISION_ENCODER, true.into()),
             (clip::HAS_LLAVA_PROJECTOR, true.into()),
-            (clip::PROJECTOR_TYPE, "mlp".into()),
+            // "linear" is no type llama.cpp knows: it refuses the file cleanly, where an "mlp"
+            // without mm.2 crashes it (it reads mm.2's shape unchecked).
+            (
+                clip::PROJECTOR_TYPE,
+                if self.linear_projector {
+                    "linear"
+                } else {
+                    "mlp"
+                }
+                .into(),
+            ),
             (clip::USE_GELU, vp.use_gelu.into()),
             (clip::IMAGE_SIZE, u32v(vp.image_size)),
             (clip::PATCH_SIZE, u32v(vp.patch_size)),

@@ -83,11 +83,16 @@ impl ClipConfig {
             ));
         }
         let projector = f.optional(clip::PROJECTOR_TYPE, |f, k| f.get_str(k).map(str::to_owned))?;
-        if let Some(p) = projector.as_deref().filter(|p| *p != "mlp") {
-            return Err(bad(
-                clip::PROJECTOR_TYPE,
-                format!("{p:?} is not supported (LLaVA's \"mlp\")"),
-            ));
+        match projector.as_deref() {
+            None | Some("mlp") => {}
+            // The first LLaVA's single layer (llava-edge's name: llama.cpp has none).
+            Some("linear") if f.tensor("mm.2.weight").is_none() => {}
+            Some(p) => {
+                return Err(bad(
+                    clip::PROJECTOR_TYPE,
+                    format!("{p:?} is not supported (LLaVA's \"mlp\", or \"linear\" without mm.2)"),
+                ))
+            }
         }
         let u = |k: &str| -> Result<usize, ModelError> { Ok(f.get_u32(k)? as usize) };
         let triple = |k: &str| -> Result<[f32; 3], ModelError> {

@@ -20,6 +20,8 @@
 //!
 //! - **the other LLMs** (the original 1.6 layout, ChatML special tokens, a `mistral` config
 //!   with rope_theta 1e6): ids and every position's logits against llava's, as the text case;
+//! - **the first LLaVA** (llava-v1-tiny: one linear projector layer, a 42-px tower): mtmd
+//!   refuses the mmproj cleanly (llama.cpp has no such projector); its LLM as the text case;
 //! - **LLaVA-1.6** (llava-next-tiny-hf, five image shapes): mtmd loads our mmproj, makes the
 //!   same text ids and encodes every view; its image positions are whole views, as llama.cpp
 //!   runs LLaVA-1.6 (no unpadding, no newline rows), not LLaVA's count.
@@ -219,6 +221,13 @@ fn run() -> Result<()> {
             }
         }
     }
+    match v1_case(&llava, &fixtures, &work) {
+        Ok(line) => println!("ok   {:<12} {:<5} {line}", "v1 f32", "image"),
+        Err(e) => {
+            println!("FAIL {:<12} {:<5} {e:#}", "v1 f32", "image");
+            failures += 1;
+        }
+    }
     match next_case(&llava, &fixtures, &work) {
         Ok(lines) => {
             for line in lines {
@@ -326,6 +335,37 @@ fn next_case(llava: &Path, fixtures: &Path, work: &Path) -> Result<Vec<String>> 
         ));
     }
     Ok(lines)
+}
+
+/// The first LLaVA's kind (tests/fixtures/llava-v1-tiny, its 42-px tower beside it): llama.cpp
+/// has no single-layer LLaVA projector (it crashes on an "mlp" without `mm.2`), so our mmproj
+/// says "linear" and mtmd must refuse it cleanly; the LLM loads and matches llava's logits.
+fn v1_case(llava: &Path, fixtures: &Path, work: &Path) -> Result<String> {
+    let llm = work.join("v1-llm.gguf");
+    let mmproj = work.join("v1-mmproj.gguf");
+    llava_cmd(
+        llava,
+        &["convert", "-q", "f32", "--vision-quant", "f32", "--force"],
+    )
+    .arg(fixtures.join("llava-v1-tiny"))
+    .arg("--vision-tower")
+    .arg(fixtures.join("clip-tiny-v1"))
+    .arg("-o")
+    .arg(&llm)
+    .arg("--mmproj-out")
+    .arg(&mmproj)
+    .status_ok()?;
+    let model = Model::load(&llm)?;
+    ensure!(
+        Mtmd::load(&mmproj, &model).is_err(),
+        "mtmd loaded a \"linear\" mmproj"
+    );
+    drop(model);
+    let text = text_case(llava, &llm, work, CASES[0].text_bound)?;
+    Ok(format!(
+        "mtmd refuses the mmproj cleanly; LLM: {}",
+        text.join("; ")
+    ))
 }
 
 /// The mmproj files of an image case and the image.
