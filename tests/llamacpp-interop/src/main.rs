@@ -11,13 +11,13 @@
 //! - **image**: mtmd's prompt (text ids and image positions) equals llava's; mtmd's image
 //!   embeddings from our mmproj, and the logits of the last position after the image, are
 //!   within the case's bound of what llama.cpp computes from the mmproj llama.cpp's own
-//!   converter wrote for the same weights (tests/fixtures/llamacpp-converted, F32).
-//!
+//!   converter wrote for the same weights (tests/fixtures/llamacpp-converted, F32);
 //! - **llama.cpp's reading**: mtmd's embeddings from our mmproj are within the case's bound of
 //!   those of transformers' tower read the way llama.cpp reads it
 //!   (tests/fixtures/llamacpp-converted/odd56-llamacpp-embeddings.npy, by llamacpp_tower.py
 //!   there).
 //!
+//! Then, once each:
 //! - **the other LLMs** (the original 1.6 layout, ChatML special tokens, a `mistral` config
 //!   with rope_theta 1e6): ids and every position's logits against llava's, as the text case;
 //! - **the first LLaVA** (llava-v1-tiny: one linear projector layer, a 42-px tower): mtmd
@@ -30,8 +30,9 @@
 //! transformers (and llava) compute. It places the class token after the patches (patch i
 //! takes position embedding i, the class token the last; the projector then takes rows 1..,
 //! dropping patch 0 and keeping the class token), and it runs one encoder layer fewer than
-//! the file holds. Both show on llama.cpp's own legacy mmproj as on ours: they are llama.cpp's
-//! reading of the layout, not a difference between the files.
+//! the file holds (llama.cpp issues 25814 and 25817; GGUF-AND-LLAVA.md §4.7). Both show on
+//! llama.cpp's own legacy mmproj as on ours: they are llama.cpp's reading of the layout, not a
+//! difference between the files.
 //!
 //! Both sides keep the KV cache in f32 and llama.cpp's flash attention is off (on the CPU it
 //! rounds to f16), so the F32 case compares two F32 computations.
