@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-use super::scale_search::{make_qkx2_quants, nearest_int, Qkx2Search};
+use super::scale_search::{make_qkx2_quants_x8, nearest_int, Qkx2Search};
 use super::{pack_scale_min_k4, scale_min_k4, BlockQ8K, LaneSums, QK_K};
 use crate::quant::dispatch::InterleavedBlock;
 use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
@@ -47,22 +47,18 @@ pub(super) fn quantize_affine_super_block(
     x: &[f32],
 ) -> (f16, f16, [u8; 12], [u8; QK_K]) {
     let mut levels = [0u8; QK_K];
-    let mut scales = [0f32; QK_K / 32];
-    let mut mins = [0f32; QK_K / 32];
     let mut max_scale = 0f32;
     let mut max_min = 0f32;
-    for (j, (xs, ls)) in x
-        .chunks_exact(32)
-        .zip(levels.chunks_exact_mut(32))
-        .enumerate()
-    {
+    let mut weights = [0f32; QK_K];
+    for (ws, xs) in weights.chunks_exact_mut(32).zip(x.chunks_exact(32)) {
         let sum_x2 = xs.iter().fold(0f32, |acc, &v| acc + v * v);
         let av_x = (sum_x2 / 32.0).sqrt();
-        let mut weights = [0f32; 32];
-        for (w, &v) in weights.iter_mut().zip(xs) {
+        for (w, &v) in ws.iter_mut().zip(xs) {
             *w = av_x + v.abs();
         }
-        (scales[j], mins[j]) = make_qkx2_quants(search, xs, &weights, ls);
+    }
+    let (scales, mins) = make_qkx2_quants_x8(search, x, &weights, &mut levels);
+    for j in 0..QK_K / 32 {
         if scales[j] > max_scale {
             max_scale = scales[j];
         }

@@ -4,7 +4,7 @@
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
-use super::scale_search::{make_qx_quants, nearest_int};
+use super::scale_search::{make_qx_quants_x16, nearest_int};
 use super::{BlockQ8K, LaneSums, QK_K};
 use crate::quant::dispatch::InterleavedBlock;
 use crate::quant::{assert_dot_len, assert_row_len, BlockFormat, GgmlType, VecDot};
@@ -54,18 +54,13 @@ impl BlockFormat for BlockQ6K {
         assert_row_len::<Self>(dst.len(), src.len());
         for (block, x) in dst.iter_mut().zip(src.chunks_exact(QK_K)) {
             let mut levels = [0i8; QK_K];
-            let mut sub_scales = [0f32; QK_K / 16];
             let mut max_scale = 0f32;
             let mut max_abs_scale = 0f32;
-            for (j, (xs, ls)) in x
-                .chunks_exact(16)
-                .zip(levels.chunks_exact_mut(16))
-                .enumerate()
-            {
-                sub_scales[j] = make_qx_quants(32, xs, ls);
-                if sub_scales[j].abs() > max_abs_scale {
-                    max_abs_scale = sub_scales[j].abs();
-                    max_scale = sub_scales[j];
+            let sub_scales = make_qx_quants_x16(32, x, &mut levels);
+            for &scale in &sub_scales {
+                if scale.abs() > max_abs_scale {
+                    max_abs_scale = scale.abs();
+                    max_scale = scale;
                 }
             }
             if max_abs_scale == 0.0 {

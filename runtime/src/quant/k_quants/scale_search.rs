@@ -19,7 +19,10 @@ pub(super) fn nearest_int(fval: f32) -> i32 {
 /// Symmetric quantization of `x` to `L[i] - nmax` in `-nmax..nmax`, weighted by `x²`
 /// (ggml `make_qx_quants` with `rmse_type = 1` and no `qw`, as `quantize_row_q6_K_reference`
 /// calls it). Returns the scale; `levels` gets the offset codes `0..2·nmax`.
-pub(super) fn make_qx_quants(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
+///
+/// The scalar transcription, kept as the tests' reference for [`make_qx_quants_x16`].
+#[cfg(test)]
+fn make_qx_quants_reference(nmax: i32, x: &[f32], levels: &mut [i8]) -> f32 {
     debug_assert_eq!(x.len(), levels.len());
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -145,6 +148,7 @@ pub(super) struct Qkx2Search {
 /// (ggml `make_qkx2_quants`): a weighted least-squares fit of scale and min for each candidate
 /// rounding, keeping the candidate with the smallest weighted error. Returns `(scale, the_min)`;
 /// `levels` gets `L`.
+/// One sub-block at a time; [`make_qkx2_quants_x8`] runs eight side by side.
 pub(super) fn make_qkx2_quants(
     p: &Qkx2Search,
     x: &[f32],
@@ -230,6 +234,322 @@ pub(super) fn make_qkx2_quants(
     (scale, -min)
 }
 
+// The searches below run several sub-blocks side by side: lane j of every `[f32; L]` is
+// sub-block j, and each lane goes through exactly the scalar transcription's operations in
+// its order, candidate after candidate, its branches turned into per-lane selects. Lanes never
+// mix, no sum is reassociated and nothing is fused, so the results are bit for bit the
+// scalar's. The lane loops are plain Rust that the compiler turns into vector instructions;
+// on x86-64 they are compiled once more for AVX2 and for AVX-512 and chosen at run time.
+// `tests::lane_searches_equal_the_scalar_ones` holds them to the scalar code.
+
+/// [`make_qkx2_quants`] for the eight 32-element sub-blocks of a Q4_K or Q5_K super-block
+/// (`x` and `weights` hold 256 values, sub-block after sub-block): `(scales, the_mins)` and
+/// the levels, the same as eight calls would give.
+pub(super) fn make_qkx2_quants_x8(
+    p: &Qkx2Search,
+    x: &[f32],
+    weights: &[f32],
+    levels: &mut [u8],
+) -> ([f32; 8], [f32; 8]) {
+    assert!(x.len() == 256 && weights.len() == 256 && levels.len() == 256);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { qkx2_x8_avx512(p, x, weights, levels) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { qkx2_x8_avx2(p, x, weights, levels) };
+        }
+    }
+    qkx2_x8(p, x, weights, levels)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn qkx2_x8_avx512(
+    p: &Qkx2Search,
+    x: &[f32],
+    weights: &[f32],
+    levels: &mut [u8],
+) -> ([f32; 8], [f32; 8]) {
+    qkx2_x8(p, x, weights, levels)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn qkx2_x8_avx2(
+    p: &Qkx2Search,
+    x: &[f32],
+    weights: &[f32],
+    levels: &mut [u8],
+) -> ([f32; 8], [f32; 8]) {
+    qkx2_x8(p, x, weights, levels)
+}
+
+#[inline(always)]
+fn qkx2_x8(p: &Qkx2Search, xs: &[f32], ws: &[f32], levels: &mut [u8]) -> ([f32; 8], [f32; 8]) {
+    const L: usize = 8;
+    const N: usize = 32;
+    // Transposed: x[i][j] is element i of sub-block j.
+    let mut x = [[0f32; L]; N];
+    let mut w = [[0f32; L]; N];
+    for j in 0..L {
+        for i in 0..N {
+            x[i][j] = xs[j * N + i];
+            w[i][j] = ws[j * N + i];
+        }
+    }
+    let nmax = p.nmax;
+    let use_mad = p.use_mad;
+    let error = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
+    let quantize = |iscale: f32, d: f32| nearest_int(iscale * d).clamp(0, nmax) as f32;
+
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = w[0];
+    let mut sum_x = [0f32; L];
+    for j in 0..L {
+        sum_x[j] = sum_w[j] * x[0][j];
+    }
+    for i in 1..N {
+        for j in 0..L {
+            if x[i][j] < min[j] {
+                min[j] = x[i][j];
+            }
+            if x[i][j] > max[j] {
+                max[j] = x[i][j];
+            }
+            sum_w[j] += w[i][j];
+            sum_x[j] += w[i][j] * x[i][j];
+        }
+    }
+    let mut flat = [false; L];
+    for j in 0..L {
+        if min[j] > 0.0 {
+            min[j] = 0.0;
+        }
+        flat[j] = max[j] == min[j];
+    }
+    // A flat sub-block's result: scale 0, its min, levels 0 (its lane's work is discarded).
+    let flat_min = min;
+
+    let mut lv = [[0f32; L]; N];
+    let mut scale = [0f32; L];
+    let mut best_mad = [0f32; L];
+    let mut iscale = [0f32; L];
+    for j in 0..L {
+        iscale[j] = nmax as f32 / (max[j] - min[j]);
+        scale[j] = 1.0 / iscale[j];
+    }
+    for i in 0..N {
+        for j in 0..L {
+            let l = quantize(iscale[j], x[i][j] - min[j]);
+            lv[i][j] = l;
+            let diff = scale[j] * l + min[j] - x[i][j];
+            best_mad[j] += w[i][j] * error(diff);
+        }
+    }
+    let mut laux = [[0f32; L]; N];
+    for is in 0..=p.nstep.max(0) {
+        if p.nstep < 1 {
+            break;
+        }
+        let mut sum_l = [0f32; L];
+        let mut sum_l2 = [0f32; L];
+        let mut sum_xl = [0f32; L];
+        for j in 0..L {
+            iscale[j] = (p.rmin + p.rdelta * is as f32 + nmax as f32) / (max[j] - min[j]);
+        }
+        for i in 0..N {
+            for j in 0..L {
+                let l = quantize(iscale[j], x[i][j] - min[j]);
+                laux[i][j] = l;
+                sum_l[j] += w[i][j] * l;
+                sum_l2[j] += w[i][j] * l * l;
+                sum_xl[j] += w[i][j] * l * x[i][j];
+            }
+        }
+        let mut ok = [false; L];
+        let mut this_scale = [0f32; L];
+        let mut this_min = [0f32; L];
+        for j in 0..L {
+            let det = sum_w[j] * sum_l2[j] - sum_l[j] * sum_l[j];
+            ok[j] = det > 0.0;
+            let mut s = (sum_w[j] * sum_xl[j] - sum_x[j] * sum_l[j]) / det;
+            let mut m = (sum_l2[j] * sum_x[j] - sum_l[j] * sum_xl[j]) / det;
+            if m > 0.0 {
+                m = 0.0;
+                s = sum_xl[j] / sum_l2[j];
+            }
+            this_scale[j] = s;
+            this_min[j] = m;
+        }
+        let mut mad = [0f32; L];
+        for i in 0..N {
+            for j in 0..L {
+                let diff = this_scale[j] * laux[i][j] + this_min[j] - x[i][j];
+                mad[j] += w[i][j] * error(diff);
+            }
+        }
+        let mut take = [false; L];
+        for j in 0..L {
+            take[j] = !flat[j] && ok[j] && mad[j] < best_mad[j];
+            if take[j] {
+                best_mad[j] = mad[j];
+                scale[j] = this_scale[j];
+                min[j] = this_min[j];
+            }
+        }
+        for i in 0..N {
+            for j in 0..L {
+                if take[j] {
+                    lv[i][j] = laux[i][j];
+                }
+            }
+        }
+    }
+    let mut the_min = [0f32; L];
+    for j in 0..L {
+        if flat[j] {
+            scale[j] = 0.0;
+            min[j] = flat_min[j];
+        }
+        the_min[j] = -min[j];
+        for i in 0..N {
+            levels[j * N + i] = if flat[j] { 0 } else { lv[i][j] as u8 };
+        }
+    }
+    (scale, the_min)
+}
+
+/// [`make_qx_quants_reference`] for the sixteen 16-element sub-blocks of a Q6_K super-block
+/// (`x` holds 256 values, sub-block after sub-block): the scales and the levels, the same as
+/// sixteen calls would give.
+pub(super) fn make_qx_quants_x16(nmax: i32, x: &[f32], levels: &mut [i8]) -> [f32; 16] {
+    assert!(x.len() == 256 && levels.len() == 256);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { qx_x16_avx512(nmax, x, levels) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked just above.
+            return unsafe { qx_x16_avx2(nmax, x, levels) };
+        }
+    }
+    qx_x16(nmax, x, levels)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn qx_x16_avx512(nmax: i32, x: &[f32], levels: &mut [i8]) -> [f32; 16] {
+    qx_x16(nmax, x, levels)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn qx_x16_avx2(nmax: i32, x: &[f32], levels: &mut [i8]) -> [f32; 16] {
+    qx_x16(nmax, x, levels)
+}
+
+#[inline(always)]
+fn qx_x16(nmax: i32, xs: &[f32], levels: &mut [i8]) -> [f32; 16] {
+    const L: usize = 16;
+    const N: usize = 16;
+    let mut x = [[0f32; L]; N];
+    for j in 0..L {
+        for i in 0..N {
+            x[i][j] = xs[j * N + i];
+        }
+    }
+    let quantize = |iscale: f32, v: f32| nearest_int(iscale * v).clamp(-nmax, nmax - 1) as f32;
+
+    let mut max = [0f32; L];
+    let mut amax = [0f32; L];
+    for row in &x {
+        for j in 0..L {
+            let ax = row[j].abs();
+            if ax > amax[j] {
+                amax[j] = ax;
+                max[j] = row[j];
+            }
+        }
+    }
+    let mut lv = [[0f32; L]; N];
+    let mut sumlx = [0f32; L];
+    let mut suml2 = [0f32; L];
+    let mut iscale = [0f32; L];
+    for j in 0..L {
+        iscale[j] = -(nmax as f32) / max[j];
+    }
+    for i in 0..N {
+        for j in 0..L {
+            let v = x[i][j];
+            let l = quantize(iscale[j], v);
+            lv[i][j] = l;
+            let w = v * v;
+            sumlx[j] += w * v * l;
+            suml2[j] += w * l * l;
+        }
+    }
+    let mut scale = [0f32; L];
+    let mut best = [0f32; L];
+    for j in 0..L {
+        scale[j] = sumlx[j] / suml2[j];
+        best[j] = scale[j] * sumlx[j];
+    }
+    let mut laux = [[0f32; L]; N];
+    for is in (-9..=9).filter(|&is| is != 0) {
+        let mut lx = [0f32; L];
+        let mut l2 = [0f32; L];
+        for j in 0..L {
+            iscale[j] = -(nmax as f32 + 0.1 * is as f32) / max[j];
+        }
+        for i in 0..N {
+            for j in 0..L {
+                let v = x[i][j];
+                let l = quantize(iscale[j], v);
+                laux[i][j] = l;
+                let w = v * v;
+                lx[j] += w * v * l;
+                l2[j] += w * l * l;
+            }
+        }
+        let mut take = [false; L];
+        for j in 0..L {
+            take[j] = l2[j] > 0.0 && lx[j] * lx[j] > best[j] * l2[j];
+            if take[j] {
+                scale[j] = lx[j] / l2[j];
+                best[j] = scale[j] * lx[j];
+            }
+        }
+        for i in 0..N {
+            for j in 0..L {
+                if take[j] {
+                    lv[i][j] = laux[i][j];
+                }
+            }
+        }
+    }
+    for j in 0..L {
+        let zero = amax[j] < 1e-30;
+        if zero {
+            scale[j] = 0.0;
+        }
+        for i in 0..N {
+            levels[j * N + i] = if zero {
+                0
+            } else {
+                (lv[i][j] as i32 + nmax) as i8
+            };
+        }
+    }
+    scale
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +564,154 @@ mod tests {
         assert_eq!(nearest_int(-2.6), -3);
         assert_eq!(nearest_int(4_194_303.0), 4_194_303);
         assert_eq!(nearest_int(-4_194_303.0), -4_194_303);
+    }
+
+    type Qkx2X8 = fn(&Qkx2Search, &[f32], &[f32], &mut [u8]) -> ([f32; 8], [f32; 8]);
+    type QxX16 = fn(i32, &[f32], &mut [i8]) -> [f32; 16];
+
+    /// Every compilation of the eight-lane search this CPU can run: the portable one, and the
+    /// AVX2 and AVX-512 ones where it has them (an AMD AVX2 machine tests the first two).
+    fn qkx2_variants() -> impl Iterator<Item = Qkx2X8> {
+        let v: Vec<Qkx2X8> = vec![qkx2_x8];
+        #[cfg(target_arch = "x86_64")]
+        let v = {
+            let mut v = v;
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: called only on a CPU with AVX2.
+                v.push(|p, x, w, l| unsafe { qkx2_x8_avx2(p, x, w, l) });
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: called only on a CPU with AVX-512F.
+                v.push(|p, x, w, l| unsafe { qkx2_x8_avx512(p, x, w, l) });
+            }
+            v
+        };
+        v.into_iter()
+    }
+
+    /// As [`qkx2_variants`], for the sixteen-lane Q6_K search.
+    fn qx_variants() -> impl Iterator<Item = QxX16> {
+        let v: Vec<QxX16> = vec![qx_x16];
+        #[cfg(target_arch = "x86_64")]
+        let v = {
+            let mut v = v;
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: called only on a CPU with AVX2.
+                v.push(|n, x, l| unsafe { qx_x16_avx2(n, x, l) });
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: called only on a CPU with AVX-512F.
+                v.push(|n, x, l| unsafe { qx_x16_avx512(n, x, l) });
+            }
+            v
+        };
+        v.into_iter()
+    }
+
+    /// The lane searches against the scalar transcriptions, bit for bit, on super-blocks whose
+    /// sub-blocks are of every kind: random spreads over many magnitudes, all positive, all
+    /// negative, constant, zeros, a lone outlier, denormals, values on a rounding grid.
+    #[test]
+    fn lane_searches_equal_the_scalar_ones() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let searches = [
+            Qkx2Search {
+                nmax: 15,
+                rmin: -1.0,
+                rdelta: 0.1,
+                nstep: 20,
+                use_mad: false,
+            },
+            Qkx2Search {
+                nmax: 31,
+                rmin: -0.5,
+                rdelta: 0.1,
+                nstep: 15,
+                use_mad: false,
+            },
+            Qkx2Search {
+                nmax: 3,
+                rmin: -0.5,
+                rdelta: 0.1,
+                nstep: 15,
+                use_mad: true,
+            },
+        ];
+        for block in 0..600 {
+            let mut x = vec![0f32; 256];
+            for sub in x.chunks_exact_mut(16) {
+                let kind = next() % 9;
+                let scale = f32::powi(10.0, (next() % 12) as i32 - 8);
+                for (i, v) in sub.iter_mut().enumerate() {
+                    let u = (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                    *v = match kind {
+                        0 | 1 => u * scale,
+                        2 => u.abs() * scale,
+                        3 => -u.abs() * scale,
+                        4 => 0.25 * scale,
+                        5 => 0.0,
+                        6 if i == 7 => 100.0 * scale,
+                        6 => u * scale * 1e-3,
+                        7 => u * 1e-39,
+                        _ => ((next() % 9) as f32 - 4.0) * 0.5 * scale,
+                    };
+                }
+            }
+            let mut weights = vec![0f32; 256];
+            for (ws, xs) in weights.chunks_exact_mut(32).zip(x.chunks_exact(32)) {
+                let av = (xs.iter().fold(0f32, |a, &v| a + v * v) / 32.0).sqrt();
+                for (w, &v) in ws.iter_mut().zip(xs) {
+                    *w = av + v.abs();
+                }
+            }
+            for (p, qkx2) in searches
+                .iter()
+                .flat_map(|p| qkx2_variants().map(move |f| (p, f)))
+            {
+                let mut fast_levels = [0u8; 256];
+                let (scales, mins) = qkx2(p, &x, &weights, &mut fast_levels);
+                for j in 0..8 {
+                    let r = 32 * j..32 * j + 32;
+                    let mut levels = [0u8; 32];
+                    let (s, m) =
+                        make_qkx2_quants(p, &x[r.clone()], &weights[r.clone()], &mut levels);
+                    assert_eq!(
+                        (
+                            scales[j].to_bits(),
+                            mins[j].to_bits(),
+                            &fast_levels[r.clone()]
+                        ),
+                        (s.to_bits(), m.to_bits(), &levels[..]),
+                        "block {block}, sub-block {j}: {:?}",
+                        &x[r]
+                    );
+                }
+            }
+            for (nmax, qx) in [32, 4]
+                .into_iter()
+                .flat_map(|n| qx_variants().map(move |f| (n, f)))
+            {
+                let mut fast_levels = [0i8; 256];
+                let scales = qx(nmax, &x, &mut fast_levels);
+                for (j, scale) in scales.iter().enumerate() {
+                    let r = 16 * j..16 * j + 16;
+                    let mut levels = [0i8; 16];
+                    let s = make_qx_quants_reference(nmax, &x[r.clone()], &mut levels);
+                    assert_eq!(
+                        (scale.to_bits(), &fast_levels[r.clone()]),
+                        (s.to_bits(), &levels[..]),
+                        "block {block}, sub-block {j}: {:?}",
+                        &x[r]
+                    );
+                }
+            }
+        }
     }
 
     #[test]
