@@ -10,7 +10,7 @@ use llava_models::image::{clip_preprocess, llava15_preprocess, load_image, DEFAU
 use llava_models::llava::{embed_pieces, encode_image, tokenize_pieces, Piece};
 use llava_models::{Clip, Llama};
 use llava_runtime::backend::{Backend, CpuBackend, KvType};
-use llava_runtime::gguf::{keys, GgufFile, GgufWriteError, GgufWriter};
+use llava_runtime::gguf::{keys, GgufFile, GgufWriteError, GgufWriter, MetaValue};
 use llava_runtime::tokenizer::Tokenizer;
 
 mod common;
@@ -150,6 +150,59 @@ fn the_first_llavas_linear_projector_and_cropped_views_match_transformers() {
     let (df, dl) = (max_diff(&r.features, &want_f), max_diff(&r.logits, &want_l));
     eprintln!("first LLaVA: features max |diff| {df:.2e}, logits max |diff| {dl:.2e}");
     assert!(df <= 1e-3 && dl <= 1e-3, "features {df}, logits {dl}");
+}
+
+/// `src` rewritten to `dst` with `key` set to `value` (added when absent), tensors as they are.
+fn with_key(src: &Path, dst: &Path, key: &str, value: MetaValue) {
+    let f = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        if k != key {
+            w.add(k, v.to_owned_value()).unwrap();
+        }
+    }
+    w.add(key, value).unwrap();
+    let tensors: Vec<_> = f.tensors().collect();
+    for t in &tensors {
+        w.add_tensor(t.name(), t.ggml_type(), t.shape()).unwrap();
+    }
+    w.write(dst, |i, _, out| -> Result<(), GgufWriteError> {
+        out.write_all(tensors[i].data).unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The preprocessing and projector keys the first LLaVA's files brought: values the runtime
+/// cannot honour are refused with the key named, never read as something else.
+#[test]
+fn unknown_aspect_ratios_and_mismatched_projector_types_are_refused() {
+    let c = convert(Preset::F32, Preset::F16);
+    let bad = c.mmproj.with_file_name("bad.gguf");
+    let b = CpuBackend::new(1);
+    let refused = |key: &str, value: &str| {
+        with_key(&c.mmproj, &bad, key, value.into());
+        let err = Clip::load(&b, &Arc::new(GgufFile::open(&bad).unwrap()))
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value:?} was accepted"))
+            .to_string();
+        assert!(err.contains(key) && err.contains("bad.gguf"), "{err}");
+    };
+    refused(keys::clip::IMAGE_ASPECT_RATIO, "letterbox");
+    // "anyres" needs grid pinpoints, which this LLaVA-1.5 file has none of.
+    refused(keys::clip::IMAGE_ASPECT_RATIO, "anyres");
+    // A "linear" projector is one layer: this file has mm.2.
+    refused(keys::clip::PROJECTOR_TYPE, "linear");
+    refused(keys::clip::PROJECTOR_TYPE, "ldp");
+    // "pad" is LLaVA-1.5's own, said aloud.
+    with_key(
+        &c.mmproj,
+        &bad,
+        keys::clip::IMAGE_ASPECT_RATIO,
+        "pad".into(),
+    );
+    let clip = Clip::load(&b, &Arc::new(GgufFile::open(&bad).unwrap())).unwrap();
+    assert!(!clip.config.center_crop);
 }
 
 #[test]
