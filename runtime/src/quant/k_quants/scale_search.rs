@@ -7,6 +7,8 @@
 //! no fused multiply-adds. Only the variants the reference quantizers call are here (no
 //! importance-matrix weights).
 
+use crate::quant::{cpu_path, CpuPath};
+
 /// Round to the nearest integer, ties to even, for |fval| <= 2^22 - 1: adding 1.5·2^23 pushes
 /// the integer part into the low mantissa bits, where the FPU has already rounded it.
 /// Outside that range (or for NaN) the result is meaningless but, as in ggml, deterministic.
@@ -239,8 +241,42 @@ pub(super) fn make_qkx2_quants(
 // its order, candidate after candidate, its branches turned into per-lane selects. Lanes never
 // mix, no sum is reassociated and nothing is fused, so the results are bit for bit the
 // scalar's. The lane loops are plain Rust that the compiler turns into vector instructions;
-// on x86-64 they are compiled once more for AVX2 and for AVX-512 and chosen at run time.
+// on x86-64 they are compiled once more for AVX2 and for AVX-512, and the kernel path
+// ([`cpu_path`]) picks one at run time.
 // `tests::lane_searches_equal_the_scalar_ones` holds them to the scalar code.
+
+/// `$on(path, args)`: the lane function `$portable` as compiled for the kernel path `path`
+/// (the project's run-time choice, [`cpu_path`], honours `LLAVA_CPU`): on x86-64 once more
+/// with AVX-512F enabled (`$avx512`) and with AVX2 (`$avx2`), elsewhere the portable build.
+macro_rules! compiled_per_path {
+    ($portable:ident as $on:ident, $avx2:ident, $avx512:ident,
+     ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+        fn $on(path: CpuPath, $($arg: $ty),*) -> $ret {
+            match path {
+                // SAFETY: `cpu_path` and the tests hand out only paths the CPU can run, and
+                // AVX-512 paths include AVX-512F.
+                #[cfg(target_arch = "x86_64")]
+                CpuPath::Avx512 | CpuPath::Avx512Vnni => unsafe { $avx512($($arg),*) },
+                // SAFETY: as above, for AVX2.
+                #[cfg(target_arch = "x86_64")]
+                CpuPath::Avx2 => unsafe { $avx2($($arg),*) },
+                _ => $portable($($arg),*),
+            }
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $avx2($($arg: $ty),*) -> $ret {
+            $portable($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $avx512($($arg: $ty),*) -> $ret {
+            $portable($($arg),*)
+        }
+    };
+}
 
 /// [`make_qkx2_quants`] for the eight 32-element sub-blocks of a Q4_K or Q5_K super-block
 /// (`x` and `weights` hold 256 values, sub-block after sub-block): `(scales, the_mins)` and
@@ -252,41 +288,13 @@ pub(super) fn make_qkx2_quants_x8(
     levels: &mut [u8],
 ) -> ([f32; 8], [f32; 8]) {
     assert!(x.len() == 256 && weights.len() == 256 && levels.len() == 256);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { qkx2_x8_avx512(p, x, weights, levels) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { qkx2_x8_avx2(p, x, weights, levels) };
-        }
-    }
-    qkx2_x8(p, x, weights, levels)
+    qkx2_x8_on(cpu_path(), p, x, weights, levels)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn qkx2_x8_avx512(
-    p: &Qkx2Search,
-    x: &[f32],
-    weights: &[f32],
-    levels: &mut [u8],
-) -> ([f32; 8], [f32; 8]) {
-    qkx2_x8(p, x, weights, levels)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn qkx2_x8_avx2(
-    p: &Qkx2Search,
-    x: &[f32],
-    weights: &[f32],
-    levels: &mut [u8],
-) -> ([f32; 8], [f32; 8]) {
-    qkx2_x8(p, x, weights, levels)
-}
+compiled_per_path!(
+    qkx2_x8 as qkx2_x8_on, qkx2_x8_avx2, qkx2_x8_avx512,
+    (p: &Qkx2Search, x: &[f32], weights: &[f32], levels: &mut [u8]) -> ([f32; 8], [f32; 8])
+);
 
 #[inline(always)]
 fn qkx2_x8(p: &Qkx2Search, xs: &[f32], ws: &[f32], levels: &mut [u8]) -> ([f32; 8], [f32; 8]) {
@@ -429,31 +437,13 @@ fn qkx2_x8(p: &Qkx2Search, xs: &[f32], ws: &[f32], levels: &mut [u8]) -> ([f32; 
 /// sixteen calls would give.
 pub(super) fn make_qx_quants_x16(nmax: i32, x: &[f32], levels: &mut [i8]) -> [f32; 16] {
     assert!(x.len() == 256 && levels.len() == 256);
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F, checked just above.
-            return unsafe { qx_x16_avx512(nmax, x, levels) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2, checked just above.
-            return unsafe { qx_x16_avx2(nmax, x, levels) };
-        }
-    }
-    qx_x16(nmax, x, levels)
+    qx_x16_on(cpu_path(), nmax, x, levels)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn qx_x16_avx512(nmax: i32, x: &[f32], levels: &mut [i8]) -> [f32; 16] {
-    qx_x16(nmax, x, levels)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn qx_x16_avx2(nmax: i32, x: &[f32], levels: &mut [i8]) -> [f32; 16] {
-    qx_x16(nmax, x, levels)
-}
+compiled_per_path!(
+    qx_x16 as qx_x16_on, qx_x16_avx2, qx_x16_avx512,
+    (nmax: i32, x: &[f32], levels: &mut [i8]) -> [f32; 16]
+);
 
 #[inline(always)]
 fn qx_x16(nmax: i32, xs: &[f32], levels: &mut [i8]) -> [f32; 16] {
@@ -566,46 +556,10 @@ mod tests {
         assert_eq!(nearest_int(-4_194_303.0), -4_194_303);
     }
 
-    type Qkx2X8 = fn(&Qkx2Search, &[f32], &[f32], &mut [u8]) -> ([f32; 8], [f32; 8]);
-    type QxX16 = fn(i32, &[f32], &mut [i8]) -> [f32; 16];
-
-    /// Every compilation of the eight-lane search this CPU can run: the portable one, and the
-    /// AVX2 and AVX-512 ones where it has them (an AMD AVX2 machine tests the first two).
-    fn qkx2_variants() -> impl Iterator<Item = Qkx2X8> {
-        let v: Vec<Qkx2X8> = vec![qkx2_x8];
-        #[cfg(target_arch = "x86_64")]
-        let v = {
-            let mut v = v;
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: called only on a CPU with AVX2.
-                v.push(|p, x, w, l| unsafe { qkx2_x8_avx2(p, x, w, l) });
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: called only on a CPU with AVX-512F.
-                v.push(|p, x, w, l| unsafe { qkx2_x8_avx512(p, x, w, l) });
-            }
-            v
-        };
-        v.into_iter()
-    }
-
-    /// As [`qkx2_variants`], for the sixteen-lane Q6_K search.
-    fn qx_variants() -> impl Iterator<Item = QxX16> {
-        let v: Vec<QxX16> = vec![qx_x16];
-        #[cfg(target_arch = "x86_64")]
-        let v = {
-            let mut v = v;
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: called only on a CPU with AVX2.
-                v.push(|n, x, l| unsafe { qx_x16_avx2(n, x, l) });
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: called only on a CPU with AVX-512F.
-                v.push(|n, x, l| unsafe { qx_x16_avx512(n, x, l) });
-            }
-            v
-        };
-        v.into_iter()
+    /// The kernel paths this CPU can run, each with its compilation of the lane searches (an
+    /// AMD AVX2 machine tests the portable and AVX2 ones, an AVX-512 one all three).
+    fn paths() -> impl Iterator<Item = CpuPath> {
+        CpuPath::ALL.into_iter().filter(|p| p.is_available())
     }
 
     /// The lane searches against the scalar transcriptions, bit for bit, on super-blocks whose
@@ -670,12 +624,9 @@ mod tests {
                     *w = av + v.abs();
                 }
             }
-            for (p, qkx2) in searches
-                .iter()
-                .flat_map(|p| qkx2_variants().map(move |f| (p, f)))
-            {
+            for (p, path) in searches.iter().flat_map(|p| paths().map(move |c| (p, c))) {
                 let mut fast_levels = [0u8; 256];
-                let (scales, mins) = qkx2(p, &x, &weights, &mut fast_levels);
+                let (scales, mins) = qkx2_x8_on(path, p, &x, &weights, &mut fast_levels);
                 for j in 0..8 {
                     let r = 32 * j..32 * j + 32;
                     let mut levels = [0u8; 32];
@@ -688,17 +639,17 @@ mod tests {
                             &fast_levels[r.clone()]
                         ),
                         (s.to_bits(), m.to_bits(), &levels[..]),
-                        "block {block}, sub-block {j}: {:?}",
+                        "{path:?}: block {block}, sub-block {j}: {:?}",
                         &x[r]
                     );
                 }
             }
-            for (nmax, qx) in [32, 4]
+            for (nmax, path) in [32, 4]
                 .into_iter()
-                .flat_map(|n| qx_variants().map(move |f| (n, f)))
+                .flat_map(|n| paths().map(move |c| (n, c)))
             {
                 let mut fast_levels = [0i8; 256];
-                let scales = qx(nmax, &x, &mut fast_levels);
+                let scales = qx_x16_on(path, nmax, &x, &mut fast_levels);
                 for (j, scale) in scales.iter().enumerate() {
                     let r = 16 * j..16 * j + 16;
                     let mut levels = [0i8; 16];
@@ -706,7 +657,7 @@ mod tests {
                     assert_eq!(
                         (scale.to_bits(), &fast_levels[r.clone()]),
                         (s.to_bits(), &levels[..]),
-                        "block {block}, sub-block {j}: {:?}",
+                        "{path:?}: block {block}, sub-block {j}: {:?}",
                         &x[r]
                     );
                 }
