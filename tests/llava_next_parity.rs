@@ -39,14 +39,7 @@ fn the_original_layout_converts_and_matches_transformers() {
 #[test]
 fn the_chatml_kind_gets_its_template_end_token_and_logits() {
     check(&CpuBackend::new(2), "llava-next-tiny-chatml");
-
-    let dir = tempfile::tempdir().unwrap();
-    let llm_path = dir.path().join("llm.gguf");
-    let src = fixture("llava-next-tiny-chatml");
-    convert_llama(&src, &llm_path, Preset::F32).unwrap();
-    let f = GgufFile::open(&llm_path).unwrap();
-    let template = Template::from_chat_template(Some(f.get_str(keys::CHAT_TEMPLATE).unwrap()));
-    assert_eq!(template, Template::Chatml);
+    let (_dir, f) = runs_with_template("llava-next-tiny-chatml", Template::Chatml);
     let tok = Tokenizer::from_gguf(&f).unwrap();
     assert_eq!(
         tok.encode("<|im_start|><|im_end|>", false, true),
@@ -54,14 +47,6 @@ fn the_chatml_kind_gets_its_template_end_token_and_logits() {
     );
     assert_eq!(tok.eos(), Some(514));
     assert!(tok.is_eog(514));
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(src.join("image-reference/reference.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(
-        template.render(&with_image_markers("What is in this picture?", 1)),
-        reference["prompt"].as_str().unwrap()
-    );
 }
 
 /// LLaVA-1.6-Mistral's kind (llava-next-tiny-mistral): a `mistral` text config with
@@ -71,23 +56,30 @@ fn the_chatml_kind_gets_its_template_end_token_and_logits() {
 #[test]
 fn the_mistral_kind_gets_its_template_rope_base_and_logits() {
     check(&CpuBackend::new(2), "llava-next-tiny-mistral");
+    let (_dir, f) = runs_with_template("llava-next-tiny-mistral", Template::MistralInstruct);
+    assert_eq!(f.get_f32("llama.rope.freq_base").unwrap(), 1e6);
+}
 
+/// Converts fixture `checkpoint`'s LLM and checks that the file runs with `want`, whose prompt
+/// for the reference's question is the reference's prompt. The file, with its directory.
+fn runs_with_template(checkpoint: &str, want: Template) -> (tempfile::TempDir, GgufFile) {
     let dir = tempfile::tempdir().unwrap();
     let llm_path = dir.path().join("llm.gguf");
-    let src = fixture("llava-next-tiny-mistral");
+    let src = fixture(checkpoint);
     convert_llama(&src, &llm_path, Preset::F32).unwrap();
     let f = GgufFile::open(&llm_path).unwrap();
     let template = Template::from_chat_template(Some(f.get_str(keys::CHAT_TEMPLATE).unwrap()));
-    assert_eq!(template, Template::MistralInstruct);
-    assert_eq!(f.get_f32("llama.rope.freq_base").unwrap(), 1e6);
+    assert_eq!(template, want, "{checkpoint}");
     let reference: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(src.join("image-reference/reference.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(
         template.render(&with_image_markers("What is in this picture?", 1)),
-        reference["prompt"].as_str().unwrap()
+        reference["prompt"].as_str().unwrap(),
+        "{checkpoint}"
     );
+    (dir, f)
 }
 
 /// The same on the GPU backend, with the same bound.

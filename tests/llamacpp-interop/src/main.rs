@@ -163,23 +163,17 @@ fn run() -> Result<()> {
         let name = format!("{}+{}", case.quant, case.vision_quant);
         let llm = work.join(format!("llm-{}.gguf", case.quant));
         let mmproj = work.join(format!("mmproj-{}.gguf", case.vision_quant));
-        llava_cmd(
+        let files = Converted {
+            llm: &llm,
+            mmproj: &mmproj,
+        };
+        convert(
             &llava,
-            &[
-                "convert",
-                "-q",
-                case.quant,
-                "--vision-quant",
-                case.vision_quant,
-            ],
-        )
-        .arg(&checkpoint)
-        .arg("-o")
-        .arg(&llm)
-        .arg("--mmproj-out")
-        .arg(&mmproj)
-        .arg("--force")
-        .status_ok()?;
+            &checkpoint,
+            None,
+            (case.quant, case.vision_quant),
+            &files,
+        )?;
         let image_files = ImageFiles {
             ours: &mmproj,
             theirs: &their_mmproj,
@@ -190,59 +184,42 @@ fn run() -> Result<()> {
             ("text", text_case(&llava, &llm, &work, case.text_bound)),
             ("image", image_case(&llava, &llm, &image_files, &work, case)),
         ] {
-            match result {
-                Ok(lines) => {
-                    for line in lines {
-                        println!("ok   {name:<12} {what:<5} {line}");
-                    }
-                }
-                Err(e) => {
-                    println!("FAIL {name:<12} {what:<5} {e:#}");
-                    failures += 1;
-                }
-            }
+            failures += report(&name, what, result);
         }
     }
     for (checkpoint, prompt) in OTHER_LLMS {
         let llm = work.join(format!("{checkpoint}.gguf"));
-        let result = llava_cmd(&llava, &["convert", "-q", "f32", "--force", "-o"])
-            .arg(&llm)
-            .arg(fixtures.join(checkpoint))
-            .status_ok()
+        let mmproj = work.join(format!("mmproj-{checkpoint}.gguf"));
+        let files = Converted {
+            llm: &llm,
+            mmproj: &mmproj,
+        };
+        let result = convert(&llava, &fixtures.join(checkpoint), None, F32, &files)
             .and_then(|()| text_prompt_case(&llava, &llm, &work, prompt, CASES[0].text_bound));
-        match result {
-            Ok(lines) => {
-                for line in lines {
-                    println!("ok   {checkpoint:<12} text  {line}");
-                }
-            }
-            Err(e) => {
-                println!("FAIL {checkpoint:<12} text  {e:#}");
-                failures += 1;
-            }
-        }
+        failures += report(checkpoint, "text", result);
     }
-    match v1_case(&llava, &fixtures, &work) {
-        Ok(line) => println!("ok   {:<12} {:<5} {line}", "v1 f32", "image"),
-        Err(e) => {
-            println!("FAIL {:<12} {:<5} {e:#}", "v1 f32", "image");
-            failures += 1;
-        }
-    }
-    match next_case(&llava, &fixtures, &work) {
-        Ok(lines) => {
-            for line in lines {
-                println!("ok   {:<12} {:<5} {line}", "next f32", "image");
-            }
-        }
-        Err(e) => {
-            println!("FAIL {:<12} {:<5} {e:#}", "next f32", "image");
-            failures += 1;
-        }
-    }
+    let v1 = v1_case(&llava, &fixtures, &work).map(|line| vec![line]);
+    failures += report("v1 f32", "image", v1);
+    failures += report("next f32", "image", next_case(&llava, &fixtures, &work));
     std::fs::remove_dir_all(&work).ok();
     ensure!(failures == 0, "{failures} comparison(s) failed");
     Ok(())
+}
+
+/// Prints one line per result line (`ok`), or the error (`FAIL`); 1 for a failure.
+fn report(name: &str, what: &str, result: Result<Vec<String>>) -> usize {
+    match result {
+        Ok(lines) => {
+            for line in lines {
+                println!("ok   {name:<12} {what:<5} {line}");
+            }
+            0
+        }
+        Err(e) => {
+            println!("FAIL {name:<12} {what:<5} {e:#}");
+            1
+        }
+    }
 }
 
 /// llama.cpp's log, shown with LLAMACPP_LOG=1.
@@ -291,16 +268,17 @@ fn next_case(llava: &Path, fixtures: &Path, work: &Path) -> Result<Vec<String>> 
     const VIEW: usize = 16; // (56 / 14)²
     let llm = work.join("next-llm.gguf");
     let mmproj = work.join("next-mmproj.gguf");
-    llava_cmd(
+    let files = Converted {
+        llm: &llm,
+        mmproj: &mmproj,
+    };
+    convert(
         llava,
-        &["convert", "-q", "f32", "--vision-quant", "f32", "--force"],
-    )
-    .arg(fixtures.join("llava-next-tiny-hf"))
-    .arg("-o")
-    .arg(&llm)
-    .arg("--mmproj-out")
-    .arg(&mmproj)
-    .status_ok()?;
+        &fixtures.join("llava-next-tiny-hf"),
+        None,
+        F32,
+        &files,
+    )?;
     let model = Model::load(&llm)?;
     let mtmd = Mtmd::load(&mmproj, &model)?;
     let mut lines = Vec::new();
@@ -325,7 +303,12 @@ fn next_case(llava: &Path, fixtures: &Path, work: &Path) -> Result<Vec<String>> 
             n_theirs > 0 && n_theirs % VIEW == 0,
             "{name}: llama.cpp made {n_theirs} image positions, not whole views of {VIEW}"
         );
-        let views = mtmd.encode_all(&chunks, model.n_embd)?;
+        let embeddings = mtmd.encode_views(&chunks, model.n_embd)?;
+        ensure!(
+            embeddings.iter().flatten().all(|v| v.is_finite()),
+            "{name}: non-finite embeddings"
+        );
+        let views = embeddings.len();
         ensure!(
             views * VIEW == n_theirs,
             "{name}: {views} views encoded for {n_theirs} positions"
@@ -344,18 +327,18 @@ fn next_case(llava: &Path, fixtures: &Path, work: &Path) -> Result<Vec<String>> 
 fn v1_case(llava: &Path, fixtures: &Path, work: &Path) -> Result<String> {
     let llm = work.join("v1-llm.gguf");
     let mmproj = work.join("v1-mmproj.gguf");
-    llava_cmd(
+    let files = Converted {
+        llm: &llm,
+        mmproj: &mmproj,
+    };
+    let tower = fixtures.join("clip-tiny-v1");
+    convert(
         llava,
-        &["convert", "-q", "f32", "--vision-quant", "f32", "--force"],
-    )
-    .arg(fixtures.join("llava-v1-tiny"))
-    .arg("--vision-tower")
-    .arg(fixtures.join("clip-tiny-v1"))
-    .arg("-o")
-    .arg(&llm)
-    .arg("--mmproj-out")
-    .arg(&mmproj)
-    .status_ok()?;
+        &fixtures.join("llava-v1-tiny"),
+        Some(&tower),
+        F32,
+        &files,
+    )?;
     let model = Model::load(&llm)?;
     ensure!(
         Mtmd::load(&mmproj, &model).is_err(),
@@ -499,6 +482,36 @@ fn llava_logits(
         ids.len()
     );
     Ok((ids, logits))
+}
+
+/// `llava convert`'s (LLM, vision) presets, both F32.
+const F32: (&str, &str) = ("f32", "f32");
+
+/// Where [`convert`] writes the LLM and the mmproj (always somewhere: left unnamed, `llava
+/// convert` would put the mmproj in the working directory).
+struct Converted<'a> {
+    llm: &'a Path,
+    mmproj: &'a Path,
+}
+
+/// `llava convert` of `checkpoint` (with `--vision-tower tower`) at `presets` into `to`,
+/// replacing what is there.
+fn convert(
+    llava: &Path,
+    checkpoint: &Path,
+    tower: Option<&Path>,
+    (quant, vision_quant): (&str, &str),
+    to: &Converted,
+) -> Result<()> {
+    let mut cmd = llava_cmd(
+        llava,
+        &["convert", "-q", quant, "--vision-quant", vision_quant],
+    );
+    cmd.arg(checkpoint).arg("--force").arg("-o").arg(to.llm);
+    if let Some(tower) = tower {
+        cmd.arg("--vision-tower").arg(tower);
+    }
+    cmd.arg("--mmproj-out").arg(to.mmproj).status_ok()
 }
 
 fn llava_cmd(llava: &Path, args: &[&str]) -> Command {
@@ -679,7 +692,9 @@ impl MtmdRun {
         let mtmd = Mtmd::load(mmproj, model)?;
         let chunks = mtmd.tokenize(IMAGE_PROMPT, image)?;
         let ids = chunks.ids()?;
-        let embeddings = mtmd.encode_image(&chunks, model.n_embd)?;
+        let mut views = mtmd.encode_views(&chunks, model.n_embd)?;
+        ensure!(views.len() == 1, "{} image chunks, not one", views.len());
+        let embeddings = views.pop().expect("one view");
         let ctx = model.context(ids.len())?;
         let mut n_past = 0;
         // SAFETY: the mtmd context, the llama context and the chunks are live objects made
@@ -773,56 +788,28 @@ impl Mtmd {
 }
 
 impl Mtmd {
-    /// Encodes the prompt's one image chunk: its embeddings, `n_embd` per image position.
-    fn encode_image(&self, chunks: &Chunks, n_embd: usize) -> Result<Vec<f32>> {
-        let mut found = None;
+    /// Encodes every image chunk of the prompt: the embeddings of each, `n_embd` per image
+    /// position.
+    fn encode_views(&self, chunks: &Chunks, n_embd: usize) -> Result<Vec<Vec<f32>>> {
+        let mut views = Vec::new();
         // SAFETY: `self.ctx` and the chunks are live; mtmd's output holds n_embd floats per
-        // position of the chunk just encoded, valid until the next encode.
+        // position of the chunk just encoded, valid until the next encode, and is copied
+        // before it.
         unsafe {
             for i in 0..sys::mtmd_input_chunks_size(chunks.chunks) {
                 let chunk = sys::mtmd_input_chunks_get(chunks.chunks, i);
                 if sys::mtmd_input_chunk_get_type(chunk) != sys::MTMD_INPUT_CHUNK_TYPE_IMAGE {
                     continue;
                 }
-                ensure!(found.is_none(), "more than one image chunk");
                 let status = sys::mtmd_encode_chunk(self.ctx, chunk);
                 ensure!(status == 0, "mtmd_encode_chunk failed ({status})");
                 let n = sys::mtmd_input_chunk_get_n_tokens(chunk) * n_embd;
                 let out = sys::mtmd_get_output_embd(self.ctx);
                 ensure!(!out.is_null(), "mtmd_get_output_embd gave nothing");
-                found = Some(std::slice::from_raw_parts(out, n).to_vec());
+                views.push(std::slice::from_raw_parts(out, n).to_vec());
             }
         }
-        found.context("no image chunk")
-    }
-}
-
-impl Mtmd {
-    /// Encodes every image chunk; how many there were. Each must give finite embeddings.
-    fn encode_all(&self, chunks: &Chunks, n_embd: usize) -> Result<usize> {
-        let mut n = 0;
-        // SAFETY: as in `encode_image`.
-        unsafe {
-            for i in 0..sys::mtmd_input_chunks_size(chunks.chunks) {
-                let chunk = sys::mtmd_input_chunks_get(chunks.chunks, i);
-                if sys::mtmd_input_chunk_get_type(chunk) != sys::MTMD_INPUT_CHUNK_TYPE_IMAGE {
-                    continue;
-                }
-                let status = sys::mtmd_encode_chunk(self.ctx, chunk);
-                ensure!(status == 0, "mtmd_encode_chunk failed ({status})");
-                let len = sys::mtmd_input_chunk_get_n_tokens(chunk) * n_embd;
-                let out = sys::mtmd_get_output_embd(self.ctx);
-                ensure!(!out.is_null(), "mtmd_get_output_embd gave nothing");
-                ensure!(
-                    std::slice::from_raw_parts(out, len)
-                        .iter()
-                        .all(|v| v.is_finite()),
-                    "non-finite embeddings"
-                );
-                n += 1;
-            }
-        }
-        Ok(n)
+        Ok(views)
     }
 }
 
