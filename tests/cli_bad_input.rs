@@ -79,24 +79,6 @@ fn pair(name: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (dir, llm, mmproj)
 }
 
-/// Rewrites `src` to `dst` with `edit` applied to each metadata value.
-fn with_metadata(src: &Path, dst: &Path, edit: impl Fn(&str, MetaValue) -> MetaValue) {
-    let f = GgufFile::open(src).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in f.metadata() {
-        w.add(k, edit(k, v.to_owned_value())).unwrap();
-    }
-    for t in f.tensors() {
-        w.add_tensor(t.name(), t.ggml_type(), t.shape()).unwrap();
-    }
-    let tensors: Vec<_> = f.tensors().collect();
-    w.write(dst, |i, _, out| -> Result<(), GgufWriteError> {
-        out.write_all(tensors[i].data).unwrap();
-        Ok(())
-    })
-    .unwrap();
-}
-
 /// 3.1: a 1 × 100000 PNG (a few hundred bytes) is refused by the LLaVA-1.5 padding bound,
 /// for `run` and `bench`, instead of allocating a 30 GB canvas.
 #[test]

@@ -10,7 +10,7 @@ use llava_models::image::{clip_preprocess, llava15_preprocess, load_image, DEFAU
 use llava_models::llava::{embed_pieces, encode_image, tokenize_pieces, Piece};
 use llava_models::{Clip, Llama};
 use llava_runtime::backend::{Backend, CpuBackend, KvType};
-use llava_runtime::gguf::{keys, GgufFile, GgufWriteError, GgufWriter, MetaValue};
+use llava_runtime::gguf::{keys, GgufFile, GgufWriteError, GgufWriter};
 use llava_runtime::tokenizer::Tokenizer;
 
 mod common;
@@ -150,27 +150,6 @@ fn the_first_llavas_linear_projector_and_cropped_views_match_transformers() {
     let (df, dl) = (max_diff(&r.features, &want_f), max_diff(&r.logits, &want_l));
     eprintln!("first LLaVA: features max |diff| {df:.2e}, logits max |diff| {dl:.2e}");
     assert!(df <= 1e-3 && dl <= 1e-3, "features {df}, logits {dl}");
-}
-
-/// `src` rewritten to `dst` with `key` set to `value` (added when absent), tensors as they are.
-fn with_key(src: &Path, dst: &Path, key: &str, value: MetaValue) {
-    let f = GgufFile::open(src).unwrap();
-    let mut w = GgufWriter::new();
-    for (k, v) in f.metadata() {
-        if k != key {
-            w.add(k, v.to_owned_value()).unwrap();
-        }
-    }
-    w.add(key, value).unwrap();
-    let tensors: Vec<_> = f.tensors().collect();
-    for t in &tensors {
-        w.add_tensor(t.name(), t.ggml_type(), t.shape()).unwrap();
-    }
-    w.write(dst, |i, _, out| -> Result<(), GgufWriteError> {
-        out.write_all(tensors[i].data).unwrap();
-        Ok(())
-    })
-    .unwrap();
 }
 
 /// The preprocessing and projector keys the first LLaVA's files brought: values the runtime

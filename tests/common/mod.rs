@@ -100,3 +100,48 @@ pub fn gpu_backend() -> Option<llava_runtime::backend::gpu::GpuBackend> {
         }
     }
 }
+
+/// Rewrites the GGUF file `src` to `dst` with `edit` applied to each metadata value and the
+/// `added` keys appended (a key of `src` that is also added is dropped from its place), the
+/// tensors as they are.
+pub fn rewrite_metadata(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&str, llava_runtime::gguf::MetaValue) -> llava_runtime::gguf::MetaValue,
+    added: Vec<(&str, llava_runtime::gguf::MetaValue)>,
+) {
+    use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
+    let f = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        if !added.iter().any(|(a, _)| *a == k) {
+            w.add(k, edit(k, v.to_owned_value())).unwrap();
+        }
+    }
+    for (k, v) in added {
+        w.add(k, v).unwrap();
+    }
+    let tensors: Vec<_> = f.tensors().collect();
+    for t in &tensors {
+        w.add_tensor(t.name(), t.ggml_type(), t.shape()).unwrap();
+    }
+    w.write(dst, |i, _, out| -> Result<(), GgufWriteError> {
+        out.write_all(tensors[i].data).unwrap();
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// [`rewrite_metadata`] with `edit` applied to each value.
+pub fn with_metadata(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&str, llava_runtime::gguf::MetaValue) -> llava_runtime::gguf::MetaValue,
+) {
+    rewrite_metadata(src, dst, edit, Vec::new());
+}
+
+/// [`rewrite_metadata`] with `key` set to `value`, added when absent.
+pub fn with_key(src: &Path, dst: &Path, key: &str, value: llava_runtime::gguf::MetaValue) {
+    rewrite_metadata(src, dst, |_, v| v, vec![(key, value)]);
+}
