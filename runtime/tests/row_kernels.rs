@@ -200,3 +200,83 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
         eprintln!("no path here has row kernels");
     }
 }
+
+/// The batch kernels of interleaved weights against 4 different activation rows at once:
+/// `out[n][r]` must be weight row `r`'s scalar dot with activation row `n` (the test above
+/// gives every slot the same row, which a kernel that mixed up its slots would pass).
+#[test]
+fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
+    let mut rng = Rng(23);
+    let mut tested = 0;
+    for path in CpuPath::ALL.into_iter().filter(|p| p.is_available()) {
+        for ty in GgmlType::ALL {
+            let Some(kernels) = row_kernels(ty, path) else {
+                continue;
+            };
+            let Some(how) = kernels.interleaved else {
+                continue;
+            };
+            let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
+            for n in [ty.block_size(), 4096 + ty.block_size()] {
+                let w_bytes = ty.row_bytes(n as u64).unwrap() as usize;
+                let a_bytes = kernels.act_type.row_bytes(n as u64).unwrap() as usize;
+                let reference =
+                    |x: &[f32], dst: &mut [u8]| quant::quantize_row(ty, x, dst).unwrap();
+                let w: Vec<Row> = (0..DOT_ROWS)
+                    .map(|i| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.uniform(1.0 + i as f32)).collect();
+                        let mut row = Row::quantize(reference, w_bytes, &x);
+                        if i % 3 == 2 {
+                            row.scramble(ty, &mut rng);
+                        }
+                        row
+                    })
+                    .collect();
+                let a: Vec<Row> = (0..TILE_ROWS)
+                    .map(|s| {
+                        let x: Vec<f32> = (0..n).map(|_| rng.uniform(0.5 + s as f32)).collect();
+                        Row::quantize(kernels.quantize, a_bytes, &x)
+                    })
+                    .collect();
+                let sums: Vec<Vec<ActBlockSum>> = a
+                    .iter()
+                    .map(|a| {
+                        let mut sums =
+                            vec![ActBlockSum::default(); a_bytes / kernels.act_type.type_size()];
+                        quant::act_block_sums(kernels.act_type, a.bytes(), &mut sums).unwrap();
+                        sums
+                    })
+                    .collect();
+                let group = interleaved(&how, std::array::from_fn(|r| w[r].bytes()));
+                let got = (how.gemm)(
+                    bytemuck::cast_slice(&group),
+                    std::array::from_fn(|s| a[s].bytes()),
+                    std::array::from_fn(|s| sums[s].as_slice()),
+                );
+                for (s, a) in a.iter().enumerate() {
+                    let ad = dequantize(kernels.act_type, a.bytes(), n);
+                    for (r, w) in w.iter().enumerate() {
+                        let want = (scalar.dot)(w.bytes(), a.bytes());
+                        let terms: f64 = dequantize(ty, w.bytes(), n)
+                            .iter()
+                            .zip(&ad)
+                            .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
+                            .sum();
+                        let diff = (f64::from(got[s][r]) - f64::from(want)).abs();
+                        assert!(
+                            diff <= 1e-5 * terms + 1e-30,
+                            "{ty} on {path}, n={n}, activation row {s}, weight row {r}: {} vs \
+                             scalar {want} (diff {diff:e}, Σ|w·a| {terms:e})",
+                            got[s][r]
+                        );
+                    }
+                }
+                tested += 1;
+            }
+        }
+    }
+    report_skipped_paths("interleaved_gemm_dots_each_activation_row_with_each_weight_row");
+    if tested == 0 {
+        eprintln!("no path here has interleaved kernels");
+    }
+}

@@ -302,10 +302,11 @@ fn with_neon(mut kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels
     }
     if let Some(dot) = neon.dot(ty) {
         kernels.dot = dot;
-        // No NEON tile or row kernels yet: one from another path would not match `dot_path`.
+        // No NEON tile or row kernels: one from another path would not match `dot_path`.
+        // Interleaved weights (the `sdot` level) take the place of both.
         kernels.dot_rows = None;
         kernels.dot_tile = None;
-        kernels.interleaved = None;
+        kernels.interleaved = neon.interleaved(ty);
         kernels.dot_path = path;
     }
     kernels

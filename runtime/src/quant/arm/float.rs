@@ -21,7 +21,7 @@ use crate::quant::{assert_dot_len, assert_row_len};
 /// 8 halves widened to f32, as (elements 0..4, elements 4..8).
 #[target_feature(enable = "neon")]
 #[inline]
-fn load_f16x8(h: &[f16]) -> [float32x4_t; 2] {
+pub(super) fn load_f16x8(h: &[f16]) -> [float32x4_t; 2] {
     assert_eq!(h.len(), 8);
     // SAFETY: `h` is 8 halves, 16 bytes; `ld1` has no alignment requirement.
     let bits = unsafe { vld1q_u16(h.as_ptr().cast()) };

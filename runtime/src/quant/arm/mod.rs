@@ -35,14 +35,17 @@ use std::sync::OnceLock;
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
-use super::dispatch::{DotFn, QuantizeFn};
+use super::dispatch::{
+    interleaving, ActBlockSum, DotFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
+};
 use super::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
-    BlockQ8_1, GgmlType,
+    BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, GgmlType,
 };
 
 mod activations;
 mod float;
+mod interleaved;
 mod k_quants;
 mod legacy;
 
@@ -83,6 +86,37 @@ impl Neon {
             Q4K => dots.q4_k,
             Q5K => dots.q5_k,
             Q6K => dots.q6_k,
+            _ => return None,
+        })
+    }
+
+    /// How this path multiplies interleaved weights of type `ty` (`interleaved.rs`), if it has
+    /// kernels for them: only the `sdot` level, whose by-element form the layouts are for.
+    pub(crate) fn interleaved(self, ty: GgmlType) -> Option<Interleaving> {
+        if !self.dotprod {
+            return None;
+        }
+        Some(match ty {
+            GgmlType::Q4_0 => Interleaving {
+                dot: dot_q4_0x8,
+                gemm: gemm_q4_0x8,
+                ..interleaving::<BlockQ4_0x8>()
+            },
+            GgmlType::Q8_0 => Interleaving {
+                dot: dot_q8_0x8,
+                gemm: gemm_q8_0x8,
+                ..interleaving::<BlockQ8_0x8>()
+            },
+            GgmlType::Q4K => Interleaving {
+                dot: dot_q4_kx8,
+                gemm: gemm_q4_kx8,
+                ..interleaving::<BlockQ4Kx8>()
+            },
+            GgmlType::Q6K => Interleaving {
+                dot: dot_q6_kx8,
+                gemm: gemm_q6_kx8,
+                ..interleaving::<BlockQ6Kx8>()
+            },
             _ => return None,
         })
     }
@@ -166,6 +200,38 @@ static SDOT: IntegerDots = IntegerDots {
     q5_k: q5_k_s,
     q6_k: q6_k_s,
 };
+
+/// Safe byte-level wrappers around the `sdot` kernels of interleaved weights: the group's
+/// dot with one activation row, and its batch kernel.
+macro_rules! safe_interleaved {
+    ($dot:ident, $gemm:ident, $block:ty, $act:ty) => {
+        fn $dot(w: &[u8], a: &[u8]) -> [f32; DOT_ROWS] {
+            // SAFETY: reachable only through `Neon::interleaved` on a `Neon` made by
+            // `detect_dotprod`: the CPU has reported `dotprod`.
+            unsafe { interleaved::$dot(cast_slice::<u8, $block>(w), cast_slice::<u8, $act>(a)) }
+        }
+
+        fn $gemm(
+            w: &[u8],
+            a: [&[u8]; TILE_ROWS],
+            sums: [&[ActBlockSum]; TILE_ROWS],
+        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+            // SAFETY: as for the dot above.
+            unsafe {
+                interleaved::$gemm(
+                    cast_slice::<u8, $block>(w),
+                    a.map(cast_slice::<u8, $act>),
+                    sums,
+                )
+            }
+        }
+    };
+}
+
+safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
+safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);
+safe_interleaved!(dot_q4_kx8, gemm_q4_kx8, BlockQ4Kx8, BlockQ8K);
+safe_interleaved!(dot_q6_kx8, gemm_q6_kx8, BlockQ6Kx8, BlockQ8K);
 
 // SAFETY (the five wrappers below): the kernels need NEON only, which this whole build has.
 
