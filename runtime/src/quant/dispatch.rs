@@ -235,15 +235,7 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
     // the packed 6×16 GEMM it is a draw (pp512 39.2 against 39.0–42.5, noisy), 12% of it the
     // scalar K-quant dequantization. Nor Q4_1/Q5_1: their dots take the activations' sum from
     // Q8_1's f16 `s` field, which the widened values do not round.
-    kernels.widen_batches = matches!(
-        ty,
-        GgmlType::F32
-            | GgmlType::F16
-            | GgmlType::BF16
-            | GgmlType::Q4_0
-            | GgmlType::Q5_0
-            | GgmlType::Q8_0
-    );
+    kernels.widen_batches = widened_in_batches(ty);
     if let Some(dot) = avx2.dot(ty) {
         kernels.dot = dot;
         kernels.dot_rows = avx2.dot_rows(ty);
@@ -300,6 +292,10 @@ fn with_neon(mut kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels
         kernels.quantize = quantize;
         kernels.quantize_path = path;
     }
+    // Batches of the types AVX2 widens go through the f32 GEMM here too (its NEON
+    // micro-kernel, `backend/cpu/gemm/arm.rs`), rather than a dot per pair of rows; on the
+    // `sdot` level Q4_0 and Q8_0 take the interleaved integer GEMM instead (`matmul::plan`).
+    kernels.widen_batches = widened_in_batches(ty);
     if let Some(dot) = neon.dot(ty) {
         kernels.dot = dot;
         // No NEON tile or row kernels: one from another path would not match `dot_path`.
@@ -315,6 +311,24 @@ fn with_neon(mut kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels
 #[cfg(not(all(target_arch = "aarch64", target_feature = "neon")))]
 fn with_neon(kernels: RowKernels, _ty: GgmlType, _path: CpuPath) -> RowKernels {
     kernels
+}
+
+/// The types whose batches the SIMD paths widen to f32 for the GEMM micro-kernel (see
+/// `with_avx2` for the measurements behind the list).
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+fn widened_in_batches(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::BF16
+            | GgmlType::Q4_0
+            | GgmlType::Q5_0
+            | GgmlType::Q8_0
+    )
 }
 
 fn quantize_as<W: VecDot>(src: &[f32], dst: &mut [u8]) {

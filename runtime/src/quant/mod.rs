@@ -40,6 +40,9 @@ macro_rules! block_formats {
 
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 mod arm;
+/// 8 halves (their bits) widened to f32 with NEON's `fcvtl`: the backend's F16 widener uses it too.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub(crate) use arm::widen_f16x8;
 mod cpu_path;
 pub mod dispatch;
 mod float;

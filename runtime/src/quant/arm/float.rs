@@ -21,10 +21,16 @@ use crate::quant::{assert_dot_len, assert_row_len};
 /// 8 halves widened to f32, as (elements 0..4, elements 4..8).
 #[target_feature(enable = "neon")]
 #[inline]
-pub(super) fn load_f16x8(h: &[f16]) -> [float32x4_t; 2] {
+pub(crate) fn load_f16x8(h: &[f16]) -> [float32x4_t; 2] {
     assert_eq!(h.len(), 8);
     // SAFETY: `h` is 8 halves, 16 bytes; `ld1` has no alignment requirement.
-    let bits = unsafe { vld1q_u16(h.as_ptr().cast()) };
+    widen_f16x8(unsafe { vld1q_u16(h.as_ptr().cast()) })
+}
+
+/// The 8 halves whose bits are `bits`, widened to f32, as (lanes 0..4, lanes 4..8).
+#[target_feature(enable = "neon")]
+#[inline]
+pub(crate) fn widen_f16x8(bits: uint16x8_t) -> [float32x4_t; 2] {
     let (lo, hi): (float32x4_t, float32x4_t);
     // SAFETY: `fcvtl`/`fcvtl2` are ARMv8.0 NEON and touch only these registers. `lo` and
     // `hi` are plain (not late) outputs, so neither shares a register with `bits`, which the

@@ -45,6 +45,7 @@ use super::{
 
 mod activations;
 mod float;
+pub(crate) use float::widen_f16x8;
 mod interleaved;
 mod k_quants;
 mod legacy;

@@ -14,7 +14,8 @@
 //! same tile takes one register per panel column (benches/README.md: 7B Q4_0 pp256 1.5×,
 //! CLIP-L encode 1.2–1.45× against the AVX2 kernel on the same Xeon).
 //!
-//! The portable kernels are here; the AVX2 and AVX-512 ones are in `x86.rs`.
+//! The portable kernels are here; the AVX2 and AVX-512 ones are in `x86.rs`, the NEON ones in
+//! `arm.rs`.
 
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -165,6 +166,8 @@ pub(super) fn micro_kernel() -> MicroKernelFn {
         }
         #[cfg(target_arch = "x86_64")]
         quant::CpuPath::Avx2 if quant::CpuPath::Avx2.is_available() => x86::micro_kernel,
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        quant::CpuPath::Neon | quant::CpuPath::NeonDotprod => arm::micro_kernel,
         _ => micro_kernel_portable,
     }
 }
@@ -271,6 +274,8 @@ pub(super) fn f16_widener() -> F16WidenFn {
         {
             x86::widen_f16
         }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        quant::CpuPath::Neon | quant::CpuPath::NeonDotprod => arm::widen_f16,
         _ => widen_f16_portable,
     }
 }
@@ -301,8 +306,13 @@ fn widen_f16_portable(rows: &[&[u8]], panel: &mut [PanelColumn]) {
 #[cfg(test)]
 pub(super) fn micro_kernels() -> Vec<MicroKernelFn> {
     quant::report_skipped_paths("gemm micro-kernels");
-    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+    #[cfg_attr(
+        not(any(target_arch = "x86_64", target_arch = "aarch64")),
+        allow(unused_mut)
+    )]
     let mut kernels: Vec<MicroKernelFn> = vec![micro_kernel_portable];
+    #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+    kernels.push(arm::micro_kernel);
     #[cfg(target_arch = "x86_64")]
     if quant::CpuPath::Avx2.is_available() {
         kernels.push(x86::micro_kernel);
@@ -341,6 +351,9 @@ fn micro_kernel_portable(group: &[GroupColumn], panel: &[PanelColumn], mut out: 
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod arm;
 
 #[cfg(test)]
 mod tests {

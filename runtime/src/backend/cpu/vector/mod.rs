@@ -5,7 +5,7 @@
 //!
 //! The portable versions are plain loops (LLVM vectorizes the lane-parallel ones with SSE2 or
 //! NEON); the AVX2 versions (`x86.rs`) use FMA and F16C, and each says what it was measured
-//! against.
+//! against; the NEON ones (`arm.rs`) are the same algorithms on 4-lane registers.
 
 use half::f16;
 
@@ -61,14 +61,18 @@ pub(super) fn vector_ops() -> VectorOps {
     match quant::cpu_path() {
         // The AVX-512 paths have no vector primitives of their own yet; their CPUs run AVX2's.
         CpuPath::Avx2 | CpuPath::Avx512 | CpuPath::Avx512Vnni => avx2().unwrap_or_else(portable),
-        _ => portable(),
+        CpuPath::Neon | CpuPath::NeonDotprod => neon().unwrap_or_else(portable),
+        CpuPath::Scalar => portable(),
     }
 }
 
 /// The primitives of every path this CPU can run, for tests.
 #[cfg(test)]
 pub(super) fn all_vector_ops() -> Vec<VectorOps> {
-    std::iter::once(portable()).chain(avx2()).collect()
+    std::iter::once(portable())
+        .chain(avx2())
+        .chain(neon())
+        .collect()
 }
 
 fn portable() -> VectorOps {
@@ -93,6 +97,22 @@ fn avx2() -> Option<VectorOps> {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn avx2() -> Option<VectorOps> {
+    None
+}
+
+/// The NEON primitives (every aarch64 build has NEON).
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+fn neon() -> Option<VectorOps> {
+    Some(VectorOps {
+        decode_heads: arm::decode_heads::<f32>,
+        decode_heads_f16: arm::decode_heads::<f16>,
+        panel_softmax: arm::panel_softmax,
+        swish: arm::swish,
+    })
+}
+
+#[cfg(not(all(target_arch = "aarch64", target_feature = "neon")))]
+fn neon() -> Option<VectorOps> {
     None
 }
 
@@ -217,6 +237,9 @@ fn decode_heads_portable<T: CacheValue>(
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+mod arm;
+
 /// `n` reproducible values in [-1, 1) (xorshift), for the unit tests of the f32 kernels.
 #[cfg(test)]
 pub(super) fn test_data(n: usize, seed: u32) -> Vec<f32> {
@@ -328,13 +351,18 @@ mod tests {
     /// more than 87 below the max, whose probability underflows.
     #[test]
     fn softmax_matches_f64_on_every_available_path() {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        #[cfg_attr(
+            not(any(target_arch = "x86_64", target_arch = "aarch64")),
+            allow(unused_mut)
+        )]
         let mut paths: Vec<fn(&mut [f32], f32)> = vec![softmax_portable];
         crate::quant::report_skipped_paths("softmax_matches_f64_on_every_available_path");
         #[cfg(target_arch = "x86_64")]
         if CpuPath::Avx2.is_available() {
             paths.push(x86::softmax);
         }
+        #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+        paths.push(arm::softmax);
         for (n, spread) in [
             (1, 1.0),
             (7, 3.0),
