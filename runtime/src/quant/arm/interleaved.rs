@@ -48,16 +48,17 @@ fn sdot_lane<const L: usize>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int3
     acc
 }
 
-/// `sdot` by element with the lane given at run time (a loop index the optimizer unrolls).
-#[target_feature(enable = "neon,dotprod")]
-#[inline]
-fn sdot_at(acc: int32x4_t, w: int8x16_t, a: int8x16_t, lane: usize) -> int32x4_t {
-    match lane {
-        0 => sdot_lane::<0>(acc, w, a),
-        1 => sdot_lane::<1>(acc, w, a),
-        2 => sdot_lane::<2>(acc, w, a),
-        _ => sdot_lane::<3>(acc, w, a),
-    }
+/// Runs `$body` once for each listed value, with `$i` a `const` of that value: the lanes of
+/// `sdot` and `smlal` by element must be constants, and the arrays of registers indexed by
+/// them stay in registers (loops the optimizer left rolled kept them on the stack and chose
+/// each lane through a chain of branches: 2.4× the instructions).
+macro_rules! unroll {
+    ($i:ident in [$($v:literal),*] $body:block) => {{
+        $({
+            const $i: usize = $v;
+            $body
+        })*
+    }};
 }
 
 /// 8 halves widened to f32, as (rows 0..4, rows 4..8).
@@ -74,11 +75,17 @@ fn load16(bytes: &[u8], at: usize) -> uint8x16_t {
     load_u8x16(bytes[at..at + 16].try_into().expect("16 bytes"))
 }
 
-/// The 32 quants of a Q8 block (or 32 of a Q8_K one) as two registers.
+/// 16 quants at `qs[at..]` as one register.
 #[target_feature(enable = "neon")]
 #[inline]
-fn act32(qs: &[i8]) -> [int8x16_t; 2] {
-    let qs: &[i8; 32] = qs.try_into().expect("32 quants");
+fn act16(qs: &[i8], at: usize) -> int8x16_t {
+    load_i8x16(qs[at..at + 16].try_into().expect("16 quants"))
+}
+
+/// The 32 quants of a Q8_0 block as two registers.
+#[target_feature(enable = "neon")]
+#[inline]
+fn act32(qs: &[i8; 32]) -> [int8x16_t; 2] {
     cast_ref::<[i8; 32], [[i8; 16]; 2]>(qs).map(|half| load_i8x16(&half))
 }
 
@@ -113,8 +120,8 @@ fn check<A>(blocks: usize, a: &[&[A]], sums: &[&[ActBlockSum]]) {
     }
 }
 
-/// Q4_0 nibbles of one 16-byte register of interleaved runs, as (low: elements `4t..`,
-/// high: elements `16 + 4t..`), bytes 0..=15 (the `-8` is taken off the sums).
+/// Q4_K nibbles of one 16-byte register of interleaved runs, as (low: sub-block `2g`, high:
+/// sub-block `2g + 1`), bytes 0..=15.
 #[target_feature(enable = "neon")]
 #[inline]
 fn nibbles(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
@@ -124,13 +131,27 @@ fn nibbles(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
     )
 }
 
-/// Σ of a Q8_0 block's 32 quants.
-#[target_feature(enable = "neon,dotprod")]
+/// Q4_0 quants of one 16-byte register of interleaved runs as `16·(q - 8)`, (low nibbles:
+/// elements `4t..`, high nibbles: elements `16 + 4t..`). After `x = packed ^ 0x88`,
+/// `(x << 4) as i8` is `16·(q - 8)` for the low nibble `q` (the flipped top bit of the nibble
+/// becomes the sign), and `(x & 0xf0) as i8` the same for the high one: no `-8·Σa` to take
+/// off, and sums 16 times too large, which [`scale_add16`] converts with `scvtf #4` (an exact
+/// division by 16). The products stay within `sdot`'s i32 lanes: `|16·(q - 8)| <= 128`.
+#[target_feature(enable = "neon")]
 #[inline]
-fn quant_sum(a: [int8x16_t; 2]) -> i32 {
-    let ones = vdupq_n_s8(1);
-    let both = super::sdot(super::sdot(vdupq_n_s32(0), a[0], ones), a[1], ones);
-    vaddvq_s32(both)
+fn nibbles16(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
+    let x = veorq_u8(p, vdupq_n_u8(0x88));
+    (
+        vreinterpretq_s8_u8(vshlq_n_u8::<4>(x)),
+        vreinterpretq_s8_u8(vandq_u8(x, vdupq_n_u8(0xf0))),
+    )
+}
+
+/// [`scale_add`] of sums 16 times too large ([`nibbles16`]).
+#[target_feature(enable = "neon")]
+#[inline]
+fn scale_add16(acc: float32x4_t, sums: int32x4_t, dw: float32x4_t, da: f32) -> float32x4_t {
+    vfmaq_f32(acc, vcvtq_n_f32_s32::<4>(sums), vmulq_n_f32(dw, da))
 }
 
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks (decode).
@@ -140,28 +161,25 @@ pub(super) fn dot_q4_0x8(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] 
     let mut acc = [vdupq_n_f32(0.0); 2];
     for (x, y) in w.iter().zip(a) {
         let act = act32(&y.qs);
-        // `nibble - 8` summed: start from `-8 · Σa`.
-        let start = vdupq_n_s32(-8 * quant_sum(act));
-        let mut sums = [start; 2];
-        for t in 0..4 {
-            for (h, sums) in sums.iter_mut().enumerate() {
-                let (lo, hi) = nibbles(load16(&x.qs, 32 * t + 16 * h));
-                *sums = sdot_at(sdot_at(*sums, lo, act[0], t), hi, act[1], t);
-            }
-        }
+        let mut sums = [vdupq_n_s32(0); 2];
+        unroll!(T in [0, 1, 2, 3] {
+            unroll!(H in [0, 1] {
+                let (lo, hi) = nibbles16(load16(&x.qs, 32 * T + 16 * H));
+                sums[H] = sdot_lane::<T>(sdot_lane::<T>(sums[H], lo, act[0]), hi, act[1]);
+            });
+        });
         let dw = scales_f16x8(&x.d);
         let da = f16_to_f32(y.d);
-        for h in 0..2 {
-            acc[h] = scale_add(acc[h], sums[h], dw[h], da);
-        }
+        unroll!(H in [0, 1] {
+            acc[H] = scale_add16(acc[H], sums[H], dw[H], da);
+        });
     }
     lanes8(acc)
 }
 
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`TILE_ROWS`] activation rows:
 /// `out[n][r]` is row `r`'s dot with activation row `n`. Each 16 bytes of nibbles are
-/// unpacked once for the 4 activation rows; `-8·Σa` and the activation scales come from
-/// `sums`.
+/// unpacked once for the 4 activation rows; the activation scales come from `sums`.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) fn gemm_q4_0x8(
     w: &[BlockQ4_0x8],
@@ -174,19 +192,18 @@ pub(super) fn gemm_q4_0x8(
         let act: [[int8x16_t; 2]; TILE_ROWS] = std::array::from_fn(|n| act32(&a[n][i].qs));
         let dw = scales_f16x8(&x.d);
         // Rows 0..4, then 4..8: 4 sums live at a time, beside the 8 activation registers.
-        for h in 0..2 {
-            let mut s: [int32x4_t; TILE_ROWS] =
-                std::array::from_fn(|n| vdupq_n_s32(-8 * sums[n][i].sum));
-            for t in 0..4 {
-                let (lo, hi) = nibbles(load16(&x.qs, 32 * t + 16 * h));
-                for (s, act) in s.iter_mut().zip(&act) {
-                    *s = sdot_at(sdot_at(*s, lo, act[0], t), hi, act[1], t);
-                }
-            }
-            for n in 0..TILE_ROWS {
-                acc[n][h] = scale_add(acc[n][h], s[n], dw[h], sums[n][i].d);
-            }
-        }
+        unroll!(H in [0, 1] {
+            let mut s = [vdupq_n_s32(0); TILE_ROWS];
+            unroll!(T in [0, 1, 2, 3] {
+                let (lo, hi) = nibbles16(load16(&x.qs, 32 * T + 16 * H));
+                unroll!(N in [0, 1, 2, 3] {
+                    s[N] = sdot_lane::<T>(sdot_lane::<T>(s[N], lo, act[N][0]), hi, act[N][1]);
+                });
+            });
+            unroll!(N in [0, 1, 2, 3] {
+                acc[N][H] = scale_add16(acc[N][H], s[N], dw[H], sums[N][i].d);
+            });
+        });
     }
     acc.map(|acc| lanes8(acc))
 }
@@ -199,19 +216,19 @@ pub(super) fn dot_q8_0x8(w: &[BlockQ8_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] 
     let mut acc = [vdupq_n_f32(0.0); 2];
     for (x, y) in w.iter().zip(a) {
         let act = act32(&y.qs);
-        let qs: &[u8; 256] = bytemuck::cast_ref(&x.qs);
+        let qs: &[u8; 256] = cast_ref(&x.qs);
         let mut sums = [vdupq_n_s32(0); 2];
-        for t in 0..8 {
-            for (h, sums) in sums.iter_mut().enumerate() {
-                let q = vreinterpretq_s8_u8(load16(qs, 32 * t + 16 * h));
-                *sums = sdot_at(*sums, q, act[t / 4], t % 4);
-            }
-        }
+        unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7] {
+            unroll!(H in [0, 1] {
+                let q = vreinterpretq_s8_u8(load16(qs, 32 * T + 16 * H));
+                sums[H] = sdot_lane::<{ T % 4 }>(sums[H], q, act[T / 4]);
+            });
+        });
         let dw = scales_f16x8(&x.d);
         let da = f16_to_f32(y.d);
-        for h in 0..2 {
-            acc[h] = scale_add(acc[h], sums[h], dw[h], da);
-        }
+        unroll!(H in [0, 1] {
+            acc[H] = scale_add(acc[H], sums[H], dw[H], da);
+        });
     }
     lanes8(acc)
 }
@@ -227,39 +244,22 @@ pub(super) fn gemm_q8_0x8(
     let mut acc = [[vdupq_n_f32(0.0); 2]; TILE_ROWS];
     for (i, x) in w.iter().enumerate() {
         let act: [[int8x16_t; 2]; TILE_ROWS] = std::array::from_fn(|n| act32(&a[n][i].qs));
-        let qs: &[u8; 256] = bytemuck::cast_ref(&x.qs);
+        let qs: &[u8; 256] = cast_ref(&x.qs);
         let dw = scales_f16x8(&x.d);
-        for h in 0..2 {
+        unroll!(H in [0, 1] {
             let mut s = [vdupq_n_s32(0); TILE_ROWS];
-            for t in 0..8 {
-                let q = vreinterpretq_s8_u8(load16(qs, 32 * t + 16 * h));
-                for (s, act) in s.iter_mut().zip(&act) {
-                    *s = sdot_at(*s, q, act[t / 4], t % 4);
-                }
-            }
-            for n in 0..TILE_ROWS {
-                acc[n][h] = scale_add(acc[n][h], s[n], dw[h], sums[n][i].d);
-            }
-        }
+            unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7] {
+                let q = vreinterpretq_s8_u8(load16(qs, 32 * T + 16 * H));
+                unroll!(N in [0, 1, 2, 3] {
+                    s[N] = sdot_lane::<{ T % 4 }>(s[N], q, act[N][T / 4]);
+                });
+            });
+            unroll!(N in [0, 1, 2, 3] {
+                acc[N][H] = scale_add(acc[N][H], s[N], dw[H], sums[N][i].d);
+            });
+        });
     }
     acc.map(|acc| lanes8(acc))
-}
-
-/// `acc + m · v[lane]` on 4 i16 lanes widened to i32 (`smlal` by element; `lane` in 0..8 is a
-/// loop index the optimizer unrolls).
-#[target_feature(enable = "neon")]
-#[inline]
-fn mlal_at(acc: int32x4_t, m: int16x4_t, v: int16x8_t, lane: usize) -> int32x4_t {
-    match lane {
-        0 => vmlal_laneq_s16::<0>(acc, m, v),
-        1 => vmlal_laneq_s16::<1>(acc, m, v),
-        2 => vmlal_laneq_s16::<2>(acc, m, v),
-        3 => vmlal_laneq_s16::<3>(acc, m, v),
-        4 => vmlal_laneq_s16::<4>(acc, m, v),
-        5 => vmlal_laneq_s16::<5>(acc, m, v),
-        6 => vmlal_laneq_s16::<6>(acc, m, v),
-        _ => vmlal_laneq_s16::<7>(acc, m, v),
-    }
 }
 
 /// Lanes `4h..4h + 4` of 8 unsigned bytes, widened to i32.
@@ -313,10 +313,10 @@ fn q4_k_min_terms(mins: &[int16x8_t; 8], bsums: &[i16; 16]) -> [int32x4_t; 2] {
     // Lane j: bsums[2j] + bsums[2j + 1], the sum of sub-block j's 32 quants.
     let pairs = vpaddq_s16(b0, b1);
     let mut m = [vdupq_n_s32(0); 2];
-    for (j, mins) in mins.iter().enumerate() {
-        m[0] = mlal_at(m[0], vget_low_s16(*mins), pairs, j);
-        m[1] = mlal_at(m[1], vget_high_s16(*mins), pairs, j);
-    }
+    unroll!(J in [0, 1, 2, 3, 4, 5, 6, 7] {
+        m[0] = vmlal_laneq_s16::<{ J as i32 }>(m[0], vget_low_s16(mins[J]), pairs);
+        m[1] = vmlal_laneq_s16::<{ J as i32 }>(m[1], vget_high_s16(mins[J]), pairs);
+    });
     m
 }
 
@@ -336,29 +336,28 @@ pub(super) fn dot_q4_kx8(w: &[BlockQ4Kx8], a: &[BlockQ8K]) -> [f32; DOT_ROWS] {
         for (g, qs) in x.qs.iter().enumerate() {
             let mut s_lo = [vdupq_n_s32(0); 2];
             let mut s_hi = [vdupq_n_s32(0); 2];
-            for q in 0..2 {
-                let a_lo = load_i8x16(y.qs[64 * g + 16 * q..][..16].try_into().unwrap());
-                let a_hi = load_i8x16(y.qs[64 * g + 32 + 16 * q..][..16].try_into().unwrap());
-                for tt in 0..4 {
-                    let t = 4 * q + tt;
-                    for h in 0..2 {
-                        let (lo, hi) = nibbles(load16(qs, 32 * t + 16 * h));
-                        s_lo[h] = sdot_at(s_lo[h], lo, a_lo, tt);
-                        s_hi[h] = sdot_at(s_hi[h], hi, a_hi, tt);
-                    }
-                }
-            }
-            for h in 0..2 {
-                let sc_lo = widen_u8_half(scales[2 * g], h);
-                let sc_hi = widen_u8_half(scales[2 * g + 1], h);
-                total[h] = vmlaq_s32(vmlaq_s32(total[h], s_lo[h], sc_lo), s_hi[h], sc_hi);
-            }
+            unroll!(Q in [0, 1] {
+                let a_lo = act16(&y.qs, 64 * g + 16 * Q);
+                let a_hi = act16(&y.qs, 64 * g + 32 + 16 * Q);
+                unroll!(T in [0, 1, 2, 3] {
+                    unroll!(H in [0, 1] {
+                        let (lo, hi) = nibbles(load16(qs, 32 * (4 * Q + T) + 16 * H));
+                        s_lo[H] = sdot_lane::<T>(s_lo[H], lo, a_lo);
+                        s_hi[H] = sdot_lane::<T>(s_hi[H], hi, a_hi);
+                    });
+                });
+            });
+            unroll!(H in [0, 1] {
+                let sc_lo = widen_u8_half(scales[2 * g], H);
+                let sc_hi = widen_u8_half(scales[2 * g + 1], H);
+                total[H] = vmlaq_s32(vmlaq_s32(total[H], s_lo[H], sc_lo), s_hi[H], sc_hi);
+            });
         }
         let (d, dmin) = (scales_f16x8(&x.d), scales_f16x8(&x.dmin));
-        for h in 0..2 {
-            acc[h] = vfmaq_f32(acc[h], vcvtq_f32_s32(total[h]), vmulq_n_f32(d[h], y.d));
-            acc[h] = vfmsq_f32(acc[h], vcvtq_f32_s32(m[h]), vmulq_n_f32(dmin[h], y.d));
-        }
+        unroll!(H in [0, 1] {
+            acc[H] = vfmaq_f32(acc[H], vcvtq_f32_s32(total[H]), vmulq_n_f32(d[H], y.d));
+            acc[H] = vfmsq_f32(acc[H], vcvtq_f32_s32(m[H]), vmulq_n_f32(dmin[H], y.d));
+        });
     }
     lanes8(acc)
 }
@@ -380,42 +379,42 @@ pub(super) fn gemm_q4_kx8(
         let (scales, mins) = q4_k_scales_mins(&x.scales);
         let (d, dmin) = (scales_f16x8(&x.d), scales_f16x8(&x.dmin));
         let mins = mins.map(|m| vreinterpretq_s16_u16(vmovl_u8(m)));
-        for (acc, y) in acc.iter_mut().zip(ys) {
-            let m = q4_k_min_terms(&mins, &y.bsums);
-            for h in 0..2 {
-                acc[h] = vfmsq_f32(acc[h], vcvtq_f32_s32(m[h]), vmulq_n_f32(dmin[h], y.d));
-            }
-        }
-        for h in 0..2 {
+        unroll!(N in [0, 1, 2, 3] {
+            let m = q4_k_min_terms(&mins, &ys[N].bsums);
+            unroll!(H in [0, 1] {
+                let scale = vmulq_n_f32(dmin[H], ys[N].d);
+                acc[N][H] = vfmsq_f32(acc[N][H], vcvtq_f32_s32(m[H]), scale);
+            });
+        });
+        unroll!(H in [0, 1] {
             let mut total = [vdupq_n_s32(0); TILE_ROWS];
             for (g, qs) in x.qs.iter().enumerate() {
                 let mut s_lo = [vdupq_n_s32(0); TILE_ROWS];
                 let mut s_hi = [vdupq_n_s32(0); TILE_ROWS];
-                for q in 0..2 {
-                    let act = |n: usize, at: usize| {
-                        load_i8x16(ys[n].qs[at + 16 * q..][..16].try_into().unwrap())
-                    };
-                    let a_lo: [int8x16_t; TILE_ROWS] = std::array::from_fn(|n| act(n, 64 * g));
-                    let a_hi: [int8x16_t; TILE_ROWS] = std::array::from_fn(|n| act(n, 64 * g + 32));
-                    for tt in 0..4 {
-                        let (lo, hi) = nibbles(load16(qs, 32 * (4 * q + tt) + 16 * h));
-                        for n in 0..TILE_ROWS {
-                            s_lo[n] = sdot_at(s_lo[n], lo, a_lo[n], tt);
-                            s_hi[n] = sdot_at(s_hi[n], hi, a_hi[n], tt);
-                        }
-                    }
-                }
-                let sc_lo = widen_u8_half(scales[2 * g], h);
-                let sc_hi = widen_u8_half(scales[2 * g + 1], h);
-                for n in 0..TILE_ROWS {
-                    total[n] = vmlaq_s32(vmlaq_s32(total[n], s_lo[n], sc_lo), s_hi[n], sc_hi);
-                }
+                unroll!(Q in [0, 1] {
+                    let a_lo: [int8x16_t; TILE_ROWS] =
+                        std::array::from_fn(|n| act16(&ys[n].qs, 64 * g + 16 * Q));
+                    let a_hi: [int8x16_t; TILE_ROWS] =
+                        std::array::from_fn(|n| act16(&ys[n].qs, 64 * g + 32 + 16 * Q));
+                    unroll!(T in [0, 1, 2, 3] {
+                        let (lo, hi) = nibbles(load16(qs, 32 * (4 * Q + T) + 16 * H));
+                        unroll!(N in [0, 1, 2, 3] {
+                            s_lo[N] = sdot_lane::<T>(s_lo[N], lo, a_lo[N]);
+                            s_hi[N] = sdot_lane::<T>(s_hi[N], hi, a_hi[N]);
+                        });
+                    });
+                });
+                let sc_lo = widen_u8_half(scales[2 * g], H);
+                let sc_hi = widen_u8_half(scales[2 * g + 1], H);
+                unroll!(N in [0, 1, 2, 3] {
+                    total[N] = vmlaq_s32(vmlaq_s32(total[N], s_lo[N], sc_lo), s_hi[N], sc_hi);
+                });
             }
-            for n in 0..TILE_ROWS {
-                let scale = vmulq_n_f32(d[h], ys[n].d);
-                acc[n][h] = vfmaq_f32(acc[n][h], vcvtq_f32_s32(total[n]), scale);
-            }
-        }
+            unroll!(N in [0, 1, 2, 3] {
+                let scale = vmulq_n_f32(d[H], ys[N].d);
+                acc[N][H] = vfmaq_f32(acc[N][H], vcvtq_f32_s32(total[N]), scale);
+            });
+        });
     }
     acc.map(|acc| lanes8(acc))
 }
@@ -473,25 +472,25 @@ pub(super) fn dot_q6_kx8(w: &[BlockQ6Kx8], a: &[BlockQ8K]) -> [f32; DOT_ROWS] {
     for (x, y) in w.iter().zip(a) {
         let mut total = [vdupq_n_s32(0); 2];
         for c in 0..QK_K / 32 {
-            let a_lo = load_i8x16(y.qs[32 * c..][..16].try_into().unwrap());
-            let a_hi = load_i8x16(y.qs[32 * c + 16..][..16].try_into().unwrap());
-            for (h, total) in total.iter_mut().enumerate() {
+            let (a_lo, a_hi) = (act16(&y.qs, 32 * c), act16(&y.qs, 32 * c + 16));
+            unroll!(H in [0, 1] {
                 let mut s_lo = vdupq_n_s32(0);
                 let mut s_hi = vdupq_n_s32(0);
-                for t in 0..4 {
-                    let qh = load16(&x.qh[c], 32 * (t / 2) + 16 * h);
-                    let (lo, hi) = q6_k_values(load16(&x.ql[c], 32 * t + 16 * h), qh, t % 2 == 1);
-                    s_lo = sdot_at(s_lo, lo, a_lo, t);
-                    s_hi = sdot_at(s_hi, hi, a_hi, t);
-                }
-                let (sc_lo, sc_hi) = q6_k_scales(&x.scales[c], h);
-                *total = vmlaq_s32(vmlaq_s32(*total, s_lo, sc_lo), s_hi, sc_hi);
-            }
+                unroll!(T in [0, 1, 2, 3] {
+                    let qh = load16(&x.qh[c], 32 * (T / 2) + 16 * H);
+                    let ql = load16(&x.ql[c], 32 * T + 16 * H);
+                    let (lo, hi) = q6_k_values(ql, qh, T % 2 == 1);
+                    s_lo = sdot_lane::<T>(s_lo, lo, a_lo);
+                    s_hi = sdot_lane::<T>(s_hi, hi, a_hi);
+                });
+                let (sc_lo, sc_hi) = q6_k_scales(&x.scales[c], H);
+                total[H] = vmlaq_s32(vmlaq_s32(total[H], s_lo, sc_lo), s_hi, sc_hi);
+            });
         }
         let d = scales_f16x8(&x.d);
-        for h in 0..2 {
-            acc[h] = vfmaq_f32(acc[h], vcvtq_f32_s32(total[h]), vmulq_n_f32(d[h], y.d));
-        }
+        unroll!(H in [0, 1] {
+            acc[H] = vfmaq_f32(acc[H], vcvtq_f32_s32(total[H]), vmulq_n_f32(d[H], y.d));
+        });
     }
     lanes8(acc)
 }
@@ -509,33 +508,34 @@ pub(super) fn gemm_q6_kx8(
     for (i, x) in w.iter().enumerate() {
         let ys: [&BlockQ8K; TILE_ROWS] = std::array::from_fn(|n| &a[n][i]);
         let d = scales_f16x8(&x.d);
-        for h in 0..2 {
+        unroll!(H in [0, 1] {
             let mut total = [vdupq_n_s32(0); TILE_ROWS];
             for c in 0..QK_K / 32 {
-                let act =
-                    |n: usize, at: usize| load_i8x16(ys[n].qs[at..][..16].try_into().unwrap());
-                let a_lo: [int8x16_t; TILE_ROWS] = std::array::from_fn(|n| act(n, 32 * c));
-                let a_hi: [int8x16_t; TILE_ROWS] = std::array::from_fn(|n| act(n, 32 * c + 16));
+                let a_lo: [int8x16_t; TILE_ROWS] =
+                    std::array::from_fn(|n| act16(&ys[n].qs, 32 * c));
+                let a_hi: [int8x16_t; TILE_ROWS] =
+                    std::array::from_fn(|n| act16(&ys[n].qs, 32 * c + 16));
                 let mut s_lo = [vdupq_n_s32(0); TILE_ROWS];
                 let mut s_hi = [vdupq_n_s32(0); TILE_ROWS];
-                for t in 0..4 {
-                    let qh = load16(&x.qh[c], 32 * (t / 2) + 16 * h);
-                    let (lo, hi) = q6_k_values(load16(&x.ql[c], 32 * t + 16 * h), qh, t % 2 == 1);
-                    for n in 0..TILE_ROWS {
-                        s_lo[n] = sdot_at(s_lo[n], lo, a_lo[n], t);
-                        s_hi[n] = sdot_at(s_hi[n], hi, a_hi[n], t);
-                    }
-                }
-                let (sc_lo, sc_hi) = q6_k_scales(&x.scales[c], h);
-                for n in 0..TILE_ROWS {
-                    total[n] = vmlaq_s32(vmlaq_s32(total[n], s_lo[n], sc_lo), s_hi[n], sc_hi);
-                }
+                unroll!(T in [0, 1, 2, 3] {
+                    let qh = load16(&x.qh[c], 32 * (T / 2) + 16 * H);
+                    let ql = load16(&x.ql[c], 32 * T + 16 * H);
+                    let (lo, hi) = q6_k_values(ql, qh, T % 2 == 1);
+                    unroll!(N in [0, 1, 2, 3] {
+                        s_lo[N] = sdot_lane::<T>(s_lo[N], lo, a_lo[N]);
+                        s_hi[N] = sdot_lane::<T>(s_hi[N], hi, a_hi[N]);
+                    });
+                });
+                let (sc_lo, sc_hi) = q6_k_scales(&x.scales[c], H);
+                unroll!(N in [0, 1, 2, 3] {
+                    total[N] = vmlaq_s32(vmlaq_s32(total[N], s_lo[N], sc_lo), s_hi[N], sc_hi);
+                });
             }
-            for n in 0..TILE_ROWS {
-                let scale = vmulq_n_f32(d[h], ys[n].d);
-                acc[n][h] = vfmaq_f32(acc[n][h], vcvtq_f32_s32(total[n]), scale);
-            }
-        }
+            unroll!(N in [0, 1, 2, 3] {
+                let scale = vmulq_n_f32(d[H], ys[N].d);
+                acc[N][H] = vfmaq_f32(acc[N][H], vcvtq_f32_s32(total[N]), scale);
+            });
+        });
     }
     acc.map(|acc| lanes8(acc))
 }
