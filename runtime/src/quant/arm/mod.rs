@@ -14,7 +14,9 @@
 //! LLVM would then be free to emit `sdot` anywhere, scalar code included, and that code would
 //! die with SIGILL on a Cortex-A53. Stable Rust has no `sdot` intrinsic; [`sdot`] issues the
 //! instruction with inline assembly. The integer kernels are written once, generic over
-//! [`I8Dot`], and instantiated for both levels.
+//! [`I8Dot`], and instantiated for both levels. The `sdot` level also has kernels for the
+//! interleaved weight layouts (`interleaved.rs`: 8 rows' runs side by side, multiplied with
+//! `sdot` by element), which take the place of the row dots in decode and in batches.
 //!
 //! As on x86 (`x86/mod.rs`), the only way in from outside is a [`Neon`] value, which hands out
 //! safe function pointers; the one that leads to the `sdot` kernels exists only once the CPU
