@@ -51,7 +51,7 @@ fn sdot_lane<const L: usize>(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int3
 /// Runs `$body` once for each listed value, with `$i` a `const` of that value: the lanes of
 /// `sdot` and `smlal` by element must be constants, and the arrays of registers indexed by
 /// them stay in registers (loops the optimizer left rolled kept them on the stack and chose
-/// each lane through a chain of branches: 2.4× the instructions).
+/// each lane through a chain of branches: twice the instructions of the Q4_0 batch kernel).
 macro_rules! unroll {
     ($i:ident in [$($v:literal),*] $body:block) => {{
         $({
