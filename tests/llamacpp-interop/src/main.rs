@@ -148,8 +148,10 @@ fn run() -> Result<()> {
     let their_mmproj = fixtures.join(THEIR_MMPROJ);
     let reading = fixtures.join(LLAMACPP_READING);
     let (shape, llamacpp_reading) = npy::read_npy_shaped(&reading);
-    let work = std::env::temp_dir().join(format!("llamacpp-interop-{}", std::process::id()));
-    std::fs::create_dir_all(&work).with_context(|| work.display().to_string())?;
+    let work_dir =
+        WorkDir(std::env::temp_dir().join(format!("llamacpp-interop-{}", std::process::id())));
+    let work = work_dir.0.as_path();
+    std::fs::create_dir_all(work).with_context(|| work.display().to_string())?;
 
     // SAFETY: called once, before any other llama.cpp function; the callback only reads the
     // NUL-terminated text llama.cpp passes.
@@ -201,9 +203,18 @@ fn run() -> Result<()> {
     let v1 = v1_case(&llava, &fixtures, &work).map(|line| vec![line]);
     failures += report("v1 f32", "image", v1);
     failures += report("next f32", "image", next_case(&llava, &fixtures, &work));
-    std::fs::remove_dir_all(&work).ok();
     ensure!(failures == 0, "{failures} comparison(s) failed");
     Ok(())
+}
+
+/// The work directory, removed however `main` ends (an error part-way through left the
+/// converted files behind in the system's temporary directory).
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        std::fs::remove_dir_all(&self.0).ok();
+    }
 }
 
 /// Prints one line per result line (`ok`), or the error (`FAIL`); 1 for a failure.
