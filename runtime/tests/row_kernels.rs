@@ -39,6 +39,31 @@ fn interleaved(how: &Interleaving, rows: [&[u8]; DOT_ROWS]) -> Vec<u32> {
     group
 }
 
+/// `got` against the scalar reference dot of weight row `w` (type `ty`) with activation row
+/// `a`: within `1e-5 · Σ|w·a| + 1e-30` (the module's bound); `what` names the case.
+fn assert_near_scalar(
+    ty: GgmlType,
+    act_type: GgmlType,
+    w: &[u8],
+    a: &[u8],
+    got: f32,
+    what: impl Fn() -> String,
+) {
+    let want = (row_kernels(ty, CpuPath::Scalar).unwrap().dot)(w, a);
+    let n = a.len() / act_type.type_size() * act_type.block_size();
+    let terms: f64 = dequantize(ty, w, n)
+        .iter()
+        .zip(&dequantize(act_type, a, n))
+        .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
+        .sum();
+    let diff = (f64::from(got) - f64::from(want)).abs();
+    assert!(
+        diff <= 1e-5 * terms + 1e-30,
+        "{}: {got} vs scalar {want} (diff {diff:e}, Σ|w·a| {terms:e})",
+        what()
+    );
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -172,21 +197,16 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
                     let a = Row::quantize(kernels.quantize, a_bytes, &x);
                     for (kind, dot_rows) in &kinds {
                         let got = dot_rows(std::array::from_fn(|i| w[i].bytes()), a.bytes());
-                        let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
-                        let ad = dequantize(kernels.act_type, a.bytes(), n);
                         for (i, w) in w.iter().enumerate() {
-                            let want = (scalar.dot)(w.bytes(), a.bytes());
-                            let terms: f64 = dequantize(ty, w.bytes(), n)
-                                .iter()
-                                .zip(&ad)
-                                .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
-                                .sum();
-                            let diff = (f64::from(got[i]) - f64::from(want)).abs();
-                            assert!(
-                                diff <= 1e-5 * terms + 1e-30,
-                                "{ty} {kind} on {path}, n={n}, scrambled={scrambled}, row {i}: {} \
-                             vs scalar {want} (diff {diff:e}, Σ|w·a| {terms:e})",
-                                got[i]
+                            assert_near_scalar(
+                                ty,
+                                kernels.act_type,
+                                w.bytes(),
+                                a.bytes(),
+                                got[i],
+                                || {
+                                    format!("{ty} {kind} on {path}, n={n}, scrambled={scrambled}, row {i}")
+                                },
                             );
                         }
                         tested += 1;
@@ -216,7 +236,6 @@ fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
             let Some(how) = kernels.interleaved else {
                 continue;
             };
-            let scalar = row_kernels(ty, CpuPath::Scalar).unwrap();
             for n in [ty.block_size(), 4096 + ty.block_size()] {
                 let w_bytes = ty.row_bytes(n as u64).unwrap() as usize;
                 let a_bytes = kernels.act_type.row_bytes(n as u64).unwrap() as usize;
@@ -254,20 +273,14 @@ fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
                     std::array::from_fn(|s| sums[s].as_slice()),
                 );
                 for (s, a) in a.iter().enumerate() {
-                    let ad = dequantize(kernels.act_type, a.bytes(), n);
                     for (r, w) in w.iter().enumerate() {
-                        let want = (scalar.dot)(w.bytes(), a.bytes());
-                        let terms: f64 = dequantize(ty, w.bytes(), n)
-                            .iter()
-                            .zip(&ad)
-                            .map(|(&p, &q)| (f64::from(p) * f64::from(q)).abs())
-                            .sum();
-                        let diff = (f64::from(got[s][r]) - f64::from(want)).abs();
-                        assert!(
-                            diff <= 1e-5 * terms + 1e-30,
-                            "{ty} on {path}, n={n}, activation row {s}, weight row {r}: {} vs \
-                             scalar {want} (diff {diff:e}, Σ|w·a| {terms:e})",
-                            got[s][r]
+                        assert_near_scalar(
+                            ty,
+                            kernels.act_type,
+                            w.bytes(),
+                            a.bytes(),
+                            got[s][r],
+                            || format!("{ty} on {path}, n={n}, activation row {s}, weight row {r}"),
                         );
                     }
                 }
