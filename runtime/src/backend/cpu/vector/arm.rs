@@ -55,25 +55,12 @@ pub(super) fn decode_heads<T: Load4>(
 /// accumulators; per value, `4·W` values at a time into `M·W` accumulators.
 #[target_feature(enable = "neon")]
 fn decode_heads_neon<T: Load4>(call: &DecodeHeads<'_, T>, scores: &mut [f32], out: &mut [f32]) {
-    let DecodeHeads { qs, d, n, .. } = *call;
-    let g = qs.len() / d;
-    let mut h0 = 0;
-    while h0 < g {
-        let m = (g - h0).min(4);
-        let part = DecodeHeads {
-            qs: &qs[h0 * d..][..m * d],
-            ..*call
-        };
-        let scores = &mut scores[h0 * n..][..m * n];
-        let out = &mut out[h0 * d..][..m * d];
-        match m {
-            1 => heads_neon::<T, 1, 8>(&part, scores, out),
-            2 => heads_neon::<T, 2, 4>(&part, scores, out),
-            3 => heads_neon::<T, 3, 2>(&part, scores, out),
-            _ => heads_neon::<T, 4, 2>(&part, scores, out),
-        }
-        h0 += m;
-    }
+    super::in_parts_of_four(call, scores, out, |m, part, scores, out| match m {
+        1 => heads_neon::<T, 1, 8>(part, scores, out),
+        2 => heads_neon::<T, 2, 4>(part, scores, out),
+        3 => heads_neon::<T, 3, 2>(part, scores, out),
+        _ => heads_neon::<T, 4, 2>(part, scores, out),
+    });
 }
 
 /// `M` heads of [`decode_heads_neon`] (`qs`, `out` `M·d` long, `scores` `M·n`).

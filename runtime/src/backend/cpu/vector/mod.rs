@@ -199,6 +199,38 @@ fn check_decode_heads<T>(call: &DecodeHeads<'_, T>, scores: &[f32], out: &[f32])
     g
 }
 
+/// The SIMD decode heads' outer loop: the group's heads in parts of at most 4 (as many as
+/// their registers hold), `part(m, call, scores, out)` for each part of `m` heads, with the
+/// part's slices of `scores` and `out`.
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
+fn in_parts_of_four<T>(
+    call: &DecodeHeads<'_, T>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    mut part: impl FnMut(usize, &DecodeHeads<'_, T>, &mut [f32], &mut [f32]),
+) {
+    let DecodeHeads { qs, d, n, .. } = *call;
+    let g = qs.len() / d;
+    let mut h0 = 0;
+    while h0 < g {
+        let m = (g - h0).min(4);
+        let call = DecodeHeads {
+            qs: &qs[h0 * d..][..m * d],
+            ..*call
+        };
+        part(
+            m,
+            &call,
+            &mut scores[h0 * n..][..m * n],
+            &mut out[h0 * d..][..m * d],
+        );
+        h0 += m;
+    }
+}
+
 fn decode_heads_portable<T: CacheValue>(
     call: &DecodeHeads<'_, T>,
     scores: &mut [f32],

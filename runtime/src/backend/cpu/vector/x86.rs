@@ -61,27 +61,14 @@ pub(super) fn decode_heads<T: Load8>(
 /// under 32 query heads of 64; 1.47× faster shared, benches/README.md).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn decode_heads_avx2<T: Load8>(call: &DecodeHeads<'_, T>, scores: &mut [f32], out: &mut [f32]) {
-    let DecodeHeads { qs, d, n, .. } = *call;
-    let g = qs.len() / d;
-    let mut h0 = 0;
-    while h0 < g {
-        let m = (g - h0).min(4);
-        let part = DecodeHeads {
-            qs: &qs[h0 * d..][..m * d],
-            ..*call
-        };
-        let scores = &mut scores[h0 * n..][..m * n];
-        let out = &mut out[h0 * d..][..m * d];
-        // `W` output vectors per head and pass over the values: 8 accumulators in all
-        // (6 for 3 heads), enough independent FMA chains to hide their latency.
-        match m {
-            1 => heads_avx2::<T, 1, 8>(&part, scores, out),
-            2 => heads_avx2::<T, 2, 4>(&part, scores, out),
-            3 => heads_avx2::<T, 3, 2>(&part, scores, out),
-            _ => heads_avx2::<T, 4, 2>(&part, scores, out),
-        }
-        h0 += m;
-    }
+    // `W` output vectors per head and pass over the values: 8 accumulators in all (6 for 3
+    // heads), enough independent FMA chains to hide their latency.
+    super::in_parts_of_four(call, scores, out, |m, part, scores, out| match m {
+        1 => heads_avx2::<T, 1, 8>(part, scores, out),
+        2 => heads_avx2::<T, 2, 4>(part, scores, out),
+        3 => heads_avx2::<T, 3, 2>(part, scores, out),
+        _ => heads_avx2::<T, 4, 2>(part, scores, out),
+    });
 }
 
 /// `M` heads of [`decode_heads_avx2`] (`qs`, `out` `M·d` long, `scores` `M·n`), the
