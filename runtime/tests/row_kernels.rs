@@ -19,7 +19,7 @@ use bytemuck::cast_slice_mut;
 use half::f16;
 use llava_runtime::quant::{
     self, report_skipped_paths, row_kernels, ActBlockSum, CpuPath, GgmlType, Interleaving,
-    DOT_ROWS, TILE_ROWS,
+    DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS,
 };
 
 /// Elements of a quantized row, as f32.
@@ -221,9 +221,10 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
     }
 }
 
-/// The batch kernels of interleaved weights against 4 different activation rows at once:
-/// `out[n][r]` must be weight row `r`'s scalar dot with activation row `n` (the test above
-/// gives every slot the same row, which a kernel that mixed up its slots would pass).
+/// The batch kernels of interleaved weights against 4 different activation rows at once, and
+/// the wide ones against 16: `out[n][r]` must be weight row `r`'s scalar dot with activation
+/// row `n` (the test above gives every slot the same row, which a kernel that mixed up its
+/// slots would pass).
 #[test]
 fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
     let mut rng = Rng(23);
@@ -251,7 +252,7 @@ fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
                         row
                     })
                     .collect();
-                let a: Vec<Row> = (0..TILE_ROWS)
+                let a: Vec<Row> = (0..WIDE_TILE_ROWS)
                     .map(|s| {
                         let x: Vec<f32> = (0..n).map(|_| rng.uniform(0.5 + s as f32)).collect();
                         Row::quantize(kernels.quantize, a_bytes, &x)
@@ -267,24 +268,43 @@ fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
                     })
                     .collect();
                 let group = interleaved(&how, std::array::from_fn(|r| w[r].bytes()));
-                let got = (how.gemm)(
-                    bytemuck::cast_slice(&group),
-                    std::array::from_fn(|s| a[s].bytes()),
-                    std::array::from_fn(|s| sums[s].as_slice()),
-                );
-                for (s, a) in a.iter().enumerate() {
-                    for (r, w) in w.iter().enumerate() {
-                        assert_near_scalar(
-                            ty,
-                            kernels.act_type,
-                            w.bytes(),
-                            a.bytes(),
-                            got[s][r],
-                            || format!("{ty} on {path}, n={n}, activation row {s}, weight row {r}"),
-                        );
-                    }
+                let group: &[u8] = bytemuck::cast_slice(&group);
+                let mut got = vec![(
+                    "gemm",
+                    (how.gemm)(
+                        group,
+                        std::array::from_fn(|s| a[s].bytes()),
+                        std::array::from_fn(|s| sums[s].as_slice()),
+                    )
+                    .to_vec(),
+                )];
+                if let Some(wide) = how.wide {
+                    let blocks = a_bytes / kernels.act_type.type_size();
+                    let mut packed = vec![0u32; (wide.packed_bytes)(blocks).div_ceil(4)];
+                    (wide.pack)(
+                        std::array::from_fn(|s| a[s].bytes()),
+                        cast_slice_mut(&mut packed),
+                    );
+                    let sums = (wide.gemm)(group, bytemuck::cast_slice(&packed));
+                    got.push(("wide gemm", sums.to_vec()));
                 }
-                tested += 1;
+                for (kind, got) in &got {
+                    for (s, a) in a.iter().enumerate().take(got.len()) {
+                        for (r, w) in w.iter().enumerate() {
+                            assert_near_scalar(
+                                ty,
+                                kernels.act_type,
+                                w.bytes(),
+                                a.bytes(),
+                                got[s][r],
+                                || {
+                                    format!("{ty} {kind} on {path}, n={n}, activation row {s}, weight row {r}")
+                                },
+                            );
+                        }
+                    }
+                    tested += 1;
+                }
             }
         }
     }

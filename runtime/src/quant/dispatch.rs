@@ -47,6 +47,25 @@ pub type DotRowsFn = fn([&[u8]; DOT_ROWS], &[u8]) -> [f32; DOT_ROWS];
 pub type InterleavedGemmFn =
     fn(&[u8], [&[u8]; TILE_ROWS], [&[ActBlockSum]; TILE_ROWS]) -> [[f32; DOT_ROWS]; TILE_ROWS];
 
+/// Activation rows a [`WideGemm`] multiplies at once.
+pub const WIDE_TILE_ROWS: usize = 16;
+
+/// An [`Interleaving`]'s wider batch kernel: a group of [`DOT_ROWS`] interleaved weight rows
+/// against [`WIDE_TILE_ROWS`] activation rows, which `pack` first lays out block by block for
+/// it (once per matmul, not once per group of weight rows). ARM's `sdot` kernels for Q4_0 and
+/// Q8_0 have one: they unpack a block's weights once for 16 activation rows instead of 4, and
+/// read each row's block and scale at fixed offsets from one pointer.
+#[derive(Clone, Copy)]
+pub struct WideGemm {
+    /// The bytes of a packed tile of rows of the given number of activation blocks.
+    pub packed_bytes: fn(usize) -> usize,
+    /// Packs [`WIDE_TILE_ROWS`] quantized activation rows (raw bytes, one length) into `dst`.
+    pub pack: fn([&[u8]; WIDE_TILE_ROWS], &mut [u8]),
+    /// The dots of a group's rows with each packed activation row: `out[n][r]` is row `r`'s
+    /// dot with activation row `n`, up to the order of the float additions.
+    pub gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS],
+}
+
 /// An activation block's scale as f32 and the sum of its quants: what a batch kernel would
 /// otherwise work out again for every group of weight rows it passes the block to (Q4_0's
 /// `-8` offset costs `8·sum`), so a matmul computes it once per call ([`act_block_sums`]).
@@ -104,6 +123,9 @@ pub struct Interleaving {
     /// The same against [`TILE_ROWS`] activation rows at once (batches): `out[n][r]` is row
     /// `r`'s dot with activation row `n`, given each activation row's [`act_block_sums`].
     pub gemm: InterleavedGemmFn,
+    /// A wider batch kernel, where the path has one; full tiles of a batch take it, and the
+    /// rest `gemm`.
+    pub wide: Option<WideGemm>,
 }
 
 /// A block of [`DOT_ROWS`] interleaved rows of format `Row` (`BlockQ4_0x8`, `BlockQ8_0x8`,
@@ -156,6 +178,7 @@ pub fn interleaving<X: InterleavedBlock>() -> Interleaving {
         row: row::<X>,
         dot: dot::<X>,
         gemm: gemm::<X>,
+        wide: None,
     }
 }
 

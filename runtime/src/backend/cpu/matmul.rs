@@ -16,7 +16,7 @@ use super::columns::{guided_runs, zeroed_by_column_runs};
 use super::gemm::{self, PackedActs, PanelColumn, PANEL_ROWS};
 use super::pool::Pool;
 use super::{CpuTensor, CpuWeight};
-use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS};
+use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
 /// with the tile kernels.
@@ -170,6 +170,20 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         });
     }
     let act_sums = |r: usize| &block_sums[r * n_blocks..][..n_blocks];
+    // Where the interleaved GEMM has a wider kernel, whole tiles of WIDE_TILE_ROWS rows packed
+    // for it, once per call; the rest of the batch takes the TILE_ROWS kernel.
+    let wide = interleaved
+        .and_then(|(how, _)| how.wide)
+        .filter(|_| plan.strategy == Strategy::InterleavedGemm && n_blocks > 0);
+    let wide_tile_words = wide.map_or(0, |wide| (wide.packed_bytes)(n_blocks).div_ceil(4));
+    let mut wide_tiles = Vec::new();
+    if let Some(wide) = wide {
+        wide_tiles = vec![0u32; plan.batch_rows / WIDE_TILE_ROWS * wide_tile_words];
+        pool.for_each_chunk(&mut wide_tiles, wide_tile_words, |t, dst| {
+            let rows = std::array::from_fn(|n| act_row(t * WIDE_TILE_ROWS + n));
+            (wide.pack)(rows, cast_slice_mut(dst));
+        });
+    }
     let packed = (plan.strategy == Strategy::Widened).then(|| {
         PackedActs::pack(pool, rows, k, |r, dst| {
             quant::dequantize_row(kernel.act_type, act_row(r), dst)
@@ -226,7 +240,20 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             } else if let (Strategy::InterleavedGemm, Some(gemm)) =
                 (plan.strategy, interleaved_gemm)
             {
-                for r in (0..tiled_rows).step_by(TILE_ROWS) {
+                let mut wide_rows = 0;
+                if let Some(wide) = wide {
+                    for tile in wide_tiles.chunks_exact(wide_tile_words) {
+                        for g in (0..n_block).step_by(DOT_ROWS) {
+                            let sums = (wide.gemm)(group(block_first + g), cast_slice(tile));
+                            for (n, sums) in sums.iter().enumerate() {
+                                let out = &mut cols.row(wide_rows + n)[b0 + g..][..DOT_ROWS];
+                                out.copy_from_slice(sums);
+                            }
+                        }
+                        wide_rows += WIDE_TILE_ROWS;
+                    }
+                }
+                for r in (wide_rows..tiled_rows).step_by(TILE_ROWS) {
                     let acts = std::array::from_fn(|i| act_row(r + i));
                     let act_sums = std::array::from_fn(|i| act_sums(r + i));
                     for g in (0..n_block).step_by(DOT_ROWS) {

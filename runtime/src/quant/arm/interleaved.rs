@@ -23,7 +23,7 @@ use std::arch::asm;
 use bytemuck::cast_ref;
 
 use super::{f16_to_f32, load_i8x16, load_u8x16};
-use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS};
+use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
 use crate::quant::k_quants::QK_K;
 use crate::quant::{BlockQ4Kx8, BlockQ4_0x8, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8};
 
@@ -206,6 +206,129 @@ pub(super) fn gemm_q4_0x8(
         });
     }
     acc.map(|acc| lanes8(acc))
+}
+
+/// Block `i` of [`WIDE_TILE_ROWS`] Q8_0 activation rows, side by side: the scales as f32, then
+/// each row's quants. The wide kernels read a row's block and four rows' scales at fixed
+/// offsets from one pointer; with a pointer per row, 16 rows would need more address
+/// registers than the CPU has, and an address computation per row and block.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub(super) struct TileQ8_0 {
+    d: [f32; WIDE_TILE_ROWS],
+    qs: [[i8; 32]; WIDE_TILE_ROWS],
+}
+
+/// Lays out [`WIDE_TILE_ROWS`] Q8_0 rows of one length as [`TileQ8_0`]s, block by block.
+pub(super) fn pack_q8_0_tile(a: [&[BlockQ8_0]; WIDE_TILE_ROWS], dst: &mut [TileQ8_0]) {
+    for a in a {
+        assert_eq!(a.len(), dst.len(), "one packed block per activation block");
+    }
+    for (i, tile) in dst.iter_mut().enumerate() {
+        for (n, a) in a.iter().enumerate() {
+            tile.d[n] = a[i].d.to_f32();
+            tile.qs[n] = a[i].qs;
+        }
+    }
+}
+
+/// The 4 rows' scales of a half (`h`: rows 0..4 or 4..8) of an interleaved block, as f32.
+#[target_feature(enable = "neon")]
+#[inline]
+fn scales_f16x4(h: &[half::f16; 8], half: usize) -> float32x4_t {
+    scales_f16x8(h)[half]
+}
+
+/// The scales of a [`TileQ8_0`], as 4 registers of 4 rows.
+#[target_feature(enable = "neon")]
+#[inline]
+fn tile_scales(t: &TileQ8_0) -> [float32x4_t; 4] {
+    // SAFETY: `t.d` is 16 floats; four unaligned 4-float loads.
+    std::array::from_fn(|k| unsafe { vld1q_f32(t.d.as_ptr().add(4 * k)) })
+}
+
+/// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] packed
+/// activation rows. One half of the rows (4) at a time: its 4 registers of each block are
+/// unpacked once into 8 and held while the 16 activation rows pass, each with its own float
+/// accumulator (16 registers); one integer sum at a time, scaled per block as in
+/// [`gemm_q4_0x8`]. Per block and half: 128 `sdot` and about 100 other instructions, where 4
+/// activation rows at a time spend about 175.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn gemm_q4_0x8_wide(
+    w: &[BlockQ4_0x8],
+    a: &[TileQ8_0],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    unroll!(H in [0, 1] {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            let q: [(int8x16_t, int8x16_t); 4] =
+                std::array::from_fn(|k| nibbles16(load16(&x.qs, 32 * k + 16 * H)));
+            let dw = scales_f16x4(&x.d, H);
+            let da = tile_scales(t);
+            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                let act = act32(&t.qs[N]);
+                let mut s = vdupq_n_s32(0);
+                unroll!(T in [0, 1, 2, 3] {
+                    s = sdot_lane::<T>(sdot_lane::<T>(s, q[T].0, act[0]), q[T].1, act[1]);
+                });
+                let scale = vmulq_laneq_f32::<{ (N % 4) as i32 }>(dw, da[N / 4]);
+                acc[N] = vfmaq_f32(acc[N], vcvtq_n_f32_s32::<4>(s), scale);
+            });
+        }
+        store_half(&mut out, &acc, H);
+    });
+    out
+}
+
+/// Q8_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] packed
+/// activation rows, one half of the rows at a time as in [`gemm_q4_0x8_wide`]: a half's 8
+/// registers of each block are held while the 16 activation rows pass.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn gemm_q8_0x8_wide(
+    w: &[BlockQ8_0x8],
+    a: &[TileQ8_0],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    unroll!(H in [0, 1] {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            let qs: &[u8; 256] = cast_ref(&x.qs);
+            let q: [int8x16_t; 8] =
+                std::array::from_fn(|k| vreinterpretq_s8_u8(load16(qs, 32 * k + 16 * H)));
+            let dw = scales_f16x4(&x.d, H);
+            let da = tile_scales(t);
+            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                let act = act32(&t.qs[N]);
+                let mut s = vdupq_n_s32(0);
+                unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7] {
+                    s = sdot_lane::<{ T % 4 }>(s, q[T], act[T / 4]);
+                });
+                let scale = vmulq_laneq_f32::<{ (N % 4) as i32 }>(dw, da[N / 4]);
+                acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(s), scale);
+            });
+        }
+        store_half(&mut out, &acc, H);
+    });
+    out
+}
+
+/// Stores the accumulators of one half of the weight rows (`h`: rows 0..4 or 4..8) into
+/// `out[n][4h..4h + 4]`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn store_half(
+    out: &mut [[f32; DOT_ROWS]; WIDE_TILE_ROWS],
+    acc: &[float32x4_t; WIDE_TILE_ROWS],
+    h: usize,
+) {
+    for (out, &acc) in out.iter_mut().zip(acc) {
+        let lanes: &mut [f32; 4] = (&mut out[4 * h..4 * h + 4]).try_into().expect("4 lanes");
+        // SAFETY: `lanes` is 4 floats; one unaligned 4-float store.
+        unsafe { vst1q_f32(lanes.as_mut_ptr(), acc) };
+    }
 }
 
 /// Q8_0 · Q8_0 for the 8 rows of interleaved blocks (decode): runs 0..4 are elements 0..16

@@ -38,7 +38,8 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
 use super::dispatch::{
-    interleaving, ActBlockSum, DotFn, Interleaving, QuantizeFn, DOT_ROWS, TILE_ROWS,
+    interleaving, ActBlockSum, DotFn, Interleaving, QuantizeFn, WideGemm, DOT_ROWS, TILE_ROWS,
+    WIDE_TILE_ROWS,
 };
 use super::{
     BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
@@ -103,11 +104,13 @@ impl Neon {
             GgmlType::Q4_0 => Interleaving {
                 dot: dot_q4_0x8,
                 gemm: gemm_q4_0x8,
+                wide: Some(wide_q8_0(gemm_q4_0x8_wide)),
                 ..interleaving::<BlockQ4_0x8>()
             },
             GgmlType::Q8_0 => Interleaving {
                 dot: dot_q8_0x8,
                 gemm: gemm_q8_0x8,
+                wide: Some(wide_q8_0(gemm_q8_0x8_wide)),
                 ..interleaving::<BlockQ8_0x8>()
             },
             GgmlType::Q4K => Interleaving {
@@ -230,6 +233,28 @@ macro_rules! safe_interleaved {
         }
     };
 }
+
+/// A wide kernel of Q8_0 activations, with their packing.
+fn wide_q8_0(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> WideGemm {
+    WideGemm {
+        packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8_0>(),
+        pack: |a, dst| interleaved::pack_q8_0_tile(a.map(cast_slice), cast_slice_mut(dst)),
+        gemm,
+    }
+}
+
+/// Safe byte-level wrappers around the wide `sdot` kernels: a group against a packed tile.
+macro_rules! safe_wide {
+    ($gemm:ident, $block:ty) => {
+        fn $gemm(w: &[u8], a: &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+            // SAFETY: reachable only through `Neon::interleaved`, as the kernels above.
+            unsafe { interleaved::$gemm(cast_slice::<u8, $block>(w), cast_slice(a)) }
+        }
+    };
+}
+
+safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8);
+safe_wide!(gemm_q8_0x8_wide, BlockQ8_0x8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
 safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);
