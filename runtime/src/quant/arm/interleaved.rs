@@ -219,6 +219,13 @@ pub(super) struct TileQ8_0 {
     qs: [[i8; 32]; WIDE_TILE_ROWS],
 }
 
+// The wide kernels' assembly reads 16 rows: the scales at 0..64, row `n`'s quants at 64 + 32n.
+const _: () = assert!(
+    WIDE_TILE_ROWS == 16
+        && std::mem::offset_of!(TileQ8_0, qs) == 64
+        && std::mem::size_of::<TileQ8_0>() == 64 + 16 * 32
+);
+
 /// Lays out [`WIDE_TILE_ROWS`] Q8_0 rows of one length as [`TileQ8_0`]s, block by block.
 pub(super) fn pack_q8_0_tile(a: [&[BlockQ8_0]; WIDE_TILE_ROWS], dst: &mut [TileQ8_0]) {
     for a in a {
@@ -232,27 +239,127 @@ pub(super) fn pack_q8_0_tile(a: [&[BlockQ8_0]; WIDE_TILE_ROWS], dst: &mut [TileQ
     }
 }
 
-/// The 4 rows' scales of a half (`h`: rows 0..4 or 4..8) of an interleaved block, as f32.
-#[target_feature(enable = "neon")]
-#[inline]
-fn scales_f16x4(h: &[half::f16; 8], half: usize) -> float32x4_t {
-    scales_f16x8(h)[half]
+/// The assembly of one packed activation row against a half-block held in `v16..=v23`, for
+/// the wide kernels: `ldp` the row's 32 quants (offset `$off` in the [`TileQ8_0`]) into
+/// `v30, v31`, its 8 `sdot`s (`$dots`, a literal naming the weight register and activation
+/// lane of each) into a fresh integer sum `v$s`, then `v$acc += cvt(v$s) · (dw · da)`, with
+/// `dw` in `v28` and the row's scale in lane `$lane` of `v29`. `$cvt` converts the sum
+/// (`scvtf` with `#4` for Q4_0's sums 16 times too large, see [`nibbles16`]); `v$t` holds the
+/// product of the scales. Two rows in a row use different `$s`/`$t`, so their work overlaps.
+#[rustfmt::skip]
+macro_rules! wide_row {
+    ($acc:literal, $lane:literal, $off:literal, $s:literal, $t:literal, $cvt:literal, $dots:ident) => {
+        concat!(
+            "ldp q30, q31, [{a}, #", $off, "]\n",
+            "movi v", $s, ".2d, #0\n",
+            $dots!($s),
+            "scvtf v", $s, ".4s, v", $s, ".4s", $cvt, "\n",
+            "fmul v", $t, ".4s, v28.4s, v29.s[", $lane, "]\n",
+            "fmla v", $acc, ".4s, v", $s, ".4s, v", $t, ".4s\n",
+        )
+    };
 }
 
-/// The scales of a [`TileQ8_0`], as 4 registers of 4 rows.
-#[target_feature(enable = "neon")]
-#[inline]
-fn tile_scales(t: &TileQ8_0) -> [float32x4_t; 4] {
-    // SAFETY: `t.d` is 16 floats; four unaligned 4-float loads.
-    std::array::from_fn(|k| unsafe { vld1q_f32(t.d.as_ptr().add(4 * k)) })
+/// Q4_0's 8 `sdot`s of a row: unpacked run `T`'s low nibbles (`v16 + 2T`, elements `4T..`)
+/// with lane `T` of the first 16 quants (`v30`), its high nibbles (`v17 + 2T`, elements
+/// `16 + 4T..`) with lane `T` of the rest (`v31`).
+#[rustfmt::skip]
+macro_rules! dots_q4_0 {
+    ($s:literal) => {
+        concat!(
+            "sdot v", $s, ".4s, v16.16b, v30.4b[0]\n", "sdot v", $s, ".4s, v17.16b, v31.4b[0]\n",
+            "sdot v", $s, ".4s, v18.16b, v30.4b[1]\n", "sdot v", $s, ".4s, v19.16b, v31.4b[1]\n",
+            "sdot v", $s, ".4s, v20.16b, v30.4b[2]\n", "sdot v", $s, ".4s, v21.16b, v31.4b[2]\n",
+            "sdot v", $s, ".4s, v22.16b, v30.4b[3]\n", "sdot v", $s, ".4s, v23.16b, v31.4b[3]\n",
+        )
+    };
+}
+
+/// Q8_0's 8 `sdot`s of a row: run `T` (`v16 + T`, elements `4T..`) with lane `T % 4` of the
+/// first (`v30`) or second (`v31`) 16 quants.
+#[rustfmt::skip]
+macro_rules! dots_q8_0 {
+    ($s:literal) => {
+        concat!(
+            "sdot v", $s, ".4s, v16.16b, v30.4b[0]\n",
+            "sdot v", $s, ".4s, v17.16b, v30.4b[1]\n",
+            "sdot v", $s, ".4s, v18.16b, v30.4b[2]\n",
+            "sdot v", $s, ".4s, v19.16b, v30.4b[3]\n",
+            "sdot v", $s, ".4s, v20.16b, v31.4b[0]\n",
+            "sdot v", $s, ".4s, v21.16b, v31.4b[1]\n",
+            "sdot v", $s, ".4s, v22.16b, v31.4b[2]\n",
+            "sdot v", $s, ".4s, v23.16b, v31.4b[3]\n",
+        )
+    };
+}
+
+/// The 16 rows of a [`TileQ8_0`] against the held half-block, in 4 groups whose 4 scales are
+/// loaded into `v29` first: row `n` accumulates into `v$n`, its quants at `64 + 32n`.
+#[rustfmt::skip]
+macro_rules! wide_rows {
+    ($cvt:literal, $dots:ident) => {
+        concat!(
+            "ldr q29, [{a}]\n",
+            wide_row!("0", "0", "64", "24", "25", $cvt, $dots),
+            wide_row!("1", "1", "96", "26", "27", $cvt, $dots),
+            wide_row!("2", "2", "128", "24", "25", $cvt, $dots),
+            wide_row!("3", "3", "160", "26", "27", $cvt, $dots),
+            "ldr q29, [{a}, #16]\n",
+            wide_row!("4", "0", "192", "24", "25", $cvt, $dots),
+            wide_row!("5", "1", "224", "26", "27", $cvt, $dots),
+            wide_row!("6", "2", "256", "24", "25", $cvt, $dots),
+            wide_row!("7", "3", "288", "26", "27", $cvt, $dots),
+            "ldr q29, [{a}, #32]\n",
+            wide_row!("8", "0", "320", "24", "25", $cvt, $dots),
+            wide_row!("9", "1", "352", "26", "27", $cvt, $dots),
+            wide_row!("10", "2", "384", "24", "25", $cvt, $dots),
+            wide_row!("11", "3", "416", "26", "27", $cvt, $dots),
+            "ldr q29, [{a}, #48]\n",
+            wide_row!("12", "0", "448", "24", "25", $cvt, $dots),
+            wide_row!("13", "1", "480", "26", "27", $cvt, $dots),
+            wide_row!("14", "2", "512", "24", "25", $cvt, $dots),
+            wide_row!("15", "3", "544", "26", "27", $cvt, $dots),
+        )
+    };
+}
+
+/// Runs the assembly `$body` with the 16 accumulators in `v0..=v15` and every other vector
+/// register free for it; `$w`, `$dw` and `$a` are the half-block's quants, its 4 scales
+/// (halves) and the packed tile, as `{w}`, `{dw}` and `{a}`.
+macro_rules! wide_asm {
+    ($acc:ident, $w:expr, $dw:expr, $a:expr, $body:expr) => {
+        // SAFETY: the caller's pointers are valid for what `$body` reads (see each kernel);
+        // the assembly reads memory only through them, writes none, and names every vector
+        // register it changes. `sdot` is there: the kernels are `dotprod` functions.
+        unsafe {
+            asm!(
+                $body,
+                w = in(reg) $w,
+                dw = in(reg) $dw,
+                a = in(reg) $a,
+                inout("v0") $acc[0], inout("v1") $acc[1], inout("v2") $acc[2],
+                inout("v3") $acc[3], inout("v4") $acc[4], inout("v5") $acc[5],
+                inout("v6") $acc[6], inout("v7") $acc[7], inout("v8") $acc[8],
+                inout("v9") $acc[9], inout("v10") $acc[10], inout("v11") $acc[11],
+                inout("v12") $acc[12], inout("v13") $acc[13], inout("v14") $acc[14],
+                inout("v15") $acc[15],
+                out("v16") _, out("v17") _, out("v18") _, out("v19") _,
+                out("v20") _, out("v21") _, out("v22") _, out("v23") _,
+                out("v24") _, out("v25") _, out("v26") _, out("v27") _,
+                out("v28") _, out("v29") _, out("v30") _, out("v31") _,
+                options(nostack, readonly, preserves_flags),
+            )
+        }
+    };
 }
 
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] packed
 /// activation rows. One half of the rows (4) at a time: its 4 registers of each block are
 /// unpacked once into 8 and held while the 16 activation rows pass, each with its own float
-/// accumulator (16 registers); one integer sum at a time, scaled per block as in
-/// [`gemm_q4_0x8`]. Per block and half: 128 `sdot` and about 100 other instructions, where 4
-/// activation rows at a time spend about 175.
+/// accumulator; each row's block sum is scaled as in [`gemm_q4_0x8`], in the same order.
+/// Written in assembly because the compiler, given the same steps as intrinsics, kept 32
+/// registers' worth live and spilled a quarter of the accumulators to the stack every block.
+/// Per block and half: 128 `sdot` and 97 other instructions.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) fn gemm_q4_0x8_wide(
     w: &[BlockQ4_0x8],
@@ -260,25 +367,46 @@ pub(super) fn gemm_q4_0x8_wide(
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
     assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
     let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
-    unroll!(H in [0, 1] {
+    for h in 0..2 {
         let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
         for (x, t) in w.iter().zip(a) {
-            let q: [(int8x16_t, int8x16_t); 4] =
-                std::array::from_fn(|k| nibbles16(load16(&x.qs, 32 * k + 16 * H)));
-            let dw = scales_f16x4(&x.d, H);
-            let da = tile_scales(t);
-            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
-                let act = act32(&t.qs[N]);
-                let mut s = vdupq_n_s32(0);
-                unroll!(T in [0, 1, 2, 3] {
-                    s = sdot_lane::<T>(sdot_lane::<T>(s, q[T].0, act[0]), q[T].1, act[1]);
-                });
-                let scale = vmulq_laneq_f32::<{ (N % 4) as i32 }>(dw, da[N / 4]);
-                acc[N] = vfmaq_f32(acc[N], vcvtq_n_f32_s32::<4>(s), scale);
-            });
+            // Half `h`'s runs are the 16 bytes at `16h + 32T` of `qs` (T = 0..4), its
+            // scales `d[4h..4h + 4]`; `t` is a whole tile.
+            let qs = x.qs[16 * h..].as_ptr();
+            let dw = x.d[4 * h..4 * h + 4].as_ptr();
+            wide_asm!(
+                acc,
+                qs,
+                dw,
+                std::ptr::from_ref(t),
+                concat!(
+                    "ldr q24, [{w}]\n",
+                    "ldr q25, [{w}, #32]\n",
+                    "ldr q26, [{w}, #64]\n",
+                    "ldr q27, [{w}, #96]\n",
+                    "ldr d28, [{dw}]\n",
+                    "movi v30.16b, #0x88\n",
+                    "movi v31.16b, #0xf0\n",
+                    "fcvtl v28.4s, v28.4h\n",
+                    // nibbles16: 16·(q - 8) of each low and high nibble.
+                    "eor v24.16b, v24.16b, v30.16b\n",
+                    "eor v25.16b, v25.16b, v30.16b\n",
+                    "eor v26.16b, v26.16b, v30.16b\n",
+                    "eor v27.16b, v27.16b, v30.16b\n",
+                    "shl v16.16b, v24.16b, #4\n",
+                    "and v17.16b, v24.16b, v31.16b\n",
+                    "shl v18.16b, v25.16b, #4\n",
+                    "and v19.16b, v25.16b, v31.16b\n",
+                    "shl v20.16b, v26.16b, #4\n",
+                    "and v21.16b, v26.16b, v31.16b\n",
+                    "shl v22.16b, v27.16b, #4\n",
+                    "and v23.16b, v27.16b, v31.16b\n",
+                    wide_rows!(", #4", dots_q4_0),
+                )
+            );
         }
-        store_half(&mut out, &acc, H);
-    });
+        store_half(&mut out, &acc, h);
+    }
     out
 }
 
@@ -292,26 +420,35 @@ pub(super) fn gemm_q8_0x8_wide(
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
     assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
     let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
-    unroll!(H in [0, 1] {
+    for h in 0..2 {
         let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
         for (x, t) in w.iter().zip(a) {
+            // Half `h`'s runs are the 16 bytes at `16h + 32T` of the 256 quants (T = 0..8).
             let qs: &[u8; 256] = cast_ref(&x.qs);
-            let q: [int8x16_t; 8] =
-                std::array::from_fn(|k| vreinterpretq_s8_u8(load16(qs, 32 * k + 16 * H)));
-            let dw = scales_f16x4(&x.d, H);
-            let da = tile_scales(t);
-            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
-                let act = act32(&t.qs[N]);
-                let mut s = vdupq_n_s32(0);
-                unroll!(T in [0, 1, 2, 3, 4, 5, 6, 7] {
-                    s = sdot_lane::<{ T % 4 }>(s, q[T], act[T / 4]);
-                });
-                let scale = vmulq_laneq_f32::<{ (N % 4) as i32 }>(dw, da[N / 4]);
-                acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(s), scale);
-            });
+            let qs = qs[16 * h..].as_ptr();
+            let dw = x.d[4 * h..4 * h + 4].as_ptr();
+            wide_asm!(
+                acc,
+                qs,
+                dw,
+                std::ptr::from_ref(t),
+                concat!(
+                    "ldr q16, [{w}]\n",
+                    "ldr q17, [{w}, #32]\n",
+                    "ldr q18, [{w}, #64]\n",
+                    "ldr q19, [{w}, #96]\n",
+                    "ldr q20, [{w}, #128]\n",
+                    "ldr q21, [{w}, #160]\n",
+                    "ldr q22, [{w}, #192]\n",
+                    "ldr q23, [{w}, #224]\n",
+                    "ldr d28, [{dw}]\n",
+                    "fcvtl v28.4s, v28.4h\n",
+                    wide_rows!("", dots_q8_0),
+                )
+            );
         }
-        store_half(&mut out, &acc, H);
-    });
+        store_half(&mut out, &acc, h);
+    }
     out
 }
 
