@@ -679,6 +679,94 @@ pub(super) fn gemm_q4_kx8(
     acc.map(|acc| lanes8(acc))
 }
 
+/// Super-block `i` of [`WIDE_TILE_ROWS`] Q8_K activation rows, side by side: the scales, the
+/// sums of each 32-quant sub-block (what Q4_K's mins multiply), then each row's quants.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub(super) struct TileQ8K {
+    d: [f32; WIDE_TILE_ROWS],
+    sub_sums: [[i16; 8]; WIDE_TILE_ROWS],
+    qs: [[i8; QK_K]; WIDE_TILE_ROWS],
+}
+
+/// Lays out [`WIDE_TILE_ROWS`] Q8_K rows of one length as [`TileQ8K`]s, super-block by
+/// super-block.
+pub(super) fn pack_q8_k_tile(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ8K]) {
+    for a in a {
+        assert_eq!(a.len(), dst.len(), "one packed block per activation block");
+    }
+    for (i, tile) in dst.iter_mut().enumerate() {
+        for (n, a) in a.iter().enumerate() {
+            let y = &a[i];
+            tile.d[n] = y.d;
+            // Each sum of 16 quants is at most 16 · 127: a pair fits in i16.
+            tile.sub_sums[n] = std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1]);
+            tile.qs[n] = y.qs;
+        }
+    }
+}
+
+/// Q4_K · Q8_K for the 8 rows of interleaved super-blocks against [`WIDE_TILE_ROWS`] packed
+/// activation rows. One half of the rows (4) at a time, and within a super-block one
+/// 64-element group at a time: the group's 8 registers of the half are unpacked once into 16
+/// (sub-blocks `2g` and `2g + 1`) and held while the 16 activation rows pass, each adding its
+/// two scaled sub-block sums into its own i32 total; the totals and the min terms are
+/// converted and scaled once per super-block, as in [`gemm_q4_kx8`].
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn gemm_q4_kx8_wide(
+    w: &[BlockQ4Kx8],
+    a: &[TileQ8K],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    unroll!(H in [0, 1] {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            let (scales, mins) = q4_k_scales_mins(&x.scales);
+            let mut total = [vdupq_n_s32(0); WIDE_TILE_ROWS];
+            for (g, qs) in x.qs.iter().enumerate() {
+                // Runs k = 4Q + T: elements 4T.. of the first (Q = 0) or second 16 of each
+                // sub-block.
+                let q: [(int8x16_t, int8x16_t); 8] =
+                    std::array::from_fn(|k| nibbles(load16(qs, 32 * k + 16 * H)));
+                let sc_lo = widen_u8_half(scales[2 * g], H);
+                let sc_hi = widen_u8_half(scales[2 * g + 1], H);
+                unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                    let mut s_lo = vdupq_n_s32(0);
+                    let mut s_hi = vdupq_n_s32(0);
+                    unroll!(Q in [0, 1] {
+                        let a_lo = act16(&t.qs[N], 64 * g + 16 * Q);
+                        let a_hi = act16(&t.qs[N], 64 * g + 32 + 16 * Q);
+                        unroll!(T in [0, 1, 2, 3] {
+                            s_lo = sdot_lane::<T>(s_lo, q[4 * Q + T].0, a_lo);
+                            s_hi = sdot_lane::<T>(s_hi, q[4 * Q + T].1, a_hi);
+                        });
+                    });
+                    total[N] = vmlaq_s32(vmlaq_s32(total[N], s_lo, sc_lo), s_hi, sc_hi);
+                });
+            }
+            let (d, dmin) = (scales_f16x8(&x.d)[H], scales_f16x8(&x.dmin)[H]);
+            // Sub-block j's mins of the half's 4 rows, as i16.
+            let mins: [int16x4_t; 8] = std::array::from_fn(|j| {
+                let wide = vreinterpretq_s16_u16(vmovl_u8(mins[j]));
+                if H == 0 { vget_low_s16(wide) } else { vget_high_s16(wide) }
+            });
+            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                // SAFETY: `sub_sums[N]` is 8 halves; one unaligned load.
+                let sums = unsafe { vld1q_s16(t.sub_sums[N].as_ptr()) };
+                let mut m = vdupq_n_s32(0);
+                unroll!(J in [0, 1, 2, 3, 4, 5, 6, 7] {
+                    m = vmlal_laneq_s16::<{ J as i32 }>(m, mins[J], sums);
+                });
+                acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(total[N]), vmulq_n_f32(d, t.d[N]));
+                acc[N] = vfmsq_f32(acc[N], vcvtq_f32_s32(m), vmulq_n_f32(dmin, t.d[N]));
+            });
+        }
+        store_half(&mut out, &acc, H);
+    });
+    out
+}
+
 /// Chunk `c`'s sub-block scales of rows `4h..4h + 4`, widened to i32, as (sub-block `2c`,
 /// sub-block `2c + 1`): `scales[c]` holds row `r`'s pair at bytes `2r`, `2r + 1`.
 #[target_feature(enable = "neon")]

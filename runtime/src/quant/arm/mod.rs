@@ -116,6 +116,13 @@ impl Neon {
             GgmlType::Q4K => Interleaving {
                 dot: dot_q4_kx8,
                 gemm: gemm_q4_kx8,
+                wide: Some(WideGemm {
+                    packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8K>(),
+                    pack: |a, dst| {
+                        interleaved::pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst))
+                    },
+                    gemm: gemm_q4_kx8_wide,
+                }),
                 ..interleaving::<BlockQ4Kx8>()
             },
             GgmlType::Q6K => Interleaving {
@@ -255,6 +262,7 @@ macro_rules! safe_wide {
 
 safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8);
 safe_wide!(gemm_q8_0x8_wide, BlockQ8_0x8);
+safe_wide!(gemm_q4_kx8_wide, BlockQ4Kx8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
 safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);
