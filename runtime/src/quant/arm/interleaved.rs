@@ -887,3 +887,48 @@ pub(super) fn gemm_q6_kx8(
     }
     acc.map(|acc| lanes8(acc))
 }
+
+/// Q6_K · Q8_K for the 8 rows of interleaved super-blocks against [`WIDE_TILE_ROWS`] packed
+/// activation rows. One half of the rows (4) at a time, and within a super-block one
+/// 32-element chunk at a time: the chunk's runs of the half are unpacked once into 8 registers
+/// and held while the 16 activation rows pass, each adding its two scaled sub-block sums into
+/// its own i32 total, converted and scaled once per super-block as in [`gemm_q6_kx8`].
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn gemm_q6_kx8_wide(
+    w: &[BlockQ6Kx8],
+    a: &[TileQ8K],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    unroll!(H in [0, 1] {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            let mut total = [vdupq_n_s32(0); WIDE_TILE_ROWS];
+            for c in 0..QK_K / 32 {
+                let mut q = [(vdupq_n_s8(0), vdupq_n_s8(0)); 4];
+                unroll!(T in [0, 1, 2, 3] {
+                    let qh = load16(&x.qh[c], 32 * (T / 2) + 16 * H);
+                    let ql = load16(&x.ql[c], 32 * T + 16 * H);
+                    q[T] = q6_k_values(ql, qh, T % 2 == 1);
+                });
+                let (sc_lo, sc_hi) = q6_k_scales(&x.scales[c], H);
+                unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                    let (a_lo, a_hi) = (act16(&t.qs[N], 32 * c), act16(&t.qs[N], 32 * c + 16));
+                    let mut s_lo = vdupq_n_s32(0);
+                    let mut s_hi = vdupq_n_s32(0);
+                    unroll!(T in [0, 1, 2, 3] {
+                        s_lo = sdot_lane::<T>(s_lo, q[T].0, a_lo);
+                        s_hi = sdot_lane::<T>(s_hi, q[T].1, a_hi);
+                    });
+                    total[N] = vmlaq_s32(vmlaq_s32(total[N], s_lo, sc_lo), s_hi, sc_hi);
+                });
+            }
+            let d = scales_f16x8(&x.d)[H];
+            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+                acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(total[N]), vmulq_n_f32(d, t.d[N]));
+            });
+        }
+        store_half(&mut out, &acc, H);
+    });
+    out
+}

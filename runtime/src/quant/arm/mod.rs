@@ -116,18 +116,13 @@ impl Neon {
             GgmlType::Q4K => Interleaving {
                 dot: dot_q4_kx8,
                 gemm: gemm_q4_kx8,
-                wide: Some(WideGemm {
-                    packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8K>(),
-                    pack: |a, dst| {
-                        interleaved::pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst))
-                    },
-                    gemm: gemm_q4_kx8_wide,
-                }),
+                wide: Some(wide_q8_k(gemm_q4_kx8_wide)),
                 ..interleaving::<BlockQ4Kx8>()
             },
             GgmlType::Q6K => Interleaving {
                 dot: dot_q6_kx8,
                 gemm: gemm_q6_kx8,
+                wide: Some(wide_q8_k(gemm_q6_kx8_wide)),
                 ..interleaving::<BlockQ6Kx8>()
             },
             _ => return None,
@@ -250,6 +245,15 @@ fn wide_q8_0(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> Wid
     }
 }
 
+/// A wide kernel of Q8_K activations, with their packing.
+fn wide_q8_k(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> WideGemm {
+    WideGemm {
+        packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8K>(),
+        pack: |a, dst| interleaved::pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst)),
+        gemm,
+    }
+}
+
 /// Safe byte-level wrappers around the wide `sdot` kernels: a group against a packed tile.
 macro_rules! safe_wide {
     ($gemm:ident, $block:ty) => {
@@ -263,6 +267,7 @@ macro_rules! safe_wide {
 safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8);
 safe_wide!(gemm_q8_0x8_wide, BlockQ8_0x8);
 safe_wide!(gemm_q4_kx8_wide, BlockQ4Kx8);
+safe_wide!(gemm_q6_kx8_wide, BlockQ6Kx8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
 safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);
