@@ -452,6 +452,164 @@ pub(super) fn gemm_q8_0x8_wide(
     out
 }
 
+/// Block `i` of [`WIDE_TILE_ROWS`] Q8_0 activation rows packed for `smmla` (i8mm), which
+/// multiplies 2 rows × 8 quants of weights by 2 rows × 8 quants of activations: pair `p` (rows
+/// `2p`, `2p + 1`) has its scales as `[d0, d1, d0, d1]` (the lanes of the 2 × 2 result a
+/// weight row pair's sums land in) and its quants as 4 chunks of 8 elements, each chunk row
+/// `2p`'s 8 quants then row `2p + 1`'s.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub(super) struct TileQ8_0Pairs {
+    d: [[f32; 4]; WIDE_TILE_ROWS / 2],
+    qs: [[[[i8; 8]; 2]; 4]; WIDE_TILE_ROWS / 2],
+}
+
+// `gemm_q4_0x8_mmla` reads pair p's scales at 16p and its quants at 128 + 64p.
+const _: () = assert!(
+    WIDE_TILE_ROWS == 16
+        && std::mem::offset_of!(TileQ8_0Pairs, qs) == 128
+        && std::mem::size_of::<TileQ8_0Pairs>() == 128 + 8 * 64
+);
+
+/// Lays out [`WIDE_TILE_ROWS`] Q8_0 rows of one length as [`TileQ8_0Pairs`], block by block.
+pub(super) fn pack_q8_0_pairs(a: [&[BlockQ8_0]; WIDE_TILE_ROWS], dst: &mut [TileQ8_0Pairs]) {
+    for a in a {
+        assert_eq!(a.len(), dst.len(), "one packed block per activation block");
+    }
+    for (i, tile) in dst.iter_mut().enumerate() {
+        for p in 0..WIDE_TILE_ROWS / 2 {
+            let (y0, y1) = (&a[2 * p][i], &a[2 * p + 1][i]);
+            let (d0, d1) = (y0.d.to_f32(), y1.d.to_f32());
+            tile.d[p] = [d0, d1, d0, d1];
+            for c in 0..4 {
+                tile.qs[p][c][0].copy_from_slice(&y0.qs[8 * c..8 * c + 8]);
+                tile.qs[p][c][1].copy_from_slice(&y1.qs[8 * c..8 * c + 8]);
+            }
+        }
+    }
+}
+
+/// The assembly of one pair of packed activation rows against a half-block held in
+/// `v24..=v31` as `smmla` operands (see [`gemm_q4_0x8_mmla`]): the pair's scales into `v18`,
+/// its 4 chunks of quants through `v22, v23`, 8 `smmla`s into fresh sums `v19` (weight rows
+/// 0, 1 of the half) and `v20` (rows 2, 3), converted (`#4`: Q4_0's sums 16 times too large)
+/// and added into accumulators `v$a0`, `v$a1` times `dw · da` (`v16`, `v17`: the half's scales
+/// laid out as the sums are).
+#[rustfmt::skip]
+macro_rules! mmla_pair {
+    ($a0:literal, $a1:literal, $d:literal, $q:literal, $q2:literal) => {
+        concat!(
+            "ldr q18, [{a}, #", $d, "]\n",
+            "ldp q22, q23, [{a}, #", $q, "]\n",
+            "movi v19.2d, #0\n",
+            "movi v20.2d, #0\n",
+            "smmla v19.4s, v24.16b, v22.16b\n",
+            "smmla v20.4s, v25.16b, v22.16b\n",
+            "smmla v19.4s, v26.16b, v23.16b\n",
+            "smmla v20.4s, v27.16b, v23.16b\n",
+            "ldp q22, q23, [{a}, #", $q2, "]\n",
+            "smmla v19.4s, v28.16b, v22.16b\n",
+            "smmla v20.4s, v29.16b, v22.16b\n",
+            "smmla v19.4s, v30.16b, v23.16b\n",
+            "smmla v20.4s, v31.16b, v23.16b\n",
+            "scvtf v19.4s, v19.4s, #4\n",
+            "scvtf v20.4s, v20.4s, #4\n",
+            "fmul v21.4s, v16.4s, v18.4s\n",
+            "fmla v", $a0, ".4s, v19.4s, v21.4s\n",
+            "fmul v21.4s, v17.4s, v18.4s\n",
+            "fmla v", $a1, ".4s, v20.4s, v21.4s\n",
+        )
+    };
+}
+
+/// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] activation
+/// rows packed in pairs, with `smmla` (i8mm: Apple M2 and later, Graviton 3, Cortex-A510/A710
+/// and later): one instruction multiplies weight rows `2j, 2j + 1` by activation rows `2p,
+/// 2p + 1` over 8 elements, twice the multiply-adds of an `sdot`. As in [`gemm_q4_0x8_wide`],
+/// one half of the rows at a time; its unpacked runs are paired by `zip1`/`zip2` into 2 rows ×
+/// 8 elements. Accumulator `2p + j` holds the 2 × 2 block (weight rows `2j, 2j + 1`) × (rows
+/// `2p, 2p + 1`), rearranged into rows at the end. Each block's sums are scaled as in
+/// [`gemm_q4_0x8`] (`fma(acc, cvt(sum), dw · da)`). Per block and half: 64 `smmla` and 104
+/// other instructions.
+#[target_feature(enable = "neon,i8mm")]
+pub(super) fn gemm_q4_0x8_mmla(
+    w: &[BlockQ4_0x8],
+    a: &[TileQ8_0Pairs],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    for h in 0..2 {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            let qs = x.qs[16 * h..].as_ptr();
+            let dw = x.d[4 * h..4 * h + 4].as_ptr();
+            // SAFETY: as in `wide_asm!`; `smmla` is there: this is an `i8mm` function.
+            wide_asm!(
+                acc,
+                qs,
+                dw,
+                std::ptr::from_ref(t),
+                concat!(
+                    "ldr q24, [{w}]\n",
+                    "ldr q25, [{w}, #32]\n",
+                    "ldr q26, [{w}, #64]\n",
+                    "ldr q27, [{w}, #96]\n",
+                    "movi v30.16b, #0x88\n",
+                    "movi v31.16b, #0xf0\n",
+                    // nibbles16 of runs T = 0..4: low nibbles (elements 4T..) in v16 + 2T,
+                    // high ones (16 + 4T..) in v17 + 2T.
+                    "eor v24.16b, v24.16b, v30.16b\n",
+                    "eor v25.16b, v25.16b, v30.16b\n",
+                    "eor v26.16b, v26.16b, v30.16b\n",
+                    "eor v27.16b, v27.16b, v30.16b\n",
+                    "shl v16.16b, v24.16b, #4\n",
+                    "and v17.16b, v24.16b, v31.16b\n",
+                    "shl v18.16b, v25.16b, #4\n",
+                    "and v19.16b, v25.16b, v31.16b\n",
+                    "shl v20.16b, v26.16b, #4\n",
+                    "and v21.16b, v26.16b, v31.16b\n",
+                    "shl v22.16b, v27.16b, #4\n",
+                    "and v23.16b, v27.16b, v31.16b\n",
+                    // Runs T, T + 1 side by side per row: rows 0, 1 (zip1) and 2, 3 (zip2)
+                    // of elements 0..8 (v24, v25), 8..16 (v26, v27), 16..24 (v28, v29),
+                    // 24..32 (v30, v31).
+                    "zip1 v24.4s, v16.4s, v18.4s\n",
+                    "zip2 v25.4s, v16.4s, v18.4s\n",
+                    "zip1 v26.4s, v20.4s, v22.4s\n",
+                    "zip2 v27.4s, v20.4s, v22.4s\n",
+                    "zip1 v28.4s, v17.4s, v19.4s\n",
+                    "zip2 v29.4s, v17.4s, v19.4s\n",
+                    "zip1 v30.4s, v21.4s, v23.4s\n",
+                    "zip2 v31.4s, v21.4s, v23.4s\n",
+                    // The half's scales as the sums lie: [dw0, dw0, dw1, dw1], [dw2, dw2,
+                    // dw3, dw3].
+                    "ldr d18, [{dw}]\n",
+                    "fcvtl v18.4s, v18.4h\n",
+                    "zip1 v16.4s, v18.4s, v18.4s\n",
+                    "zip2 v17.4s, v18.4s, v18.4s\n",
+                    mmla_pair!("0", "1", "0", "128", "160"),
+                    mmla_pair!("2", "3", "16", "192", "224"),
+                    mmla_pair!("4", "5", "32", "256", "288"),
+                    mmla_pair!("6", "7", "48", "320", "352"),
+                    mmla_pair!("8", "9", "64", "384", "416"),
+                    mmla_pair!("10", "11", "80", "448", "480"),
+                    mmla_pair!("12", "13", "96", "512", "544"),
+                    mmla_pair!("14", "15", "112", "576", "608"),
+                )
+            );
+        }
+        // Accumulator 2p + j lanes: (row 2j, act 2p), (2j, 2p + 1), (2j + 1, 2p), (2j + 1,
+        // 2p + 1); rows 4h + 2j and 4h + 2j + 1 of activation rows 2p, 2p + 1.
+        let mut rows = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for p in 0..WIDE_TILE_ROWS / 2 {
+            rows[2 * p] = vuzp1q_f32(acc[2 * p], acc[2 * p + 1]);
+            rows[2 * p + 1] = vuzp2q_f32(acc[2 * p], acc[2 * p + 1]);
+        }
+        store_half(&mut out, &rows, h);
+    }
+    out
+}
+
 /// Stores the accumulators of one half of the weight rows (`h`: rows 0..4 or 4..8) into
 /// `out[n][4h..4h + 4]`.
 #[target_feature(enable = "neon")]

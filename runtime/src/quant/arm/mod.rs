@@ -59,20 +59,34 @@ mod legacy;
 pub(crate) struct Neon {
     /// The CPU has reported `dotprod`: the integer dots may use `sdot`.
     dotprod: bool,
+    /// The CPU has reported `i8mm` (and `dotprod`): batches may use `smmla`.
+    i8mm: bool,
 }
 
 impl Neon {
     /// The plain NEON kernels: every CPU this module is compiled for has them.
     pub(crate) fn detect() -> Option<Neon> {
-        Some(Neon { dotprod: false })
+        Some(Neon {
+            dotprod: false,
+            i8mm: false,
+        })
     }
 
     /// The kernels that use `sdot`, if the CPU has the dot-product extension (asked once per
     /// process).
     pub(crate) fn detect_dotprod() -> Option<Neon> {
-        static DETECTED: OnceLock<bool> = OnceLock::new();
-        let detected = *DETECTED.get_or_init(|| std::arch::is_aarch64_feature_detected!("dotprod"));
-        detected.then_some(Neon { dotprod: true })
+        static DETECTED: OnceLock<(bool, bool)> = OnceLock::new();
+        let (dotprod, i8mm) = *DETECTED.get_or_init(|| {
+            let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+            (
+                dotprod,
+                dotprod && std::arch::is_aarch64_feature_detected!("i8mm"),
+            )
+        });
+        dotprod.then_some(Neon {
+            dotprod: true,
+            i8mm,
+        })
     }
 
     /// The dot product of weights of type `ty` with their activation format, if there is a
@@ -104,7 +118,19 @@ impl Neon {
             GgmlType::Q4_0 => Interleaving {
                 dot: dot_q4_0x8,
                 gemm: gemm_q4_0x8,
-                wide: Some(wide_q8_0(gemm_q4_0x8_wide)),
+                wide: Some(if self.i8mm {
+                    WideGemm {
+                        packed_bytes: |blocks| {
+                            blocks * std::mem::size_of::<interleaved::TileQ8_0Pairs>()
+                        },
+                        pack: |a, dst| {
+                            interleaved::pack_q8_0_pairs(a.map(cast_slice), cast_slice_mut(dst))
+                        },
+                        gemm: gemm_q4_0x8_mmla,
+                    }
+                } else {
+                    wide_q8_0(gemm_q4_0x8_wide)
+                }),
                 ..interleaving::<BlockQ4_0x8>()
             },
             GgmlType::Q8_0 => Interleaving {
@@ -267,6 +293,12 @@ macro_rules! safe_wide {
 safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8);
 safe_wide!(gemm_q8_0x8_wide, BlockQ8_0x8);
 safe_wide!(gemm_q4_kx8_wide, BlockQ4Kx8);
+
+fn gemm_q4_0x8_mmla(w: &[u8], a: &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    // SAFETY: reachable only through `Neon::interleaved` on a `Neon` whose `i8mm` is set,
+    // i.e. once the CPU has reported `i8mm`.
+    unsafe { interleaved::gemm_q4_0x8_mmla(cast_slice::<u8, BlockQ4_0x8>(w), cast_slice(a)) }
+}
 safe_wide!(gemm_q6_kx8_wide, BlockQ6Kx8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
