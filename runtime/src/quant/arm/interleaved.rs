@@ -492,12 +492,12 @@ pub(super) fn pack_q8_0_pairs(a: [&[BlockQ8_0]; WIDE_TILE_ROWS], dst: &mut [Tile
 /// The assembly of one pair of packed activation rows against a half-block held in
 /// `v24..=v31` as `smmla` operands (see [`gemm_q4_0x8_mmla`]): the pair's scales into `v18`,
 /// its 4 chunks of quants through `v22, v23`, 8 `smmla`s into fresh sums `v19` (weight rows
-/// 0, 1 of the half) and `v20` (rows 2, 3), converted (`#4`: Q4_0's sums 16 times too large)
-/// and added into accumulators `v$a0`, `v$a1` times `dw · da` (`v16`, `v17`: the half's scales
+/// 0, 1 of the half) and `v20` (rows 2, 3), converted (`$cvt`: `#4` for Q4_0's sums 16 times
+/// too large) and added into accumulators `v$a0`, `v$a1` times `dw · da` (`v16`, `v17`: the half's scales
 /// laid out as the sums are).
 #[rustfmt::skip]
 macro_rules! mmla_pair {
-    ($a0:literal, $a1:literal, $d:literal, $q:literal, $q2:literal) => {
+    ($a0:literal, $a1:literal, $d:literal, $q:literal, $q2:literal, $cvt:literal) => {
         concat!(
             "ldr q18, [{a}, #", $d, "]\n",
             "ldp q22, q23, [{a}, #", $q, "]\n",
@@ -512,12 +512,30 @@ macro_rules! mmla_pair {
             "smmla v20.4s, v29.16b, v22.16b\n",
             "smmla v19.4s, v30.16b, v23.16b\n",
             "smmla v20.4s, v31.16b, v23.16b\n",
-            "scvtf v19.4s, v19.4s, #4\n",
-            "scvtf v20.4s, v20.4s, #4\n",
+            "scvtf v19.4s, v19.4s", $cvt, "\n",
+            "scvtf v20.4s, v20.4s", $cvt, "\n",
             "fmul v21.4s, v16.4s, v18.4s\n",
             "fmla v", $a0, ".4s, v19.4s, v21.4s\n",
             "fmul v21.4s, v17.4s, v18.4s\n",
             "fmla v", $a1, ".4s, v20.4s, v21.4s\n",
+        )
+    };
+}
+
+/// The 8 pairs of a [`TileQ8_0Pairs`] against the held half-block: pair `p` accumulates into
+/// `v2p`, `v2p+1`, its scales at `16p`, its quants at `128 + 64p`.
+#[rustfmt::skip]
+macro_rules! mmla_pairs {
+    ($cvt:literal) => {
+        concat!(
+            mmla_pair!("0", "1", "0", "128", "160", $cvt),
+            mmla_pair!("2", "3", "16", "192", "224", $cvt),
+            mmla_pair!("4", "5", "32", "256", "288", $cvt),
+            mmla_pair!("6", "7", "48", "320", "352", $cvt),
+            mmla_pair!("8", "9", "64", "384", "416", $cvt),
+            mmla_pair!("10", "11", "80", "448", "480", $cvt),
+            mmla_pair!("12", "13", "96", "512", "544", $cvt),
+            mmla_pair!("14", "15", "112", "576", "608", $cvt),
         )
     };
 }
@@ -587,27 +605,84 @@ pub(super) fn gemm_q4_0x8_mmla(
                     "fcvtl v18.4s, v18.4h\n",
                     "zip1 v16.4s, v18.4s, v18.4s\n",
                     "zip2 v17.4s, v18.4s, v18.4s\n",
-                    mmla_pair!("0", "1", "0", "128", "160"),
-                    mmla_pair!("2", "3", "16", "192", "224"),
-                    mmla_pair!("4", "5", "32", "256", "288"),
-                    mmla_pair!("6", "7", "48", "320", "352"),
-                    mmla_pair!("8", "9", "64", "384", "416"),
-                    mmla_pair!("10", "11", "80", "448", "480"),
-                    mmla_pair!("12", "13", "96", "512", "544"),
-                    mmla_pair!("14", "15", "112", "576", "608"),
+                    mmla_pairs!(", #4"),
                 )
             );
         }
-        // Accumulator 2p + j lanes: (row 2j, act 2p), (2j, 2p + 1), (2j + 1, 2p), (2j + 1,
-        // 2p + 1); rows 4h + 2j and 4h + 2j + 1 of activation rows 2p, 2p + 1.
-        let mut rows = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
-        for p in 0..WIDE_TILE_ROWS / 2 {
-            rows[2 * p] = vuzp1q_f32(acc[2 * p], acc[2 * p + 1]);
-            rows[2 * p + 1] = vuzp2q_f32(acc[2 * p], acc[2 * p + 1]);
-        }
-        store_half(&mut out, &rows, h);
+        store_half(&mut out, &mmla_rows(&acc), h);
     }
     out
+}
+
+/// Q8_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] activation
+/// rows packed in pairs, with `smmla`, as [`gemm_q4_0x8_mmla`]: a half's 8 runs, paired by
+/// `zip1`/`zip2`, held while the 8 pairs of activation rows pass.
+#[target_feature(enable = "neon,i8mm")]
+pub(super) fn gemm_q8_0x8_mmla(
+    w: &[BlockQ8_0x8],
+    a: &[TileQ8_0Pairs],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    for h in 0..2 {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            // Half `h`'s runs are the 16 bytes at `16h + 32T` of the 256 quants (T = 0..8).
+            let qs: &[u8; 256] = cast_ref(&x.qs);
+            let qs = qs[16 * h..].as_ptr();
+            let dw = x.d[4 * h..4 * h + 4].as_ptr();
+            // SAFETY: as in `wide_asm!`; `smmla` is there: this is an `i8mm` function.
+            wide_asm!(
+                acc,
+                qs,
+                dw,
+                std::ptr::from_ref(t),
+                concat!(
+                    "ldr q16, [{w}]\n",
+                    "ldr q17, [{w}, #32]\n",
+                    "ldr q18, [{w}, #64]\n",
+                    "ldr q19, [{w}, #96]\n",
+                    "ldr q20, [{w}, #128]\n",
+                    "ldr q21, [{w}, #160]\n",
+                    "ldr q22, [{w}, #192]\n",
+                    "ldr q23, [{w}, #224]\n",
+                    // Runs 2c, 2c + 1 side by side per row: rows 0, 1 (zip1) and 2, 3 (zip2)
+                    // of elements 8c..8c + 8.
+                    "zip1 v24.4s, v16.4s, v17.4s\n",
+                    "zip2 v25.4s, v16.4s, v17.4s\n",
+                    "zip1 v26.4s, v18.4s, v19.4s\n",
+                    "zip2 v27.4s, v18.4s, v19.4s\n",
+                    "zip1 v28.4s, v20.4s, v21.4s\n",
+                    "zip2 v29.4s, v20.4s, v21.4s\n",
+                    "zip1 v30.4s, v22.4s, v23.4s\n",
+                    "zip2 v31.4s, v22.4s, v23.4s\n",
+                    "ldr d18, [{dw}]\n",
+                    "fcvtl v18.4s, v18.4h\n",
+                    "zip1 v16.4s, v18.4s, v18.4s\n",
+                    "zip2 v17.4s, v18.4s, v18.4s\n",
+                    mmla_pairs!(""),
+                )
+            );
+        }
+        store_half(&mut out, &mmla_rows(&acc), h);
+    }
+    out
+}
+
+/// The accumulators of the `smmla` kernels as rows: accumulator `2p + j` holds (weight row
+/// `2j`, activation row `2p`), (`2j`, `2p + 1`), (`2j + 1`, `2p`), (`2j + 1`, `2p + 1`);
+/// returned is activation row `n`'s 4 weight rows of the half.
+#[target_feature(enable = "neon")]
+#[inline]
+fn mmla_rows(acc: &[float32x4_t; WIDE_TILE_ROWS]) -> [float32x4_t; WIDE_TILE_ROWS] {
+    std::array::from_fn(|n| {
+        let (p, j) = (n / 2, n % 2);
+        if j == 0 {
+            vuzp1q_f32(acc[2 * p], acc[2 * p + 1])
+        } else {
+            vuzp2q_f32(acc[2 * p], acc[2 * p + 1])
+        }
+    })
 }
 
 /// Stores the accumulators of one half of the weight rows (`h`: rows 0..4 or 4..8) into

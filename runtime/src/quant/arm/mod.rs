@@ -119,15 +119,7 @@ impl Neon {
                 dot: dot_q4_0x8,
                 gemm: gemm_q4_0x8,
                 wide: Some(if self.i8mm {
-                    WideGemm {
-                        packed_bytes: |blocks| {
-                            blocks * std::mem::size_of::<interleaved::TileQ8_0Pairs>()
-                        },
-                        pack: |a, dst| {
-                            interleaved::pack_q8_0_pairs(a.map(cast_slice), cast_slice_mut(dst))
-                        },
-                        gemm: gemm_q4_0x8_mmla,
-                    }
+                    mmla_q8_0(gemm_q4_0x8_mmla)
                 } else {
                     wide_q8_0(gemm_q4_0x8_wide)
                 }),
@@ -136,7 +128,11 @@ impl Neon {
             GgmlType::Q8_0 => Interleaving {
                 dot: dot_q8_0x8,
                 gemm: gemm_q8_0x8,
-                wide: Some(wide_q8_0(gemm_q8_0x8_wide)),
+                wide: Some(if self.i8mm {
+                    mmla_q8_0(gemm_q8_0x8_mmla)
+                } else {
+                    wide_q8_0(gemm_q8_0x8_wide)
+                }),
                 ..interleaving::<BlockQ8_0x8>()
             },
             GgmlType::Q4K => Interleaving {
@@ -271,6 +267,15 @@ fn wide_q8_0(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> Wid
     }
 }
 
+/// An `smmla` wide kernel of Q8_0 activations, with their packing in pairs of rows.
+fn mmla_q8_0(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> WideGemm {
+    WideGemm {
+        packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8_0Pairs>(),
+        pack: |a, dst| interleaved::pack_q8_0_pairs(a.map(cast_slice), cast_slice_mut(dst)),
+        gemm,
+    }
+}
+
 /// A wide kernel of Q8_K activations, with their packing.
 fn wide_q8_k(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> WideGemm {
     WideGemm {
@@ -294,11 +299,19 @@ safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8);
 safe_wide!(gemm_q8_0x8_wide, BlockQ8_0x8);
 safe_wide!(gemm_q4_kx8_wide, BlockQ4Kx8);
 
-fn gemm_q4_0x8_mmla(w: &[u8], a: &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
-    // SAFETY: reachable only through `Neon::interleaved` on a `Neon` whose `i8mm` is set,
-    // i.e. once the CPU has reported `i8mm`.
-    unsafe { interleaved::gemm_q4_0x8_mmla(cast_slice::<u8, BlockQ4_0x8>(w), cast_slice(a)) }
+/// Safe byte-level wrappers around the `smmla` kernels: a group against a tile packed in pairs.
+macro_rules! safe_mmla {
+    ($gemm:ident, $block:ty) => {
+        fn $gemm(w: &[u8], a: &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+            // SAFETY: reachable only through `Neon::interleaved` on a `Neon` whose `i8mm` is
+            // set, i.e. once the CPU has reported `i8mm`.
+            unsafe { interleaved::$gemm(cast_slice::<u8, $block>(w), cast_slice(a)) }
+        }
+    };
 }
+
+safe_mmla!(gemm_q4_0x8_mmla, BlockQ4_0x8);
+safe_mmla!(gemm_q8_0x8_mmla, BlockQ8_0x8);
 safe_wide!(gemm_q6_kx8_wide, BlockQ6Kx8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
