@@ -222,7 +222,8 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
 }
 
 /// The batch kernels of interleaved weights against 4 different activation rows at once, and
-/// the wide ones against 16: `out[n][r]` must be weight row `r`'s scalar dot with activation
+/// the wide ones against 16 (on ARM: `sdot`, or `smmla` where the CPU has i8mm, as QEMU's
+/// `max` does): `out[n][r]` must be weight row `r`'s scalar dot with activation
 /// row `n` (the test above gives every slot the same row, which a kernel that mixed up its
 /// slots would pass).
 #[test]
