@@ -239,6 +239,54 @@ pub(super) fn pack_q8_0_tile(a: [&[BlockQ8_0]; WIDE_TILE_ROWS], dst: &mut [TileQ
     }
 }
 
+/// The assembly that loads half `h` of an interleaved Q4_0 block (its 4 runs at `{w}` + 32T)
+/// as [`nibbles16`] unpacks it: run `T`'s low nibbles (elements `4T..`) as `16·(q - 8)` in
+/// `v16 + 2T`, its high ones (elements `16 + 4T..`) in `v17 + 2T`. Uses `v24..=v27`, `v30`,
+/// `v31`.
+#[rustfmt::skip]
+macro_rules! q4_0_half_nibbles {
+    () => {
+        concat!(
+            "ldr q24, [{w}]\n",
+            "ldr q25, [{w}, #32]\n",
+            "ldr q26, [{w}, #64]\n",
+            "ldr q27, [{w}, #96]\n",
+            "movi v30.16b, #0x88\n",
+            "movi v31.16b, #0xf0\n",
+            "eor v24.16b, v24.16b, v30.16b\n",
+            "eor v25.16b, v25.16b, v30.16b\n",
+            "eor v26.16b, v26.16b, v30.16b\n",
+            "eor v27.16b, v27.16b, v30.16b\n",
+            "shl v16.16b, v24.16b, #4\n",
+            "and v17.16b, v24.16b, v31.16b\n",
+            "shl v18.16b, v25.16b, #4\n",
+            "and v19.16b, v25.16b, v31.16b\n",
+            "shl v20.16b, v26.16b, #4\n",
+            "and v21.16b, v26.16b, v31.16b\n",
+            "shl v22.16b, v27.16b, #4\n",
+            "and v23.16b, v27.16b, v31.16b\n",
+        )
+    };
+}
+
+/// The assembly that loads half `h` of an interleaved Q8_0 block: run `T` (`{w}` + 32T,
+/// elements `4T..`) into `v16 + T`.
+#[rustfmt::skip]
+macro_rules! q8_0_half_runs {
+    () => {
+        concat!(
+            "ldr q16, [{w}]\n",
+            "ldr q17, [{w}, #32]\n",
+            "ldr q18, [{w}, #64]\n",
+            "ldr q19, [{w}, #96]\n",
+            "ldr q20, [{w}, #128]\n",
+            "ldr q21, [{w}, #160]\n",
+            "ldr q22, [{w}, #192]\n",
+            "ldr q23, [{w}, #224]\n",
+        )
+    };
+}
+
 /// The assembly of one packed activation row against a half-block held in `v16..=v23`, for
 /// the wide kernels: `ldp` the row's 32 quants (offset `$off` in the [`TileQ8_0`]) into
 /// `v30, v31`, its 8 `sdot`s (`$dots`, a literal naming the weight register and activation
@@ -330,7 +378,8 @@ macro_rules! wide_asm {
     ($acc:ident, $w:expr, $dw:expr, $a:expr, $body:expr) => {
         // SAFETY: the caller's pointers are valid for what `$body` reads (see each kernel);
         // the assembly reads memory only through them, writes none, and names every vector
-        // register it changes. `sdot` is there: the kernels are `dotprod` functions.
+        // register it changes. `sdot` (`smmla`) is there: the kernels that use it are
+        // `dotprod` (`i8mm`) functions.
         unsafe {
             asm!(
                 $body,
@@ -353,6 +402,33 @@ macro_rules! wide_asm {
     };
 }
 
+/// The loop every assembly wide kernel shares: for each half `h` of the weight rows, the 16
+/// accumulators start at zero; per block `x` of `$w` (beside tile `t` of `$a`), the assembly
+/// `$body` runs through [`wide_asm!`] with the half's first run at `$qs` and its 4 scales at
+/// `$dw`; `$rows` arranges the accumulators into activation rows, stored as the half's outputs.
+macro_rules! wide_kernel {
+    ($w:ident, $a:ident, |$x:ident, $h:ident| ($qs:expr, $dw:expr), $body:expr, $rows:expr) => {{
+        assert_eq!($a.len(), $w.len(), "dot of rows of different lengths");
+        let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+        for $h in 0..2 {
+            let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+            for ($x, t) in $w.iter().zip($a) {
+                let (qs, dw): (*const u8, *const half::f16) = ($qs, $dw);
+                wide_asm!(acc, qs, dw, std::ptr::from_ref(t), $body);
+            }
+            store_half(&mut out, &$rows(&acc), $h);
+        }
+        out
+    }};
+}
+
+/// The accumulators of the `sdot` wide kernels, one activation row each.
+#[target_feature(enable = "neon")]
+#[inline]
+fn sdot_rows(acc: &[float32x4_t; WIDE_TILE_ROWS]) -> [float32x4_t; WIDE_TILE_ROWS] {
+    *acc
+}
+
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] packed
 /// activation rows. One half of the rows (4) at a time: its 4 registers of each block are
 /// unpacked once into 8 and held while the 16 activation rows pass, each with its own float
@@ -365,49 +441,19 @@ pub(super) fn gemm_q4_0x8_wide(
     w: &[BlockQ4_0x8],
     a: &[TileQ8_0],
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
-    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
-    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
-    for h in 0..2 {
-        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
-        for (x, t) in w.iter().zip(a) {
-            // Half `h`'s runs are the 16 bytes at `16h + 32T` of `qs` (T = 0..4), its
-            // scales `d[4h..4h + 4]`; `t` is a whole tile.
-            let qs = x.qs[16 * h..].as_ptr();
-            let dw = x.d[4 * h..4 * h + 4].as_ptr();
-            wide_asm!(
-                acc,
-                qs,
-                dw,
-                std::ptr::from_ref(t),
-                concat!(
-                    "ldr q24, [{w}]\n",
-                    "ldr q25, [{w}, #32]\n",
-                    "ldr q26, [{w}, #64]\n",
-                    "ldr q27, [{w}, #96]\n",
-                    "ldr d28, [{dw}]\n",
-                    "movi v30.16b, #0x88\n",
-                    "movi v31.16b, #0xf0\n",
-                    "fcvtl v28.4s, v28.4h\n",
-                    // nibbles16: 16·(q - 8) of each low and high nibble.
-                    "eor v24.16b, v24.16b, v30.16b\n",
-                    "eor v25.16b, v25.16b, v30.16b\n",
-                    "eor v26.16b, v26.16b, v30.16b\n",
-                    "eor v27.16b, v27.16b, v30.16b\n",
-                    "shl v16.16b, v24.16b, #4\n",
-                    "and v17.16b, v24.16b, v31.16b\n",
-                    "shl v18.16b, v25.16b, #4\n",
-                    "and v19.16b, v25.16b, v31.16b\n",
-                    "shl v20.16b, v26.16b, #4\n",
-                    "and v21.16b, v26.16b, v31.16b\n",
-                    "shl v22.16b, v27.16b, #4\n",
-                    "and v23.16b, v27.16b, v31.16b\n",
-                    wide_rows!(", #4", dots_q4_0),
-                )
-            );
-        }
-        store_half(&mut out, &acc, h);
-    }
-    out
+    // Half `h`'s runs are the 16 bytes at `16h + 32T` of `qs` (T = 0..4).
+    wide_kernel!(
+        w,
+        a,
+        |x, h| (x.qs[16 * h..].as_ptr(), x.d[4 * h..4 * h + 4].as_ptr()),
+        concat!(
+            q4_0_half_nibbles!(),
+            "ldr d28, [{dw}]\n",
+            "fcvtl v28.4s, v28.4h\n",
+            wide_rows!(", #4", dots_q4_0),
+        ),
+        sdot_rows
+    )
 }
 
 /// Q8_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] packed
@@ -418,38 +464,22 @@ pub(super) fn gemm_q8_0x8_wide(
     w: &[BlockQ8_0x8],
     a: &[TileQ8_0],
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
-    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
-    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
-    for h in 0..2 {
-        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
-        for (x, t) in w.iter().zip(a) {
-            // Half `h`'s runs are the 16 bytes at `16h + 32T` of the 256 quants (T = 0..8).
-            let qs: &[u8; 256] = cast_ref(&x.qs);
-            let qs = qs[16 * h..].as_ptr();
-            let dw = x.d[4 * h..4 * h + 4].as_ptr();
-            wide_asm!(
-                acc,
-                qs,
-                dw,
-                std::ptr::from_ref(t),
-                concat!(
-                    "ldr q16, [{w}]\n",
-                    "ldr q17, [{w}, #32]\n",
-                    "ldr q18, [{w}, #64]\n",
-                    "ldr q19, [{w}, #96]\n",
-                    "ldr q20, [{w}, #128]\n",
-                    "ldr q21, [{w}, #160]\n",
-                    "ldr q22, [{w}, #192]\n",
-                    "ldr q23, [{w}, #224]\n",
-                    "ldr d28, [{dw}]\n",
-                    "fcvtl v28.4s, v28.4h\n",
-                    wide_rows!("", dots_q8_0),
-                )
-            );
-        }
-        store_half(&mut out, &acc, h);
-    }
-    out
+    // Half `h`'s runs are the 16 bytes at `16h + 32T` of the 256 quants (T = 0..8).
+    wide_kernel!(
+        w,
+        a,
+        |x, h| (
+            cast_ref::<_, [u8; 256]>(&x.qs)[16 * h..].as_ptr(),
+            x.d[4 * h..4 * h + 4].as_ptr()
+        ),
+        concat!(
+            q8_0_half_runs!(),
+            "ldr d28, [{dw}]\n",
+            "fcvtl v28.4s, v28.4h\n",
+            wide_rows!("", dots_q8_0),
+        ),
+        sdot_rows
+    )
 }
 
 /// Block `i` of [`WIDE_TILE_ROWS`] Q8_0 activation rows packed for `smmla` (i8mm), which
@@ -554,64 +584,34 @@ pub(super) fn gemm_q4_0x8_mmla(
     w: &[BlockQ4_0x8],
     a: &[TileQ8_0Pairs],
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
-    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
-    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
-    for h in 0..2 {
-        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
-        for (x, t) in w.iter().zip(a) {
-            let qs = x.qs[16 * h..].as_ptr();
-            let dw = x.d[4 * h..4 * h + 4].as_ptr();
-            // SAFETY: as in `wide_asm!`; `smmla` is there: this is an `i8mm` function.
-            wide_asm!(
-                acc,
-                qs,
-                dw,
-                std::ptr::from_ref(t),
-                concat!(
-                    "ldr q24, [{w}]\n",
-                    "ldr q25, [{w}, #32]\n",
-                    "ldr q26, [{w}, #64]\n",
-                    "ldr q27, [{w}, #96]\n",
-                    "movi v30.16b, #0x88\n",
-                    "movi v31.16b, #0xf0\n",
-                    // nibbles16 of runs T = 0..4: low nibbles (elements 4T..) in v16 + 2T,
-                    // high ones (16 + 4T..) in v17 + 2T.
-                    "eor v24.16b, v24.16b, v30.16b\n",
-                    "eor v25.16b, v25.16b, v30.16b\n",
-                    "eor v26.16b, v26.16b, v30.16b\n",
-                    "eor v27.16b, v27.16b, v30.16b\n",
-                    "shl v16.16b, v24.16b, #4\n",
-                    "and v17.16b, v24.16b, v31.16b\n",
-                    "shl v18.16b, v25.16b, #4\n",
-                    "and v19.16b, v25.16b, v31.16b\n",
-                    "shl v20.16b, v26.16b, #4\n",
-                    "and v21.16b, v26.16b, v31.16b\n",
-                    "shl v22.16b, v27.16b, #4\n",
-                    "and v23.16b, v27.16b, v31.16b\n",
-                    // Runs T, T + 1 side by side per row: rows 0, 1 (zip1) and 2, 3 (zip2)
-                    // of elements 0..8 (v24, v25), 8..16 (v26, v27), 16..24 (v28, v29),
-                    // 24..32 (v30, v31).
-                    "zip1 v24.4s, v16.4s, v18.4s\n",
-                    "zip2 v25.4s, v16.4s, v18.4s\n",
-                    "zip1 v26.4s, v20.4s, v22.4s\n",
-                    "zip2 v27.4s, v20.4s, v22.4s\n",
-                    "zip1 v28.4s, v17.4s, v19.4s\n",
-                    "zip2 v29.4s, v17.4s, v19.4s\n",
-                    "zip1 v30.4s, v21.4s, v23.4s\n",
-                    "zip2 v31.4s, v21.4s, v23.4s\n",
-                    // The half's scales as the sums lie: [dw0, dw0, dw1, dw1], [dw2, dw2,
-                    // dw3, dw3].
-                    "ldr d18, [{dw}]\n",
-                    "fcvtl v18.4s, v18.4h\n",
-                    "zip1 v16.4s, v18.4s, v18.4s\n",
-                    "zip2 v17.4s, v18.4s, v18.4s\n",
-                    mmla_pairs!(", #4"),
-                )
-            );
-        }
-        store_half(&mut out, &mmla_rows(&acc), h);
-    }
-    out
+    // Half `h`'s runs are the 16 bytes at `16h + 32T` of `qs` (T = 0..4).
+    wide_kernel!(
+        w,
+        a,
+        |x, h| (x.qs[16 * h..].as_ptr(), x.d[4 * h..4 * h + 4].as_ptr()),
+        concat!(
+            q4_0_half_nibbles!(),
+            // Runs T, T + 1 side by side per row: rows 0, 1 (zip1) and 2, 3 (zip2)
+            // of elements 0..8 (v24, v25), 8..16 (v26, v27), 16..24 (v28, v29),
+            // 24..32 (v30, v31).
+            "zip1 v24.4s, v16.4s, v18.4s\n",
+            "zip2 v25.4s, v16.4s, v18.4s\n",
+            "zip1 v26.4s, v20.4s, v22.4s\n",
+            "zip2 v27.4s, v20.4s, v22.4s\n",
+            "zip1 v28.4s, v17.4s, v19.4s\n",
+            "zip2 v29.4s, v17.4s, v19.4s\n",
+            "zip1 v30.4s, v21.4s, v23.4s\n",
+            "zip2 v31.4s, v21.4s, v23.4s\n",
+            // The half's scales as the sums lie: [dw0, dw0, dw1, dw1], [dw2, dw2,
+            // dw3, dw3].
+            "ldr d18, [{dw}]\n",
+            "fcvtl v18.4s, v18.4h\n",
+            "zip1 v16.4s, v18.4s, v18.4s\n",
+            "zip2 v17.4s, v18.4s, v18.4s\n",
+            mmla_pairs!(", #4"),
+        ),
+        mmla_rows
+    )
 }
 
 /// Q8_0 · Q8_0 for the 8 rows of interleaved blocks against [`WIDE_TILE_ROWS`] activation
@@ -622,51 +622,34 @@ pub(super) fn gemm_q8_0x8_mmla(
     w: &[BlockQ8_0x8],
     a: &[TileQ8_0Pairs],
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
-    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
-    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
-    for h in 0..2 {
-        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
-        for (x, t) in w.iter().zip(a) {
-            // Half `h`'s runs are the 16 bytes at `16h + 32T` of the 256 quants (T = 0..8).
-            let qs: &[u8; 256] = cast_ref(&x.qs);
-            let qs = qs[16 * h..].as_ptr();
-            let dw = x.d[4 * h..4 * h + 4].as_ptr();
-            // SAFETY: as in `wide_asm!`; `smmla` is there: this is an `i8mm` function.
-            wide_asm!(
-                acc,
-                qs,
-                dw,
-                std::ptr::from_ref(t),
-                concat!(
-                    "ldr q16, [{w}]\n",
-                    "ldr q17, [{w}, #32]\n",
-                    "ldr q18, [{w}, #64]\n",
-                    "ldr q19, [{w}, #96]\n",
-                    "ldr q20, [{w}, #128]\n",
-                    "ldr q21, [{w}, #160]\n",
-                    "ldr q22, [{w}, #192]\n",
-                    "ldr q23, [{w}, #224]\n",
-                    // Runs 2c, 2c + 1 side by side per row: rows 0, 1 (zip1) and 2, 3 (zip2)
-                    // of elements 8c..8c + 8.
-                    "zip1 v24.4s, v16.4s, v17.4s\n",
-                    "zip2 v25.4s, v16.4s, v17.4s\n",
-                    "zip1 v26.4s, v18.4s, v19.4s\n",
-                    "zip2 v27.4s, v18.4s, v19.4s\n",
-                    "zip1 v28.4s, v20.4s, v21.4s\n",
-                    "zip2 v29.4s, v20.4s, v21.4s\n",
-                    "zip1 v30.4s, v22.4s, v23.4s\n",
-                    "zip2 v31.4s, v22.4s, v23.4s\n",
-                    "ldr d18, [{dw}]\n",
-                    "fcvtl v18.4s, v18.4h\n",
-                    "zip1 v16.4s, v18.4s, v18.4s\n",
-                    "zip2 v17.4s, v18.4s, v18.4s\n",
-                    mmla_pairs!(""),
-                )
-            );
-        }
-        store_half(&mut out, &mmla_rows(&acc), h);
-    }
-    out
+    // Half `h`'s runs are the 16 bytes at `16h + 32T` of the 256 quants (T = 0..8).
+    wide_kernel!(
+        w,
+        a,
+        |x, h| (
+            cast_ref::<_, [u8; 256]>(&x.qs)[16 * h..].as_ptr(),
+            x.d[4 * h..4 * h + 4].as_ptr()
+        ),
+        concat!(
+            q8_0_half_runs!(),
+            // Runs 2c, 2c + 1 side by side per row: rows 0, 1 (zip1) and 2, 3 (zip2)
+            // of elements 8c..8c + 8.
+            "zip1 v24.4s, v16.4s, v17.4s\n",
+            "zip2 v25.4s, v16.4s, v17.4s\n",
+            "zip1 v26.4s, v18.4s, v19.4s\n",
+            "zip2 v27.4s, v18.4s, v19.4s\n",
+            "zip1 v28.4s, v20.4s, v21.4s\n",
+            "zip2 v29.4s, v20.4s, v21.4s\n",
+            "zip1 v30.4s, v22.4s, v23.4s\n",
+            "zip2 v31.4s, v22.4s, v23.4s\n",
+            "ldr d18, [{dw}]\n",
+            "fcvtl v18.4s, v18.4h\n",
+            "zip1 v16.4s, v18.4s, v18.4s\n",
+            "zip2 v17.4s, v18.4s, v18.4s\n",
+            mmla_pairs!(""),
+        ),
+        mmla_rows
+    )
 }
 
 /// The accumulators of the `smmla` kernels as rows: accumulator `2p + j` holds (weight row
