@@ -52,9 +52,10 @@ pub const WIDE_TILE_ROWS: usize = 16;
 
 /// An [`Interleaving`]'s wider batch kernel: a group of [`DOT_ROWS`] interleaved weight rows
 /// against [`WIDE_TILE_ROWS`] activation rows, which `pack` first lays out block by block for
-/// it (once per matmul, not once per group of weight rows). ARM's `sdot` kernels for Q4_0 and
-/// Q8_0 have one: they unpack a block's weights once for 16 activation rows instead of 4, and
-/// read each row's block and scale at fixed offsets from one pointer.
+/// it (once per matmul, not once per group of weight rows). ARM's interleaved kernels (`sdot`,
+/// and `smmla` for Q4_0 and Q8_0 where the CPU has i8mm) have one: they unpack a block's
+/// weights once for 16 activation rows instead of 4, and read each row's block and scale at
+/// fixed offsets from one pointer.
 #[derive(Clone, Copy)]
 pub struct WideGemm {
     /// The bytes of a packed tile of rows of the given number of activation blocks.

@@ -159,31 +159,34 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
         },
         rows,
     );
-    // The batch kernel's activation block sums, once per call (not per group of weight rows).
     let n_blocks = k / kernel.act_type.block_size();
-    let mut block_sums = Vec::new();
-    if plan.strategy == Strategy::InterleavedGemm {
-        block_sums = vec![quant::ActBlockSum::default(); rows * n_blocks];
-        pool.for_each_chunk(&mut block_sums, n_blocks.max(1), |r, out| {
-            quant::act_block_sums(kernel.act_type, act_row(r), out)
-                .expect("interleaved kernels take Q8_0 or Q8_K activations");
-        });
-    }
-    let act_sums = |r: usize| &block_sums[r * n_blocks..][..n_blocks];
-    // Where the interleaved GEMM has a wider kernel, whole tiles of WIDE_TILE_ROWS rows packed
-    // for it, once per call; the rest of the batch takes the TILE_ROWS kernel.
+    // Where the interleaved GEMM has a wider kernel, the batch's first `wide_rows` rows (whole
+    // tiles of WIDE_TILE_ROWS) are packed for it, once per call; the rest of the batch takes
+    // the TILE_ROWS kernel.
     let wide = interleaved
         .and_then(|(how, _)| how.wide)
         .filter(|_| plan.strategy == Strategy::InterleavedGemm && n_blocks > 0);
+    let wide_rows = wide.map_or(0, |_| plan.batch_rows / WIDE_TILE_ROWS * WIDE_TILE_ROWS);
     let wide_tile_words = wide.map_or(0, |wide| (wide.packed_bytes)(n_blocks).div_ceil(4));
     let mut wide_tiles = Vec::new();
     if let Some(wide) = wide {
-        wide_tiles = vec![0u32; plan.batch_rows / WIDE_TILE_ROWS * wide_tile_words];
+        wide_tiles = vec![0u32; wide_rows / WIDE_TILE_ROWS * wide_tile_words];
         pool.for_each_chunk(&mut wide_tiles, wide_tile_words, |t, dst| {
             let rows = std::array::from_fn(|n| act_row(t * WIDE_TILE_ROWS + n));
             (wide.pack)(rows, cast_slice_mut(dst));
         });
     }
+    // The TILE_ROWS kernel's activation block sums, once per call (not per group of weight
+    // rows), for the rows after the wide tiles.
+    let mut block_sums = Vec::new();
+    if plan.strategy == Strategy::InterleavedGemm {
+        block_sums = vec![quant::ActBlockSum::default(); (rows - wide_rows) * n_blocks];
+        pool.for_each_chunk(&mut block_sums, n_blocks.max(1), |i, out| {
+            quant::act_block_sums(kernel.act_type, act_row(wide_rows + i), out)
+                .expect("interleaved kernels take Q8_0 or Q8_K activations");
+        });
+    }
+    let act_sums = |r: usize| &block_sums[(r - wide_rows) * n_blocks..][..n_blocks];
     let packed = (plan.strategy == Strategy::Widened).then(|| {
         PackedActs::pack(pool, rows, k, |r, dst| {
             quant::dequantize_row(kernel.act_type, act_row(r), dst)
@@ -240,17 +243,15 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
             } else if let (Strategy::InterleavedGemm, Some(gemm)) =
                 (plan.strategy, interleaved_gemm)
             {
-                let mut wide_rows = 0;
                 if let Some(wide) = wide {
-                    for tile in wide_tiles.chunks_exact(wide_tile_words) {
+                    for (t, tile) in wide_tiles.chunks_exact(wide_tile_words).enumerate() {
                         for g in (0..n_block).step_by(DOT_ROWS) {
                             let sums = (wide.gemm)(group(block_first + g), cast_slice(tile));
                             for (n, sums) in sums.iter().enumerate() {
-                                let out = &mut cols.row(wide_rows + n)[b0 + g..][..DOT_ROWS];
-                                out.copy_from_slice(sums);
+                                let r = t * WIDE_TILE_ROWS + n;
+                                cols.row(r)[b0 + g..][..DOT_ROWS].copy_from_slice(sums);
                             }
                         }
-                        wide_rows += WIDE_TILE_ROWS;
                     }
                 }
                 for r in (wide_rows..tiled_rows).step_by(TILE_ROWS) {

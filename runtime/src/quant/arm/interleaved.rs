@@ -289,8 +289,8 @@ macro_rules! q8_0_half_runs {
 
 /// The assembly of one packed activation row against a half-block held in `v16..=v23`, for
 /// the wide kernels: `ldp` the row's 32 quants (offset `$off` in the [`TileQ8_0`]) into
-/// `v30, v31`, its 8 `sdot`s (`$dots`, a literal naming the weight register and activation
-/// lane of each) into a fresh integer sum `v$s`, then `v$acc += cvt(v$s) · (dw · da)`, with
+/// `v30, v31`, its 8 `sdot`s (written by the macro `$dots`, which names each one's weight
+/// register and activation lane) into a fresh integer sum `v$s`, then `v$acc += cvt(v$s) · (dw · da)`, with
 /// `dw` in `v28` and the row's scale in lane `$lane` of `v29`. `$cvt` converts the sum
 /// (`scvtf` with `#4` for Q4_0's sums 16 times too large, see [`nibbles16`]); `v$t` holds the
 /// product of the scales. Two rows in a row use different `$s`/`$t`, so their work overlaps.

@@ -298,6 +298,7 @@ macro_rules! safe_wide {
 safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8);
 safe_wide!(gemm_q8_0x8_wide, BlockQ8_0x8);
 safe_wide!(gemm_q4_kx8_wide, BlockQ4Kx8);
+safe_wide!(gemm_q6_kx8_wide, BlockQ6Kx8);
 
 /// Safe byte-level wrappers around the `smmla` kernels: a group against a tile packed in pairs.
 macro_rules! safe_mmla {
@@ -312,7 +313,6 @@ macro_rules! safe_mmla {
 
 safe_mmla!(gemm_q4_0x8_mmla, BlockQ4_0x8);
 safe_mmla!(gemm_q8_0x8_mmla, BlockQ8_0x8);
-safe_wide!(gemm_q6_kx8_wide, BlockQ6Kx8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
 safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);
