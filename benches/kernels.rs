@@ -17,6 +17,9 @@
 //!   `dot/<type>x4/<path>`, the tile kernel (one weight row, `TILE_ROWS` activation rows) where
 //!   the path has one. Throughput is weight bytes either way.
 //! - `quantize/<type>/<path>`: one 4096-element activation row.
+//! - `interleaved/<type>/x4|wide/<path>`: the batch kernels of interleaved weights alone
+//!   (cache-resident, one thread): 16 weight rows against 16 activation rows, by the 4-row
+//!   kernel and by the path's wide kernel where it has one. Throughput is multiply-adds.
 //!
 //! `<path>` is every path the CPU can run: `scalar`, `avx2`, `avx512`, `avx512-vnni`, `neon`,
 //! `neon-dotprod` (`quant::set_cpu_path`, or `quant::row_kernels` for the raw kernels). Weights
@@ -33,7 +36,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use llava_runtime::backend::{Backend, CpuBackend, Heads, KvType};
 use llava_runtime::gguf::{GgufFile, GgufWriteError, GgufWriter};
-use llava_runtime::quant::{self, CpuPath, GgmlType, TILE_ROWS};
+use llava_runtime::quant::{self, CpuPath, GgmlType, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
 
 const TYPES: [GgmlType; 6] = [
     GgmlType::Q4_0,
@@ -421,9 +424,95 @@ fn dot_and_quantize(c: &mut Criterion) {
     group.finish();
 }
 
+/// `interleaved/<type>/<kernel>/<path>`: the batch kernels of interleaved weights alone, on
+/// cache-resident data, single-threaded: 16 weight rows (two groups) of 4096 elements against
+/// 16 activation rows, by the 4-row kernel (`x4`: 4 tiles × 2 groups) and by the wide one
+/// (`wide`: the path's calls over the same 16 × 16 dots, the activations packed beforehand, as
+/// a matmul packs them once for all its weight rows). Throughput is multiply-adds.
+fn interleaved(c: &mut Criterion) {
+    const K: usize = 4096;
+    let mut group = c.benchmark_group("interleaved");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(200))
+        .measurement_time(Duration::from_millis(1500))
+        .throughput(Throughput::Elements(
+            (WIDE_TILE_ROWS * 2 * DOT_ROWS * K) as u64,
+        ));
+    for ty in [GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4K, GgmlType::Q6K] {
+        let w_len = ty.row_bytes(K as u64).unwrap() as usize;
+        let rows: Vec<Vec<u32>> = (0..2 * DOT_ROWS as u64)
+            .map(|r| quantized(ty, &random_row(300 + r, K)))
+            .collect();
+        for path in paths() {
+            let kernels = quant::row_kernels(ty, path).unwrap();
+            let Some(how) = kernels.interleaved else {
+                continue;
+            };
+            let a_len = kernels.act_type.row_bytes(K as u64).unwrap() as usize;
+            let acts: Vec<Vec<u32>> = (0..WIDE_TILE_ROWS as u64)
+                .map(|r| quantized(kernels.act_type, &random_row(400 + r, K)))
+                .collect();
+            let act = |n: usize| &bytemuck::cast_slice::<u32, u8>(&acts[n])[..a_len];
+            let blocks = a_len / kernels.act_type.type_size();
+            let sums: Vec<Vec<quant::ActBlockSum>> = (0..WIDE_TILE_ROWS)
+                .map(|n| {
+                    let mut sums = vec![quant::ActBlockSum::default(); blocks];
+                    quant::act_block_sums(kernels.act_type, act(n), &mut sums).unwrap();
+                    sums
+                })
+                .collect();
+            let group_len = (how.group_bytes)(w_len);
+            let mut groups = aligned(2 * group_len);
+            for (g, dst) in bytemuck::cast_slice_mut::<u32, u8>(&mut groups)
+                .chunks_exact_mut(group_len)
+                .enumerate()
+            {
+                let rows = std::array::from_fn(|r| {
+                    &bytemuck::cast_slice::<u32, u8>(&rows[g * DOT_ROWS + r])[..w_len]
+                });
+                (how.interleave)(rows, dst);
+            }
+            let groups: &[u8] = &bytemuck::cast_slice(&groups)[..2 * group_len];
+            let id = BenchmarkId::new(format!("{ty}/x4"), path);
+            group.bench_function(id, |b| {
+                b.iter(|| {
+                    for tile in 0..WIDE_TILE_ROWS / TILE_ROWS {
+                        let a = std::array::from_fn(|i| act(tile * TILE_ROWS + i));
+                        let s = std::array::from_fn(|i| sums[tile * TILE_ROWS + i].as_slice());
+                        for g in groups.chunks_exact(group_len) {
+                            black_box((how.gemm)(black_box(g), a, s));
+                        }
+                    }
+                })
+            });
+            if let Some(wide) = how.wide {
+                let mut packed = aligned((wide.packed_bytes)(blocks));
+                (wide.pack)(
+                    std::array::from_fn(act),
+                    bytemuck::cast_slice_mut(&mut packed),
+                );
+                let packed: &[u8] = bytemuck::cast_slice(&packed);
+                let mut out: quant::WideOut = Default::default();
+                let id = BenchmarkId::new(format!("{ty}/wide"), path);
+                group.bench_function(id, |b| {
+                    b.iter(|| {
+                        for g in groups.chunks(wide.groups * group_len) {
+                            (wide.gemm)(black_box(g), packed, &mut out);
+                            black_box(&out);
+                        }
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     dot_and_quantize,
+    interleaved,
     memory,
     gemv,
     gemm,

@@ -11,8 +11,10 @@ use common::*;
 
 #[test]
 fn matmul_equals_the_reference_dot_of_every_row_pair_for_every_type() {
-    // 21 rows: five tiles of 4 and one row left over (on ARM's `sdot` path, Q4_0 and Q8_0 take
-    // a wide tile of 16, a tile of 4 and the row); two blocks of the output transpose.
+    // 21 rows: five tiles of 4 and one row left over (where the path has a wide kernel, ARM's
+    // for Q4_0, Q8_0, Q4_K and Q6_K or AVX-512 VNNI's for Q4_K and Q6_K, a wide tile of 16, a
+    // tile of 4 and the row; with 104 outputs, 13 groups, VNNI's takes two groups a call and
+    // one at a block's end); two blocks of the output transpose.
     // And one row (decode): 101 outputs make groups of the row kernels and rows left over
     // in every worker's run, with 1 and 3 threads. 104 outputs are whole groups of 8 rows,
     // which the CPU backend interleaves where the path has kernels for that (Q4_0 on x86):

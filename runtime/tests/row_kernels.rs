@@ -18,8 +18,8 @@
 use bytemuck::cast_slice_mut;
 use half::f16;
 use llava_runtime::quant::{
-    self, report_skipped_paths, row_kernels, ActBlockSum, CpuPath, GgmlType, Interleaving,
-    DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS,
+    self, report_skipped_paths, row_kernels, ActBlockSum, CpuPath, GgmlType, Interleaving, WideOut,
+    DOT_ROWS, TILE_ROWS, WIDE_MAX_GROUPS, WIDE_TILE_ROWS,
 };
 
 /// Elements of a quantized row, as f32.
@@ -223,9 +223,14 @@ fn row_kernels_match_the_scalar_dot_of_each_row_within_float_rounding() {
 
 /// The batch kernels of interleaved weights against 4 different activation rows at once, and
 /// the wide ones against 16 (on ARM: `sdot`, or `smmla` where the CPU has i8mm, as QEMU's
-/// `max` does): `out[n][r]` must be weight row `r`'s scalar dot with activation
+/// `max` does; on x86, AVX-512 VNNI's for Q4_K and Q6_K, one group and two at once):
+/// `out[n][r]` must be weight row `r`'s scalar dot with activation
 /// row `n` (the test above gives every slot the same row, which a kernel that mixed up its
 /// slots would pass).
+/// A batch kernel's name, the weight rows it was given and its dots with them:
+/// `dots[activation row][weight row]`.
+type Dots<'a> = (&'static str, &'a [Row], Vec<Vec<f32>>);
+
 #[test]
 fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
     let mut rng = Rng(23);
@@ -243,7 +248,8 @@ fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
                 let a_bytes = kernels.act_type.row_bytes(n as u64).unwrap() as usize;
                 let reference =
                     |x: &[f32], dst: &mut [u8]| quant::quantize_row(ty, x, dst).unwrap();
-                let w: Vec<Row> = (0..DOT_ROWS)
+                // Two groups of weight rows: the wide kernels may take both at once.
+                let w: Vec<Row> = (0..WIDE_MAX_GROUPS * DOT_ROWS)
                     .map(|i| {
                         let x: Vec<f32> = (0..n).map(|_| rng.uniform(1.0 + i as f32)).collect();
                         let mut row = Row::quantize(reference, w_bytes, &x);
@@ -268,15 +274,21 @@ fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
                         sums
                     })
                     .collect();
-                let group = interleaved(&how, std::array::from_fn(|r| w[r].bytes()));
-                let group: &[u8] = bytemuck::cast_slice(&group);
-                let mut got = vec![(
+                let groups: Vec<Vec<u32>> = w
+                    .chunks_exact(DOT_ROWS)
+                    .map(|rows| interleaved(&how, std::array::from_fn(|r| rows[r].bytes())))
+                    .collect();
+                let group: &[u8] = bytemuck::cast_slice(&groups[0]);
+                let both: Vec<u32> = groups.concat();
+                let mut got: Vec<Dots> = vec![(
                     "gemm",
+                    &w[..DOT_ROWS],
                     (how.gemm)(
                         group,
                         std::array::from_fn(|s| a[s].bytes()),
                         std::array::from_fn(|s| sums[s].as_slice()),
                     )
+                    .map(|row| row.to_vec())
                     .to_vec(),
                 )];
                 if let Some(wide) = how.wide {
@@ -286,10 +298,28 @@ fn interleaved_gemm_dots_each_activation_row_with_each_weight_row() {
                         std::array::from_fn(|s| a[s].bytes()),
                         cast_slice_mut(&mut packed),
                     );
-                    let sums = (wide.gemm)(group, bytemuck::cast_slice(&packed));
-                    got.push(("wide gemm", sums.to_vec()));
+                    // One group (a weight's last, when its count is odd), and as many as a
+                    // call takes.
+                    for n_groups in 1..=wide.groups {
+                        let mut out: WideOut =
+                            [[f32::NAN; WIDE_MAX_GROUPS * DOT_ROWS]; WIDE_TILE_ROWS];
+                        let w_bytes =
+                            &bytemuck::cast_slice::<u32, u8>(&both)[..n_groups * group.len()];
+                        (wide.gemm)(w_bytes, bytemuck::cast_slice(&packed), &mut out);
+                        let cols = n_groups * DOT_ROWS;
+                        let kind = if n_groups == 1 {
+                            "wide gemm"
+                        } else {
+                            "wide gemm, two groups"
+                        };
+                        got.push((
+                            kind,
+                            &w[..cols],
+                            out.map(|row| row[..cols].to_vec()).to_vec(),
+                        ));
+                    }
                 }
-                for (kind, got) in &got {
+                for (kind, w, got) in &got {
                     for (s, a) in a.iter().enumerate().take(got.len()) {
                         for (r, w) in w.iter().enumerate() {
                             assert_near_scalar(

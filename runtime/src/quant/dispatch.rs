@@ -50,21 +50,33 @@ pub type InterleavedGemmFn =
 /// Activation rows a [`WideGemm`] multiplies at once.
 pub const WIDE_TILE_ROWS: usize = 16;
 
-/// An [`Interleaving`]'s wider batch kernel: a group of [`DOT_ROWS`] interleaved weight rows
-/// against [`WIDE_TILE_ROWS`] activation rows, which `pack` first lays out block by block for
-/// it (once per matmul, not once per group of weight rows). ARM's interleaved kernels (`sdot`,
-/// and `smmla` for Q4_0 and Q8_0 where the CPU has i8mm) have one: they unpack a block's
-/// weights once for 16 activation rows instead of 4, and read each row's block and scale at
-/// fixed offsets from one pointer.
+/// Weight groups a [`WideGemm`] call takes at most.
+pub const WIDE_MAX_GROUPS: usize = 2;
+
+/// What a [`WideGemm`] call writes: `out[n][8g + r]` is row `r` of its group `g`'s dot with
+/// activation row `n` (what the columns past the groups it was given hold is unspecified).
+pub type WideOut = [[f32; WIDE_MAX_GROUPS * DOT_ROWS]; WIDE_TILE_ROWS];
+
+/// An [`Interleaving`]'s wider batch kernel: one or two consecutive groups of [`DOT_ROWS`]
+/// interleaved weight rows against [`WIDE_TILE_ROWS`] activation rows, which `pack` first lays
+/// out block by block for it (once per matmul, not once per group of weight rows). The kernels
+/// unpack a block's weights once for 16 activation rows instead of 4, and read each row's block
+/// and scale at fixed offsets from one pointer:
+/// - ARM's interleaved kernels (`sdot`, and `smmla` for Q4_0 and Q8_0 where the CPU has i8mm),
+///   one group per call (a group's 8 rows fill two 128-bit registers);
+/// - AVX-512 VNNI's K-quant kernels, two groups per call: a 512-bit register holds a 4-byte run
+///   of 16 rows, two groups side by side.
 #[derive(Clone, Copy)]
 pub struct WideGemm {
     /// The bytes of a packed tile of rows of the given number of activation blocks.
     pub packed_bytes: fn(usize) -> usize,
     /// Packs [`WIDE_TILE_ROWS`] quantized activation rows (raw bytes, one length) into `dst`.
     pub pack: fn([&[u8]; WIDE_TILE_ROWS], &mut [u8]),
-    /// The dots of a group's rows with each packed activation row: `out[n][r]` is row `r`'s
-    /// dot with activation row `n`, up to the order of the float additions.
-    pub gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS],
+    /// The most groups one call takes (1 or [`WIDE_MAX_GROUPS`]).
+    pub groups: usize,
+    /// The dots of 1..=`groups` consecutive groups (`w`, whole groups) with each packed
+    /// activation row, into [`WideOut`], up to the order of the float additions.
+    pub gemm: fn(&[u8], &[u8], &mut WideOut),
 }
 
 /// An activation block's scale as f32 and the sum of its quants: what a batch kernel would
@@ -287,6 +299,12 @@ fn with_avx512(kernels: RowKernels, ty: GgmlType, path: CpuPath) -> RowKernels {
     // Batches of interleaved weights with `vpdpbusd` (the VNNI level); decode stays AVX2's.
     if let (Some(how), Some(gemm)) = (kernels.interleaved, avx512.interleaved_gemm(ty)) {
         kernels.interleaved = Some(Interleaving { gemm, ..how });
+    }
+    if let (Some(how), Some(wide)) = (kernels.interleaved, avx512.wide_gemm(ty)) {
+        kernels.interleaved = Some(Interleaving {
+            wide: Some(wide),
+            ..how
+        });
     }
     if let Some(dot) = avx512.dot(ty) {
         kernels.dot = dot;

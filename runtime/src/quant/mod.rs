@@ -59,8 +59,8 @@ mod x86;
 
 pub use dispatch::{
     act_block_sums, cpu_path, report_skipped_paths, row_kernels, set_cpu_path, ActBlockSum,
-    CpuPath, InterleavedBlock, Interleaving, RowKernels, WideGemm, DOT_ROWS, TILE_ROWS,
-    WIDE_TILE_ROWS,
+    CpuPath, InterleavedBlock, Interleaving, RowKernels, WideGemm, WideOut, DOT_ROWS, TILE_ROWS,
+    WIDE_MAX_GROUPS, WIDE_TILE_ROWS,
 };
 pub use ggml_type::GgmlType;
 pub use k_quants::{

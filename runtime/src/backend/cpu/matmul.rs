@@ -16,7 +16,7 @@ use super::columns::{guided_runs, zeroed_by_column_runs};
 use super::gemm::{self, PackedActs, PanelColumn, PANEL_ROWS};
 use super::pool::Pool;
 use super::{CpuTensor, CpuWeight};
-use crate::quant::{self, GgmlType, RowKernels, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
+use crate::quant::{self, GgmlType, RowKernels, WideOut, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
 
 /// Weight rows a worker multiplies by all the activations before moving on (see `matmul`),
 /// with the tile kernels.
@@ -244,12 +244,18 @@ pub(super) fn matmul(pool: &Pool, x: &CpuTensor, w: &CpuWeight) -> CpuTensor {
                 (plan.strategy, interleaved_gemm)
             {
                 if let Some(wide) = wide {
+                    // Up to `wide.groups` consecutive groups per call (fewer at a weight's end).
+                    let step = wide.groups * DOT_ROWS;
+                    let mut sums: WideOut = Default::default();
                     for (t, tile) in wide_tiles.chunks_exact(wide_tile_words).enumerate() {
-                        for g in (0..n_block).step_by(DOT_ROWS) {
-                            let sums = (wide.gemm)(group(block_first + g), cast_slice(tile));
+                        for g in (0..n_block).step_by(step) {
+                            let width = step.min(n_block - g);
+                            let first = (block_first + g) / DOT_ROWS * group_bytes;
+                            let groups = &weights[first..][..width / DOT_ROWS * group_bytes];
+                            (wide.gemm)(groups, cast_slice(tile), &mut sums);
                             for (n, sums) in sums.iter().enumerate() {
                                 let r = t * WIDE_TILE_ROWS + n;
-                                cols.row(r)[b0 + g..][..DOT_ROWS].copy_from_slice(sums);
+                                cols.row(r)[b0 + g..][..width].copy_from_slice(&sums[..width]);
                             }
                         }
                     }

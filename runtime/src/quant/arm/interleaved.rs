@@ -24,6 +24,7 @@ use bytemuck::cast_ref;
 
 use super::{f16_to_f32, load_i8x16, load_u8x16};
 use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
+use crate::quant::k_quants::TileQ8K;
 use crate::quant::k_quants::QK_K;
 use crate::quant::{BlockQ4Kx8, BlockQ4_0x8, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8};
 
@@ -893,33 +894,6 @@ pub(super) fn gemm_q4_kx8(
         });
     }
     acc.map(|acc| lanes8(acc))
-}
-
-/// Super-block `i` of [`WIDE_TILE_ROWS`] Q8_K activation rows, side by side: the scales, the
-/// sums of each 32-quant sub-block (what Q4_K's mins multiply), then each row's quants.
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-#[repr(C)]
-pub(super) struct TileQ8K {
-    d: [f32; WIDE_TILE_ROWS],
-    sub_sums: [[i16; 8]; WIDE_TILE_ROWS],
-    qs: [[i8; QK_K]; WIDE_TILE_ROWS],
-}
-
-/// Lays out [`WIDE_TILE_ROWS`] Q8_K rows of one length as [`TileQ8K`]s, super-block by
-/// super-block.
-pub(super) fn pack_q8_k_tile(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ8K]) {
-    for a in a {
-        assert_eq!(a.len(), dst.len(), "one packed block per activation block");
-    }
-    for (i, tile) in dst.iter_mut().enumerate() {
-        for (n, a) in a.iter().enumerate() {
-            let y = &a[i];
-            tile.d[n] = y.d;
-            // Each sum of 16 quants is at most 16 · 127: a pair fits in i16.
-            tile.sub_sums[n] = std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1]);
-            tile.qs[n] = y.qs;
-        }
-    }
 }
 
 /// Q4_K · Q8_K for the 8 rows of interleaved super-blocks against [`WIDE_TILE_ROWS`] packed

@@ -38,9 +38,10 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
 use super::dispatch::{
-    interleaving, ActBlockSum, DotFn, Interleaving, QuantizeFn, WideGemm, DOT_ROWS, TILE_ROWS,
-    WIDE_TILE_ROWS,
+    interleaving, ActBlockSum, DotFn, Interleaving, QuantizeFn, WideGemm, WideOut, DOT_ROWS,
+    TILE_ROWS, WIDE_TILE_ROWS,
 };
+use super::k_quants::{pack_q8_k_tile, TileQ8K};
 use super::{
     BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, GgmlType,
@@ -259,38 +260,49 @@ macro_rules! safe_interleaved {
 }
 
 /// A wide kernel of Q8_0 activations, with their packing.
-fn wide_q8_0(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> WideGemm {
+fn wide_q8_0(gemm: fn(&[u8], &[u8], &mut WideOut)) -> WideGemm {
     WideGemm {
         packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8_0>(),
         pack: |a, dst| interleaved::pack_q8_0_tile(a.map(cast_slice), cast_slice_mut(dst)),
+        groups: 1,
         gemm,
     }
 }
 
 /// An `smmla` wide kernel of Q8_0 activations, with their packing in pairs of rows.
-fn mmla_q8_0(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> WideGemm {
+fn mmla_q8_0(gemm: fn(&[u8], &[u8], &mut WideOut)) -> WideGemm {
     WideGemm {
         packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8_0Pairs>(),
         pack: |a, dst| interleaved::pack_q8_0_pairs(a.map(cast_slice), cast_slice_mut(dst)),
+        groups: 1,
         gemm,
     }
 }
 
 /// A wide kernel of Q8_K activations, with their packing.
-fn wide_q8_k(gemm: fn(&[u8], &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS]) -> WideGemm {
+fn wide_q8_k(gemm: fn(&[u8], &[u8], &mut WideOut)) -> WideGemm {
     WideGemm {
-        packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8K>(),
-        pack: |a, dst| interleaved::pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst)),
+        packed_bytes: |blocks| blocks * std::mem::size_of::<TileQ8K>(),
+        pack: |a, dst| pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst)),
+        groups: 1,
         gemm,
+    }
+}
+
+/// A one-group wide kernel's dots into the first group's columns of `out`.
+fn copy_wide(sums: &[[f32; DOT_ROWS]; WIDE_TILE_ROWS], out: &mut WideOut) {
+    for (out, sums) in out.iter_mut().zip(sums) {
+        out[..DOT_ROWS].copy_from_slice(sums);
     }
 }
 
 /// Safe byte-level wrappers around the wide `sdot` kernels: a group against a packed tile.
 macro_rules! safe_wide {
     ($gemm:ident, $block:ty) => {
-        fn $gemm(w: &[u8], a: &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+        fn $gemm(w: &[u8], a: &[u8], out: &mut WideOut) {
             // SAFETY: reachable only through `Neon::interleaved`, as the kernels above.
-            unsafe { interleaved::$gemm(cast_slice::<u8, $block>(w), cast_slice(a)) }
+            let sums = unsafe { interleaved::$gemm(cast_slice::<u8, $block>(w), cast_slice(a)) };
+            copy_wide(&sums, out);
         }
     };
 }
@@ -303,10 +315,11 @@ safe_wide!(gemm_q6_kx8_wide, BlockQ6Kx8);
 /// Safe byte-level wrappers around the `smmla` kernels: a group against a tile packed in pairs.
 macro_rules! safe_mmla {
     ($gemm:ident, $block:ty) => {
-        fn $gemm(w: &[u8], a: &[u8]) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+        fn $gemm(w: &[u8], a: &[u8], out: &mut WideOut) {
             // SAFETY: reachable only through `Neon::interleaved` on a `Neon` whose `i8mm` is
             // set, i.e. once the CPU has reported `i8mm`.
-            unsafe { interleaved::$gemm(cast_slice::<u8, $block>(w), cast_slice(a)) }
+            let sums = unsafe { interleaved::$gemm(cast_slice::<u8, $block>(w), cast_slice(a)) };
+            copy_wide(&sums, out);
         }
     };
 }

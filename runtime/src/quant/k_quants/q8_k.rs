@@ -5,6 +5,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::scale_search::nearest_int;
 use super::QK_K;
+use crate::quant::dispatch::WIDE_TILE_ROWS;
 use crate::quant::{assert_row_len, signed_abs_max, BlockFormat, GgmlType};
 
 /// `x = d · qs[i]`; `bsums[j]` is the sum of `qs[16j..16j + 16]`, so that the min terms of the
@@ -22,6 +23,38 @@ pub struct BlockQ8K {
 
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
 const _: () = assert!(std::mem::size_of::<BlockQ8K>() == GgmlType::Q8K.type_size());
+
+/// Super-block `i` of [`WIDE_TILE_ROWS`] Q8_K activation rows, side by side, for the wide batch
+/// kernels (`WideGemm`): the scales, the sums of each 32-quant sub-block (what Q4_K's mins
+/// multiply), the sums of each 16 (`bsums`, what the offset of Q6_K's unsigned values on x86
+/// multiplies), then each row's quants. Every row's field sits at a fixed offset from the
+/// tile, so a kernel reaches all 16 rows from one pointer.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub(crate) struct TileQ8K {
+    pub(crate) d: [f32; WIDE_TILE_ROWS],
+    pub(crate) sub_sums: [[i16; QK_K / 32]; WIDE_TILE_ROWS],
+    pub(crate) bsums: [[i16; QK_K / 16]; WIDE_TILE_ROWS],
+    pub(crate) qs: [[i8; QK_K]; WIDE_TILE_ROWS],
+}
+
+/// Lays out [`WIDE_TILE_ROWS`] Q8_K rows of one length as [`TileQ8K`]s, super-block by
+/// super-block.
+pub(crate) fn pack_q8_k_tile(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ8K]) {
+    for a in a {
+        assert_eq!(a.len(), dst.len(), "one packed block per activation block");
+    }
+    for (i, tile) in dst.iter_mut().enumerate() {
+        for (n, a) in a.iter().enumerate() {
+            let y = &a[i];
+            tile.d[n] = y.d;
+            // Each sum of 16 quants is at most 16 · 127: a pair fits in i16.
+            tile.sub_sums[n] = std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1]);
+            tile.bsums[n] = y.bsums;
+            tile.qs[n] = y.qs;
+        }
+    }
+}
 
 impl BlockFormat for BlockQ8K {
     const TYPE: GgmlType = GgmlType::Q8K;

@@ -17,7 +17,7 @@ use crate::quant::{BlockQ4Kx8, BlockQ6Kx8, BlockQ8K};
 /// registers. The decode dot reads them from there: stored and reloaded, they cost it 5–15%
 /// (the 8-byte loads come right after the 32-byte stores and cannot take their data from
 /// them). The batch kernel stores them ([`Q4KScaleBytes`]): it has no registers to spare.
-struct Q4KScales {
+pub(super) struct Q4KScales {
     /// Byte `8j + r` of `scales[j / 4]`, `j % 4` counted: sub-block `j`'s scale in row `r`.
     scales: [__m256i; 2],
     /// Byte `2r + h` of 128-bit lane `p % 2` of `mins[p / 2]`: sub-block `2p + h`'s min in row
@@ -32,7 +32,7 @@ struct Q4KScales {
 /// the 8 rows are one 32-byte load each, so each step here serves 32 fields.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn q4_k_x8_unpack(x: &BlockQ4Kx8) -> Q4KScales {
+pub(super) fn q4_k_x8_unpack(x: &BlockQ4Kx8) -> Q4KScales {
     let bytes = cast_ref::<[[u8; 8]; 12], [[u8; 32]; 3]>(&x.scales);
     let (a, b, c) = (load_32(&bytes[0]), load_32(&bytes[1]), load_32(&bytes[2]));
     let (six_bits, low_nibble) = (_mm256_set1_epi8(0x3f), _mm256_set1_epi8(0x0f));
@@ -56,11 +56,11 @@ fn q4_k_x8_unpack(x: &BlockQ4Kx8) -> Q4KScales {
 
 /// [`Q4KScales`] in memory, for the batch kernel.
 #[repr(C)]
-struct Q4KScaleBytes {
+pub(super) struct Q4KScaleBytes {
     /// `scales[j][r]`: sub-block `j`'s scale in row `r`.
     scales: [[u8; 8]; 8],
     /// `mins[p][2r + h]`: sub-block `2p + h`'s min in row `r`.
-    mins: [[u8; 16]; 4],
+    pub(super) mins: [[u8; 16]; 4],
 }
 
 impl Q4KScales {
@@ -91,7 +91,7 @@ impl Q4KScales {
 
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn to_bytes(&self) -> Q4KScaleBytes {
+    pub(super) fn to_bytes(&self) -> Q4KScaleBytes {
         let mut out = Q4KScaleBytes {
             scales: [[0; 8]; 8],
             mins: [[0; 16]; 4],
@@ -111,7 +111,7 @@ impl Q4KScaleBytes {
     /// [`Q4KScales::of`], from memory.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    fn of(&self, j: usize) -> __m128i {
+    pub(super) fn of(&self, j: usize) -> __m128i {
         // SAFETY: `scales[j]` is 8 bytes; an unaligned 8-byte load.
         unsafe { _mm_loadl_epi64(self.scales[j].as_ptr().cast()) }
     }

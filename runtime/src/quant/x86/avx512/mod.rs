@@ -30,20 +30,22 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use bytemuck::cast_slice;
+use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
 use super::{safe_dot, safe_dot_tile};
 use crate::quant::dispatch::{
-    ActBlockSum, DotFn, DotTileFn, InterleavedGemmFn, DOT_ROWS, TILE_ROWS,
+    ActBlockSum, DotFn, DotTileFn, InterleavedGemmFn, WideGemm, WideOut, DOT_ROWS, TILE_ROWS,
 };
+use crate::quant::k_quants::{pack_q8_k_tile, TileQ8K};
 use crate::quant::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_0,
-    BlockQ8_1, GgmlType,
+    BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 
 mod float;
 mod k_quants;
+mod k_quants_wide;
 mod legacy;
 
 /// Proof that the running CPU has AVX-512F, BW and VL (and AVX2, FMA and F16C), and whether
@@ -128,6 +130,50 @@ impl Avx512 {
         })
     }
 }
+
+impl Avx512 {
+    /// The wide batch kernel ([`WideGemm`]: 16 weight rows of two groups against 16 packed
+    /// activation rows) of interleaved weights of type `ty`, on the VNNI level: Q4_K and Q6_K,
+    /// whose 4-row kernels spend more on unpacking and scaling than on the products.
+    pub(crate) fn wide_gemm(self, ty: GgmlType) -> Option<WideGemm> {
+        if !self.vnni {
+            return None;
+        }
+        let gemm = match ty {
+            GgmlType::Q4K => gemm_q4_k_wide,
+            GgmlType::Q6K => gemm_q6_k_wide,
+            _ => return None,
+        };
+        Some(WideGemm {
+            packed_bytes: |blocks| blocks * std::mem::size_of::<TileQ8K>(),
+            pack: |a, dst| pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst)),
+            groups: 2,
+            gemm,
+        })
+    }
+}
+
+/// Safe byte-level wrappers around the VNNI wide kernels of interleaved weights.
+macro_rules! safe_vnni_wide {
+    ($name:ident, $kernel:path, $block:ty) => {
+        fn $name(w: &[u8], a: &[u8], out: &mut WideOut) {
+            // SAFETY: reachable only through `Avx512::wide_gemm` on an `Avx512` made by
+            // `detect_vnni`: the CPU has AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C.
+            unsafe { $kernel(cast_slice::<u8, $block>(w), cast_slice(a), out) }
+        }
+    };
+}
+
+safe_vnni_wide!(
+    gemm_q4_k_wide,
+    k_quants_wide::gemm_q4_k_x16_wide,
+    BlockQ4Kx8
+);
+safe_vnni_wide!(
+    gemm_q6_k_wide,
+    k_quants_wide::gemm_q6_k_x16_wide,
+    BlockQ6Kx8
+);
 
 /// Safe byte-level wrappers around the VNNI batch kernels of interleaved weights.
 macro_rules! safe_vnni_gemm {
