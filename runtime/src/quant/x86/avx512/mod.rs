@@ -36,17 +36,18 @@ use half::f16;
 use super::{safe_dot, safe_dot_tile};
 use crate::quant::dispatch::{
     ActBlockSum, DotFn, DotTileFn, InterleavedGemmFn, WideGemm, WideOut, DOT_ROWS, TILE_ROWS,
+    WIDE_TILE_ROWS,
 };
 use crate::quant::k_quants::{pack_q8_k_tile, TileQ8K};
 use crate::quant::{
-    BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ6K, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, GgmlType,
 };
 
 mod float;
 mod k_quants;
-mod k_quants_wide;
 mod legacy;
+mod wide;
 
 /// Proof that the running CPU has AVX-512F, BW and VL (and AVX2, FMA and F16C), and whether
 /// it has VNNI; the only source of this module's kernels.
@@ -133,20 +134,40 @@ impl Avx512 {
 
 impl Avx512 {
     /// The wide batch kernel ([`WideGemm`]: 16 weight rows of two groups against 16 packed
-    /// activation rows) of interleaved weights of type `ty`, on the VNNI level: Q4_K and Q6_K,
-    /// whose 4-row kernels spend more on unpacking and scaling than on the products.
+    /// activation rows) of interleaved weights of type `ty`, on the VNNI level (Q4_0, Q8_0,
+    /// Q4_K, Q6_K: every interleaved type).
     pub(crate) fn wide_gemm(self, ty: GgmlType) -> Option<WideGemm> {
         if !self.vnni {
             return None;
         }
-        let gemm = match ty {
-            GgmlType::Q4K => gemm_q4_k_wide,
-            GgmlType::Q6K => gemm_q6_k_wide,
+        let q8_0_tile = |blocks| blocks * std::mem::size_of::<wide::TileQ8_0>();
+        let q8_k_tile = |blocks| blocks * std::mem::size_of::<TileQ8K>();
+        let (packed_bytes, pack, gemm): (fn(usize) -> usize, PackFn, WideGemmFn) = match ty {
+            GgmlType::Q4_0 => (
+                q8_0_tile,
+                |a, dst| wide::pack_q8_0_tile::<8>(a.map(cast_slice), cast_slice_mut(dst)),
+                gemm_q4_0_wide,
+            ),
+            GgmlType::Q8_0 => (
+                q8_0_tile,
+                |a, dst| wide::pack_q8_0_tile::<128>(a.map(cast_slice), cast_slice_mut(dst)),
+                gemm_q8_0_wide,
+            ),
+            GgmlType::Q4K => (
+                q8_k_tile,
+                |a, dst| pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst)),
+                gemm_q4_k_wide,
+            ),
+            GgmlType::Q6K => (
+                q8_k_tile,
+                |a, dst| pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst)),
+                gemm_q6_k_wide,
+            ),
             _ => return None,
         };
         Some(WideGemm {
-            packed_bytes: |blocks| blocks * std::mem::size_of::<TileQ8K>(),
-            pack: |a, dst| pack_q8_k_tile(a.map(cast_slice), cast_slice_mut(dst)),
+            packed_bytes,
+            pack,
             groups: 2,
             gemm,
         })
@@ -164,16 +185,15 @@ macro_rules! safe_vnni_wide {
     };
 }
 
-safe_vnni_wide!(
-    gemm_q4_k_wide,
-    k_quants_wide::gemm_q4_k_x16_wide,
-    BlockQ4Kx8
-);
-safe_vnni_wide!(
-    gemm_q6_k_wide,
-    k_quants_wide::gemm_q6_k_x16_wide,
-    BlockQ6Kx8
-);
+/// `WideGemm::pack`.
+type PackFn = fn([&[u8]; WIDE_TILE_ROWS], &mut [u8]);
+/// `WideGemm::gemm`.
+type WideGemmFn = fn(&[u8], &[u8], &mut WideOut);
+
+safe_vnni_wide!(gemm_q4_0_wide, wide::gemm_q4_0_x16_wide, BlockQ4_0x8);
+safe_vnni_wide!(gemm_q8_0_wide, wide::gemm_q8_0_x16_wide, BlockQ8_0x8);
+safe_vnni_wide!(gemm_q4_k_wide, wide::gemm_q4_k_x16_wide, BlockQ4Kx8);
+safe_vnni_wide!(gemm_q6_k_wide, wide::gemm_q6_k_x16_wide, BlockQ6Kx8);
 
 /// Safe byte-level wrappers around the VNNI batch kernels of interleaved weights.
 macro_rules! safe_vnni_gemm {

@@ -1,32 +1,34 @@
-//! AVX-512 VNNI wide batch kernels of interleaved Q4_K and Q6_K weights ([`WideGemm`]): two
-//! groups of 8 interleaved rows against [`WIDE_TILE_ROWS`] activation rows packed as
-//! [`TileQ8K`]s.
+//! AVX-512 VNNI wide batch kernels of interleaved weights ([`WideGemm`]): two groups of 8
+//! interleaved rows against [`WIDE_TILE_ROWS`] packed activation rows, for Q4_0 and Q8_0
+//! (activations packed as [`TileQ8_0`]) and Q4_K and Q6_K ([`TileQ8K`]).
 //!
 //! A 512-bit register holds a 4-byte run of 16 weight rows: the 32 bytes of one group's
 //! register in its low half, the other group's in its high half. One `vpdpbusd` against an
 //! activation run broadcast to every lane (a load, folded into the instruction) adds 64
-//! products into the 16 rows' i32 sums, where the AVX2 kernels take 32 products through
-//! `vpmaddubsw`, `vpaddw` and a `vpmaddwd` per sub-block. The weights of a sub-block are unpacked
-//! once into 8 registers while the 16 activation rows pass, each with its own i32 total in a
-//! register (16 + 8 of the 32); a row's sub-block sum is scaled by the 16 rows' scales with
-//! one `vpmulld`. The integer sums of a super-block are ggml's exactly, and the float
-//! accumulation is the AVX2 batch kernels' (`gemm_interleaved_q4_k_q8_k`), row by row.
+//! products into the 16 rows' i32 sums, where the 4-row kernels take 32 products per
+//! instruction (and, on AVX2, `vpmaddubsw`, `vpaddw` and a `vpmaddwd` per sub-block). A block's
+//! weights are unpacked once into 8 registers while the 16 activation rows pass, each with its
+//! own accumulator in a register (16 + 8 of the 32). `vpdpbusd` multiplies unsigned weight bytes
+//! by signed activation bytes: Q4_0's nibbles and Q6_K's stored values are unsigned as they
+//! are (their offsets, 8 and 32, come off as the offset times the activations' sums), and Q8_0's
+//! quants are made so by adding 128. The integer sums of a block are ggml's exactly, and each
+//! row's float accumulation is the 4-row kernels'.
 //!
-//! Called with one group (a weight's last one, when its count is odd), both halves take it;
-//! the second group's columns of the output then repeat the first's.
+//! Called with one group (a weight's last, when its count is odd), both halves take it; the
+//! second group's columns of the output then repeat the first's.
 //!
 //! [`WideGemm`]: crate::quant::WideGemm
 
 use std::arch::x86_64::*;
 
-use bytemuck::cast_ref;
+use bytemuck::{cast_ref, Pod, Zeroable};
 
 use super::super::k_quants_interleaved::q4_k_x8_unpack;
 use super::super::{load_16, load_32};
 use super::join;
 use crate::quant::dispatch::{WideOut, WIDE_TILE_ROWS};
 use crate::quant::k_quants::TileQ8K;
-use crate::quant::{BlockQ4Kx8, BlockQ6Kx8};
+use crate::quant::{BlockQ4Kx8, BlockQ4_0x8, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8};
 
 /// The two groups of a call: `w` holds one or two groups of `blocks` blocks each; one group
 /// stands for both.
@@ -43,7 +45,7 @@ fn two_groups<X>(w: &[X], blocks: usize) -> (&[X], &[X]) {
 /// Bytes `e..e + 4` of an activation row's quants, in every dword lane.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
-fn act_run(qs: &[i8; 256], e: usize) -> __m512i {
+fn act_run<const N: usize>(qs: &[i8; N], e: usize) -> __m512i {
     let q = &qs[e..e + 4];
     _mm512_set1_epi32(i32::from_le_bytes([
         q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8,
@@ -81,6 +83,103 @@ fn store_out(acc: &[__m512; WIDE_TILE_ROWS], out: &mut WideOut) {
         // SAFETY: `out` is 16 f32, 64 bytes; `storeu` needs no alignment.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), acc) };
     }
+}
+
+/// Block `i` of [`WIDE_TILE_ROWS`] Q8_0 activation rows, side by side: the scales as f32, the
+/// offset term of the weight format (its offset times the sum of the row's 32 quants: 8 for
+/// Q4_0's nibbles, 128 for Q8_0's quants plus 128), then each row's quants.
+#[derive(Clone, Copy, Pod, Zeroable)]
+#[repr(C)]
+pub(super) struct TileQ8_0 {
+    d: [f32; WIDE_TILE_ROWS],
+    offsets: [i32; WIDE_TILE_ROWS],
+    qs: [[i8; 32]; WIDE_TILE_ROWS],
+}
+
+/// Lays out [`WIDE_TILE_ROWS`] Q8_0 rows of one length as [`TileQ8_0`]s for weights whose
+/// unsigned values are `OFFSET` above their signed ones, block by block.
+pub(super) fn pack_q8_0_tile<const OFFSET: i32>(
+    a: [&[BlockQ8_0]; WIDE_TILE_ROWS],
+    dst: &mut [TileQ8_0],
+) {
+    for a in a {
+        assert_eq!(a.len(), dst.len(), "one packed block per activation block");
+    }
+    for (i, tile) in dst.iter_mut().enumerate() {
+        for (n, a) in a.iter().enumerate() {
+            let y = &a[i];
+            tile.d[n] = y.d.to_f32();
+            // At most 32 · 127 · 128 in magnitude.
+            tile.offsets[n] = OFFSET * y.qs.iter().map(|&q| i32::from(q)).sum::<i32>();
+            tile.qs[n] = y.qs;
+        }
+    }
+}
+
+/// The dots of a 32-element block's 16 weight rows (unsigned values `q`, runs `r` of
+/// elements `4r..4r + 4`) with each activation row of tile block `t`, into the accumulators:
+/// `vpdpbusd` in two chains (each waits ~5 cycles for its accumulator), the offset term off,
+/// then scaled by `d` (the rows' scales) times the row's scale.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn q8_0_block(q: &[__m512i; 8], d: __m512, t: &TileQ8_0, acc: &mut [__m512; WIDE_TILE_ROWS]) {
+    for (n, acc) in acc.iter_mut().enumerate() {
+        let mut sums = [_mm512_setzero_si512(); 2];
+        for (r, &q) in q.iter().enumerate() {
+            sums[r % 2] = _mm512_dpbusd_epi32(sums[r % 2], q, act_run(&t.qs[n], 4 * r));
+        }
+        let sum = _mm512_sub_epi32(
+            _mm512_add_epi32(sums[0], sums[1]),
+            _mm512_set1_epi32(t.offsets[n]),
+        );
+        let scale = _mm512_mul_ps(d, _mm512_set1_ps(t.d[n]));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, *acc);
+    }
+}
+
+/// Q4_0 · Q8_0: two groups of interleaved blocks (16 rows) against a tile of 16 packed
+/// activation rows ([`pack_q8_0_tile`] with offset 8). A block's 4 registers of nibbles give 8
+/// of unsigned values: the low nibbles (elements `4r..`) and the high ones (`16 + 4r..`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn gemm_q4_0_x16_wide(w: &[BlockQ4_0x8], tile: &[TileQ8_0], out: &mut WideOut) {
+    let (wa, wb) = two_groups(w, tile.len());
+    let low = _mm512_set1_epi8(0x0f);
+    let mut acc = [_mm512_setzero_ps(); WIDE_TILE_ROWS];
+    for ((xa, xb), t) in wa.iter().zip(wb).zip(tile) {
+        let (qa, qb) = (
+            cast_ref::<[u8; 128], [[u8; 32]; 4]>(&xa.qs),
+            cast_ref::<[u8; 128], [[u8; 32]; 4]>(&xb.qs),
+        );
+        let p: [__m512i; 4] = std::array::from_fn(|r| pair_run(qa, qb, r));
+        let q: [__m512i; 8] = std::array::from_fn(|r| {
+            if r < 4 {
+                _mm512_and_si512(p[r], low)
+            } else {
+                _mm512_and_si512(_mm512_srli_epi16::<4>(p[r - 4]), low)
+            }
+        });
+        q8_0_block(&q, f16_pair(&xa.d, &xb.d), t, &mut acc);
+    }
+    store_out(&acc, out);
+}
+
+/// Q8_0 · Q8_0: two groups of interleaved blocks (16 rows) against a tile of 16 packed
+/// activation rows ([`pack_q8_0_tile`] with offset 128). The weight quants become unsigned by
+/// flipping their top bit (adding 128).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub(super) fn gemm_q8_0_x16_wide(w: &[BlockQ8_0x8], tile: &[TileQ8_0], out: &mut WideOut) {
+    let (wa, wb) = two_groups(w, tile.len());
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let mut acc = [_mm512_setzero_ps(); WIDE_TILE_ROWS];
+    for ((xa, xb), t) in wa.iter().zip(wb).zip(tile) {
+        let (qa, qb) = (
+            cast_ref::<[i8; 256], [[u8; 32]; 8]>(&xa.qs),
+            cast_ref::<[i8; 256], [[u8; 32]; 8]>(&xb.qs),
+        );
+        let q: [__m512i; 8] = std::array::from_fn(|r| _mm512_xor_si512(pair_run(qa, qb, r), flip));
+        q8_0_block(&q, f16_pair(&xa.d, &xb.d), t, &mut acc);
+    }
+    store_out(&acc, out);
 }
 
 /// Q4_K · Q8_K: two groups of interleaved super-blocks (16 rows) against a tile of 16 packed
