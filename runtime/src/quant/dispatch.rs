@@ -64,8 +64,8 @@ pub type WideOut = [[f32; WIDE_MAX_GROUPS * DOT_ROWS]; WIDE_TILE_ROWS];
 /// and scale at fixed offsets from one pointer:
 /// - ARM's interleaved kernels (`sdot`, and `smmla` for Q4_0 and Q8_0 where the CPU has i8mm),
 ///   one group per call (a group's 8 rows fill two 128-bit registers);
-/// - AVX-512 VNNI's K-quant kernels, two groups per call: a 512-bit register holds a 4-byte run
-///   of 16 rows, two groups side by side.
+/// - AVX-512 VNNI's (Q4_0, Q8_0, Q4_K, Q6_K), two groups per call: a 512-bit register holds a
+///   4-byte run of 16 rows, two groups side by side.
 #[derive(Clone, Copy)]
 pub struct WideGemm {
     /// The bytes of a packed tile of rows of the given number of activation blocks.
