@@ -194,6 +194,55 @@ fn f32_logits_match_transformers_at_every_position() {
     }
 }
 
+/// A prompt longer than a chunk runs through the layers in chunks (`Llama::forward`, 512
+/// rows in the product): each chunk's attention reads the earlier ones from the cache. Chunks
+/// of 7 rows (the last one short) must give the single pass's logits at every position, and
+/// transformers' within the f32 bound; the last-row-only form must give the last of them.
+#[test]
+fn a_prompt_in_chunks_gives_the_single_pass_logits() {
+    for model in MODELS {
+        let r = reference(model);
+        let (_dir, path) = convert(model, Preset::F32);
+        let m = load(&path);
+        let ids = &r.input_ids;
+        assert!(
+            ids.len() > 14 && ids.len() % 7 != 0,
+            "several chunks, a short last one"
+        );
+        let n_vocab = m.model.config.n_vocab;
+        let run = |chunk_rows: usize, last_only: bool| -> Vec<Vec<f32>> {
+            let mut cache = m.model.new_cache(&m.backend, ids.len(), m.kv_type).unwrap();
+            let x = m.model.embed(&m.backend, ids);
+            let logits = m
+                .model
+                .forward_in_chunks(&m.backend, x, 0, &mut cache, last_only, chunk_rows);
+            assert_eq!(
+                m.backend.shape(&logits).0,
+                if last_only { 1 } else { ids.len() }
+            );
+            m.backend
+                .download(&logits)
+                .unwrap()
+                .chunks(n_vocab)
+                .map(<[f32]>::to_vec)
+                .collect()
+        };
+        let single = run(usize::MAX, false);
+        let chunked = run(7, false);
+        let diff = max_abs_diff(&single, &chunked);
+        eprintln!("{model}: chunks of 7 against one pass, max |logit diff| = {diff:.2e}");
+        assert!(diff <= 1e-4, "{model}: max |diff| {diff}");
+        let to_transformers = max_abs_diff(&r.logits, &chunked);
+        assert!(
+            to_transformers <= 1e-3,
+            "{model}: max |diff| {to_transformers}"
+        );
+        let last = run(7, true);
+        let diff = max_abs_diff(&last, &single[ids.len() - 1..]);
+        assert!(diff <= 1e-4, "{model}: last row, max |diff| {diff}");
+    }
+}
+
 #[test]
 fn f32_greedy_continuation_matches_transformers() {
     for model in MODELS {
