@@ -206,7 +206,7 @@ fn a_prompt_in_chunks_gives_the_single_pass_logits() {
         let m = load(&path);
         let ids = &r.input_ids;
         assert!(
-            ids.len() > 14 && ids.len() % 7 != 0,
+            ids.len() > 14 && !ids.len().is_multiple_of(7),
             "several chunks, a short last one"
         );
         let n_vocab = m.model.config.n_vocab;
