@@ -8,7 +8,8 @@
 //! products into the 16 rows' i32 sums, where the 4-row kernels take 32 products per
 //! instruction (and, on AVX2, `vpmaddubsw`, `vpaddw` and a `vpmaddwd` per sub-block). A block's
 //! weights are unpacked once into 8 registers while the 16 activation rows pass, each with its
-//! own accumulator in a register (16 + 8 of the 32). `vpdpbusd` multiplies unsigned weight bytes
+//! own accumulator (the compiler keeps some of the 16 in the stack frame: one load and store
+//! per row and block, beside 8 `vpdpbusd`). `vpdpbusd` multiplies unsigned weight bytes
 //! by signed activation bytes: Q4_0's nibbles and Q6_K's stored values are unsigned as they
 //! are (their offsets, 8 and 32, come off as the offset times the activations' sums), and Q8_0's
 //! quants are made so by adding 128. The integer sums of a block are ggml's exactly, and each
