@@ -92,13 +92,15 @@ fn prompt_logits<B: Backend>(m: &Loaded<B>, ids: &[u32]) -> Vec<Vec<f32>> {
     let mut cache = m.model.new_cache(&m.backend, ids.len(), m.kv_type).unwrap();
     let x = m.model.embed(&m.backend, ids);
     let logits = m.model.forward(&m.backend, x, 0, &mut cache, false);
+    logit_rows(m, &logits)
+}
+
+/// Downloaded logits, a row per position.
+fn logit_rows<B: Backend>(m: &Loaded<B>, logits: &B::Tensor) -> Vec<Vec<f32>> {
     let n_vocab = m.model.config.n_vocab;
-    m.backend
-        .download(&logits)
-        .unwrap()
-        .chunks(n_vocab)
-        .map(<[f32]>::to_vec)
-        .collect()
+    let values = m.backend.download(logits).unwrap();
+    assert_eq!(values.len() % n_vocab, 0, "logits are whole rows");
+    values.chunks(n_vocab).map(<[f32]>::to_vec).collect()
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -209,7 +211,6 @@ fn a_prompt_in_chunks_gives_the_single_pass_logits() {
             ids.len() > 14 && !ids.len().is_multiple_of(7),
             "several chunks, a short last one"
         );
-        let n_vocab = m.model.config.n_vocab;
         let run = |chunk_rows: usize, last_only: bool| -> Vec<Vec<f32>> {
             let mut cache = m.model.new_cache(&m.backend, ids.len(), m.kv_type).unwrap();
             let x = m.model.embed(&m.backend, ids);
@@ -220,12 +221,7 @@ fn a_prompt_in_chunks_gives_the_single_pass_logits() {
                 m.backend.shape(&logits).0,
                 if last_only { 1 } else { ids.len() }
             );
-            m.backend
-                .download(&logits)
-                .unwrap()
-                .chunks(n_vocab)
-                .map(<[f32]>::to_vec)
-                .collect()
+            logit_rows(&m, &logits)
         };
         let single = run(usize::MAX, false);
         let chunked = run(7, false);
