@@ -60,11 +60,11 @@ fn simd_paths(test: &str) -> Vec<CpuPath> {
         .collect()
 }
 
-/// The path whose activation quantizers `path` uses: the AVX-512 paths have none of their
-/// own and use AVX2's.
+/// The path whose activation quantizers `path` uses: the AVX-VNNI and AVX-512 paths have
+/// none of their own and use AVX2's.
 fn quantizer_path(path: CpuPath) -> CpuPath {
     match path {
-        CpuPath::Avx512 | CpuPath::Avx512Vnni => CpuPath::Avx2,
+        CpuPath::AvxVnni | CpuPath::Avx512 | CpuPath::Avx512Vnni => CpuPath::Avx2,
         path => path,
     }
 }

@@ -110,7 +110,12 @@ fn the_x86_paths_have_tile_kernels_for_the_k_quants_from_their_own_dot_path() {
     quant::report_skipped_paths(
         "the_x86_paths_have_tile_kernels_for_the_k_quants_from_their_own_dot_path",
     );
-    for path in [CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Vnni] {
+    for path in [
+        CpuPath::Avx2,
+        CpuPath::AvxVnni,
+        CpuPath::Avx512,
+        CpuPath::Avx512Vnni,
+    ] {
         if !path.is_available() {
             continue;
         }

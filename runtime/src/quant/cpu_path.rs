@@ -4,7 +4,8 @@
 //!
 //! The path is the best the running CPU offers, unless `LLAVA_CPU` names one:
 //! - `LLAVA_CPU=scalar` forces the scalar reference kernels;
-//! - `LLAVA_CPU=avx2` asks for the AVX2 (+FMA, F16C) kernels;
+//! - `LLAVA_CPU=avx2` asks for the AVX2 (+FMA, F16C) kernels, `avx-vnni` for those with the
+//!   256-bit `vpdpbusd` of AVX-VNNI in the batch kernels;
 //! - `LLAVA_CPU=avx512` asks for the AVX-512 (F, BW, VL) dot products, `avx512-vnni` for those
 //!   that use the VNNI `vpdpbusd` instruction (both quantize activations with AVX2);
 //! - `LLAVA_CPU=neon` asks for the plain NEON kernels (64-bit ARM), `neon-dotprod` for those
@@ -32,6 +33,11 @@ pub enum CpuPath {
     Scalar,
     /// x86-64 with AVX2, FMA and F16C (Haswell, Zen and later).
     Avx2,
+    /// `Avx2` with AVX-VNNI (Alder Lake and later Intel Core, Sierra Forest, Zen 5): the
+    /// batch kernels of interleaved Q4_0 and Q8_0 use the VEX-encoded 256-bit `vpdpbusd`.
+    /// For CPUs with 256-bit vectors only; where AVX-512 VNNI is present too, `Avx512Vnni` is
+    /// the better path. A path of its own for the reason given at `NeonDotprod`.
+    AvxVnni,
     /// x86-64 with AVX-512F, BW and VL besides AVX2 (Skylake-SP, Ice Lake, Sapphire Rapids,
     /// Zen 4): 512-bit dot products; the activation quantizers, and every kernel it has no
     /// 512-bit version of, are AVX2's.
@@ -55,9 +61,10 @@ pub enum CpuPath {
 impl CpuPath {
     /// Every path: the scalar one, then the x86-64 and the ARM ones, each from the least to the
     /// most capable.
-    pub const ALL: [CpuPath; 6] = [
+    pub const ALL: [CpuPath; 7] = [
         CpuPath::Scalar,
         CpuPath::Avx2,
+        CpuPath::AvxVnni,
         CpuPath::Avx512,
         CpuPath::Avx512Vnni,
         CpuPath::Neon,
@@ -69,6 +76,7 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => "scalar",
             CpuPath::Avx2 => "avx2",
+            CpuPath::AvxVnni => "avx-vnni",
             CpuPath::Avx512 => "avx512",
             CpuPath::Avx512Vnni => "avx512-vnni",
             CpuPath::Neon => "neon",
@@ -81,6 +89,7 @@ impl CpuPath {
         match self {
             CpuPath::Scalar => true,
             CpuPath::Avx2 => avx2().is_some(),
+            CpuPath::AvxVnni => avx_vnni().is_some(),
             CpuPath::Avx512 => avx512(false).is_some(),
             CpuPath::Avx512Vnni => avx512(true).is_some(),
             CpuPath::Neon => neon(false).is_some(),
@@ -94,6 +103,7 @@ impl CpuPath {
         [
             CpuPath::Avx512Vnni,
             CpuPath::Avx512,
+            CpuPath::AvxVnni,
             CpuPath::Avx2,
             CpuPath::NeonDotprod,
             CpuPath::Neon,
@@ -111,7 +121,12 @@ impl CpuPath {
 #[doc(hidden)]
 pub fn report_skipped_paths(test: &str) {
     let native: &[CpuPath] = if cfg!(target_arch = "x86_64") {
-        &[CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Vnni]
+        &[
+            CpuPath::Avx2,
+            CpuPath::AvxVnni,
+            CpuPath::Avx512,
+            CpuPath::Avx512Vnni,
+        ]
     } else if cfg!(target_arch = "aarch64") {
         &[CpuPath::Neon, CpuPath::NeonDotprod]
     } else {
@@ -131,7 +146,7 @@ impl fmt::Display for CpuPath {
 
 /// A CPU path name that is not one of [`CpuPath::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown CPU path {0:?} (known: scalar, avx2, avx512, avx512-vnni, neon, neon-dotprod)")]
+#[error("unknown CPU path {0:?} (known: scalar, avx2, avx-vnni, avx512, avx512-vnni, neon, neon-dotprod)")]
 pub struct UnknownCpuPath(pub String);
 
 impl FromStr for CpuPath {
@@ -218,6 +233,17 @@ pub(super) fn avx2() -> Option<std::convert::Infallible> {
     None
 }
 
+/// The AVX-VNNI kernels, if this is an x86-64 build on a CPU that has AVX2 and AVX-VNNI.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn avx_vnni() -> Option<super::x86::AvxVnni> {
+    super::x86::AvxVnni::detect()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) fn avx_vnni() -> Option<std::convert::Infallible> {
+    None
+}
+
 /// The AVX-512 kernels (those using `vpdpbusd` if `vnni`), if this is an x86-64 build on a CPU
 /// that has them.
 #[cfg(target_arch = "x86_64")]
@@ -261,6 +287,7 @@ mod tests {
         }
         assert_eq!(" AVX2 ".parse::<CpuPath>(), Ok(CpuPath::Avx2));
         assert_eq!("AVX512-VNNI".parse::<CpuPath>(), Ok(CpuPath::Avx512Vnni));
+        assert_eq!("avx-VNNI".parse::<CpuPath>(), Ok(CpuPath::AvxVnni));
         assert_eq!("Neon-DotProd".parse::<CpuPath>(), Ok(CpuPath::NeonDotprod));
         assert!("sse".parse::<CpuPath>().is_err());
     }
@@ -293,10 +320,15 @@ mod tests {
             assert!(!CpuPath::Neon.is_available() && !CpuPath::NeonDotprod.is_available());
         }
         if cfg!(target_arch = "x86_64") {
-            let widest = [CpuPath::Avx512Vnni, CpuPath::Avx512, CpuPath::Avx2]
-                .into_iter()
-                .find(|p| p.is_available())
-                .unwrap_or(CpuPath::Scalar);
+            let widest = [
+                CpuPath::Avx512Vnni,
+                CpuPath::Avx512,
+                CpuPath::AvxVnni,
+                CpuPath::Avx2,
+            ]
+            .into_iter()
+            .find(|p| p.is_available())
+            .unwrap_or(CpuPath::Scalar);
             assert_eq!(best, widest);
         } else {
             for path in [CpuPath::Avx2, CpuPath::Avx512, CpuPath::Avx512Vnni] {

@@ -11,7 +11,7 @@ use bytemuck::{cast_slice, cast_slice_mut};
 #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
 use super::cpu_path::neon;
 #[cfg(target_arch = "x86_64")]
-use super::cpu_path::{avx2, avx512};
+use super::cpu_path::{avx2, avx512, avx_vnni};
 use super::{BlockFormat, BlockQ8K, BlockQ8_0, GgmlType, VecDot};
 
 pub use super::cpu_path::{
@@ -249,6 +249,7 @@ pub fn row_kernels(ty: GgmlType, path: CpuPath) -> Option<RowKernels> {
     Some(match path {
         CpuPath::Scalar => scalar,
         CpuPath::Avx2 => with_avx2(scalar, ty),
+        CpuPath::AvxVnni => with_avx_vnni(scalar, ty),
         CpuPath::Avx512 | CpuPath::Avx512Vnni => with_avx512(scalar, ty, path),
         CpuPath::Neon | CpuPath::NeonDotprod => with_neon(scalar, ty, path),
     })
@@ -284,6 +285,30 @@ fn with_avx2(mut kernels: RowKernels, ty: GgmlType) -> RowKernels {
 
 #[cfg(not(target_arch = "x86_64"))]
 fn with_avx2(kernels: RowKernels, _ty: GgmlType) -> RowKernels {
+    kernels
+}
+
+/// `kernels` with the AVX2 ones swapped in, then the batch kernels of interleaved weights
+/// that use AVX-VNNI's `vpdpbusd`, if the CPU can run them. Its dots, tiles and row kernels
+/// are AVX2's, named by this path in `dot_path` (as the path they run on; the quantizers keep
+/// `Avx2`, as on the AVX-512 paths).
+#[cfg(target_arch = "x86_64")]
+fn with_avx_vnni(kernels: RowKernels, ty: GgmlType) -> RowKernels {
+    let Some(vnni) = avx_vnni() else {
+        return kernels;
+    };
+    let mut kernels = with_avx2(kernels, ty);
+    if kernels.dot_path == CpuPath::Avx2 {
+        kernels.dot_path = CpuPath::AvxVnni;
+    }
+    if let (Some(how), Some(gemm)) = (kernels.interleaved, vnni.interleaved_gemm(ty)) {
+        kernels.interleaved = Some(Interleaving { gemm, ..how });
+    }
+    kernels
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn with_avx_vnni(kernels: RowKernels, _ty: GgmlType) -> RowKernels {
     kernels
 }
 
@@ -436,6 +461,44 @@ mod tests {
             (k.quantize_path, k.dot_path),
             (CpuPath::Avx2, CpuPath::Scalar)
         );
+    }
+
+    #[test]
+    fn the_avx_vnni_path_is_avx2_with_its_own_batch_kernels_where_the_cpu_has_it() {
+        use GgmlType::*;
+        if !CpuPath::AvxVnni.is_available() {
+            if cfg!(target_arch = "x86_64") {
+                report_skipped_paths(
+                    "the_avx_vnni_path_is_avx2_with_its_own_batch_kernels_where_the_cpu_has_it",
+                );
+            }
+            return;
+        }
+        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4K, Q5K, Q6K, F16, Q3K] {
+            let k = row_kernels(ty, CpuPath::AvxVnni).unwrap();
+            let avx2 = row_kernels(ty, CpuPath::Avx2).unwrap();
+            let dot_path = match avx2.dot_path {
+                CpuPath::Avx2 => CpuPath::AvxVnni,
+                other => other,
+            };
+            assert_eq!(
+                (k.quantize_path, k.dot_path),
+                (avx2.quantize_path, dot_path),
+                "{ty}"
+            );
+            assert!(k.dot as usize == avx2.dot as usize, "{ty}");
+            assert_eq!(k.widen_batches, avx2.widen_batches, "{ty}");
+            // Its own batch kernels for interleaved Q4_0 and Q8_0; the rest of the layout AVX2's.
+            match (k.interleaved, avx2.interleaved) {
+                (Some(k), Some(avx2)) => {
+                    assert!(k.dot as usize == avx2.dot as usize, "{ty}");
+                    let own = k.gemm as usize != avx2.gemm as usize;
+                    assert_eq!(own, matches!(ty, Q4_0 | Q8_0), "{ty}");
+                }
+                (None, None) => {}
+                _ => panic!("{ty}: interleaved on one path only"),
+            }
+        }
     }
 
     #[test]

@@ -257,9 +257,9 @@ macro_rules! compiled_per_path {
                 // AVX-512 paths include AVX-512F.
                 #[cfg(target_arch = "x86_64")]
                 CpuPath::Avx512 | CpuPath::Avx512Vnni => unsafe { $avx512($($arg),*) },
-                // SAFETY: as above, for AVX2.
+                // SAFETY: as above, for AVX2 (which the AVX-VNNI path includes).
                 #[cfg(target_arch = "x86_64")]
-                CpuPath::Avx2 => unsafe { $avx2($($arg),*) },
+                CpuPath::Avx2 | CpuPath::AvxVnni => unsafe { $avx2($($arg),*) },
                 _ => $portable($($arg),*),
             }
         }

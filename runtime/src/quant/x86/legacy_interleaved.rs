@@ -174,19 +174,69 @@ pub(super) fn gemm_interleaved_q8_0_q8_0(
     [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
 }
 
-/// `acc` plus, in each i32 lane, the four u8×i8 products of its bytes: AVX-512 VNNI's
-/// `vpdpbusd` on 256 bits (VL), exact (no saturation).
+/// One `vpdpbusd` on 256 bits: `acc` plus, in each i32 lane, the four products of its bytes,
+/// `u`'s read as unsigned and `s`'s as signed, exactly (no saturation, unlike `vpmaddubsw`'s
+/// i16 pairs). Two CPU features encode it: AVX-512 VNNI with VL ([`Evex`]) and AVX-VNNI
+/// ([`Vex`], on CPUs with 256-bit vectors only). The batch kernels below are written once over
+/// this trait; each value exists only inside a function that enables its feature.
+pub(super) trait Dpbusd: Copy {
+    fn dpbusd(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+}
+
+/// The AVX-512 VNNI encoding; made only by the `_vnni` kernels below.
+#[derive(Clone, Copy)]
+struct Evex {
+    _detected: (),
+}
+
+impl Dpbusd for Evex {
+    #[inline(always)]
+    fn dpbusd(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: an `Evex` exists only inside the `_vnni` kernels, which enable AVX-512
+        // VNNI and are reachable only through an `Avx512` made by `detect_vnni`.
+        unsafe { dpbusd_evex(acc, u, s) }
+    }
+}
+
+/// The instruction itself, in a function of its own with the feature on: an optimized build
+/// inlines it into the `_vnni` kernels (as the generic kernels inline there first).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 #[inline]
-fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+fn dpbusd_evex(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, s)
 }
 
-/// [`gemm_interleaved_q4_0_q8_0`] with AVX-512 VNNI: each nibble register times an activation
-/// run goes straight into the i32 sums (`vpdpbusd`), where AVX2 pairs the products in i16
-/// (`vpmaddubsw`), adds the pairs and widens them (`vpmaddwd`). The same exact integer sums.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn gemm_interleaved_q4_0_q8_0_vnni(
+/// The AVX-VNNI encoding (Alder Lake and later Intel Core, Sierra Forest, Zen 5); made only by
+/// the `_avx_vnni` kernels below.
+#[derive(Clone, Copy)]
+struct Vex {
+    _detected: (),
+}
+
+impl Dpbusd for Vex {
+    #[inline(always)]
+    fn dpbusd(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: a `Vex` exists only inside the `_avx_vnni` kernels, which enable AVX-VNNI
+        // and are reachable only through an `AvxVnni`, made once the CPU has reported it.
+        unsafe { dpbusd_vex(acc, u, s) }
+    }
+}
+
+/// As [`dpbusd_evex`], for AVX-VNNI.
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+#[inline]
+fn dpbusd_vex(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    _mm256_dpbusd_avx_epi32(acc, u, s)
+}
+
+/// [`gemm_interleaved_q4_0_q8_0`] with `vpdpbusd`: each nibble register times an activation
+/// run goes straight into the i32 sums, where AVX2 pairs the products in i16 (`vpmaddubsw`),
+/// adds the pairs and widens them (`vpmaddwd`). The same exact integer sums, so the same
+/// results to the bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn gemm_q4_0_dpbusd(
+    dot: impl Dpbusd,
     w: &[BlockQ4_0x8],
     a: [&[BlockQ8_0]; TILE_ROWS],
     sums: [&[ActBlockSum]; TILE_ROWS],
@@ -204,8 +254,8 @@ pub(super) fn gemm_interleaved_q4_0_q8_0_vnni(
             let lo = _mm256_and_si256(p, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
             for (total, y) in totals.iter_mut().zip(ys) {
-                *total = dpbusd(*total, lo, run(&y.qs, t));
-                *total = dpbusd(*total, hi, run(&y.qs, 4 + t));
+                *total = dot.dpbusd(*total, lo, run(&y.qs, t));
+                *total = dot.dpbusd(*total, hi, run(&y.qs, 4 + t));
             }
         }
         // SAFETY: `d` is 16 bytes; an unaligned load.
@@ -220,10 +270,13 @@ pub(super) fn gemm_interleaved_q4_0_q8_0_vnni(
     [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
 }
 
-/// [`gemm_interleaved_q8_0_q8_0`] with AVX-512 VNNI: `|w|` times the activation with `w`'s
-/// sign goes straight into the i32 sums (`vpdpbusd`): one instruction where AVX2 takes three.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub(super) fn gemm_interleaved_q8_0_q8_0_vnni(
+/// [`gemm_interleaved_q8_0_q8_0`] with `vpdpbusd`: `|w|` times the activation with `w`'s sign
+/// goes straight into the i32 sums, one instruction where AVX2 takes three. The same exact
+/// integer sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn gemm_q8_0_dpbusd(
+    dot: impl Dpbusd,
     w: &[BlockQ8_0x8],
     a: [&[BlockQ8_0]; TILE_ROWS],
     sums: [&[ActBlockSum]; TILE_ROWS],
@@ -240,7 +293,7 @@ pub(super) fn gemm_interleaved_q8_0_q8_0_vnni(
             // `vpabsb` of -128 is 0x80: 128 read as unsigned.
             let magnitude = _mm256_abs_epi8(p);
             for (total, y) in totals.iter_mut().zip(ys) {
-                *total = dpbusd(*total, magnitude, _mm256_sign_epi8(run(&y.qs, t), p));
+                *total = dot.dpbusd(*total, magnitude, _mm256_sign_epi8(run(&y.qs, t), p));
             }
         }
         // SAFETY: `d` is 16 bytes; an unaligned load.
@@ -251,4 +304,243 @@ pub(super) fn gemm_interleaved_q8_0_q8_0_vnni(
         }
     }
     [lanes(acc[0]), lanes(acc[1]), lanes(acc[2]), lanes(acc[3])]
+}
+
+/// The batch kernels with one encoding of `vpdpbusd`: each a function enabling the encoding's
+/// feature, into which the generic kernel (and the instruction) inline.
+macro_rules! dpbusd_kernels {
+    ($features:literal, $encoding:ident, $q4_0:ident, $q8_0:ident) => {
+        #[target_feature(enable = $features)]
+        pub(super) fn $q4_0(
+            w: &[BlockQ4_0x8],
+            a: [&[BlockQ8_0]; TILE_ROWS],
+            sums: [&[ActBlockSum]; TILE_ROWS],
+        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+            gemm_q4_0_dpbusd($encoding { _detected: () }, w, a, sums)
+        }
+
+        #[target_feature(enable = $features)]
+        pub(super) fn $q8_0(
+            w: &[BlockQ8_0x8],
+            a: [&[BlockQ8_0]; TILE_ROWS],
+            sums: [&[ActBlockSum]; TILE_ROWS],
+        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+            gemm_q8_0_dpbusd($encoding { _detected: () }, w, a, sums)
+        }
+    };
+}
+
+dpbusd_kernels!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    Evex,
+    gemm_interleaved_q4_0_q8_0_vnni,
+    gemm_interleaved_q8_0_q8_0_vnni
+);
+dpbusd_kernels!(
+    "avxvnni,avx2,fma,f16c",
+    Vex,
+    gemm_interleaved_q4_0_q8_0_avx_vnni,
+    gemm_interleaved_q8_0_q8_0_avx_vnni
+);
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+    use crate::quant::x86::{Avx2, Avx512, AvxVnni};
+
+    /// `vpdpbusd` in AVX2 alone, exactly: bytes 0 and 2, and bytes 1 and 3, of each i32 lane
+    /// widened to i16 (`u`'s zero-extended, `s`'s sign-extended), then one `vpmaddwd` each
+    /// (products of at most 255·128 in magnitude, two to a lane: no overflow). It runs the
+    /// generic kernels' arithmetic on CPUs with neither encoding.
+    #[derive(Clone, Copy)]
+    struct Emulated;
+
+    impl Dpbusd for Emulated {
+        #[inline(always)]
+        fn dpbusd(self, acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+            // SAFETY: the tests make an `Emulated` only once `Avx2::detect` has succeeded.
+            unsafe { dpbusd_avx2(acc, u, s) }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn dpbusd_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        let u_even = _mm256_and_si256(u, _mm256_set1_epi16(0x00ff));
+        let u_odd = _mm256_srli_epi16::<8>(u);
+        let s_even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(s));
+        let s_odd = _mm256_srai_epi16::<8>(s);
+        let even = _mm256_madd_epi16(u_even, s_even);
+        let odd = _mm256_madd_epi16(u_odd, s_odd);
+        _mm256_add_epi32(acc, _mm256_add_epi32(even, odd))
+    }
+
+    /// A deterministic byte stream (an LCG's high bytes).
+    fn bytes(seed: u32, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_encoding_of_dpbusd_sums_the_products_exactly() {
+        let Some(_) = Avx2::detect() else {
+            crate::quant::report_skipped_paths(
+                "every_encoding_of_dpbusd_sums_the_products_exactly",
+            );
+            return;
+        };
+        // Every unsigned byte against every signed one, 32 pairs at a time.
+        let (u, s): (Vec<u8>, Vec<u8>) = (0..=255u8)
+            .flat_map(|u| (0..=255u8).map(move |s| (u, s)))
+            .unzip();
+        let acc: [i32; 8] = [
+            7,
+            -7,
+            i32::MAX - 200_000,
+            i32::MIN + 200_000,
+            0,
+            1,
+            -1,
+            12345,
+        ];
+        let load = |b: &[u8]| {
+            // SAFETY: 32 bytes; an unaligned load (SSE2's `loadu`, every x86-64 has it).
+            unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+        };
+        let store = |v: __m256i| {
+            let mut out = [0i32; 8];
+            // SAFETY: `out` is 32 bytes; an unaligned store.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
+            out
+        };
+        for (u, s) in u.chunks_exact(32).zip(s.chunks_exact(32)) {
+            let want: [i32; 8] = std::array::from_fn(|i| {
+                acc[i]
+                    + (0..4)
+                        .map(|k| i32::from(u[4 * i + k]) * i32::from(s[4 * i + k] as i8))
+                        .sum::<i32>()
+            });
+            let (acc, u, s) = (load(bytemuck::cast_slice(&acc)), load(u), load(s));
+            // SAFETY: AVX2 detected above; each encoding only where its feature is.
+            assert_eq!(store(unsafe { dpbusd_avx2(acc, u, s) }), want, "emulated");
+            if AvxVnni::detect().is_some() {
+                assert_eq!(store(unsafe { dpbusd_vex(acc, u, s) }), want, "avx-vnni");
+            }
+            if Avx512::detect_vnni().is_some() {
+                assert_eq!(
+                    store(unsafe { dpbusd_evex(acc, u, s) }),
+                    want,
+                    "avx512-vnni"
+                );
+            }
+        }
+    }
+
+    /// Interleaved weights of `blocks` blocks and [`TILE_ROWS`] activation rows with their
+    /// block sums: random bytes, the extremes (-128 weights, ±127 activations) included.
+    fn tile<W: bytemuck::Pod>(
+        blocks: usize,
+        seed: u32,
+        scales: impl Fn(&mut W, [f16; 8]),
+    ) -> (Vec<W>, Vec<Vec<BlockQ8_0>>, Vec<Vec<ActBlockSum>>) {
+        let size = std::mem::size_of::<W>();
+        let mut b = bytes(seed, blocks * size);
+        b[size - 1] = 0x80;
+        let mut w: Vec<W> = bytemuck::pod_collect_to_vec(&b);
+        for (i, w) in w.iter_mut().enumerate() {
+            scales(
+                w,
+                std::array::from_fn(|r| f16::from_f32(0.01 + 0.003 * (i * 8 + r) as f32)),
+            );
+        }
+        let mut a = Vec::new();
+        let mut sums = Vec::new();
+        for n in 0..TILE_ROWS {
+            let q = bytes(seed + 1 + n as u32, blocks * 32);
+            let row: Vec<BlockQ8_0> = (0..blocks)
+                .map(|i| BlockQ8_0 {
+                    d: f16::from_f32(0.02 + 0.001 * (n * blocks + i) as f32),
+                    qs: std::array::from_fn(|j| match (i + j) % 11 {
+                        0 => 127,
+                        1 => -127,
+                        _ => (q[32 * i + j] as i8).max(-127),
+                    }),
+                })
+                .collect();
+            sums.push(
+                row.iter()
+                    .map(|b| ActBlockSum {
+                        d: b.d.to_f32(),
+                        sum: b.qs.iter().map(|&q| i32::from(q)).sum(),
+                    })
+                    .collect(),
+            );
+            a.push(row);
+        }
+        (w, a, sums)
+    }
+
+    /// The rows of [`tile`] as a kernel takes them.
+    fn tiles<'a>(
+        a: &'a [Vec<BlockQ8_0>],
+        s: &'a [Vec<ActBlockSum>],
+    ) -> ([&'a [BlockQ8_0]; TILE_ROWS], [&'a [ActBlockSum]; TILE_ROWS]) {
+        (
+            std::array::from_fn(|n| a[n].as_slice()),
+            std::array::from_fn(|n| s[n].as_slice()),
+        )
+    }
+
+    #[test]
+    fn the_dpbusd_batch_kernels_give_the_avx2_ones_results_to_the_bit() {
+        crate::quant::report_skipped_paths(
+            "the_dpbusd_batch_kernels_give_the_avx2_ones_results_to_the_bit",
+        );
+        let Some(_) = Avx2::detect() else {
+            return;
+        };
+        for blocks in [1, 3, 8] {
+            let (w, a, s) = tile::<BlockQ4_0x8>(blocks, 11 * blocks as u32, |w, d| w.d = d);
+            let (a, s) = tiles(&a, &s);
+            // SAFETY: AVX2 detected above; each encoding only where its feature is.
+            let want = unsafe { gemm_interleaved_q4_0_q8_0(&w, a, s) };
+            assert_eq!(
+                unsafe { gemm_q4_0_dpbusd(Emulated, &w, a, s) },
+                want,
+                "q4_0 emulated"
+            );
+            if AvxVnni::detect().is_some() {
+                let got = unsafe { gemm_interleaved_q4_0_q8_0_avx_vnni(&w, a, s) };
+                assert_eq!(got, want, "q4_0 avx-vnni");
+            }
+            if Avx512::detect_vnni().is_some() {
+                let got = unsafe { gemm_interleaved_q4_0_q8_0_vnni(&w, a, s) };
+                assert_eq!(got, want, "q4_0 avx512-vnni");
+            }
+
+            let (w, a, s) = tile::<BlockQ8_0x8>(blocks, 13 * blocks as u32, |w, d| w.d = d);
+            let (a, s) = tiles(&a, &s);
+            // SAFETY: as above.
+            let want = unsafe { gemm_interleaved_q8_0_q8_0(&w, a, s) };
+            assert_eq!(
+                unsafe { gemm_q8_0_dpbusd(Emulated, &w, a, s) },
+                want,
+                "q8_0 emulated"
+            );
+            if AvxVnni::detect().is_some() {
+                let got = unsafe { gemm_interleaved_q8_0_q8_0_avx_vnni(&w, a, s) };
+                assert_eq!(got, want, "q8_0 avx-vnni");
+            }
+            if Avx512::detect_vnni().is_some() {
+                let got = unsafe { gemm_interleaved_q8_0_q8_0_vnni(&w, a, s) };
+                assert_eq!(got, want, "q8_0 avx512-vnni");
+            }
+        }
+    }
 }

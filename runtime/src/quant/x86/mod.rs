@@ -22,8 +22,8 @@ use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
 use super::dispatch::{
-    interleaving, ActBlockSum, DotFn, DotRowsFn, DotTileFn, Interleaving, QuantizeFn, DOT_ROWS,
-    TILE_ROWS,
+    interleaving, ActBlockSum, DotFn, DotRowsFn, DotTileFn, InterleavedGemmFn, Interleaving,
+    QuantizeFn, DOT_ROWS, TILE_ROWS,
 };
 use super::{
     BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
@@ -141,6 +141,59 @@ impl Avx2 {
         })
     }
 }
+
+/// Proof that the running CPU has AVX-VNNI besides AVX2, FMA and F16C (Alder Lake and later
+/// Intel Core, Sierra Forest, Zen 5): the VEX-encoded 256-bit `vpdpbusd`. The only source of
+/// the `avx-vnni` path's own kernels; every other kernel of that path is [`Avx2`]'s.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AvxVnni {
+    _detected: (),
+}
+
+impl AvxVnni {
+    /// `Some` if the CPU has AVX-VNNI, AVX2, FMA and F16C (asked once per process).
+    pub(crate) fn detect() -> Option<AvxVnni> {
+        static DETECTED: OnceLock<bool> = OnceLock::new();
+        Avx2::detect()?;
+        let detected = *DETECTED.get_or_init(|| is_x86_feature_detected!("avxvnni"));
+        detected.then_some(AvxVnni { _detected: () })
+    }
+
+    /// The batch kernel of interleaved weights of type `ty` that uses `vpdpbusd`: those of
+    /// the `avx512-vnni` path, in the VEX encoding (Q4_0 and Q8_0; why not the K-quants is
+    /// said at `Avx512::interleaved_gemm`). The layouts and decode's dots stay AVX2's.
+    pub(crate) fn interleaved_gemm(self, ty: GgmlType) -> Option<InterleavedGemmFn> {
+        Some(match ty {
+            GgmlType::Q4_0 => gemm_interleaved_q4_0_avx_vnni,
+            GgmlType::Q8_0 => gemm_interleaved_q8_0_avx_vnni,
+            _ => return None,
+        })
+    }
+}
+
+/// Safe byte-level wrappers around the AVX-VNNI batch kernels of interleaved weights.
+macro_rules! safe_avx_vnni_gemm {
+    ($name:ident, $kernel:path) => {
+        fn $name(
+            w: &[u8],
+            a: [&[u8]; TILE_ROWS],
+            sums: [&[ActBlockSum]; TILE_ROWS],
+        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+            // SAFETY: reachable only through `AvxVnni::interleaved_gemm`, and an `AvxVnni`
+            // exists only once the CPU has reported AVX-VNNI, AVX2, FMA and F16C.
+            unsafe { $kernel(cast_slice(w), a.map(cast_slice), sums) }
+        }
+    };
+}
+
+safe_avx_vnni_gemm!(
+    gemm_interleaved_q4_0_avx_vnni,
+    legacy_interleaved::gemm_interleaved_q4_0_q8_0_avx_vnni
+);
+safe_avx_vnni_gemm!(
+    gemm_interleaved_q8_0_avx_vnni,
+    legacy_interleaved::gemm_interleaved_q8_0_q8_0_avx_vnni
+);
 
 /// A safe byte-level wrapper around a kernel, for a proof type ([`Avx2`], `avx512::Avx512`) to
 /// hand out. Used only in the module of that proof type, for kernels of its features.

@@ -165,7 +165,9 @@ pub(super) fn micro_kernel() -> MicroKernelFn {
             x86::micro_kernel_avx512
         }
         #[cfg(target_arch = "x86_64")]
-        quant::CpuPath::Avx2 if quant::CpuPath::Avx2.is_available() => x86::micro_kernel,
+        quant::CpuPath::Avx2 | quant::CpuPath::AvxVnni if quant::CpuPath::Avx2.is_available() => {
+            x86::micro_kernel
+        }
         #[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
         quant::CpuPath::Neon | quant::CpuPath::NeonDotprod => arm::micro_kernel,
         _ => micro_kernel_portable,
@@ -269,7 +271,10 @@ pub(super) type F16WidenFn = fn(&[&[u8]], &mut [PanelColumn]);
 pub(super) fn f16_widener() -> F16WidenFn {
     match quant::cpu_path() {
         #[cfg(target_arch = "x86_64")]
-        quant::CpuPath::Avx2 | quant::CpuPath::Avx512 | quant::CpuPath::Avx512Vnni
+        quant::CpuPath::Avx2
+        | quant::CpuPath::AvxVnni
+        | quant::CpuPath::Avx512
+        | quant::CpuPath::Avx512Vnni
             if quant::CpuPath::Avx2.is_available() =>
         {
             x86::widen_f16

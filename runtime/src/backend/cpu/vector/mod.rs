@@ -59,8 +59,11 @@ pub(super) type DecodeHeadsFn<T> = fn(&DecodeHeads<'_, T>, &mut [f32], &mut [f32
 /// The primitives for the process's CPU path.
 pub(super) fn vector_ops() -> VectorOps {
     match quant::cpu_path() {
-        // The AVX-512 paths have no vector primitives of their own yet; their CPUs run AVX2's.
-        CpuPath::Avx2 | CpuPath::Avx512 | CpuPath::Avx512Vnni => avx2().unwrap_or_else(portable),
+        // The AVX-VNNI and AVX-512 paths have no vector primitives of their own; their CPUs
+        // run AVX2's.
+        CpuPath::Avx2 | CpuPath::AvxVnni | CpuPath::Avx512 | CpuPath::Avx512Vnni => {
+            avx2().unwrap_or_else(portable)
+        }
         CpuPath::Neon | CpuPath::NeonDotprod => neon().unwrap_or_else(portable),
         CpuPath::Scalar => portable(),
     }
