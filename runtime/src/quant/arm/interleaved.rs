@@ -935,22 +935,163 @@ pub(super) fn gemm_q4_kx8_wide(
                     total[N] = vmlaq_s32(vmlaq_s32(total[N], s_lo, sc_lo), s_hi, sc_hi);
                 });
             }
-            let (d, dmin) = (scales_f16x8(&x.d)[H], scales_f16x8(&x.dmin)[H]);
-            // Sub-block j's mins of the half's 4 rows, as i16.
-            let mins: [int16x4_t; 8] = std::array::from_fn(|j| {
-                let wide = vreinterpretq_s16_u16(vmovl_u8(mins[j]));
-                if H == 0 { vget_low_s16(wide) } else { vget_high_s16(wide) }
-            });
-            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
-                // SAFETY: `sub_sums[N]` is 8 halves; one unaligned load.
-                let sums = unsafe { vld1q_s16(t.sub_sums[N].as_ptr()) };
-                let mut m = vdupq_n_s32(0);
-                unroll!(J in [0, 1, 2, 3, 4, 5, 6, 7] {
-                    m = vmlal_laneq_s16::<{ J as i32 }>(m, mins[J], sums);
+            q4_k_wide_scale(&mut acc, &total, x, &mins, &t.d, &t.sub_sums, H);
+        }
+        store_half(&mut out, &acc, H);
+    });
+    out
+}
+
+/// The end of a super-block of a wide Q4_K kernel, for half `h` of the rows: `total[n]`, the
+/// exact scaled sums of activation row `n` with the half's 4 rows, times `d · d_a`, less the
+/// mins' terms (`Σ_j mins[j][r] · sub_sums[n][j]`) times `dmin · d_a`, added into `acc[n]`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q4_k_wide_scale(
+    acc: &mut [float32x4_t; WIDE_TILE_ROWS],
+    total: &[int32x4_t; WIDE_TILE_ROWS],
+    x: &BlockQ4Kx8,
+    mins: &[uint8x8_t; 8],
+    da: &[f32; WIDE_TILE_ROWS],
+    sub_sums: &[[i16; QK_K / 32]; WIDE_TILE_ROWS],
+    h: usize,
+) {
+    let (d, dmin) = (scales_f16x8(&x.d)[h], scales_f16x8(&x.dmin)[h]);
+    // Sub-block j's mins of the half's 4 rows, as i16.
+    let mins: [int16x4_t; 8] = std::array::from_fn(|j| {
+        let wide = vreinterpretq_s16_u16(vmovl_u8(mins[j]));
+        if h == 0 {
+            vget_low_s16(wide)
+        } else {
+            vget_high_s16(wide)
+        }
+    });
+    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+        // SAFETY: `sub_sums[N]` is 8 halves; one unaligned load.
+        let sums = unsafe { vld1q_s16(sub_sums[N].as_ptr()) };
+        let mut m = vdupq_n_s32(0);
+        unroll!(J in [0, 1, 2, 3, 4, 5, 6, 7] {
+            m = vmlal_laneq_s16::<{ J as i32 }>(m, mins[J], sums);
+        });
+        acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(total[N]), vmulq_n_f32(d, da[N]));
+        acc[N] = vfmsq_f32(acc[N], vcvtq_f32_s32(m), vmulq_n_f32(dmin, da[N]));
+    });
+}
+
+/// `smmla`: `acc` (a 2 × 2 block of i32, row-major) plus `w` (2 rows × 8 quants) times the
+/// transpose of `a` (2 rows × 8 quants): lane `2i + j` gets `Σ_k w[8i + k] · a[8j + k]`,
+/// exactly.
+#[target_feature(enable = "neon,i8mm")]
+#[inline]
+fn smmla(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
+    let mut acc = acc;
+    // SAFETY: the instruction reads and writes these three registers and nothing else; the
+    // CPU has it, as this function's `target_feature` requires of its callers.
+    unsafe {
+        asm!(
+            "smmla {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+            acc = inout(vreg) acc,
+            w = in(vreg) w,
+            a = in(vreg) a,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    acc
+}
+
+/// Block `i` of [`WIDE_TILE_ROWS`] Q8_K activation rows packed for `smmla`: each row's scale
+/// and sub-block sums as in [`TileQ8K`], and pair `p`'s (rows `2p`, `2p + 1`) quants in 32
+/// chunks of 8 elements, each chunk row `2p`'s 8 quants then row `2p + 1`'s.
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub(super) struct TileQ8KPairs {
+    d: [f32; WIDE_TILE_ROWS],
+    sub_sums: [[i16; QK_K / 32]; WIDE_TILE_ROWS],
+    qs: [[[[i8; 8]; 2]; QK_K / 8]; WIDE_TILE_ROWS / 2],
+}
+
+/// Lays out [`WIDE_TILE_ROWS`] Q8_K rows of one length as [`TileQ8KPairs`], super-block by
+/// super-block.
+pub(super) fn pack_q8_k_pairs(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ8KPairs]) {
+    for a in a {
+        assert_eq!(a.len(), dst.len(), "one packed block per activation block");
+    }
+    for (i, tile) in dst.iter_mut().enumerate() {
+        for (n, a) in a.iter().enumerate() {
+            let y = &a[i];
+            tile.d[n] = y.d;
+            // Each sum of 16 quants is at most 16 · 127: a pair fits in i16.
+            tile.sub_sums[n] = std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1]);
+            for (c, chunk) in tile.qs[n / 2].iter_mut().enumerate() {
+                chunk[n % 2].copy_from_slice(&y.qs[8 * c..8 * c + 8]);
+            }
+        }
+    }
+}
+
+/// Q4_K · Q8_K for the 8 rows of interleaved super-blocks against [`WIDE_TILE_ROWS`]
+/// activation rows packed in pairs, with `smmla` (i8mm): [`gemm_q4_kx8_wide`]'s steps with
+/// twice the multiply-adds per instruction. Per half of the rows and 32-element sub-block,
+/// runs `2c`, `2c + 1` of each pair of weight rows are joined into 2 rows × 8 elements
+/// (`zip1`/`zip2`), held while the 8 pairs of activation rows pass; each pair's sums, a 2 × 2
+/// block per pair of weight rows, take the sub-block's scales laid out as they lie. At the end
+/// of a super-block the blocks are rearranged into rows and scaled as the `sdot` kernel
+/// scales them: the same exact integers, the same float steps, the same results to the bit.
+#[target_feature(enable = "neon,i8mm")]
+pub(super) fn gemm_q4_kx8_mmla(
+    w: &[BlockQ4Kx8],
+    a: &[TileQ8KPairs],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    unroll!(H in [0, 1] {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            let (scales, mins) = q4_k_scales_mins(&x.scales);
+            // total[2p + j]: activation rows 2p, 2p + 1 with weight rows 2j, 2j + 1 of the half.
+            let mut total = [vdupq_n_s32(0); WIDE_TILE_ROWS];
+            for (g, qs) in x.qs.iter().enumerate() {
+                let runs: [uint8x16_t; 8] = std::array::from_fn(|k| load16(qs, 32 * k + 16 * H));
+                unroll!(S in [0, 1] {
+                    // Sub-block 2g + S: the low nibbles, then the high ones.
+                    let v: [int32x4_t; 8] = std::array::from_fn(|k| {
+                        let (lo, hi) = nibbles(runs[k]);
+                        vreinterpretq_s32_s8(if S == 0 { lo } else { hi })
+                    });
+                    // Weight rows (0, 1) and (2, 3) of the half, elements 8c..8c + 8.
+                    let pairs: [[int8x16_t; 2]; 4] = std::array::from_fn(|c| {
+                        [
+                            vreinterpretq_s8_s32(vzip1q_s32(v[2 * c], v[2 * c + 1])),
+                            vreinterpretq_s8_s32(vzip2q_s32(v[2 * c], v[2 * c + 1])),
+                        ]
+                    });
+                    // The sub-block's scales as the sums lie: [s0, s0, s1, s1], [s2, s2, s3, s3].
+                    let sc = widen_u8_half(scales[2 * g + S], H);
+                    let sc = [vzip1q_s32(sc, sc), vzip2q_s32(sc, sc)];
+                    let chunk = 4 * (2 * g + S);
+                    unroll!(P in [0, 1, 2, 3, 4, 5, 6, 7] {
+                        let mut s = [vdupq_n_s32(0); 2];
+                        unroll!(C in [0, 1, 2, 3] {
+                            let q: &[i8; 16] = cast_ref(&t.qs[P][chunk + C]);
+                            let act = load_i8x16(q);
+                            s[0] = smmla(s[0], pairs[C][0], act);
+                            s[1] = smmla(s[1], pairs[C][1], act);
+                        });
+                        total[2 * P] = vmlaq_s32(total[2 * P], s[0], sc[0]);
+                        total[2 * P + 1] = vmlaq_s32(total[2 * P + 1], s[1], sc[1]);
+                    });
                 });
-                acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(total[N]), vmulq_n_f32(d, t.d[N]));
-                acc[N] = vfmsq_f32(acc[N], vcvtq_f32_s32(m), vmulq_n_f32(dmin, t.d[N]));
+            }
+            // Activation row n's sums with the half's 4 rows, as `mmla_rows` rearranges floats.
+            let rows: [int32x4_t; WIDE_TILE_ROWS] = std::array::from_fn(|n| {
+                let p = n / 2;
+                if n % 2 == 0 {
+                    vuzp1q_s32(total[2 * p], total[2 * p + 1])
+                } else {
+                    vuzp2q_s32(total[2 * p], total[2 * p + 1])
+                }
             });
+            q4_k_wide_scale(&mut acc, &rows, x, &mins, &t.d, &t.sub_sums, H);
         }
         store_half(&mut out, &acc, H);
     });
@@ -1121,4 +1262,84 @@ pub(super) fn gemm_q6_kx8_wide(
         store_half(&mut out, &acc, H);
     });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use bytemuck::Zeroable;
+    use half::f16;
+
+    use super::*;
+    use crate::quant::arm::Neon;
+
+    /// A deterministic byte stream (an LCG's high bytes).
+    fn bytes(seed: u32, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// [`WIDE_TILE_ROWS`] Q8_K rows of `blocks` super-blocks: random quants in -127..=127
+    /// (±127 included) and their sums.
+    fn q8_k_rows(blocks: usize) -> Vec<Vec<BlockQ8K>> {
+        (0..WIDE_TILE_ROWS)
+            .map(|n| {
+                let q = bytes(100 + n as u32, blocks * QK_K);
+                (0..blocks)
+                    .map(|i| {
+                        let qs: [i8; QK_K] = std::array::from_fn(|j| match (n + i + j) % 13 {
+                            0 => 127,
+                            1 => -127,
+                            _ => (q[QK_K * i + j] as i8).max(-127),
+                        });
+                        BlockQ8K {
+                            d: 0.01 + 0.002 * (n * blocks + i) as f32,
+                            bsums: std::array::from_fn(|k| {
+                                qs[16 * k..16 * k + 16].iter().map(|&q| i16::from(q)).sum()
+                            }),
+                            qs,
+                        }
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_smmla_q4_k_kernel_gives_the_sdot_ones_results_to_the_bit() {
+        match Neon::detect_dotprod() {
+            Some(neon) if neon.i8mm => {}
+            _ => {
+                eprintln!("skipped: no i8mm on this CPU");
+                return;
+            }
+        }
+        for blocks in [1, 3] {
+            let mut w = vec![BlockQ4Kx8::zeroed(); blocks];
+            let random = bytes(
+                7 * blocks as u32,
+                blocks * std::mem::size_of::<BlockQ4Kx8>(),
+            );
+            bytemuck::cast_slice_mut::<_, u8>(&mut w).copy_from_slice(&random);
+            for (i, x) in w.iter_mut().enumerate() {
+                x.d = std::array::from_fn(|r| f16::from_f32(0.02 + 0.001 * (8 * i + r) as f32));
+                x.dmin = std::array::from_fn(|r| f16::from_f32(0.01 + 0.002 * r as f32));
+            }
+            let rows = q8_k_rows(blocks);
+            let rows: [&[BlockQ8K]; WIDE_TILE_ROWS] = std::array::from_fn(|n| rows[n].as_slice());
+            let mut tile = vec![TileQ8K::zeroed(); blocks];
+            crate::quant::k_quants::pack_q8_k_tile(rows, &mut tile);
+            let mut pairs = vec![TileQ8KPairs::zeroed(); blocks];
+            pack_q8_k_pairs(rows, &mut pairs);
+            // SAFETY: the CPU has dotprod and i8mm (checked above).
+            let (want, got) =
+                unsafe { (gemm_q4_kx8_wide(&w, &tile), gemm_q4_kx8_mmla(&w, &pairs)) };
+            let bits = |v: [[f32; DOT_ROWS]; WIDE_TILE_ROWS]| v.map(|r| r.map(f32::to_bits));
+            assert_eq!(bits(got), bits(want), "{blocks} super-blocks");
+        }
+    }
 }

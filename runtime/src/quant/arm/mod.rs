@@ -139,7 +139,11 @@ impl Neon {
             GgmlType::Q4K => Interleaving {
                 dot: dot_q4_kx8,
                 gemm: gemm_q4_kx8,
-                wide: Some(wide_q8_k(gemm_q4_kx8_wide)),
+                wide: Some(if self.i8mm {
+                    mmla_q8_k(gemm_q4_kx8_mmla)
+                } else {
+                    wide_q8_k(gemm_q4_kx8_wide)
+                }),
                 ..interleaving::<BlockQ4Kx8>()
             },
             GgmlType::Q6K => Interleaving {
@@ -289,6 +293,16 @@ fn wide_q8_k(gemm: fn(&[u8], &[u8], &mut WideOut)) -> WideGemm {
     }
 }
 
+/// An `smmla` wide kernel of Q8_K activations, with their packing in pairs of rows.
+fn mmla_q8_k(gemm: fn(&[u8], &[u8], &mut WideOut)) -> WideGemm {
+    WideGemm {
+        packed_bytes: |blocks| blocks * std::mem::size_of::<interleaved::TileQ8KPairs>(),
+        pack: |a, dst| interleaved::pack_q8_k_pairs(a.map(cast_slice), cast_slice_mut(dst)),
+        groups: 1,
+        gemm,
+    }
+}
+
 /// A one-group wide kernel's dots into the first group's columns of `out`.
 fn copy_wide(sums: &[[f32; DOT_ROWS]; WIDE_TILE_ROWS], out: &mut WideOut) {
     for (out, sums) in out.iter_mut().zip(sums) {
@@ -326,6 +340,7 @@ macro_rules! safe_mmla {
 
 safe_mmla!(gemm_q4_0x8_mmla, BlockQ4_0x8);
 safe_mmla!(gemm_q8_0x8_mmla, BlockQ8_0x8);
+safe_mmla!(gemm_q4_kx8_mmla, BlockQ4Kx8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
 safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);

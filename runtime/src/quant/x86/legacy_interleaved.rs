@@ -444,7 +444,7 @@ mod tests {
 
     /// Interleaved weights of `blocks` blocks and [`TILE_ROWS`] activation rows with their
     /// block sums: random bytes, the extremes (-128 weights, ±127 activations) included.
-    fn tile<W: bytemuck::Pod>(
+    fn tile<W: bytemuck::Pod + bytemuck::Zeroable>(
         blocks: usize,
         seed: u32,
         scales: impl Fn(&mut W, [f16; 8]),
@@ -452,7 +452,8 @@ mod tests {
         let size = std::mem::size_of::<W>();
         let mut b = bytes(seed, blocks * size);
         b[size - 1] = 0x80;
-        let mut w: Vec<W> = bytemuck::pod_collect_to_vec(&b);
+        let mut w = vec![W::zeroed(); blocks];
+        bytemuck::cast_slice_mut::<W, u8>(&mut w).copy_from_slice(&b);
         for (i, w) in w.iter_mut().enumerate() {
             scales(
                 w,
