@@ -1053,27 +1053,18 @@ pub(super) fn gemm_q4_kx8_mmla(
             for (g, qs) in x.qs.iter().enumerate() {
                 let runs: [uint8x16_t; 8] = std::array::from_fn(|k| load16(qs, 32 * k + 16 * H));
                 unroll!(S in [0, 1] {
-                    // Sub-block 2g + S: the low nibbles, then the high ones.
-                    let v: [int32x4_t; 8] = std::array::from_fn(|k| {
-                        let (lo, hi) = nibbles(runs[k]);
-                        vreinterpretq_s32_s8(if S == 0 { lo } else { hi })
-                    });
-                    // Weight rows (0, 1) and (2, 3) of the half, elements 8c..8c + 8.
-                    let pairs: [[int8x16_t; 2]; 4] = std::array::from_fn(|c| {
-                        [
-                            vreinterpretq_s8_s32(vzip1q_s32(v[2 * c], v[2 * c + 1])),
-                            vreinterpretq_s8_s32(vzip2q_s32(v[2 * c], v[2 * c + 1])),
-                        ]
-                    });
-                    // The sub-block's scales as the sums lie: [s0, s0, s1, s1], [s2, s2, s3, s3].
-                    let sc = widen_u8_half(scales[2 * g + S], H);
-                    let sc = [vzip1q_s32(sc, sc), vzip2q_s32(sc, sc)];
+                    // Sub-block 2g + S: the low nibbles, then the high ones; weight rows
+                    // (0, 1) and (2, 3) of the half, elements 8c..8c + 8.
+                    let pairs: [[int8x16_t; 2]; 4] = pair_runs(&runs.map(|r| {
+                        let (lo, hi) = nibbles(r);
+                        if S == 0 { lo } else { hi }
+                    }));
+                    let sc = pair_scales(widen_u8_half(scales[2 * g + S], H));
                     let chunk = 4 * (2 * g + S);
                     unroll!(P in [0, 1, 2, 3, 4, 5, 6, 7] {
                         let mut s = [vdupq_n_s32(0); 2];
                         unroll!(C in [0, 1, 2, 3] {
-                            let q: &[i8; 16] = cast_ref(&t.qs[P][chunk + C]);
-                            let act = load_i8x16(q);
+                            let act = load_i8x16(cast_ref(&t.qs[P][chunk + C]));
                             s[0] = smmla(s[0], pairs[C][0], act);
                             s[1] = smmla(s[1], pairs[C][1], act);
                         });
@@ -1082,16 +1073,7 @@ pub(super) fn gemm_q4_kx8_mmla(
                     });
                 });
             }
-            // Activation row n's sums with the half's 4 rows, as `mmla_rows` rearranges floats.
-            let rows: [int32x4_t; WIDE_TILE_ROWS] = std::array::from_fn(|n| {
-                let p = n / 2;
-                if n % 2 == 0 {
-                    vuzp1q_s32(total[2 * p], total[2 * p + 1])
-                } else {
-                    vuzp2q_s32(total[2 * p], total[2 * p + 1])
-                }
-            });
-            q4_k_wide_scale(&mut acc, &rows, x, &mins, &t.d, &t.sub_sums, H);
+            q4_k_wide_scale(&mut acc, &mmla_rows_s32(&total), x, &mins, &t.d, &t.sub_sums, H);
         }
         store_half(&mut out, &acc, H);
     });
@@ -1254,10 +1236,116 @@ pub(super) fn gemm_q6_kx8_wide(
                     total[N] = vmlaq_s32(vmlaq_s32(total[N], s_lo, sc_lo), s_hi, sc_hi);
                 });
             }
-            let d = scales_f16x8(&x.d)[H];
-            unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
-                acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(total[N]), vmulq_n_f32(d, t.d[N]));
-            });
+            q6_k_wide_scale(&mut acc, &total, x, &t.d, H);
+        }
+        store_half(&mut out, &acc, H);
+    });
+    out
+}
+
+/// The end of a super-block of a wide Q6_K kernel, for half `h` of the rows: `total[n]`, the
+/// exact scaled sums of activation row `n` with the half's 4 rows, times `d · d_a`, added into
+/// `acc[n]`.
+#[target_feature(enable = "neon")]
+#[inline]
+fn q6_k_wide_scale(
+    acc: &mut [float32x4_t; WIDE_TILE_ROWS],
+    total: &[int32x4_t; WIDE_TILE_ROWS],
+    x: &BlockQ6Kx8,
+    da: &[f32; WIDE_TILE_ROWS],
+    h: usize,
+) {
+    let d = scales_f16x8(&x.d)[h];
+    unroll!(N in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15] {
+        acc[N] = vfmaq_f32(acc[N], vcvtq_f32_s32(total[N]), vmulq_n_f32(d, da[N]));
+    });
+}
+
+/// The 2 × 2 blocks of the `smmla` K-quant kernels as rows: `total[2p + j]` holds activation
+/// rows `2p`, `2p + 1` with weight rows `2j`, `2j + 1` of a half (as in `mmla_rows`);
+/// returned is activation row `n`'s sums with the half's 4 rows.
+#[target_feature(enable = "neon")]
+#[inline]
+fn mmla_rows_s32(total: &[int32x4_t; WIDE_TILE_ROWS]) -> [int32x4_t; WIDE_TILE_ROWS] {
+    std::array::from_fn(|n| {
+        let p = n / 2;
+        if n % 2 == 0 {
+            vuzp1q_s32(total[2 * p], total[2 * p + 1])
+        } else {
+            vuzp2q_s32(total[2 * p], total[2 * p + 1])
+        }
+    })
+}
+
+/// Registers of consecutive runs of a half (4 rows × 4 elements each) as the `smmla`
+/// operands of weight rows (0, 1) and (2, 3) for elements `8c..8c + 8`: element `c` of the
+/// result is `[rows 0-1, rows 2-3]` of runs `2c`, `2c + 1` side by side.
+#[target_feature(enable = "neon")]
+#[inline]
+fn pair_runs<const M: usize>(v: &[int8x16_t]) -> [[int8x16_t; 2]; M] {
+    assert_eq!(v.len(), 2 * M, "two runs to a chunk");
+    std::array::from_fn(|c| {
+        let (a, b) = (
+            vreinterpretq_s32_s8(v[2 * c]),
+            vreinterpretq_s32_s8(v[2 * c + 1]),
+        );
+        [
+            vreinterpretq_s8_s32(vzip1q_s32(a, b)),
+            vreinterpretq_s8_s32(vzip2q_s32(a, b)),
+        ]
+    })
+}
+
+/// A sub-block's scales of a half's 4 rows (`[s0, s1, s2, s3]`) as the `smmla` sums lie:
+/// `[s0, s0, s1, s1]` (weight rows 0, 1), `[s2, s2, s3, s3]` (rows 2, 3).
+#[target_feature(enable = "neon")]
+#[inline]
+fn pair_scales(sc: int32x4_t) -> [int32x4_t; 2] {
+    [vzip1q_s32(sc, sc), vzip2q_s32(sc, sc)]
+}
+
+/// Q6_K · Q8_K for the 8 rows of interleaved super-blocks against [`WIDE_TILE_ROWS`]
+/// activation rows packed in pairs, with `smmla`: [`gemm_q6_kx8_wide`]'s steps as
+/// [`gemm_q4_kx8_mmla`] takes [`gemm_q4_kx8_wide`]'s, per 16-element sub-block, and the same
+/// results to the bit.
+#[target_feature(enable = "neon,i8mm")]
+pub(super) fn gemm_q6_kx8_mmla(
+    w: &[BlockQ6Kx8],
+    a: &[TileQ8KPairs],
+) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
+    assert_eq!(a.len(), w.len(), "dot of rows of different lengths");
+    let mut out = [[0f32; DOT_ROWS]; WIDE_TILE_ROWS];
+    unroll!(H in [0, 1] {
+        let mut acc = [vdupq_n_f32(0.0); WIDE_TILE_ROWS];
+        for (x, t) in w.iter().zip(a) {
+            let mut total = [vdupq_n_s32(0); WIDE_TILE_ROWS];
+            for c in 0..QK_K / 32 {
+                let mut q = [(vdupq_n_s8(0), vdupq_n_s8(0)); 4];
+                unroll!(T in [0, 1, 2, 3] {
+                    let qh = load16(&x.qh[c], 32 * (T / 2) + 16 * H);
+                    let ql = load16(&x.ql[c], 32 * T + 16 * H);
+                    q[T] = q6_k_values(ql, qh, T % 2 == 1);
+                });
+                let (sc_lo, sc_hi) = q6_k_scales(&x.scales[c], H);
+                unroll!(S in [0, 1] {
+                    // Sub-block 2c + S: elements 32c + 16S.., two chunks of 8.
+                    let pairs: [[int8x16_t; 2]; 2] =
+                        pair_runs(&q.map(|(lo, hi)| if S == 0 { lo } else { hi }));
+                    let sc = pair_scales(if S == 0 { sc_lo } else { sc_hi });
+                    let chunk = 4 * c + 2 * S;
+                    unroll!(P in [0, 1, 2, 3, 4, 5, 6, 7] {
+                        let mut s = [vdupq_n_s32(0); 2];
+                        unroll!(C in [0, 1] {
+                            let act = load_i8x16(cast_ref(&t.qs[P][chunk + C]));
+                            s[0] = smmla(s[0], pairs[C][0], act);
+                            s[1] = smmla(s[1], pairs[C][1], act);
+                        });
+                        total[2 * P] = vmlaq_s32(total[2 * P], s[0], sc[0]);
+                        total[2 * P + 1] = vmlaq_s32(total[2 * P + 1], s[1], sc[1]);
+                    });
+                });
+            }
+            q6_k_wide_scale(&mut acc, &mmla_rows_s32(&total), x, &t.d, H);
         }
         store_half(&mut out, &acc, H);
     });
@@ -1338,6 +1426,42 @@ mod tests {
             // SAFETY: the CPU has dotprod and i8mm (checked above).
             let (want, got) =
                 unsafe { (gemm_q4_kx8_wide(&w, &tile), gemm_q4_kx8_mmla(&w, &pairs)) };
+            let bits = |v: [[f32; DOT_ROWS]; WIDE_TILE_ROWS]| v.map(|r| r.map(f32::to_bits));
+            assert_eq!(bits(got), bits(want), "{blocks} super-blocks");
+        }
+    }
+
+    #[test]
+    fn the_smmla_q6_k_kernel_gives_the_sdot_ones_results_to_the_bit() {
+        match Neon::detect_dotprod() {
+            Some(neon) if neon.i8mm => {}
+            _ => {
+                eprintln!("skipped: no i8mm on this CPU");
+                return;
+            }
+        }
+        for blocks in [1, 3] {
+            let mut w = vec![BlockQ6Kx8::zeroed(); blocks];
+            let random = bytes(
+                9 * blocks as u32,
+                blocks * std::mem::size_of::<BlockQ6Kx8>(),
+            );
+            bytemuck::cast_slice_mut::<_, u8>(&mut w).copy_from_slice(&random);
+            for (i, x) in w.iter_mut().enumerate() {
+                x.d = std::array::from_fn(|r| f16::from_f32(0.02 + 0.001 * (8 * i + r) as f32));
+                // The extreme scales, -128 and 127, among the random ones.
+                x.scales[0][0] = -128;
+                x.scales[7][15] = 127;
+            }
+            let rows = q8_k_rows(blocks);
+            let rows: [&[BlockQ8K]; WIDE_TILE_ROWS] = std::array::from_fn(|n| rows[n].as_slice());
+            let mut tile = vec![TileQ8K::zeroed(); blocks];
+            crate::quant::k_quants::pack_q8_k_tile(rows, &mut tile);
+            let mut pairs = vec![TileQ8KPairs::zeroed(); blocks];
+            pack_q8_k_pairs(rows, &mut pairs);
+            // SAFETY: the CPU has dotprod and i8mm (checked above).
+            let (want, got) =
+                unsafe { (gemm_q6_kx8_wide(&w, &tile), gemm_q6_kx8_mmla(&w, &pairs)) };
             let bits = |v: [[f32; DOT_ROWS]; WIDE_TILE_ROWS]| v.map(|r| r.map(f32::to_bits));
             assert_eq!(bits(got), bits(want), "{blocks} super-blocks");
         }

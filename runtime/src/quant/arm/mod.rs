@@ -149,7 +149,11 @@ impl Neon {
             GgmlType::Q6K => Interleaving {
                 dot: dot_q6_kx8,
                 gemm: gemm_q6_kx8,
-                wide: Some(wide_q8_k(gemm_q6_kx8_wide)),
+                wide: Some(if self.i8mm {
+                    mmla_q8_k(gemm_q6_kx8_mmla)
+                } else {
+                    wide_q8_k(gemm_q6_kx8_wide)
+                }),
                 ..interleaving::<BlockQ6Kx8>()
             },
             _ => return None,
@@ -341,6 +345,7 @@ macro_rules! safe_mmla {
 safe_mmla!(gemm_q4_0x8_mmla, BlockQ4_0x8);
 safe_mmla!(gemm_q8_0x8_mmla, BlockQ8_0x8);
 safe_mmla!(gemm_q4_kx8_mmla, BlockQ4Kx8);
+safe_mmla!(gemm_q6_kx8_mmla, BlockQ6Kx8);
 
 safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
 safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);
