@@ -285,6 +285,18 @@ fn assert_dot_len<W: VecDot>(weights: &[W], activations: &[W::Activation]) {
     );
 }
 
+/// A deterministic byte stream for the kernels' unit tests: an LCG's high bytes.
+#[cfg(test)]
+pub(crate) fn test_bytes(seed: u32, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use bytemuck::Zeroable;

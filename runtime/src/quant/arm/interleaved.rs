@@ -1355,24 +1355,14 @@ mod tests {
 
     use super::*;
     use crate::quant::arm::Neon;
-
-    /// A deterministic byte stream (an LCG's high bytes).
-    fn bytes(seed: u32, n: usize) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 24) as u8
-            })
-            .collect()
-    }
+    use crate::quant::test_bytes;
 
     /// [`WIDE_TILE_ROWS`] Q8_K rows of `blocks` super-blocks: random quants in -127..=127
     /// (±127 included) and their sums.
     fn q8_k_rows(blocks: usize) -> Vec<Vec<BlockQ8K>> {
         (0..WIDE_TILE_ROWS)
             .map(|n| {
-                let q = bytes(100 + n as u32, blocks * QK_K);
+                let q = test_bytes(100 + n as u32, blocks * QK_K);
                 (0..blocks)
                     .map(|i| {
                         let qs: [i8; QK_K] = std::array::from_fn(|j| match (n + i + j) % 13 {
@@ -1404,7 +1394,7 @@ mod tests {
         }
         for blocks in [1, 3] {
             let mut w = vec![BlockQ4Kx8::zeroed(); blocks];
-            let random = bytes(
+            let random = test_bytes(
                 7 * blocks as u32,
                 blocks * std::mem::size_of::<BlockQ4Kx8>(),
             );
@@ -1438,7 +1428,7 @@ mod tests {
         }
         for blocks in [1, 3] {
             let mut w = vec![BlockQ6Kx8::zeroed(); blocks];
-            let random = bytes(
+            let random = test_bytes(
                 9 * blocks as u32,
                 blocks * std::mem::size_of::<BlockQ6Kx8>(),
             );

@@ -348,6 +348,7 @@ mod tests {
     use half::f16;
 
     use super::*;
+    use crate::quant::test_bytes;
     use crate::quant::x86::{Avx2, Avx512, AvxVnni};
 
     /// `vpdpbusd` in AVX2 alone, exactly: bytes 0 and 2, and bytes 1 and 3, of each i32 lane
@@ -374,17 +375,6 @@ mod tests {
         let even = _mm256_madd_epi16(u_even, s_even);
         let odd = _mm256_madd_epi16(u_odd, s_odd);
         _mm256_add_epi32(acc, _mm256_add_epi32(even, odd))
-    }
-
-    /// A deterministic byte stream (an LCG's high bytes).
-    fn bytes(seed: u32, n: usize) -> Vec<u8> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                (x >> 24) as u8
-            })
-            .collect()
     }
 
     #[test]
@@ -450,7 +440,7 @@ mod tests {
         scales: impl Fn(&mut W, [f16; 8]),
     ) -> (Vec<W>, Vec<Vec<BlockQ8_0>>, Vec<Vec<ActBlockSum>>) {
         let size = std::mem::size_of::<W>();
-        let mut b = bytes(seed, blocks * size);
+        let mut b = test_bytes(seed, blocks * size);
         b[size - 1] = 0x80;
         let mut w = vec![W::zeroed(); blocks];
         bytemuck::cast_slice_mut::<W, u8>(&mut w).copy_from_slice(&b);
@@ -463,7 +453,7 @@ mod tests {
         let mut a = Vec::new();
         let mut sums = Vec::new();
         for n in 0..TILE_ROWS {
-            let q = bytes(seed + 1 + n as u32, blocks * 32);
+            let q = test_bytes(seed + 1 + n as u32, blocks * 32);
             let row: Vec<BlockQ8_0> = (0..blocks)
                 .map(|i| BlockQ8_0 {
                     d: f16::from_f32(0.02 + 0.001 * (n * blocks + i) as f32),
