@@ -60,7 +60,7 @@ struct Case {
     /// `llava convert --vision-quant`.
     vision_quant: &'static str,
     /// llama.cpp's logits against llava's, text prompt, every position.
-    text_bound: f32,
+    text_bound: TextBound,
     /// llama.cpp on our mmproj against llama.cpp on its own converter's F32 mmproj, and
     /// against transformers' tower read as llama.cpp reads it.
     image_bound: f32,
@@ -74,16 +74,22 @@ const CASES: [Case; 3] = [
     Case {
         quant: "f32",
         vision_quant: "f32",
-        text_bound: 1e-5,
+        text_bound: TextBound {
+            median: 1e-5,
+            any: 1e-5,
+        },
         image_bound: 1e-3,
     },
     // 4-bit as users run it: both sides quantize activations to Q8_0 for Q4_0 weights, and a
     // different rounding of one activation moves a product by a quantization step (measured
-    // 2.4e-4). The F16 tower: the F16 bound of tests/llava_parity.rs (measured 4.2e-4).
+    // 2.4e-4 against llava's scalar kernels; against its AVX2 ones on a Zen 3, 2.7e-3 at 6 of
+    // the 32 positions, and ~1e-7 at the others: llava's scalar and AVX2 kernels alone differ
+    // as much there, from the summation order alone). The F16 tower: the F16 bound of
+    // tests/llava_parity.rs (measured 4.2e-4).
     Case {
         quant: "q4_0",
         vision_quant: "f16",
-        text_bound: 1e-3,
+        text_bound: QUANTIZED_TEXT,
         image_bound: 1e-2,
     },
     // The default preset, with the fallbacks llama.cpp's mix takes for rows that are not a
@@ -92,10 +98,30 @@ const CASES: [Case; 3] = [
     Case {
         quant: "q4_k_m",
         vision_quant: "q8_0",
-        text_bound: 1e-3,
+        text_bound: QUANTIZED_TEXT,
         image_bound: 5e-2,
     },
 ];
+
+/// How close llama.cpp's logits of a text prompt must be to llava's: the largest |Δ| of a
+/// position as a fraction of the largest |logit|.
+#[derive(Clone, Copy)]
+struct TextBound {
+    /// The median position's: a systematic difference (a misread scale or layout, a different
+    /// rounding of the weights) shows at every position.
+    median: f32,
+    /// Every position's.
+    any: f32,
+}
+
+/// Where both sides quantize the activations (Q8_0 for Q4_0 weights, Q8_K for the K-quants),
+/// two summation orders can round one activation to neighbouring quants, and the step moves
+/// that position's later logits by up to a few 1e-3 of the largest (see `CASES`); a file read
+/// differently moves every position, by far more.
+const QUANTIZED_TEXT: TextBound = TextBound {
+    median: 1e-3,
+    any: 1e-2,
+};
 
 const TEXT_PROMPT: &str = "The quick brown fox jumps over 13 lazy dogs, and then   again: yes!";
 /// The image question, with llava's marker; mtmd's replaces it for llama.cpp.
@@ -242,7 +268,7 @@ unsafe extern "C" fn log(_level: sys::ggml_log_level, text: *const c_char, _data
 }
 
 /// `llava logits` over [`TEXT_PROMPT`] against libllama decoding the same ids, every position.
-fn text_case(llava: &Path, llm: &Path, work: &Path, bound: f32) -> Result<Vec<String>> {
+fn text_case(llava: &Path, llm: &Path, work: &Path, bound: TextBound) -> Result<Vec<String>> {
     text_prompt_case(llava, llm, work, TEXT_PROMPT, bound)
 }
 
@@ -252,7 +278,7 @@ fn text_prompt_case(
     llm: &Path,
     work: &Path,
     prompt: &str,
-    bound: f32,
+    bound: TextBound,
 ) -> Result<Vec<String>> {
     let (ours_ids, ours) = llava_logits(llava, llm, None, prompt, work)?;
     let model = Model::load(llm)?;
@@ -264,7 +290,7 @@ fn text_prompt_case(
     );
     let ctx = model.context(ids.len())?;
     let theirs = ctx.decode_all(&ids, model.n_vocab)?;
-    let line = compare("logits, llama.cpp vs llava", &theirs, &ours, bound)?;
+    let line = compare_positions(&theirs, &ours, model.n_vocab, bound)?;
     Ok(vec![format!("{} positions, ids equal; {line}", ids.len())])
 }
 
@@ -456,6 +482,37 @@ fn compare(what: &str, a: &[f32], b: &[f32], bound: f32) -> Result<String> {
         "{what}: max |Δ| {diff:.2e} of max {scale:.3} = {relative:.1e} (bound {bound:.0e})"
     );
     ensure!(relative <= bound, "{line}");
+    Ok(line)
+}
+
+/// llama.cpp's logits (`a`) against llava's (`b`), `n_vocab` to a position: each position's
+/// max |Δ| as a fraction of the largest |logit|, held to `bound`.
+fn compare_positions(a: &[f32], b: &[f32], n_vocab: usize, bound: TextBound) -> Result<String> {
+    let what = "logits, llama.cpp vs llava";
+    compare(what, a, b, f32::INFINITY)?;
+    ensure!(
+        n_vocab > 0 && b.len().is_multiple_of(n_vocab),
+        "{what}: {} values are not whole rows of {n_vocab}",
+        b.len()
+    );
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut rows: Vec<f32> = a
+        .chunks_exact(n_vocab)
+        .zip(b.chunks_exact(n_vocab))
+        .map(|(x, y)| x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs())) / scale)
+        .collect();
+    rows.sort_by(f32::total_cmp);
+    let (median, max) = (rows[rows.len() / 2], rows[rows.len() - 1]);
+    let over = rows.iter().filter(|&&r| r > bound.median).count();
+    let line = format!(
+        "{what}: max |Δ| {:.2e} of max {scale:.3} = {max:.1e} (bound {:.0e}), median position \
+         {median:.1e} (bound {:.0e}), {over} of {} positions over it",
+        max * scale,
+        bound.any,
+        bound.median,
+        rows.len()
+    );
+    ensure!(max <= bound.any && median <= bound.median, "{line}");
     Ok(line)
 }
 
