@@ -209,8 +209,8 @@ fn run() -> Result<()> {
             llamacpp_reading: (&shape, &llamacpp_reading),
         };
         for (what, result) in [
-            ("text", text_case(&llava, &llm, &work, case.text_bound)),
-            ("image", image_case(&llava, &llm, &image_files, &work, case)),
+            ("text", text_case(&llava, &llm, work, case.text_bound)),
+            ("image", image_case(&llava, &llm, &image_files, work, case)),
         ] {
             failures += report(&name, what, result);
         }
@@ -223,12 +223,12 @@ fn run() -> Result<()> {
             mmproj: &mmproj,
         };
         let result = convert(&llava, &fixtures.join(checkpoint), None, F32, &files)
-            .and_then(|()| text_prompt_case(&llava, &llm, &work, prompt, CASES[0].text_bound));
+            .and_then(|()| text_prompt_case(&llava, &llm, work, prompt, CASES[0].text_bound));
         failures += report(checkpoint, "text", result);
     }
-    let v1 = v1_case(&llava, &fixtures, &work).map(|line| vec![line]);
+    let v1 = v1_case(&llava, &fixtures, work).map(|line| vec![line]);
     failures += report("v1 f32", "image", v1);
-    failures += report("next f32", "image", next_case(&llava, &fixtures, &work));
+    failures += report("next f32", "image", next_case(&llava, &fixtures, work));
     ensure!(failures == 0, "{failures} comparison(s) failed");
     Ok(())
 }
