@@ -996,14 +996,16 @@ fn smmla(acc: int32x4_t, w: int8x16_t, a: int8x16_t) -> int32x4_t {
 }
 
 /// Block `i` of [`WIDE_TILE_ROWS`] Q8_K activation rows packed for `smmla`: each row's scale
-/// and sub-block sums as in [`TileQ8K`], and pair `p`'s (rows `2p`, `2p + 1`) quants in 32
-/// chunks of 8 elements, each chunk row `2p`'s 8 quants then row `2p + 1`'s.
+/// and sub-block sums as in [`TileQ8K`], then the quants by 32-element group: `qs[g][p][c]`
+/// is chunk `c` (elements `32g + 8c..`) of pair `p` (rows `2p`, `2p + 1`), row `2p`'s 8
+/// quants then row `2p + 1`'s. A group's 8 pairs lie within 512 bytes, so a kernel reaches
+/// every chunk of a group from one pointer with `ldp`'s offsets.
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
 pub(super) struct TileQ8KPairs {
     d: [f32; WIDE_TILE_ROWS],
     sub_sums: [[i16; QK_K / 32]; WIDE_TILE_ROWS],
-    qs: [[[[i8; 8]; 2]; QK_K / 8]; WIDE_TILE_ROWS / 2],
+    qs: [[[[[i8; 8]; 2]; 4]; WIDE_TILE_ROWS / 2]; QK_K / 32],
 }
 
 /// Lays out [`WIDE_TILE_ROWS`] Q8_K rows of one length as [`TileQ8KPairs`], super-block by
@@ -1018,8 +1020,11 @@ pub(super) fn pack_q8_k_pairs(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ
             tile.d[n] = y.d;
             // Each sum of 16 quants is at most 16 · 127: a pair fits in i16.
             tile.sub_sums[n] = std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1]);
-            for (c, chunk) in tile.qs[n / 2].iter_mut().enumerate() {
-                chunk[n % 2].copy_from_slice(&y.qs[8 * c..8 * c + 8]);
+            for (g, group) in tile.qs.iter_mut().enumerate() {
+                for (c, chunk) in group[n / 2].iter_mut().enumerate() {
+                    let at = 32 * g + 8 * c;
+                    chunk[n % 2].copy_from_slice(&y.qs[at..at + 8]);
+                }
             }
         }
     }
@@ -1056,11 +1061,11 @@ pub(super) fn gemm_q4_kx8_mmla(
                         if S == 0 { lo } else { hi }
                     }));
                     let sc = pair_scales(widen_u8_half(scales[2 * g + S], H));
-                    let chunk = 4 * (2 * g + S);
+                    let group = &t.qs[2 * g + S];
                     unroll!(P in [0, 1, 2, 3, 4, 5, 6, 7] {
                         let mut s = [vdupq_n_s32(0); 2];
                         unroll!(C in [0, 1, 2, 3] {
-                            let act = load_i8x16(cast_ref(&t.qs[P][chunk + C]));
+                            let act = load_i8x16(cast_ref(&group[P][C]));
                             s[0] = smmla(s[0], pairs[C][0], act);
                             s[1] = smmla(s[1], pairs[C][1], act);
                         });
@@ -1328,11 +1333,11 @@ pub(super) fn gemm_q6_kx8_mmla(
                     let pairs: [[int8x16_t; 2]; 2] =
                         pair_runs(&q.map(|(lo, hi)| if S == 0 { lo } else { hi }));
                     let sc = pair_scales(if S == 0 { sc_lo } else { sc_hi });
-                    let chunk = 4 * c + 2 * S;
+                    let group = &t.qs[c];
                     unroll!(P in [0, 1, 2, 3, 4, 5, 6, 7] {
                         let mut s = [vdupq_n_s32(0); 2];
                         unroll!(C in [0, 1] {
-                            let act = load_i8x16(cast_ref(&t.qs[P][chunk + C]));
+                            let act = load_i8x16(cast_ref(&group[P][2 * S + C]));
                             s[0] = smmla(s[0], pairs[C][0], act);
                             s[1] = smmla(s[1], pairs[C][1], act);
                         });
