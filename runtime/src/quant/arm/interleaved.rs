@@ -24,8 +24,8 @@ use bytemuck::cast_ref;
 
 use super::{f16_to_f32, load_i8x16, load_u8x16};
 use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
-use crate::quant::k_quants::TileQ8K;
 use crate::quant::k_quants::QK_K;
+use crate::quant::k_quants::{sub_sums, TileQ8K};
 use crate::quant::{BlockQ4Kx8, BlockQ4_0x8, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8};
 
 /// `sdot` by element: lane `i` of `acc` gets `Σ_k w[4i + k] · a[4L + k]`, exactly.
@@ -1018,8 +1018,7 @@ pub(super) fn pack_q8_k_pairs(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ
         for (n, a) in a.iter().enumerate() {
             let y = &a[i];
             tile.d[n] = y.d;
-            // Each sum of 16 quants is at most 16 · 127: a pair fits in i16.
-            tile.sub_sums[n] = std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1]);
+            tile.sub_sums[n] = sub_sums(y);
             for (g, group) in tile.qs.iter_mut().enumerate() {
                 for (c, chunk) in group[n / 2].iter_mut().enumerate() {
                     let at = 32 * g + 8 * c;

@@ -20,6 +20,9 @@ pub use q5_k::BlockQ5K;
 pub use q6_k::{BlockQ6K, BlockQ6Kx8};
 pub use q8_k::BlockQ8K;
 pub(crate) use q8_k::{pack_q8_k_tile, TileQ8K};
+// The ARM smmla tile packs these too.
+#[cfg(all(target_arch = "aarch64", target_feature = "neon"))]
+pub(crate) use q8_k::sub_sums;
 
 /// Elements per K-quant super-block. ggml could once be built with 64 (GGML_QKK_64); files
 /// in the wild and llama.cpp today use 256 only.

@@ -38,6 +38,12 @@ pub(crate) struct TileQ8K {
     pub(crate) qs: [[i8; QK_K]; WIDE_TILE_ROWS],
 }
 
+/// The sums of each 32-element sub-block's quants (what Q4_K's mins multiply), from the
+/// block's sums of 16. Each of those is at most 16 · 127, so a pair fits in i16.
+pub(crate) fn sub_sums(y: &BlockQ8K) -> [i16; QK_K / 32] {
+    std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1])
+}
+
 /// Lays out [`WIDE_TILE_ROWS`] Q8_K rows of one length as [`TileQ8K`]s, super-block by
 /// super-block.
 pub(crate) fn pack_q8_k_tile(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ8K]) {
@@ -48,8 +54,7 @@ pub(crate) fn pack_q8_k_tile(a: [&[BlockQ8K]; WIDE_TILE_ROWS], dst: &mut [TileQ8
         for (n, a) in a.iter().enumerate() {
             let y = &a[i];
             tile.d[n] = y.d;
-            // Each sum of 16 quants is at most 16 · 127: a pair fits in i16.
-            tile.sub_sums[n] = std::array::from_fn(|j| y.bsums[2 * j] + y.bsums[2 * j + 1]);
+            tile.sub_sums[n] = sub_sums(y);
             tile.bsums[n] = y.bsums;
             tile.qs[n] = y.qs;
         }

@@ -171,26 +171,11 @@ impl AvxVnni {
     }
 }
 
-/// Safe byte-level wrappers around the AVX-VNNI batch kernels of interleaved weights.
-macro_rules! safe_avx_vnni_gemm {
-    ($name:ident, $kernel:path) => {
-        fn $name(
-            w: &[u8],
-            a: [&[u8]; TILE_ROWS],
-            sums: [&[ActBlockSum]; TILE_ROWS],
-        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-            // SAFETY: reachable only through `AvxVnni::interleaved_gemm`, and an `AvxVnni`
-            // exists only once the CPU has reported AVX-VNNI, AVX2, FMA and F16C.
-            unsafe { $kernel(cast_slice(w), a.map(cast_slice), sums) }
-        }
-    };
-}
-
-safe_avx_vnni_gemm!(
+safe_gemm!(
     gemm_interleaved_q4_0_avx_vnni,
     legacy_interleaved::gemm_interleaved_q4_0_q8_0_avx_vnni
 );
-safe_avx_vnni_gemm!(
+safe_gemm!(
     gemm_interleaved_q8_0_avx_vnni,
     legacy_interleaved::gemm_interleaved_q8_0_q8_0_avx_vnni
 );
@@ -208,6 +193,23 @@ macro_rules! safe_dot {
     };
 }
 pub(super) use safe_dot;
+
+/// As `safe_dot`, for a batch kernel of interleaved weights handed out by the
+/// `interleaved_gemm` of a proof type ([`AvxVnni`], `avx512::Avx512` on its VNNI level).
+macro_rules! safe_gemm {
+    ($name:ident, $kernel:path) => {
+        fn $name(
+            w: &[u8],
+            a: [&[u8]; TILE_ROWS],
+            sums: [&[ActBlockSum]; TILE_ROWS],
+        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
+            // SAFETY: reachable only through the `interleaved_gemm` of its module's proof
+            // type, which hands out kernels only once the CPU has reported their features.
+            unsafe { $kernel(cast_slice(w), a.map(cast_slice), sums) }
+        }
+    };
+}
+pub(super) use safe_gemm;
 
 /// As `safe_dot`, for the tile kernels.
 macro_rules! safe_dot_tile {

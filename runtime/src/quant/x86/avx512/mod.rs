@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 use bytemuck::{cast_slice, cast_slice_mut};
 use half::f16;
 
-use super::{safe_dot, safe_dot_tile};
+use super::{safe_dot, safe_dot_tile, safe_gemm};
 use crate::quant::dispatch::{
     ActBlockSum, DotFn, DotTileFn, InterleavedGemmFn, WideGemm, WideOut, DOT_ROWS, TILE_ROWS,
     WIDE_TILE_ROWS,
@@ -195,26 +195,11 @@ safe_vnni_wide!(gemm_q8_0_wide, wide::gemm_q8_0_x16_wide, BlockQ8_0x8);
 safe_vnni_wide!(gemm_q4_k_wide, wide::gemm_q4_k_x16_wide, BlockQ4Kx8);
 safe_vnni_wide!(gemm_q6_k_wide, wide::gemm_q6_k_x16_wide, BlockQ6Kx8);
 
-/// Safe byte-level wrappers around the VNNI batch kernels of interleaved weights.
-macro_rules! safe_vnni_gemm {
-    ($name:ident, $kernel:path) => {
-        fn $name(
-            w: &[u8],
-            a: [&[u8]; TILE_ROWS],
-            sums: [&[ActBlockSum]; TILE_ROWS],
-        ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
-            // SAFETY: reachable only through `Avx512::interleaved_gemm` on an `Avx512` made
-            // by `detect_vnni`: the CPU has AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C.
-            unsafe { $kernel(cast_slice(w), a.map(cast_slice), sums) }
-        }
-    };
-}
-
-safe_vnni_gemm!(
+safe_gemm!(
     gemm_interleaved_q4_0_vnni,
     super::legacy_interleaved::gemm_interleaved_q4_0_q8_0_vnni
 );
-safe_vnni_gemm!(
+safe_gemm!(
     gemm_interleaved_q8_0_vnni,
     super::legacy_interleaved::gemm_interleaved_q8_0_q8_0_vnni
 );
