@@ -20,7 +20,7 @@ fn gemv_subgroup(
     let base = n * p.row_words;
     let n_subgroups = (GEMV_THREADS + sg_size - 1u) / sg_size;
     for (var r = 0u; r < p.m; r++) {
-        let sum = subgroupAdd(row_partial(base, r, t));
+        let sum = subgroupAdd(row_dot(base, r, t));
         if (sg_id == 0u) {
             subgroup_sums[t / sg_size] = sum;
         }

@@ -43,7 +43,8 @@ fn row_partial(base: u32, r: u32, t: u32) -> f32 {
 }
 
 // Few rows of x (decode): one workgroup per output column; its threads split the row and
-// sum in workgroup memory.
+// sum in workgroup memory. `row_dot` is bound by the host: `row_partial` here, or
+// `row_partial_dot4` (gemv_dot4.wgsl) for the integer kernels.
 @compute @workgroup_size(64)
 fn gemv(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let n = g.x + g.y * p.groups_x;
@@ -52,7 +53,7 @@ fn gemv(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) t:
     }
     let base = n * p.row_words;
     for (var r = 0u; r < p.m; r++) {
-        partial[t] = row_partial(base, r, t);
+        partial[t] = row_dot(base, r, t);
         workgroupBarrier();
         for (var s = GEMV_THREADS / 2u; s > 0u; s >>= 1u) {
             if (t < s) {

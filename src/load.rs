@@ -144,6 +144,11 @@ pub struct DeviceArgs {
     /// adapter offers: the path the weakest GPUs (a Raspberry Pi 5's) take.
     #[arg(long)]
     pub gpu_downlevel: bool,
+    /// On the GPU, decode with f32 arithmetic only, not 8-bit activations and packed 4×8-bit
+    /// integer dot products (which Q4_0, Q8_0, Q4_K and Q6_K weights take otherwise): to
+    /// compare the two.
+    #[arg(long)]
+    pub gpu_no_integer_dot: bool,
 }
 
 /// The backend the CLI runs models on.
@@ -153,16 +158,17 @@ pub type Chosen = AnyBackend;
 /// than the logical CPUs are capped, with a warning: 1000 threads on 2 cores took 33 s for 2
 /// tokens). `auto` without a hardware GPU is the CPU.
 pub fn backend(threads: usize, device: &DeviceArgs) -> Result<Chosen> {
-    backend_on(threads, device.device, device.gpu_downlevel)
+    backend_on(threads, device.device, device)
 }
 
-/// The backend of one `--device` value.
-fn backend_on(threads: usize, device: Device, gpu_downlevel: bool) -> Result<Chosen> {
+/// The backend of one `--device` value, with the GPU flags of `args`.
+fn backend_on(threads: usize, device: Device, args: &DeviceArgs) -> Result<Chosen> {
     let gpu = |adapter| {
         GpuBackend::new(&GpuOptions {
             adapter,
-            downlevel: gpu_downlevel,
-            max_binding: None,
+            downlevel: args.gpu_downlevel,
+            no_integer_dot: args.gpu_no_integer_dot,
+            ..GpuOptions::default()
         })
     };
     let cpu = || AnyBackend::Cpu(CpuBackend::new(capped_threads(threads)));
@@ -199,7 +205,7 @@ pub fn describe(b: &Chosen) -> String {
         AnyBackend::Gpu(g) => {
             let a = g.adapter();
             format!(
-                "gpu, {} ({}, {}){}{}",
+                "gpu, {} ({}, {}){}{}{}",
                 a.name,
                 a.backend,
                 a.driver,
@@ -208,7 +214,12 @@ pub fn describe(b: &Chosen) -> String {
                 } else {
                     ""
                 },
-                if g.subgroups() { ", subgroups" } else { "" }
+                if g.subgroups() { ", subgroups" } else { "" },
+                if g.integer_dot() {
+                    ", integer dot products"
+                } else {
+                    ""
+                }
             )
         }
     }
@@ -252,8 +263,7 @@ pub fn load_pipeline(
             stages.start(&format!("loading {}", path.display()));
             match device.vision_device {
                 Some(v) if v != device.device => {
-                    let vision =
-                        backend_on(threads, v, device.gpu_downlevel).context("--vision-device")?;
+                    let vision = backend_on(threads, v, device).context("--vision-device")?;
                     pipeline.with_vision_on(vision, path)?
                 }
                 _ => pipeline.with_vision(path)?,

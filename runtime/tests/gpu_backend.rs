@@ -1,5 +1,6 @@
 //! The GPU backend against f64 references and the CPU backend, on whatever adapter wgpu finds
-//! (CI: Mesa's lavapipe), twice: with the adapter's own limits, and with WebGPU's downlevel
+//! (CI: Mesa's lavapipe): with the adapter's own limits (subgroups and integer dot products
+//! where it has them), again without the integer dot products, and with WebGPU's downlevel
 //! limits, no optional feature and weights split into many small parts. Skipped, saying so,
 //! where there is no adapter, unless LLAVA_REQUIRE_GPU is set (CI sets it).
 #![cfg(feature = "gpu")]
@@ -39,25 +40,37 @@ fn every_shader_validates_without_optional_capabilities() {
     }
 }
 
-/// The two configurations every op is checked in: (label, backend).
+/// The configurations every op is checked in: (label, backend).
 fn gpus() -> Vec<(&'static str, GpuBackend)> {
-    let open = |downlevel: bool, max_binding: Option<u64>| {
+    let open = |downlevel: bool, max_binding: Option<u64>, no_integer_dot: bool| {
         GpuBackend::new(&GpuOptions {
             adapter: AdapterChoice::Any,
             downlevel,
             max_binding,
+            no_integer_dot,
         })
     };
-    match open(false, None) {
+    match open(false, None, false) {
         Ok(own) => {
             eprintln!("adapter: {:?}", own.adapter());
-            // Where the adapter has subgroups, one configuration runs the subgroup kernels
-            // and the other the plain ones.
+            // Where the adapter has subgroups, the first two configurations run the subgroup
+            // kernels and the last the plain ones; the first alone takes the integer dots.
             let offered = own.adapter().features.iter().any(|f| f == "subgroups");
             assert_eq!(own.subgroups(), offered);
-            let small = open(true, Some(4096)).expect("the same adapter with downlevel limits");
-            assert!(!small.subgroups());
-            vec![("own limits", own), ("downlevel, 4 KiB parts", small)]
+            assert!(
+                own.integer_dot(),
+                "every native wgpu backend has WGSL's packed 4x8 integer dot products"
+            );
+            let f32_only = open(false, None, true).expect("the same adapter");
+            assert!(!f32_only.integer_dot());
+            let small =
+                open(true, Some(4096), false).expect("the same adapter with downlevel limits");
+            assert!(!small.subgroups() && !small.integer_dot());
+            vec![
+                ("own limits", own),
+                ("own limits, f32 decode", f32_only),
+                ("downlevel, 4 KiB parts", small),
+            ]
         }
         Err(e) => {
             assert!(
@@ -110,25 +123,148 @@ fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std
     }
     for rows in [1, 3, 17, 64] {
         let x = random(rows * k, rows as u64);
-        let got = gpu
-            .download(&gpu.matmul(&gpu.upload(x.clone(), rows, k), &w))
-            .unwrap();
-        let (mut want, mut mag) = (Vec::new(), Vec::new());
+        let xt = gpu.upload(x.clone(), rows, k);
+        let got = gpu.download(&gpu.matmul(&xt, &w)).unwrap();
+        // The integer kernels see the activations rounded to 8 bits (checked against their
+        // definition here, then taken as the reference's input).
+        let integer = rows <= 4 && gpu.uses_integer_dot(ty);
+        let x = if integer {
+            let blocks = gpu.quantized_activations(&xt).unwrap();
+            check_q8_blocks(&x, &blocks, &format!("{label}: {ty}"))
+        } else {
+            x
+        };
+        let (mut want, mut tol) = (Vec::new(), Vec::new());
         for r in 0..rows {
+            let xr = &x[r * k..(r + 1) * k];
             for n in 0..n_out {
-                let terms = (0..k).map(|i| f64::from(x[r * k + i]) * f64::from(w_ref[n * k + i]));
+                let wr = &w_ref[n * k..(n + 1) * k];
+                let terms = xr
+                    .iter()
+                    .zip(wr)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b));
                 want.push(terms.clone().sum::<f64>());
-                mag.push(terms.map(f64::abs).sum::<f64>());
+                // An f32 sum of k products: within k·2⁻²⁴ of the sum of their magnitudes.
+                // The integer kernels' dots are exact, but a K-quant's scale and min terms,
+                // rounded apart, can each reach twice the block's largest weight times its
+                // activations.
+                let mag = if integer {
+                    let wmax = wr.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+                    2.0 * wmax * xr.iter().map(|&v| f64::from(v).abs()).sum::<f64>()
+                } else {
+                    terms.map(f64::abs).sum::<f64>()
+                };
+                tol.push((k as f64 + 2.0) * 2f64.powi(-24) * mag);
             }
         }
-        // An f32 sum of k products: within k·2⁻²⁴ of the sum of their magnitudes.
-        let tol = |i: usize| (k as f64 + 2.0) * 2f64.powi(-24) * mag[i];
         assert_close(
             &got,
             &want,
-            tol,
+            |i| tol[i],
             &format!("{label}: {ty}, k {k}, {rows} rows"),
         );
+    }
+}
+
+/// Checks 8-bit activation blocks (shaders/q8_act.wgsl: per 32 values, 8 words of quants,
+/// d as f32, the quants' sum) against ggml's Q8_0 rule for `x`, and returns the values they
+/// stand for (quant · d).
+fn check_q8_blocks(x: &[f32], words: &[u32], what: &str) -> Vec<f32> {
+    assert_eq!(words.len(), x.len() / 32 * 10, "{what}: words");
+    let mut values = Vec::with_capacity(x.len());
+    for (b, (xs, block)) in x.chunks(32).zip(words.chunks(10)).enumerate() {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = f32::from_bits(block[8]);
+        // d = max|x| / 127, as a GPU divides: within a few ulps.
+        assert!(
+            (d - amax / 127.0).abs() <= 4.0 * f32::EPSILON * amax / 127.0,
+            "{what}: block {b}: d {d} for max |x| {amax}"
+        );
+        let q: Vec<i32> = block[..8]
+            .iter()
+            .flat_map(|w| w.to_le_bytes().map(|b| i32::from(b as i8)))
+            .collect();
+        for (i, (&v, &qi)) in xs.iter().zip(&q).enumerate() {
+            // round(x / d): within half a step, plus the rounding of 1 / d.
+            let exact = if d == 0.0 {
+                0.0
+            } else {
+                f64::from(v) / f64::from(d)
+            };
+            assert!(
+                (f64::from(qi) - exact).abs() <= 0.5 + 1e-4 && qi.abs() <= 127,
+                "{what}: block {b}, element {i}: quant {qi} for {v} / {d}"
+            );
+        }
+        assert_eq!(
+            block[9] as i32,
+            q.iter().sum::<i32>(),
+            "{what}: block {b}: the quants' sum"
+        );
+        values.extend(q.iter().map(|&qi| qi as f32 * d));
+    }
+    values
+}
+
+/// The q, k and v projections of a decode step share one quantization of their input; an
+/// input changed in place is quantized again.
+#[test]
+fn decode_quantizes_an_input_once_and_again_after_it_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, n) = (64, 8);
+    let file = gguf(
+        dir.path(),
+        &[(
+            "w",
+            GgmlType::Q8_0,
+            vec![k as u64, n as u64],
+            random(k * n, 9),
+        )],
+    );
+    let (v, dv) = (random(k, 1), random(k, 2));
+    let sum: Vec<f32> = v.iter().zip(&dv).map(|(a, b)| a + b).collect();
+    for (label, gpu) in gpus() {
+        let w = gpu.load_weight(&file, "w").unwrap();
+        let x = gpu.upload(v.clone(), 1, k);
+        let before = gpu.stats().dispatches;
+        let first = gpu.download(&gpu.matmul(&x, &w)).unwrap();
+        let again = gpu.download(&gpu.matmul(&x, &w)).unwrap();
+        let per_matmul = if gpu.uses_integer_dot(GgmlType::Q8_0) {
+            3
+        } else {
+            2
+        };
+        assert_eq!(gpu.stats().dispatches - before, per_matmul, "{label}");
+        assert_eq!(first, again, "{label}");
+        let x = gpu.add(x, &gpu.upload(dv.clone(), 1, k));
+        let changed = gpu.download(&gpu.matmul(&x, &w)).unwrap();
+        let fresh = gpu
+            .download(&gpu.matmul(&gpu.upload(sum.clone(), 1, k), &w))
+            .unwrap();
+        assert_eq!(
+            changed, fresh,
+            "{label}: x + dx in place against x + dx uploaded"
+        );
+        assert_ne!(changed, first, "{label}");
+    }
+}
+
+#[test]
+fn activations_quantize_to_8_bit_blocks_by_ggml_s_q8_0_rule() {
+    for (label, gpu) in gpus() {
+        // Random blocks, a zero block, one value far above the rest, and values on the steps.
+        let mut x = random(4 * 64, 5);
+        x[32..64].fill(0.0);
+        x[64] = 1e6;
+        for (i, v) in x[96..128].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.25;
+        }
+        let blocks = gpu
+            .quantized_activations(&gpu.upload(x.clone(), 4, 64))
+            .unwrap();
+        let values = check_q8_blocks(&x, &blocks, label);
+        assert!(values[32..64].iter().all(|&v| v == 0.0), "{label}: zeros");
+        assert_eq!(values[64], 1e6, "{label}: the largest value is ±127·d");
     }
 }
 

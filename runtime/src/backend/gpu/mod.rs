@@ -29,6 +29,9 @@ use crate::quant::{self, GgmlType};
 
 const NAME: &str = "gpu";
 
+/// u32 words per 32-value block of 8-bit activations (shaders/q8_act.wgsl).
+const Q8_WORDS: usize = 10;
+
 /// Which adapter [`GpuBackend::new`] takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AdapterChoice {
@@ -52,6 +55,9 @@ pub struct GpuOptions {
     /// Split weights into parts of at most this many bytes (the adapter's storage-binding
     /// limit if lower).
     pub max_binding: Option<u64>,
+    /// Decode with f32 arithmetic only, never packed 4×8-bit integer dot products (which
+    /// are used where WGSL has them, except with `downlevel`): to compare the two.
+    pub no_integer_dot: bool,
 }
 
 /// What [`adapters`] reports about one adapter.
@@ -184,6 +190,8 @@ mod source {
     pub const QUANT: &str = include_str!("../../../../shaders/quant.wgsl");
     pub const MATMUL: &str = include_str!("../../../../shaders/matmul.wgsl");
     pub const GEMV_SUBGROUP: &str = include_str!("../../../../shaders/gemv_subgroup.wgsl");
+    pub const GEMV_DOT4: &str = include_str!("../../../../shaders/gemv_dot4.wgsl");
+    pub const Q8_ACT: &str = include_str!("../../../../shaders/q8_act.wgsl");
     pub const ROWS: &str = include_str!("../../../../shaders/rows.wgsl");
     pub const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
     pub const NORM: &str = include_str!("../../../../shaders/norm.wgsl");
@@ -193,11 +201,20 @@ mod source {
 }
 
 /// A shader module: a family, and for the families that have them, the variant (a weight type
-/// for matmul/rows, and whether subgroups are enabled; the KV element type for attention).
+/// for matmul/rows, and whether subgroups and integer dot products are used; the KV element
+/// type for attention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Module {
-    Matmul(GgmlType, bool),
+    Matmul {
+        ty: GgmlType,
+        subgroups: bool,
+        /// Decode's `gemv` over 8-bit activations (gemv_dot4.wgsl); only for the types
+        /// `weight::shader_fn_dot4` names.
+        dot4: bool,
+    },
     Rows(GgmlType),
+    /// Activations to 8-bit blocks for the integer kernels.
+    QuantizeQ8,
     Elementwise,
     Norm,
     Rope,
@@ -218,15 +235,31 @@ impl Module {
             )
         };
         match self {
-            Module::Matmul(ty, false) => with_dq(ty, source::MATMUL),
-            // naga takes subgroup operations without WGSL's `enable subgroups;` (it refuses
-            // the directive); the device's SUBGROUP feature is what allows them.
-            Module::Matmul(ty, true) => format!(
-                "{}\n{}",
-                with_dq(ty, source::MATMUL),
-                source::GEMV_SUBGROUP
-            ),
+            Module::Matmul {
+                ty,
+                subgroups,
+                dot4,
+            } => {
+                let mut s = with_dq(ty, source::MATMUL);
+                // naga takes subgroup operations without WGSL's `enable subgroups;` (it
+                // refuses the directive); the device's SUBGROUP feature is what allows them.
+                if subgroups {
+                    s = format!("{s}\n{}", source::GEMV_SUBGROUP);
+                }
+                match weight::shader_fn_dot4(ty).filter(|_| dot4) {
+                    Some(f) => format!(
+                        "{s}\n{}\n\
+                         fn row_dot(base: u32, r: u32, t: u32) -> f32 {{ return row_partial_dot4(base, r, t); }}\n\
+                         fn dot4_block(base: u32, blk: u32, a: u32) -> f32 {{ return {f}(base, blk, a); }}\n",
+                        source::GEMV_DOT4
+                    ),
+                    None => format!(
+                        "{s}\nfn row_dot(base: u32, r: u32, t: u32) -> f32 {{ return row_partial(base, r, t); }}\n"
+                    ),
+                }
+            }
             Module::Rows(ty) => with_dq(ty, source::ROWS),
+            Module::QuantizeQ8 => source::Q8_ACT.to_owned(),
             Module::Elementwise => source::ELEMENTWISE.to_owned(),
             Module::Norm => source::NORM.to_owned(),
             Module::Rope => source::ROPE.to_owned(),
@@ -256,11 +289,24 @@ pub fn all_shader_sources() -> Vec<(String, String, bool)> {
         Module::Attention(KvType::F32),
         Module::Attention(KvType::F16),
         Module::KvStore,
+        Module::QuantizeQ8,
     ];
     for id in 0..64 {
         if let Some(ty) = GgmlType::from_id(id).filter(|&t| weight::block_bytes(t).is_some()) {
-            modules.push(Module::Matmul(ty, false));
-            modules.push(Module::Matmul(ty, true));
+            for subgroups in [false, true] {
+                modules.push(Module::Matmul {
+                    ty,
+                    subgroups,
+                    dot4: false,
+                });
+                if weight::shader_fn_dot4(ty).is_some() {
+                    modules.push(Module::Matmul {
+                        ty,
+                        subgroups,
+                        dot4: true,
+                    });
+                }
+            }
             modules.push(Module::Rows(ty));
         }
     }
@@ -270,7 +316,13 @@ pub fn all_shader_sources() -> Vec<(String, String, bool)> {
             (
                 format!("{m:?}"),
                 m.source(),
-                matches!(m, Module::Matmul(_, true)),
+                matches!(
+                    m,
+                    Module::Matmul {
+                        subgroups: true,
+                        ..
+                    }
+                ),
             )
         })
         .collect()
@@ -278,6 +330,9 @@ pub fn all_shader_sources() -> Vec<(String, String, bool)> {
 
 /// What a rotary table depends on: start, rows, n_rot, base and frequency scale (as bits).
 type RopeKey = (usize, usize, usize, u32, u32);
+
+/// Which activations were quantized: their buffer, rows and columns.
+type ActivationKey = (wgpu::Buffer, usize, usize);
 
 /// The GPU backend. Not `Sync`: ops record into one pending encoder; use it from one thread.
 pub struct GpuBackend {
@@ -287,6 +342,9 @@ pub struct GpuBackend {
     downlevel: bool,
     /// The device has subgroups (requested when the adapter offers them, unless downlevel).
     subgroups: bool,
+    /// Decode's kernels for Q4_0, Q8_0, Q4_K and Q6_K take 8-bit activations and packed
+    /// 4×8-bit integer dot products (where WGSL has them, unless downlevel).
+    integer_dot: bool,
     /// The largest weight part, in bytes (the binding limit, or less where asked).
     max_part: u64,
     /// The adapter's largest storage binding.
@@ -299,6 +357,10 @@ pub struct GpuBackend {
     stats: Cell<GpuStats>,
     /// The rotary angles of the last `rope` call, for the next with the same positions.
     rope_table: RefCell<Option<(RopeKey, wgpu::Buffer)>>,
+    /// The last activations quantized for the integer kernels (their buffer and shape) and
+    /// the 8-bit blocks: the q, k and v projections (gate and up) of a decode step share one
+    /// input. Forgotten by every op that writes a tensor in place.
+    quantized: RefCell<Option<(ActivationKey, wgpu::Buffer)>>,
 }
 
 impl GpuBackend {
@@ -308,7 +370,13 @@ impl GpuBackend {
             backend: NAME,
             message,
         };
-        let found = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+        let instance = instance();
+        let integer_dot = !options.downlevel
+            && !options.no_integer_dot
+            && instance
+                .wgsl_language_features()
+                .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
+        let found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
         let adapter = match options.adapter {
             AdapterChoice::Index(i) => found.into_iter().nth(i).ok_or_else(|| {
                 device_error(format!("no adapter {i} (`llava devices` lists them)"))
@@ -379,6 +447,7 @@ impl GpuBackend {
             adapter: summary,
             downlevel: options.downlevel,
             subgroups,
+            integer_dot,
             max_part,
             max_binding,
             max_buffer: limits.max_buffer_size,
@@ -387,6 +456,7 @@ impl GpuBackend {
             error,
             stats: Cell::default(),
             rope_table: RefCell::default(),
+            quantized: RefCell::default(),
         })
     }
 
@@ -403,6 +473,48 @@ impl GpuBackend {
     /// Whether the kernels use subgroup operations.
     pub fn subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// Whether decode uses packed 4×8-bit integer dot products (for the types that have
+    /// such a kernel: [`GpuBackend::uses_integer_dot`]).
+    pub fn integer_dot(&self) -> bool {
+        self.integer_dot
+    }
+
+    /// Whether a matmul of a few rows with a weight of this type takes the integer kernel.
+    pub fn uses_integer_dot(&self, ty: GgmlType) -> bool {
+        self.integer_dot && weight::shader_fn_dot4(ty).is_some()
+    }
+
+    /// The activations as the integer kernels see them: `x` quantized to 8-bit blocks of 32
+    /// (the layout in shaders/q8_act.wgsl), read back. For tests.
+    #[doc(hidden)]
+    pub fn quantized_activations(&self, x: &GpuTensor) -> Result<Vec<u32>, BackendError> {
+        let words = self.quantize_q8(x);
+        let n = x.rows * x.cols / 32 * Q8_WORDS;
+        let values = self.download(&GpuTensor {
+            buf: words,
+            rows: 1,
+            cols: n,
+        })?;
+        Ok(values.into_iter().map(f32::to_bits).collect())
+    }
+
+    /// Records the quantization of `x` (columns a multiple of 32) to 8-bit blocks for the
+    /// integer kernels; the buffer it fills.
+    fn quantize_q8(&self, x: &GpuTensor) -> wgpu::Buffer {
+        debug_assert_eq!(x.cols % 32, 0);
+        let blocks = x.rows * x.cols / 32;
+        let buf = self.storage(blocks * Q8_WORDS);
+        let (groups, gx) = Self::grid(blocks.div_ceil(64));
+        self.dispatch(
+            Module::QuantizeQ8,
+            "quantize_q8",
+            &[x.rows as u32, x.cols as u32, x.cols as u32, gx],
+            &[(1, &x.buf), (2, &buf)],
+            groups,
+        );
+        buf
     }
 
     /// Work recorded and submitted so far.
@@ -562,6 +674,8 @@ impl GpuBackend {
         y: Option<&wgpu::Buffer>,
         cols: usize,
     ) {
+        // `x` changes: its 8-bit blocks, if any, are stale.
+        self.quantized.take();
         let len = x.rows * x.cols;
         let (groups, gx) = Self::grid(len.div_ceil(256));
         let mut buffers = vec![(1, &x.buf)];
@@ -1008,8 +1122,26 @@ impl Backend for GpuBackend {
     fn matmul(&self, x: &GpuTensor, w: &GpuWeight) -> GpuTensor {
         assert_eq!(x.cols, w.row_len, "matmul: x has {} columns", x.cols);
         let out = self.tensor(x.rows, w.n_rows);
+        let gemv = x.rows <= 4;
+        // The integer kernels' types have blocks of 32 or 256: whole blocks of activations.
+        let quantized = (gemv && self.uses_integer_dot(w.ty)).then(|| {
+            let key = (x.buf.clone(), x.rows, x.cols);
+            let mut last = self.quantized.borrow_mut();
+            match &*last {
+                Some((k, xq)) if *k == key => xq.clone(),
+                _ => last.insert((key, self.quantize_q8(x))).1.clone(),
+            }
+        });
+        let input = match &quantized {
+            Some(xq) => (4, xq),
+            None => (2, &x.buf),
+        };
+        let module = Module::Matmul {
+            ty: w.ty,
+            subgroups: self.subgroups,
+            dot4: quantized.is_some(),
+        };
         for part in &w.parts {
-            let gemv = x.rows <= 4;
             let (groups, gx) = if gemv {
                 Self::grid(part.rows)
             } else {
@@ -1019,7 +1151,7 @@ impl Backend for GpuBackend {
                 )
             };
             self.dispatch(
-                Module::Matmul(w.ty, self.subgroups),
+                module,
                 match (gemv, self.subgroups) {
                     (true, true) => "gemv_subgroup",
                     (true, false) => "gemv",
@@ -1035,7 +1167,7 @@ impl Backend for GpuBackend {
                     part.first_row as u32,
                     gx,
                 ],
-                &[(1, &part.buf), (2, &x.buf), (3, &out.buf)],
+                &[(1, &part.buf), input, (3, &out.buf)],
                 groups,
             );
         }

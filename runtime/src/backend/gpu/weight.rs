@@ -59,6 +59,18 @@ pub(super) fn shader_fn8(ty: GgmlType) -> &'static str {
     }
 }
 
+/// The name of the type's block function in gemv_dot4.wgsl (decode with packed 4×8-bit
+/// integer dot products), for the types that have one.
+pub(super) fn shader_fn_dot4(ty: GgmlType) -> Option<&'static str> {
+    match ty {
+        GgmlType::Q4_0 => Some("dot4_q4_0"),
+        GgmlType::Q8_0 => Some("dot4_q8_0"),
+        GgmlType::Q4K => Some("dot4_q4_k"),
+        GgmlType::Q6K => Some("dot4_q6_k"),
+        _ => None,
+    }
+}
+
 /// u32 words of one row of `row_len` elements on the GPU.
 pub(super) fn row_words(ty: GgmlType, row_len: usize) -> usize {
     match ty {
