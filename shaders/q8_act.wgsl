@@ -1,3 +1,6 @@
+// Activations prepared for the kernels of lower precision: 8-bit blocks for the integer
+// decode kernels (`quantize_q8`), and per-row scales for the f16 tiles (`row_absmax`).
+//
 // Activation rows quantized to 8 bits for the integer decode kernels (gemv_dot4.wgsl), as the
 // CPU backend quantizes them for its integer dots (ggml's Q8_0 rule): each block of 32 values
 // gets d = max|x| / 127 and quants round(x / d), here with an f32 d and the block's sum of
@@ -12,7 +15,7 @@
 
 struct Params {
     m: u32,         // rows
-    k: u32,         // row length, a multiple of 32
+    k: u32,         // row length (for quantize_q8, a multiple of 32)
     x_stride: u32,  // f32 values between rows of x
     groups_x: u32,  // workgroups along x of a 2-D grid
 }
@@ -48,4 +51,32 @@ fn quantize_q8(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_in
     }
     xq[out + 8u] = bitcast<u32>(d);
     xq[out + 9u] = bitcast<u32>(sum.x + sum.y + sum.z + sum.w);
+}
+
+// The largest |x| of each row (1 for a row of zeros), an f32 in word r of `xq`: the scale
+// the f16 tiles (tiled_f16.wgsl) divide the row by, so that no activation overflows f16's
+// range. One workgroup per row.
+var<workgroup> row_max: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn row_absmax(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let r = g.x + g.y * p.groups_x;
+    if (r >= p.m) {
+        return;
+    }
+    var m = 0.0;
+    for (var i = t; i < p.k; i += 64u) {
+        m = max(m, abs(x[r * p.x_stride + i]));
+    }
+    row_max[t] = m;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+        if (t < s) {
+            row_max[t] = max(row_max[t], row_max[t + s]);
+        }
+        workgroupBarrier();
+    }
+    if (t == 0u) {
+        xq[r] = bitcast<u32>(select(1.0, row_max[0], row_max[0] > 0.0));
+    }
 }

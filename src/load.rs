@@ -144,11 +144,11 @@ pub struct DeviceArgs {
     /// adapter offers: the path the weakest GPUs (a Raspberry Pi 5's) take.
     #[arg(long)]
     pub gpu_downlevel: bool,
-    /// On the GPU, decode with f32 arithmetic only, not 8-bit activations and packed 4×8-bit
-    /// integer dot products (which Q4_0, Q8_0, Q4_K and Q6_K weights take otherwise): to
-    /// compare the two.
+    /// On the GPU, compute in f32 only: decode without 8-bit activations and packed 4×8-bit
+    /// integer dot products (which Q4_0, Q8_0, Q4_K and Q6_K weights take otherwise), batches
+    /// without f16 tiles (which F16 and quantized weights take where the GPU has shader-f16).
     #[arg(long)]
-    pub gpu_no_integer_dot: bool,
+    pub gpu_f32: bool,
 }
 
 /// The backend the CLI runs models on.
@@ -167,7 +167,7 @@ fn backend_on(threads: usize, device: Device, args: &DeviceArgs) -> Result<Chose
         GpuBackend::new(&GpuOptions {
             adapter,
             downlevel: args.gpu_downlevel,
-            no_integer_dot: args.gpu_no_integer_dot,
+            f32_only: args.gpu_f32,
             ..GpuOptions::default()
         })
     };
@@ -205,7 +205,7 @@ pub fn describe(b: &Chosen) -> String {
         AnyBackend::Gpu(g) => {
             let a = g.adapter();
             format!(
-                "gpu, {} ({}, {}){}{}{}",
+                "gpu, {} ({}, {}){}{}{}{}",
                 a.name,
                 a.backend,
                 a.driver,
@@ -219,7 +219,8 @@ pub fn describe(b: &Chosen) -> String {
                     ", integer dot products"
                 } else {
                     ""
-                }
+                },
+                if g.f16() { ", f16 tiles" } else { "" }
             )
         }
     }

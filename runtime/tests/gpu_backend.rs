@@ -1,6 +1,6 @@
 //! The GPU backend against f64 references and the CPU backend, on whatever adapter wgpu finds
-//! (CI: Mesa's lavapipe): with the adapter's own limits (subgroups and integer dot products
-//! where it has them), again without the integer dot products, and with WebGPU's downlevel
+//! (CI: Mesa's lavapipe): with the adapter's own limits (subgroups, integer dot products and
+//! f16 tiles where it has them), again in f32 only, and with WebGPU's downlevel
 //! limits, no optional feature and weights split into many small parts. Skipped, saying so,
 //! where there is no adapter, unless LLAVA_REQUIRE_GPU is set (CI sets it).
 #![cfg(feature = "gpu")]
@@ -14,19 +14,23 @@ use common::*;
 
 #[test]
 fn every_shader_validates_without_optional_capabilities() {
-    for (name, source, subgroups) in all_shader_sources() {
-        let module = naga::front::wgsl::parse_str(&source)
-            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+    for shader in all_shader_sources() {
+        let (name, source) = (&shader.name, &shader.wgsl);
+        let module = naga::front::wgsl::parse_str(source)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
         // pack2x16float/unpack2x16float are core WGSL (naga gates them for old GL only;
         // wgpu grants them on every Vulkan, Metal and DX12 adapter): the one capability.
-        // Subgroups only in the modules that ask for them, which the backend builds only for
-        // devices that have them.
+        // Subgroups and f16 only in the modules that ask for them, which the backend builds
+        // only for devices that have them.
         let mut caps = naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if shader.f16 {
+            caps |= naga::valid::Capabilities::SHADER_FLOAT16;
+        }
         let (mut stages, mut ops) = (
             naga::valid::ShaderStages::empty(),
             naga::valid::SubgroupOperationSet::empty(),
         );
-        if subgroups {
+        if shader.subgroups {
             caps |= naga::valid::Capabilities::SUBGROUP;
             stages = naga::valid::ShaderStages::COMPUTE;
             ops = naga::valid::SubgroupOperationSet::BASIC
@@ -36,39 +40,41 @@ fn every_shader_validates_without_optional_capabilities() {
             .subgroup_stages(stages)
             .subgroup_operations(ops)
             .validate(&module)
-            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     }
 }
 
 /// The configurations every op is checked in: (label, backend).
 fn gpus() -> Vec<(&'static str, GpuBackend)> {
-    let open = |downlevel: bool, max_binding: Option<u64>, no_integer_dot: bool| {
+    let open = |downlevel: bool, max_binding: Option<u64>, f32_only: bool| {
         GpuBackend::new(&GpuOptions {
             adapter: AdapterChoice::Any,
             downlevel,
             max_binding,
-            no_integer_dot,
+            f32_only,
         })
     };
     match open(false, None, false) {
         Ok(own) => {
             eprintln!("adapter: {:?}", own.adapter());
             // Where the adapter has subgroups, the first two configurations run the subgroup
-            // kernels and the last the plain ones; the first alone takes the integer dots.
-            let offered = own.adapter().features.iter().any(|f| f == "subgroups");
-            assert_eq!(own.subgroups(), offered);
+            // kernels and the last the plain ones; the first alone takes the integer dots
+            // and (where the adapter has shader-f16) the f16 tiles.
+            let offered = |f: &str| own.adapter().features.iter().any(|g| g == f);
+            assert_eq!(own.subgroups(), offered("subgroups"));
+            assert_eq!(own.f16(), offered("shader-f16"));
             assert!(
                 own.integer_dot(),
                 "every native wgpu backend has WGSL's packed 4x8 integer dot products"
             );
             let f32_only = open(false, None, true).expect("the same adapter");
-            assert!(!f32_only.integer_dot());
+            assert!(!f32_only.integer_dot() && !f32_only.f16());
             let small =
                 open(true, Some(4096), false).expect("the same adapter with downlevel limits");
-            assert!(!small.subgroups() && !small.integer_dot());
+            assert!(!small.subgroups() && !small.integer_dot() && !small.f16());
             vec![
                 ("own limits", own),
-                ("own limits, f32 decode", f32_only),
+                ("own limits, f32 only", f32_only),
                 ("downlevel, 4 KiB parts", small),
             ]
         }
@@ -128,6 +134,7 @@ fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std
         // The integer kernels see the activations rounded to 8 bits (checked against their
         // definition here, then taken as the reference's input).
         let integer = rows <= 4 && gpu.uses_integer_dot(ty);
+        let f16 = rows > 4 && gpu.uses_f16_tiles(ty);
         let x = if integer {
             let blocks = gpu.quantized_activations(&xt).unwrap();
             check_q8_blocks(&x, &blocks, &format!("{label}: {ty}"))
@@ -148,13 +155,22 @@ fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std
                 // The integer kernels' dots are exact, but a K-quant's scale and min terms,
                 // rounded apart, can each reach twice the block's largest weight times its
                 // activations.
+                let wmax = wr.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
                 let mag = if integer {
-                    let wmax = wr.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
                     2.0 * wmax * xr.iter().map(|&v| f64::from(v).abs()).sum::<f64>()
                 } else {
-                    terms.map(f64::abs).sum::<f64>()
+                    terms.clone().map(f64::abs).sum::<f64>()
                 };
-                tol.push((k as f64 + 2.0) * 2f64.powi(-24) * mag);
+                let mut t = (k as f64 + 2.0) * 2f64.powi(-24) * mag;
+                if f16 {
+                    // f16 tiles: x / max|x| and w rounded to f16, 2⁻¹¹ of each term twice
+                    // (the products and sums are f32's, above); and values below f16's
+                    // normal range within 2⁻²⁵ (scaled back by max|x|).
+                    let xmax = xr.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
+                    t += 2.0 * 2f64.powi(-11) * terms.map(f64::abs).sum::<f64>()
+                        + k as f64 * 2f64.powi(-25) * xmax * (2.0 + wmax);
+                }
+                tol.push(t);
             }
         }
         assert_close(

@@ -55,9 +55,10 @@ pub struct GpuOptions {
     /// Split weights into parts of at most this many bytes (the adapter's storage-binding
     /// limit if lower).
     pub max_binding: Option<u64>,
-    /// Decode with f32 arithmetic only, never packed 4×8-bit integer dot products (which
-    /// are used where WGSL has them, except with `downlevel`): to compare the two.
-    pub no_integer_dot: bool,
+    /// Compute in f32 only: no 8-bit activations with packed 4×8-bit integer dot products
+    /// in decode, no f16 tiles in batches (both are used where the adapter has them, except
+    /// with `downlevel`): to compare.
+    pub f32_only: bool,
 }
 
 /// What [`adapters`] reports about one adapter.
@@ -192,6 +193,7 @@ mod source {
     pub const GEMV_SUBGROUP: &str = include_str!("../../../../shaders/gemv_subgroup.wgsl");
     pub const GEMV_DOT4: &str = include_str!("../../../../shaders/gemv_dot4.wgsl");
     pub const Q8_ACT: &str = include_str!("../../../../shaders/q8_act.wgsl");
+    pub const TILED_F16: &str = include_str!("../../../../shaders/tiled_f16.wgsl");
     pub const ROWS: &str = include_str!("../../../../shaders/rows.wgsl");
     pub const ELEMENTWISE: &str = include_str!("../../../../shaders/elementwise.wgsl");
     pub const NORM: &str = include_str!("../../../../shaders/norm.wgsl");
@@ -211,6 +213,8 @@ enum Module {
         /// Decode's `gemv` over 8-bit activations (gemv_dot4.wgsl); only for the types
         /// `weight::shader_fn_dot4` names.
         dot4: bool,
+        /// With `tiled_f16` (tiled_f16.wgsl): the device has `shader-f16`.
+        f16: bool,
     },
     Rows(GgmlType),
     /// Activations to 8-bit blocks for the integer kernels.
@@ -239,8 +243,13 @@ impl Module {
                 ty,
                 subgroups,
                 dot4,
+                f16,
             } => {
                 let mut s = with_dq(ty, source::MATMUL);
+                // WGSL's `enable` directives come before any declaration.
+                if f16 {
+                    s = format!("enable f16;\n{s}\n{}", source::TILED_F16);
+                }
                 // naga takes subgroup operations without WGSL's `enable subgroups;` (it
                 // refuses the directive); the device's SUBGROUP feature is what allows them.
                 if subgroups {
@@ -278,10 +287,18 @@ impl Module {
     }
 }
 
-/// Every module the backend can build, for the shader validation test: (name, WGSL, whether
-/// it needs subgroups).
+/// A module's WGSL and the optional device features it needs, for the shader validation test.
 #[doc(hidden)]
-pub fn all_shader_sources() -> Vec<(String, String, bool)> {
+pub struct ShaderSource {
+    pub name: String,
+    pub wgsl: String,
+    pub subgroups: bool,
+    pub f16: bool,
+}
+
+/// Every module the backend can build, for the shader validation test.
+#[doc(hidden)]
+pub fn all_shader_sources() -> Vec<ShaderSource> {
     let mut modules = vec![
         Module::Elementwise,
         Module::Norm,
@@ -294,17 +311,21 @@ pub fn all_shader_sources() -> Vec<(String, String, bool)> {
     for id in 0..64 {
         if let Some(ty) = GgmlType::from_id(id).filter(|&t| weight::block_bytes(t).is_some()) {
             for subgroups in [false, true] {
-                modules.push(Module::Matmul {
-                    ty,
-                    subgroups,
-                    dot4: false,
-                });
-                if weight::shader_fn_dot4(ty).is_some() {
+                for f16 in [false, true] {
                     modules.push(Module::Matmul {
                         ty,
                         subgroups,
-                        dot4: true,
+                        dot4: false,
+                        f16,
                     });
+                    if weight::shader_fn_dot4(ty).is_some() {
+                        modules.push(Module::Matmul {
+                            ty,
+                            subgroups,
+                            dot4: true,
+                            f16,
+                        });
+                    }
                 }
             }
             modules.push(Module::Rows(ty));
@@ -313,17 +334,16 @@ pub fn all_shader_sources() -> Vec<(String, String, bool)> {
     modules
         .into_iter()
         .map(|m| {
-            (
-                format!("{m:?}"),
-                m.source(),
-                matches!(
-                    m,
-                    Module::Matmul {
-                        subgroups: true,
-                        ..
-                    }
-                ),
-            )
+            let (subgroups, f16) = match m {
+                Module::Matmul { subgroups, f16, .. } => (subgroups, f16),
+                _ => (false, false),
+            };
+            ShaderSource {
+                name: format!("{m:?}"),
+                wgsl: m.source(),
+                subgroups,
+                f16,
+            }
         })
         .collect()
 }
@@ -343,8 +363,11 @@ pub struct GpuBackend {
     /// The device has subgroups (requested when the adapter offers them, unless downlevel).
     subgroups: bool,
     /// Decode's kernels for Q4_0, Q8_0, Q4_K and Q6_K take 8-bit activations and packed
-    /// 4×8-bit integer dot products (where WGSL has them, unless downlevel).
+    /// 4×8-bit integer dot products (where WGSL has them, unless downlevel or f32 only).
     integer_dot: bool,
+    /// Batches stage and multiply their tiles in f16 (the device has `shader-f16`, not
+    /// downlevel or f32 only), for weights other than F32 and BF16.
+    f16: bool,
     /// The largest weight part, in bytes (the binding limit, or less where asked).
     max_part: u64,
     /// The adapter's largest storage binding.
@@ -372,7 +395,7 @@ impl GpuBackend {
         };
         let instance = instance();
         let integer_dot = !options.downlevel
-            && !options.no_integer_dot
+            && !options.f32_only
             && instance
                 .wgsl_language_features()
                 .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
@@ -410,13 +433,15 @@ impl GpuBackend {
             adapter.limits()
         };
         let subgroups = !options.downlevel && adapter.features().contains(wgpu::Features::SUBGROUP);
+        let f16 = !options.downlevel
+            && !options.f32_only
+            && adapter.features().contains(wgpu::Features::SHADER_F16);
+        let mut required_features = wgpu::Features::empty();
+        required_features.set(wgpu::Features::SUBGROUP, subgroups);
+        required_features.set(wgpu::Features::SHADER_F16, f16);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("llava"),
-            required_features: if subgroups {
-                wgpu::Features::SUBGROUP
-            } else {
-                wgpu::Features::empty()
-            },
+            required_features,
             required_limits: required_limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -448,6 +473,7 @@ impl GpuBackend {
             downlevel: options.downlevel,
             subgroups,
             integer_dot,
+            f16,
             max_part,
             max_binding,
             max_buffer: limits.max_buffer_size,
@@ -484,6 +510,18 @@ impl GpuBackend {
     /// Whether a matmul of a few rows with a weight of this type takes the integer kernel.
     pub fn uses_integer_dot(&self, ty: GgmlType) -> bool {
         self.integer_dot && weight::shader_fn_dot4(ty).is_some()
+    }
+
+    /// Whether batches are multiplied in f16 tiles (for the types [`uses_f16_tiles`] names).
+    ///
+    /// [`uses_f16_tiles`]: GpuBackend::uses_f16_tiles
+    pub fn f16(&self) -> bool {
+        self.f16
+    }
+
+    /// Whether a matmul of many rows with a weight of this type takes the f16 tiles.
+    pub fn uses_f16_tiles(&self, ty: GgmlType) -> bool {
+        self.f16 && !matches!(ty, GgmlType::F32 | GgmlType::BF16)
     }
 
     /// The activations as the integer kernels see them: `x` quantized to 8-bit blocks of 32
@@ -1136,11 +1174,29 @@ impl Backend for GpuBackend {
             Some(xq) => (4, xq),
             None => (2, &x.buf),
         };
+        // The f16 tiles divide each row of x by its largest |value| first.
+        let scales = (!gemv && self.uses_f16_tiles(w.ty)).then(|| {
+            let buf = self.storage(x.rows);
+            let (groups, gx) = Self::grid(x.rows);
+            self.dispatch(
+                Module::QuantizeQ8,
+                "row_absmax",
+                &[x.rows as u32, x.cols as u32, x.cols as u32, gx],
+                &[(1, &x.buf), (2, &buf)],
+                groups,
+            );
+            buf
+        });
         let module = Module::Matmul {
             ty: w.ty,
             subgroups: self.subgroups,
             dot4: quantized.is_some(),
+            f16: scales.is_some(),
         };
+        let mut buffers = vec![input, (3, &out.buf)];
+        if let Some(scales) = &scales {
+            buffers.push((5, scales));
+        }
         for part in &w.parts {
             let (groups, gx) = if gemv {
                 Self::grid(part.rows)
@@ -1152,10 +1208,11 @@ impl Backend for GpuBackend {
             };
             self.dispatch(
                 module,
-                match (gemv, self.subgroups) {
-                    (true, true) => "gemv_subgroup",
-                    (true, false) => "gemv",
-                    (false, _) => "tiled",
+                match (gemv, self.subgroups, scales.is_some()) {
+                    (true, true, _) => "gemv_subgroup",
+                    (true, false, _) => "gemv",
+                    (false, _, false) => "tiled",
+                    (false, _, true) => "tiled_f16",
                 },
                 &[
                     x.rows as u32,
@@ -1167,7 +1224,7 @@ impl Backend for GpuBackend {
                     part.first_row as u32,
                     gx,
                 ],
-                &[(1, &part.buf), input, (3, &out.buf)],
+                &[&[(1, &part.buf)], &buffers[..]].concat(),
                 groups,
             );
         }
