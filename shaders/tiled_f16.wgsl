@@ -1,6 +1,6 @@
 // `tiled` (matmul.wgsl) with f16 tiles, for adapters with `shader-f16`: x and the weight are
-// staged in workgroup memory as f16, four to a vec4 (half the bytes of the f32 kernel's
-// tiles, and a quarter of the reads), and multiplied and summed in f32. Each row of x is
+// staged in workgroup memory as f16, two to a vec2 (half the bytes of the f32 kernel's tiles,
+// and half the reads), and multiplied and summed in f32. Each row of x is
 // divided by its largest |value| (`row_absmax`, q8_act.wgsl) on the way in and the sums
 // multiplied back, so no activation overflows f16 (a LLaMA's down-projection inputs reach
 // thousands); the weight values are F16 or a quantized type's, well within f16's range (F32
@@ -11,8 +11,8 @@
 
 @group(0) @binding(5) var<storage, read> row_scale: array<f32>;
 
-var<workgroup> xh: array<vec4<f16>, 64>;
-var<workgroup> wh: array<vec4<f16>, 64>;
+var<workgroup> xh: array<vec2<f16>, 128>;
+var<workgroup> wh: array<vec2<f16>, 128>;
 
 @compute @workgroup_size(16, 16)
 fn tiled_f16(
@@ -22,38 +22,45 @@ fn tiled_f16(
 ) {
     let col0 = g.x * TILE;
     let row0 = g.y * TILE;
+    // Each thread stages two adjacent elements per step: threads 0..128 of a row of x (row
+    // u / 8), the others of a weight row (column u / 8).
+    let u = t % 128u;
+    let pair = 2u * (u % 8u);
+    let xr = row0 + u / 8u;
+    let wc = col0 + u / 8u;
+    var inv = 0.0;
+    if (t < 128u && xr < p.m) {
+        inv = 1.0 / row_scale[xr];
+    }
     var acc = 0.0;
     for (var k0 = 0u; k0 < p.k; k0 += TILE) {
-        // Threads 0..64 stage four values of a row of x each, 64..128 four of a weight row.
-        let u = t % 64u;
-        let kk = k0 + 4u * (u % 4u);
-        var v = vec4<f32>(0.0);
-        if (t < 64u) {
-            let r = row0 + u / 4u;
-            if (r < p.m) {
-                for (var j = 0u; j < 4u; j++) {
-                    if (kk + j < p.k) {
-                        v[j] = x[r * p.x_stride + kk + j];
-                    }
+        let kk = k0 + pair;
+        var v = vec2<f32>(0.0);
+        if (t < 128u) {
+            if (xr < p.m) {
+                let at = xr * p.x_stride + kk;
+                if (kk < p.k) {
+                    v.x = x[at];
                 }
-                xh[u] = vec4<f16>(v / row_scale[r]);
-            } else {
-                xh[u] = vec4<f16>(v);
-            }
-        } else if (t < 128u) {
-            let c = col0 + u / 4u;
-            if (c < p.n) {
-                for (var j = 0u; j < 4u; j++) {
-                    if (kk + j < p.k) {
-                        v[j] = dq(c * p.row_words, kk + j);
-                    }
+                if (kk + 1u < p.k) {
+                    v.y = x[at + 1u];
                 }
             }
-            wh[u] = vec4<f16>(v);
+            xh[u] = vec2<f16>(v * inv);
+        } else {
+            if (wc < p.n) {
+                if (kk < p.k) {
+                    v.x = dq(wc * p.row_words, kk);
+                }
+                if (kk + 1u < p.k) {
+                    v.y = dq(wc * p.row_words, kk + 1u);
+                }
+            }
+            wh[u] = vec2<f16>(v);
         }
         workgroupBarrier();
-        for (var i = 0u; i < 4u; i++) {
-            acc += dot(vec4<f32>(xh[l.y * 4u + i]), vec4<f32>(wh[l.x * 4u + i]));
+        for (var i = 0u; i < 8u; i++) {
+            acc += dot(vec2<f32>(xh[l.y * 8u + i]), vec2<f32>(wh[l.x * 8u + i]));
         }
         workgroupBarrier();
     }

@@ -10,9 +10,13 @@
 //! ops themselves never fail and never panic on the device's account.
 //!
 //! Portability: the kernels stay within WebGPU's downlevel limits (≤ 256 invocations and
-//! ≤ 16 KiB of workgroup memory per workgroup) and use no optional feature; weights larger
+//! ≤ 16 KiB of workgroup memory per workgroup) and need no optional feature; weights larger
 //! than a storage binding are split by rows ([`GpuOptions::max_binding`] lowers the bound, so
-//! tests exercise the split on any adapter).
+//! tests exercise the split on any adapter). Where the adapter has them (and not
+//! [`GpuOptions::downlevel`]), optional features are used: subgroups (decode's sums), WGSL's
+//! packed 4×8-bit integer dot products (decode over 8-bit activations for Q4_0, Q8_0, Q4_K and
+//! Q6_K) and shader-f16 (batches in f16 tiles); [`GpuOptions::f32_only`] turns the last two
+//! off.
 
 mod weight;
 
