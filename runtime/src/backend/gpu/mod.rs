@@ -221,8 +221,8 @@ enum Module {
         f16: bool,
     },
     Rows(GgmlType),
-    /// Activations to 8-bit blocks for the integer kernels.
-    QuantizeQ8,
+    /// Activations prepared for the kernels of lower precision (q8_act.wgsl).
+    Activations,
     Elementwise,
     Norm,
     Rope,
@@ -272,7 +272,7 @@ impl Module {
                 }
             }
             Module::Rows(ty) => with_dq(ty, source::ROWS),
-            Module::QuantizeQ8 => source::Q8_ACT.to_owned(),
+            Module::Activations => source::Q8_ACT.to_owned(),
             Module::Elementwise => source::ELEMENTWISE.to_owned(),
             Module::Norm => source::NORM.to_owned(),
             Module::Rope => source::ROPE.to_owned(),
@@ -310,7 +310,7 @@ pub fn all_shader_sources() -> Vec<ShaderSource> {
         Module::Attention(KvType::F32),
         Module::Attention(KvType::F16),
         Module::KvStore,
-        Module::QuantizeQ8,
+        Module::Activations,
     ];
     for id in 0..64 {
         if let Some(ty) = GgmlType::from_id(id).filter(|&t| weight::block_bytes(t).is_some()) {
@@ -547,11 +547,23 @@ impl GpuBackend {
     fn quantize_q8(&self, x: &GpuTensor) -> wgpu::Buffer {
         debug_assert_eq!(x.cols % 32, 0);
         let blocks = x.rows * x.cols / 32;
-        let buf = self.storage(blocks * Q8_WORDS);
-        let (groups, gx) = Self::grid(blocks.div_ceil(64));
+        self.activation_pass(x, "quantize_q8", blocks * Q8_WORDS, blocks.div_ceil(64))
+    }
+
+    /// Records `entry` of q8_act.wgsl over `x` with `workgroups` workgroups, into a new
+    /// buffer of `words` words; the buffer.
+    fn activation_pass(
+        &self,
+        x: &GpuTensor,
+        entry: &'static str,
+        words: usize,
+        workgroups: usize,
+    ) -> wgpu::Buffer {
+        let buf = self.storage(words);
+        let (groups, gx) = Self::grid(workgroups);
         self.dispatch(
-            Module::QuantizeQ8,
-            "quantize_q8",
+            Module::Activations,
+            entry,
             &[x.rows as u32, x.cols as u32, x.cols as u32, gx],
             &[(1, &x.buf), (2, &buf)],
             groups,
@@ -1179,18 +1191,8 @@ impl Backend for GpuBackend {
             None => (2, &x.buf),
         };
         // The f16 tiles divide each row of x by its largest |value| first.
-        let scales = (!gemv && self.uses_f16_tiles(w.ty)).then(|| {
-            let buf = self.storage(x.rows);
-            let (groups, gx) = Self::grid(x.rows);
-            self.dispatch(
-                Module::QuantizeQ8,
-                "row_absmax",
-                &[x.rows as u32, x.cols as u32, x.cols as u32, gx],
-                &[(1, &x.buf), (2, &buf)],
-                groups,
-            );
-            buf
-        });
+        let scales = (!gemv && self.uses_f16_tiles(w.ty))
+            .then(|| self.activation_pass(x, "row_absmax", x.rows, x.rows));
         let module = Module::Matmul {
             ty: w.ty,
             subgroups: self.subgroups,
