@@ -44,12 +44,24 @@ fn run_on_the_gpu_answers_as_the_cpu_does() {
     if gpu_backend().is_none() {
         return;
     }
-    for extra in [
-        &["--device", "gpu:0"][..],
-        &["--device", "gpu:0", "--gpu-downlevel"],
+    // The optional features (integer dot products, f16 tiles) by default, not with either
+    // flag; `--verbose` names what the backend uses.
+    for (extra, integer_dot) in [
+        (&["--device", "gpu:0"][..], true),
+        (&["--device", "gpu:0", "--gpu-downlevel"], false),
+        (&["--device", "gpu:0", "--gpu-f32"], false),
     ] {
         let gpu = answer(dir.path(), extra);
-        assert!(stderr(&gpu).contains("gpu, "), "{}", stderr(&gpu));
+        let said = stderr(&gpu);
+        assert!(said.contains("gpu, "), "{said}");
+        assert_eq!(
+            said.contains("integer dot products"),
+            integer_dot,
+            "{extra:?}: {said}"
+        );
+        if !integer_dot {
+            assert!(!said.contains("f16 tiles"), "{extra:?}: {said}");
+        }
         assert_eq!(stdout(&gpu), stdout(&cpu), "{extra:?}");
     }
     // A split: the tower on one device, the LLM on the other, either way round.
