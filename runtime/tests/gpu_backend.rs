@@ -133,7 +133,7 @@ fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std
         let got = gpu.download(&gpu.matmul(&xt, &w)).unwrap();
         // The integer kernels see the activations rounded to 8 bits (checked against their
         // definition here, then taken as the reference's input).
-        let integer = rows <= 4 && gpu.uses_integer_dot(ty);
+        let integer = gpu.uses_integer_dot(ty);
         let f16 = rows > 4 && gpu.uses_f16_tiles(ty);
         let x = if integer {
             let blocks = gpu.quantized_activations(&xt).unwrap();

@@ -263,7 +263,8 @@ impl Module {
                     Some(f) => format!(
                         "{s}\n{}\n\
                          fn row_dot(base: u32, r: u32, t: u32) -> f32 {{ return row_partial_dot4(base, r, t); }}\n\
-                         fn dot4_block(base: u32, blk: u32, a: u32) -> f32 {{ return {f}(base, blk, a); }}\n",
+                         fn w_word(base: u32, blk: u32, i: u32) -> u32 {{ return w_word_{f}(base, blk, i); }}\n\
+                         fn w_scales(base: u32, blk: u32) -> vec3<f32> {{ return w_scales_{f}(base, blk); }}\n",
                         source::GEMV_DOT4
                     ),
                     None => format!(
@@ -511,7 +512,8 @@ impl GpuBackend {
         self.integer_dot
     }
 
-    /// Whether a matmul of a few rows with a weight of this type takes the integer kernel.
+    /// Whether a matmul with a weight of this type takes the integer kernels (decode's and
+    /// batches').
     pub fn uses_integer_dot(&self, ty: GgmlType) -> bool {
         self.integer_dot && weight::shader_fn_dot4(ty).is_some()
     }
@@ -523,9 +525,10 @@ impl GpuBackend {
         self.f16
     }
 
-    /// Whether a matmul of many rows with a weight of this type takes the f16 tiles.
+    /// Whether a matmul of many rows with a weight of this type takes the f16 tiles: F16 and
+    /// the quantized types without integer kernels (or all of them without integer dots).
     pub fn uses_f16_tiles(&self, ty: GgmlType) -> bool {
-        self.f16 && !matches!(ty, GgmlType::F32 | GgmlType::BF16)
+        self.f16 && !matches!(ty, GgmlType::F32 | GgmlType::BF16) && !self.uses_integer_dot(ty)
     }
 
     /// The activations as the integer kernels see them: `x` quantized to 8-bit blocks of 32
@@ -1178,7 +1181,7 @@ impl Backend for GpuBackend {
         let out = self.tensor(x.rows, w.n_rows);
         let gemv = x.rows <= 4;
         // The integer kernels' types have blocks of 32 or 256: whole blocks of activations.
-        let quantized = (gemv && self.uses_integer_dot(w.ty)).then(|| {
+        let quantized = self.uses_integer_dot(w.ty).then(|| {
             let key = (x.buf.clone(), x.rows, x.cols);
             let mut last = self.quantized.borrow_mut();
             match &*last {
@@ -1214,11 +1217,12 @@ impl Backend for GpuBackend {
             };
             self.dispatch(
                 module,
-                match (gemv, self.subgroups, scales.is_some()) {
-                    (true, true, _) => "gemv_subgroup",
-                    (true, false, _) => "gemv",
-                    (false, _, false) => "tiled",
-                    (false, _, true) => "tiled_f16",
+                match (gemv, self.subgroups) {
+                    (true, true) => "gemv_subgroup",
+                    (true, false) => "gemv",
+                    (false, _) if quantized.is_some() => "tiled_dot4",
+                    (false, _) if scales.is_some() => "tiled_f16",
+                    (false, _) => "tiled",
                 },
                 &[
                     x.rows as u32,

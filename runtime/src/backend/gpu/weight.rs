@@ -59,14 +59,15 @@ pub(super) fn shader_fn8(ty: GgmlType) -> &'static str {
     }
 }
 
-/// The name of the type's block function in gemv_dot4.wgsl (decode with packed 4×8-bit
-/// integer dot products), for the types that have one.
+/// The suffix of the type's block functions in gemv_dot4.wgsl (`w_word_<suffix>`,
+/// `w_scales_<suffix>`: the kernels with packed 4×8-bit integer dot products), for the types
+/// that have them.
 pub(super) fn shader_fn_dot4(ty: GgmlType) -> Option<&'static str> {
     match ty {
-        GgmlType::Q4_0 => Some("dot4_q4_0"),
-        GgmlType::Q8_0 => Some("dot4_q8_0"),
-        GgmlType::Q4K => Some("dot4_q4_k"),
-        GgmlType::Q6K => Some("dot4_q6_k"),
+        GgmlType::Q4_0 => Some("q4_0"),
+        GgmlType::Q8_0 => Some("q8_0"),
+        GgmlType::Q4K => Some("q4_k"),
+        GgmlType::Q6K => Some("q6_k"),
         _ => None,
     }
 }
