@@ -144,9 +144,9 @@ pub struct DeviceArgs {
     /// adapter offers: the path the weakest GPUs (a Raspberry Pi 5's) take.
     #[arg(long)]
     pub gpu_downlevel: bool,
-    /// On the GPU, compute in f32 only: decode without 8-bit activations and packed 4×8-bit
-    /// integer dot products (which Q4_0, Q8_0, Q4_K and Q6_K weights take otherwise), batches
-    /// without f16 tiles (which F16 and quantized weights take where the GPU has shader-f16).
+    /// On the GPU, compute in f32 only: without 8-bit activations and packed 4×8-bit integer
+    /// dot products (which Q4_0, Q8_0, Q4_K and Q6_K weights take otherwise), batches without
+    /// f16 tiles (which the other F16 and quantized weights take where the GPU has shader-f16).
     #[arg(long)]
     pub gpu_f32: bool,
 }

@@ -14,9 +14,9 @@
 //! than a storage binding are split by rows ([`GpuOptions::max_binding`] lowers the bound, so
 //! tests exercise the split on any adapter). Where the adapter has them (and not
 //! [`GpuOptions::downlevel`]), optional features are used: subgroups (decode's sums), WGSL's
-//! packed 4×8-bit integer dot products (decode over 8-bit activations for Q4_0, Q8_0, Q4_K and
-//! Q6_K) and shader-f16 (batches in f16 tiles); [`GpuOptions::f32_only`] turns the last two
-//! off.
+//! packed 4×8-bit integer dot products (Q4_0, Q8_0, Q4_K and Q6_K weights against 8-bit
+//! activations, in decode and batches) and shader-f16 (batches of the other F16 and quantized
+//! weights in f16 tiles); [`GpuOptions::f32_only`] turns the last two off.
 
 mod weight;
 
@@ -59,9 +59,9 @@ pub struct GpuOptions {
     /// Split weights into parts of at most this many bytes (the adapter's storage-binding
     /// limit if lower).
     pub max_binding: Option<u64>,
-    /// Compute in f32 only: no 8-bit activations with packed 4×8-bit integer dot products
-    /// in decode, no f16 tiles in batches (both are used where the adapter has them, except
-    /// with `downlevel`): to compare.
+    /// Compute in f32 only: no 8-bit activations with packed 4×8-bit integer dot products,
+    /// no f16 tiles in batches (both are used where the adapter has them, except with
+    /// `downlevel`): to compare.
     pub f32_only: bool,
 }
 
@@ -214,8 +214,8 @@ enum Module {
     Matmul {
         ty: GgmlType,
         subgroups: bool,
-        /// Decode's `gemv` over 8-bit activations (gemv_dot4.wgsl); only for the types
-        /// `weight::shader_fn_dot4` names.
+        /// `gemv` and `tiled_dot4` over 8-bit activations (gemv_dot4.wgsl); only for the
+        /// types `weight::shader_fn_dot4` names.
         dot4: bool,
         /// With `tiled_f16` (tiled_f16.wgsl): the device has `shader-f16`.
         f16: bool,
@@ -367,8 +367,8 @@ pub struct GpuBackend {
     downlevel: bool,
     /// The device has subgroups (requested when the adapter offers them, unless downlevel).
     subgroups: bool,
-    /// Decode's kernels for Q4_0, Q8_0, Q4_K and Q6_K take 8-bit activations and packed
-    /// 4×8-bit integer dot products (where WGSL has them, unless downlevel or f32 only).
+    /// The kernels for Q4_0, Q8_0, Q4_K and Q6_K take 8-bit activations and packed 4×8-bit
+    /// integer dot products (where WGSL has them, unless downlevel or f32 only).
     integer_dot: bool,
     /// Batches stage and multiply their tiles in f16 (the device has `shader-f16`, not
     /// downlevel or f32 only), for weights other than F32 and BF16.
@@ -506,8 +506,8 @@ impl GpuBackend {
         self.subgroups
     }
 
-    /// Whether decode uses packed 4×8-bit integer dot products (for the types that have
-    /// such a kernel: [`GpuBackend::uses_integer_dot`]).
+    /// Whether packed 4×8-bit integer dot products are used (for the types that have such
+    /// kernels: [`GpuBackend::uses_integer_dot`]).
     pub fn integer_dot(&self) -> bool {
         self.integer_dot
     }
