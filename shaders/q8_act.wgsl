@@ -1,7 +1,7 @@
 // Activations prepared for the kernels of lower precision: 8-bit blocks for the integer
-// decode kernels (`quantize_q8`), and per-row scales for the f16 tiles (`row_absmax`).
+// kernels (`quantize_q8`), and per-row scales for the f16 tiles (`row_absmax`).
 //
-// Activation rows quantized to 8 bits for the integer decode kernels (gemv_dot4.wgsl), as the
+// Activation rows quantized to 8 bits for the integer kernels (gemv_dot4.wgsl), as the
 // CPU backend quantizes them for its integer dots (ggml's Q8_0 rule): each block of 32 values
 // gets d = max|x| / 127 and quants round(x / d), here with an f32 d and the block's sum of
 // quants beside them. A block is XQ_WORDS = 10 u32 words:
@@ -11,7 +11,7 @@
 //   word  9     Σ quants, an i32 (for the formats whose values carry an offset or a min)
 //
 // Rows follow one another, k / 32 blocks each (the row length is a multiple of 32 wherever
-// this path is taken).
+// this path is taken). The host's `Q8_WORDS` and gemv_dot4.wgsl's `XQ_WORDS` are this size.
 
 struct Params {
     m: u32,         // rows

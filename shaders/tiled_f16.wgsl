@@ -3,8 +3,9 @@
 // and half the reads), and multiplied and summed in f32. Each row of x is
 // divided by its largest |value| (`row_absmax`, q8_act.wgsl) on the way in and the sums
 // multiplied back, so no activation overflows f16 (a LLaMA's down-projection inputs reach
-// thousands); the weight values are F16 or a quantized type's, well within f16's range (F32
-// and BF16 weights keep the f32 kernel). The host prepends `enable f16;` and appends this
+// thousands); the weight values are F16 or a quantized type's, well within f16's range. Used
+// for F16 weights and the quantized types without integer kernels (Q4_0, Q8_0, Q4_K and Q6_K
+// take `tiled_dot4` where it exists); F32 and BF16 weights keep the f32 kernel. The host prepends `enable f16;` and appends this
 // file to matmul.wgsl; the results are the f32 kernel's within the rounding of x and w to
 // f16 (2⁻¹¹ of each). Multiplying in f16 as well (`dot` of two vec4<f16>) doubled the
 // tiny test models' logit error, past the bound the CPU's F16 tests hold, so it is not done.

@@ -35,10 +35,14 @@ if [ -f "$icd" ] && ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json
 fi
 
 # The test binaries read fixtures and run the CLI at the paths they were built with.
+# A path that exists and is not this checkout is left alone (the tests that read fixtures
+# then fail, saying so).
 built=$(cat "$run/root")
-if [ "$(readlink -f "$built" 2>/dev/null)" != "$(readlink -f "$PWD")" ]; then
+if [ ! -e "$built" ]; then
     mkdir -p "$(dirname "$built")"
-    ln -sfn "$PWD" "$built"
+    ln -s "$PWD" "$built"
+elif [ "$(readlink -f "$built")" != "$(readlink -f "$PWD")" ]; then
+    say "$built exists and is not this checkout: the tests' fixture paths will not resolve"
 fi
 mkdir -p target/debug target/release
 for t in target/debug/llava target/release/llava; do
