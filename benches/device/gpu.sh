@@ -5,24 +5,16 @@
 # image encode with an F16 and a Q8_0 mmproj; default features, f32 only, downlevel). Writes
 # report.md and the logs to $OUT (the device tool brings them back).
 #
-#   device run: carry [".gpu-run"], command "bash benches/gpu-device/run.sh", timeout_s 590
+#   device run: carry [".device-run/gpu"], command "bash benches/device/gpu.sh", timeout_s 590
 #
 # Each step has its own time limit and the report is written as the steps end, so a run cut
 # short still says what it measured. Locally (Mesa's lavapipe, a smoke test of the script):
-#   OUT=/tmp/gpu-out GPU=gpu:0 QUICK=1 bash benches/gpu-device/run.sh
+#   OUT=/tmp/gpu-out GPU=gpu:0 QUICK=1 bash benches/device/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-run=.gpu-run
-OUT=${OUT:?set OUT to the folder the results go to}
+kit=gpu report_name=report.md
 GPU=${GPU:-gpu}        # the --device value: gpu (a hardware GPU) or gpu:N
-QUICK=${QUICK:-}       # set: a small model and short tests (for trying the script)
-mkdir -p "$OUT"
-report=$OUT/report.md
-say() { echo "$*" | tee -a "$report"; }
-: >"$report"
-[ -f "$run/bin.tar.xz" ] || { say "no $run/bin.tar.xz: run benches/gpu-device/prepare.sh first"; exit 2; }
-tar -C "$run" -xJf "$run/bin.tar.xz" ||
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$run/bin.tar.xz" "$run"
+. benches/device/common.sh
 
 # The Vulkan loader (the image has the driver's ICD, not the loader).
 if ! ldconfig -p | grep -q libvulkan.so.1; then
@@ -33,22 +25,6 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 if [ -f "$icd" ] && ! ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1; then
     export VK_DRIVER_FILES=$icd
 fi
-
-# The test binaries read fixtures and run the CLI at the paths they were built with.
-# A path that exists and is not this checkout is left alone (the tests that read fixtures
-# then fail, saying so).
-built=$(cat "$run/root")
-if [ ! -e "$built" ]; then
-    mkdir -p "$(dirname "$built")"
-    ln -s "$PWD" "$built"
-elif [ "$(readlink -f "$built")" != "$(readlink -f "$PWD")" ]; then
-    say "$built exists and is not this checkout: the tests' fixture paths will not resolve"
-fi
-mkdir -p target/debug target/release
-for t in target/debug/llava target/release/llava; do
-    [ -e "$t" ] || cp "$run/llava" "$t"
-done
-llava=$PWD/target/release/llava
 
 say "# GPU check, $(date -u +%FT%TZ)"
 say ""
@@ -61,7 +37,7 @@ say '```'
 
 say ""
 say "## GPU tests (LLAVA_REQUIRE_GPU=1: a test without an adapter fails)"
-for t in "$run"/tests/*; do
+for t in "$bin"/tests/*; do
     name=$(basename "$t")
     LLAVA_REQUIRE_GPU=1 timeout 240 "$t" --test-threads 1 --nocapture >"$OUT/test-$name.log" 2>&1
     rc=$?
@@ -101,7 +77,7 @@ mmproj8=$models/mmproj-q8_0.gguf
 timeout 120 "$llava" quantize "$mmproj" "$mmproj8" -q q8_0 >>"$OUT/synth.log" 2>&1
 say "LLM: $(basename "$llm") ($(du -h "$llm" | cut -f1)); mmproj: F16 and Q8_0"
 # One line per bench in the report; each whole JSON object, on one line, in bench.jsonl.
-summary() { python3 benches/gpu-device/summary.py "$@"; }
+summary() { python3 benches/device/summary.py "$@"; }
 for variant in "" --gpu-f32 --gpu-downlevel; do
     # The Q8_0 mmproj adds only its encode: no LLM tests then.
     for proj in "$mmproj" "$mmproj8"; do

@@ -15,6 +15,8 @@ except (OSError, ValueError):
 with open(jsonl, "a") as f:
     f.write(json.dumps({"variant": label, "rc": rc, "result": r}) + "\n")
 parts = [f"- {label}: exit {rc}"]
+if r and r.get("kernels"):
+    parts.append(f"kernels {r['kernels']}")
 for test in ("pp", "tg"):
     t = (r or {}).get(test)
     if t:
