@@ -18,7 +18,7 @@
 
 @group(0) @binding(4) var<storage, read> xq: array<u32>;
 
-const XQ_WORDS: u32 = 10u;
+// XQ_WORDS, the words of an activation block (see q8_act.wgsl), is declared by the host.
 
 fn xq_d(a: u32) -> f32 {
     return bitcast<f32>(xq[a + 8u]);

@@ -11,7 +11,8 @@
 //   word  9     Σ quants, an i32 (for the formats whose values carry an offset or a min)
 //
 // Rows follow one another, k / 32 blocks each (the row length is a multiple of 32 wherever
-// this path is taken). The host's `Q8_WORDS` and gemv_dot4.wgsl's `XQ_WORDS` are this size.
+// this path is taken). The host declares XQ_WORDS before this file and before gemv_dot4.wgsl,
+// from its own `Q8_WORDS`: one number for the three of them.
 
 struct Params {
     m: u32,         // rows
@@ -23,8 +24,6 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> xq: array<u32>;
-
-const XQ_WORDS: u32 = 10u;
 
 // One thread per block.
 @compute @workgroup_size(64)

@@ -33,8 +33,14 @@ use crate::quant::{self, GgmlType};
 
 const NAME: &str = "gpu";
 
-/// u32 words per 32-value block of 8-bit activations (shaders/q8_act.wgsl).
+/// u32 words per 32-value block of 8-bit activations (shaders/q8_act.wgsl). The shaders that
+/// write and read these blocks get it as `XQ_WORDS` from [`xq_words`], so the sizes cannot drift.
 const Q8_WORDS: usize = 10;
+
+/// The WGSL declaration of [`Q8_WORDS`] that q8_act.wgsl and gemv_dot4.wgsl use.
+fn xq_words() -> String {
+    format!("const XQ_WORDS: u32 = {Q8_WORDS}u;\n")
+}
 
 /// Which adapter [`GpuBackend::new`] takes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -266,14 +272,14 @@ impl Module {
                          fn w_word(base: u32, blk: u32, i: u32) -> u32 {{ return w_word_{f}(base, blk, i); }}\n\
                          fn w_scales(base: u32, blk: u32) -> vec3<f32> {{ return w_scales_{f}(base, blk); }}\n",
                         source::GEMV_DOT4
-                    ),
+                    ) + &xq_words(),
                     None => format!(
                         "{s}\nfn row_dot(base: u32, r: u32, t: u32) -> f32 {{ return row_partial(base, r, t); }}\n"
                     ),
                 }
             }
             Module::Rows(ty) => with_dq(ty, source::ROWS),
-            Module::Activations => source::Q8_ACT.to_owned(),
+            Module::Activations => format!("{}{}", xq_words(), source::Q8_ACT),
             Module::Elementwise => source::ELEMENTWISE.to_owned(),
             Module::Norm => source::NORM.to_owned(),
             Module::Rope => source::ROPE.to_owned(),
