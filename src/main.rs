@@ -98,8 +98,28 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// Mesa's Vulkan device-selection layer (`VK_LAYER_MESA_device_select`, installed with Mesa's
+/// drivers) orders the GPUs by which one drives the display, and to find the display it opens a
+/// Wayland connection: without `XDG_RUNTIME_DIR` (a service, a container, a plain `su` shell)
+/// libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." to
+/// stderr, twice per Vulkan instance, before any of our output. With neither that nor `DISPLAY`
+/// there is no display whose GPU the layer could find, so it is turned off (its documented
+/// `NODEVICE_SELECT=1`) unless the user set that variable. The order it would have given does
+/// not matter to us: `--device gpu` ranks adapters by type, and `gpu:N` counts in the order
+/// `llava devices` prints, which this same setting produces.
+fn quiet_mesa_device_select() {
+    let unset = |name: &str| std::env::var_os(name).is_none_or(|v| v.is_empty());
+    if unset("XDG_RUNTIME_DIR") && unset("DISPLAY") && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // Sound: the first thing `main` does, while the process has one thread, so nothing can
+        // read the environment while it changes.
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 fn main() -> ExitCode {
     keep_freed_memory();
+    quiet_mesa_device_select();
     let args = match llamacpp_flags::translate(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(message) => {

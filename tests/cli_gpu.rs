@@ -74,6 +74,23 @@ fn run_on_the_gpu_answers_as_the_cpu_does() {
     }
 }
 
+/// Where no display session exists (a service, a container), Mesa's device-selection layer
+/// would print libwayland's complaint about `XDG_RUNTIME_DIR` before the list: `llava` turns
+/// the layer off there, so stderr stays empty.
+#[test]
+fn devices_on_a_machine_without_a_display_prints_no_errors() {
+    let o = std::process::Command::new(llava_bin())
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("DISPLAY")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), "", "llava devices wrote to stderr");
+}
+
 #[test]
 fn devices_lists_the_adapters_and_a_missing_gpu_is_a_one_line_error() {
     let o = llava(&["devices"]);
