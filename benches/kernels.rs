@@ -21,9 +21,9 @@
 //!   (cache-resident, one thread): 16 weight rows against 16 activation rows, by the 4-row
 //!   kernel and by the path's wide kernel where it has one. Throughput is multiply-adds.
 //!
-//! `<path>` is every path the CPU can run: `scalar`, `avx2`, `avx512`, `avx512-vnni`, `neon`,
-//! `neon-dotprod` (`quant::set_cpu_path`, or `quant::row_kernels` for the raw kernels). Weights
-//! are random rows quantized by the reference quantizers.
+//! `<path>` is every path the CPU can run: `scalar`, `avx2`, `avx-vnni`, `avx512`,
+//! `avx512-vnni`, `neon`, `neon-dotprod` (`quant::set_cpu_path`, or `quant::row_kernels` for
+//! the raw kernels). Weights are random rows quantized by the reference quantizers.
 //!
 //! `cargo bench --bench kernels` (about 3 minutes on 2 cores); `-- gemv/q4_0` to filter.
 //! Threads: `LLAVA_BENCH_THREADS`, default one per physical core.
