@@ -111,8 +111,8 @@ fn quiet_mesa_device_select() {
     let unset = |name: &str| std::env::var_os(name).is_none_or(|v| v.is_empty());
     if unset("XDG_RUNTIME_DIR") && unset("DISPLAY") && std::env::var_os("NODEVICE_SELECT").is_none()
     {
-        // Sound: the first thing `main` does, while the process has one thread, so nothing can
-        // read the environment while it changes.
+        // Sound: `main` calls this before anything starts a thread, so nothing can read the
+        // environment while it changes.
         std::env::set_var("NODEVICE_SELECT", "1");
     }
 }

@@ -40,6 +40,8 @@ for line in sys.stdin:
 }
 
 cargo build --release --locked --bin llava
+stage=
+trap 'rm -rf "$stage"' EXIT  # a kit's staging folder, also when a build fails
 
 for kit in "${kits[@]}"; do
     out=$root/.device-run/$kit
@@ -79,6 +81,7 @@ for kit in "${kits[@]}"; do
     find "$stage" -type f -exec strip {} +
     tar -C "$stage" -cJf "$out/bin.tar.xz" .
     rm -rf "$stage"
+    stage=
     du -sh "$out"
     tar -tvJf "$out/bin.tar.xz"
     echo "next: the device tool's run with carry [\".device-run/$kit\"] and command 'bash benches/device/$kit.sh'"
