@@ -182,6 +182,44 @@ fn hostile_mmproj_counts_and_pinpoints_are_refused() {
     }
 }
 
+/// An mmproj's image size is bounded at load (63000-pixel views of 1000-pixel patches would
+/// fit a 4096 context in 63² positions and make any image 63000² pixels), and the resize to
+/// one view counts in the pixel budget even when the image itself is tiny.
+#[test]
+fn an_image_size_beyond_any_clip_is_refused_and_the_view_counts_in_the_budget() {
+    let (dir, llm, mmproj) = pair("llava-tiny-hf");
+    let bad = dir.path().join("bad-mmproj.gguf");
+    with_key(
+        &mmproj,
+        &bad,
+        "clip.vision.image_size",
+        MetaValue::U32(63_000),
+    );
+    let tiny = dir.path().join("tiny.png");
+    image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3]))
+        .save(&tiny)
+        .unwrap();
+    let run = |mmproj: &Path, extra: &[&str]| {
+        let mut args = vec!["run", "-m", s(&llm), "--mmproj", s(mmproj)];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--image", s(&tiny), "-n", "1", "hi"]);
+        llava_within(&args, LIMIT)
+    };
+    let o = run(&bad, &[]);
+    assert_error(
+        &o,
+        1,
+        "image_size: 63000 pixels: expected 1 to 4096",
+        "image_size",
+    );
+    assert!(stderr(&o).contains("bad-mmproj.gguf"), "{}", stderr(&o));
+    // The fixture's 56-pixel views: a 4 × 4 image becomes 56² = 3136 pixels, not 16.
+    let o = run(&mmproj, &["--max-image-pixels", "1000"]);
+    assert_error(&o, 1, "4x4 becomes", "a view above the budget");
+    let o = run(&mmproj, &["--max-image-pixels", "3136"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+}
+
 /// The converter writes no pinpoints the runtime would refuse.
 #[test]
 fn converter_and_runtime_share_the_pinpoint_limits() {

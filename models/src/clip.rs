@@ -21,6 +21,11 @@ pub const MAX_PINPOINTS: usize = 64;
 /// LLaVA-OneVision to 6. An image is encoded as up to 8 × 8 views plus the overview.
 pub const MAX_TILES_PER_SIDE: usize = 8;
 
+/// Largest `image_size` an mmproj may declare. CLIP towers use 224, 336, 378, 384 or 448;
+/// every image is resized to `image_size²` pixels (and LLaVA-1.6 tiles to eight times that per
+/// side), so an unbounded size lets a small file ask for tens of gigabytes.
+pub const MAX_IMAGE_SIZE: usize = 4096;
+
 /// Hyper-parameters of the tower and its preprocessing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClipConfig {
@@ -109,7 +114,15 @@ impl ClipConfig {
             ));
         }
         let (image_size, patch_size) = (u(clip::IMAGE_SIZE)?, u(clip::PATCH_SIZE)?);
-        if patch_size == 0 || image_size == 0 || image_size % patch_size != 0 {
+        if image_size == 0 || image_size > MAX_IMAGE_SIZE {
+            return Err(bad(
+                clip::IMAGE_SIZE,
+                format!(
+                    "{image_size} pixels: expected 1 to {MAX_IMAGE_SIZE} (CLIP uses 224 to 448)"
+                ),
+            ));
+        }
+        if patch_size == 0 || image_size % patch_size != 0 {
             return Err(bad(
                 clip::PATCH_SIZE,
                 format!("{patch_size} does not divide the image size {image_size}"),
@@ -346,5 +359,76 @@ impl<B: Backend> Clip<B> {
     pub fn encode(&self, backend: &B, pixels: &[f32]) -> B::Tensor {
         self.projector
             .forward(backend, &self.encode_features(backend, pixels))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llava_runtime::gguf::{GgufWriteError, GgufWriter, MetaValue};
+    use llava_runtime::quant::GgmlType;
+
+    /// The config of a file holding every key a tower needs (one block, 8 wide), with
+    /// `image_size` and `patch_size` as given.
+    fn config_of(image_size: u32, patch_size: u32) -> Result<ClipConfig, ModelError> {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("mmproj.gguf");
+        let mut w = GgufWriter::new();
+        let keys: Vec<(&str, MetaValue)> = vec![
+            (KEY_ARCHITECTURE, "clip".into()),
+            (clip::EMBEDDING_LENGTH, 8u32.into()),
+            (clip::FEED_FORWARD_LENGTH, 16u32.into()),
+            (clip::HEAD_COUNT, 2u32.into()),
+            (clip::IMAGE_SIZE, image_size.into()),
+            (clip::PATCH_SIZE, patch_size.into()),
+            (clip::BLOCK_COUNT, 1u32.into()),
+            (clip::LAYER_NORM_EPSILON, 1e-5f32.into()),
+            (clip::IMAGE_MEAN, vec![0.5f32; 3].into()),
+            (clip::IMAGE_STD, vec![0.5f32; 3].into()),
+        ];
+        for (k, v) in keys {
+            w.add(k, v).expect("valid key");
+        }
+        w.add_tensor("v.blk.0.attn_q.weight", GgmlType::F32, &[8, 8])
+            .expect("valid tensor");
+        w.write(&path, |_, decl, out| -> Result<(), GgufWriteError> {
+            out.write_all(&vec![0; decl.n_bytes() as usize])
+                .expect("written");
+            Ok(())
+        })
+        .expect("written");
+        ClipConfig::from_gguf(&GgufFile::open(&path).expect("readable"))
+    }
+
+    #[test]
+    fn a_real_image_size_loads() {
+        let c = config_of(336, 14).expect("a LLaVA-1.5 tower's sizes");
+        assert_eq!(c.n_patches(), 576);
+    }
+
+    /// 63000-pixel views of 1000-pixel patches make only 63² positions, but resizing any
+    /// image to one view would take 63000² pixels: about 60 GB with its f32 copies.
+    #[test]
+    fn an_absurd_image_size_is_refused_at_load() {
+        for (image_size, patch_size) in [(63_000, 1000), (MAX_IMAGE_SIZE as u32 * 2, 16), (0, 14)] {
+            match config_of(image_size, patch_size) {
+                Err(ModelError::BadConfig { key, reason, path }) => {
+                    assert_eq!(key, clip::IMAGE_SIZE, "{reason}");
+                    assert!(reason.contains("4096"), "{reason}");
+                    assert!(path.ends_with("mmproj.gguf"));
+                }
+                other => panic!("{image_size}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_patch_size_that_does_not_divide_the_image_size_is_refused() {
+        for patch_size in [0, 13, 337] {
+            match config_of(336, patch_size) {
+                Err(ModelError::BadConfig { key, .. }) => assert_eq!(key, clip::PATCH_SIZE),
+                other => panic!("{patch_size}: {other:?}"),
+            }
+        }
     }
 }

@@ -197,10 +197,10 @@ pub fn image_tokens<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> usize {
 }
 
 /// The most pixels one picture made while preprocessing `image` holds: LLaVA-1.5 pads to a
-/// square of the longer side (a 1 × 100000 strip becomes 10^10 pixels); anyres fits the image
-/// into its pinpoint; a centre-cropping tower resizes the shorter side to its image size (the
-/// longer side grows with it). Callers bound the work with it before [`encode_image`], as the
-/// decoder bounds the image itself.
+/// square of the longer side (a 1 × 100000 strip becomes 10^10 pixels), then resizes it to the
+/// tower's `image_size²`; anyres fits the image into its pinpoint; a centre-cropping tower
+/// resizes the shorter side to its image size (the longer side grows with it). Callers bound
+/// the work with it before [`encode_image`], as the decoder bounds the image itself.
 pub fn preprocessed_pixels<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> u64 {
     let (w, h) = (u64::from(image.width), u64::from(image.height));
     let canvas = match anyres_layout(clip, image) {
@@ -212,7 +212,10 @@ pub fn preprocessed_pixels<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> u64 
         }
         None => w.max(h).pow(2),
     };
-    canvas.max(w * h)
+    // Every path resizes to at least one `image_size²` view: a tiny image in a tower with a
+    // huge image size costs that much, however small its own canvas.
+    let view = (clip.config.image_size as u64).pow(2);
+    canvas.max(view).max(w * h)
 }
 
 /// The anyres layout of `image`, or `None` for a LLaVA-1.5 tower. The number of positions an
