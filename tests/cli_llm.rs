@@ -61,45 +61,32 @@ struct Reference {
 }
 
 fn reference(model: &str) -> Reference {
-    let path = Path::new(FIXTURES).join(model).join("reference.json");
-    let j: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    Reference {
-        prompt: j["prompt"].as_str().unwrap().to_owned(),
-        input_ids: j["input_ids"]
-            .as_array()
-            .unwrap()
+    let r = text_reference(model);
+    // transformers' `decode` of the generated ids is a sequence's text, so without the
+    // SentencePiece space of its first token.
+    let continuation = {
+        let tok: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(FIXTURES).join(model).join("tokenizer.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let vocab = tok["model"]["vocab"].as_object().unwrap();
+        let (piece, _) = vocab
             .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect(),
-        logits: j["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|row| row.as_array().unwrap().iter())
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect(),
-        // transformers' `decode` of the generated ids is a sequence's text, so without the
-        // SentencePiece space of its first token.
-        continuation: {
-            let first = j["greedy_continuation"][0].as_u64().unwrap();
-            let tok: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(Path::new(FIXTURES).join(model).join("tokenizer.json"))
-                    .unwrap(),
-            )
+            .find(|(_, id)| id.as_u64() == Some(u64::from(r.greedy[0])))
             .unwrap();
-            let vocab = tok["model"]["vocab"].as_object().unwrap();
-            let (piece, _) = vocab
-                .iter()
-                .find(|(_, id)| id.as_u64() == Some(first))
-                .unwrap();
-            let space = if piece.starts_with('\u{2581}') {
-                " "
-            } else {
-                ""
-            };
-            format!("{space}{}", j["greedy_text"].as_str().unwrap())
-        },
+        let space = if piece.starts_with('\u{2581}') {
+            " "
+        } else {
+            ""
+        };
+        format!("{space}{}", r.greedy_text)
+    };
+    Reference {
+        logits: r.flat_logits(),
+        prompt: r.prompt,
+        input_ids: r.input_ids,
+        continuation,
     }
 }
 
@@ -137,12 +124,8 @@ fn logits_writes_transformers_logits_as_npy() {
     );
     let (shape, values) = read_npy_shaped(&npy);
     assert_eq!(shape, [r.input_ids.len(), 512]);
-    let diff = values
-        .iter()
-        .zip(&r.logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max);
-    assert!(diff <= 1e-3, "max |diff| {diff}");
+    let diff = max_abs_diff(&values, &r.logits);
+    assert!(diff <= F32_LOGITS, "max |diff| {diff}");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use llava_convert::{convert_llama, convert_mmproj, Preset};
 use llava_models::Llama;
 use llava_runtime::backend::{Backend, CpuBackend, KvType};
-use llava_runtime::gguf::{GgufFile, Value};
+use llava_runtime::gguf::GgufFile;
 use llava_runtime::quant::GgmlType;
 use llava_runtime::tokenizer::{TokenType, Tokenizer};
 
@@ -23,43 +23,11 @@ const SCHEMES: [(&str, Option<&str>); 3] = [
     ("llava-tiny-orig", Some("clip-tiny")),
 ];
 
-struct Reference {
-    input_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-    greedy: Vec<u32>,
-}
-
-fn reference() -> Reference {
-    let text = std::fs::read_to_string(fixture("llava-tiny-hf").join("reference.json")).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
-    Reference {
-        input_ids: ids(&j["input_ids"]),
-        logits: j["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect(),
-        greedy: ids(&j["greedy_continuation"]),
-    }
-}
+use common::text_reference as reference;
 
 #[test]
 fn llm_of_every_scheme_matches_transformers() {
-    let r = reference();
+    let r = reference("llava-tiny-hf");
     for (scheme, _) in SCHEMES {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("llm.gguf");
@@ -76,13 +44,14 @@ fn llm_of_every_scheme_matches_transformers() {
         let n_vocab = m.config.n_vocab;
         // The original layout keeps Vicuna's vocabulary (no <image>, no padding): its logits
         // are the first columns of the llava-hf model's.
-        let mut diff = 0f32;
-        for (ours, theirs) in logits.chunks(n_vocab).zip(&r.logits) {
-            for (a, b) in ours.iter().zip(&theirs[..n_vocab]) {
-                diff = diff.max((a - b).abs());
-            }
-        }
-        assert!(diff <= 1e-3, "{scheme}: max |diff| {diff}");
+        assert_eq!(logits.len(), r.logits.len() * n_vocab, "{scheme}");
+        assert!(n_vocab <= r.n_vocab(), "{scheme}");
+        let diff = logits
+            .chunks(n_vocab)
+            .zip(&r.logits)
+            .map(|(ours, theirs)| max_abs_diff(ours, &theirs[..n_vocab]))
+            .fold(0.0, f32::max);
+        assert!(diff <= F32_LOGITS, "{scheme}: max |diff| {diff}");
 
         // Greedy continuation, one token at a time.
         let mut next = argmax(&logits[(r.input_ids.len() - 1) * n_vocab..]);
@@ -266,9 +235,7 @@ fn mmproj_vision_quant_keeps_embeddings_in_f16_and_small_tensors_in_f32() {
         .tensor_infos()
         .iter()
         .all(|t| t.ggml_type() == GgmlType::F32));
-    if let Some(Value::U32(t)) = f32_file.get("general.file_type") {
-        assert_eq!(t, 0);
-    }
+    assert_eq!(f32_file.get_u32("general.file_type").unwrap(), 0);
 }
 
 #[test]

@@ -138,16 +138,11 @@ fn check<B: Backend>(b: &B, checkpoint: &str) {
             .download(&llm.forward(b, p.embeddings, 0, &mut cache, false))
             .unwrap();
         let want = read_npy(&src.join(format!("image-reference/{name}-logits.npy")));
-        assert_eq!(logits.len(), want.len(), "{name}");
-        let diff = logits
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = max_abs_diff(&logits, &want);
         eprintln!(
             "{name}: {} image tokens, max |logit diff| {diff:.2e}",
             want_tokens
         );
-        assert!(diff <= 1e-3, "{name}: max |diff| {diff}");
+        assert!(diff <= F32_LOGITS, "{name}: max |diff| {diff}");
     }
 }

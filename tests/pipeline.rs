@@ -15,51 +15,7 @@ use llava_runtime::backend::{CpuBackend, KvType};
 mod common;
 use common::*;
 
-/// transformers' outputs for the fixture: the prompt's ids, the logits of every position and
-/// the greedy continuation.
-struct Reference {
-    input_ids: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-    greedy: Vec<u32>,
-}
-
-fn reference(dir: &str) -> Reference {
-    let j: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture(dir).join("reference.json")).unwrap(),
-    )
-    .unwrap();
-    let ids = |k: &str| -> Vec<u32> {
-        j[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
-    Reference {
-        input_ids: ids("input_ids"),
-        logits: j["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect(),
-        greedy: ids("greedy_continuation"),
-    }
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
+use common::text_reference as reference;
 
 const EXACT: LoadOptions = LoadOptions {
     n_ctx: 0,
@@ -86,8 +42,12 @@ fn a_prompt_appended_in_parts_computes_what_transformers_does_over_the_whole() {
     for w in cuts.windows(2) {
         s.append_tokens(&r.input_ids[w[0]..w[1]]).unwrap();
         assert_eq!(s.n_past(), w[1]);
-        let diff = max_diff(s.last_logits().unwrap(), &r.logits[w[1] - 1]);
-        assert!(diff <= 1e-3, "after {} positions: max |diff| {diff}", w[1]);
+        let diff = max_abs_diff(s.last_logits().unwrap(), &r.logits[w[1] - 1]);
+        assert!(
+            diff <= F32_LOGITS,
+            "after {} positions: max |diff| {diff}",
+            w[1]
+        );
     }
 
     // Greedy generation continues the conversation: transformers' continuation, each token
@@ -126,11 +86,11 @@ fn misuse_is_a_typed_error_and_leaves_the_session_as_it_was() {
     // Too long for the context: refused before anything runs.
     match s.append_tokens(&r.input_ids) {
         Err(Error::Prompt(PromptError::TooLong {
-            positions: 25,
+            positions,
             room: 10,
             n_ctx: 10,
             ..
-        })) => {}
+        })) if positions == r.input_ids.len() => {}
         other => panic!("{:?}", other.map(|_| ())),
     }
     assert_eq!(s.n_past(), 0);
@@ -233,13 +193,13 @@ fn an_image_question_in_parts_matches_transformers() {
         .unwrap();
     assert_eq!(first.image_positions, p.image_positions(&img).unwrap());
     let row = |pos: usize| &want[pos * n_vocab..(pos + 1) * n_vocab];
-    let diff = max_diff(s.last_logits().unwrap(), row(s.n_past() - 1));
-    assert!(diff <= 1e-3, "after the image: max |diff| {diff}");
+    let diff = max_abs_diff(s.last_logits().unwrap(), row(s.n_past() - 1));
+    assert!(diff <= F32_LOGITS, "after the image: max |diff| {diff}");
     s.append("\nWhat is in this picture? ASSISTANT:", &[])
         .unwrap();
     assert_eq!(s.n_past() * n_vocab, want.len());
-    let diff = max_diff(s.last_logits().unwrap(), row(s.n_past() - 1));
-    assert!(diff <= 1e-3, "at the end: max |diff| {diff}");
+    let diff = max_abs_diff(s.last_logits().unwrap(), row(s.n_past() - 1));
+    assert!(diff <= F32_LOGITS, "at the end: max |diff| {diff}");
 
     // A tower whose projector does not feed this LLM is refused by name.
     let other = dir.path().join("other.gguf");

@@ -68,6 +68,107 @@ pub fn llava_stdin(args: &[&str], input: &str) -> Output {
     child.wait_with_output().expect("wait for llava")
 }
 
+/// How far an F32 run's logits may be from transformers' float32 ones (absolute; the tiny
+/// models' logits reach about ±13). Measured (2026-12-07, AMD Zen 3, AVX2; lavapipe for the
+/// GPU): 5.4e-6 and 6.7e-6 for the two LLaMA fixtures, 8.8e-6 for LLaVA-1.5, 1.1e-5 for the
+/// first LLaVA, at most 2.1e-5 over the LLaVA-NeXT views, 1.2e-5 on the GPU; the bound leaves
+/// room for other kernels' summation orders (AVX-512, NEON), not for a real error: a wrong
+/// RoPE, norm or scale moves logits by 1e-2 or more.
+pub const F32_LOGITS: f32 = 5e-5;
+
+/// The largest |a − b|, for two slices that must be as long as each other.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "lengths differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// transformers' outputs for a text fixture (`reference.json` of llama-gqa, llama-tied,
+/// llava-tiny-hf, written by tests/fixtures/generate.py).
+pub struct TextReference {
+    pub prompt: String,
+    pub input_ids: Vec<u32>,
+    /// `[positions][vocab]`, checked against the file's `logits_shape`.
+    pub logits: Vec<Vec<f32>>,
+    pub greedy: Vec<u32>,
+    /// transformers' `decode` of `greedy`.
+    pub greedy_text: String,
+}
+
+impl TextReference {
+    /// The vocabulary size: the length of every row of `logits`.
+    pub fn n_vocab(&self) -> usize {
+        self.logits[0].len()
+    }
+
+    /// The logits, row after row.
+    pub fn flat_logits(&self) -> Vec<f32> {
+        self.logits.concat()
+    }
+}
+
+/// Reads fixture `dir`'s reference.json, every field it has, and checks that `logits` has the
+/// shape `logits_shape` says, one row per prompt token.
+pub fn text_reference(dir: &str) -> TextReference {
+    let path = fixture(dir).join("reference.json");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let numbers = |k: &str| -> Vec<u64> {
+        j[k].as_array()
+            .unwrap_or_else(|| panic!("{}: no array {k}", path.display()))
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    let ids = |k: &str| -> Vec<u32> {
+        numbers(k)
+            .into_iter()
+            .map(|v| u32::try_from(v).unwrap())
+            .collect()
+    };
+    let logits: Vec<Vec<f32>> = j["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect();
+    let r = TextReference {
+        prompt: j["prompt"].as_str().unwrap().to_owned(),
+        input_ids: ids("input_ids"),
+        logits,
+        greedy: ids("greedy_continuation"),
+        greedy_text: j["greedy_text"].as_str().unwrap().to_owned(),
+    };
+    let shape: Vec<usize> = numbers("logits_shape")
+        .into_iter()
+        .map(|v| v as usize)
+        .collect();
+    assert_eq!(shape.len(), 2, "{}: logits_shape {shape:?}", path.display());
+    assert_eq!(
+        shape[0],
+        r.input_ids.len(),
+        "{}: one row per prompt token",
+        path.display()
+    );
+    assert_eq!(r.logits.len(), shape[0], "{}: rows", path.display());
+    assert!(
+        r.logits.iter().all(|row| row.len() == shape[1]),
+        "{}: a row is not {} long",
+        path.display(),
+        shape[1]
+    );
+    assert!(!r.greedy.is_empty(), "{}: no continuation", path.display());
+    r
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
