@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Seek, SeekFrom, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use llava_models::{GenerateOptions, LoadOptions};
 use llava_runtime::backend::KvType;
 use serde_json::{json, Value};
 
+use crate::inspect::printable;
 use crate::load::{describe_pipeline, load_pipeline, Stages};
 use crate::output::{check_outputs, create_parent, Output};
 use crate::run::{SamplingArgs, SHORT_ANSWER};
@@ -42,7 +43,8 @@ pub struct Args {
     /// Images, and folders to walk for images (.jpg .jpeg .png .webp .gif .bmp).
     #[arg(required = true)]
     paths: Vec<PathBuf>,
-    /// The JSON-lines file to write; an existing one is continued, not replaced.
+    /// The JSON-lines file to write; an existing captions file is continued, not replaced
+    /// (any other existing file is refused and left as it is).
     #[arg(short, long)]
     out: PathBuf,
     /// The LLM GGUF file.
@@ -95,7 +97,7 @@ pub fn run(args: &Args) -> Result<()> {
         .chain([args.model.as_path(), args.mmproj.as_path()])
         .collect();
     // An existing output is continued (resumed), so it may exist; it must still be a regular
-    // file and none of the inputs.
+    // file and none of the inputs, and `captioned` refuses it unless it holds captions.
     check_outputs(
         &[Output {
             flag: "--out",
@@ -207,7 +209,7 @@ pub fn run(args: &Args) -> Result<()> {
 fn find_images(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).with_context(|| path.display().to_string())?;
+        let meta = std::fs::metadata(path).with_context(|| shown(path))?;
         if meta.is_dir() {
             walk(path, 0, &mut found)?;
         } else {
@@ -223,19 +225,19 @@ fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) -> Result<()> {
     if depth > MAX_DEPTH {
         diag!(
             "llava: {}: deeper than {MAX_DEPTH} folders, not walked",
-            dir.display()
+            shown(dir)
         );
         return Ok(());
     }
     let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| dir.display().to_string())?
+        .with_context(|| shown(dir))?
         .collect::<Result<_, _>>()
-        .with_context(|| dir.display().to_string())?;
+        .with_context(|| shown(dir))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
         // Not followed: links (a link to a folder above would loop).
-        let ty = e.file_type().with_context(|| path.display().to_string())?;
+        let ty = e.file_type().with_context(|| shown(&path))?;
         if ty.is_dir() {
             walk(&path, depth + 1, found)?;
         } else if ty.is_file() && has_image_extension(&path) {
@@ -243,6 +245,12 @@ fn walk(dir: &Path, depth: usize, found: &mut Vec<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A path found in a folder as the terminal is shown it: a file name can hold escape
+/// sequences (the JSON lines escape them anyway).
+fn shown(path: &Path) -> String {
+    printable(&path.display().to_string()).into_owned()
 }
 
 fn has_image_extension(path: &Path) -> bool {
@@ -261,33 +269,106 @@ fn open_output(path: &Path) -> Result<File> {
         .with_context(|| format!("{}: cannot open", path.display()))
 }
 
-/// The paths the output already has a caption for. A last line cut by a kill (no newline at
-/// the end) is removed, so the lines appended after it start on a line of their own; lines that
-/// are not JSON objects with a path are left as they are, and ignored.
+/// Longest line a captions file may hold: a caption of thousands of tokens is a few hundred
+/// KiB, and the bound keeps a file that is not one from being read whole (the same 16 MiB
+/// that bounds prompts read from files and pipes).
+const MAX_LINE_BYTES: u64 = 16 << 20;
+
+/// The paths the output already has a caption for, read line by line. Every complete line
+/// must be one this command writes (a JSON object with a `path` and a `caption` or an
+/// `error`): anything else is refused, and the file left as it is. A last line cut by a kill
+/// (no newline at the end) is removed if it is the start of a JSON object, so the lines
+/// appended after it start on a line of their own.
 fn captioned(out: &mut File, path: &Path) -> Result<HashSet<String>> {
     let err = |e: std::io::Error| anyhow::anyhow!("{}: {e}", path.display());
-    let mut text = Vec::new();
+    let refuse = |what: String| {
+        anyhow::anyhow!(
+            "{}: {what}, so it is not a captions file from llava caption; it was left as it \
+             is (choose another --out)",
+            path.display()
+        )
+    };
     out.seek(SeekFrom::Start(0)).map_err(err)?;
-    out.read_to_end(&mut text).map_err(err)?;
-    let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    if whole < text.len() {
-        diag!(
-            "llava: {}: removing a cut last line ({} bytes) left by an interrupted run",
-            path.display(),
-            text.len() - whole
-        );
-        out.set_len(whole as u64).map_err(err)?;
-    }
+    let mut reader = BufReader::new(&*out);
     let mut done = HashSet::new();
-    for line in text[..whole].split(|&b| b == b'\n') {
-        let Ok(v) = serde_json::from_slice::<Value>(line) else {
-            continue;
-        };
-        if let (Some(p), Some(_)) = (v["path"].as_str(), v["caption"].as_str()) {
-            done.insert(p.to_owned());
+    let mut line = Vec::new();
+    let (mut whole, mut number) = (0u64, 0usize);
+    let cut = loop {
+        line.clear();
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(err)?;
+        if n == 0 {
+            break None;
         }
+        number += 1;
+        if n as u64 > MAX_LINE_BYTES {
+            return Err(refuse(format!(
+                "line {number} is longer than {} MiB",
+                MAX_LINE_BYTES >> 20
+            )));
+        }
+        let Some(text) = line.strip_suffix(b"\n") else {
+            if !starts_a_json_object(&line) {
+                return Err(refuse(format!(
+                    "its last line ({n} bytes, no newline) is not a caption line"
+                )));
+            }
+            break Some(n);
+        };
+        match parse_line(text) {
+            Some(Line::Caption(p)) => {
+                done.insert(p);
+            }
+            Some(Line::Error) => {}
+            None => return Err(refuse(format!("line {number} is not a caption line"))),
+        }
+        whole += n as u64;
+    };
+    drop(reader);
+    if let Some(n) = cut {
+        diag!(
+            "llava: {}: removing a cut last line ({n} bytes) left by an interrupted run",
+            path.display()
+        );
+        out.set_len(whole).map_err(err)?;
     }
     Ok(done)
+}
+
+/// One complete line of a captions file.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A caption of the image at this path.
+    Caption(String),
+    /// An image that failed (it is tried again).
+    Error,
+}
+
+/// The line as this command writes it, or `None` for anything else.
+fn parse_line(text: &[u8]) -> Option<Line> {
+    let v: Value = serde_json::from_slice(text).ok()?;
+    let path = v.get("path")?.as_str()?;
+    if v.get("caption").is_some_and(Value::is_string) {
+        Some(Line::Caption(path.to_owned()))
+    } else if v.get("error").is_some_and(Value::is_string) {
+        Some(Line::Error)
+    } else {
+        None
+    }
+}
+
+/// Whether `bytes`, a last line without its newline, is what a kill part-way through writing
+/// a line leaves: a JSON object that ends too early (or a whole line but its newline).
+fn starts_a_json_object(bytes: &[u8]) -> bool {
+    if !bytes.starts_with(b"{") {
+        return false;
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(_) => parse_line(bytes).is_some(),
+        Err(e) => e.is_eof(),
+    }
 }
 
 /// A bar with the rate and ETA on a terminal; a plain line every few seconds otherwise.
@@ -327,7 +408,8 @@ impl Progress {
         self.done += 1;
         if let Some(e) = error {
             self.failed += 1;
-            let line = format!("llava: {e}");
+            // The error names the file, and may quote what the decoder read.
+            let line = format!("llava: {}", printable(e));
             match &self.bar {
                 Some(bar) => bar.println(line),
                 None => diag!("{line}"),
@@ -335,7 +417,7 @@ impl Progress {
         }
         match &self.bar {
             Some(bar) => {
-                bar.set_message(path.display().to_string());
+                bar.set_message(shown(path));
                 bar.inc(1);
             }
             None if self.last_line.elapsed() >= Duration::from_secs(5) => {
@@ -363,5 +445,74 @@ impl Progress {
             self.started.elapsed().as_secs_f64(),
             self.failed
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_name_with_an_escape_sequence_is_shown_escaped() {
+        let name = Path::new("pics/\u{1b}]0;owned\u{7}\u{1b}[2J.png");
+        let shown = shown(name);
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert_eq!(shown, "pics/\\u{1b}]0;owned\\u{7}\\u{1b}[2J.png");
+    }
+
+    #[test]
+    fn only_the_lines_caption_writes_are_caption_lines() {
+        let caption = br#"{"caption":"a cat","ms":12.0,"path":"a.png","tokens":3}"#;
+        assert_eq!(parse_line(caption), Some(Line::Caption("a.png".into())));
+        let error = br#"{"error":"a.png: cannot decode","path":"a.png"}"#;
+        assert_eq!(parse_line(error), Some(Line::Error));
+        for other in [
+            &b""[..],
+            b"hello",
+            b"{}",
+            br#"{"path":"a.png"}"#,
+            br#"{"path":1,"caption":"x"}"#,
+            br#"["path","caption"]"#,
+            b"\xff\xd8\xff\xe0\x00\x10JFIF",
+        ] {
+            assert_eq!(
+                parse_line(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+    }
+
+    #[test]
+    fn a_cut_line_is_the_start_of_a_json_object() {
+        for cut in [
+            &b"{"[..],
+            br#"{"path": "cut"#,
+            br#"{"caption":"a c"#,
+            br#"{"caption":"a cat","ms":12.0,"path":"a.png","tokens":3}"#,
+            "{\"caption\":\"caf\u{e9}".as_bytes(),
+            &"{\"caption\":\"caf\u{e9}".as_bytes()[..13],
+        ] {
+            assert!(
+                starts_a_json_object(cut),
+                "{}",
+                String::from_utf8_lossy(cut)
+            );
+        }
+        for other in [
+            &b""[..],
+            b"hello",
+            b"\xff\xd8\xff\xe0",
+            b"{}",
+            b"{\"path\" x",
+            b"{\"a\":1}",
+        ] {
+            assert!(
+                !starts_a_json_object(other),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 }

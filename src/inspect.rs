@@ -179,7 +179,7 @@ fn to_text(file: &GgufFile, limit: usize) -> String {
 
 /// `s` with its control characters escaped (`\u{1b}`), so a hostile file cannot clear the
 /// screen or retitle the terminal through a key or tensor name it holds.
-fn printable(s: &str) -> Cow<'_, str> {
+pub(crate) fn printable(s: &str) -> Cow<'_, str> {
     if s.chars().any(char::is_control) {
         Cow::Owned(
             s.chars()

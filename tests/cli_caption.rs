@@ -102,3 +102,82 @@ fn a_folder_is_captioned_bad_images_recorded_and_a_cut_run_resumed() {
         "the image is untouched"
     );
 }
+
+/// `--out` naming a file that is not a captions file (a photo, notes without a final newline,
+/// other JSON lines, a line too long to be one) is refused with a one-line error naming it,
+/// before the model loads, and the file is left byte for byte as it was.
+#[test]
+fn an_existing_file_that_is_not_captions_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = tiny_llava(dir.path());
+    let image = fixture("images/odd.png");
+    let jpeg: Vec<u8> = [
+        &b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"[..],
+        &[0x0a, 0x80, 0xff, 0x00],
+    ]
+    .concat()
+    .repeat(50);
+    let mut long_line = b"{\"path\": \"".to_vec();
+    long_line.resize(17 << 20, b'a');
+    let caption = r#"{"caption":"a cat","ms":1.0,"path":"x.png","tokens":3}"#;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("photo.jpg", jpeg, "line 1 is not a caption line"),
+        ("notes.txt", b"my notes, no newline".to_vec(), "no newline"),
+        ("data.jsonl", b"{\"a\":1}\n{\"b\":2}\n".to_vec(), "line 1"),
+        (
+            "mixed.jsonl",
+            format!("{caption}\nhello\n{caption}").into_bytes(),
+            "line 2",
+        ),
+        ("long.jsonl", long_line, "longer than 16 MiB"),
+    ];
+    for (name, bytes, expect) in cases {
+        let out = dir.path().join(name);
+        std::fs::write(&out, &bytes).unwrap();
+        let o = llava(&[
+            "caption",
+            "-m",
+            llm.to_str().unwrap(),
+            "--mmproj",
+            mmproj.to_str().unwrap(),
+            image.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(err.contains(name) && err.contains(expect), "{name}: {err}");
+        assert!(err.contains("not a captions file"), "{name}: {err}");
+        assert!(std::fs::read(&out).unwrap() == bytes, "{name} was changed");
+    }
+}
+
+/// A file name in a folder that holds a terminal escape sequence reaches stderr escaped (the
+/// error line of the image that fails), and the JSON line keeps the real name.
+#[test]
+fn an_escape_sequence_in_a_file_name_never_reaches_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (llm, mmproj) = tiny_llava(dir.path());
+    let pics = dir.path().join("pics");
+    std::fs::create_dir_all(&pics).unwrap();
+    let name = "\u{1b}]0;owned\u{7}\u{1b}[2Jbad.png";
+    std::fs::write(pics.join(name), b"not a png").unwrap();
+    let out = dir.path().join("captions.jsonl");
+    let o = llava(&[
+        "caption",
+        "-m",
+        llm.to_str().unwrap(),
+        "--mmproj",
+        mmproj.to_str().unwrap(),
+        pics.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("\\u{1b}[2Jbad.png"), "{err}");
+    assert!(!err.contains(['\u{1b}', '\u{7}']), "{err:?}");
+    let got = lines(&out);
+    assert!(got[0]["path"].as_str().unwrap().ends_with(name), "{got:?}");
+}
