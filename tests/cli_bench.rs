@@ -63,8 +63,21 @@ fn bench_reports_prefill_generation_and_image_encode_as_json() {
         assert_eq!(t["tokens"], tokens, "{key}: {t}");
         assert_spread(&t["tokens_per_second"], key);
         assert_spread(&t["ms"], key);
-        let samples = t["samples_ms"].as_array().unwrap();
+        let samples: Vec<f64> = t["samples_ms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(samples.len(), 2, "{key}: {t}");
+        // The spread is the samples': min, max, and for two the mean of both.
+        let ms = |k: &str| t["ms"][k].as_f64().unwrap();
+        let (lo, hi) = (samples[0].min(samples[1]), samples[0].max(samples[1]));
+        assert_eq!((ms("min"), ms("max")), (lo, hi), "{key}: {t}");
+        assert!(
+            (ms("median") - (lo + hi) / 2.0).abs() <= 1e-9 * hi,
+            "{key}: {t}"
+        );
         // tokens/s and ms describe the same runs.
         let fastest = tokens as f64 / (t["ms"]["min"].as_f64().unwrap() / 1e3);
         let max_rate = t["tokens_per_second"]["max"].as_f64().unwrap();

@@ -132,8 +132,22 @@ fn devices_lists_the_adapters_and_a_missing_gpu_is_a_one_line_error() {
             .collect();
         assert_eq!(err.len(), 1, "{err:?}");
         assert!(err[0].contains("no hardware GPU adapter"), "{err:?}");
-        // auto falls back to the CPU.
-        assert!(run("auto").status.success());
+        // auto falls back to the CPU, and says so.
+        let o = llava(&[
+            "run",
+            "-m",
+            llm.to_str().unwrap(),
+            "-p",
+            "hi",
+            "-n",
+            "1",
+            "--device",
+            "auto",
+            "--verbose",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("cpu, "), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("gpu, "), "{}", stderr(&o));
     }
     let o = run("tpu");
     assert_eq!(o.status.code(), Some(2));
@@ -142,4 +156,55 @@ fn devices_lists_the_adapters_and_a_missing_gpu_is_a_one_line_error() {
         "{}",
         stderr(&o)
     );
+}
+
+/// `logits` and `bench` take `--device` as `run` does: the GPU's logits of the fixture's
+/// prompt are transformers' within the F32 bound (and the CPU's), and `bench` reports the GPU.
+#[test]
+fn logits_and_bench_run_on_the_gpu() {
+    if gpu_backend().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r = text_reference("llama-gqa");
+    let llm = dir.path().join("llm.gguf");
+    llava_convert::convert_llama(&fixture("llama-gqa"), &llm, llava_convert::Preset::F32).unwrap();
+    let llm = llm.to_str().unwrap();
+    let logits = |device: &str| {
+        let out = dir.path().join(format!("{device}.npy"));
+        let o = llava(&[
+            "logits",
+            "-m",
+            llm,
+            "--prompt",
+            &r.prompt,
+            "--out",
+            out.to_str().unwrap(),
+            "--kv-type",
+            "f32",
+            "--device",
+            device,
+        ]);
+        assert!(o.status.success(), "{device}: {}", stderr(&o));
+        let (shape, values) = read_npy_shaped(&out);
+        assert_eq!(shape, [r.input_ids.len(), r.n_vocab()], "{device}");
+        values
+    };
+    let (cpu, gpu) = (logits("cpu"), logits("gpu:0"));
+    let want = r.flat_logits();
+    for (device, values) in [("cpu", &cpu), ("gpu:0", &gpu)] {
+        let diff = max_abs_diff(values, &want);
+        assert!(diff <= F32_LOGITS, "{device}: max |diff| {diff}");
+    }
+    assert!(max_abs_diff(&cpu, &gpu) <= F32_LOGITS);
+
+    let o = llava(&[
+        "bench", "--json", "-m", llm, "-p", "4", "-n", "2", "-r", "1", "--device", "gpu:0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["pp"]["tokens"], 4, "{report}");
+    assert_eq!(report["tg"]["tokens"], 2, "{report}");
+    assert_eq!(report["kernels"], "wgsl", "{report}");
+    assert!(stderr(&o).contains("gpu, "), "{}", stderr(&o));
 }

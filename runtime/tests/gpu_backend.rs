@@ -72,6 +72,15 @@ fn gpus() -> Vec<(&'static str, GpuBackend)> {
             let small =
                 open(true, Some(4096), false).expect("the same adapter with downlevel limits");
             assert!(!small.subgroups() && !small.integer_dot() && !small.f16());
+            // The limits a Pi 5-class GPU gives (issue 20): 128 MiB bindings, 16 KiB of
+            // workgroup memory, 256 invocations, whatever this adapter has.
+            let l = small.limits();
+            assert!(
+                l.max_storage_binding <= 128 << 20
+                    && l.max_workgroup_storage <= 16 << 10
+                    && l.max_invocations <= 256,
+                "downlevel: {l:?}"
+            );
             vec![
                 ("own limits", own),
                 ("own limits, f32 only", f32_only),
@@ -108,8 +117,13 @@ fn matmul_of_every_weight_type_equals_the_f64_dot_of_the_dequantized_rows() {
         for ty in WEIGHT_TYPES {
             // Rows of whole blocks, one length not a multiple of any workgroup's width (odd
             // for the types without blocks: F16/BF16 rows then end in a padding half).
+            // A long row too (9 × 256), where every decode kernel's threads loop over it.
             let block = ty.block_size();
-            for k in [if block == 1 { 33 } else { 3 * block.max(32) }, 512] {
+            for k in [
+                if block == 1 { 33 } else { 3 * block.max(32) },
+                512,
+                2304 + block % 2,
+            ] {
                 check_matmul(&gpu, label, ty, k, dir.path());
             }
         }
@@ -323,9 +337,23 @@ fn same(cpu: &[f32], gpu: &[f32], tol: f64, what: &str) {
 
 #[test]
 fn norms_rope_activations_and_row_moves_match_the_cpu_backend() {
+    // Rows as the matmul test has them; rows of 96 and of 1000 (more than a workgroup's
+    // threads: the norms' loops go round).
+    for (rows, cols) in [
+        (1, 96),
+        (3, 1000),
+        (5, 96),
+        (17, 1000),
+        (64, 96),
+        (64, 1000),
+    ] {
+        check_row_ops(rows, cols);
+    }
+}
+
+fn check_row_ops(rows: usize, cols: usize) {
     let dir = tempfile::tempdir().unwrap();
     let cpu = CpuBackend::new(1);
-    let (rows, cols) = (5, 96);
     let file = gguf(
         dir.path(),
         &[
@@ -363,11 +391,15 @@ fn norms_rope_activations_and_row_moves_match_the_cpu_backend() {
         );
         let yc = cpu.upload(y.clone(), rows, cols);
         let yg = gpu.upload(y.clone(), rows, cols);
+        // Rows of 96: 3 heads of 32, a part of each rotated; of 1000: 10 heads of 100, whole.
+        let (n_heads, n_rot) = if cols == 96 { (3, 16) } else { (10, 100) };
         let rope = Rope {
-            n_rot: 16,
+            n_rot,
             base: 10000.0,
             freq_scale: 1.0,
         };
+        let picks = [rows as u32 - 1, 0, rows as u32 - 1, rows as u32 / 2];
+        let (from, len) = (rows / 3, rows - rows / 3);
         let cases: Vec<(&str, Vec<f32>, Vec<f32>)> = vec![
             (
                 "rms_norm",
@@ -386,8 +418,8 @@ fn norms_rope_activations_and_row_moves_match_the_cpu_backend() {
             ),
             (
                 "rope",
-                on_cpu(&|b, t| b.rope(&t, 1000, 3, rope)),
-                on_gpu(&|b, t| b.rope(&t, 1000, 3, rope)),
+                on_cpu(&|b, t| b.rope(&t, 1000, n_heads, rope)),
+                on_gpu(&|b, t| b.rope(&t, 1000, n_heads, rope)),
             ),
             (
                 "silu_mul",
@@ -412,110 +444,119 @@ fn norms_rope_activations_and_row_moves_match_the_cpu_backend() {
             ),
             (
                 "gather_rows",
-                on_cpu(&|b, t| b.gather_rows(&t, &[4, 0, 4, 2])),
-                on_gpu(&|b, t| b.gather_rows(&t, &[4, 0, 4, 2])),
+                on_cpu(&|b, t| b.gather_rows(&t, &picks)),
+                on_gpu(&|b, t| b.gather_rows(&t, &picks)),
             ),
             (
                 "slice_rows",
-                on_cpu(&|b, t| b.slice_rows(&t, 1, 3)),
-                on_gpu(&|b, t| b.slice_rows(&t, 1, 3)),
+                on_cpu(&|b, t| b.slice_rows(&t, from, len)),
+                on_gpu(&|b, t| b.slice_rows(&t, from, len)),
             ),
             (
                 "concat_rows",
-                on_cpu(&|b, t| b.concat_rows(&[&b.slice_rows(&t, 3, 2), &t])),
-                on_gpu(&|b, t| b.concat_rows(&[&b.slice_rows(&t, 3, 2), &t])),
+                on_cpu(&|b, t| b.concat_rows(&[&b.slice_rows(&t, from, len), &t])),
+                on_gpu(&|b, t| b.concat_rows(&[&b.slice_rows(&t, from, len), &t])),
             ),
         ];
         for (what, c, g) in cases {
             // f32 throughout on both; the GPU's exp and sqrt are within a few ulps.
-            same(&c, &g, 1e-5, &format!("{label}: {what}"));
+            same(&c, &g, 1e-5, &format!("{label}: {what}, {rows} × {cols}"));
         }
     }
 }
 
 #[test]
 fn attention_cached_causal_with_grouped_heads_and_full_match_the_cpu_backend() {
+    // Heads of 32, of 80 (not a multiple of the 64 threads that share a head) and of 128
+    // (LLaMA's: each thread holds two of a row's values).
+    for (label, gpu) in gpus() {
+        for head_dim in [32, 80, 128] {
+            check_attention(&format!("{label}, heads of {head_dim}"), &gpu, head_dim);
+        }
+    }
+}
+
+fn check_attention(label: &str, gpu: &GpuBackend, head_dim: usize) {
     let cpu = CpuBackend::new(1);
     let heads = Heads {
         n_heads: 4,
         n_kv_heads: 2,
-        head_dim: 32,
+        head_dim,
     };
-    let (q_cols, kv_cols) = (4 * 32, 2 * 32);
-    for (label, gpu) in gpus() {
-        for kv_type in [KvType::F32, KvType::F16] {
-            let mut cc = cpu.new_kv_cache(2, 160, 2, 32, kv_type).unwrap();
-            let mut gc = gpu.new_kv_cache(2, 160, 2, 32, kv_type).unwrap();
-            // A prompt of 70 rows (more than one chunk of 64 keys), then one row, then 3.
-            let mut start = 0;
-            for (step, rows) in [70, 1, 3].into_iter().enumerate() {
-                let seed = 100 * step as u64;
-                let (q, k, v) = (
-                    random(rows * q_cols, seed),
-                    random(rows * kv_cols, seed + 1),
-                    random(rows * kv_cols, seed + 2),
-                );
-                let c = cpu
-                    .download(&cpu.attention_cached(
-                        &cpu.upload(q.clone(), rows, q_cols),
-                        &cpu.upload(k.clone(), rows, kv_cols),
-                        &cpu.upload(v.clone(), rows, kv_cols),
-                        &mut cc,
-                        1,
-                        start,
-                        heads,
-                    ))
-                    .unwrap();
-                let g = gpu
-                    .download(&gpu.attention_cached(
-                        &gpu.upload(q, rows, q_cols),
-                        &gpu.upload(k, rows, kv_cols),
-                        &gpu.upload(v, rows, kv_cols),
-                        &mut gc,
-                        1,
-                        start,
-                        heads,
-                    ))
-                    .unwrap();
-                same(
-                    &c,
-                    &g,
-                    1e-5,
-                    &format!("{label}: {kv_type:?} cache, rows {start}.."),
-                );
-                start += rows;
-            }
+    let (q_cols, kv_cols) = (4 * head_dim, 2 * head_dim);
+    for kv_type in [KvType::F32, KvType::F16] {
+        let mut cc = cpu.new_kv_cache(2, 160, 2, head_dim, kv_type).unwrap();
+        let mut gc = gpu.new_kv_cache(2, 160, 2, head_dim, kv_type).unwrap();
+        // A prompt of 70 rows (more than one chunk of 64 keys), then one row, then 3.
+        let mut start = 0;
+        for (step, rows) in [70, 1, 3].into_iter().enumerate() {
+            let seed = 100 * step as u64;
+            let (q, k, v) = (
+                random(rows * q_cols, seed),
+                random(rows * kv_cols, seed + 1),
+                random(rows * kv_cols, seed + 2),
+            );
+            let c = cpu
+                .download(&cpu.attention_cached(
+                    &cpu.upload(q.clone(), rows, q_cols),
+                    &cpu.upload(k.clone(), rows, kv_cols),
+                    &cpu.upload(v.clone(), rows, kv_cols),
+                    &mut cc,
+                    1,
+                    start,
+                    heads,
+                ))
+                .unwrap();
+            let g = gpu
+                .download(&gpu.attention_cached(
+                    &gpu.upload(q, rows, q_cols),
+                    &gpu.upload(k, rows, kv_cols),
+                    &gpu.upload(v, rows, kv_cols),
+                    &mut gc,
+                    1,
+                    start,
+                    heads,
+                ))
+                .unwrap();
+            same(
+                &c,
+                &g,
+                1e-5,
+                &format!("{label}: {kv_type:?} cache, rows {start}.."),
+            );
+            start += rows;
         }
-        // Full attention (the vision tower): every row sees every row.
-        let rows = 77;
-        let heads = Heads {
-            n_heads: 2,
-            n_kv_heads: 2,
-            head_dim: 48,
-        };
-        let (q, k, v) = (
-            random(rows * 96, 1),
-            random(rows * 96, 2),
-            random(rows * 96, 3),
-        );
-        let c = cpu
-            .download(&cpu.attention(
-                &cpu.upload(q.clone(), rows, 96),
-                &cpu.upload(k.clone(), rows, 96),
-                &cpu.upload(v.clone(), rows, 96),
-                heads,
-            ))
-            .unwrap();
-        let g = gpu
-            .download(&gpu.attention(
-                &gpu.upload(q, rows, 96),
-                &gpu.upload(k, rows, 96),
-                &gpu.upload(v, rows, 96),
-                heads,
-            ))
-            .unwrap();
-        same(&c, &g, 1e-5, &format!("{label}: full attention"));
     }
+    // Full attention (the vision tower): every row sees every row.
+    let rows = 77;
+    let heads = Heads {
+        n_heads: 2,
+        n_kv_heads: 2,
+        head_dim,
+    };
+    let cols = 2 * head_dim;
+    let (q, k, v) = (
+        random(rows * cols, 1),
+        random(rows * cols, 2),
+        random(rows * cols, 3),
+    );
+    let c = cpu
+        .download(&cpu.attention(
+            &cpu.upload(q.clone(), rows, cols),
+            &cpu.upload(k.clone(), rows, cols),
+            &cpu.upload(v.clone(), rows, cols),
+            heads,
+        ))
+        .unwrap();
+    let g = gpu
+        .download(&gpu.attention(
+            &gpu.upload(q, rows, cols),
+            &gpu.upload(k, rows, cols),
+            &gpu.upload(v, rows, cols),
+            heads,
+        ))
+        .unwrap();
+    same(&c, &g, 1e-5, &format!("{label}: full attention"));
 }
 
 #[test]
@@ -567,4 +608,57 @@ fn a_misused_weight_is_an_error_at_download_not_a_panic() {
             .to_string();
         assert!(err.contains("a vector of 16"), "{label}: {err}");
     }
+}
+
+/// What a device cannot hold is an error naming the limit, from the call that makes it or at
+/// the next download, never a panic: a KV cache layer larger than a binding, an activation
+/// larger than a binding (made by an op, or uploaded), and an upload larger than any buffer.
+#[test]
+fn tensors_beyond_the_device_limits_are_errors_not_panics() {
+    let Some((_, gpu)) = gpus()
+        .into_iter()
+        .find(|(label, _)| label.starts_with("downlevel"))
+    else {
+        return;
+    };
+    let limits = gpu.limits();
+    let binding = limits.max_storage_binding as usize;
+    // One layer's keys: positions × 2 heads × 64 values × 4 bytes.
+    let n_ctx = binding / (2 * 64 * 4) + 1;
+    let err = gpu
+        .new_kv_cache(1, n_ctx, 2, 64, KvType::F32)
+        .map(|_| ())
+        .expect_err("a KV cache beyond the binding limit")
+        .to_string();
+    assert!(err.contains("binding limit"), "{err}");
+
+    // Rows of 1024 values, one row more than a binding holds.
+    let cols = 1024;
+    let rows = binding / (cols * 4) + 1;
+    let check = |gpu: &GpuBackend, what: &str, out: &<GpuBackend as Backend>::Tensor| {
+        let err = gpu.download(out).expect_err(what).to_string();
+        assert!(err.contains("largest storage binding"), "{what}: {err}");
+        assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    };
+    // A fresh device for each case: an error stays with the device that had it.
+    let fresh = || {
+        GpuBackend::new(&GpuOptions {
+            adapter: AdapterChoice::Any,
+            downlevel: true,
+            ..GpuOptions::default()
+        })
+        .unwrap()
+    };
+    let gpu = fresh();
+    let big = gpu.upload(vec![0.5; rows * cols], rows, cols);
+    check(&gpu, "an upload beyond a binding", &big);
+    let gpu = fresh();
+    let x = gpu.upload(vec![0.5; 2 * cols], 2, cols);
+    let wide = gpu.concat_rows(&vec![&x; rows / 2 + 1]);
+    check(&gpu, "an op's output beyond a binding", &wide);
+    let gpu = fresh();
+    let max_buffer = gpu.limits().max_buffer as usize;
+    let rows = max_buffer / (cols * 4) + 1;
+    let huge = gpu.upload(vec![0.0; rows * cols], rows, cols);
+    check(&gpu, "an upload beyond any buffer", &huge);
 }

@@ -135,6 +135,19 @@ pub fn adapters() -> Vec<AdapterSummary> {
         .collect()
 }
 
+/// The limits a device was opened with (the adapter's own, or WebGPU's downlevel ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceLimits {
+    /// The largest storage binding, in bytes.
+    pub max_storage_binding: u64,
+    /// The largest buffer, in bytes.
+    pub max_buffer: u64,
+    /// Workgroup memory, in bytes.
+    pub max_workgroup_storage: u32,
+    /// Invocations per workgroup.
+    pub max_invocations: u32,
+}
+
 /// Kernels run, submissions made and tensors read back since the backend was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GpuStats {
@@ -507,6 +520,17 @@ impl GpuBackend {
         self.downlevel
     }
 
+    /// The limits the device was opened with.
+    pub fn limits(&self) -> DeviceLimits {
+        let l = self.device.limits();
+        DeviceLimits {
+            max_storage_binding: l.max_storage_buffer_binding_size,
+            max_buffer: l.max_buffer_size,
+            max_workgroup_storage: l.max_compute_workgroup_storage_size,
+            max_invocations: l.max_compute_invocations_per_workgroup,
+        }
+    }
+
     /// Whether the kernels use subgroup operations.
     pub fn subgroups(&self) -> bool {
         self.subgroups
@@ -600,19 +624,28 @@ impl GpuBackend {
         }
     }
 
-    /// A storage buffer for `len` f32 values (at least one word: bindings cannot be empty).
-    fn storage(&self, len: usize) -> wgpu::Buffer {
-        let size = (len.max(1) * 4) as u64;
-        if size > self.max_buffer {
+    /// Records the error of a tensor of `size` bytes too large to bind whole (the kernels
+    /// bind activations whole; only weights are split): whether it is.
+    fn too_large(&self, size: u64) -> bool {
+        let over = size > self.max_binding;
+        if over {
             self.fail(format!(
-                "a tensor of {} MiB exceeds the adapter's largest buffer, {} MiB",
-                size >> 20,
-                self.max_buffer >> 20
+                "a tensor of {} MiB exceeds the adapter's largest storage binding, {} MiB",
+                size.div_ceil(1 << 20),
+                self.max_binding >> 20
             ));
         }
+        over
+    }
+
+    /// A storage buffer for `len` f32 values (at least one word: bindings cannot be empty).
+    /// One too large to bind is an error at the next download (and the buffer a stand-in).
+    fn storage(&self, len: usize) -> wgpu::Buffer {
+        let size = (len.max(1) * 4) as u64;
+        let size = if self.too_large(size) { 4 } else { size };
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: None,
-            size: size.min(self.max_buffer),
+            size,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
@@ -1046,6 +1079,13 @@ impl Backend for GpuBackend {
 
     fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> GpuTensor {
         assert_eq!(data.len(), rows * cols, "upload of {rows} × {cols}");
+        if self.too_large((data.len() * 4) as u64) {
+            return GpuTensor {
+                buf: self.storage(0),
+                rows,
+                cols,
+            };
+        }
         let buf = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -1059,6 +1099,8 @@ impl Backend for GpuBackend {
     }
 
     fn download(&self, t: &GpuTensor) -> Result<Vec<f32>, BackendError> {
+        // An error found while recording (a tensor too large to bind) needs no submission.
+        self.take_error()?;
         let size = (t.rows * t.cols * 4) as u64;
         if size == 0 {
             self.flush();
