@@ -5,7 +5,7 @@
 //! prompt stays): the session is rebuilt from the transcript without them, and a notice says
 //! how many went. Ctrl-C stops the answer being written; at the prompt it ends the chat.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +18,9 @@ use llava_models::{GenerateOptions, Pipeline, Session, StopReason, TurnStats};
 use llava_runtime::sample::SamplerConfig;
 use serde_json::json;
 
-use crate::load::{check_images, describe_pipeline, load_images, Chosen, Stages};
+use crate::load::{
+    check_images, describe_pipeline, load_images, Chosen, Stages, MAX_PROMPT_FILE_BYTES,
+};
 use crate::output::{check_outputs, commit, write_staged, Output};
 use crate::run::{on_terminal, SamplingArgs, SHORT_ANSWER};
 
@@ -181,6 +183,9 @@ impl Input {
             let Some(line) = self.next_line(prompt)? else {
                 return Ok((!message.is_empty()).then_some(message));
             };
+            if (message.len() + line.len()) as u64 > MAX_PROMPT_FILE_BYTES {
+                bail!("{}", too_long("a message (lines joined by \\)"));
+            }
             match line.strip_suffix('\\') {
                 Some(part) => {
                     message.push_str(part);
@@ -207,15 +212,33 @@ impl Input {
                 Err(e) => Err(anyhow::anyhow!("cannot read the input: {e}")),
             },
             Input::Pipe(stdin) => {
-                let mut line = String::new();
-                if stdin.read_line(&mut line).context("cannot read stdin")? == 0 {
+                // Bounded as `run` bounds a piped prompt: `< /dev/zero` has no line ends.
+                let mut bytes = Vec::new();
+                let n = stdin
+                    .take(MAX_PROMPT_FILE_BYTES + 1)
+                    .read_until(b'\n', &mut bytes)
+                    .context("cannot read stdin")?;
+                if n == 0 {
                     return Ok(None);
                 }
+                if n as u64 > MAX_PROMPT_FILE_BYTES {
+                    bail!("{}", too_long("a line"));
+                }
+                let line = String::from_utf8(bytes)
+                    .map_err(|e| anyhow::anyhow!("stdin: a line is not UTF-8 text: {e}"))?;
                 let line = line.strip_suffix('\n').unwrap_or(&line);
                 Ok(Some(line.strip_suffix('\r').unwrap_or(line).to_owned()))
             }
         }
     }
+}
+
+/// The error for input longer than any context holds.
+fn too_long(what: &str) -> String {
+    format!(
+        "stdin: {what} longer than {} MiB, more text than any context holds",
+        MAX_PROMPT_FILE_BYTES >> 20
+    )
 }
 
 struct Chat<'p> {

@@ -267,3 +267,31 @@ fn ctrl_c_in_a_terminal_stops_the_answer_and_the_chat_goes_on() {
     let generated: usize = out[at..].split(' ').next().unwrap().parse().unwrap();
     assert!(generated < 4000, "{generated} tokens");
 }
+
+/// A piped line longer than any context holds (`< /dev/zero` has no line end at all) is
+/// refused with a one-line error once 16 MiB are read, as `run` refuses such a prompt,
+/// instead of growing without bound.
+#[test]
+fn a_line_longer_than_16_mib_on_stdin_is_refused() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let (_dir, llm, _mmproj) = converted();
+    let mut child = Command::new(llava_bin())
+        .args(["chat", "-m", &llm, "-n", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The child stops reading at the limit: the rest of the write may fail with a broken pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&vec![b'a'; 17 << 20]);
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("stdin: a line longer than 16 MiB"), "{err}");
+}
