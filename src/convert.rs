@@ -118,8 +118,16 @@ pub fn convert_checkpoint(job: &Job) -> Result<()> {
     for path in std::iter::once(job.llm_out).chain(job.mmproj_out) {
         create_parent(path)?;
     }
-    remove_partial_files_on_signals();
+    // Until the files are in place (or the conversion failed and they are gone): `pull --hf`
+    // goes on to chat or serve, whose Ctrl-C and SIGTERM handlers must then be the only ones.
+    let cleanup = remove_partial_files_on_signals();
+    let converted = convert_and_commit(job);
+    cleanup.close();
+    converted
+}
 
+/// The work of [`convert_checkpoint`], its outputs checked and a signal handler in place.
+fn convert_and_commit(job: &Job) -> Result<()> {
     // Both files are written under temporary names and replace the old ones together, once
     // both are complete: a failure keeps the previous pair.
     // The summary lines come after the commit: "wrote" means the file is in place.
@@ -146,4 +154,47 @@ pub fn convert_checkpoint(job: &Job) -> Result<()> {
         diag!("{line}");
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// `chat --hf` on a transformers repository converts it, then chats: once the files are
+    /// in place, a signal reaches the command's own handler (here a flag, as chat's Ctrl-C)
+    /// instead of the conversion's, which would end the process (this test binary with it).
+    #[test]
+    fn after_a_conversion_signals_reach_the_process_own_handlers_again() {
+        use signal_hook::consts::SIGTERM;
+        let dir = tempfile::tempdir().unwrap();
+        let (llm, mmproj) = (dir.path().join("llm.gguf"), dir.path().join("mmproj.gguf"));
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/llava-tiny-hf");
+        convert_checkpoint(&Job {
+            dir: &fixture,
+            vision_tower: None,
+            quant: Preset::F32,
+            vision_quant: Preset::F32,
+            llm_out: &llm,
+            mmproj_out: Some(&mmproj),
+            force: false,
+            verbose: false,
+        })
+        .unwrap();
+        assert!(llm.is_file() && mmproj.is_file());
+        let delivered = Arc::new(AtomicBool::new(false));
+        let id = signal_hook::flag::register(SIGTERM, Arc::clone(&delivered)).unwrap();
+        signal_hook::low_level::raise(SIGTERM).unwrap();
+        let start = Instant::now();
+        while !delivered.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Time for a handler thread left behind to end the process, if there were one.
+        std::thread::sleep(Duration::from_millis(300));
+        signal_hook::low_level::unregister(id);
+        assert!(delivered.load(Ordering::SeqCst));
+        assert!(llm.is_file() && mmproj.is_file());
+    }
 }

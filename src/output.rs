@@ -133,7 +133,11 @@ pub fn write_staged(
 /// as the signal would have. The final paths are never touched before a commit, so what is
 /// left is the user's old files, untouched, and no hidden `.partial` files. A signal the
 /// process was started with ignored (`nohup`, a background job's SIGINT) stays ignored.
-pub fn remove_partial_files_on_signals() {
+///
+/// The handler stays for the rest of the process unless [`SignalCleanup::close`] removes it:
+/// a command that goes on after its output (`chat --hf` converting a checkpoint first) must,
+/// or Ctrl-C ends the process instead of reaching the command's own handler.
+pub fn remove_partial_files_on_signals() -> SignalCleanup {
     #[cfg(unix)]
     {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -142,9 +146,10 @@ pub fn remove_partial_files_on_signals() {
             .filter(|&s| !is_ignored(s))
             .collect();
         let Ok(mut signals) = signal_hook::iterator::Signals::new(&handled) else {
-            return;
+            return SignalCleanup { handler: None };
         };
-        std::thread::spawn(move || {
+        let handle = signals.handle();
+        let thread = std::thread::spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 staging::remove_staged_files();
                 // Back to the default action, raised again: the parent sees the signal.
@@ -153,6 +158,31 @@ pub fn remove_partial_files_on_signals() {
                 std::process::exit(128 + signal);
             }
         });
+        SignalCleanup {
+            handler: Some((handle, thread)),
+        }
+    }
+    #[cfg(not(unix))]
+    SignalCleanup {}
+}
+
+/// The handler of [`remove_partial_files_on_signals`]. Dropping it leaves the handler in place.
+pub struct SignalCleanup {
+    #[cfg(unix)]
+    handler: Option<(signal_hook::iterator::Handle, std::thread::JoinHandle<()>)>,
+}
+
+impl SignalCleanup {
+    /// Removes the handler: once this returns, the signals reach the process's other handlers
+    /// (or their default action) as before it was installed.
+    pub fn close(self) {
+        #[cfg(unix)]
+        if let Some((handle, thread)) = self.handler {
+            handle.close();
+            // The thread's `Signals` unregisters its actions when dropped, as the thread ends;
+            // the last of them goes with `handle`, at the end of this block.
+            let _ = thread.join();
+        }
     }
 }
 
