@@ -114,12 +114,37 @@ impl CpuPath {
     }
 }
 
+/// The environment variable that makes [`report_skipped_paths`] fail the test for a missing
+/// path: a comma-separated list of path names (`avx2`, `neon-dotprod`, …) and, on 64-bit
+/// ARM, `i8mm` (the `smmla` kernels of `neon-dotprod`). CI sets it for each CPU it runs on, so
+/// that a runner or an emulated CPU without the instructions fails instead of testing less.
+pub const REQUIRE_CPU_ENV: &str = "LLAVA_REQUIRE_CPU";
+
 /// Tests only: for each SIMD path of the architecture this was built for that the CPU cannot
 /// run, one line "`test`: skipped PATH (not on this CPU)", written to the process's stderr
 /// directly. The test harness captures `eprintln!` of passing tests, so without this a green
 /// run on an AVX2-only machine reads like one that covered AVX-512.
+///
+/// Panics if `LLAVA_REQUIRE_CPU` ([`REQUIRE_CPU_ENV`]) names a path this CPU cannot run, or a
+/// name it does not know.
 #[doc(hidden)]
 pub fn report_skipped_paths(test: &str) {
+    if let Ok(required) = std::env::var(REQUIRE_CPU_ENV) {
+        for name in required.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let available = if name == "i8mm" {
+                has_i8mm()
+            } else {
+                match name.parse::<CpuPath>() {
+                    Ok(path) => path.is_available(),
+                    Err(e) => panic!("{REQUIRE_CPU_ENV}: {e}"),
+                }
+            };
+            assert!(
+                available,
+                "{test}: {REQUIRE_CPU_ENV} requires {name}, which this CPU lacks"
+            );
+        }
+    }
     let native: &[CpuPath] = if cfg!(target_arch = "x86_64") {
         &[
             CpuPath::Avx2,
@@ -135,6 +160,19 @@ pub fn report_skipped_paths(test: &str) {
     let mut stderr = std::io::stderr().lock();
     for path in native.iter().filter(|p| !p.is_available()) {
         let _ = writeln!(stderr, "{test}: skipped {path} (not on this CPU)");
+    }
+}
+
+/// Whether the CPU has ARM's 8-bit integer matrix multiply (`smmla`) besides `sdot`.
+fn has_i8mm() -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        std::arch::is_aarch64_feature_detected!("dotprod")
+            && std::arch::is_aarch64_feature_detected!("i8mm")
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        false
     }
 }
 
