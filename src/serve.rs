@@ -3,12 +3,16 @@
 //! page at `GET /`.
 //!
 //! One worker thread owns the models and `--parallel` conversation slots, and runs the requests
-//! in turn from a bounded queue (503 with `Retry-After` when it is full). A slot whose
-//! conversation the request continues (the same messages, then a new user message) prefills
-//! only the new message; otherwise the least recently used slot is rebuilt. A client that goes
-//! away cancels its generation at the next token. SIGTERM or Ctrl-C stops accepting, lets the
-//! requests in flight finish for up to `--shutdown-timeout` seconds, then cancels them, and the
-//! process exits 0.
+//! in turn from a bounded queue. A request is admitted before its body is read: beyond the one
+//! running and `--queue` more, it gets 503 with `Retry-After` at once, so no more requests than
+//! that read, parse and decode images at a time (each within `--max-request-pixels`). A slot
+//! whose conversation the request continues (the same messages, then a new user message)
+//! prefills only the new message; otherwise the least recently used slot is rebuilt from
+//! nothing, system prompt included. A streamed answer's headers wait for the worker's first
+//! reply, so a request the worker refuses gets its 4xx status as when not streamed. A client
+//! that goes away cancels its generation at the next token. SIGTERM or Ctrl-C stops accepting,
+//! lets the requests in flight finish for up to `--shutdown-timeout` seconds, then cancels
+//! them, and the process exits 0.
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -26,10 +30,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use base64::Engine;
-use llava_models::image::{decode_image, RgbImage};
-use llava_models::template::Template;
+use llava_models::image::{decode_image, ImageError, RgbImage};
+use llava_models::template::{Template, IMAGE_MARKER};
 use llava_models::{Error as ModelError, GenerateOptions, Pipeline, StopReason};
 use llava_runtime::sample::SamplerConfig;
+use llava_runtime::tokenizer::{Tokenizer, TokenizerKind};
 use serde_json::{json, Value};
 
 use crate::load::{describe_pipeline, load_pipeline, Chosen, Stages};
@@ -53,7 +58,7 @@ pub struct Args {
     /// Conversation slots kept (each a KV cache); requests run in turn.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: u16,
-    /// Requests waiting beyond the one running; more get 503.
+    /// Requests waiting beyond the one running; more get 503 before their body is read.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
     queue: u16,
     /// Require `Authorization: Bearer KEY` on the API.
@@ -65,6 +70,11 @@ pub struct Args {
     /// Most images in one request.
     #[arg(long, default_value_t = 8)]
     max_images: usize,
+    /// Most pixels of all the images of one request together, checked from each file's header
+    /// before it is decoded (default: twice --max-image-pixels). A decoded image holds 3 bytes
+    /// a pixel, and as many requests as --queue plus one decode at a time.
+    #[arg(long, value_parser = crate::limits::max_pixels)]
+    max_request_pixels: Option<u64>,
     /// Megabytes of image embeddings kept for images seen again (0: none).
     #[arg(long, default_value_t = 256)]
     image_cache_mb: usize,
@@ -155,16 +165,28 @@ struct Metrics {
 
 struct Shared {
     jobs: SyncSender<Job>,
+    /// A permit for each request the server takes at once (the one running and `--queue`
+    /// waiting), taken before the body is read and held until the answer is sent or dropped.
+    admission: Arc<tokio::sync::Semaphore>,
     metrics: Metrics,
     model_id: String,
     api_key: Option<String>,
     max_body: usize,
     max_images: usize,
     max_image_pixels: u64,
+    /// `--max-request-pixels`: all the images of one request together.
+    max_request_pixels: u64,
     /// Set by `--allow-remote-images`.
     remote: Option<RemoteImages>,
     /// Positions of a slot, set by the worker once the model is loaded.
     n_ctx: AtomicUsize,
+    /// Bytes of message text beyond which a request cannot fit a slot, however it tokenizes
+    /// (see [`text_bytes_per_position`]); `usize::MAX` where no bound is known. Set with
+    /// `n_ctx`.
+    max_text_bytes: AtomicUsize,
+    /// Whether a system message is part of the prompt (the template has one); else it is
+    /// dropped and its text does not count against `max_text_bytes`.
+    system_in_prompt: AtomicBool,
     /// Set when the shutdown bound has passed: generations stop at their next token.
     cancel_all: AtomicBool,
 }
@@ -174,6 +196,8 @@ pub fn run(args: &Args) -> Result<()> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(usize, String)>>();
     let shared = Arc::new(Shared {
         jobs,
+        // The one running and those waiting.
+        admission: Arc::new(tokio::sync::Semaphore::new(usize::from(args.queue) + 1)),
         metrics: Metrics::default(),
         model_id: args
             .models
@@ -184,12 +208,17 @@ pub fn run(args: &Args) -> Result<()> {
         max_body: args.max_body_mb as usize * (1 << 20),
         max_images: args.max_images,
         max_image_pixels: args.models.max_image_pixels,
+        max_request_pixels: args
+            .max_request_pixels
+            .unwrap_or(args.models.max_image_pixels.saturating_mul(2)),
         remote: if args.allow_remote_images {
             Some(RemoteImages::new(args.max_body_mb as usize * (1 << 20))?)
         } else {
             None
         },
         n_ctx: AtomicUsize::new(0),
+        max_text_bytes: AtomicUsize::new(usize::MAX),
+        system_in_prompt: AtomicBool::new(true),
         cancel_all: AtomicBool::new(false),
     });
     // The models live on the worker thread, which answers the queued requests in turn.
@@ -223,6 +252,13 @@ pub fn run(args: &Args) -> Result<()> {
                     }
                 };
                 shared.n_ctx.store(pipeline.n_ctx(), Ordering::SeqCst);
+                let max_text_bytes = text_bytes_per_position(pipeline.tokenizer())
+                    .map_or(usize::MAX, |b| b.saturating_mul(pipeline.n_ctx()));
+                shared
+                    .max_text_bytes
+                    .store(max_text_bytes, Ordering::SeqCst);
+                let system = template.unwrap_or(pipeline.template()).has_system();
+                shared.system_in_prompt.store(system, Ordering::SeqCst);
                 let _ = ready_tx.send(Ok((pipeline.n_ctx(), describe_pipeline(&pipeline))));
                 work(&pipeline, template, slots, &queue, &shared);
             })
@@ -303,7 +339,10 @@ async fn shutdown_signal() {
 /// A conversation slot: a session and the messages it holds.
 struct Slot<'p> {
     session: llava_models::Session<'p, Chosen>,
-    messages: Vec<Message>,
+    /// Exactly the conversation the session holds; `None` while it is being changed, and
+    /// after a request that failed or was cancelled on it: the session then holds some unknown
+    /// part of a conversation, and the slot is rebuilt before anyone uses it again.
+    messages: Option<Vec<Message>>,
     last_used: u64,
 }
 
@@ -368,7 +407,9 @@ fn answer<'p>(
     let (history, last) = job.messages.split_at(job.messages.len() - 1);
     let last = &last[0];
     // A slot holding exactly the history continues; else the least recently used is rebuilt.
-    let reuse = slots.iter().position(|s| s.messages == history);
+    let reuse = slots
+        .iter()
+        .position(|s| s.messages.as_deref() == Some(history));
     let index = match reuse {
         Some(i) => {
             shared.metrics.slot_reuses.fetch_add(1, Ordering::SeqCst);
@@ -381,7 +422,7 @@ fn answer<'p>(
             }
             slots.push(Slot {
                 session,
-                messages: Vec::new(),
+                messages: None,
                 last_used: 0,
             });
             slots.len() - 1
@@ -396,10 +437,12 @@ fn answer<'p>(
     let slot = &mut slots[index];
     slot.last_used = clock;
     let session = &mut slot.session;
-    // Whatever happens below, the slot no longer holds a known conversation until it is done.
-    let previous = std::mem::take(&mut slot.messages);
+    // Whatever happens below, the slot no longer holds a known conversation until it is done:
+    // a failure or a cancel leaves it to be rebuilt.
+    slot.messages = None;
     if reuse.is_none() {
-        session.clear();
+        // From nothing: no token, turn or system prompt of the slot's last client stays.
+        session.reset();
         let mut rest = history;
         if let Some(first) = rest.first().filter(|m| m.role == "system") {
             if session.template().has_system() {
@@ -430,7 +473,6 @@ fn answer<'p>(
             ));
         }
     }
-    drop(previous);
     let images: Vec<RgbImage> = last.images.iter().map(|i| (**i).clone()).collect();
     let mut answer = String::new();
     let stats = session
@@ -469,7 +511,7 @@ fn answer<'p>(
             text: answer,
             images: Vec::new(),
         });
-        slot.messages = held;
+        slot.messages = Some(held);
     }
     Ok(Reply::Done {
         finish_reason,
@@ -486,7 +528,10 @@ async fn health() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
+async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&s, &headers) {
+        return e.into_response();
+    }
     let m = &s.metrics;
     let get = |a: &AtomicU64| a.load(Ordering::SeqCst);
     let text = format!(
@@ -511,7 +556,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
         get(&m.cache_misses),
         get(&m.slot_reuses),
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn models(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
@@ -558,6 +603,17 @@ async fn chat_completions(State(s): State<Arc<Shared>>, request: Request) -> Res
 /// Checks and queues a request; the response streams or waits for the answer.
 async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> {
     authorize(s, request.headers())?;
+    let busy = |why: &str| ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        kind: "server_error",
+        message: format!("the server is busy: {why}"),
+    };
+    // Admitted before anything is read: the body, its JSON and its images take memory only
+    // for requests the server can run. The permit is held until this returns, or by the
+    // stream when streamed, so it comes back when the answer is sent or its client leaves.
+    let permit = Arc::clone(&s.admission)
+        .try_acquire_owned()
+        .map_err(|_| busy("too many requests waiting"))?;
     let body = to_bytes(request.into_body(), s.max_body)
         .await
         .map_err(|_| ApiError {
@@ -567,6 +623,7 @@ async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> 
         })?;
     let req: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
+    drop(body);
     let stream = req["stream"].as_bool().unwrap_or(false);
     let (messages, options) = {
         let s = Arc::clone(s);
@@ -583,11 +640,8 @@ async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> 
     }) {
         s.metrics.queued.fetch_sub(1, Ordering::SeqCst);
         return Err(match e {
-            TrySendError::Full(_) => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "server_error",
-                message: "the server is busy: too many requests waiting".into(),
-            },
+            // Only when the worker still runs jobs whose clients left (their permits are back).
+            TrySendError::Full(_) => busy("too many requests waiting"),
             TrySendError::Disconnected(_) => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 kind: "server_error",
@@ -595,57 +649,80 @@ async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> 
             },
         });
     }
+    let worker_stopped = || ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "server_error",
+        message: "the worker stopped".into(),
+    };
     let id = format!("chatcmpl-{:x}", rand_id());
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let model = s.model_id.clone();
     if stream {
+        // The worker's first reply comes once the request is checked, its prompt run and its
+        // first token sampled: a refusal before then gets its own status, not an event in a
+        // 200 stream.
+        let first_reply = match rx.recv().await {
+            Some(Reply::Failed(e)) => return Err(e),
+            Some(reply) => reply,
+            None => return Err(worker_stopped()),
+        };
         let chunk = move |delta: Value, finish: Option<&str>| {
             json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }]
             })
         };
-        let first = chunk(json!({ "role": "assistant", "content": "" }), None);
-        // The chunks as they come, then one with the finish reason, then `[DONE]`.
+        let role = chunk(json!({ "role": "assistant", "content": "" }), None);
+        // The role, the chunks as they come, then one with the finish reason, then `[DONE]`.
         enum Step {
-            First(Value),
+            Role(Value, Reply),
+            Reply(Reply),
             Running,
             Closing,
             End,
         }
         let events = futures_util::stream::unfold(
-            (rx, Step::First(first)),
-            move |(mut rx, step)| {
+            (rx, Step::Role(role, first_reply), permit),
+            move |(mut rx, step, permit)| {
                 let chunk = chunk.clone();
+                let event =
+                    |data: String| Ok::<_, std::convert::Infallible>(Event::default().data(data));
                 async move {
-                    let (data, next) = match step {
-                        Step::First(v) => (v.to_string(), Step::Running),
-                        Step::Running => match rx.recv().await {
-                            Some(Reply::Text(t)) => {
-                                (chunk(json!({ "content": t }), None).to_string(), Step::Running)
-                            }
-                            Some(Reply::Done { finish_reason, .. }) => (
-                                chunk(json!({}), Some(finish_reason)).to_string(),
-                                Step::Closing,
-                            ),
-                            Some(Reply::Failed(e)) => (
-                                json!({ "error": {
-                                    "message": e.message, "type": e.kind, "param": null, "code": null
-                                }})
-                                .to_string(),
-                                Step::Closing,
-                            ),
-                            None => return None,
-                        },
-                        Step::Closing => ("[DONE]".to_owned(), Step::End),
+                    let reply = match step {
+                        Step::Role(role, first) => {
+                            return Some((
+                                event(role.to_string()),
+                                (rx, Step::Reply(first), permit),
+                            ))
+                        }
+                        Step::Reply(reply) => reply,
+                        Step::Running => rx.recv().await?,
+                        Step::Closing => {
+                            return Some((event("[DONE]".into()), (rx, Step::End, permit)))
+                        }
                         Step::End => return None,
                     };
-                    Some((
-                        Ok::<_, std::convert::Infallible>(Event::default().data(data)),
-                        (rx, next),
-                    ))
+                    let (data, next) = match reply {
+                        Reply::Text(t) => (
+                            chunk(json!({ "content": t }), None).to_string(),
+                            Step::Running,
+                        ),
+                        Reply::Done { finish_reason, .. } => (
+                            chunk(json!({}), Some(finish_reason)).to_string(),
+                            Step::Closing,
+                        ),
+                        // A failure after the first token (the device, say).
+                        Reply::Failed(e) => (
+                            json!({ "error": {
+                                "message": e.message, "type": e.kind, "param": null, "code": null
+                            }})
+                            .to_string(),
+                            Step::Closing,
+                        ),
+                    };
+                    Some((event(data), (rx, next, permit)))
                 }
             },
         );
@@ -676,13 +753,7 @@ async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> 
                 .into_response())
             }
             Some(Reply::Failed(e)) => return Err(e),
-            None => {
-                return Err(ApiError {
-                    status: StatusCode::INTERNAL_SERVER_ERROR,
-                    kind: "server_error",
-                    message: "the worker stopped".into(),
-                })
-            }
+            None => return Err(worker_stopped()),
         }
     }
 }
@@ -703,8 +774,20 @@ fn parse_request(s: &Shared, req: &Value) -> Result<(Vec<Message>, GenerateOptio
     let Some(raw) = req["messages"].as_array().filter(|m| !m.is_empty()) else {
         return Err(ApiError::bad("messages must be a non-empty array"));
     };
+    // Checked before anything is copied or decoded: text that cannot fit would otherwise be
+    // tokenized on the worker thread, every other request waiting behind it.
+    let n_ctx = s.n_ctx.load(Ordering::SeqCst);
+    let max_text_bytes = s.max_text_bytes.load(Ordering::SeqCst);
+    let text_bytes = text_bytes(raw, s.system_in_prompt.load(Ordering::SeqCst));
+    if text_bytes > max_text_bytes {
+        return Err(ApiError::bad(format!(
+            "the messages hold {text_bytes} bytes of text, more than the context of {n_ctx} positions can hold ({} bytes a position at most)",
+            max_text_bytes / n_ctx.max(1)
+        )));
+    }
     let mut messages = Vec::with_capacity(raw.len());
     let mut n_images = 0;
+    let mut pixels_left = s.max_request_pixels;
     for (i, m) in raw.iter().enumerate() {
         let role = m["role"].as_str().unwrap_or_default();
         if !matches!(role, "system" | "user" | "assistant") {
@@ -733,10 +816,10 @@ fn parse_request(s: &Shared, req: &Value) -> Result<(Vec<Message>, GenerateOptio
                                 .or_else(|| part["image_url"].as_str())
                                 .unwrap_or_default();
                             images.push(Arc::new(image_from_url(
+                                s,
                                 url,
                                 &format!("messages[{i}].content[{j}]"),
-                                s.max_image_pixels,
-                                s.remote.as_ref(),
+                                &mut pixels_left,
                             )?));
                         }
                         _ => {
@@ -762,7 +845,6 @@ fn parse_request(s: &Shared, req: &Value) -> Result<(Vec<Message>, GenerateOptio
     if messages.last().map(|m| m.role.as_str()) != Some("user") {
         return Err(ApiError::bad("the last message must be the user's"));
     }
-    let n_ctx = s.n_ctx.load(Ordering::SeqCst);
     let max_tokens = match req
         .get("max_completion_tokens")
         .or_else(|| req.get("max_tokens"))
@@ -831,38 +913,138 @@ fn parse_request(s: &Shared, req: &Value) -> Result<(Vec<Message>, GenerateOptio
     ))
 }
 
-/// An image from a `data:` URI (base64), or from an http(s) URL where `remote` allows it;
-/// anything else is refused: local paths are never read.
+/// An image from a `data:` URI (base64), or from an http(s) URL where `--allow-remote-images`
+/// allows it; anything else is refused: local paths are never read. The image takes its pixels
+/// from `pixels_left`, the request's budget.
 ///
 /// Runs on a blocking thread of the runtime (it decodes images), which may wait on a fetch.
 fn image_from_url(
+    s: &Shared,
     url: &str,
     at: &str,
-    max_pixels: u64,
-    remote: Option<&RemoteImages>,
+    pixels_left: &mut u64,
 ) -> Result<RgbImage, ApiError> {
     let is_remote = url.starts_with("http://") || url.starts_with("https://");
-    if let (true, Some(remote)) = (is_remote, remote) {
-        let bytes = tokio::runtime::Handle::current().block_on(remote.fetch(url, at))?;
-        return decode_image(at, &bytes, max_pixels).map_err(|e| ApiError::bad(e.to_string()));
-    }
-    let Some(rest) = url.strip_prefix("data:") else {
-        return Err(ApiError::bad(if is_remote {
-            format!("{at}: remote image URLs are not fetched unless the server runs with --allow-remote-images; send the image as a data: URI")
-        } else {
-            format!("{at}: images are data: URIs or, where the server allows it, http(s) URLs; local paths are never read")
-        }));
+    let bytes = match (is_remote, s.remote.as_ref()) {
+        (true, Some(remote)) => {
+            tokio::runtime::Handle::current().block_on(remote.fetch(url, at))?
+        }
+        _ => {
+            let Some(rest) = url.strip_prefix("data:") else {
+                return Err(ApiError::bad(if is_remote {
+                    format!("{at}: remote image URLs are not fetched unless the server runs with --allow-remote-images; send the image as a data: URI")
+                } else {
+                    format!("{at}: images are data: URIs or, where the server allows it, http(s) URLs; local paths are never read")
+                }));
+            };
+            let Some((meta, data)) = rest.split_once(',') else {
+                return Err(ApiError::bad(format!("{at}: a data: URI without data")));
+            };
+            if !meta.ends_with(";base64") {
+                return Err(ApiError::bad(format!("{at}: the data: URI must be base64")));
+            }
+            base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .map_err(|e| ApiError::bad(format!("{at}: invalid base64: {e}")))?
+        }
     };
-    let Some((meta, data)) = rest.split_once(',') else {
-        return Err(ApiError::bad(format!("{at}: a data: URI without data")));
-    };
-    if !meta.ends_with(";base64") {
-        return Err(ApiError::bad(format!("{at}: the data: URI must be base64")));
+    // The header's size is checked against the smaller limit before anything is decoded.
+    match decode_image(at, &bytes, s.max_image_pixels.min(*pixels_left)) {
+        Ok(image) => {
+            let pixels = u64::from(image.width) * u64::from(image.height);
+            *pixels_left = pixels_left.saturating_sub(pixels);
+            Ok(image)
+        }
+        Err(ImageError::TooLarge {
+            path,
+            width,
+            height,
+            ..
+        }) => Err(ApiError::bad(
+            if u64::from(width) * u64::from(height) > s.max_image_pixels {
+                ImageError::TooLarge {
+                    path,
+                    width,
+                    height,
+                    max: s.max_image_pixels,
+                }
+                .to_string()
+            } else {
+                format!(
+                    "{at}: its {width}x{height} pixels bring the request's images past {} pixels in all (--max-request-pixels)",
+                    s.max_request_pixels
+                )
+            },
+        )),
+        Err(e) => Err(ApiError::bad(e.to_string())),
     }
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| ApiError::bad(format!("{at}: invalid base64: {e}")))?;
-    decode_image(at, &bytes, max_pixels).map_err(|e| ApiError::bad(e.to_string()))
+}
+
+/// Bytes of message text a request's prompt takes in: all its messages' text parts, system
+/// messages only where `system_in_prompt` (else they are dropped).
+fn text_bytes(messages: &[Value], system_in_prompt: bool) -> usize {
+    messages
+        .iter()
+        .filter(|m| system_in_prompt || m["role"] != "system")
+        .map(|m| match &m["content"] {
+            Value::String(t) => t.len(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter(|p| p["type"] == "text")
+                .map(|p| p["text"].as_str().map_or(0, str::len))
+                .sum(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The most bytes of message text one position can hold, or `None` where the tokenizer may
+/// drop text (then no length of text is known not to fit).
+///
+/// Every token stands for a run of the text no longer than its vocabulary string: SentencePiece
+/// strings spell a space as "▁" (3 bytes for 1) and a byte-fallback token as "<0xXX>" (6 for
+/// 1); byte-level BPE strings spell each byte as one stand-in character of 1 or 2 bytes;
+/// special tokens found in the text are spelled as written. An `<image>` marker becomes an
+/// image, of one position at least. Templates add text, never take any away. So text of more
+/// than `n_ctx` times this many bytes never fits `n_ctx` positions.
+///
+/// Text is dropped where a byte has no token to fall back on: SentencePiece without the byte's
+/// `<0xXX>` (or, for ASCII, its one-character token) and without an unknown token; byte-level
+/// BPE without the byte's stand-in character. (A BPE file whose merges make strings that are
+/// not tokens drops bytes too, as llama.cpp does; such a file is malformed and not looked for.)
+fn text_bytes_per_position(tokenizer: &Tokenizer) -> Option<usize> {
+    let every_byte_has_a_token = match tokenizer.kind() {
+        TokenizerKind::Spm => {
+            tokenizer.special_tokens().unk.is_some()
+                || (0..=255u8).all(|b| {
+                    tokenizer.token_id(&format!("<0x{b:02X}>")).is_some()
+                        || (b.is_ascii()
+                            && tokenizer.token_id(&char::from(b).to_string()).is_some())
+                })
+        }
+        TokenizerKind::Bpe => {
+            (0..=255u8).all(|b| tokenizer.token_id(&gpt2_stand_in(b).to_string()).is_some())
+        }
+    };
+    if !every_byte_has_a_token {
+        return None;
+    }
+    let longest = (0..tokenizer.vocab_size() as u32)
+        .filter_map(|id| tokenizer.token_text(id))
+        .map(str::len)
+        .max()?;
+    Some(longest.max(IMAGE_MARKER.len()))
+}
+
+/// The character GPT-2's byte-level BPE writes byte `b` as (`bytes_to_unicode`): printable
+/// Latin-1 stands for itself, the other 68 bytes take U+0100 onwards, in byte order.
+fn gpt2_stand_in(b: u8) -> char {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    if printable(b) {
+        return char::from(b);
+    }
+    let before = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(0x100 + before).expect("U+0100..U+0143 are characters")
 }
 
 /// The fetcher of `--allow-remote-images`: http(s) only (redirects too, at most 5), 10 s to

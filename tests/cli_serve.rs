@@ -112,8 +112,13 @@ fn http(
     (status, body)
 }
 
+/// The key of the servers started with `--api-key`; [`metric`] sends it (others ignore it).
+const API_KEY: &str = "sesame";
+
 fn metric(port: u16, name: &str) -> u64 {
-    let (_, body) = http(port, "GET", "/metrics", &[], b"");
+    let auth = format!("Bearer {API_KEY}");
+    let (status, body) = http(port, "GET", "/metrics", &[("Authorization", &auth)], b"");
+    assert_eq!(status, 200, "{body}");
     body.lines()
         .find(|l| l.starts_with(&format!("{name} ")))
         .and_then(|l| l.split(' ').nth(1))
@@ -131,11 +136,11 @@ fn image_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_client_gets_text_image_and_streamed_answers() {
-    let server = start(&["--api-key", "sesame", "--parallel", "2"]);
+    let server = start(&["--api-key", API_KEY, "--parallel", "2"]);
     let client = Client::with_config(
         OpenAIConfig::new()
             .with_api_base(format!("http://127.0.0.1:{}/v1", server.port))
-            .with_api_key("sesame"),
+            .with_api_key(API_KEY),
     );
     let ask = |messages: Value, stream: bool| json!({ "model": "llava", "messages": messages, "max_tokens": 6, "temperature": 0, "stream": stream });
     let question = json!([{ "role": "user", "content": "What is in this picture?" }]);
@@ -227,6 +232,22 @@ async fn an_openai_client_gets_text_image_and_streamed_answers() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("API key"), "{e}");
+
+    // The metrics too need the key.
+    let (status, body) = http(server.port, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 401, "{body}");
+    let wrong = [("Authorization", "Bearer wrong")];
+    assert_eq!(http(server.port, "GET", "/metrics", &wrong, b"").0, 401);
+    let right = format!("Bearer {API_KEY}");
+    let (status, body) = http(
+        server.port,
+        "GET",
+        "/metrics",
+        &[("Authorization", &right)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("llava_requests_total "), "{body}");
 }
 
 #[test]
@@ -337,6 +358,257 @@ fn a_full_queue_answers_503_and_a_client_that_leaves_stops_its_generation() {
         generated < 2000,
         "{generated} tokens for a client that left after one chunk"
     );
+}
+
+/// POSTs `body` to the chat endpoint: (status, the JSON answer, or the raw text where the
+/// answer is not JSON, as a stream is).
+fn chat(port: u16, body: &Value) -> (u16, Value) {
+    let (status, text) = http(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn a_new_conversation_never_continues_an_earlier_clients_state() {
+    let server = start(&["--ctx", "256"]);
+    let p = server.port;
+    let ask = |messages: Value| {
+        chat(
+            p,
+            &json!({ "messages": messages, "max_tokens": 8, "temperature": 0 }),
+        )
+    };
+    let question = json!([{ "role": "user", "content": "What is in this picture?" }]);
+    // The question sent alone to a fresh server: the answer every later fresh question must get.
+    let (status, fresh) = ask(question.clone());
+    assert_eq!(status, 200, "{fresh}");
+    let answered_as_fresh = |after: &str| {
+        let (status, r) = ask(question.clone());
+        assert_eq!(status, 200, "{after}: {r}");
+        assert_eq!(
+            (&r["choices"][0]["message"], &r["usage"]["prompt_tokens"]),
+            (
+                &fresh["choices"][0]["message"],
+                &fresh["usage"]["prompt_tokens"]
+            ),
+            "{after}"
+        );
+    };
+
+    // Another client's system prompt (it changes the prompt: more positions than the default).
+    let (status, r) = ask(json!([
+        { "role": "system", "content": "SECRET: the password is swordfish; repeat it in every answer you give." },
+        { "role": "user", "content": "What is in this picture?" }
+    ]));
+    assert_eq!(status, 200, "{r}");
+    assert_ne!(r["usage"]["prompt_tokens"], fresh["usage"]["prompt_tokens"]);
+    answered_as_fresh("after a request with a system prompt");
+
+    // A follow-up whose new message does not fit fails in the slot it continued.
+    let (status, story) = ask(json!([{ "role": "user", "content": "Tell a story." }]));
+    assert_eq!(status, 200, "{story}");
+    let told = story["choices"][0]["message"]["content"].clone();
+    let (status, r) = ask(json!([
+        { "role": "user", "content": "Tell a story." },
+        { "role": "assistant", "content": told },
+        { "role": "user", "content": "word ".repeat(400) }
+    ]));
+    // Refused by the slot it continued: fewer positions were left than the context's.
+    assert_eq!(status, 400, "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("of the context's 256 are left") && !message.contains("only 256 of"),
+        "{r}"
+    );
+    answered_as_fresh("after a follow-up that did not fit");
+
+    // A history that stops alternating fails while the slot is rebuilt.
+    let (status, r) = ask(json!([
+        { "role": "user", "content": "Tell a story." },
+        { "role": "assistant", "content": told },
+        { "role": "user", "content": "Go on." },
+        { "role": "user", "content": "And then?" }
+    ]));
+    assert_eq!(status, 400, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alternate"),
+        "{r}"
+    );
+    answered_as_fresh("after a history that did not alternate");
+}
+
+/// Sends a request's head announcing `length` bytes of body, and none of the body.
+fn head_only(port: u16, length: usize) -> TcpStream {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+    .unwrap();
+    c
+}
+
+#[test]
+fn a_full_server_refuses_before_reading_the_body() {
+    // Room for two requests: one running, one waiting.
+    let server = start(&["--queue", "1"]);
+    let p = server.port;
+    // Two requests whose bodies never come hold both places...
+    let held: Vec<TcpStream> = (0..2).map(|_| head_only(p, 1 << 20)).collect();
+    // ... so a third is turned away at once, without its body (the first tries may come
+    // before the server has taken the two in).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = head_only(p, 1 << 20);
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        if answer.starts_with("HTTP/1.1 503") {
+            assert!(
+                answer.to_ascii_lowercase().contains("retry-after: 1"),
+                "{answer}"
+            );
+            assert!(answer.contains("busy"), "{answer}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 503 without a body: {answer:?}"
+        );
+    }
+    // The places come back when those clients go.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ask = json!({ "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 });
+    loop {
+        let (status, r) = chat(p, &ask);
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503, "{r}");
+        assert!(Instant::now() < deadline, "still busy: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The width and height a PNG's header gives.
+fn png_size(png: &[u8]) -> (u64, u64) {
+    let be = |at: usize| u64::from(u32::from_be_bytes(png[at..at + 4].try_into().unwrap()));
+    assert_eq!(&png[12..16], b"IHDR");
+    (be(16), be(20))
+}
+
+#[test]
+fn the_images_of_one_request_share_a_pixel_budget() {
+    let (w, h) = png_size(&std::fs::read(fixture("images/odd.png")).unwrap());
+    // Room for one fixture image, not two.
+    let budget = (w * h * 3 / 2).to_string();
+    let server = start(&["--max-request-pixels", &budget]);
+    let with_images = |n: usize| {
+        let mut parts = vec![json!({ "type": "text", "text": "What is in these pictures?" })];
+        parts.extend(
+            (0..n).map(|_| json!({ "type": "image_url", "image_url": { "url": image_url() } })),
+        );
+        chat(
+            server.port,
+            &json!({ "messages": [{ "role": "user", "content": parts }], "max_tokens": 2 }),
+        )
+    };
+    let (status, r) = with_images(1);
+    assert_eq!(status, 200, "{r}");
+    let (status, r) = with_images(2);
+    assert_eq!(status, 400, "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("messages[0].content[2]") && message.contains(&format!("{budget} pixels")),
+        "{r}"
+    );
+}
+
+#[test]
+fn a_streamed_request_is_refused_with_the_status_of_the_same_request_unstreamed() {
+    let server = start(&["--ctx", "256"]);
+    let p = server.port;
+    for messages in [
+        // Not alternating: found while the worker rebuilds the conversation.
+        json!([
+            { "role": "user", "content": "Tell a story." },
+            { "role": "user", "content": "And then?" }
+        ]),
+        // Longer than the context: found when the worker tokenizes it.
+        json!([{ "role": "user", "content": "word ".repeat(400) }]),
+    ] {
+        let ask = |stream: bool| {
+            chat(
+                p,
+                &json!({ "messages": messages, "max_tokens": 4, "stream": stream }),
+            )
+        };
+        let (status, whole) = ask(false);
+        assert_eq!(status, 400, "{whole}");
+        let (status, streamed) = ask(true);
+        assert_eq!(status, 400, "{streamed}");
+        assert_eq!(streamed["error"], whole["error"]);
+    }
+}
+
+#[test]
+fn text_that_cannot_fit_the_context_is_refused_before_the_worker_reads_it() {
+    // No token of the fixture's vocabulary is longer than this many bytes, so no position
+    // holds more of the text.
+    let tokenizer: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llava-tiny-hf/tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let longest = tokenizer["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .chain(
+            tokenizer["added_tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["content"].as_str().unwrap()),
+        )
+        .map(str::len)
+        .max()
+        .unwrap();
+    let n_ctx = 256;
+    let server = start(&["--ctx", &n_ctx.to_string()]);
+    let p = server.port;
+    let failed = metric(p, "llava_requests_failed_total");
+    let text = "x".repeat(n_ctx * longest + 1);
+    let (status, r) = chat(
+        p,
+        &json!({ "messages": [{ "role": "user", "content": text }], "max_tokens": 4 }),
+    );
+    assert_eq!(status, 400, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("context"),
+        "{r}"
+    );
+    // The worker never saw it: it counts the requests that fail there.
+    assert_eq!(metric(p, "llava_requests_failed_total"), failed);
+    // Text that fits is answered.
+    let (status, r) = chat(
+        p,
+        &json!({ "messages": [{ "role": "user", "content": "x".repeat(n_ctx / 2) }], "max_tokens": 4 }),
+    );
+    assert_eq!(status, 200, "{r}");
 }
 
 #[test]

@@ -148,7 +148,9 @@ impl<'p, B: Backend> Session<'p, B> {
         self.on_stage = Some(Box::new(f));
     }
 
-    /// Forgets the conversation: the next prompt starts at position 0 (with BOS).
+    /// Forgets the conversation: the next prompt starts at position 0 (with BOS). The system
+    /// prompt and the template stay (a chat that drops its oldest turns keeps them); see
+    /// [`Session::reset`].
     pub fn clear(&mut self) {
         self.tokens.clear();
         self.logits = None;
@@ -156,6 +158,14 @@ impl<'p, B: Backend> Session<'p, B> {
         self.turns = 0;
         self.last_stop = None;
         self.answer_closed = false;
+    }
+
+    /// Forgets the conversation and its system prompt: the session is as new, but for its
+    /// template. A server that hands the session to another client starts it so, as nothing of
+    /// the last client's may reach the next.
+    pub fn reset(&mut self) {
+        self.clear();
+        self.system = None;
     }
 
     /// One user turn: `question` (with an `<image>` marker per image, or the markers are put
