@@ -445,9 +445,14 @@ impl Hub {
             let Ok(meta) = std::fs::metadata(entry.path()) else {
                 continue;
             };
-            if let (true, Some(name)) = (meta.is_file(), entry.file_name().to_str()) {
+            let name = entry
+                .file_name()
+                .to_str()
+                .filter(|n| plain_name(n))
+                .map(str::to_owned);
+            if let (true, Some(name)) = (meta.is_file(), name) {
                 files.push(RepoFile {
-                    name: name.to_owned(),
+                    name,
                     size: Some(meta.len()),
                     sha256: None,
                 });
@@ -499,8 +504,7 @@ impl Hub {
             let Some(name) = s["rfilename"].as_str() else {
                 continue;
             };
-            // Only top-level files with plain names: nothing to write outside the snapshot.
-            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            if !plain_name(name) {
                 continue;
             }
             let sha256 = s["lfs"]["sha256"]
@@ -558,6 +562,16 @@ impl Hub {
             e => anyhow!("{what}: {e}"),
         }
     }
+}
+
+/// Whether llava takes a file of a repository: top-level with a plain name, so nothing is
+/// written outside the snapshot, and no control characters, as the names are shown on the
+/// terminal (an escape sequence in a name would reach it) and become file names in the cache.
+fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.contains(['/', '\\'])
+        && !name.starts_with('.')
+        && !name.chars().any(char::is_control)
 }
 
 fn repo_name(repo: &Repo) -> String {
@@ -908,6 +922,30 @@ mod tests {
                         .join(","),
                 ),
             )),
+        }
+    }
+
+    #[test]
+    fn names_with_escape_sequences_or_outside_the_snapshot_are_not_taken() {
+        for name in [
+            "llava-Q4_K_M.gguf",
+            "mmproj-f16.gguf",
+            "README.md",
+            "é.gguf",
+        ] {
+            assert!(plain_name(name), "{name}");
+        }
+        for name in [
+            "\u{1b}[2Jllava-Q4_K_M.gguf",
+            "\u{1b}]0;owned\u{7}.gguf",
+            "a\nb.gguf",
+            "",
+            ".hidden.gguf",
+            "../x.gguf",
+            "sub/x.gguf",
+            "a\\b.gguf",
+        ] {
+            assert!(!plain_name(name), "{name:?}");
         }
     }
 

@@ -651,3 +651,33 @@ fn a_transformers_repository_is_downloaded_and_converted_once() {
     assert!(!stderr(&o).contains("converting"), "{}", stderr(&o));
     assert_eq!(lines(&o), paths);
 }
+
+/// A repository file whose name holds terminal escape sequences is not taken: its name never
+/// reaches the terminal (nor the cache), and the pull says what is missing in one line.
+#[test]
+fn a_file_name_with_escape_sequences_is_not_taken_or_shown() {
+    let (hub, addr) = start_hub();
+    let evil = "\u{1b}]0;owned\u{7}\u{1b}[2Jllava-tiny-Q4_K_M.gguf";
+    add_repo(
+        &hub,
+        "test/escapes",
+        false,
+        vec![
+            file(evil, b"GGUF not really".to_vec()),
+            file("mmproj-llava-tiny-f16.gguf", b"GGUF not really".to_vec()),
+        ],
+    );
+    let home = tempfile::tempdir().unwrap();
+    let o = llava_hub(addr, home.path(), &["pull", "test/escapes"], &[]);
+    let err = stderr(&o);
+    assert!(!err.contains(['\u{1b}', '\u{7}']), "{err:?}");
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("no LLM GGUF file"), "{err}");
+    assert!(
+        walk(home.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().contains('\u{1b}')),
+        "{:?}",
+        walk(home.path())
+    );
+}
