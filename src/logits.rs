@@ -8,11 +8,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::load::{check_images, load_images, prompt_text, Stages};
+use crate::load::{check_images, load_images, prompt_text, Chosen, Stages};
 use crate::output::{
     check_outputs, commit, create_parent, remove_partial_files_on_signals, write_staged, Output,
 };
+use llava_models::image::RgbImage;
+use llava_models::llava::{text_tokens, tokenize_pieces};
 use llava_models::template::with_image_markers;
+use llava_models::Pipeline;
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -92,13 +95,31 @@ pub fn run(args: &Args) -> Result<()> {
         .models
         .load(llava_models::DEFAULT_IMAGE_CACHE_BYTES, &Stages::quiet())?;
     check_images(&pipeline, &images, &args.image)?;
+    // Text only: the prompt's tokens exactly (BOS unless --no-bos).
+    let ids = args
+        .models
+        .mmproj
+        .is_none()
+        .then(|| pipeline.tokenizer().encode(&text, !args.no_bos, true));
+    let prompt = with_image_markers(&text, images.len());
+    let positions = match &ids {
+        Some(ids) => ids.len(),
+        None => prompt_positions(&pipeline, &prompt, &images)?,
+    };
+    // A prompt longer than the context is refused by the session, with its own message.
+    let positions = positions.min(pipeline.n_ctx());
+    check_memory(
+        pipeline
+            .llm()
+            .cache_bytes(pipeline.n_ctx(), pipeline.kv_type()),
+        positions,
+        pipeline.llm().config.n_vocab,
+        available_memory(),
+    )?;
     let mut session = pipeline.session()?;
-    let (prefill, values) = if args.models.mmproj.is_none() {
-        // Text only: the prompt's tokens exactly (BOS unless --no-bos).
-        let ids = pipeline.tokenizer().encode(&text, !args.no_bos, true);
-        session.evaluate_tokens(&ids)?
-    } else {
-        session.evaluate(&with_image_markers(&text, images.len()), &images)?
+    let (prefill, values) = match &ids {
+        Some(ids) => session.evaluate_tokens(ids)?,
+        None => session.evaluate(&prompt, &images)?,
     };
     let position_ids = session.tokens();
     // One row per position, image rows included: the header says what the data holds.
@@ -126,6 +147,58 @@ pub fn run(args: &Args) -> Result<()> {
         None => {}
     }
     commit(staged)
+}
+
+/// Positions `prompt` takes with `images`, as [`llava_models::Session::evaluate`] counts
+/// them (BOS first, each image's tokens), known before anything is computed.
+fn prompt_positions(
+    pipeline: &Pipeline<Chosen>,
+    prompt: &str,
+    images: &[RgbImage],
+) -> Result<usize> {
+    let pieces = tokenize_pieces(pipeline.tokenizer(), prompt, images.len(), true)?;
+    let mut positions = text_tokens(&pieces);
+    for image in images {
+        positions += pipeline.image_positions(image)?;
+    }
+    Ok(positions)
+}
+
+/// Refuses the KV cache and the logits together when they would not fit in the memory
+/// available (`None`: not known, no check). The logits of every position are kept, and the
+/// backend's `[positions, n_vocab]` f32 tensor and the copy downloaded from it are alive at
+/// once: twice `positions × n_vocab × 4` bytes (a 4096-position prompt of a 152 K vocabulary
+/// is 4.6 GiB).
+fn check_memory(
+    kv_bytes: u128,
+    positions: usize,
+    n_vocab: usize,
+    available: Option<u64>,
+) -> Result<()> {
+    let Some(available) = available else {
+        return Ok(());
+    };
+    let logits_bytes = 2 * 4 * positions as u128 * n_vocab as u128;
+    if kv_bytes + logits_bytes > u128::from(available) {
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        bail!(
+            "the logits of {positions} positions × {n_vocab} tokens need {:.1} GiB (and the KV \
+             cache {:.1} GiB), but {:.1} GiB of memory is available: give a shorter prompt",
+            gib(logits_bytes),
+            gib(kv_bytes),
+            gib(u128::from(available))
+        );
+    }
+    Ok(())
+}
+
+/// Linux's estimate of the memory available without swapping, in bytes, read as the models
+/// crate reads it for its KV cache check (`pipeline::available_memory`); elsewhere `None`.
+fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// Writes to stdout, errors included (a closed pipe too: the data is the output).
@@ -161,6 +234,23 @@ fn write_npy_f32(w: &mut dyn Write, shape: &[usize], data: &[f32]) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_logits_count_in_the_memory_check() {
+        const GIB: u64 = 1 << 30;
+        // 4096 positions of a 152 K vocabulary: 2.3 GiB of logits, twice over.
+        let e = check_memory(GIB.into(), 4096, 152_064, Some(5 * GIB)).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("4096 positions × 152064 tokens need 4.6 GiB"),
+            "{e}"
+        );
+        assert!(e.contains("5.0 GiB of memory is available"), "{e}");
+        check_memory(GIB.into(), 4096, 152_064, Some(6 * GIB)).unwrap();
+        // The KV cache and the logits together.
+        check_memory((2 * GIB).into(), 4096, 152_064, Some(6 * GIB)).unwrap_err();
+        check_memory(u128::MAX / 2, 4096, 152_064, None).unwrap();
+    }
 
     #[test]
     fn npy_header_is_aligned_and_describes_the_array() {
