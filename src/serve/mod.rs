@@ -521,7 +521,7 @@ fn answer<'p>(
 }
 
 async fn page() -> Html<&'static str> {
-    Html(include_str!("serve_page.html"))
+    Html(include_str!("../serve_page.html"))
 }
 
 async fn health() -> impl IntoResponse {
