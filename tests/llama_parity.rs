@@ -328,8 +328,9 @@ fn converted_tokenizer_encodes_the_prompt_like_transformers() {
 
 #[test]
 fn every_preset_writes_the_types_its_rules_choose() {
-    // The rules themselves are unit-tested against llama.cpp's (convert/src/mix.rs); this
-    // checks every preset's choice reaches every tensor of a converted file.
+    // The rules themselves are checked against llama.cpp's quantizer, tensor by tensor and
+    // byte for byte (tests/llamacpp-interop, src/quantize.rs); this checks that every
+    // preset's choice reaches every tensor of a file `convert` writes.
     for preset in Preset::ALL {
         let (_dir, path) = convert("llama-gqa", preset);
         let f = GgufFile::open(&path).unwrap();
