@@ -116,12 +116,25 @@ fn every_dtype_views_parameters_and_nested_state_dicts_read_as_torch_wrote_them(
         .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
         .collect();
     assert_eq!(h, (0..12).map(|i| i as f32).collect::<Vec<_>>());
-    assert_eq!(get("a.bf16").dtype, Dtype::BF16);
-    assert_eq!(
-        (get("a.ids").dtype, &get("a.ids").shape[..]),
-        (Dtype::I64, &[1, 5][..])
-    );
-    assert_eq!(&get("a.param").shape[..], &[2]);
+    let bf16 = get("a.bf16");
+    assert_eq!((bf16.dtype, &bf16.shape[..]), (Dtype::BF16, &[3, 4][..]));
+    let b: Vec<f32> = bytes[bf16.start..bf16.end]
+        .chunks_exact(2)
+        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+        .collect();
+    assert_eq!(b, (0..12).map(|i| i as f32).collect::<Vec<_>>());
+    // torch.arange(5).unsqueeze(0): int64.
+    let ids = get("a.ids");
+    assert_eq!((ids.dtype, &ids.shape[..]), (Dtype::I64, &[1, 5][..]));
+    let i: Vec<i64> = bytes[ids.start..ids.end]
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(i, [0, 1, 2, 3, 4]);
+    // A Parameter around torch.ones(2).
+    let param = get("a.param");
+    assert_eq!((param.dtype, &param.shape[..]), (Dtype::F32, &[2][..]));
+    assert_eq!(f32s(param), [1.0, 1.0]);
     assert_eq!(tensors.len(), 6);
     // A training checkpoint: the state dict under "state_dict".
     let bytes = std::fs::read(seeds.join("nested.bin")).unwrap();

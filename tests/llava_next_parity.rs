@@ -41,6 +41,7 @@ fn the_chatml_kind_gets_its_template_end_token_and_logits() {
     check(&CpuBackend::new(2), "llava-next-tiny-chatml");
     let (_dir, f) = runs_with_template("llava-next-tiny-chatml", Template::Chatml);
     let tok = Tokenizer::from_gguf(&f).unwrap();
+    // The ids the fixture's tokenizer.json gives them (its added_tokens).
     assert_eq!(
         tok.encode("<|im_start|><|im_end|>", false, true),
         [513, 514]

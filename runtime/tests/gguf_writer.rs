@@ -141,13 +141,22 @@ fn write_then_read_gives_identical_metadata_and_bytes() {
 
 #[test]
 fn rewriting_llama_cpp_files_reproduces_them_byte_for_byte() {
-    // The vocab files were written by llama.cpp's gguf-py: an independent writer of the format.
-    for name in [
-        "ggml-vocab-llama-spm.gguf",
-        "ggml-vocab-llama-bpe.gguf",
-        "ggml-vocab-gpt-2.gguf",
+    // The vocab files and the converted fixtures were written by llama.cpp's gguf-py (its
+    // convert_hf_to_gguf.py and convert_image_encoder_to_gguf.py for the latter): an
+    // independent writer of the format, metadata only in the first, with tensors (their
+    // infos, alignment and padding) in the others.
+    let converted = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/llamacpp-converted"
+    );
+    for (dir, name) in [
+        (VOCAB_DIR, "ggml-vocab-llama-spm.gguf"),
+        (VOCAB_DIR, "ggml-vocab-llama-bpe.gguf"),
+        (VOCAB_DIR, "ggml-vocab-gpt-2.gguf"),
+        (converted, "llava-tiny-hf-f32.gguf"),
+        (converted, "mmproj-model-f32.gguf"),
     ] {
-        let src_path = Path::new(VOCAB_DIR).join(name);
+        let src_path = Path::new(dir).join(name);
         let src = GgufFile::open(&src_path).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let dst = dir.path().join(name);

@@ -143,6 +143,7 @@ fn vocab_metadata_is_read_as_llama_cpp_reads_it() {
         (32000, Some(1), Some(2))
     );
     assert!(spm.add_bos() && spm.add_space_prefix() && !spm.add_eos());
+    // BOS, then llama.cpp's own vector for "Hello world" (case 11 of the .gguf.out file).
     assert_eq!(spm.encode("Hello world", true, false), [1, 15043, 3186]);
     assert!(spm.is_eog(2));
 
