@@ -7,7 +7,8 @@
 // for F16 weights and the quantized types without integer kernels (Q4_0, Q8_0, Q4_K and Q6_K
 // take `tiled_dot4` where it exists); F32 and BF16 weights keep the f32 kernel. The host prepends `enable f16;` and appends this
 // file to matmul.wgsl; the results are the f32 kernel's within the rounding of x and w to
-// f16 (2⁻¹¹ of each). Multiplying in f16 as well (`dot` of two vec4<f16>) doubled the
+// f16 (2⁻¹¹ of each where the conversion rounds to nearest, 2⁻¹⁰ where it takes the other
+// neighbour, which WGSL allows). Multiplying in f16 as well (`dot` of two vec4<f16>) doubled the
 // tiny test models' logit error, past the bound the CPU's F16 tests hold, so it is not done.
 
 @group(0) @binding(5) var<storage, read> row_scale: array<f32>;

@@ -177,12 +177,13 @@ fn check_matmul(gpu: &GpuBackend, label: &str, ty: GgmlType, k: usize, dir: &std
                 };
                 let mut t = (k as f64 + 2.0) * 2f64.powi(-24) * mag;
                 if f16 {
-                    // f16 tiles: x / max|x| and w rounded to f16, 2⁻¹¹ of each term twice
-                    // (the products and sums are f32's, above); and values below f16's
-                    // normal range within 2⁻²⁵ (scaled back by max|x|).
+                    // f16 tiles: x / max|x| and w rounded to f16, each within 2⁻¹⁰ (WGSL
+                    // lets a conversion to f16 round to either neighbour, not only the
+                    // nearest) of each term (the products and sums are f32's, above); and
+                    // values below f16's normal range within 2⁻²⁴ (scaled back by max|x|).
                     let xmax = xr.iter().fold(0f64, |m, &v| m.max(f64::from(v).abs()));
-                    t += 2.0 * 2f64.powi(-11) * terms.map(f64::abs).sum::<f64>()
-                        + k as f64 * 2f64.powi(-25) * xmax * (2.0 + wmax);
+                    t += 2.0 * 2f64.powi(-10) * terms.map(f64::abs).sum::<f64>()
+                        + k as f64 * 2f64.powi(-24) * xmax * (2.0 + wmax);
                 }
                 tol.push(t);
             }
@@ -485,7 +486,10 @@ fn check_attention(label: &str, gpu: &GpuBackend, head_dim: usize) {
     };
     let (q_cols, kv_cols) = (4 * head_dim, 2 * head_dim);
     for kv_type in [KvType::F32, KvType::F16] {
-        let mut cc = cpu.new_kv_cache(2, 160, 2, head_dim, kv_type).unwrap();
+        // The CPU's reference keeps an exact cache, fed the values the GPU's cache holds: an
+        // f16 cache's are checked to be a rounding of the input (WGSL lets `pack2x16float`
+        // round either way), then attended to in f32 on both sides.
+        let mut cc = cpu.new_kv_cache(2, 160, 2, head_dim, KvType::F32).unwrap();
         let mut gc = gpu.new_kv_cache(2, 160, 2, head_dim, kv_type).unwrap();
         // A prompt of 70 rows (more than one chunk of 64 keys), then one row, then 3.
         let mut start = 0;
@@ -496,34 +500,39 @@ fn check_attention(label: &str, gpu: &GpuBackend, head_dim: usize) {
                 random(rows * kv_cols, seed + 1),
                 random(rows * kv_cols, seed + 2),
             );
-            let c = cpu
-                .download(&cpu.attention_cached(
-                    &cpu.upload(q.clone(), rows, q_cols),
-                    &cpu.upload(k.clone(), rows, kv_cols),
-                    &cpu.upload(v.clone(), rows, kv_cols),
-                    &mut cc,
-                    1,
-                    start,
-                    heads,
-                ))
-                .unwrap();
             let g = gpu
                 .download(&gpu.attention_cached(
-                    &gpu.upload(q, rows, q_cols),
-                    &gpu.upload(k, rows, kv_cols),
-                    &gpu.upload(v, rows, kv_cols),
+                    &gpu.upload(q.clone(), rows, q_cols),
+                    &gpu.upload(k.clone(), rows, kv_cols),
+                    &gpu.upload(v.clone(), rows, kv_cols),
                     &mut gc,
                     1,
                     start,
                     heads,
                 ))
                 .unwrap();
-            same(
-                &c,
-                &g,
-                1e-5,
-                &format!("{label}: {kv_type:?} cache, rows {start}.."),
-            );
+            let what = format!("{label}: {kv_type:?} cache, rows {start}..");
+            let (held_k, held_v) = gpu.kv_cache_rows(&gc, 1, start + rows).unwrap();
+            let new = start * kv_cols..;
+            let (held_k, held_v) = (held_k[new.clone()].to_vec(), held_v[new].to_vec());
+            for (input, held) in [(&k, &held_k), (&v, &held_v)] {
+                match kv_type {
+                    KvType::F32 => assert_eq!(held, input, "{what}"),
+                    KvType::F16 => assert_f16_roundings(input, held, &what),
+                }
+            }
+            let c = cpu
+                .download(&cpu.attention_cached(
+                    &cpu.upload(q, rows, q_cols),
+                    &cpu.upload(held_k, rows, kv_cols),
+                    &cpu.upload(held_v, rows, kv_cols),
+                    &mut cc,
+                    1,
+                    start,
+                    heads,
+                ))
+                .unwrap();
+            same(&c, &g, 1e-5, &what);
             start += rows;
         }
     }
@@ -661,4 +670,26 @@ fn tensors_beyond_the_device_limits_are_errors_not_panics() {
     let rows = max_buffer / (cols * 4) + 1;
     let huge = gpu.upload(vec![0.0; rows * cols], rows, cols);
     check(&gpu, "an upload beyond any buffer", &huge);
+}
+
+/// Each of `held` is `input`'s value rounded to f16 either way (WGSL allows both neighbours),
+/// or flushed to zero below f16's normal range.
+fn assert_f16_roundings(input: &[f32], held: &[f32], what: &str) {
+    assert_eq!(input.len(), held.len(), "{what}");
+    for (i, (&x, &h)) in input.iter().zip(held).enumerate() {
+        let nearest = half::f16::from_f32(x);
+        let other = if nearest.to_f32() == x {
+            nearest
+        } else {
+            // The neighbour on x's other side: a step of the magnitude towards x.
+            let towards_zero = (nearest.to_f32() > x) == (x > 0.0);
+            let bits = nearest.to_bits();
+            half::f16::from_bits(if towards_zero { bits - 1 } else { bits + 1 })
+        };
+        let flushed = h == 0.0 && x.abs() < f32::from(half::f16::MIN_POSITIVE);
+        assert!(
+            h == nearest.to_f32() || h == other.to_f32() || flushed,
+            "{what}: value {i}: {x} held as {h} (f16 neighbours {nearest}, {other})"
+        );
+    }
 }

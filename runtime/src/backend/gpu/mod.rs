@@ -604,6 +604,50 @@ impl GpuBackend {
         buf
     }
 
+    /// The first `rows` positions of `layer`'s keys and values as the cache holds them, as
+    /// f32 (an f16 cache's values widened exactly). For tests: WGSL leaves the rounding of
+    /// `pack2x16float` to the implementation (either neighbour), so a test checks what was
+    /// stored rather than assuming round-to-nearest.
+    #[doc(hidden)]
+    pub fn kv_cache_rows(
+        &self,
+        cache: &GpuKvCache,
+        layer: usize,
+        rows: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>), BackendError> {
+        assert!(
+            rows <= cache.n_ctx,
+            "{rows} rows of a cache of {}",
+            cache.n_ctx
+        );
+        let n = rows * cache.stride;
+        let words = match cache.kv_type {
+            KvType::F32 => n,
+            KvType::F16 => n / 2,
+        };
+        let read = |buf: &wgpu::Buffer| -> Result<Vec<f32>, BackendError> {
+            let copy = self.storage(words);
+            self.with_encoder(|e| e.copy_buffer_to_buffer(buf, 0, &copy, 0, (words * 4) as u64));
+            let values = self.download(&GpuTensor {
+                buf: copy,
+                rows: 1,
+                cols: words,
+            })?;
+            Ok(match cache.kv_type {
+                KvType::F32 => values,
+                KvType::F16 => values
+                    .iter()
+                    .flat_map(|w| {
+                        let w = w.to_bits();
+                        [w as u16, (w >> 16) as u16].map(|h| half::f16::from_bits(h).to_f32())
+                    })
+                    .collect(),
+            })
+        };
+        let (k, v) = &cache.layers[layer];
+        Ok((read(k)?, read(v)?))
+    }
+
     /// Work recorded and submitted so far.
     pub fn stats(&self) -> GpuStats {
         self.stats.get()
@@ -1427,7 +1471,9 @@ impl Backend for GpuBackend {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("kv"),
                 size: size.max(4),
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             })
         };
