@@ -1,11 +1,13 @@
 //! `llava serve` end to end on 127.0.0.1 with the tiny LLaVA fixture: a real OpenAI client
 //! (async-openai) for text, image and streaming requests and a follow-up that reuses its slot;
-//! raw HTTP for the refusals (401, 400, 413, 503) and a client that goes away; SIGTERM drains.
+//! raw HTTP for the refusals (401, 400, 408, 413, 503) and a client that goes away; SIGTERM
+//! drains.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -562,6 +564,70 @@ fn a_full_server_refuses_before_reading_the_body() {
         assert!(Instant::now() < deadline, "still busy: {r}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn a_body_that_does_not_arrive_in_time_gets_408_and_its_place_goes_to_the_next_request() {
+    // One place (--queue 0): a client holding it for ever would shut every other one out.
+    let server = start(&["--queue", "0", "--body-timeout", "1"]);
+    let p = server.port;
+    let ask = json!({ "messages": [{ "role": "user", "content": "hi" }], "max_tokens": 2 });
+    let body = ask.to_string();
+    let timed_out = |(status, answer): (u16, String), started: Instant| {
+        assert_eq!(status, 408, "{answer}");
+        assert!(started.elapsed() >= Duration::from_millis(900), "{answer}");
+        assert_eq!(answer.lines().count(), 1, "{answer}");
+        let v: Value = serde_json::from_str(&answer).unwrap();
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("--body-timeout"),
+            "{answer}"
+        );
+    };
+    let answered = || {
+        let (status, r) = chat(p, &ask);
+        assert_eq!(status, 200, "{r}");
+    };
+
+    // A head announcing a body that never comes, the connection kept open: 408 within the
+    // timeout (the read fails at 5 s), then the next request is admitted.
+    let started = Instant::now();
+    let mut silent = head_only(p, body.len());
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    timed_out(read_response(&mut silent), started);
+    answered();
+
+    // A body trickled a byte every 100 ms, each well within the timeout: the timeout is on
+    // the whole body, so it is cut off all the same.
+    let started = Instant::now();
+    let mut trickled = head_only(p, body.len());
+    trickled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let answer_read = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let (mut c, answer_read) = (trickled.try_clone().unwrap(), Arc::clone(&answer_read));
+        let body = body.clone().into_bytes();
+        std::thread::spawn(move || {
+            for byte in body {
+                // A write fails once the server has answered and closed: that is the point.
+                if answer_read.load(Ordering::SeqCst) || c.write_all(&[byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("the whole body was sent without a timeout");
+        })
+    };
+    timed_out(read_response(&mut trickled), started);
+    answer_read.store(true, Ordering::SeqCst);
+    trickle.join().unwrap();
+    answered();
+    drop(silent);
 }
 
 /// The width and height a PNG's header gives.

@@ -5,7 +5,8 @@
 //! One worker thread owns the models and `--parallel` conversation slots, and runs the requests
 //! in turn from a bounded queue. A request is admitted before its body is read: beyond the one
 //! running and `--queue` more, it gets 503 with `Retry-After` at once, so no more requests than
-//! that read, parse and decode images at a time (each within `--max-request-pixels`). A slot
+//! that read, parse and decode images at a time (each within `--max-request-pixels`). A body
+//! that has not arrived within `--body-timeout` gets 408, and its place goes to the next. A slot
 //! whose conversation the request continues (the same messages, then a new user message)
 //! prefills only the new message; otherwise the least recently used slot is rebuilt from
 //! nothing, system prompt included. A streamed answer's headers wait for the worker's first
@@ -44,6 +45,11 @@ use routes::{chat_completions, health, metrics, models, page};
 use text_limit::text_bytes_per_position;
 use worker::work;
 
+/// `--body-timeout` by default. A request holds its place from the moment its headers are
+/// read, so a client that never sends its body (or sends it a byte at a time) would hold it
+/// for ever; 30 s still carries the largest default body (32 MiB) at about 1 MB/s.
+const DEFAULT_BODY_TIMEOUT_S: u64 = 30;
+
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   llava serve -m llava-v1.5-7b.Q4_K_M.gguf --mmproj mmproj-llava-v1.5-7b.gguf --port 8080
@@ -64,8 +70,12 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     parallel: u16,
     /// Requests waiting beyond the one running; more get 503 before their body is read.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=4096))]
     queue: u16,
+    /// Seconds an admitted request has to send its whole body; then it gets 408 and its place
+    /// in the queue goes to the next request.
+    #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    body_timeout: u64,
     /// Require `Authorization: Bearer KEY` on the API.
     #[arg(long)]
     api_key: Option<String>,
@@ -177,6 +187,8 @@ struct Shared {
     model_id: String,
     api_key: Option<String>,
     max_body: usize,
+    /// `--body-timeout`: the whole body, from admission.
+    body_timeout: Duration,
     max_images: usize,
     max_image_pixels: u64,
     /// `--max-request-pixels`: all the images of one request together.
@@ -197,7 +209,9 @@ struct Shared {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let (jobs, queue) = sync_channel::<Job>(usize::from(args.queue));
+    // Never a rendezvous channel (capacity 0): with `--queue 0` a job sent while the worker is
+    // between two jobs would be refused. The admission permits bound the requests anyway.
+    let (jobs, queue) = sync_channel::<Job>(usize::from(args.queue).max(1));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(usize, String)>>();
     let shared = Arc::new(Shared {
         jobs,
@@ -211,6 +225,7 @@ pub fn run(args: &Args) -> Result<()> {
             .map_or("llava".into(), |s| s.to_string_lossy().into_owned()),
         api_key: args.api_key.clone(),
         max_body: args.max_body_mb as usize * (1 << 20),
+        body_timeout: Duration::from_secs(args.body_timeout),
         max_images: args.max_images,
         max_image_pixels: args.models.max_image_pixels,
         max_request_pixels: args

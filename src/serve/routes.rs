@@ -110,8 +110,18 @@ async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> 
     let permit = Arc::clone(&s.admission)
         .try_acquire_owned()
         .map_err(|_| busy("too many requests waiting"))?;
-    let body = to_bytes(request.into_body(), s.max_body)
+    // The whole body within the timeout, not each read: a client trickling a byte at a time
+    // holds its permit no longer than one that sends nothing.
+    let body = tokio::time::timeout(s.body_timeout, to_bytes(request.into_body(), s.max_body))
         .await
+        .map_err(|_| ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: "invalid_request_error",
+            message: format!(
+                "the request body did not arrive within {} s (--body-timeout)",
+                s.body_timeout.as_secs()
+            ),
+        })?
         .map_err(|_| ApiError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             kind: "invalid_request_error",
