@@ -15,7 +15,7 @@ use crate::output::{
 use llava_models::image::RgbImage;
 use llava_models::llava::{text_tokens, tokenize_pieces};
 use llava_models::template::with_image_markers;
-use llava_models::Pipeline;
+use llava_models::{available_memory, Pipeline};
 
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
@@ -190,15 +190,6 @@ fn check_memory(
         );
     }
     Ok(())
-}
-
-/// Linux's estimate of the memory available without swapping, in bytes, read as the models
-/// crate reads it for its KV cache check (`pipeline::available_memory`); elsewhere `None`.
-fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 /// Writes to stdout, errors included (a closed pipe too: the data is the output).

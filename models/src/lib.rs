@@ -27,6 +27,7 @@ pub use error::ModelError;
 pub use generate::{GenerationStats, PrefillStats, StopReason};
 pub use llama::{Llama, LlamaConfig};
 pub use pipeline::{
-    Error, GenerateOptions, LoadOptions, Pipeline, DEFAULT_CTX_CAP, DEFAULT_IMAGE_CACHE_BYTES,
+    available_memory, Error, GenerateOptions, LoadOptions, Pipeline, DEFAULT_CTX_CAP,
+    DEFAULT_IMAGE_CACHE_BYTES,
 };
 pub use session::{Session, Stage, TurnStats};

@@ -445,8 +445,10 @@ pub(crate) fn check_kv_memory(bytes: u128, n_ctx: usize, kv_type: KvType) -> Res
     Ok(())
 }
 
-/// Linux's estimate of the memory available without swapping, in bytes.
-fn available_memory() -> Option<u64> {
+/// Linux's estimate of the memory available without swapping (`MemAvailable` of
+/// `/proc/meminfo`), in bytes; `None` elsewhere or where it cannot be read. Every check of an
+/// allocation against the machine's memory reads it here, so they all agree.
+pub fn available_memory() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
