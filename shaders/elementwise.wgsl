@@ -32,9 +32,12 @@ fn add_bias(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index
     }
 }
 
-// v · sigmoid(a · v), as the CPU's swish: v / (1 + e^(-a·v)).
+// v · sigmoid(a · v), as the CPU's swish: v / (1 + e^(-a·v)). The exponent is capped below
+// f32's overflow (e^88.7): WGSL leaves an infinite `exp` indeterminate, and Metal's fast
+// math, which wgpu leaves on, may make v / inf a NaN. Past the cap the result is below
+// 2e-35 · |v| either way.
 fn swish(v: f32, a: f32) -> f32 {
-    return v / (1.0 + exp(-a * v));
+    return v / (1.0 + exp(min(-a * v, 80.0)));
 }
 
 @compute @workgroup_size(256)

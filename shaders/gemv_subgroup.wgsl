@@ -2,7 +2,15 @@
 // dots with one `subgroupAdd`, and one thread adds the subgroups' sums, where the plain
 // kernel halves its way through workgroup memory with a barrier per step. The host appends
 // this file to matmul.wgsl only when the device has wgpu's SUBGROUP feature (naga wants no
-// `enable subgroups;` directive); the results are the plain kernel's within rounding (the tests run both).
+// `enable subgroups;` directive); the results are the plain kernel's within rounding (the
+// tests run both).
+//
+// Nothing here assumes how threads map to subgroups: neither Vulkan nor WGSL says, and the
+// size varies (8 to 128, even between pipelines of one device). Each thread owns a slot; the
+// first active thread of each subgroup fills its own with the subgroup's sum, the others a
+// zero. The first active one, not the one with id 0, which need not be active in a subgroup
+// the workgroup fills only in part; naga has no `subgroupElect`, and `subgroupMin` needs no
+// more support than the sums do.
 
 var<workgroup> subgroup_sums: array<f32, GEMV_THREADS>;
 
@@ -10,7 +18,6 @@ var<workgroup> subgroup_sums: array<f32, GEMV_THREADS>;
 fn gemv_subgroup(
     @builtin(workgroup_id) g: vec3<u32>,
     @builtin(local_invocation_index) t: u32,
-    @builtin(subgroup_size) sg_size: u32,
     @builtin(subgroup_invocation_id) sg_id: u32,
 ) {
     let n = g.x + g.y * p.groups_x;
@@ -18,16 +25,14 @@ fn gemv_subgroup(
         return;
     }
     let base = n * p.row_words;
-    let n_subgroups = (GEMV_THREADS + sg_size - 1u) / sg_size;
+    let elected = subgroupMin(sg_id) == sg_id;
     for (var r = 0u; r < p.m; r++) {
         let sum = subgroupAdd(row_dot(base, r, t));
-        if (sg_id == 0u) {
-            subgroup_sums[t / sg_size] = sum;
-        }
+        subgroup_sums[t] = select(0.0, sum, elected);
         workgroupBarrier();
         if (t == 0u) {
             var total = 0.0;
-            for (var s = 0u; s < n_subgroups; s++) {
+            for (var s = 0u; s < GEMV_THREADS; s++) {
                 total += subgroup_sums[s];
             }
             out[r * p.out_stride + p.out_col + n] = total;

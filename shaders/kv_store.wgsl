@@ -15,6 +15,9 @@ struct StoreParams {
 fn store_f16(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let i = (g.x + g.y * p.groups_x) * 256u + t;
     if (i < p.words) {
-        dst[p.first_word + i] = pack2x16float(vec2<f32>(src[2u * i], src[2u * i + 1u]));
+        // Clamped to f16's finite range: WGSL leaves packing a larger value indeterminate, and
+        // an infinite key would make attention's exp(inf − inf) a NaN for the whole row.
+        let pair = vec2<f32>(src[2u * i], src[2u * i + 1u]);
+        dst[p.first_word + i] = pack2x16float(clamp(pair, vec2(-65504.0), vec2(65504.0)));
     }
 }

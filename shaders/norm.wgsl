@@ -4,7 +4,7 @@ struct Params {
     cols: u32,
     eps: f32,
     groups_x: u32,
-    _pad: u32,
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,7 +33,13 @@ fn workgroup_sum(t: u32, v: f32) -> f32 {
 
 @compute @workgroup_size(256)
 fn rms_norm(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let base = (g.x + g.y * p.groups_x) * p.cols;
+    // Past 65535 rows the grid folds into two dimensions and overshoots (the return is the
+    // whole workgroup's, so the barriers below stay uniform).
+    let row = g.x + g.y * p.groups_x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
     var acc = 0.0;
     for (var c = t; c < p.cols; c += THREADS) {
         let v = x[base + c];
@@ -48,7 +54,11 @@ fn rms_norm(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index
 
 @compute @workgroup_size(256)
 fn layer_norm(@builtin(workgroup_id) g: vec3<u32>, @builtin(local_invocation_index) t: u32) {
-    let base = (g.x + g.y * p.groups_x) * p.cols;
+    let row = g.x + g.y * p.groups_x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
     var acc = 0.0;
     for (var c = t; c < p.cols; c += THREADS) {
         acc += x[base + c];

@@ -295,7 +295,12 @@ fn activations_quantize_to_8_bit_blocks_by_ggml_s_q8_0_rule() {
             .unwrap();
         let values = check_q8_blocks(&x, &blocks, label);
         assert!(values[32..64].iter().all(|&v| v == 0.0), "{label}: zeros");
-        assert_eq!(values[64], 1e6, "{label}: the largest value is ±127·d");
+        // ±127·d, with d = max|x| / 127 as the GPU divides (Vulkan allows 2.5 ulp).
+        assert!(
+            (values[64] - 1e6).abs() <= 1e6 * 4.0 * f32::EPSILON,
+            "{label}: the largest value is ±127·d: {}",
+            values[64]
+        );
     }
 }
 

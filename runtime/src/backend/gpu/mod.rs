@@ -486,9 +486,13 @@ impl GpuBackend {
             });
         }
         let limits = device.limits();
+        // Metal reports its largest buffer (many GiB on Apple silicon) as the binding limit,
+        // but the shaders index words with u32 and naga's bounds checks take sizes as u32:
+        // bindings stay below 4 GiB.
         let max_binding = limits
             .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size);
+            .min(limits.max_buffer_size)
+            .min(u64::from(u32::MAX) & !3);
         let max_part = max_binding.min(options.max_binding.unwrap_or(u64::MAX));
         Ok(GpuBackend {
             device,
@@ -1357,7 +1361,7 @@ impl Backend for GpuBackend {
             self.dispatch(
                 Module::Norm,
                 "rms_norm",
-                &[x.cols as u32, eps.to_bits(), gx],
+                &[x.cols as u32, eps.to_bits(), gx, x.rows as u32],
                 &[(1, &x.buf), (2, g), (4, &out.buf)],
                 groups,
             );
@@ -1382,7 +1386,7 @@ impl Backend for GpuBackend {
             self.dispatch(
                 Module::Norm,
                 "layer_norm",
-                &[x.cols as u32, eps.to_bits(), gx],
+                &[x.cols as u32, eps.to_bits(), gx, x.rows as u32],
                 &[(1, &x.buf), (2, g), (3, b), (4, &out.buf)],
                 groups,
             );
