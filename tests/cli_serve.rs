@@ -665,6 +665,30 @@ fn the_images_of_one_request_share_a_pixel_budget() {
 }
 
 #[test]
+fn an_image_refused_for_its_preprocessing_names_the_picture_that_was_counted() {
+    let (w, h) = png_size(&std::fs::read(fixture("images/odd.png")).unwrap());
+    // Room for the image and its padded square, not for the tower's 56x56 view.
+    assert!(w.max(h).pow(2) < 2500 && 56 * 56 > 2500, "{w}x{h}");
+    let server = start(&["--max-image-pixels", "2500"]);
+    let (status, r) = chat(
+        server.port,
+        &json!({ "messages": [{ "role": "user", "content": [
+            { "type": "image_url", "image_url": { "url": image_url() } },
+            { "type": "text", "text": "What is in this picture?" }
+        ]}], "max_tokens": 2 }),
+    );
+    assert_eq!(status, 400, "{r}");
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("becomes 3136 pixels")
+            && message.contains("resized to the tower's 56x56 view")
+            && message.contains("limit of 2500 pixels")
+            && !message.contains("padded"),
+        "{r}"
+    );
+}
+
+#[test]
 fn a_streamed_request_is_refused_with_the_status_of_the_same_request_unstreamed() {
     let server = start(&["--ctx", "256"]);
     let p = server.port;

@@ -26,8 +26,10 @@ pub use clip::{Clip, ClipConfig};
 pub use error::ModelError;
 pub use generate::{GenerationStats, PrefillStats, StopReason};
 pub use llama::{Llama, LlamaConfig};
+#[doc(hidden)]
+pub use pipeline::largest_picture;
 pub use pipeline::{
-    available_memory, Error, GenerateOptions, LoadOptions, Pipeline, DEFAULT_CTX_CAP,
+    available_memory, Error, GenerateOptions, LoadOptions, Picture, Pipeline, DEFAULT_CTX_CAP,
     DEFAULT_IMAGE_CACHE_BYTES,
 };
 pub use session::{Session, Stage, TurnStats};

@@ -8,6 +8,7 @@
 
 use llava_models::anyres::{anyres_views, AnyresLayout};
 use llava_models::image::{clip_preprocess, decode_image, llava15_preprocess, DEFAULT_MAX_PIXELS};
+use llava_models::{largest_picture, ClipConfig};
 
 use crate::input::Input;
 
@@ -43,15 +44,28 @@ pub fn image_preprocess(data: &[u8]) {
     let anyres = control & 1 != 0;
     let layout = AnyresLayout::new((img.width, img.height), &pinpoints, size, side);
     // The CLI refuses an image whose preprocessing makes more pixels than the decoder's limit
-    // (src/load.rs `check_image_work`, with `llava::preprocessed_pixels`, whose arithmetic
-    // this is: it needs a loaded tower).
-    let (w, h) = (u64::from(img.width), u64::from(img.height));
-    let canvas = if anyres {
-        u64::from(layout.target.0) * u64::from(layout.target.1)
-    } else {
-        w.max(h).pow(2)
+    // (`Pipeline::check_image`): the same bound, from the tower's configuration alone (the
+    // network's sizes are not read).
+    let tower = ClipConfig {
+        image_size: size as usize,
+        patch_size: patch as usize,
+        hidden_size: 8,
+        ffn_size: 16,
+        n_heads: 2,
+        n_blocks: 1,
+        layer_norm_eps: 1e-5,
+        image_mean: MEAN,
+        image_std: STD,
+        use_gelu: false,
+        grid_pinpoints: if anyres {
+            pinpoints.to_vec()
+        } else {
+            Vec::new()
+        },
+        center_crop: false,
     };
-    if canvas.max(w * h) > DEFAULT_MAX_PIXELS {
+    let work = largest_picture(&tower, img.width, img.height).pixels();
+    if work > DEFAULT_MAX_PIXELS {
         return;
     }
     if !anyres {
@@ -59,6 +73,8 @@ pub fn image_preprocess(data: &[u8]) {
         assert_eq!(pixels.len(), pixels_per_view);
         return;
     }
+    // The canvas the views are cut from is within the bound.
+    assert!(u64::from(layout.target.0) * u64::from(layout.target.1) <= work);
     let views = anyres_views(&img, &layout, size);
     assert_eq!(views.len(), 1 + layout.n_tiles());
     for view in &views {
