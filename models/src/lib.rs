@@ -16,6 +16,7 @@ pub mod image;
 pub mod image_cache;
 pub mod llama;
 pub mod llava;
+mod picture;
 mod pipeline;
 pub mod projector;
 mod session;
@@ -27,9 +28,9 @@ pub use error::ModelError;
 pub use generate::{GenerationStats, PrefillStats, StopReason};
 pub use llama::{Llama, LlamaConfig};
 #[doc(hidden)]
-pub use pipeline::largest_picture;
+pub use picture::{largest_picture, Picture};
 pub use pipeline::{
-    available_memory, Error, GenerateOptions, LoadOptions, Picture, Pipeline, DEFAULT_CTX_CAP,
+    available_memory, Error, GenerateOptions, LoadOptions, Pipeline, DEFAULT_CTX_CAP,
     DEFAULT_IMAGE_CACHE_BYTES,
 };
 pub use session::{Session, Stage, TurnStats};

@@ -196,28 +196,6 @@ pub fn image_tokens<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> usize {
     }
 }
 
-/// The most pixels one picture made while preprocessing `image` holds: LLaVA-1.5 pads to a
-/// square of the longer side (a 1 × 100000 strip becomes 10^10 pixels), then resizes it to the
-/// tower's `image_size²`; anyres fits the image into its pinpoint; a centre-cropping tower
-/// resizes the shorter side to its image size (the longer side grows with it). Callers bound
-/// the work with it before [`encode_image`], as the decoder bounds the image itself.
-pub fn preprocessed_pixels<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> u64 {
-    let (w, h) = (u64::from(image.width), u64::from(image.height));
-    let canvas = match anyres_layout(clip, image) {
-        Some(layout) => u64::from(layout.target.0) * u64::from(layout.target.1),
-        None if clip.config.center_crop => {
-            let (short, long) = (w.min(h).max(1), w.max(h));
-            let size = clip.config.image_size as u64;
-            size.saturating_mul(size.saturating_mul(long) / short)
-        }
-        None => w.max(h).pow(2),
-    };
-    // Every path resizes to at least one `image_size²` view: a tiny image in a tower with a
-    // huge image size costs that much, however small its own canvas.
-    let view = (clip.config.image_size as u64).pow(2);
-    canvas.max(view).max(w * h)
-}
-
 /// The anyres layout of `image`, or `None` for a LLaVA-1.5 tower. The number of positions an
 /// image takes in the prompt is `layout.tokens()`: the same function cuts the views.
 pub fn anyres_layout<B: Backend>(clip: &Clip<B>, image: &RgbImage) -> Option<AnyresLayout> {
