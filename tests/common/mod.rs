@@ -180,6 +180,9 @@ pub fn stderr(o: &Output) -> String {
 mod npy;
 #[allow(unused_imports)]
 pub use npy::{parse_npy, read_npy, read_npy_shaped};
+mod png;
+#[allow(unused_imports)]
+pub use png::png_claiming;
 
 /// A GPU backend on whatever adapter wgpu finds (software ones included: CI has Mesa's
 /// lavapipe), or `None`, said on stderr, where there is none. With LLAVA_REQUIRE_GPU set (CI
