@@ -924,8 +924,10 @@ async fn webdriver(client: &reqwest::Client, url: String, body: Option<Value>) -
 }
 
 /// The chat page in a real browser: Debian's headless Chromium driven through chromedriver
-/// (WebDriver). Types a question, attaches an image with the picker, waits for the streamed
-/// answer and its speed line, and keeps a screenshot in `target/test-artifacts/chat-page.png`.
+/// (WebDriver), against a server with an API key. Without the key the page says how to give
+/// it; with `/#key=…` it types a question, attaches an image with the picker, waits for the
+/// streamed answer and its speed line, and keeps a screenshot in
+/// `target/test-artifacts/chat-page.png`.
 /// Skipped, saying so, where chromedriver is not installed, unless LLAVA_REQUIRE_BROWSER is set
 /// (CI sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -941,7 +943,7 @@ async fn the_chat_page_answers_in_a_real_browser() {
         eprintln!("skipped: no chromedriver (apt-get install chromium chromium-driver)");
         return;
     };
-    let server = start(&[]);
+    let server = start(&["--api-key", API_KEY]);
     let driver_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
@@ -1000,12 +1002,65 @@ async fn the_chat_page_answers_in_a_real_browser() {
                 .to_owned()
         }
     };
+    let page = format!("http://127.0.0.1:{}/", server.port);
+    let type_and_send = |text: &'static str| {
+        let (client, s) = (client.clone(), s.clone());
+        let (input, send) = (element("#input"), element("#send"));
+        async move {
+            let input = input.await;
+            webdriver(
+                &client,
+                format!("{s}/element/{input}/value"),
+                Some(json!({ "text": text })),
+            )
+            .await;
+            let send = send.await;
+            webdriver(
+                &client,
+                format!("{s}/element/{send}/click"),
+                Some(json!({})),
+            )
+            .await;
+        }
+    };
+    // Without the key: the server refuses (401) and the page says how to give the key.
+    webdriver(&client, format!("{s}/url"), Some(json!({ "url": page }))).await;
+    type_and_send("hello").await;
+    let started = Instant::now();
+    let refusal = loop {
+        let e =
+            script("const e = document.querySelector('.error'); return e ? e.textContent : null")
+                .await;
+        if let Some(e) = e.as_str() {
+            break e.to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no refusal shown"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refusal.contains(&format!("{page}#key=")), "{refusal}");
+    // With it, in the address's fragment, as a link opens the page: taken out of the address
+    // bar, then used.
     webdriver(
         &client,
         format!("{s}/url"),
-        Some(json!({ "url": format!("http://127.0.0.1:{}/", server.port) })),
+        Some(json!({ "url": "about:blank" })),
     )
     .await;
+    webdriver(
+        &client,
+        format!("{s}/url"),
+        Some(json!({ "url": format!("{page}#key={API_KEY}") })),
+    )
+    .await;
+    let address = script("return location.href").await;
+    assert_eq!(
+        address.as_str(),
+        Some(page.as_str()),
+        "the key stays in the address"
+    );
     // The picker's input hides behind its label: make it reachable, then choose the file.
     script("document.getElementById('file').hidden = false").await;
     let image = fixture("images/odd.png");
@@ -1016,20 +1071,7 @@ async fn the_chat_page_answers_in_a_real_browser() {
         Some(json!({ "text": image.to_str().unwrap() })),
     )
     .await;
-    let input = element("#input").await;
-    webdriver(
-        &client,
-        format!("{s}/element/{input}/value"),
-        Some(json!({ "text": "What is in this picture?" })),
-    )
-    .await;
-    let send = element("#send").await;
-    webdriver(
-        &client,
-        format!("{s}/element/{send}/click"),
-        Some(json!({})),
-    )
-    .await;
+    type_and_send("What is in this picture?").await;
     // The answer is done when the send button is back (the stop button hides it meanwhile).
     let started = Instant::now();
     let answer = loop {
@@ -1073,8 +1115,9 @@ async fn the_chat_page_answers_in_a_real_browser() {
     assert!(speed.as_str().unwrap().contains("tokens/s"), "{speed}");
     assert!(&png[1..4] == b"PNG" && png.len() > 1000);
     assert!(!answer.is_empty(), "the page shows no answer");
-    // The server saw one request, with the image encoded once.
-    assert_eq!(metric(server.port, "llava_requests_total"), 1);
+    // The server saw two requests (the one refused for its missing key, then the question),
+    // with the image encoded once.
+    assert_eq!(metric(server.port, "llava_requests_total"), 2);
     assert_eq!(metric(server.port, "llava_image_cache_misses_total"), 1);
 }
 
