@@ -12,6 +12,11 @@ use memmap2::{Advice, UncheckedAdvice};
 
 /// Asks the kernel to read `start..end` ahead rather than fault it in page by page.
 pub(crate) fn prefetch(map: &Mmap, start: usize, end: usize) {
+    assert!(
+        start <= end && end <= map.len(),
+        "{start}..{end} of a map of {}",
+        map.len()
+    );
     #[cfg(unix)]
     let _ = map.advise_range(Advice::WillNeed, start, end - start);
     #[cfg(not(unix))]
@@ -20,9 +25,17 @@ pub(crate) fn prefetch(map: &Mmap, start: usize, end: usize) {
 
 /// Drops `start..end` (widened to whole pages) from the resident set.
 pub(crate) fn release(map: &Mmap, start: usize, end: usize) {
+    // memmap2 checks the start, not the end: a range past the map would drop the pages of
+    // whatever mapping follows it.
+    assert!(
+        start <= end && end <= map.len(),
+        "{start}..{end} of a map of {}",
+        map.len()
+    );
     #[cfg(unix)]
     {
-        // SAFETY: `Mmap` is a read-only shared file mapping: MADV_DONTNEED only unmaps the
+        // SAFETY: the range lies inside the map (asserted above). `Mmap` is a read-only shared
+        // file mapping: MADV_DONTNEED only unmaps the
         // pages, and any later access (the neighbouring tensor on a shared page, say) faults
         // the same bytes back in from the file, which nobody rewrites while we read it (the
         // assumption under which it was mapped). No memory is freed or changed.

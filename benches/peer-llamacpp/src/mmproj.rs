@@ -88,6 +88,10 @@ impl Header {
                 return Vec::new();
             }
             let n = sys::gguf_get_arr_n(self.0, id);
+            if n == 0 {
+                // An empty array's data pointer may be null, which from_raw_parts forbids.
+                return Vec::new();
+            }
             let data = sys::gguf_get_arr_data(self.0, id).cast::<i32>();
             std::slice::from_raw_parts(data, n).to_vec()
         }

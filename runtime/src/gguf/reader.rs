@@ -121,6 +121,11 @@ impl Deref for Tensor<'_> {
 impl GgufFile {
     /// Memory-maps and checks a GGUF file. Every count, length, offset and shape in the header
     /// is validated against the file size before it is used.
+    ///
+    /// The map is read-only and shared with the file: the file must not be truncated or
+    /// rewritten while this is open. Reading a page a truncation removed raises SIGBUS, and
+    /// bytes rewritten in place would change weights under the running model (`llava`'s own
+    /// outputs are written to a new file and renamed, never over a file in use).
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
         let err = |kind| GgufError {

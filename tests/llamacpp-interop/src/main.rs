@@ -919,11 +919,14 @@ impl Chunks {
                     sys::MTMD_INPUT_CHUNK_TYPE_TEXT => {
                         let mut n = 0;
                         let tokens = sys::mtmd_input_chunk_get_tokens_text(chunk, &mut n);
-                        ids.extend(
-                            std::slice::from_raw_parts(tokens, n)
-                                .iter()
-                                .map(|&t| t as i64),
-                        );
+                        // An empty vector's data may be null, which from_raw_parts forbids.
+                        if n > 0 {
+                            ids.extend(
+                                std::slice::from_raw_parts(tokens, n)
+                                    .iter()
+                                    .map(|&t| t as i64),
+                            );
+                        }
                     }
                     sys::MTMD_INPUT_CHUNK_TYPE_IMAGE => {
                         let n = sys::mtmd_input_chunk_get_n_tokens(chunk);

@@ -42,7 +42,7 @@ pub(crate) fn widen_f16x8(bits: uint16x8_t) -> [float32x4_t; 2] {
             bits = in(vreg) bits,
             lo = out(vreg) lo,
             hi = out(vreg) hi,
-            options(pure, nomem, nostack, preserves_flags),
+            options(pure, nomem, nostack),
         );
     }
     [lo, hi]
@@ -98,7 +98,7 @@ fn narrow_f32x4(x: float32x4_t) -> uint16x4_t {
             "fcvtn {out:v}.4h, {x:v}.4s",
             x = in(vreg) x,
             out = lateout(vreg) out,
-            options(pure, nomem, nostack, preserves_flags),
+            options(pure, nomem, nostack),
         );
     }
     out

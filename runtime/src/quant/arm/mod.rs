@@ -476,7 +476,7 @@ fn f16_to_f32(h: f16) -> f32 {
             "fcvt {out:s}, {h:h}",
             h = in(vreg) h.to_bits(),
             out = lateout(vreg) out,
-            options(pure, nomem, nostack, preserves_flags),
+            options(pure, nomem, nostack),
         );
     }
     out

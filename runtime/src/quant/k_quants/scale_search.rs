@@ -253,23 +253,31 @@ macro_rules! compiled_per_path {
      ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
         fn $on(path: CpuPath, $($arg: $ty),*) -> $ret {
             match path {
-                // SAFETY: `cpu_path` and the tests hand out only paths the CPU can run, and
-                // AVX-512 paths include AVX-512F.
+                // SAFETY: the guard: the CPU can run the path, and AVX-512 paths include
+                // AVX-512F.
                 #[cfg(target_arch = "x86_64")]
-                CpuPath::Avx512 | CpuPath::Avx512Vnni => unsafe { $avx512($($arg),*) },
+                CpuPath::Avx512 | CpuPath::Avx512Vnni if path.is_available() => unsafe {
+                    $avx512($($arg),*)
+                },
                 // SAFETY: as above, for AVX2 (which the AVX-VNNI path includes).
                 #[cfg(target_arch = "x86_64")]
-                CpuPath::Avx2 | CpuPath::AvxVnni => unsafe { $avx2($($arg),*) },
+                CpuPath::Avx2 | CpuPath::AvxVnni if path.is_available() => unsafe {
+                    $avx2($($arg),*)
+                },
                 _ => $portable($($arg),*),
             }
         }
 
+        /// # Safety
+        /// The CPU has AVX2.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2")]
         unsafe fn $avx2($($arg: $ty),*) -> $ret {
             $portable($($arg),*)
         }
 
+        /// # Safety
+        /// The CPU has AVX-512F.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f")]
         unsafe fn $avx512($($arg: $ty),*) -> $ret {

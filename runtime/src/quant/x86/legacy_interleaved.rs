@@ -400,7 +400,7 @@ mod tests {
             12345,
         ];
         let load = |b: &[u8]| {
-            // SAFETY: 32 bytes; an unaligned load (SSE2's `loadu`, every x86-64 has it).
+            // SAFETY: 32 bytes, an unaligned load; AVX, which the test's `Avx2::detect` found.
             unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
         };
         let store = |v: __m256i| {

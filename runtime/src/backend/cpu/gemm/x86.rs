@@ -12,7 +12,10 @@ use super::{
 use crate::quant::CpuPath;
 
 pub(super) fn micro_kernel(group: &[GroupColumn], panel: &[PanelColumn], out: TileOut<'_>) {
-    debug_assert!(CpuPath::Avx2.is_available());
+    assert!(
+        CpuPath::Avx2.is_available(),
+        "AVX2 kernels on a CPU without AVX2"
+    );
     check_micro(group, panel);
     // SAFETY: `micro_kernel` hands this out only on the AVX2 path, which exists only where
     // the CPU reported AVX2, FMA and F16C; the lengths are checked above.
@@ -48,7 +51,10 @@ fn micro_kernel_avx2(group: &[GroupColumn], panel: &[PanelColumn], mut out: Tile
 }
 
 pub(super) fn micro_kernel_avx512(group: &[GroupColumn], panel: &[PanelColumn], out: TileOut<'_>) {
-    debug_assert!(CpuPath::Avx512.is_available());
+    assert!(
+        CpuPath::Avx512.is_available(),
+        "AVX-512 kernels on a CPU without AVX-512"
+    );
     check_micro(group, panel);
     // SAFETY: `micro_kernel` hands this out only on the AVX-512 paths, which exist only
     // where the CPU reported AVX-512 F (and AVX2, FMA); the lengths are checked above.
@@ -95,7 +101,10 @@ fn micro_kernel_avx512_impl(group: &[GroupColumn], panel: &[PanelColumn], mut ou
 }
 
 pub(super) fn widen_f16(rows: &[&[u8]], panel: &mut [PanelColumn]) {
-    debug_assert!(CpuPath::Avx2.is_available());
+    assert!(
+        CpuPath::Avx2.is_available(),
+        "AVX2 kernels on a CPU without AVX2"
+    );
     check_f16_rows(rows, panel);
     // SAFETY: `f16_widener` hands this out only on the AVX2 and AVX-512 paths, which exist
     // only where the CPU reported AVX2 and F16C; the lengths are checked above.

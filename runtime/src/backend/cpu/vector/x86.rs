@@ -10,10 +10,13 @@ use super::{DecodeHeads, PanelColumn, PANEL_ROWS};
 use crate::quant::CpuPath;
 
 /// Whether the AVX2 versions may run: `vector_ops` hands them out only on the AVX2 path,
-/// which exists only where the CPU reported AVX2, FMA and F16C; checked again here in debug
-/// builds.
+/// which exists only where the CPU reported AVX2, FMA and F16C; checked again here (a cached
+/// load), since these functions are safe to call.
 fn debug_check() {
-    debug_assert!(CpuPath::Avx2.is_available());
+    assert!(
+        CpuPath::Avx2.is_available(),
+        "AVX2 kernels on a CPU without AVX2"
+    );
 }
 
 /// Loading 8 cache values as f32.
@@ -49,7 +52,8 @@ pub(super) fn decode_heads<T: Load8>(
     if !call.d.is_multiple_of(8) || call.n == 0 {
         return super::decode_heads_portable(call, scores, out);
     }
-    // SAFETY: as for `dot`; the lengths are checked above and `d` is whole vectors.
+    // SAFETY: `debug_check` above: the CPU has AVX2, FMA and F16C; the lengths are checked
+    // above and `d` is whole vectors.
     unsafe { decode_heads_avx2(call, scores, out) }
 }
 
@@ -172,19 +176,19 @@ fn heads_avx2<T: Load8, const M: usize, const W: usize>(
 #[cfg(test)]
 pub(super) fn softmax(p: &mut [f32], scale: f32) {
     debug_check();
-    // SAFETY: as for `dot`.
+    // SAFETY: `debug_check` above: the CPU has AVX2 and FMA.
     unsafe { softmax_avx2(p, scale) }
 }
 
 pub(super) fn panel_softmax(p: &mut [PanelColumn], scale: f32) -> [f32; PANEL_ROWS] {
     debug_check();
-    // SAFETY: as for `dot`.
+    // SAFETY: `debug_check` above: the CPU has AVX2 and FMA.
     unsafe { panel_softmax_avx2(p, scale) }
 }
 
 pub(super) fn swish(x: &mut [f32], beta: f32) {
     debug_check();
-    // SAFETY: as for `dot`.
+    // SAFETY: `debug_check` above: the CPU has AVX2 and FMA.
     unsafe { swish_avx2(x, beta) }
 }
 
