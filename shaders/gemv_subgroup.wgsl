@@ -30,9 +30,19 @@ fn gemv_subgroup(
         let sum = subgroupAdd(row_dot(base, r, t));
         subgroup_sums[t] = select(0.0, sum, elected);
         workgroupBarrier();
+        // The 64 slots in two steps of 8 (each thread below 8 folds its own 8 into the first
+        // of them), rather than 64 reads in one thread.
+        if (t < 8u) {
+            var part = 0.0;
+            for (var s = 8u * t; s < 8u * t + 8u; s++) {
+                part += subgroup_sums[s];
+            }
+            subgroup_sums[8u * t] = part;
+        }
+        workgroupBarrier();
         if (t == 0u) {
             var total = 0.0;
-            for (var s = 0u; s < GEMV_THREADS; s++) {
+            for (var s = 0u; s < GEMV_THREADS; s += 8u) {
                 total += subgroup_sums[s];
             }
             out[r * p.out_stride + p.out_col + n] = total;
