@@ -172,7 +172,9 @@ fn http_refused_before_the_body(port: u16, body: &[u8]) -> (u16, String) {
 }
 
 /// The key of the servers started with `--api-key`; [`metric`] sends it (others ignore it).
-const API_KEY: &str = "sesame";
+/// A key as `openssl rand -base64` makes them: with the characters a form decoder would
+/// change (`+` to a space) or a URL would split at.
+const API_KEY: &str = "ses+ame/9=";
 
 fn metric(port: u16, name: &str) -> u64 {
     let auth = format!("Bearer {API_KEY}");
@@ -601,8 +603,8 @@ fn a_body_that_does_not_arrive_in_time_gets_408_and_its_place_goes_to_the_next_r
     timed_out(read_response(&mut silent), started);
     answered();
 
-    // A body trickled a byte every 100 ms, each well within the timeout: the timeout is on
-    // the whole body, so it is cut off all the same.
+    // A body trickled a byte every 100 ms, each well within the timeout: far below the
+    // server's floor rate once the timeout has passed, so it is cut off all the same.
     let started = Instant::now();
     let mut trickled = head_only(p, body.len());
     trickled
@@ -628,6 +630,21 @@ fn a_body_that_does_not_arrive_in_time_gets_408_and_its_place_goes_to_the_next_r
     trickle.join().unwrap();
     answered();
     drop(silent);
+
+    // A large body sent slowly but steadily (256 KiB in 16 KiB parts, one every 100 ms: 1.6 s,
+    // past the timeout, at 160 KiB/s): answered, as a phone's upload of a few photos is.
+    let padded = format!("{body}{}", " ".repeat(256 << 10));
+    let mut slow = head_only(p, padded.len());
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let started = Instant::now();
+    for part in padded.as_bytes().chunks(16 << 10) {
+        slow.write_all(part).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(started.elapsed() > Duration::from_secs(1));
+    let (status, answer) = read_response(&mut slow);
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// The width and height a PNG's header gives.

@@ -118,7 +118,7 @@ impl ClipConfig {
             return Err(bad(
                 clip::IMAGE_SIZE,
                 format!(
-                    "{image_size} pixels: expected 1 to {MAX_IMAGE_SIZE} (CLIP uses 224 to 448)"
+                    "{image_size} pixels: expected 1 to {MAX_IMAGE_SIZE} (real towers use 224 to about 1024)"
                 ),
             ));
         }

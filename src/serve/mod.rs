@@ -6,7 +6,8 @@
 //! in turn from a bounded queue. A request is admitted before its body is read: beyond the one
 //! running and `--queue` more, it gets 503 with `Retry-After` at once, so no more requests than
 //! that read, parse and decode images at a time (each within `--max-request-pixels`). A body
-//! that has not arrived within `--body-timeout` gets 408, and its place goes to the next. A slot
+//! that pauses for `--body-timeout`, or comes slower than a floor rate after it, gets 408, and
+//! its place goes to the next. A slot
 //! whose conversation the request continues (the same messages, then a new user message)
 //! prefills only the new message; otherwise the least recently used slot is rebuilt from
 //! nothing, system prompt included. A streamed answer's headers wait for the worker's first
@@ -47,7 +48,8 @@ use worker::work;
 
 /// `--body-timeout` by default. A request holds its place from the moment its headers are
 /// read, so a client that never sends its body (or sends it a byte at a time) would hold it
-/// for ever; 30 s still carries the largest default body (32 MiB) at about 1 MB/s.
+/// for ever: the body may pause this long, and must then have come at the floor rate of
+/// `routes::read_body` (a 32 MiB body in under 9 minutes).
 const DEFAULT_BODY_TIMEOUT_S: u64 = 30;
 
 #[derive(clap::Args)]
@@ -72,8 +74,8 @@ pub struct Args {
     /// Requests waiting beyond the one running; more get 503 before their body is read.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(0..=4096))]
     queue: u16,
-    /// Seconds an admitted request has to send its whole body; then it gets 408 and its place
-    /// in the queue goes to the next request.
+    /// Seconds an admitted request's body may pause; past them it must also have come at 64
+    /// KiB/s on average. Else it gets 408 and its place in the queue goes to the next request.
     #[arg(long, default_value_t = DEFAULT_BODY_TIMEOUT_S, value_parser = clap::value_parser!(u64).range(1..=3600))]
     body_timeout: u64,
     /// Require `Authorization: Bearer KEY` on the API.
@@ -187,7 +189,7 @@ struct Shared {
     model_id: String,
     api_key: Option<String>,
     max_body: usize,
-    /// `--body-timeout`: the whole body, from admission.
+    /// `--body-timeout`: the longest pause in a body, and when its rate starts to count.
     body_timeout: Duration,
     max_images: usize,
     max_image_pixels: u64,

@@ -6,7 +6,7 @@ use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::to_bytes;
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -96,6 +96,57 @@ pub(super) async fn chat_completions(State(s): State<Arc<Shared>>, request: Requ
     }
 }
 
+/// The slowest average rate a body may come at once `--body-timeout` has passed: a phone's
+/// upload (a few Mbit/s) is far above it, a client trickling bytes to hold its place is not.
+const MIN_BODY_RATE: u64 = 64 << 10;
+
+/// Reads a request's body, at most `max` bytes. It must keep coming: 408 when `timeout`
+/// passes without a byte, or when, `timeout` after the start, it has come slower than
+/// [`MIN_BODY_RATE`] on average. A slow but steady upload of a large body still gets in; a
+/// client that sends its head and then nothing, or a byte now and then, gives its admission
+/// permit back within about `timeout`.
+async fn read_body(
+    body: Body,
+    max: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
+    use futures_util::StreamExt;
+    let late = |why: String| ApiError {
+        status: StatusCode::REQUEST_TIMEOUT,
+        kind: "invalid_request_error",
+        message: format!("the request body {why} (--body-timeout)"),
+    };
+    let started = tokio::time::Instant::now();
+    let mut stream = body.into_data_stream();
+    let mut out = Vec::new();
+    loop {
+        let next = tokio::time::timeout(timeout, stream.next())
+            .await
+            .map_err(|_| late(format!("sent nothing for {} s", timeout.as_secs())))?;
+        let Some(chunk) = next else {
+            return Ok(out);
+        };
+        let chunk = chunk.map_err(|e| ApiError::bad(format!("the request body: {e}")))?;
+        if out.len() + chunk.len() > max {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                kind: "invalid_request_error",
+                message: format!("the request body is larger than {max} bytes"),
+            });
+        }
+        out.extend_from_slice(&chunk);
+        let elapsed = started.elapsed();
+        if elapsed > timeout && (out.len() as f64) < MIN_BODY_RATE as f64 * elapsed.as_secs_f64() {
+            return Err(late(format!(
+                "came at {:.0} bytes/s after {} s, below {} KiB/s",
+                out.len() as f64 / elapsed.as_secs_f64(),
+                timeout.as_secs(),
+                MIN_BODY_RATE >> 10
+            )));
+        }
+    }
+}
+
 /// Checks and queues a request; the response streams or waits for the answer.
 async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> {
     authorize(s, request.headers())?;
@@ -110,23 +161,7 @@ async fn start(s: &Arc<Shared>, request: Request) -> Result<Response, ApiError> 
     let permit = Arc::clone(&s.admission)
         .try_acquire_owned()
         .map_err(|_| busy("too many requests waiting"))?;
-    // The whole body within the timeout, not each read: a client trickling a byte at a time
-    // holds its permit no longer than one that sends nothing.
-    let body = tokio::time::timeout(s.body_timeout, to_bytes(request.into_body(), s.max_body))
-        .await
-        .map_err(|_| ApiError {
-            status: StatusCode::REQUEST_TIMEOUT,
-            kind: "invalid_request_error",
-            message: format!(
-                "the request body did not arrive within {} s (--body-timeout)",
-                s.body_timeout.as_secs()
-            ),
-        })?
-        .map_err(|_| ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            kind: "invalid_request_error",
-            message: format!("the request body is larger than {} bytes", s.max_body),
-        })?;
+    let body = read_body(request.into_body(), s.max_body, s.body_timeout).await?;
     let req: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("the body is not valid JSON: {e}")))?;
     drop(body);

@@ -1147,8 +1147,12 @@ impl Backend for GpuBackend {
     }
 
     fn download(&self, t: &GpuTensor) -> Result<Vec<f32>, BackendError> {
-        // An error found while recording (a tensor too large to bind) needs no submission.
-        self.take_error()?;
+        // An error found while recording (a tensor too large to bind) needs no submission; the
+        // work recorded since is dropped, so a backend that failed does not pile up more.
+        if let Err(e) = self.take_error() {
+            self.encoder.borrow_mut().take();
+            return Err(e);
+        }
         let size = (t.rows * t.cols * 4) as u64;
         if size == 0 {
             self.flush();
