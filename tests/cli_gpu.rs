@@ -102,8 +102,8 @@ fn devices_lists_the_adapters_and_a_missing_gpu_is_a_one_line_error() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (llm, _) = tiny_llava(dir.path());
-    let run = |device: &str| {
-        llava(&[
+    let run_with = |device: &str, extra: &[&str]| {
+        let mut args = vec![
             "run",
             "-m",
             llm.to_str().unwrap(),
@@ -113,8 +113,11 @@ fn devices_lists_the_adapters_and_a_missing_gpu_is_a_one_line_error() {
             "1",
             "--device",
             device,
-        ])
+        ];
+        args.extend_from_slice(extra);
+        llava(&args)
     };
+    let run = |device: &str| run_with(device, &[]);
     let o = run("gpu:99");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("no adapter 99"), "{}", stderr(&o));
@@ -133,18 +136,7 @@ fn devices_lists_the_adapters_and_a_missing_gpu_is_a_one_line_error() {
         assert_eq!(err.len(), 1, "{err:?}");
         assert!(err[0].contains("no hardware GPU adapter"), "{err:?}");
         // auto falls back to the CPU, and says so.
-        let o = llava(&[
-            "run",
-            "-m",
-            llm.to_str().unwrap(),
-            "-p",
-            "hi",
-            "-n",
-            "1",
-            "--device",
-            "auto",
-            "--verbose",
-        ]);
+        let o = run_with("auto", &["--verbose"]);
         assert!(o.status.success(), "{}", stderr(&o));
         assert!(stderr(&o).contains("cpu, "), "{}", stderr(&o));
         assert!(!stderr(&o).contains("gpu, "), "{}", stderr(&o));

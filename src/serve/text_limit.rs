@@ -2,7 +2,7 @@
 //! it is parsed, before the worker spends time tokenizing it while every other request waits.
 
 use llava_models::template::IMAGE_MARKER;
-use llava_runtime::tokenizer::{Tokenizer, TokenizerKind};
+use llava_runtime::tokenizer::{byte_to_char, Tokenizer, TokenizerKind};
 use serde_json::Value;
 
 /// Bytes of message text a request's prompt takes in: all its messages' text parts, system
@@ -48,7 +48,7 @@ pub(super) fn text_bytes_per_position(tokenizer: &Tokenizer) -> Option<usize> {
                 })
         }
         TokenizerKind::Bpe => {
-            (0..=255u8).all(|b| tokenizer.token_id(&gpt2_stand_in(b).to_string()).is_some())
+            (0..=255u8).all(|b| tokenizer.token_id(&byte_to_char(b).to_string()).is_some())
         }
     };
     if !every_byte_has_a_token {
@@ -59,15 +59,4 @@ pub(super) fn text_bytes_per_position(tokenizer: &Tokenizer) -> Option<usize> {
         .map(str::len)
         .max()?;
     Some(longest.max(IMAGE_MARKER.len()))
-}
-
-/// The character GPT-2's byte-level BPE writes byte `b` as (`bytes_to_unicode`): printable
-/// Latin-1 stands for itself, the other 68 bytes take U+0100 onwards, in byte order.
-fn gpt2_stand_in(b: u8) -> char {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    if printable(b) {
-        return char::from(b);
-    }
-    let before = (0..b).filter(|&x| !printable(x)).count() as u32;
-    char::from_u32(0x100 + before).expect("U+0100..U+0143 are characters")
 }

@@ -204,8 +204,9 @@ impl PartialEq for Bigram {
 impl Eq for Bigram {}
 
 /// GPT-2's `bytes_to_unicode`: printable Latin-1 bytes ('!'..='~', '¡'..='¬', '®'..='ÿ') stand
-/// for themselves; the other 68 bytes map, in byte order, to U+0100 upwards.
-pub(crate) fn byte_to_char(byte: u8) -> char {
+/// for themselves; the other 68 bytes map, in byte order, to U+0100 upwards. A byte-level BPE
+/// vocabulary spells byte `byte` with this character.
+pub fn byte_to_char(byte: u8) -> char {
     BYTE_TO_CHAR[byte as usize]
 }
 

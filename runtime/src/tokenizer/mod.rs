@@ -18,6 +18,7 @@ mod pretokenize;
 mod spm;
 mod vocab;
 
+pub use bpe::byte_to_char;
 pub use decode::StreamDecoder;
 pub use error::{TokenizerError, VocabError};
 pub use pretokenize::PreTokenizerKind;
