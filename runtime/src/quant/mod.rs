@@ -66,7 +66,7 @@ pub use ggml_type::GgmlType;
 pub use k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4Kx8, BlockQ5K, BlockQ6K, BlockQ6Kx8, BlockQ8K, QK_K,
 };
-pub use q4_0::{BlockQ4_0, BlockQ4_0x8};
+pub use q4_0::{BlockQ4_0, BlockQ4_0x8, BlockQ4_0x8Arm};
 pub use q4_1::BlockQ4_1;
 pub use q5_0::BlockQ5_0;
 pub use q5_1::BlockQ5_1;

@@ -133,6 +133,68 @@ impl InterleavedBlock for BlockQ4_0x8 {
     }
 }
 
+/// [`BlockQ4_0x8`] as the ARM kernels read it (`quant::arm::interleaved`): the same runs in
+/// another order, with every nibble's top bit flipped. Half `h` of the rows (rows `4h..4h + 4`)
+/// has its 4 runs together, so a kernel loads them with two `ldp`; and a byte `x` stored as
+/// `packed ^ 0x88` unpacks into `16·(q - 8)` (low nibble: `(x << 4) as i8`; high nibble:
+/// `(x & 0xf0) as i8`) with no step for the offset of 8.
+///
+/// Not a ggml format: the CPU backend builds it on the ARM `sdot` path, in place of the
+/// mapped bytes. It is the same size as the 8 blocks it holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+pub struct BlockQ4_0x8Arm {
+    /// Row `r`'s scale.
+    pub d: [f16; INTERLEAVE_ROWS],
+    /// `qs[64h + 16t + 4i..][..4]` is row `4h + i`'s `qs[4t..4t + 4]`, each byte `^ 0x88`,
+    /// for `h` in 0..2, `t` in 0..4, `i` in 0..4.
+    pub qs: [u8; INTERLEAVE_ROWS * QK / 2],
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4_0x8Arm>() == INTERLEAVE_ROWS * 18);
+
+impl BlockQ4_0x8Arm {
+    /// Where row `r`'s `qs[4t..4t + 4]` starts in `qs`.
+    fn run(r: usize, t: usize) -> usize {
+        64 * (r / 4) + 16 * t + 4 * (r % 4)
+    }
+}
+
+/// Both nibbles' top bits of 4 bytes: `q + 8` with it flipped is `q` in two's complement
+/// (4 bits).
+const FLIP4: u32 = 0x8888_8888;
+
+impl InterleavedBlock for BlockQ4_0x8Arm {
+    type Row = BlockQ4_0;
+
+    /// Interleaves block `i` of each of the rows.
+    fn from_rows(rows: [&BlockQ4_0; INTERLEAVE_ROWS]) -> Self {
+        let mut out = BlockQ4_0x8Arm::zeroed();
+        for (r, block) in rows.iter().enumerate() {
+            out.d[r] = block.d;
+            for (t, run) in block.qs.chunks_exact(4).enumerate() {
+                let run = u32::from_ne_bytes(run.try_into().expect("4 bytes")) ^ FLIP4;
+                out.qs[Self::run(r, t)..][..4].copy_from_slice(&run.to_ne_bytes());
+            }
+        }
+        out
+    }
+
+    /// Row `r`'s block, as it was before interleaving.
+    fn row(&self, r: usize) -> BlockQ4_0 {
+        let mut block = BlockQ4_0 {
+            d: self.d[r],
+            qs: [0; QK / 2],
+        };
+        for (t, run) in block.qs.chunks_exact_mut(4).enumerate() {
+            let stored = &self.qs[Self::run(r, t)..][..4];
+            let stored = u32::from_ne_bytes(stored.try_into().expect("4 bytes")) ^ FLIP4;
+            run.copy_from_slice(&stored.to_ne_bytes());
+        }
+        block
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +229,14 @@ mod tests {
         assert_eq!(packed.qs[32 + 8..][..4], rows[2].qs[4..8]);
         for (r, row) in rows.iter().enumerate() {
             assert_eq!(&packed.row(r), row);
+        }
+        // The ARM order: row 6 (half 1, lane 2)'s bytes 4..8 at 64 + 16 + 8, flipped.
+        let arm = BlockQ4_0x8Arm::from_rows(std::array::from_fn(|r| &rows[r]));
+        let flipped: Vec<u8> = rows[6].qs[4..8].iter().map(|b| b ^ 0x88).collect();
+        assert_eq!(arm.qs[64 + 16 + 8..][..4], flipped[..]);
+        assert_eq!(arm.d, packed.d);
+        for (r, row) in rows.iter().enumerate() {
+            assert_eq!(&arm.row(r), row);
         }
     }
 

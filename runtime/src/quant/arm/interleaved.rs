@@ -1,5 +1,6 @@
-//! Weights interleaved [`DOT_ROWS`] = 8 rows to a block (`BlockQ4_0x8`, `BlockQ8_0x8`,
-//! `BlockQ4Kx8`, `BlockQ6Kx8`: the layouts the x86 kernels use, built by the same code)
+//! Weights interleaved [`DOT_ROWS`] = 8 rows to a block (`BlockQ8_0x8`, `BlockQ4Kx8`,
+//! `BlockQ6Kx8`: the layouts the x86 kernels use, built by the same code; Q4_0's
+//! `BlockQ4_0x8Arm`, the x86 layout's runs reordered by half and stored ready to unpack)
 //! against their activations, with the by-element form of `sdot`: a group's 8 rows against
 //! one activation row (decode) and against [`TILE_ROWS`] of them at once (prefill, the vision
 //! tower).
@@ -26,7 +27,7 @@ use super::{f16_to_f32, load_i8x16, load_u8x16};
 use crate::quant::dispatch::{ActBlockSum, DOT_ROWS, TILE_ROWS, WIDE_TILE_ROWS};
 use crate::quant::k_quants::QK_K;
 use crate::quant::k_quants::{sub_sums, TileQ8K};
-use crate::quant::{BlockQ4Kx8, BlockQ4_0x8, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8};
+use crate::quant::{BlockQ4Kx8, BlockQ4_0x8Arm, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8};
 
 /// `sdot` by element: lane `i` of `acc` gets `Σ_k w[4i + k] · a[4L + k]`, exactly.
 #[target_feature(enable = "neon,dotprod")]
@@ -132,16 +133,16 @@ fn nibbles(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
     )
 }
 
-/// Q4_0 quants of one 16-byte register of interleaved runs as `16·(q - 8)`, (low nibbles:
-/// elements `4t..`, high nibbles: elements `16 + 4t..`). After `x = packed ^ 0x88`,
-/// `(x << 4) as i8` is `16·(q - 8)` for the low nibble `q` (the flipped top bit of the nibble
-/// becomes the sign), and `(x & 0xf0) as i8` the same for the high one: no `-8·Σa` to take
-/// off, and sums 16 times too large, which [`scale_add16`] converts with `scvtf #4` (an exact
-/// division by 16). The products stay within `sdot`'s i32 lanes: `|16·(q - 8)| <= 128`.
+/// Q4_0 quants of one 16-byte register of [`BlockQ4_0x8Arm`] runs as `16·(q - 8)`, (low
+/// nibbles: elements `4t..`, high nibbles: elements `16 + 4t..`). The layout stores each byte
+/// as `x = packed ^ 0x88`, so `(x << 4) as i8` is `16·(q - 8)` for the low nibble `q` (the
+/// flipped top bit of the nibble becomes the sign), and `(x & 0xf0) as i8` the same for the
+/// high one: no `-8·Σa` to take off, and sums 16 times too large, which [`scale_add16`]
+/// converts with `scvtf #4` (an exact division by 16). The products stay within `sdot`'s i32
+/// lanes: `|16·(q - 8)| <= 128`.
 #[target_feature(enable = "neon")]
 #[inline]
-fn nibbles16(p: uint8x16_t) -> (int8x16_t, int8x16_t) {
-    let x = veorq_u8(p, vdupq_n_u8(0x88));
+fn nibbles16(x: uint8x16_t) -> (int8x16_t, int8x16_t) {
     (
         vreinterpretq_s8_u8(vshlq_n_u8::<4>(x)),
         vreinterpretq_s8_u8(vandq_u8(x, vdupq_n_u8(0xf0))),
@@ -157,7 +158,7 @@ fn scale_add16(acc: float32x4_t, sums: int32x4_t, dw: float32x4_t, da: f32) -> f
 
 /// Q4_0 · Q8_0 for the 8 rows of interleaved blocks (decode).
 #[target_feature(enable = "neon,dotprod")]
-pub(super) fn dot_q4_0x8(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
+pub(super) fn dot_q4_0x8(w: &[BlockQ4_0x8Arm], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] {
     check(w.len(), &[a], &[]);
     let mut acc = [vdupq_n_f32(0.0); 2];
     for (x, y) in w.iter().zip(a) {
@@ -165,7 +166,7 @@ pub(super) fn dot_q4_0x8(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] 
         let mut sums = [vdupq_n_s32(0); 2];
         unroll!(T in [0, 1, 2, 3] {
             unroll!(H in [0, 1] {
-                let (lo, hi) = nibbles16(load16(&x.qs, 32 * T + 16 * H));
+                let (lo, hi) = nibbles16(load16(&x.qs, 64 * H + 16 * T));
                 sums[H] = sdot_lane::<T>(sdot_lane::<T>(sums[H], lo, act[0]), hi, act[1]);
             });
         });
@@ -183,7 +184,7 @@ pub(super) fn dot_q4_0x8(w: &[BlockQ4_0x8], a: &[BlockQ8_0]) -> [f32; DOT_ROWS] 
 /// unpacked once for the 4 activation rows; the activation scales come from `sums`.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) fn gemm_q4_0x8(
-    w: &[BlockQ4_0x8],
+    w: &[BlockQ4_0x8Arm],
     a: [&[BlockQ8_0]; TILE_ROWS],
     sums: [&[ActBlockSum]; TILE_ROWS],
 ) -> [[f32; DOT_ROWS]; TILE_ROWS] {
@@ -196,7 +197,7 @@ pub(super) fn gemm_q4_0x8(
         unroll!(H in [0, 1] {
             let mut s = [vdupq_n_s32(0); TILE_ROWS];
             unroll!(T in [0, 1, 2, 3] {
-                let (lo, hi) = nibbles16(load16(&x.qs, 32 * T + 16 * H));
+                let (lo, hi) = nibbles16(load16(&x.qs, 64 * H + 16 * T));
                 unroll!(N in [0, 1, 2, 3] {
                     s[N] = sdot_lane::<T>(sdot_lane::<T>(s[N], lo, act[N][0]), hi, act[N][1]);
                 });
@@ -240,24 +241,16 @@ pub(super) fn pack_q8_0_tile(a: [&[BlockQ8_0]; WIDE_TILE_ROWS], dst: &mut [TileQ
     }
 }
 
-/// The assembly that loads half `h` of an interleaved Q4_0 block (its 4 runs at `{w}` + 32T)
-/// as [`nibbles16`] unpacks it: run `T`'s low nibbles (elements `4T..`) as `16·(q - 8)` in
-/// `v16 + 2T`, its high ones (elements `16 + 4T..`) in `v17 + 2T`. Uses `v24..=v27`, `v30`,
-/// `v31`.
+/// The assembly that loads half `h` of a [`BlockQ4_0x8Arm`] (its 4 runs at `{w}` + 16T) as
+/// [`nibbles16`] unpacks it: run `T`'s low nibbles (elements `4T..`) as `16·(q - 8)` in
+/// `v16 + 2T`, its high ones (elements `16 + 4T..`) in `v17 + 2T`. Uses `v24..=v27`, `v31`.
 #[rustfmt::skip]
 macro_rules! q4_0_half_nibbles {
     () => {
         concat!(
-            "ldr q24, [{w}]\n",
-            "ldr q25, [{w}, #32]\n",
-            "ldr q26, [{w}, #64]\n",
-            "ldr q27, [{w}, #96]\n",
-            "movi v30.16b, #0x88\n",
+            "ldp q24, q25, [{w}]\n",
+            "ldp q26, q27, [{w}, #32]\n",
             "movi v31.16b, #0xf0\n",
-            "eor v24.16b, v24.16b, v30.16b\n",
-            "eor v25.16b, v25.16b, v30.16b\n",
-            "eor v26.16b, v26.16b, v30.16b\n",
-            "eor v27.16b, v27.16b, v30.16b\n",
             "shl v16.16b, v24.16b, #4\n",
             "and v17.16b, v24.16b, v31.16b\n",
             "shl v18.16b, v25.16b, #4\n",
@@ -440,14 +433,14 @@ fn sdot_rows(acc: &[float32x4_t; WIDE_TILE_ROWS]) -> [float32x4_t; WIDE_TILE_ROW
 /// Per block and half: 128 `sdot` and 104 other instructions.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) fn gemm_q4_0x8_wide(
-    w: &[BlockQ4_0x8],
+    w: &[BlockQ4_0x8Arm],
     a: &[TileQ8_0],
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
-    // Half `h`'s runs are the 16 bytes at `16h + 32T` of `qs` (T = 0..4).
+    // Half `h`'s runs are the 64 bytes at `64h` of `qs`.
     wide_kernel!(
         w,
         a,
-        |x, h| (x.qs[16 * h..].as_ptr(), x.d[4 * h..4 * h + 4].as_ptr()),
+        |x, h| (x.qs[64 * h..].as_ptr(), x.d[4 * h..4 * h + 4].as_ptr()),
         concat!(
             q4_0_half_nibbles!(),
             "ldr d28, [{dw}]\n",
@@ -583,14 +576,14 @@ macro_rules! mmla_pairs {
 /// other instructions.
 #[target_feature(enable = "neon,i8mm")]
 pub(super) fn gemm_q4_0x8_mmla(
-    w: &[BlockQ4_0x8],
+    w: &[BlockQ4_0x8Arm],
     a: &[TileQ8_0Pairs],
 ) -> [[f32; DOT_ROWS]; WIDE_TILE_ROWS] {
-    // Half `h`'s runs are the 16 bytes at `16h + 32T` of `qs` (T = 0..4).
+    // Half `h`'s runs are the 64 bytes at `64h` of `qs`.
     wide_kernel!(
         w,
         a,
-        |x, h| (x.qs[16 * h..].as_ptr(), x.d[4 * h..4 * h + 4].as_ptr()),
+        |x, h| (x.qs[64 * h..].as_ptr(), x.d[4 * h..4 * h + 4].as_ptr()),
         concat!(
             q4_0_half_nibbles!(),
             // Runs T, T + 1 side by side per row: rows 0, 1 (zip1) and 2, 3 (zip2)

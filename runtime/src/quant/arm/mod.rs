@@ -43,7 +43,7 @@ use super::dispatch::{
 };
 use super::k_quants::{pack_q8_k_tile, TileQ8K};
 use super::{
-    BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
+    BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8Arm, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ6Kx8, BlockQ8K, BlockQ8_0, BlockQ8_0x8, BlockQ8_1, GgmlType,
 };
 
@@ -124,7 +124,7 @@ impl Neon {
                 } else {
                     wide_q8_0(gemm_q4_0x8_wide)
                 }),
-                ..interleaving::<BlockQ4_0x8>()
+                ..interleaving::<BlockQ4_0x8Arm>()
             },
             GgmlType::Q8_0 => Interleaving {
                 dot: dot_q8_0x8,
@@ -325,7 +325,7 @@ macro_rules! safe_wide {
     };
 }
 
-safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8);
+safe_wide!(gemm_q4_0x8_wide, BlockQ4_0x8Arm);
 safe_wide!(gemm_q8_0x8_wide, BlockQ8_0x8);
 safe_wide!(gemm_q4_kx8_wide, BlockQ4Kx8);
 safe_wide!(gemm_q6_kx8_wide, BlockQ6Kx8);
@@ -342,12 +342,12 @@ macro_rules! safe_mmla {
     };
 }
 
-safe_mmla!(gemm_q4_0x8_mmla, BlockQ4_0x8);
+safe_mmla!(gemm_q4_0x8_mmla, BlockQ4_0x8Arm);
 safe_mmla!(gemm_q8_0x8_mmla, BlockQ8_0x8);
 safe_mmla!(gemm_q4_kx8_mmla, BlockQ4Kx8);
 safe_mmla!(gemm_q6_kx8_mmla, BlockQ6Kx8);
 
-safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8, BlockQ8_0);
+safe_interleaved!(dot_q4_0x8, gemm_q4_0x8, BlockQ4_0x8Arm, BlockQ8_0);
 safe_interleaved!(dot_q8_0x8, gemm_q8_0x8, BlockQ8_0x8, BlockQ8_0);
 safe_interleaved!(dot_q4_kx8, gemm_q4_kx8, BlockQ4Kx8, BlockQ8K);
 safe_interleaved!(dot_q6_kx8, gemm_q6_kx8, BlockQ6Kx8, BlockQ8K);
