@@ -41,6 +41,7 @@
 //! `cargo run --locked -- PATH/TO/llava`. Exit status 0 when every comparison holds.
 
 use std::ffi::{c_char, c_void, CStr, CString};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::ptr;
@@ -682,9 +683,9 @@ impl Model {
     }
 
     /// A context for `positions` positions, with an f32 KV cache.
-    fn context(&self, positions: usize) -> Result<LlamaCtx> {
-        // SAFETY: default parameters with sizes set; the model outlives the context (both
-        // are dropped at the end of the case, the context first).
+    fn context(&self, positions: usize) -> Result<LlamaCtx<'_>> {
+        // SAFETY: default parameters with sizes set; the model outlives the context (its
+        // borrow, held by the context, makes the compiler see to that).
         let ctx = unsafe {
             let mut params = sys::llama_context_default_params();
             params.n_ctx = positions.next_multiple_of(256) as u32;
@@ -699,22 +700,29 @@ impl Model {
             sys::llama_init_from_model(self.model, params)
         };
         ensure!(!ctx.is_null(), "llama_init_from_model failed");
-        Ok(LlamaCtx { ctx })
+        Ok(LlamaCtx {
+            ctx,
+            _model: PhantomData,
+        })
     }
 }
 
 impl Drop for Model {
     fn drop(&mut self) {
-        // SAFETY: loaded in `load`, freed once; contexts on it are dropped before it.
+        // SAFETY: loaded in `load`, freed once; the contexts and mtmd contexts made on it
+        // borrow it, so they are gone before it.
         unsafe { sys::llama_model_free(self.model) }
     }
 }
 
-struct LlamaCtx {
+/// A llama.cpp context on a [`Model`], which it borrows: llama.cpp's context uses the model
+/// until it is freed.
+struct LlamaCtx<'m> {
     ctx: *mut sys::llama_context,
+    _model: PhantomData<&'m Model>,
 }
 
-impl LlamaCtx {
+impl LlamaCtx<'_> {
     /// Decodes `ids` at positions 0.. in one batch and returns every position's logits.
     fn decode_all(&self, ids: &[i32], n_vocab: usize) -> Result<Vec<f32>> {
         // SAFETY: the batch holds `ids.len()` tokens with one sequence id each; every field
@@ -753,7 +761,7 @@ impl LlamaCtx {
     }
 }
 
-impl Drop for LlamaCtx {
+impl Drop for LlamaCtx<'_> {
     fn drop(&mut self) {
         // SAFETY: made in `Model::context`, freed once.
         unsafe { sys::llama_free(self.ctx) }
@@ -809,13 +817,15 @@ impl MtmdRun {
     }
 }
 
-/// The mmproj loaded by mtmd.
-struct Mtmd {
+/// The mmproj loaded by mtmd, on a [`Model`], which it borrows: mtmd keeps the model's
+/// pointer.
+struct Mtmd<'m> {
     ctx: *mut sys::mtmd_context,
+    _model: PhantomData<&'m Model>,
 }
 
-impl Mtmd {
-    fn load(path: &Path, model: &Model) -> Result<Mtmd> {
+impl<'m> Mtmd<'m> {
+    fn load(path: &Path, model: &'m Model) -> Result<Mtmd<'m>> {
         let c_path = c_string(path)?;
         // SAFETY: default parameters, CPU only; the path outlives the call; the marker
         // pointer stays mtmd's default (a static string). A null result is an error.
@@ -828,7 +838,10 @@ impl Mtmd {
             sys::mtmd_init_from_file(c_path.as_ptr(), model.model, params)
         };
         ensure!(!ctx.is_null(), "{}: mtmd cannot load it", path.display());
-        Ok(Mtmd { ctx })
+        Ok(Mtmd {
+            ctx,
+            _model: PhantomData,
+        })
     }
 
     /// mtmd's chunks for `prompt` (llava's `<image>` marker replaced by mtmd's) with `image`.
@@ -869,7 +882,7 @@ impl Mtmd {
     }
 }
 
-impl Mtmd {
+impl Mtmd<'_> {
     /// Encodes every image chunk of the prompt: the embeddings of each, `n_embd` per image
     /// position.
     fn encode_views(&self, chunks: &Chunks, n_embd: usize) -> Result<Vec<Vec<f32>>> {
@@ -895,7 +908,7 @@ impl Mtmd {
     }
 }
 
-impl Drop for Mtmd {
+impl Drop for Mtmd<'_> {
     fn drop(&mut self) {
         // SAFETY: made in `load`, freed once.
         unsafe { sys::mtmd_free(self.ctx) }
