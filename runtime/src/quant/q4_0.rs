@@ -110,27 +110,60 @@ impl InterleavedBlock for BlockQ4_0x8 {
 
     /// Interleaves block `i` of each of the rows.
     fn from_rows(rows: [&BlockQ4_0; INTERLEAVE_ROWS]) -> Self {
-        let mut out = BlockQ4_0x8::zeroed();
-        for (r, block) in rows.iter().enumerate() {
-            out.d[r] = block.d;
-            for (t, run) in block.qs.chunks_exact(4).enumerate() {
-                out.qs[32 * t + 4 * r..][..4].copy_from_slice(run);
-            }
-        }
-        out
+        let (d, qs) = interleave(rows, Self::run, 0);
+        BlockQ4_0x8 { d, qs }
     }
 
     /// Row `r`'s block, as it was before interleaving.
     fn row(&self, r: usize) -> BlockQ4_0 {
-        let mut block = BlockQ4_0 {
-            d: self.d[r],
-            qs: [0; QK / 2],
-        };
-        for (t, run) in block.qs.chunks_exact_mut(4).enumerate() {
-            run.copy_from_slice(&self.qs[32 * t + 4 * r..][..4]);
-        }
-        block
+        deinterleave(&self.d, &self.qs, r, Self::run, 0)
     }
+}
+
+impl BlockQ4_0x8 {
+    /// Where row `r`'s `qs[4t..4t + 4]` starts in `qs`.
+    fn run(r: usize, t: usize) -> usize {
+        32 * t + 4 * r
+    }
+}
+
+/// The scales and runs of 8 rows' blocks, row `r`'s `qs[4t..4t + 4]` at `run(r, t)`, each
+/// 4 bytes `^ flip`.
+#[inline]
+fn interleave(
+    rows: [&BlockQ4_0; INTERLEAVE_ROWS],
+    run: impl Fn(usize, usize) -> usize,
+    flip: u32,
+) -> ([f16; INTERLEAVE_ROWS], [u8; INTERLEAVE_ROWS * QK / 2]) {
+    let mut qs = [0; INTERLEAVE_ROWS * QK / 2];
+    for (r, block) in rows.iter().enumerate() {
+        for (t, bytes) in block.qs.chunks_exact(4).enumerate() {
+            let bytes = u32::from_ne_bytes(bytes.try_into().expect("4 bytes")) ^ flip;
+            qs[run(r, t)..][..4].copy_from_slice(&bytes.to_ne_bytes());
+        }
+    }
+    (rows.map(|block| block.d), qs)
+}
+
+/// Row `r`'s block out of what [`interleave`] made with the same `run` and `flip`.
+#[inline]
+fn deinterleave(
+    d: &[f16; INTERLEAVE_ROWS],
+    qs: &[u8; INTERLEAVE_ROWS * QK / 2],
+    r: usize,
+    run: impl Fn(usize, usize) -> usize,
+    flip: u32,
+) -> BlockQ4_0 {
+    let mut block = BlockQ4_0 {
+        d: d[r],
+        qs: [0; QK / 2],
+    };
+    for (t, bytes) in block.qs.chunks_exact_mut(4).enumerate() {
+        let stored = &qs[run(r, t)..][..4];
+        let stored = u32::from_ne_bytes(stored.try_into().expect("4 bytes")) ^ flip;
+        bytes.copy_from_slice(&stored.to_ne_bytes());
+    }
+    block
 }
 
 /// [`BlockQ4_0x8`] as the ARM kernels read it (`quant::arm::interleaved`): the same runs in
@@ -169,29 +202,13 @@ impl InterleavedBlock for BlockQ4_0x8Arm {
 
     /// Interleaves block `i` of each of the rows.
     fn from_rows(rows: [&BlockQ4_0; INTERLEAVE_ROWS]) -> Self {
-        let mut out = BlockQ4_0x8Arm::zeroed();
-        for (r, block) in rows.iter().enumerate() {
-            out.d[r] = block.d;
-            for (t, run) in block.qs.chunks_exact(4).enumerate() {
-                let run = u32::from_ne_bytes(run.try_into().expect("4 bytes")) ^ FLIP4;
-                out.qs[Self::run(r, t)..][..4].copy_from_slice(&run.to_ne_bytes());
-            }
-        }
-        out
+        let (d, qs) = interleave(rows, Self::run, FLIP4);
+        BlockQ4_0x8Arm { d, qs }
     }
 
     /// Row `r`'s block, as it was before interleaving.
     fn row(&self, r: usize) -> BlockQ4_0 {
-        let mut block = BlockQ4_0 {
-            d: self.d[r],
-            qs: [0; QK / 2],
-        };
-        for (t, run) in block.qs.chunks_exact_mut(4).enumerate() {
-            let stored = &self.qs[Self::run(r, t)..][..4];
-            let stored = u32::from_ne_bytes(stored.try_into().expect("4 bytes")) ^ FLIP4;
-            run.copy_from_slice(&stored.to_ne_bytes());
-        }
-        block
+        deinterleave(&self.d, &self.qs, r, Self::run, FLIP4)
     }
 }
 
