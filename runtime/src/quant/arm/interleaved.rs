@@ -430,7 +430,7 @@ fn sdot_rows(acc: &[float32x4_t; WIDE_TILE_ROWS]) -> [float32x4_t; WIDE_TILE_ROW
 /// accumulator; each row's block sum is scaled as in [`gemm_q4_0x8`], in the same order.
 /// Written in assembly because the compiler, given the same steps as intrinsics, kept 32
 /// registers' worth live and spilled a quarter of the accumulators to the stack every block.
-/// Per block and half: 128 `sdot` and 104 other instructions.
+/// Per block and half: 128 `sdot` and 97 other instructions.
 #[target_feature(enable = "neon,dotprod")]
 pub(super) fn gemm_q4_0x8_wide(
     w: &[BlockQ4_0x8Arm],
@@ -572,7 +572,7 @@ macro_rules! mmla_pairs {
 /// one half of the rows at a time; its unpacked runs are paired by `zip1`/`zip2` into 2 rows ×
 /// 8 elements. Accumulator `2p + j` holds the 2 × 2 block (weight rows `2j, 2j + 1`) × (rows
 /// `2p, 2p + 1`), rearranged into rows at the end. Each block's sums are scaled as in
-/// [`gemm_q4_0x8`] (`fma(acc, cvt(sum), dw · da)`). Per block and half: 64 `smmla` and 118
+/// [`gemm_q4_0x8`] (`fma(acc, cvt(sum), dw · da)`). Per block and half: 64 `smmla` and 111
 /// other instructions.
 #[target_feature(enable = "neon,i8mm")]
 pub(super) fn gemm_q4_0x8_mmla(
