@@ -366,6 +366,18 @@ fn refusals_have_the_openai_error_body_and_status() {
         413,
         "larger than",
     );
+    check(
+        post(r#"{"messages": [{"role": "user", "content": "hi"}], "seed": 1.5}"#),
+        400,
+        "seed must be an integer",
+    );
+    // Every 64-bit seed is taken, the largest unsigned and the most negative signed alike.
+    for seed in ["18446744073709551615", "-9223372036854775808"] {
+        let (status, body) = post(&format!(
+            r#"{{"messages": [{{"role": "user", "content": "hi"}}], "max_tokens": 1, "seed": {seed}}}"#
+        ));
+        assert_eq!(status, 200, "seed {seed}: {body}");
+    }
     // Unknown fields are ignored, as OpenAI does.
     let (status, body) = post(
         r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "logprobs": false, "x_custom": 1}"#,

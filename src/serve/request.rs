@@ -119,9 +119,10 @@ pub(super) fn parse_request(
         None | Some(Value::Null) => SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
+        // Any 64-bit integer: a negative one keeps its bits.
         Some(v) => v
-            .as_i64()
-            .map(|x| x as u64)
+            .as_u64()
+            .or_else(|| v.as_i64().map(|x| x as u64))
             .ok_or_else(|| ApiError::bad("seed must be an integer"))?,
     };
     let stop = match req.get("stop") {
