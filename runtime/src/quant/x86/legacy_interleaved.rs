@@ -247,22 +247,28 @@ fn gemm_q4_0_dpbusd(
     let mut acc = [_mm256_setzero_ps(); TILE_ROWS];
     for (i, x) in w.iter().enumerate() {
         let ys: [&BlockQ8_0; TILE_ROWS] = [&a[0][i], &a[1][i], &a[2][i], &a[3][i]];
-        let mut totals = [_mm256_setzero_si256(); TILE_ROWS];
+        // Two sums per row, of the low and of the high nibbles: chains of 4 `vpdpbusd` per
+        // block instead of 8, so the instruction's latency hides behind the other rows'
+        // (with one chain per row, AVX-VNNI's kernel ran 8% slower than AVX2's on a Zen 5;
+        // AVX-512's, whose `{1to8}` broadcasts save 32 instructions a block, did not).
+        let mut totals_lo = [_mm256_setzero_si256(); TILE_ROWS];
+        let mut totals_hi = [_mm256_setzero_si256(); TILE_ROWS];
         for t in 0..4 {
             // SAFETY: `qs` is 128 bytes, `t < 4`; an unaligned 32-byte load.
             let p = unsafe { _mm256_loadu_si256(x.qs.as_ptr().add(32 * t).cast()) };
             let lo = _mm256_and_si256(p, low);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(p), low);
-            for (total, y) in totals.iter_mut().zip(ys) {
-                *total = dot.dpbusd(*total, lo, run(&y.qs, t));
-                *total = dot.dpbusd(*total, hi, run(&y.qs, 4 + t));
+            for n in 0..TILE_ROWS {
+                totals_lo[n] = dot.dpbusd(totals_lo[n], lo, run(&ys[n].qs, t));
+                totals_hi[n] = dot.dpbusd(totals_hi[n], hi, run(&ys[n].qs, 4 + t));
             }
         }
         // SAFETY: `d` is 16 bytes; an unaligned load.
         let dw = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(x.d.as_ptr().cast()) });
         for n in 0..TILE_ROWS {
             let s = sums[n][i];
-            let total = _mm256_sub_epi32(totals[n], _mm256_set1_epi32(8 * s.sum));
+            let totals = _mm256_add_epi32(totals_lo[n], totals_hi[n]);
+            let total = _mm256_sub_epi32(totals, _mm256_set1_epi32(8 * s.sum));
             let scales = _mm256_mul_ps(dw, _mm256_set1_ps(s.d));
             acc[n] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total), scales, acc[n]);
         }
